@@ -1,0 +1,1 @@
+"""bert_jax: BERT pretraining and fine-tuning in JAX/Flax."""

@@ -1,0 +1,114 @@
+"""The pretraining config: every key with its default, presets, and validation before compiling.
+
+Config files under configs/ call `pretraining_config()` and override what they change; the
+tests use the same function with a tiny model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+from bert_jax import sharding
+from bert_jax.errors import UserError
+from bert_jax.modeling import PRESETS, BertConfig
+
+
+def model_config_dict(preset: str = "base", **overrides) -> ml_collections.ConfigDict:
+    """The BertConfig fields, by their bert_config.json names."""
+    return ml_collections.ConfigDict(BertConfig.preset(preset, **overrides).to_dict())
+
+
+def data_config_dict() -> ml_collections.ConfigDict:
+    from bert_jax.data.pipeline import default_data_config
+
+    return default_data_config()
+
+
+def pretraining_config(preset: str = "base", **model_overrides) -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    c = ml_collections.ConfigDict()
+    c.num_train_steps = 1_000_000
+    c.batch_size = 256  # global, across all processes
+    c.seed = 0
+    c.learning_rate = 1e-4
+    c.warmup_steps = 10_000
+    c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
+    c.end_learning_rate_factor = 0.0
+    c.optimizer = "adamw"
+    c.weight_decay = 0.01
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-6
+    c.max_grad_norm = 1.0
+    c.grad_accum_steps = 1
+    c.log_every_steps = 100
+    c.eval_every_steps = 10_000
+    c.eval_steps = 50  # batches per evaluation (the held-out split may be larger)
+    c.checkpoint_every_steps = 10_000
+    c.keep_checkpoints = 3
+    c.init_checkpoint = ""
+    c.peak_flops_per_device = 0.0  # 0: look the device up (CPU: cpu_peak_flops)
+    c.cpu_peak_flops = 195e9  # fp32 matmul peak of a 2-core x86 machine, for CPU MFU
+    c.model = model_config_dict(preset, **model_overrides)
+    c.data = data_config_dict()
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
+    c.progress_bar = True
+    return c
+
+
+def _input_files(pattern_list: str) -> list[str]:
+    import glob
+
+    files = []
+    for pattern in [p.strip() for p in str(pattern_list).split(",") if p.strip()]:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise UserError(f"data.input_files: {pattern} matches no file")
+        files += matches
+    return files
+
+
+def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
+    """Checks everything that can be checked before anything compiles; raises UserError."""
+    model = BertConfig.from_dict(dict(config.model))
+    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices)))
+    dp = shape["data"] * shape["fsdp"]
+    accum = int(config.grad_accum_steps)
+    if accum < 1:
+        raise UserError(f"grad_accum_steps must be >= 1, got {accum}")
+    if config.batch_size % (dp * accum):
+        raise UserError(
+            f"batch_size {config.batch_size} is not divisible by data-parallel size {dp} "
+            f"(mesh data*fsdp) x grad_accum_steps {accum}"
+        )
+    data = config.data
+    if data.max_seq_length > model.max_position_embeddings:
+        raise UserError(
+            f"data.max_seq_length {data.max_seq_length} exceeds model.max_position_embeddings "
+            f"{model.max_position_embeddings}"
+        )
+    needed = max(1, int(round((data.max_seq_length - 3) * data.masked_lm_prob)))
+    if data.max_predictions_per_seq < needed:
+        raise UserError(
+            f"data.max_predictions_per_seq {data.max_predictions_per_seq} is below what "
+            f"masked_lm_prob {data.masked_lm_prob} needs at max_seq_length "
+            f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
+        )
+    if config.optimizer not in ("adamw", "lamb"):
+        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
+    if config.warmup_steps > config.num_train_steps:
+        raise UserError(
+            f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}"
+        )
+    for axis in ("heads", "mlp"):
+        size = {"heads": model.num_attention_heads, "mlp": model.intermediate_size}[axis]
+        if size % shape["tensor"]:
+            raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
+    if check_files:
+        _input_files(data.input_files)
+        if data.vocab_file and not pathlib.Path(data.vocab_file).exists():
+            raise UserError(f"data.vocab_file {data.vocab_file} not found")

@@ -1,0 +1,202 @@
+"""Hugging Face BERT checkpoints <-> bert_jax parameter trees.
+
+Hugging Face stores `nn.Linear` weights as [out, in]; Flax kernels are [in, out], so kernels are
+transposed both ways. Older checkpoints name LayerNorm parameters gamma/beta; both are read.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from bert_jax.errors import UserError
+from bert_jax.modeling import BertConfig, BertForPreTraining
+
+# (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)
+Mapping = tuple[str, tuple[str, ...], bool]
+
+
+def _dense(hf: str, path: tuple[str, ...]) -> list[Mapping]:
+    return [(f"{hf}.weight", (*path, "dense", "kernel"), True), (f"{hf}.bias", (*path, "dense", "bias"), False)]
+
+
+def _norm(hf: str, path: tuple[str, ...]) -> list[Mapping]:
+    return [(f"{hf}.weight", (*path, "norm", "scale"), False), (f"{hf}.bias", (*path, "norm", "bias"), False)]
+
+
+def encoder_mappings(config: BertConfig, prefix: str = "bert.") -> list[Mapping]:
+    """Names of BertModel's parameters; bert_jax paths are relative to the 'bert' subtree."""
+    emb = ("embeddings",)
+    maps: list[Mapping] = [
+        (f"{prefix}embeddings.word_embeddings.weight", (*emb, "word_embeddings", "embedding"), False),
+        (f"{prefix}embeddings.position_embeddings.weight", (*emb, "position_embeddings", "embedding"), False),
+        (f"{prefix}embeddings.token_type_embeddings.weight", (*emb, "token_type_embeddings", "embedding"), False),
+        *_norm(f"{prefix}embeddings.LayerNorm", (*emb, "LayerNorm")),
+    ]
+    for i in range(config.num_hidden_layers):
+        hf = f"{prefix}encoder.layer.{i}."
+        ours = ("encoder", f"layer_{i}")
+        for proj in ("query", "key", "value"):
+            maps += _dense(f"{hf}attention.self.{proj}", (*ours, "attention", proj))
+        maps += _dense(f"{hf}attention.output.dense", (*ours, "attention", "output"))
+        maps += _norm(f"{hf}attention.output.LayerNorm", (*ours, "attention_layer_norm"))
+        maps += _dense(f"{hf}intermediate.dense", (*ours, "intermediate"))
+        maps += _dense(f"{hf}output.dense", (*ours, "output"))
+        maps += _norm(f"{hf}output.LayerNorm", (*ours, "output_layer_norm"))
+    if config.pre_layer_norm:
+        raise UserError("Hugging Face BERT is post-LN; a pre_layer_norm model has no HF equivalent")
+    maps += _dense(f"{prefix}pooler.dense", ("pooler",))
+    return maps
+
+
+def pretraining_mappings(config: BertConfig) -> list[Mapping]:
+    """All of BertForPreTraining: the encoder under 'bert' plus the MLM and NSP heads."""
+    maps = [(hf, ("bert", *path), t) for hf, path, t in encoder_mappings(config)]
+    maps += _dense("cls.predictions.transform.dense", ("mlm_transform",))
+    maps += _norm("cls.predictions.transform.LayerNorm", ("mlm_layer_norm",))
+    maps.append(("cls.predictions.bias", ("mlm_output_bias",), False))
+    maps += _dense("cls.seq_relationship", ("nsp",))
+    return maps
+
+
+HEAD_PATHS = ("mlm_transform", "mlm_layer_norm", "mlm_output_bias", "nsp")
+
+
+def _read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
+    safetensors_file = directory / "model.safetensors"
+    torch_file = directory / "pytorch_model.bin"
+    if safetensors_file.exists():
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(safetensors_file))
+        except Exception as err:  # safetensors raises its own error types
+            raise UserError(f"{safetensors_file}: cannot read safetensors file ({err})") from err
+    if torch_file.exists():
+        from bert_jax.convert.torch_pickle import load_torch_state_dict
+
+        return load_torch_state_dict(torch_file)
+    raise UserError(
+        f"{directory}: no model.safetensors or pytorch_model.bin; "
+        "point to a Hugging Face BERT directory saved with save_pretrained()"
+    )
+
+
+def read_hf_config(directory) -> BertConfig:
+    """config.json of a Hugging Face BERT directory -> BertConfig."""
+    path = pathlib.Path(directory) / "config.json"
+    if not path.exists():
+        raise UserError(f"{path} not found: a Hugging Face BERT directory needs config.json")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+    model_type = values.get("model_type", "bert")
+    if model_type != "bert":
+        raise UserError(f"{path}: model_type is {model_type!r}, not 'bert'")
+    if values.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{path}: only absolute position embeddings are supported")
+    return BertConfig.from_dict(values)
+
+
+def _lookup(weights: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    candidates = [name, name.removeprefix("bert.")]
+    if name.endswith("LayerNorm.weight"):
+        candidates += [c[: -len("weight")] + "gamma" for c in list(candidates)]
+    if name.endswith("LayerNorm.bias"):
+        candidates += [c[: -len("bias")] + "beta" for c in list(candidates)]
+    for candidate in candidates:
+        if candidate in weights:
+            return weights[candidate]
+    return None
+
+
+def load_hf_checkpoint(path, *, verbose: bool = True) -> tuple[BertConfig, dict]:
+    """A Hugging Face BERT directory -> (BertConfig, BertForPreTraining params).
+
+    Names are accepted with or without the `bert.` prefix. Heads absent from the checkpoint (a
+    BertModel-only checkpoint has no MLM/NSP heads) are initialised freshly and reported.
+    """
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: not a directory; expected a Hugging Face BERT checkpoint")
+    config = read_hf_config(directory)
+    weights = _read_weights(directory)
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    missing_encoder = []
+    for hf_name, ours, transpose in pretraining_mappings(config):
+        value = _lookup(weights, hf_name)
+        if value is None:
+            if ours[0] == "bert":
+                missing_encoder.append(hf_name)
+            continue
+        flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+    if missing_encoder:
+        raise UserError(
+            f"{directory}: not a complete BERT encoder; missing {len(missing_encoder)} "
+            f"parameters, e.g. {missing_encoder[:3]}"
+        )
+    fresh = init_params(config, jax.random.key(0))
+    fresh_flat = traverse_util.flatten_dict(fresh)
+    initialised = sorted("/".join(k) for k in fresh_flat if k not in flat)
+    for key, expected in fresh_flat.items():
+        if key in flat and flat[key].shape != expected.shape:
+            raise UserError(
+                f"{directory}: parameter {'/'.join(key)} has shape {flat[key].shape}, "
+                f"config.json implies {expected.shape}"
+            )
+        flat.setdefault(key, np.asarray(expected))
+    if initialised and verbose:
+        print(f"load_hf_checkpoint: {directory} has no {', '.join(initialised)}; initialised fresh")
+    return config, traverse_util.unflatten_dict(flat)
+
+
+def init_params(config: BertConfig, rng) -> dict:
+    """Unsharded float32 BertForPreTraining parameters (plain arrays, no partitioning boxes)."""
+    model = BertForPreTraining(config)
+    ids = np.zeros((1, 8), np.int32)
+    variables = jax.jit(lambda r: model.init(r, ids, masked_lm_positions=ids[:, :2]))(rng)
+    from flax.core import meta
+
+    return meta.unbox(variables["params"])
+
+
+def iter_hf_tensors(config: BertConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """BertForPreTraining params -> Hugging Face names and [out, in] arrays."""
+    flat = traverse_util.flatten_dict(params)
+    for hf_name, ours, transpose in pretraining_mappings(config):
+        if ours not in flat:
+            raise UserError(f"parameter {'/'.join(ours)} missing from the tree being exported")
+        value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
+        yield hf_name, np.ascontiguousarray(value.T if transpose else value)
+
+
+def hf_config_dict(config: BertConfig) -> dict:
+    values = {k: v for k, v in config.to_dict().items() if k not in ("dtype", "param_dtype")}
+    for key in ("pre_layer_norm", "remat_policy", "attention_implementation"):
+        values.pop(key)
+    values.update(
+        model_type="bert",
+        architectures=["BertForPreTraining"],
+        pad_token_id=0,
+        position_embedding_type="absolute",
+        torch_dtype="float32",
+    )
+    return values
+
+
+def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
+    """Writes config.json + model.safetensors loadable by transformers.BertForPreTraining."""
+    from safetensors.numpy import save_file
+
+    directory = pathlib.Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = dict(iter_hf_tensors(config, params))
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+    return directory

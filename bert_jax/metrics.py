@@ -1,0 +1,105 @@
+"""Metric writers (metrics.jsonl + TensorBoard, process 0 only), model FLOPs and MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+
+from bert_jax.modeling import BertConfig
+
+# Dense bf16 peak FLOP/s per device (chip), from the vendors' public data sheets (docs/scaling.md).
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def peak_flops_per_device(device=None, cpu_peak_flops: float = 195e9) -> float:
+    """Peak FLOP/s of one device: a table for accelerators, the config's figure for CPUs."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        # Fake host devices (xla_force_host_platform_device_count) share the same cores.
+        return cpu_peak_flops / max(jax.local_device_count(), 1)
+    kind = getattr(device, "device_kind", "")
+    for prefix, flops in sorted(PEAK_FLOPS_BY_DEVICE_KIND.items(), key=lambda kv: -len(kv[0])):
+        if kind.startswith(prefix):
+            return flops
+    return float("nan")
+
+
+def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predictions: int) -> float:
+    """Model FLOPs of one training example (forward + backward = 3x forward), matmuls only.
+
+    Encoder: 2 FLOPs per multiply-add over the layer weights at every position, plus attention
+    scores and context (2 * 2 * T^2 * H per layer). Sparse MLM head at num_predictions positions.
+    """
+    h, f, v, t = config.hidden_size, config.intermediate_size, config.vocab_size, seq_len
+    per_token_layer = 2 * (4 * h * h + 2 * h * f)
+    attention = 2 * 2 * t * t * h
+    encoder = config.num_hidden_layers * (t * per_token_layer + attention)
+    heads = 2 * num_predictions * (h * h + h * v) + 2 * (h * h + 2 * h)
+    return 3.0 * (encoder + heads)
+
+
+class MetricWriter:
+    """Writes scalars to WORKDIR/metrics.jsonl and TensorBoard; a no-op on processes other than 0."""
+
+    def __init__(self, workdir, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = pathlib.Path(workdir)
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
+                self._tb = None
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items() if v is not None}
+        record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                if math.isfinite(value):
+                    self._tb.add_scalar(key, value, int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir) -> list[dict]:
+    """Records of WORKDIR/metrics.jsonl; a resumed run may repeat steps, the last one wins."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_step: dict[tuple[int, bool], dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        is_eval = any(k.startswith("eval_") for k in record)
+        by_step[(record["step"], is_eval)] = record
+    return [by_step[k] for k in sorted(by_step)]

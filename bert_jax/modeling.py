@@ -1,0 +1,466 @@
+"""BERT in Flax Linen: config, encoder, pretraining heads and task heads.
+
+Shapes use B = batch, T = sequence length, H = hidden_size, N = attention heads, D = H // N,
+F = intermediate_size, V = vocab_size, P = max_predictions_per_seq.
+
+The model speaks logical axis names only (see `bert_jax.sharding` for the mesh mapping):
+parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes`; activations use
+`act_batch, act_length, act_embed, act_heads, act_mlp`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from bert_jax.errors import UserError
+
+Array = jax.Array
+
+# Released sizes of google-research/bert (the 24 smaller models and BERT-Base/Large).
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
+    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),
+    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8),
+    "medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12),
+    "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16),
+}
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture; field names follow bert_config.json / Hugging Face config.json."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    dtype: str = "float32"  # compute dtype (e.g. bfloat16); parameters stay param_dtype
+    param_dtype: str = "float32"
+    pre_layer_norm: bool = False  # the original BERT is post-LN
+    remat_policy: str = "none"  # one of REMAT_POLICIES
+    attention_implementation: str | None = None  # None (XLA picks), "xla" or "cudnn"
+
+    def __post_init__(self):
+        problems = []
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not problems and self.hidden_size % self.num_attention_heads:
+            problems.append(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            problems.append(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError:
+                problems.append(f"{name} {getattr(self, name)!r} is not a dtype name")
+        if self.remat_policy not in REMAT_POLICIES:
+            problems.append(f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}")
+        if problems:
+            raise UserError("invalid BertConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
+        """A released size by name (tiny, mini, small, medium, base, large), with overrides."""
+        if name not in PRESETS:
+            raise UserError(f"unknown BERT preset {name!r}; choose one of {list(PRESETS)}")
+        fields = dict(PRESETS[name])
+        fields["intermediate_size"] = 4 * fields["hidden_size"]
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """Builds from a bert_config.json / config.json dict; unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path) -> BertConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> BertConfig:
+        return dataclasses.replace(self, **changes)
+
+    def num_parameters(self, include_heads: bool = True) -> int:
+        """Analytic parameter count (BertModel, plus MLM/NSP heads when include_heads)."""
+        h, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h
+        pooler = h * h + h
+        total = embeddings + self.num_hidden_layers * layer + pooler
+        if include_heads:
+            total += h * h + h + 2 * h + v + 2 * h + 2
+        return total
+
+
+def _kernel_init(config: BertConfig, axes: tuple[str | None, ...]):
+    init = nn.initializers.truncated_normal(config.initializer_range)
+    return nn.with_logical_partitioning(init, axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+class Dense(nn.Module):
+    """A dense layer with a 2-D kernel carrying logical axis names."""
+
+    features: int
+    config: BertConfig
+    axes: tuple[str | None, str | None]
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        return nn.Dense(
+            self.features,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=_kernel_init(cfg, self.axes),
+            bias_init=_zeros((self.axes[1],)),
+            name="dense",
+        )(x)
+
+
+class LayerNorm(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        return nn.LayerNorm(
+            epsilon=cfg.layer_norm_eps,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            scale_init=_ones(("embed",)),
+            bias_init=_zeros(("embed",)),
+            name="norm",
+        )(x)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + learned position + token type embeddings, LayerNorm, dropout."""
+
+    config: BertConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = lambda n, axes, name: nn.Embed(  # noqa: E731
+            n,
+            cfg.hidden_size,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            embedding_init=_kernel_init(cfg, axes),
+            name=name,
+        )
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.position_embeddings = embed(
+            cfg.max_position_embeddings, ("length", "embed"), "position_embeddings"
+        )
+        self.token_type_embeddings = embed(
+            cfg.type_vocab_size, ("type_vocab", "embed"), "token_type_embeddings"
+        )
+        self.layer_norm = LayerNorm(cfg, name="LayerNorm")
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
+        x = (
+            self.word_embeddings(input_ids)  # [B, T, H]
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        if not self.config.pre_layer_norm:
+            x = self.layer_norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+
+    def attend(self, x: Array) -> Array:
+        """Logits against the word-embedding table (the tied MLM decoder): [..., H] -> [..., V]."""
+        return self.word_embeddings.attend(x)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention; the fused `jax.nn.dot_product_attention` unless dropout is active."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        """x: [B, T, H]; key_mask: [B, T] bool, True where a token may be attended to."""
+        cfg = self.config
+        b, t, _ = x.shape
+        n, d = cfg.num_attention_heads, cfg.head_dim
+
+        def project(name: str) -> Array:
+            y = Dense(cfg.hidden_size, cfg, ("embed", "heads"), name=name)(x)
+            y = y.reshape(b, t, n, d)  # [B, T, N, D]
+            return nn.with_logical_constraint(y, ("act_batch", "act_length", "act_heads", None))
+
+        query, key, value = project("query"), project("key"), project("value")
+        mask = key_mask[:, None, None, :]  # [B, 1, 1, T]
+        dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0.0
+        if dropout_active:
+            # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
+            logits = jnp.einsum("bqnd,bknd->bnqk", query, key).astype(jnp.float32)
+            logits = logits / jnp.sqrt(d).astype(jnp.float32)
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)  # [B, N, T, T]
+            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+            context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
+        else:
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, implementation=cfg.attention_implementation
+            )  # [B, T, N, D]
+        context = context.reshape(b, t, cfg.hidden_size)
+        context = nn.with_logical_constraint(context, ("act_batch", "act_length", "act_heads"))
+        return Dense(cfg.hidden_size, cfg, ("heads", "embed"), name="output")(context)
+
+
+class BertLayer(nn.Module):
+    """One encoder block: attention then feed-forward, post-LN (original) or pre-LN."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        attention_norm = LayerNorm(cfg, name="attention_layer_norm")
+        output_norm = LayerNorm(cfg, name="output_layer_norm")
+
+        h = attention_norm(x) if cfg.pre_layer_norm else x
+        h = BertSelfAttention(cfg, name="attention")(h, key_mask, deterministic)
+        x = x + dropout(h, deterministic=deterministic)
+        if not cfg.pre_layer_norm:
+            x = attention_norm(x)
+
+        h = output_norm(x) if cfg.pre_layer_norm else x
+        h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="intermediate")(h)  # [B, T, F]
+        h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+        h = ACTIVATIONS[cfg.hidden_act](h)
+        h = Dense(cfg.hidden_size, cfg, ("mlp", "embed"), name="output")(h)  # [B, T, H]
+        x = x + dropout(h, deterministic=deterministic)
+        if not cfg.pre_layer_norm:
+            x = output_norm(x)
+        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        layer_cls = BertLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(
+                BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
+            )
+        for i in range(cfg.num_hidden_layers):
+            x = layer_cls(cfg, name=f"layer_{i}")(x, key_mask, deterministic)
+        if cfg.pre_layer_norm:
+            x = LayerNorm(cfg, name="final_layer_norm")(x)
+        return x
+
+
+class BertModel(nn.Module):
+    """The encoder: returns (sequence_output [B, T, H], pooled_output [B, H])."""
+
+    config: BertConfig
+
+    def setup(self):
+        self.embeddings = BertEmbeddings(self.config)
+        self.encoder = BertEncoder(self.config)
+        self.pooler = Dense(self.config.hidden_size, self.config, ("embed", "embed_out"))
+
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[Array, Array]:
+        """input_ids, token_type_ids, attention_mask: [B, T] ints (mask 1 = real token)."""
+        b, t = input_ids.shape
+        if t > self.config.max_position_embeddings:
+            raise UserError(
+                f"sequence length {t} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        sequence_output = self.encoder(x, attention_mask > 0, deterministic)  # [B, T, H]
+        pooled_output = jnp.tanh(self.pooler(sequence_output[:, 0]))  # [B, H]
+        return sequence_output, pooled_output
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)
+
+
+@flax.struct.dataclass
+class BertPreTrainingOutput:
+    mlm_logits: Array  # [B, P, V] with masked_lm_positions, else [B, T, V]; float32
+    nsp_logits: Array  # [B, 2]; float32
+    sequence_output: Array  # [B, T, H]
+    pooled_output: Array  # [B, H]
+
+
+def gather_positions(sequence: Array, positions: Array) -> Array:
+    """sequence [B, T, H], positions [B, P] -> [B, P, H]."""
+    return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
+
+
+class BertForPreTraining(nn.Module):
+    """BertModel + masked-LM head (decoder tied to the word embeddings) + next-sentence head."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        masked_lm_positions: Array | None = None,
+        deterministic: bool = True,
+    ) -> BertPreTrainingOutput:
+        cfg = self.config
+        bert = BertModel(cfg, name="bert")
+        sequence_output, pooled_output = bert(
+            input_ids, token_type_ids, attention_mask, deterministic
+        )
+        # The sparse head: vocabulary logits only where tokens were masked (as the reference).
+        h = sequence_output
+        if masked_lm_positions is not None:
+            h = gather_positions(sequence_output, masked_lm_positions)  # [B, P, H]
+        h = Dense(cfg.hidden_size, cfg, ("embed", "embed_out"), name="mlm_transform")(h)
+        h = ACTIVATIONS[cfg.hidden_act](h)
+        h = LayerNorm(cfg, name="mlm_layer_norm")(h)
+        logits = bert.attend(h.astype(jnp.dtype(cfg.param_dtype)))  # [B, P, V]
+        bias = self.param(
+            "mlm_output_bias", _zeros(("vocab",)), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype)
+        )
+        mlm_logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        nsp_logits = Dense(2, cfg, ("embed", "classes"), name="nsp")(pooled_output)
+        return BertPreTrainingOutput(
+            mlm_logits=mlm_logits,
+            nsp_logits=nsp_logits.astype(jnp.float32),
+            sequence_output=sequence_output,
+            pooled_output=pooled_output,
+        )
+
+
+class BertForSequenceClassification(nn.Module):
+    """Pooled [CLS] -> dropout -> dense; num_labels == 1 means regression. Returns [B, num_labels]."""
+
+    config: BertConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+        cfg = self.config
+        _, pooled = BertModel(cfg, name="bert")(
+            input_ids, token_type_ids, attention_mask, deterministic
+        )
+        pooled = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(pooled)
+        return logits.astype(jnp.float32)
+
+
+class BertForTokenClassification(nn.Module):
+    """Every position -> dropout -> dense. Returns [B, T, num_labels]."""
+
+    config: BertConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+        cfg = self.config
+        sequence, _ = BertModel(cfg, name="bert")(
+            input_ids, token_type_ids, attention_mask, deterministic
+        )
+        sequence = nn.Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
+        logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
+        return logits.astype(jnp.float32)
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span QA: returns (start_logits [B, T], end_logits [B, T])."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+        cfg = self.config
+        sequence, _ = BertModel(cfg, name="bert")(
+            input_ids, token_type_ids, attention_mask, deterministic
+        )
+        logits = Dense(2, cfg, ("embed", "classes"), name="qa_outputs")(sequence)
+        logits = logits.astype(jnp.float32)
+        return logits[..., 0], logits[..., 1]

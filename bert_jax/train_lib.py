@@ -1,0 +1,201 @@
+"""The pretraining loop as a library function: `train_and_evaluate(config, workdir) -> TrainState`.
+
+Called by `python -m bert_jax.pretrain` and usable from a notebook. Resumes from the newest good
+checkpoint in WORKDIR/checkpoints; on SIGTERM it finishes the step, saves and returns.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from bert_jax import checkpointing, distributed, sharding
+from bert_jax.config_lib import validate_pretraining_config
+from bert_jax.data import pipeline
+from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
+from bert_jax.train_step import SUM_METRICS, Pretrainer, TrainState, build_pretrainer, metrics_from_sums
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM (how Cloud TPU and SLURM preempt); the loop saves and stops at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _stop_requested_anywhere(local_flag: bool) -> bool:
+    """All processes agree to stop, so every one of them joins the final save."""
+    if jax.process_count() == 1:
+        return local_flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.asarray(local_flag)).any())
+
+
+def evaluate(pretrainer: Pretrainer, params, config) -> dict[str, float]:
+    """Held-out masked-LM and NSP metrics over up to config.eval_steps batches."""
+    iterator = pipeline.make_pretraining_iterator(
+        config.data,
+        split="validation",
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_epochs=1,
+    )
+    totals = None
+    batches = 0
+    for local_batch in iterator:
+        if batches >= config.eval_steps:
+            break
+        if local_batch["input_ids"].shape[0] * jax.process_count() != config.batch_size:
+            break  # a final partial batch; the batch count below says how many were used
+        sums = pretrainer.eval_step(params, pretrainer.shard_batch(local_batch))
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        batches += 1
+    if totals is None:
+        return {}
+    result = metrics_from_sums(jax.device_get(totals), prefix="eval_")
+    result["eval_batches"] = batches
+    return result
+
+
+def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> TrainState:
+    from bert_jax.checkpointing import load_params_for_init
+
+    params = load_params_for_init(config.init_checkpoint, pretrainer.abstract_state.params)
+    return state.replace(params=params)
+
+
+def train_and_evaluate(config, workdir) -> TrainState:
+    """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`."""
+    distributed.initialize_if_needed()
+    workdir = pathlib.Path(workdir)
+    validate_pretraining_config(config, jax.device_count())
+    mesh = sharding.make_mesh(config.mesh)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=2))
+        info = pipeline.prepare_data(config.data)
+        print(f"data: {info}")
+    distributed.barrier("data_prepared")
+    if not is_main:
+        pipeline.prepare_data(config.data)
+
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        checkpointer = checkpointing.Checkpointer(
+            workdir, config.checkpoint_every_steps, config.keep_checkpoints, config
+        )
+        train_iter = pipeline.make_pretraining_iterator(
+            config.data,
+            split="train",
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+        restored = checkpointer.restore(pretrainer.abstract_state)
+        if restored is not None:
+            start_step, state, data_state = restored
+            if data_state is not None:
+                train_iter.set_state(checkpointing.data_state_from_json(data_state))
+            print(f"resumed from {checkpointer.directory / str(start_step)} at step {start_step}")
+        else:
+            state = pretrainer.init(init_rng)
+            start_step = 0
+            if config.init_checkpoint:
+                state = _load_init_params(config, pretrainer, state)
+        state = _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step,
+                          dropout_rng, workdir)
+        checkpointer.close()
+    return state
+
+
+def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, dropout_rng, workdir):
+    writer = MetricWriter(workdir)
+    model_flops = pretraining_flops_per_example(
+        pretrainer.model_config, config.data.max_seq_length, config.data.max_predictions_per_seq
+    )
+    peak = config.peak_flops_per_device or peak_flops_per_device(cpu_peak_flops=config.cpu_peak_flops)
+    peak_total = peak * jax.device_count()
+    tokens_per_step = config.batch_size * config.data.max_seq_length
+    pending = []  # device metrics since the last log: fetched together, no per-step host sync
+    step = start_step
+    last_log_time, last_log_step = time.perf_counter(), step
+    bar = tqdm(
+        total=config.num_train_steps,
+        initial=start_step,
+        desc="pretrain",
+        disable=not (config.progress_bar and jax.process_index() == 0),
+        dynamic_ncols=True,
+    )
+    with _PreemptionFlag() as preemption:
+        while step < config.num_train_steps:
+            batch = pretrainer.shard_batch(next(train_iter))
+            state, metrics = pretrainer.train_step(state, batch, dropout_rng)
+            step += 1
+            pending.append(metrics)
+            bar.update(1)
+            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                fetched = jax.device_get(pending)
+                elapsed = time.perf_counter() - last_log_time
+                steps_done = step - last_log_step
+                sums = {k: float(sum(m[k] for m in fetched)) for k in SUM_METRICS}
+                scalars = metrics_from_sums(sums)
+                scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
+                scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
+                steps_per_sec = steps_done / max(elapsed, 1e-9)
+                scalars["steps_per_sec"] = steps_per_sec
+                scalars["tokens_per_sec"] = steps_per_sec * tokens_per_step
+                scalars["examples_per_sec"] = steps_per_sec * config.batch_size
+                scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
+                writer.write(step, scalars)
+                bar.set_postfix(loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}")
+                pending = []
+                last_log_time, last_log_step = time.perf_counter(), step
+            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                eval_scalars = evaluate(pretrainer, state.params, config)
+                if eval_scalars:
+                    writer.write(step, eval_scalars)
+                    bar.write(
+                        f"step {step}: "
+                        + " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items())
+                    )
+                last_log_time = time.perf_counter()  # evaluation time is not training time
+            stop = _stop_requested_anywhere(preemption.requested)
+            if checkpointer.should_save(step) or step == config.num_train_steps or stop:
+                checkpointer.save(step, state, train_iter.get_state(), force=stop)
+            if stop:
+                checkpointer.wait()
+                bar.close()
+                print(f"preempted: saved step {step} to {checkpointer.directory}; exiting")
+                break
+    bar.close()
+    writer.close()
+    if jax.process_index() == 0:
+        (pathlib.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
+    return state

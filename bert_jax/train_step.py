@@ -1,0 +1,251 @@
+"""The sharded pretraining step: state init, masked-LM + next-sentence loss, gradient accumulation.
+
+`build_pretrainer(config, mesh)` returns jitted functions with explicit in/out shardings, used by
+the training loop (`train_lib`) and by the ahead-of-time planner (`plan`) alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax.core import meta
+from jax.sharding import Mesh, NamedSharding
+
+from bert_jax import sharding
+from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.optim import learning_rate_schedule, make_optimizer
+
+BATCH_KEYS_2D = ("input_ids", "attention_mask", "token_type_ids")
+BATCH_KEYS_P = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+
+# Sums and counts: exact across devices and accumulation steps; ratios are taken on the host.
+SUM_METRICS = (
+    "mlm_loss_sum",
+    "mlm_correct",
+    "mlm_weight",
+    "nsp_loss_sum",
+    "nsp_correct",
+    "nsp_count",
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar
+    params: Any
+    opt_state: Any
+
+
+def model_config_from(config) -> BertConfig:
+    return BertConfig.from_dict(dict(config.model))
+
+
+def batch_shapes(config, global_batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    b = int(global_batch or config.batch_size)
+    t, p = int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+    shapes = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in BATCH_KEYS_2D}
+    shapes["masked_lm_positions"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
+    shapes["masked_lm_ids"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
+    shapes["masked_lm_weights"] = jax.ShapeDtypeStruct((b, p), jnp.float32)
+    shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+    return shapes
+
+
+def pretraining_sums(output, batch) -> dict[str, jax.Array]:
+    """Loss sums and counts for one (micro)batch; float32."""
+    log_probs = jax.nn.log_softmax(output.mlm_logits.astype(jnp.float32))  # [B, P, V]
+    ids = batch["masked_lm_ids"]
+    weights = batch["masked_lm_weights"].astype(jnp.float32)
+    token_log_prob = jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]  # [B, P]
+    mlm_correct = (jnp.argmax(log_probs, -1) == ids).astype(jnp.float32) * weights
+    nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B, 2]
+    labels = batch["next_sentence_labels"]
+    nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]  # [B]
+    return {
+        "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
+        "mlm_correct": jnp.sum(mlm_correct),
+        "mlm_weight": jnp.sum(weights),
+        "nsp_loss_sum": jnp.sum(nsp_nll),
+        "nsp_correct": jnp.sum((jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)),
+        "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
+    }
+
+
+@dataclasses.dataclass
+class Pretrainer:
+    """Everything the loop and the planner need, built once per (config, mesh)."""
+
+    config: Any
+    model_config: BertConfig
+    model: BertForPreTraining
+    mesh: Mesh
+    rules: tuple
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_shardings: Any
+    batch_shardings: dict[str, NamedSharding]
+    init: Callable  # rng -> TrainState (sharded)
+    train_step: Callable  # (state, batch, rng) -> (state, metrics)
+    eval_step: Callable  # (params, batch) -> metrics sums
+    abstract_state: Any
+
+    def shard_batch(self, local_batch: dict) -> dict:
+        return sharding.global_batch_from_local(local_batch, self.mesh)
+
+
+def _split_microbatches(batch: dict, accum: int) -> dict:
+    """[B, ...] -> [accum, B // accum, ...]; microbatch k takes rows k, k+accum, ... so every
+    device keeps its own rows (the batch dimension stays sharded)."""
+
+    def split(x):
+        x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
+    model_config = model_config_from(config)
+    model = BertForPreTraining(model_config)
+    rules = sharding.rules_from_config(config)
+    optimizer_schedule = learning_rate_schedule(config)
+    optimizer = make_optimizer(config, optimizer_schedule)
+    accum = int(config.get("grad_accum_steps", 1))
+    shapes = batch_shapes(config)
+
+    def init_boxed(rng):
+        dummy = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
+        variables = model.init(
+            rng,
+            dummy["input_ids"],
+            dummy["token_type_ids"],
+            dummy["attention_mask"],
+            dummy["masked_lm_positions"],
+        )
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    with nn.logical_axis_rules(rules):
+        abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        meta.unbox(abstract_boxed),
+        state_shardings,
+    )
+    batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in shapes.items()}
+
+    def init(rng) -> TrainState:
+        with nn.logical_axis_rules(rules):
+            return meta.unbox(init_boxed(rng))
+
+    def loss_fn(params, micro, dropout_rng, totals):
+        output = model.apply(
+            {"params": params},
+            micro["input_ids"],
+            micro["token_type_ids"],
+            micro["attention_mask"],
+            micro["masked_lm_positions"],
+            deterministic=False,
+            rngs={"dropout": dropout_rng},
+        )
+        sums = pretraining_sums(output, micro)
+        # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
+        loss = sums["mlm_loss_sum"] / totals["mlm_weight"] + sums["nsp_loss_sum"] / totals["nsp_count"]
+        return loss, sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        step_rng = jax.random.fold_in(rng, state.step)
+        totals = {
+            "mlm_weight": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
+            "nsp_count": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32),
+        }
+        with nn.logical_axis_rules(rules):
+            if accum == 1:
+                (_, sums), grads = grad_fn(state.params, batch, step_rng, totals)
+            else:
+                micro = _split_microbatches(batch, accum)
+                zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+                zero_sums = {k: jnp.zeros((), jnp.float32) for k in SUM_METRICS}
+
+                def accumulate(carry, inputs):
+                    grads_acc, sums_acc = carry
+                    index, mb = inputs
+                    (_, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, index), totals)
+                    grads_acc = jax.tree.map(jnp.add, grads_acc, g)
+                    sums_acc = jax.tree.map(jnp.add, sums_acc, s)
+                    return (grads_acc, sums_acc), None
+
+                (grads, sums), _ = jax.lax.scan(
+                    accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro)
+                )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(sums)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["learning_rate"] = optimizer_schedule(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(params, batch):
+        with nn.logical_axis_rules(rules):
+            output = model.apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+                batch["masked_lm_positions"],
+                deterministic=True,
+            )
+        return pretraining_sums(output, batch)
+
+    rep = sharding.replicated(mesh)
+    jit_init = jax.jit(init, out_shardings=state_shardings)
+    jit_train = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings, rep),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+    jit_eval = jax.jit(
+        eval_step, in_shardings=(state_shardings.params, batch_shardings), out_shardings=rep
+    )
+    return Pretrainer(
+        config=config,
+        model_config=model_config,
+        model=model,
+        mesh=mesh,
+        rules=rules,
+        optimizer=optimizer,
+        schedule=optimizer_schedule,
+        state_shardings=state_shardings,
+        batch_shardings=batch_shardings,
+        init=jit_init,
+        train_step=jit_train,
+        eval_step=jit_eval,
+        abstract_state=abstract_state,
+    )
+
+
+def metrics_from_sums(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Ratios from summed metrics (host side)."""
+    mlm_w = max(float(sums["mlm_weight"]), 1e-9)
+    nsp_n = max(float(sums["nsp_count"]), 1e-9)
+    mlm_loss = float(sums["mlm_loss_sum"]) / mlm_w
+    nsp_loss = float(sums["nsp_loss_sum"]) / nsp_n
+    out = {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": float(sums["mlm_correct"]) / mlm_w,
+        "nsp_loss": nsp_loss,
+        "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n,
+    }
+    return {prefix + k: v for k, v in out.items()}

@@ -1,0 +1,47 @@
+r"""Demo: a tiny BERT (L2/H128) pretrained on the KJV books bundled in the package.
+
+A few minutes on a 2-core laptop CPU; what `make demo` runs:
+
+  python -m bert_jax.pretrain --config configs/demo.py --workdir runs/demo
+
+`get_config("test")` is the same setup shrunk for the test suite.
+"""
+
+from bert_jax.config_lib import pretraining_config
+from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
+
+
+def get_config(mode: str = "demo"):
+    c = pretraining_config("tiny", max_position_embeddings=128)
+    c.data.input_files = str(BUNDLED_CORPUS)
+    c.data.vocab_file = str(BUNDLED_VOCAB)
+    c.data.data_dir = "runs/data"
+    c.data.max_seq_length = 128
+    c.data.max_predictions_per_seq = 20
+    c.batch_size = 32
+    c.learning_rate = 1e-3
+    c.num_train_steps = 2000
+    c.warmup_steps = 100
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.eval_steps = 20
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.mesh.data = 1  # one CPU device; -1 would use every device
+    if mode == "test":
+        c.model.num_hidden_layers = 1
+        c.model.hidden_size = 32
+        c.model.num_attention_heads = 2
+        c.model.intermediate_size = 64
+        c.model.max_position_embeddings = 64
+        c.data.max_seq_length = 64
+        c.data.max_predictions_per_seq = 10
+        c.batch_size = 8
+        c.num_train_steps = 6
+        c.warmup_steps = 2
+        c.log_every_steps = 2
+        c.eval_every_steps = 3
+        c.eval_steps = 2
+        c.checkpoint_every_steps = 3
+        c.progress_bar = False
+    return c
