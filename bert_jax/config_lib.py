@@ -60,6 +60,12 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     return c
 
 
+def vocab_size(vocab_file) -> int:
+    """Entries of a WordPiece vocab file (one token per line)."""
+    with open(vocab_file, encoding="utf-8") as f:
+        return sum(1 for line in f if line.rstrip("\n"))
+
+
 def _input_files(pattern_list: str) -> list[str]:
     import glob
 
@@ -110,5 +116,12 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
     if check_files:
         _input_files(data.input_files)
-        if data.vocab_file and not pathlib.Path(data.vocab_file).exists():
-            raise UserError(f"data.vocab_file {data.vocab_file} not found")
+        if data.vocab_file:
+            if not pathlib.Path(data.vocab_file).exists():
+                raise UserError(f"data.vocab_file {data.vocab_file} not found")
+            entries = vocab_size(data.vocab_file)
+            if entries > model.vocab_size:
+                raise UserError(
+                    f"data.vocab_file {data.vocab_file} has {entries} tokens but "
+                    f"model.vocab_size is {model.vocab_size}; set --config.model.vocab_size={entries}"
+                )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+from etils import epath
 
 import jax
 
@@ -52,17 +52,26 @@ def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predicti
     return 3.0 * (encoder + heads)
 
 
+def _is_local(path) -> bool:
+    return "://" not in str(path)
+
+
 class MetricWriter:
     """Writes scalars to WORKDIR/metrics.jsonl and TensorBoard; a no-op on processes other than 0."""
 
     def __init__(self, workdir, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = epath.Path(workdir)
         self._jsonl = None
+        self._lines: list[str] | None = None  # object stores (gs://) cannot append
         self._tb = None
         if self.enabled:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+            path = self.workdir / "metrics.jsonl"
+            if _is_local(self.workdir):
+                self._jsonl = open(path, "a", encoding="utf-8")
+            else:
+                self._lines = path.read_text().splitlines(keepends=True) if path.exists() else []
             try:
                 from tensorboardX import SummaryWriter
 
@@ -75,8 +84,13 @@ class MetricWriter:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
         record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            (self.workdir / "metrics.jsonl").write_text("".join(self._lines))
         if self._tb is not None:
             for key, value in clean.items():
                 if math.isfinite(value):
@@ -92,7 +106,7 @@ class MetricWriter:
 
 def read_metrics(workdir) -> list[dict]:
     """Records of WORKDIR/metrics.jsonl; a resumed run may repeat steps, the last one wins."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = epath.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     by_step: dict[tuple[int, bool], dict] = {}

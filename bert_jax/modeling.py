@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,9 @@ class BertConfig:
             except TypeError:
                 problems.append(f"{name} {getattr(self, name)!r} is not a dtype name")
         if self.remat_policy not in REMAT_POLICIES:
-            problems.append(f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}")
+            problems.append(
+                f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
+            )
         if problems:
             raise UserError("invalid BertConfig: " + "; ".join(problems))
 
@@ -184,6 +187,52 @@ class Dense(nn.Module):
         )(x)
 
 
+def _mix32(x: Array) -> Array:
+    """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def dropout_keep_mask(rng: Array, rate: float, shape: tuple[int, ...]) -> tuple[Array, float]:
+    """A Bernoulli(1 - rate) keep mask of `shape` and its exact scale, 1 / P(keep).
+
+    Dropout draws more random numbers than anything else in training (B*N*T*T per layer for the
+    attention probabilities), and jax.random's threefry spends 20 rounds on each 32-bit word,
+    which on CPU costs several times the matmuls it masks. Here one threefry call makes a 64-bit
+    key, then each element takes 16 bits of a keyed counter hash (two keyed MurmurHash3
+    finalisers, a bijection of the counter): P(drop) = round(rate * 2**16) / 2**16.
+    """
+    k1, k2 = jax.random.bits(rng, (2,), jnp.uint32)
+    last = shape[-1] if shape else 1
+    words_shape = (*shape[:-1], (last + 1) // 2)
+    # The row-major index of each word, from per-axis iotas so that it shards like x does.
+    counter = jnp.zeros(words_shape, jnp.uint32)
+    for axis in range(len(words_shape)):
+        stride = math.prod(words_shape[axis + 1 :])
+        counter += jax.lax.broadcasted_iota(jnp.uint32, words_shape, axis) * jnp.uint32(stride)
+    bits = _mix32(_mix32((counter * jnp.uint32(0x9E3779B9)) ^ k1) + k2)
+    halves = jax.lax.bitcast_convert_type(bits, jnp.uint16)  # [..., words, 2]
+    halves = halves.reshape(*shape[:-1], 2 * words_shape[-1])[..., :last].reshape(shape)
+    threshold = min(round(rate * 65536), 65535)
+    return halves >= jnp.uint16(threshold), 65536 / (65536 - threshold)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with `dropout_keep_mask`; draws from the "dropout" RNG stream."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep, scale = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+        return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+
+
 class LayerNorm(nn.Module):
     config: BertConfig
 
@@ -223,7 +272,7 @@ class BertEmbeddings(nn.Module):
             cfg.type_vocab_size, ("type_vocab", "embed"), "token_type_embeddings"
         )
         self.layer_norm = LayerNorm(cfg, name="LayerNorm")
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
         x = (
@@ -242,7 +291,7 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention; the fused `jax.nn.dot_product_attention` unless dropout is active."""
+    """Multi-head self-attention: fused `jax.nn.dot_product_attention` unless dropout is active."""
 
     config: BertConfig
 
@@ -267,7 +316,7 @@ class BertSelfAttention(nn.Module):
             logits = logits / jnp.sqrt(d).astype(jnp.float32)
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1)  # [B, N, T, T]
-            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
             context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
         else:
             context = jax.nn.dot_product_attention(
@@ -286,7 +335,7 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
         cfg = self.config
-        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        dropout = Dropout(cfg.hidden_dropout_prob)
         attention_norm = LayerNorm(cfg, name="attention_layer_norm")
         output_norm = LayerNorm(cfg, name="output_layer_norm")
 
@@ -376,6 +425,26 @@ def gather_positions(sequence: Array, positions: Array) -> Array:
     return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
 
 
+@jax.custom_vjp
+def add_vocab_bias(logits: Array, bias: Array) -> Array:
+    """logits [..., V] + bias [V]. The bias gradient, a column sum over every predicted position,
+    is taken as a matrix-vector product: XLA's CPU reduction over leading axes is several times
+    slower, and at [B * P, V] it costs as much as the decoder matmul."""
+    return logits + bias
+
+
+def _add_vocab_bias_fwd(logits, bias):
+    return logits + bias, None
+
+
+def _add_vocab_bias_bwd(_, grad):
+    rows = grad.reshape(-1, grad.shape[-1])  # [B * P, V]
+    return grad, jnp.ones((rows.shape[0],), rows.dtype) @ rows
+
+
+add_vocab_bias.defvjp(_add_vocab_bias_fwd, _add_vocab_bias_bwd)
+
+
 class BertForPreTraining(nn.Module):
     """BertModel + masked-LM head (decoder tied to the word embeddings) + next-sentence head."""
 
@@ -406,7 +475,7 @@ class BertForPreTraining(nn.Module):
         bias = self.param(
             "mlm_output_bias", _zeros(("vocab",)), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype)
         )
-        mlm_logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        mlm_logits = add_vocab_bias(logits.astype(jnp.float32), bias.astype(jnp.float32))
         nsp_logits = Dense(2, cfg, ("embed", "classes"), name="nsp")(pooled_output)
         return BertPreTrainingOutput(
             mlm_logits=mlm_logits,
@@ -417,7 +486,7 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """Pooled [CLS] -> dropout -> dense; num_labels == 1 means regression. Returns [B, num_labels]."""
+    """Pooled [CLS] -> dropout -> dense; num_labels 1 means regression. Returns [B, num_labels]."""
 
     config: BertConfig
     num_labels: int
@@ -428,7 +497,7 @@ class BertForSequenceClassification(nn.Module):
         _, pooled = BertModel(cfg, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic
         )
-        pooled = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        pooled = Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(pooled)
         return logits.astype(jnp.float32)
 
@@ -445,7 +514,7 @@ class BertForTokenClassification(nn.Module):
         sequence, _ = BertModel(cfg, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic
         )
-        sequence = nn.Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
+        sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
         return logits.astype(jnp.float32)
 

@@ -21,7 +21,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+
     from bert_jax import train_lib
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 
     try:
         train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

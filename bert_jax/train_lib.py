@@ -7,7 +7,7 @@ checkpoint in WORKDIR/checkpoints; on SIGTERM it finishes the step, saves and re
 from __future__ import annotations
 
 import json
-import pathlib
+from etils import epath
 import signal
 import time
 
@@ -30,6 +30,8 @@ class _PreemptionFlag:
         self._previous = None
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            return self  # JAX's preemption sync service owns SIGTERM (distributed.stop_requested)
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. some notebook runners): no handler
@@ -42,15 +44,6 @@ class _PreemptionFlag:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _stop_requested_anywhere(local_flag: bool) -> bool:
-    """All processes agree to stop, so every one of them joins the final save."""
-    if jax.process_count() == 1:
-        return local_flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.process_allgather(np.asarray(local_flag)).any())
 
 
 def evaluate(pretrainer: Pretrainer, params, config) -> dict[str, float]:
@@ -91,7 +84,7 @@ def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> Trai
 def train_and_evaluate(config, workdir) -> TrainState:
     """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`."""
     distributed.initialize_if_needed()
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)  # local paths and gs:// alike
     validate_pretraining_config(config, jax.device_count())
     mesh = sharding.make_mesh(config.mesh)
     is_main = jax.process_index() == 0
@@ -119,23 +112,29 @@ def train_and_evaluate(config, workdir) -> TrainState:
         )
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
         restored = checkpointer.restore(pretrainer.abstract_state)
+        pending_metrics = []
         if restored is not None:
-            start_step, state, data_state = restored
-            if data_state is not None:
-                train_iter.set_state(checkpointing.data_state_from_json(data_state))
-            print(f"resumed from {checkpointer.directory / str(start_step)} at step {start_step}")
+            start_step, state = restored.step, restored.state
+            if restored.data_state is not None:
+                train_iter.set_state(restored.data_state)
+            if restored.rng is not None:
+                dropout_rng = restored.rng
+            pending_metrics = restored.pending_metrics or []
+            if is_main:
+                print(f"resumed from {checkpointer.directory / str(start_step)}")
         else:
             state = pretrainer.init(init_rng)
             start_step = 0
             if config.init_checkpoint:
                 state = _load_init_params(config, pretrainer, state)
         state = _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step,
-                          dropout_rng, workdir)
+                          dropout_rng, workdir, pending_metrics)
         checkpointer.close()
     return state
 
 
-def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, dropout_rng, workdir):
+def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, dropout_rng, workdir,
+              pending_metrics):
     writer = MetricWriter(workdir)
     model_flops = pretraining_flops_per_example(
         pretrainer.model_config, config.data.max_seq_length, config.data.max_predictions_per_seq
@@ -143,9 +142,13 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
     peak = config.peak_flops_per_device or peak_flops_per_device(cpu_peak_flops=config.cpu_peak_flops)
     peak_total = peak * jax.device_count()
     tokens_per_step = config.batch_size * config.data.max_seq_length
-    pending = []  # device metrics since the last log: fetched together, no per-step host sync
+    # Device metrics since the last log, fetched together (no per-step host sync). A resumed run
+    # starts with the saved ones, so its first log averages the same steps as an unbroken run.
+    pending = list(pending_metrics)
     step = start_step
-    last_log_time, last_log_step = time.perf_counter(), step
+    # Throughput counts training time only: compilation and evaluation are excluded.
+    last_log_time, last_log_step, excluded_time = time.perf_counter(), step, 0.0
+    compile_time = None
     bar = tqdm(
         total=config.num_train_steps,
         initial=start_step,
@@ -159,16 +162,23 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
             state, metrics = pretrainer.train_step(state, batch, dropout_rng)
             step += 1
             pending.append(metrics)
+            if compile_time is None:
+                jax.block_until_ready(metrics)
+                compile_time = time.perf_counter() - last_log_time
+                excluded_time += compile_time
+                last_log_step = step  # the first step's time is mostly compilation
+                if jax.process_index() == 0:
+                    bar.write(f"compiled and ran the first train step in {compile_time:.1f} s")
             bar.update(1)
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
                 fetched = jax.device_get(pending)
-                elapsed = time.perf_counter() - last_log_time
+                elapsed = time.perf_counter() - last_log_time - excluded_time
                 steps_done = step - last_log_step
                 sums = {k: float(sum(m[k] for m in fetched)) for k in SUM_METRICS}
                 scalars = metrics_from_sums(sums)
                 scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
                 scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-                steps_per_sec = steps_done / max(elapsed, 1e-9)
+                steps_per_sec = steps_done / max(elapsed, 1e-9) if steps_done else float("nan")
                 scalars["steps_per_sec"] = steps_per_sec
                 scalars["tokens_per_sec"] = steps_per_sec * tokens_per_step
                 scalars["examples_per_sec"] = steps_per_sec * config.batch_size
@@ -176,8 +186,9 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
                 writer.write(step, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}")
                 pending = []
-                last_log_time, last_log_step = time.perf_counter(), step
+                last_log_time, last_log_step, excluded_time = time.perf_counter(), step, 0.0
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                eval_start = time.perf_counter()
                 eval_scalars = evaluate(pretrainer, state.params, config)
                 if eval_scalars:
                     writer.write(step, eval_scalars)
@@ -185,17 +196,25 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
                         f"step {step}: "
                         + " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items())
                     )
-                last_log_time = time.perf_counter()  # evaluation time is not training time
-            stop = _stop_requested_anywhere(preemption.requested)
+                excluded_time += time.perf_counter() - eval_start
+            stop = distributed.stop_requested(step, preemption.requested)
             if checkpointer.should_save(step) or step == config.num_train_steps or stop:
-                checkpointer.save(step, state, train_iter.get_state(), force=stop)
+                checkpointer.save(
+                    step,
+                    state,
+                    train_iter.get_state(),
+                    rng=dropout_rng,
+                    pending_metrics=pending,
+                    force=stop,
+                )
             if stop:
                 checkpointer.wait()
                 bar.close()
-                print(f"preempted: saved step {step} to {checkpointer.directory}; exiting")
+                if jax.process_index() == 0:
+                    print(f"preempted: saved step {step} to {checkpointer.directory}; exiting")
                 break
     bar.close()
     writer.close()
     if jax.process_index() == 0:
-        (pathlib.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
+        (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
     return state

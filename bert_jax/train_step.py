@@ -59,12 +59,21 @@ def batch_shapes(config, global_batch: int | None = None) -> dict[str, jax.Shape
 
 
 def pretraining_sums(output, batch) -> dict[str, jax.Array]:
-    """Loss sums and counts for one (micro)batch; float32."""
-    log_probs = jax.nn.log_softmax(output.mlm_logits.astype(jnp.float32))  # [B, P, V]
+    """Loss sums and counts for one (micro)batch; float32.
+
+    The masked-LM terms never materialise log-probabilities, an argmax or (in the backward pass)
+    a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
+    A prediction counts as correct when the label's logit is the maximum.
+    """
+    logits = output.mlm_logits.astype(jnp.float32)  # [B, P, V]
     ids = batch["masked_lm_ids"]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
-    token_log_prob = jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]  # [B, P]
-    mlm_correct = (jnp.argmax(log_probs, -1) == ids).astype(jnp.float32) * weights
+    max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, P]
+    log_normalizer = max_logit + jnp.log(jnp.sum(jnp.exp(logits - max_logit[..., None]), axis=-1))
+    is_label = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2) == ids[..., None]
+    label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)  # [B, P]
+    token_log_prob = label_logit - log_normalizer
+    mlm_correct = (label_logit >= max_logit).astype(jnp.float32) * weights
     nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B, 2]
     labels = batch["next_sentence_labels"]
     nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]  # [B]
@@ -130,7 +139,9 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
             dummy["masked_lm_positions"],
         )
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+        )
 
     with nn.logical_axis_rules(rules):
         abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(0))
@@ -158,7 +169,9 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         )
         sums = pretraining_sums(output, micro)
         # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
-        loss = sums["mlm_loss_sum"] / totals["mlm_weight"] + sums["nsp_loss_sum"] / totals["nsp_count"]
+        loss = (
+            sums["mlm_loss_sum"] / totals["mlm_weight"] + sums["nsp_loss_sum"] / totals["nsp_count"]
+        )
         return loss, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -180,7 +193,9 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
                 def accumulate(carry, inputs):
                     grads_acc, sums_acc = carry
                     index, mb = inputs
-                    (_, s), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, index), totals)
+                    (_, s), g = grad_fn(
+                        state.params, mb, jax.random.fold_in(step_rng, index), totals
+                    )
                     grads_acc = jax.tree.map(jnp.add, grads_acc, g)
                     sums_acc = jax.tree.map(jnp.add, sums_acc, s)
                     return (grads_acc, sums_acc), None

@@ -7,7 +7,7 @@ A few minutes on a 2-core laptop CPU; what `make demo` runs:
 `get_config("test")` is the same setup shrunk for the test suite.
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import pretraining_config, vocab_size
 from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
 
 
@@ -15,6 +15,7 @@ def get_config(mode: str = "demo"):
     c = pretraining_config("tiny", max_position_embeddings=128)
     c.data.input_files = str(BUNDLED_CORPUS)
     c.data.vocab_file = str(BUNDLED_VOCAB)
+    c.model.vocab_size = vocab_size(BUNDLED_VOCAB)  # 8192, learned from the bundled corpus
     c.data.data_dir = "runs/data"
     c.data.max_seq_length = 128
     c.data.max_predictions_per_seq = 20

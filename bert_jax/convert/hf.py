@@ -22,20 +22,38 @@ Mapping = tuple[str, tuple[str, ...], bool]
 
 
 def _dense(hf: str, path: tuple[str, ...]) -> list[Mapping]:
-    return [(f"{hf}.weight", (*path, "dense", "kernel"), True), (f"{hf}.bias", (*path, "dense", "bias"), False)]
+    return [
+        (f"{hf}.weight", (*path, "dense", "kernel"), True),
+        (f"{hf}.bias", (*path, "dense", "bias"), False),
+    ]
 
 
 def _norm(hf: str, path: tuple[str, ...]) -> list[Mapping]:
-    return [(f"{hf}.weight", (*path, "norm", "scale"), False), (f"{hf}.bias", (*path, "norm", "bias"), False)]
+    return [
+        (f"{hf}.weight", (*path, "norm", "scale"), False),
+        (f"{hf}.bias", (*path, "norm", "bias"), False),
+    ]
 
 
 def encoder_mappings(config: BertConfig, prefix: str = "bert.") -> list[Mapping]:
     """Names of BertModel's parameters; bert_jax paths are relative to the 'bert' subtree."""
     emb = ("embeddings",)
     maps: list[Mapping] = [
-        (f"{prefix}embeddings.word_embeddings.weight", (*emb, "word_embeddings", "embedding"), False),
-        (f"{prefix}embeddings.position_embeddings.weight", (*emb, "position_embeddings", "embedding"), False),
-        (f"{prefix}embeddings.token_type_embeddings.weight", (*emb, "token_type_embeddings", "embedding"), False),
+        (
+            f"{prefix}embeddings.word_embeddings.weight",
+            (*emb, "word_embeddings", "embedding"),
+            False,
+        ),
+        (
+            f"{prefix}embeddings.position_embeddings.weight",
+            (*emb, "position_embeddings", "embedding"),
+            False,
+        ),
+        (
+            f"{prefix}embeddings.token_type_embeddings.weight",
+            (*emb, "token_type_embeddings", "embedding"),
+            False,
+        ),
         *_norm(f"{prefix}embeddings.LayerNorm", (*emb, "LayerNorm")),
     ]
     for i in range(config.num_hidden_layers):
@@ -87,6 +105,22 @@ def _read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
     )
 
 
+# BertConfig fields that say how bert_jax runs a model, not what the model is. A checkpoint's
+# config never sets them: Hugging Face's "dtype" is the storage dtype of its weights, and loading a
+# bfloat16-stored checkpoint must not switch the compute dtype.
+RUNTIME_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "pre_layer_norm",
+    "remat_policy",
+    "attention_implementation",
+)
+
+
+def architecture_fields(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in RUNTIME_FIELDS}
+
+
 def read_hf_config(directory) -> BertConfig:
     """config.json of a Hugging Face BERT directory -> BertConfig."""
     path = pathlib.Path(directory) / "config.json"
@@ -101,59 +135,93 @@ def read_hf_config(directory) -> BertConfig:
         raise UserError(f"{path}: model_type is {model_type!r}, not 'bert'")
     if values.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{path}: only absolute position embeddings are supported")
-    return BertConfig.from_dict(values)
+    return BertConfig.from_dict(architecture_fields(values))
 
 
-def _lookup(weights: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+# Tensors a checkpoint may hold that are no parameter of ours: a buffer, and the MLM decoder that
+# is tied to the word embeddings (its bias is `cls.predictions.bias`).
+_DERIVED_NAMES = ("position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+def _lookup(weights: dict[str, np.ndarray], name: str) -> str | None:
+    """The name under which `weights` holds HF parameter `name` (prefix and gamma/beta tolerant)."""
     candidates = [name, name.removeprefix("bert.")]
     if name.endswith("LayerNorm.weight"):
         candidates += [c[: -len("weight")] + "gamma" for c in list(candidates)]
     if name.endswith("LayerNorm.bias"):
         candidates += [c[: -len("bias")] + "beta" for c in list(candidates)]
-    for candidate in candidates:
-        if candidate in weights:
-            return weights[candidate]
-    return None
+    return next((c for c in candidates if c in weights), None)
+
+
+def params_from_hf_tensors(
+    config: BertConfig,
+    weights: dict[str, np.ndarray],
+    source: str,
+    *,
+    verbose: bool = True,
+    source_names: dict[str, str] | None = None,
+) -> dict:
+    """Hugging Face named tensors (Linear weights [out, in]) -> BertForPreTraining params.
+
+    The whole encoder must be present; absent heads are initialised freshly. What was initialised
+    and which tensors were ignored are printed when `verbose`. `source` names the checkpoint in
+    messages, and `source_names` (HF name -> name in that checkpoint) how it spells parameters.
+    """
+    spelled = lambda name: (source_names or {}).get(name, name)
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    names: dict[tuple[str, ...], str] = {}
+    missing_encoder = []
+    for hf_name, ours, transpose in pretraining_mappings(config):
+        found = _lookup(weights, hf_name)
+        if found is None:
+            if ours[0] == "bert":
+                missing_encoder.append(spelled(hf_name))
+            continue
+        value = weights[found]
+        flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+        names[ours] = found
+    if missing_encoder:
+        raise UserError(
+            f"{source}: not a complete BERT encoder; missing {len(missing_encoder)} "
+            f"parameters, e.g. {missing_encoder[:3]}"
+        )
+    shapes = traverse_util.flatten_dict(
+        jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    )
+    for key, expected in shapes.items():
+        if key in flat and flat[key].shape != expected.shape:
+            raise UserError(
+                f"{source}: parameter {spelled(names[key])} (bert_jax {'/'.join(key)}) has shape "
+                f"{flat[key].shape}, but its config implies {expected.shape}"
+            )
+    initialised = [k for k in shapes if k not in flat]
+    used = set(names.values())
+    ignored = sorted(n for n in weights if n not in used and not n.endswith(_DERIVED_NAMES))
+    if initialised:
+        fresh = traverse_util.flatten_dict(init_params(config, jax.random.key(0)))
+        flat.update({k: np.asarray(fresh[k]) for k in initialised})
+        if verbose:
+            listed = ", ".join(sorted("/".join(k) for k in initialised))
+            print(f"{source}: no {listed} in the checkpoint; initialised fresh")
+    if verbose and ignored:
+        print(f"{source}: ignored {len(ignored)} tensors that are not BERT pretraining: {ignored}")
+    return traverse_util.unflatten_dict(flat)
 
 
 def load_hf_checkpoint(path, *, verbose: bool = True) -> tuple[BertConfig, dict]:
     """A Hugging Face BERT directory -> (BertConfig, BertForPreTraining params).
 
     Names are accepted with or without the `bert.` prefix. Heads absent from the checkpoint (a
-    BertModel-only checkpoint has no MLM/NSP heads) are initialised freshly and reported.
+    BertModel-only checkpoint has no MLM/NSP heads) are initialised freshly and reported, as are
+    tensors that are ignored (e.g. a fine-tuned classifier).
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory; expected a Hugging Face BERT checkpoint")
     config = read_hf_config(directory)
-    weights = _read_weights(directory)
-    flat: dict[tuple[str, ...], np.ndarray] = {}
-    missing_encoder = []
-    for hf_name, ours, transpose in pretraining_mappings(config):
-        value = _lookup(weights, hf_name)
-        if value is None:
-            if ours[0] == "bert":
-                missing_encoder.append(hf_name)
-            continue
-        flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
-    if missing_encoder:
-        raise UserError(
-            f"{directory}: not a complete BERT encoder; missing {len(missing_encoder)} "
-            f"parameters, e.g. {missing_encoder[:3]}"
-        )
-    fresh = init_params(config, jax.random.key(0))
-    fresh_flat = traverse_util.flatten_dict(fresh)
-    initialised = sorted("/".join(k) for k in fresh_flat if k not in flat)
-    for key, expected in fresh_flat.items():
-        if key in flat and flat[key].shape != expected.shape:
-            raise UserError(
-                f"{directory}: parameter {'/'.join(key)} has shape {flat[key].shape}, "
-                f"config.json implies {expected.shape}"
-            )
-        flat.setdefault(key, np.asarray(expected))
-    if initialised and verbose:
-        print(f"load_hf_checkpoint: {directory} has no {', '.join(initialised)}; initialised fresh")
-    return config, traverse_util.unflatten_dict(flat)
+    return config, params_from_hf_tensors(
+        config, _read_weights(directory), str(directory), verbose=verbose
+    )
 
 
 def init_params(config: BertConfig, rng) -> dict:
@@ -177,9 +245,7 @@ def iter_hf_tensors(config: BertConfig, params: dict) -> Iterator[tuple[str, np.
 
 
 def hf_config_dict(config: BertConfig) -> dict:
-    values = {k: v for k, v in config.to_dict().items() if k not in ("dtype", "param_dtype")}
-    for key in ("pre_layer_norm", "remat_policy", "attention_implementation"):
-        values.pop(key)
+    values = architecture_fields(config.to_dict())
     values.update(
         model_type="bert",
         architectures=["BertForPreTraining"],

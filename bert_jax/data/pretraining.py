@@ -1,0 +1,397 @@
+"""MLM + NSP training examples from tokenized documents, with google-research/bert semantics.
+
+Reference: `create_instances_from_document`, `truncate_seq_pair` and
+`create_masked_lm_predictions` of google-research/bert `create_pretraining_data.py`:
+
+* Per document a target length is drawn once: `max_seq_length - 3`, or with probability
+  `short_seq_prob` a uniform length in [2, max_seq_length - 3].
+* Sentences are gathered into a chunk until it reaches the target or the document ends; a random
+  number of leading sentences form segment A. With probability 1/2 segment B is the rest of the
+  chunk (IsNext, label 0); otherwise B is a run of sentences from a random place in another
+  document, long enough to fill the target (label 1), and the unused sentences of the chunk are
+  put back for the next chunk.
+* The pair is trimmed to `max_seq_length - 3` tokens by removing tokens from the longer segment,
+  each time from the front or the back at random.
+* `min(max_predictions_per_seq, max(1, round(num_tokens * masked_lm_prob)))` positions other
+  than [CLS]/[SEP] are chosen uniformly; each becomes [MASK] (80%), a random vocabulary id (10%)
+  or stays (10%). With whole-word masking the positions come in whole words (a word that would
+  overflow the budget is skipped, as the reference) and the 80/10/10 choice is made once per
+  word (the reference draws it per piece, google-research/bert issue 910).
+
+Deliberate differences:
+* A chunk of a single sentence cannot be split into A and B, so the reference always pairs it
+  with a random B; on KJV that makes 56% of the labels "random". With `balanced_nsp` such a
+  sentence instead gets an actual neighbour half of the time (the preceding sentences as A,
+  or the following ones when it opens the document), which keeps labels at 50/50.
+  `balanced_nsp=False` restores the reference rule.
+* Random B comes from another document of the same chunk of documents (`plan_segments` sees
+  one chunk at a time); chunks are random samples of the corpus, so each document is as
+  likely as in the reference.
+* A "##" piece at the start of a segment starts its own word for whole-word masking (the
+  reference glues it to the last word of the previous segment, across [SEP]).
+
+Only the planning loop runs per chunk of sentences in Python; truncation, assembly and masking
+are vectorised over all examples of a chunk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOptions:
+    """Shape and sampling options of pretraining examples (names as google-research/bert flags)."""
+
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    whole_word_masking: bool = False
+    balanced_nsp: bool = True
+
+    def __post_init__(self):
+        if self.max_seq_length < 5:
+            raise ValueError(f"max_seq_length must be >= 5, got {self.max_seq_length}")
+        if self.max_predictions_per_seq < 1:
+            raise ValueError("max_predictions_per_seq must be >= 1")
+        if not 0 < self.masked_lm_prob <= 1:
+            raise ValueError(f"masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
+        if not 0 <= self.short_seq_prob <= 1:
+            raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.max_seq_length - 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The ids the example builder needs; `subword_mask` bool [size] marks "##" pieces."""
+
+    size: int
+    pad_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    subword_mask: np.ndarray | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> Vocabulary:
+        return cls(
+            size=tokenizer.vocab_size,
+            pad_id=tokenizer.pad_id,
+            cls_id=tokenizer.cls_id,
+            sep_id=tokenizer.sep_id,
+            mask_id=tokenizer.mask_id,
+            subword_mask=tokenizer.subword_mask,
+        )
+
+
+@dataclasses.dataclass
+class SegmentPlan:
+    """Segments as half-open sentence ranges into the chunk's flat sentence list, int64 [n] each.
+
+    short_target: bool [num_documents], whether the document drew a short target length.
+    """
+
+    a_start: np.ndarray
+    a_end: np.ndarray
+    b_start: np.ndarray
+    b_end: np.ndarray
+    is_random_next: np.ndarray
+    short_target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a_start)
+
+
+def plan_segments(
+    sentence_lengths: Sequence[int],
+    document_sizes: Sequence[int],
+    rng: random.Random,
+    options: ExampleOptions,
+) -> SegmentPlan:
+    """Chooses segments A and B for every example of a chunk of documents (the reference loop).
+
+    sentence_lengths: tokens per sentence, all documents back to back.
+    document_sizes: sentences per document (each >= 1).
+    """
+    cumulative = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]).tolist()
+    doc_starts = np.concatenate([[0], np.cumsum(document_sizes, dtype=np.int64)]).tolist()
+    num_docs, max_tokens = len(doc_starts) - 1, options.max_num_tokens
+    uniform = rng.random
+    rows = []  # (a_start, a_end, b_start, b_end, is_random_next), sentence indices.
+    short = []
+
+    def run_end(start: int, stop: int, tokens: int) -> int:
+        """End of the shortest run of sentences from `start` with >= `tokens` tokens (or `stop`)."""
+        return min(
+            bisect.bisect_left(cumulative, cumulative[start] + tokens, start + 1, stop), stop
+        )
+
+    def random_next(doc: int, chunk_start: int, split: int, target: int) -> None:
+        other = doc
+        if num_docs >= 2:
+            other = int(uniform() * (num_docs - 1))
+            other += other >= doc
+        first, stop = doc_starts[other], doc_starts[other + 1]
+        start = first + int(uniform() * (stop - first))
+        b_tokens = target - (cumulative[split] - cumulative[chunk_start])
+        rows.append((chunk_start, split, start, run_end(start, stop, b_tokens), True))
+
+    for doc in range(num_docs):
+        first, stop = doc_starts[doc], doc_starts[doc + 1]
+        target = max_tokens
+        short.append(uniform() < options.short_seq_prob)
+        if short[-1]:
+            target = 2 + int(uniform() * (max_tokens - 1))
+        chunk_start = first
+        while chunk_start < stop:
+            end = run_end(chunk_start, stop, target)
+            num_segments = end - chunk_start
+            split = chunk_start + 1
+            if num_segments >= 2:
+                split += int(uniform() * (num_segments - 1))
+            if num_segments == 1 and options.balanced_nsp and stop - first >= 2:
+                if uniform() < 0.5:
+                    random_next(doc, chunk_start, split, target)
+                elif chunk_start > first:  # The preceding sentences become A, this one B.
+                    bound = cumulative[end] - target
+                    a_start = max(
+                        bisect.bisect_right(cumulative, bound, first, chunk_start) - 1, first
+                    )
+                    rows.append((a_start, chunk_start, chunk_start, end, False))
+                else:  # The document's first sentence: the following ones become B.
+                    b_tokens = target - (cumulative[end] - cumulative[chunk_start])
+                    rows.append((chunk_start, end, end, run_end(end, stop, b_tokens), False))
+                chunk_start = end
+            elif num_segments == 1 or uniform() < 0.5:
+                random_next(doc, chunk_start, split, target)
+                chunk_start = split  # The unused sentences are put back.
+            else:
+                rows.append((chunk_start, split, split, end, False))
+                chunk_start = end
+
+    table = np.array(rows, np.int64).reshape(-1, 5)
+    return SegmentPlan(
+        a_start=table[:, 0],
+        a_end=table[:, 1],
+        b_start=table[:, 2],
+        b_end=table[:, 3],
+        is_random_next=table[:, 4].astype(bool),
+        short_target=np.array(short, bool),
+    )
+
+
+def truncate_pairs(
+    a_length: np.ndarray, b_length: np.ndarray, max_num_tokens: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`truncate_seq_pair` for all pairs at once: (a_front, a_kept, b_front, b_kept), int64 [n].
+
+    The reference removes one token at a time from the longer segment (B on ties), from the front
+    or the back with probability 1/2. Which segment loses how many tokens is thus fixed by the
+    lengths; only the front/back split is random, a Binomial(removed, 1/2) draw.
+    """
+    excess = np.maximum(a_length + b_length - max_num_tokens, 0)
+    gap = np.abs(a_length - b_length)
+    from_longer = np.minimum(excess, gap)
+    alternating = excess - from_longer  # Once equal: B, A, B, A, ...
+    a_removed = np.where(a_length > b_length, from_longer, 0) + alternating // 2
+    b_removed = np.where(a_length > b_length, 0, from_longer) + (alternating + 1) // 2
+    a_front = rng.binomial(a_removed, 0.5)
+    b_front = rng.binomial(b_removed, 0.5)
+    return a_front, a_length - a_removed, b_front, b_length - b_removed
+
+
+def assemble(
+    tokens: np.ndarray,
+    a_start: np.ndarray,
+    a_length: np.ndarray,
+    b_start: np.ndarray,
+    b_length: np.ndarray,
+    max_seq_length: int,
+    vocab: Vocabulary,
+) -> dict[str, np.ndarray]:
+    """[CLS] A [SEP] B [SEP] [PAD]... rows from token ranges of a flat token array.
+
+    tokens: int32 [T]; a_start, a_length, b_start, b_length: int64 [n] (lengths >= 1, sum of the
+    two <= max_seq_length - 3). Returns input_ids, token_type_ids, attention_mask: int32 [n, L].
+    """
+    index = np.int32 if len(tokens) < 2**31 - 3 else np.int64
+    j = np.arange(max_seq_length, dtype=index)[None, :]
+    a_len = a_length.astype(index)[:, None]
+    end = a_len + 2 + b_length.astype(index)[:, None]  # Position of the final [SEP].
+    # Gather from the tokens followed by [CLS], [SEP], [PAD] at indices T, T + 1, T + 2.
+    num_tokens = len(tokens)
+    extended = np.concatenate([tokens, [vocab.cls_id, vocab.sep_id, vocab.pad_id]]).astype(np.int32)
+    in_a = (j >= 1) & (j <= a_len)
+    in_b = (j > a_len + 1) & (j < end)
+    special = np.where(j == 0, num_tokens, num_tokens + 2)
+    special = np.where((j == a_len + 1) | (j == end), num_tokens + 1, special)
+    source = np.where(in_b, b_start.astype(index)[:, None] - a_len - 2 + j, special)
+    source = np.where(in_a, a_start.astype(index)[:, None] - 1 + j, source)
+    return {
+        "input_ids": extended[source],
+        "token_type_ids": ((j > a_len + 1) & (j <= end)).astype(np.int32),
+        "attention_mask": (j <= end).astype(np.int32),
+    }
+
+
+def mask_tokens(
+    input_ids: np.ndarray,
+    a_length: np.ndarray,
+    b_length: np.ndarray,
+    rng: np.random.Generator,
+    options: ExampleOptions,
+    vocab: Vocabulary,
+) -> dict[str, np.ndarray]:
+    """Masked-LM corruption of assembled rows (see the module docstring).
+
+    input_ids: int32 [n, L] from `assemble`; a_length, b_length: int64 [n].
+    Returns input_ids (corrupted copy) int32 [n, L], masked_lm_positions int32 [n, P] (ascending,
+    padded with 0), masked_lm_ids int32 [n, P] (original ids, padded with 0) and
+    masked_lm_weights float32 [n, P] (1 for real predictions).
+    """
+    n, length = input_ids.shape
+    budget_cap = options.max_predictions_per_seq
+    j = np.arange(length)[None, :]
+    a_len, end = a_length[:, None], (a_length + b_length + 2)[:, None]
+    candidate = ((j >= 1) & (j <= a_len)) | ((j >= a_len + 2) & (j < end))
+    num_tokens = a_length + b_length + 3
+    budget = np.rint(num_tokens * options.masked_lm_prob).astype(np.int64)
+    budget = np.minimum(np.clip(budget, 1, budget_cap), a_length + b_length)
+
+    width = min(budget_cap, length)
+    if options.whole_word_masking and vocab.subword_mask is not None:
+        chosen, word_draw, word_of = _choose_whole_words(input_ids, candidate, budget, rng, vocab)
+        positions = np.sort(np.where(chosen, j, length), axis=1)[:, :width]
+    else:  # The `budget` candidates with the smallest random keys: a uniform random subset.
+        keys = np.where(candidate, rng.random((n, length), np.float32), np.float32(2))
+        smallest = np.argpartition(keys, width - 1, axis=1)[:, :width]
+        by_key = np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1)
+        ranked = np.take_along_axis(smallest, by_key, axis=1)
+        positions = np.sort(np.where(np.arange(width) < budget[:, None], ranked, length), axis=1)
+        word_draw, word_of = None, None
+    weights = positions < length
+    positions = np.where(weights, positions, 0)
+    rows = np.arange(n)[:, None]
+    labels = np.where(weights, input_ids[rows, positions], 0)
+    if word_draw is None:
+        draw = rng.random((n, width))
+    else:
+        draw = word_draw[rows, word_of[rows, positions]]
+    replacement = np.where(
+        draw < 0.8,
+        vocab.mask_id,
+        np.where(draw < 0.9, labels, rng.integers(0, vocab.size, (n, width))),
+    )
+    corrupted = input_ids.copy()
+    real_rows, real_cols = np.nonzero(weights)
+    corrupted[real_rows, positions[real_rows, real_cols]] = replacement[real_rows, real_cols]
+
+    if width < budget_cap:  # max_seq_length < max_predictions_per_seq: pad to the fixed width.
+        pad = ((0, 0), (0, budget_cap - width))
+        positions, labels, weights = (np.pad(x, pad) for x in (positions, labels, weights))
+    return {
+        "input_ids": corrupted.astype(np.int32),
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": labels.astype(np.int32),
+        "masked_lm_weights": weights.astype(np.float32),
+    }
+
+
+def _choose_whole_words(input_ids, candidate, budget, rng, vocab):
+    """Whole words in random order, each taken if it still fits the budget (else skipped).
+
+    Returns chosen bool [n, L], one uniform draw per word float [n, L] and the word index of each
+    position int [n, L]. Words never span [CLS]/[SEP].
+    """
+    n, length = input_ids.shape
+    continues = vocab.subword_mask[input_ids] & candidate & np.roll(candidate, 1, axis=1)
+    starts = candidate & ~continues
+    word_of = np.cumsum(starts, axis=1) - 1  # Word index per position (valid on candidates).
+    word_of = np.where(candidate, word_of, length - 1)
+    rows = np.repeat(np.arange(n), length).reshape(n, length)
+    word_size = np.zeros((n, length), np.int64)
+    np.add.at(word_size, (rows[candidate], word_of[candidate]), 1)
+    num_words = starts.sum(axis=1)
+    keys = np.where(np.arange(length)[None, :] < num_words[:, None], rng.random((n, length)), 2.0)
+    order = np.argsort(keys, axis=1)
+    taken = np.zeros((n, length), bool)
+    used = np.zeros(n, np.int64)
+    row_index = np.arange(n)
+    for step in range(int(num_words.max(initial=0))):
+        word = order[:, step]
+        size = word_size[row_index, word]
+        fits = (step < num_words) & (used + size <= budget)
+        taken[row_index, word] = fits
+        used += np.where(fits, size, 0)
+        if np.all((used >= budget) | (step + 1 >= num_words)):
+            break
+    chosen = candidate & taken[rows, word_of]
+    return chosen, rng.random((n, length)), word_of
+
+
+def create_examples(
+    tokens: np.ndarray,
+    sentence_lengths: np.ndarray,
+    document_sizes: np.ndarray,
+    seed: Sequence[int],
+    options: ExampleOptions,
+    vocab: Vocabulary,
+    *,
+    shuffle: bool = True,
+) -> dict[str, np.ndarray]:
+    """All examples of a chunk of documents, as fixed-shape arrays (rows shuffled if `shuffle`).
+
+    tokens: int32 [T], sentences back to back; sentence_lengths: int [S]; document_sizes: int [D].
+    `seed` (a sequence of ints) fixes every random choice. Returns the batch fields of
+    `bert_jax.data.pipeline` with a leading dimension of the number of examples.
+    """
+    planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
+    plan = plan_segments(
+        sentence_lengths,
+        document_sizes,
+        random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
+        options,
+    )
+    rng = np.random.default_rng(numpy_seed)
+    token_offsets = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
+    a_start, b_start = token_offsets[plan.a_start], token_offsets[plan.b_start]
+    a_length = token_offsets[plan.a_end] - a_start
+    b_length = token_offsets[plan.b_end] - b_start
+    a_front, a_length, b_front, b_length = truncate_pairs(
+        a_length, b_length, options.max_num_tokens, rng
+    )
+    if shuffle:
+        order = rng.permutation(len(plan))
+        a_start, a_front, a_length = a_start[order], a_front[order], a_length[order]
+        b_start, b_front, b_length = b_start[order], b_front[order], b_length[order]
+        is_random_next = plan.is_random_next[order]
+    else:
+        is_random_next = plan.is_random_next
+    rows = assemble(
+        np.asarray(tokens),
+        a_start + a_front,
+        a_length,
+        b_start + b_front,
+        b_length,
+        options.max_seq_length,
+        vocab,
+    )
+    masked = mask_tokens(rows["input_ids"], a_length, b_length, rng, options, vocab)
+    return {
+        "input_ids": masked["input_ids"],
+        "attention_mask": rows["attention_mask"],
+        "token_type_ids": rows["token_type_ids"],
+        "masked_lm_positions": masked["masked_lm_positions"],
+        "masked_lm_ids": masked["masked_lm_ids"],
+        "masked_lm_weights": masked["masked_lm_weights"],
+        "next_sentence_labels": is_random_next.astype(np.int32),
+    }

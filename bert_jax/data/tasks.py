@@ -1,0 +1,527 @@
+"""Fine-tuning tasks: load a split into fixed-shape arrays, score predictions, write predictions.
+
+    data = load_task(config, "train", tokenizer)
+    dev = load_task(config, "dev", tokenizer, label_list=data.label_list)
+    ...model on dev.arrays...
+    compute_metrics(config.task.kind, predictions, dev)  # {"accuracy": ..., "macro_f1": ...}
+
+Kinds and their inputs: classification / regression read TSV with a header (`sentence` or
+`sentence1`, `sentence2`, and `label`), token_classification reads CoNLL (`token<TAB>tag`), squad
+reads SQuAD v1.1 JSON; any of them may instead come from a prepared TFDS dataset
+(task.tfds_name, e.g. glue/sst2, glue/mnli, glue/stsb, squad) through the same featurisation.
+The label set comes from the training data (sorted; numerically when every label is an integer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from absl import logging
+
+from bert_jax.data import tasks_readers, tasks_squad
+from bert_jax.data.tasks_readers import SentenceExample, TokenExample
+from bert_jax.errors import UserError
+from bert_jax.eval import metrics
+
+KINDS = ("classification", "regression", "token_classification", "squad")
+SPLITS = ("train", "dev", "test")
+IGNORE_LABEL = -1  # token_classification labels on positions that carry no word's tag
+
+
+@dataclasses.dataclass
+class TaskData:
+    """One split, featurised. n = number of features, L = max_seq_length.
+
+    arrays (model inputs and targets, leading dimension n, ready to batch):
+      input_ids, token_type_ids, attention_mask: int32 [n, L]; [CLS] A [SEP] (B [SEP]) [PAD]...
+      classification:       labels int32 [n], index into label_list (-1 when unlabeled)
+      regression:           labels float32 [n] (NaN when unlabeled)
+      token_classification: labels int32 [n, L], the word's tag id on its first word piece and
+                            IGNORE_LABEL (-1) on every other position (pieces, specials, padding)
+      squad:                start_positions, end_positions int32 [n], answer token span in the
+                            window, 0 ([CLS]) when the window lacks the answer
+    feature_info (post-processing only, leading dimension n):
+      token_classification: example_index int32 [n]; word_index int32 [n, L], the word each
+                            first piece starts (-1 elsewhere). A sentence longer than L is split
+                            into several features, so every word gets exactly one prediction.
+      squad:                example_index int32 [n]; token_offsets int32 [n, L, 2] context
+                            character spans (-1 outside the context); max_context bool [n, L].
+    """
+
+    kind: str
+    split: str
+    source: str
+    examples: list
+    arrays: dict[str, np.ndarray]
+    feature_info: dict[str, np.ndarray]
+    label_list: list[str] | None
+    labeled: bool
+    columns: list[str]
+    max_seq_length: int
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    stats: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    @property
+    def num_labels(self) -> int:
+        """Output width of the head: classes, 1 for regression, 2 (start, end) for squad."""
+        return {"regression": 1, "squad": 2}.get(self.kind) or len(self.label_list)
+
+    @property
+    def is_bio(self) -> bool:
+        return self.kind == "token_classification" and metrics.is_bio_tagset(self.label_list)
+
+    def __len__(self) -> int:
+        return self.num_features
+
+
+def _option(config, name: str, default: int, minimum: int = 1) -> int:
+    """config.NAME, else config.task.NAME, else default; a UserError below minimum."""
+    value = default
+    for holder in (getattr(config, "task", None), config):
+        found = getattr(holder, name, None) if holder is not None else None
+        value = found if found is not None else value
+    if int(value) < minimum:
+        raise UserError(f"{name}={value} is too small: it must be at least {minimum}")
+    return int(value)
+
+
+def _read_split(task, kind: str, split: str) -> tasks_readers.ReadResult:
+    path = getattr(task, f"{split}_file", None)
+    tfds_name = getattr(task, "tfds_name", None)
+    labeled = split != "test"
+    if path:
+        path = pathlib.Path(path).expanduser()
+        if kind == "squad":
+            examples, skipped = tasks_squad.read_squad_json(path, labeled=labeled)
+            has_answers = labeled or any(e.answers for e in examples)
+            return tasks_readers.ReadResult(examples, has_answers, [], str(path), skipped)
+        if kind == "token_classification":
+            return tasks_readers.read_conll(path, labeled=labeled)
+        return tasks_readers.read_tsv(path, regression=kind == "regression", labeled=labeled)
+    if tfds_name:
+        data_dir = getattr(task, "tfds_data_dir", None) or None
+        return tasks_readers.read_tfds(tfds_name, split, kind, data_dir=data_dir)
+    raise UserError(f"task.{split}_file is not set and there is no task.tfds_name to read instead")
+
+
+def _sorted_labels(labels) -> list[str]:
+    labels = set(labels)
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def _example_labels(example) -> list[str]:
+    return example.tags if isinstance(example, TokenExample) else [example.label]
+
+
+def _resolve_label_list(task, kind, split, result, label_list) -> list[str]:
+    if label_list is not None:
+        return list(label_list)
+    if result.label_names is not None:
+        return list(result.label_names)
+    if split == "train":
+        return _sorted_labels(label for e in result.examples for label in _example_labels(e))
+    if not (getattr(task, "train_file", None) or getattr(task, "tfds_name", None)):
+        raise UserError(
+            f"the {split} split needs the training label set: set task.train_file "
+            "(or pass label_list from the training TaskData)"
+        )
+    training = _read_split(task, kind, "train")
+    if training.label_names is not None:
+        return list(training.label_names)
+    return _sorted_labels(label for e in training.examples for label in _example_labels(e))
+
+
+def _check_known_labels(result: tasks_readers.ReadResult, label_list: list[str]) -> None:
+    known = set(label_list)
+    for example in result.examples:
+        unknown = [label for label in _example_labels(example) if label not in known]
+        if unknown:
+            shown = ", ".join(label_list[:20]) + (", ..." if len(label_list) > 20 else "")
+            raise UserError(
+                f"{example.origin}: label {unknown[0]!r} never occurs in the training data "
+                f"({len(label_list)} labels: {shown}); fix the label or add training examples"
+            )
+
+
+def _encode(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+    encoded = []
+    for start in range(0, len(texts), chunk):
+        encoded.extend(tokenizer.encode_batch(texts[start : start + chunk]))
+    return encoded
+
+
+def _pad_rows(rows: list[list[int]], length: int, fill: int) -> np.ndarray:
+    array = np.full((len(rows), length), fill, np.int32)
+    for row, values in enumerate(rows):
+        array[row, : len(values)] = values
+    return array
+
+
+def featurise_sentences(
+    examples: list[SentenceExample],
+    tokenizer,
+    max_seq_length: int,
+    label_to_id: Mapping[str, int] | None,
+    labeled: bool,
+) -> tuple[dict[str, np.ndarray], int]:
+    """[CLS] A [SEP] (B [SEP]) arrays; pairs lose tokens from the longer side first.
+
+    Truncation is google-research/bert's _truncate_seq_pair, so when both sides are cut, an odd
+    budget leaves the extra token to A (Hugging Face's fast tokenizers give it to the side that
+    was longer). label_to_id None means regression (float labels).
+    Returns (arrays, number of examples truncated).
+    """
+    pieces_a = _encode(tokenizer, [e.text_a for e in examples])
+    is_pair = [e.text_b is not None for e in examples]
+    pieces_b = iter(_encode(tokenizer, [e.text_b for e in examples if e.text_b is not None]))
+    rows, segment_b_start, truncated = [], [], 0
+    for a, pair in zip(pieces_a, is_pair, strict=True):
+        b = next(pieces_b) if pair else []
+        budget = max_seq_length - (3 if pair else 2)
+        keep_a, keep_b = len(a), len(b)
+        while keep_a + keep_b > budget:  # longest first, as google-research/bert truncates
+            if keep_a > keep_b:
+                keep_a -= 1
+            else:
+                keep_b -= 1
+        truncated += keep_a + keep_b < len(a) + len(b)
+        row = [tokenizer.cls_id, *a[:keep_a], tokenizer.sep_id]
+        segment_b_start.append(len(row) if pair else max_seq_length)
+        if pair:
+            row += [*b[:keep_b], tokenizer.sep_id]
+        rows.append(row)
+    n = len(rows)
+    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
+    positions = np.arange(max_seq_length)
+    lengths = np.array([len(row) for row in rows], np.int32).reshape(n, 1)
+    attention_mask = positions < lengths
+    segment_b = positions >= np.array(segment_b_start, np.int32).reshape(n, 1)
+    if label_to_id is None:
+        labels = np.array([e.label if labeled else np.nan for e in examples], np.float32)
+    else:
+        labels = np.array([label_to_id[e.label] if labeled else -1 for e in examples], np.int32)
+    arrays = {
+        "input_ids": input_ids,
+        "token_type_ids": (segment_b & attention_mask).astype(np.int32),
+        "attention_mask": attention_mask.astype(np.int32),
+        "labels": labels.reshape(n),
+    }
+    return arrays, truncated
+
+
+def featurise_texts(
+    texts: Sequence[str],
+    tokenizer,
+    max_seq_length: int,
+    text_pairs: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Model inputs for raw strings (pipelines, notebooks), featurised exactly like a TSV split.
+
+    Returns input_ids, token_type_ids, attention_mask: int32 [len(texts), max_seq_length].
+    """
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+    pairs = text_pairs if text_pairs is not None else [None] * len(texts)
+    examples = [
+        SentenceExample(str(i), text, pair, None, {}, origin=f"text {i}")
+        for i, (text, pair) in enumerate(zip(texts, pairs, strict=True))
+    ]
+    arrays, _ = featurise_sentences(examples, tokenizer, max_seq_length, None, labeled=False)
+    del arrays["labels"]
+    return arrays
+
+
+def featurise_tokens(
+    examples: list[TokenExample],
+    tokenizer,
+    max_seq_length: int,
+    label_to_id: Mapping[str, int],
+    labeled: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
+    """Word pieces per word, tag on the first piece; long sentences continue in further features.
+
+    A word the tokenizer turns into nothing (e.g. a lone control character) becomes [UNK] so it
+    still gets a prediction; a word longer than the whole window keeps its first pieces.
+    """
+    budget = max_seq_length - 2
+    word_pieces = _encode(tokenizer, [word for e in examples for word in e.words])
+    rows, labels, word_index, example_index = [], [], [], []
+    unknown_words = split_sentences = cut_words = 0
+    next_word = 0
+    for index, example in enumerate(examples):
+        row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
+        for position in range(len(example.words)):
+            pieces = word_pieces[next_word + position]
+            if not pieces:
+                pieces, unknown_words = [tokenizer.unk_id], unknown_words + 1
+            if len(pieces) > budget:
+                pieces, cut_words = pieces[:budget], cut_words + 1
+            if len(row) + len(pieces) > budget + 1:  # room for [SEP]
+                rows.append(row + [tokenizer.sep_id])
+                labels.append(row_labels + [IGNORE_LABEL])
+                word_index.append(row_words + [-1])
+                example_index.append(index)
+                row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
+                split_sentences += 1
+            tag = label_to_id[example.tags[position]] if labeled else IGNORE_LABEL
+            row += pieces
+            row_labels += [tag] + [IGNORE_LABEL] * (len(pieces) - 1)
+            row_words += [position] + [-1] * (len(pieces) - 1)
+        next_word += len(example.words)
+        rows.append(row + [tokenizer.sep_id])
+        labels.append(row_labels + [IGNORE_LABEL])
+        word_index.append(row_words + [-1])
+        example_index.append(index)
+    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
+    attention_mask = np.arange(max_seq_length) < np.array([len(r) for r in rows])[:, None]
+    arrays = {
+        "input_ids": input_ids,
+        "token_type_ids": np.zeros_like(input_ids),
+        "attention_mask": attention_mask.astype(np.int32),
+        "labels": _pad_rows(labels, max_seq_length, IGNORE_LABEL),
+    }
+    feature_info = {
+        "example_index": np.array(example_index, np.int32),
+        "word_index": _pad_rows(word_index, max_seq_length, -1),
+    }
+    if unknown_words or cut_words:
+        logging.warning(
+            "%d words had no word piece (now [UNK]); %d words were cut to %d pieces",
+            unknown_words,
+            cut_words,
+            budget,
+        )
+    stats = {
+        "unknown_words": unknown_words,
+        "cut_words": cut_words,
+        "split_sentences": split_sentences,
+    }
+    return arrays, feature_info, stats
+
+
+def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | None = None):
+    """Reads and featurises one split of the task described by task_config -> TaskData.
+
+    task_config.task: kind, train_file / dev_file / test_file (or tfds_name, with optional
+    tfds_data_dir); options (top level or under task): max_seq_length (128), doc_stride (128),
+    max_query_length (64), max_answer_length (30), n_best_size (20). Pass the training split's
+    label_list when loading dev/test; otherwise the training data is read again for it.
+    A dev/test label that training never saw raises UserError naming the file and line.
+    """
+    task = task_config.task
+    kind = task.kind
+    if kind not in KINDS:
+        raise UserError(f"task.kind={kind!r} is not one of {KINDS}")
+    if split not in SPLITS:
+        raise UserError(f"split {split!r} is not one of {SPLITS}")
+    max_seq_length = _option(task_config, "max_seq_length", 128, minimum=4)
+    result = _read_split(task, kind, split)
+    if not result.examples:
+        raise UserError(f"{result.source}: no examples in the {split} split")
+    if split != "test" and not result.labeled:
+        raise UserError(
+            f"{result.source}: the {split} split has no labels; only test may lack them"
+        )
+    stats = {"num_examples": len(result.examples), "num_skipped": result.num_skipped}
+
+    resolved_labels = None
+    if kind in ("classification", "token_classification"):
+        resolved_labels = _resolve_label_list(task, kind, split, result, label_list)
+        if result.labeled:
+            _check_known_labels(result, resolved_labels)
+    label_to_id = {label: i for i, label in enumerate(resolved_labels or [])}
+
+    feature_info = {}
+    if kind == "squad":
+        arrays, feature_info, squad_stats = tasks_squad.featurise_squad(
+            result.examples,
+            tokenizer,
+            max_seq_length,
+            doc_stride=_option(task_config, "doc_stride", 128),
+            max_query_length=_option(task_config, "max_query_length", 64),
+            training=split == "train",
+        )
+        stats.update(squad_stats)
+    elif kind == "token_classification":
+        arrays, feature_info, token_stats = featurise_tokens(
+            result.examples, tokenizer, max_seq_length, label_to_id, result.labeled
+        )
+        stats.update(token_stats)
+    else:
+        arrays, stats["num_truncated"] = featurise_sentences(
+            result.examples,
+            tokenizer,
+            max_seq_length,
+            label_to_id if kind == "classification" else None,
+            result.labeled,
+        )
+    stats["num_features"] = len(arrays["input_ids"])
+    logging.info("%s (%s): %s", result.source, split, stats)
+    return TaskData(
+        kind=kind,
+        split=split,
+        source=result.source,
+        examples=result.examples,
+        arrays=arrays,
+        feature_info=feature_info,
+        label_list=resolved_labels,
+        labeled=result.labeled,
+        columns=result.columns,
+        max_seq_length=max_seq_length,
+        n_best_size=_option(task_config, "n_best_size", 20),
+        max_answer_length=_option(task_config, "max_answer_length", 30),
+        stats=stats,
+    )
+
+
+# --- predictions ----------------------------------------------------------------------------------
+
+
+def _check_kind(kind: str, task_data: TaskData) -> None:
+    if kind != task_data.kind:
+        raise ValueError(f"kind {kind!r} does not match the task data's kind {task_data.kind!r}")
+
+
+def _class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
+    """Class ids from ids shaped leading_shape or logits shaped leading_shape + (classes,)."""
+    predictions = np.asarray(predictions)
+    if predictions.ndim == len(leading_shape) + 1 and predictions.shape[:-1] == leading_shape:
+        return predictions.argmax(axis=-1)
+    if predictions.shape != leading_shape:
+        raise ValueError(
+            f"predictions have shape {predictions.shape}; expected ids {leading_shape} or "
+            f"logits {leading_shape + ('classes',)}, one row per feature"
+        )
+    return predictions.astype(np.int64)
+
+
+def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(predictions, Mapping):
+        return np.asarray(predictions["start_logits"]), np.asarray(predictions["end_logits"])
+    if isinstance(predictions, tuple | list) and len(predictions) == 2:
+        return np.asarray(predictions[0]), np.asarray(predictions[1])
+    predictions = np.asarray(predictions)
+    if predictions.ndim == 3 and predictions.shape[-1] == 2:
+        return predictions[..., 0], predictions[..., 1]
+    raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
+
+
+def decode_predictions(kind: str, predictions, task_data: TaskData):
+    """Model outputs per feature -> one prediction per example in the task's own terms.
+
+    predictions: classification [n] ids or [n, C] logits -> list of label strings;
+    regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
+    logits -> list of per-word tag lists; squad {"start_logits", "end_logits"} [n, L] (or a
+    pair, or [n, L, 2]) -> {question id: answer text}.
+    """
+    _check_kind(kind, task_data)
+    n = task_data.num_features
+    if kind == "squad":
+        start_logits, end_logits = _squad_logits(predictions)
+        return tasks_squad.decode_squad(
+            start_logits,
+            end_logits,
+            task_data.examples,
+            task_data.feature_info,
+            task_data.n_best_size,
+            task_data.max_answer_length,
+        )
+    if kind == "regression":
+        values = np.asarray(predictions, np.float64)
+        if values.shape not in ((n,), (n, 1)):
+            raise ValueError(f"regression predictions have shape {values.shape}, expected ({n},)")
+        return values.reshape(n).tolist()
+    if kind == "classification":
+        return [task_data.label_list[i] for i in _class_ids(predictions, (n,))]
+
+    ids = _class_ids(predictions, (n, task_data.max_seq_length))
+    tags = [[None] * len(example.words) for example in task_data.examples]
+    word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
+    for feature, example in enumerate(task_data.feature_info["example_index"]):
+        for position in np.flatnonzero(word_index[feature] >= 0):
+            tags[example][word_index[feature, position]] = label_list[ids[feature, position]]
+    return tags
+
+
+def compute_metrics(kind: str, predictions, task_data: TaskData) -> dict[str, float]:
+    """Scores predictions (see decode_predictions for shapes) against the split's labels.
+
+    classification: accuracy, macro_f1, mcc; regression: pearson, spearman;
+    token_classification: token_accuracy (+ f1, seqeval entity F1, when the tags are BIO);
+    squad: exact_match, f1 (official v1.1 normalisation, as fractions, not percent).
+    """
+    if not task_data.labeled:
+        raise UserError(f"{task_data.source} has no labels, so it cannot be scored")
+    outputs = decode_predictions(kind, predictions, task_data)
+    examples = task_data.examples
+    if kind == "squad":
+        gold = {e.qas_id: list(e.answers) for e in examples}
+        return metrics.squad_scores(outputs, gold)
+    if kind == "token_classification":
+        gold = [e.tags for e in examples]
+        scores = {"token_accuracy": metrics.token_accuracy(gold, outputs)}
+        if task_data.is_bio:
+            scores["f1"] = metrics.entity_precision_recall_f1(gold, outputs)["f1"]
+        return scores
+    gold = [e.label for e in examples]
+    if kind == "regression":
+        return {
+            "pearson": metrics.pearson(gold, outputs),
+            "spearman": metrics.spearman(gold, outputs),
+        }
+    return {
+        "accuracy": metrics.accuracy(gold, outputs),
+        "macro_f1": metrics.macro_f1(gold, outputs),
+        "mcc": metrics.matthews_corrcoef(gold, outputs),
+    }
+
+
+def main_metric(task_data: TaskData) -> str:
+    """The compute_metrics key that picks the best checkpoint (higher is better)."""
+    if task_data.kind == "token_classification":
+        return "f1" if task_data.is_bio else "token_accuracy"
+    return {"classification": "accuracy", "regression": "pearson", "squad": "f1"}[task_data.kind]
+
+
+def _tsv_field(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_predictions(kind: str, predictions, task_data: TaskData, path) -> pathlib.Path:
+    """Writes predictions in the input's own format (do_predict) and returns the path.
+
+    classification / regression: TSV, the input's columns then `label` with the prediction;
+    token_classification: CoNLL `word<TAB>tag`, a blank line after each sentence;
+    squad: JSON {question id: answer text}, as the official evaluation script reads it.
+    """
+    outputs = decode_predictions(kind, predictions, task_data)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        if kind == "squad":
+            json.dump(outputs, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        elif kind == "token_classification":
+            for example, tags in zip(task_data.examples, outputs, strict=True):
+                f.writelines(
+                    f"{word}\t{tag}\n" for word, tag in zip(example.words, tags, strict=True)
+                )
+                f.write("\n")
+        else:
+            f.write("\t".join([*task_data.columns, tasks_readers.LABEL_COLUMN]) + "\n")
+            for example, label in zip(task_data.examples, outputs, strict=True):
+                label = f"{label:.6g}" if kind == "regression" else label
+                values = [_tsv_field(example.fields[c]) for c in task_data.columns]
+                f.write("\t".join([*values, label]) + "\n")
+    return path

@@ -1,0 +1,347 @@
+"""Readers for fine-tuning data: TSV with a header, CoNLL, and prepared TFDS datasets by name.
+
+Every reader returns plain example records with an `origin` ("file:line" or "tfds:name[split] #i")
+so later checks (unknown labels) can point at the offending input. Structural problems raise a
+UserError naming the file and line; anything skipped is counted, logged and returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import tqdm
+from absl import logging
+
+from bert_jax.data.tasks_squad import SquadExample
+from bert_jax.errors import UserError
+
+LABEL_COLUMN = "label"
+
+
+@dataclasses.dataclass
+class SentenceExample:
+    """A single sentence (text_b None) or a sentence pair; label None when the split has none.
+
+    fields keeps every non-label column of the input, in order, for write_predictions.
+    """
+
+    guid: str
+    text_a: str
+    text_b: str | None
+    label: str | float | None
+    fields: dict[str, str]
+    origin: str
+
+
+@dataclasses.dataclass
+class TokenExample:
+    """One sentence of words with one tag per word (tags None when unlabeled)."""
+
+    guid: str
+    words: list[str]
+    tags: list[str] | None
+    origin: str
+
+
+@dataclasses.dataclass
+class ReadResult:
+    """What a reader found: examples, whether they carry labels, and how much it skipped."""
+
+    examples: list
+    labeled: bool
+    columns: list[str]  # non-label input columns (TSV header order), for write_predictions
+    source: str
+    num_skipped: int = 0
+    label_names: list[str] | None = None  # fixed label set (TFDS ClassLabel), else None
+
+
+def _read_lines(path: pathlib.Path) -> list[str]:
+    """The file's lines without line endings (only \\n and \\r\\n end a line, never U+2028)."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check the task.*_file setting")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text ({error.reason}); re-save it as UTF-8"
+        ) from error
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _parse_float(text: str, origin: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UserError(f"{origin}: label {text!r} is not a finite number; regression needs one")
+    return value
+
+
+def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadResult:
+    """Reads `sentence<TAB>label` or `sentence1<TAB>sentence2<TAB>label` files with a header.
+
+    Columns are found by name in the header (other columns are kept in `fields` but not
+    modelled); fields are split on tabs with no quoting (csv.QUOTE_NONE). With labeled=True the
+    label column is required; without it the column is optional (unlabeled test files).
+    Blank lines are skipped and counted.
+    """
+    path = pathlib.Path(path)
+    lines = _read_lines(path)
+    if not lines:
+        raise UserError(f"{path}: empty file; a TSV task file starts with a header line")
+    header = [name.strip() for name in lines[0].split("\t")]
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}:1: repeated column names in the header {header}")
+    if "sentence1" in header and "sentence2" in header:
+        text_columns = ("sentence1", "sentence2")
+    elif "sentence" in header:
+        text_columns = ("sentence",)
+    else:
+        raise UserError(
+            f"{path}:1: header {header} has neither a 'sentence' column nor 'sentence1' and "
+            f"'sentence2' columns (plus '{LABEL_COLUMN}'), tab-separated"
+        )
+    has_label = LABEL_COLUMN in header
+    if labeled and not has_label:
+        raise UserError(f"{path}:1: header {header} has no '{LABEL_COLUMN}' column")
+
+    examples, blank = [], 0
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            blank += 1
+            continue
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise UserError(
+                f"{path}:{line_number}: {len(values)} tab-separated fields but the header has "
+                f"{len(header)} ({', '.join(header)}); a field may not contain a tab or newline"
+            )
+        row = dict(zip(header, values, strict=True))
+        label = row.pop(LABEL_COLUMN).strip() if has_label else None
+        if has_label and not label:
+            raise UserError(f"{path}:{line_number}: empty '{LABEL_COLUMN}' field")
+        if has_label and regression:
+            label = _parse_float(label, f"{path}:{line_number}")
+        texts = [row[name] for name in text_columns]
+        examples.append(
+            SentenceExample(
+                guid=f"{path.stem}-{line_number}",
+                text_a=texts[0],
+                text_b=texts[1] if len(texts) == 2 else None,
+                label=label,
+                fields=row,
+                origin=f"{path}:{line_number}",
+            )
+        )
+    if blank:
+        logging.warning("%s: skipped %d blank lines", path, blank)
+    columns = [name for name in header if name != LABEL_COLUMN]
+    return ReadResult(examples, has_label, columns, str(path), num_skipped=blank)
+
+
+def read_conll(path: str | pathlib.Path, labeled: bool) -> ReadResult:
+    """Reads CoNLL: one `token<TAB>tag` per line, a blank line between sentences.
+
+    With more than two columns (CoNLL-2003 `token POS chunk NER`) the token is the first and the
+    tag the last; lines without a tab are split on whitespace. A file whose lines hold only
+    tokens is unlabeled, which only a test split may be. `-DOCSTART-` lines are skipped and
+    counted.
+    """
+    path = pathlib.Path(path)
+    lines = _read_lines(path)
+    examples, words, tags = [], [], []
+    file_labeled, docstarts, first_line = None, 0, 0
+
+    def end_sentence():
+        if words:
+            examples.append(
+                TokenExample(
+                    f"{path.stem}-{first_line}",
+                    list(words),
+                    list(tags) if file_labeled else None,
+                    f"{path}:{first_line}",
+                )
+            )
+            words.clear()
+            tags.clear()
+
+    for line_number, line in enumerate(
+        tqdm.tqdm(lines, desc=path.name, leave=False, mininterval=5), start=1
+    ):
+        if not line.strip():
+            end_sentence()
+            continue
+        if line.startswith("-DOCSTART-"):
+            end_sentence()
+            docstarts += 1
+            continue
+        columns = line.split("\t") if "\t" in line else line.split()
+        token = columns[0].strip()
+        has_tag = len(columns) > 1
+        if file_labeled is None:
+            file_labeled = has_tag
+        if has_tag != file_labeled:
+            raise UserError(
+                f"{path}:{line_number}: expected `token<TAB>tag`, found {line!r}"
+                if file_labeled
+                else f"{path}:{line_number}: a tag here, but earlier lines have only tokens"
+            )
+        tag = columns[-1].strip() if has_tag else None
+        if not token or (has_tag and not tag):
+            raise UserError(f"{path}:{line_number}: empty token or tag in {line!r}")
+        if not words:
+            first_line = line_number
+        words.append(token)
+        tags.append(tag)
+    end_sentence()
+    if not examples:
+        raise UserError(f"{path}: no sentences; expected `token<TAB>tag` lines")
+    if labeled and not file_labeled:
+        raise UserError(f"{path}: lines hold tokens without tags; expected `token<TAB>tag`")
+    if docstarts:
+        logging.info("%s: skipped %d -DOCSTART- lines", path, docstarts)
+    return ReadResult(examples, bool(file_labeled), ["token"], str(path), num_skipped=docstarts)
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+
+_TFDS_SPLITS = {
+    "train": ("train",),
+    "dev": ("validation", "validation_matched", "dev"),
+    "test": ("test", "test_matched"),
+}
+_TFDS_TEXT_PAIRS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+    ("question1", "question2"),
+    ("question", "passage"),
+)
+_TFDS_TEXTS = ("sentence", "text", "document", "content")
+_TFDS_TAGS = ("ner", "ner_tags", "tags", "pos", "pos_tags", "chunks")
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_tfds(name: str, split: str, kind: str, data_dir: str | None = None) -> ReadResult:
+    """Reads a TFDS dataset the user has prepared in ArrayRecord format, without downloading.
+
+    Our split names map to TFDS ones (dev -> validation / validation_matched, test -> test /
+    test_matched). Text features are found by GLUE-style names, labels by `label` (sentence
+    tasks; -1 means unlabeled) or a token tag sequence (`ner`, `tags`, `pos`, ...); QA needs
+    SQuAD's id / title / context / question / answers features.
+    """
+    import tensorflow_datasets as tfds
+
+    where = f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}"
+    try:
+        sources = tfds.data_source(name, data_dir=data_dir, download=False)
+    except Exception as error:  # tfds raises many types here; all mean "not usable as is"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"TFDS dataset {name!r} is not prepared in {where} ({reason}). Prepare it once with "
+            f"`tfds build {name} --file_format=array_record`, or set task.{split}_file instead"
+        ) from error
+    tfds_split = next((s for s in _TFDS_SPLITS[split] if s in sources), None)
+    if tfds_split is None:
+        raise UserError(f"TFDS dataset {name!r} has no {split} split (it has {sorted(sources)})")
+    source = sources[tfds_split]
+    features = source.dataset_info.features
+    origin = f"tfds:{name}[{tfds_split}]"
+    records = (source[i] for i in range(len(source)))
+    records = tqdm.tqdm(records, total=len(source), desc=origin, leave=False, mininterval=5)
+    keys = set(features.keys())
+
+    if kind == "squad":
+        missing = {"id", "context", "question", "answers"} - keys
+        if missing:
+            raise UserError(f"{origin}: no {sorted(missing)} features; QA needs SQuAD's features")
+        examples = []
+        for index, record in enumerate(records):
+            answers = record["answers"]
+            examples.append(
+                SquadExample(
+                    qas_id=_text(record["id"]),
+                    question=_text(record["question"]),
+                    context=_text(record["context"]),
+                    answers=tuple(_text(t) for t in answers["text"]),
+                    answer_starts=tuple(int(s) for s in answers["answer_start"]),
+                    title=_text(record.get("title", b"")),
+                    origin=f"{origin} #{index}",
+                )
+            )
+        labeled = split != "test" or any(e.answers for e in examples)
+        if labeled:
+            unanswered = sum(not e.answers for e in examples)
+            examples = [e for e in examples if e.answers]
+            if unanswered:
+                logging.warning("%s: skipped %d questions without answers", origin, unanswered)
+            return ReadResult(examples, True, [], origin, num_skipped=unanswered)
+        return ReadResult(examples, False, [], origin)
+
+    if kind == "token_classification":
+        tag_key = next((k for k in _TFDS_TAGS if k in keys), None)
+        if "tokens" not in keys or tag_key is None:
+            raise UserError(f"{origin}: token tasks need 'tokens' and one of {_TFDS_TAGS}")
+        tag_names = list(features[tag_key].feature.names)
+        examples = [
+            TokenExample(
+                f"{tfds_split}-{i}",
+                [_text(w) for w in r["tokens"]],
+                [tag_names[int(t)] for t in r[tag_key]],
+                f"{origin} #{i}",
+            )
+            for i, r in enumerate(records)
+        ]
+        empty = sum(not e.words for e in examples)
+        examples = [e for e in examples if e.words]
+        if empty:
+            logging.warning("%s: skipped %d empty sentences", origin, empty)
+        return ReadResult(examples, True, ["token"], origin, empty, label_names=tag_names)
+
+    text_columns = next((pair for pair in _TFDS_TEXT_PAIRS if set(pair) <= keys), None)
+    text_columns = text_columns or next(((k,) for k in _TFDS_TEXTS if k in keys), None)
+    if text_columns is None or LABEL_COLUMN not in keys:
+        raise UserError(
+            f"{origin}: features {sorted(keys)} hold no known text column "
+            f"({_TFDS_TEXTS} or pairs {_TFDS_TEXT_PAIRS}) with a '{LABEL_COLUMN}'"
+        )
+    label_names = None
+    if kind == "classification":
+        if not hasattr(features[LABEL_COLUMN], "names"):
+            raise UserError(f"{origin}: '{LABEL_COLUMN}' is not a ClassLabel; is it regression?")
+        label_names = list(features[LABEL_COLUMN].names)
+    examples = []
+    for index, record in enumerate(records):
+        texts = {column: _text(record[column]) for column in text_columns}
+        if kind == "regression":
+            label = float(record[LABEL_COLUMN])
+        else:  # GLUE marks unlabeled (test) examples with class -1
+            label = label_names[record[LABEL_COLUMN]] if record[LABEL_COLUMN] >= 0 else None
+        examples.append(
+            SentenceExample(
+                guid=str(int(record["idx"])) if "idx" in record else f"{tfds_split}-{index}",
+                text_a=texts[text_columns[0]],
+                text_b=texts[text_columns[1]] if len(text_columns) == 2 else None,
+                label=label,
+                fields=texts,
+                origin=f"{origin} #{index}",
+            )
+        )
+    if kind == "regression" and split == "test" and all(e.label == -1 for e in examples):
+        for example in examples:  # GLUE's STS-B test split carries -1 everywhere
+            example.label = None
+    labeled = all(e.label is not None for e in examples)
+    if not labeled and any(e.label is not None for e in examples):
+        raise UserError(f"{origin}: some examples have label -1 (unlabeled) and some do not")
+    return ReadResult(examples, labeled, list(text_columns), origin, label_names=label_names)

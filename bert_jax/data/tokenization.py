@@ -1,0 +1,330 @@
+"""BERT WordPiece tokenizer on the Rust `tokenizers` library, id-for-id with google-research/bert.
+
+The stock `BertNormalizer`/`BertPreTokenizer` of `tokenizers` differ from the reference
+`FullTokenizer` on some text: they drop private-use characters (the reference keeps them, so they
+become [UNK]), use older Unicode tables for punctuation and combining marks, miss part of the CJK
+Extension E block and never produce a final sigma. The pipeline below rebuilds the reference
+steps from regex building blocks instead:
+
+  1. drop NUL, U+FFFD and control/format characters (Cc, Cf) except tab, newline, carriage return;
+  2. (lowercase only) final-sigma aware lower-casing, NFD, drop non-spacing marks (Mn);
+  3. split on whitespace, isolate punctuation (Unicode P* plus all non-alphanumeric ASCII) and
+     CJK ideographs (the reference's code-point ranges);
+  4. greedy longest-match-first WordPiece with "##" continuations; a word longer than
+     `max_input_chars_per_word` characters, or one that cannot be spelled, becomes [UNK].
+
+The one known difference left: characters unassigned in Python's Unicode tables but assigned in
+Oniguruma's (newer) ones; the reference's own output depends on the Python version there.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+from bert_jax.errors import UserError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+SUBWORD_PREFIX = "##"
+
+# Bumped whenever the normalisation or splitting rules change, so cached datasets rebuild.
+_PIPELINE_VERSION = 1
+
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+_CJK_CLASS = "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in _CJK_RANGES) + "]"
+_REMOVED_CHARS = r"[\x00\x{FFFD}\p{Cc}\p{Cf}&&[^\t\n\r]]"
+# Python's str.lower() maps a capital sigma that ends a word to the final form; per-character
+# lower-casing does not, so do it first. The look-behind is fixed-width in Oniguruma.
+_FINAL_SIGMA = r"(?<=\p{Cased})\x{3A3}(?!\p{Case_Ignorable}*\p{Cased})"
+# Characters Python's str.split() treats as separators although BERT deletes them as controls, so
+# a line holding one cannot be tokenized word by word.
+_UNSAFE_WORD_SPLIT = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
+# All non-alphanumeric ASCII counts as punctuation in BERT, as do all Unicode P* categories.
+_PUNCTUATION_CLASS = r"[\p{P}!-/:-@\[-`{-~]"
+
+
+def _build_pipeline(tokenizer: tokenizers.Tokenizer, lowercase: bool) -> None:
+    steps = [normalizers.Replace(Regex(_REMOVED_CHARS), "")]
+    if lowercase:
+        steps += [
+            normalizers.Replace(Regex(_FINAL_SIGMA), "\u03c2"),
+            normalizers.Lowercase(),
+            normalizers.NFD(),
+            normalizers.Replace(Regex(r"\p{Mn}"), ""),
+        ]
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(_PUNCTUATION_CLASS), "isolated"),
+            pre_tokenizers.Split(Regex(_CJK_CLASS), "isolated"),
+        ]
+    )
+    tokenizer.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX)
+
+
+def _read_lines(path: str) -> Iterator[str]:
+    """Lines of a UTF-8 text file (gzip when named *.gz); undecodable bytes become U+FFFD."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        yield from f
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(cls, path, mtime_ns, size, lowercase, max_input_chars_per_word):
+    """Tokenizers are immutable, so one instance serves every caller of an unchanged vocab file."""
+    del mtime_ns, size  # Part of the cache key only.
+    with open(path, encoding="utf-8", errors="replace") as f:
+        vocab = [line.strip() for line in f]
+    return cls(vocab, lowercase=lowercase, max_input_chars_per_word=max_input_chars_per_word)
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece tokenizer: `encode` gives the ids of google-research/bert `FullTokenizer`.
+
+    No special tokens are added by any method; callers assemble [CLS] A [SEP] B [SEP] themselves.
+    """
+
+    def __init__(
+        self, vocab: Sequence[str], lowercase: bool = True, max_input_chars_per_word: int = 100
+    ):
+        """`vocab[i]` is the token of id i; a repeated token keeps its last id, as in BERT."""
+        self._vocab = list(vocab)
+        missing = [t for t in SPECIAL_TOKENS if t not in set(self._vocab)]
+        if missing:
+            raise UserError(
+                f"vocabulary lacks the special tokens {missing}: a BERT vocab needs "
+                f"{list(SPECIAL_TOKENS)} (train one with WordPieceTokenizer.train)"
+            )
+        self._lowercase = bool(lowercase)
+        self._max_input_chars_per_word = int(max_input_chars_per_word)
+        self._token_to_id = {token: i for i, token in enumerate(self._vocab)}
+        self._tokenizer = tokenizers.Tokenizer(
+            models.WordPiece(
+                vocab=self._token_to_id,
+                unk_token=UNK,
+                max_input_chars_per_word=self._max_input_chars_per_word,
+                continuing_subword_prefix=SUBWORD_PREFIX,
+            )
+        )
+        _build_pipeline(self._tokenizer, self._lowercase)
+        self._subword_mask = np.array([t.startswith(SUBWORD_PREFIX) for t in self._vocab], bool)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_vocab(
+        cls, vocab_file: str | os.PathLike, lowercase: bool = True, max_input_chars_per_word=100
+    ) -> WordPieceTokenizer:
+        """Loads a one-token-per-line vocab file (BERT's vocab.txt); line i is id i."""
+        vocab_file = os.path.abspath(vocab_file)
+        if not os.path.isfile(vocab_file):
+            raise UserError(f"vocab file not found: {vocab_file} (pass --vocab_file=PATH)")
+        stat = os.stat(vocab_file)
+        return _load_tokenizer(
+            cls, vocab_file, stat.st_mtime_ns, stat.st_size, bool(lowercase),
+            int(max_input_chars_per_word),
+        )  # fmt: skip
+
+    @classmethod
+    def train(
+        cls,
+        files: Iterable[str | os.PathLike],
+        vocab_size: int,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+        show_progress: bool = False,
+    ) -> WordPieceTokenizer:
+        """Learns a new WordPiece vocabulary of at most `vocab_size` tokens from text files.
+
+        Files may be gzip-compressed (*.gz). The special tokens take ids 0..4 in the order
+        [PAD], [UNK], [CLS], [SEP], [MASK]; every character seen gets a token, so little is [UNK].
+        """
+        files = [os.fspath(f) for f in files]
+        for path in files:
+            if not os.path.isfile(path):
+                raise UserError(f"training file not found: {path}")
+        scratch = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
+        _build_pipeline(scratch, lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            continuing_subword_prefix=SUBWORD_PREFIX,
+            show_progress=show_progress,
+        )
+        lines = (line for path in files for line in _read_lines(path))
+        scratch.train_from_iterator(lines, trainer=trainer)
+        learned = scratch.get_vocab()
+        if len(learned) <= len(SPECIAL_TOKENS):
+            raise UserError(f"no text to learn a vocabulary from in {files}")
+        vocab = sorted(learned, key=learned.__getitem__)
+        return cls(vocab, lowercase=lowercase)
+
+    def save_vocab(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(token + "\n" for token in self._vocab)
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encodes many texts at once on all cores (Rust threads); the fast path for corpora."""
+        encodings = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def encode_lines(self, lines: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encodes a block of text lines into one flat array: ids int32 [total], lengths int64 [n].
+
+        Same ids as `encode_batch`, but each distinct whitespace-separated word is tokenized once
+        (natural text repeats words a lot), which makes corpus preparation several times faster.
+        """
+        words_per_line = [line.split() for line in lines]
+        if _UNSAFE_WORD_SPLIT.search("".join(lines)):
+            for i, line in enumerate(lines):
+                if _UNSAFE_WORD_SPLIT.search(line):
+                    words_per_line[i] = [line]
+        # Number the distinct words in C loops: setdefault keeps each word's first-occurrence
+        # counter, which is then compacted to 0..num_distinct-1.
+        words = list(itertools.chain.from_iterable(words_per_line))
+        first_seen: dict[str, int] = {}
+        occurrence = np.fromiter(
+            map(first_seen.setdefault, words, itertools.count()), np.int64, len(words)
+        )
+        compact = np.zeros(len(words), np.int64)
+        compact[np.fromiter(first_seen.values(), np.int64, len(first_seen))] = np.arange(
+            len(first_seen)
+        )
+        word_ids = compact[occurrence]
+        words_in_line = np.fromiter(map(len, words_per_line), np.int64, len(lines))
+        piece_ids, piece_counts = self._encode_words(list(first_seen))
+        counts = piece_counts[word_ids]
+        source_starts = (np.cumsum(piece_counts) - piece_counts)[word_ids]
+        target_starts = np.cumsum(counts) - counts
+        ids = piece_ids[np.repeat(source_starts - target_starts, counts) + np.arange(counts.sum())]
+        cumulative = np.concatenate([[0], np.cumsum(counts)])
+        line_ends = np.cumsum(words_in_line)
+        lengths = cumulative[line_ends] - cumulative[line_ends - words_in_line]
+        return ids.astype(np.int32, copy=False), lengths
+
+    def _encode_words(self, words: list[str], group: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of many whitespace-free words: (ids int32 [total], pieces per word int64 [n]).
+
+        Encodes groups of words joined by spaces, which amortises the per-call cost of
+        `tokenizers`, and gives each piece back to its word through its character offset.
+        """
+        texts = [" ".join(words[i : i + group]) for i in range(0, len(words), group)]
+        ids, owners = [np.zeros([0], np.int32)], [np.zeros([0], np.int64)]
+        for g, encoding in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
+            spans = np.fromiter(map(len, words[g * group : (g + 1) * group]), np.int64) + 1
+            word_starts = np.cumsum(spans) - spans
+            piece_starts = np.fromiter((o[0] for o in encoding.offsets), np.int64, len(encoding))
+            owners.append(np.searchsorted(word_starts, piece_starts, "right") - 1 + g * group)
+            ids.append(np.asarray(encoding.ids, np.int32))
+        return np.concatenate(ids), np.bincount(np.concatenate(owners), minlength=len(words))
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and, per token, the [start, end) character span in the original `text`."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Readable text: word pieces joined, special tokens kept, no space before punctuation."""
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self._vocab[int(i)] for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        return [self._token_to_id.get(t, self.unk_id) for t in tokens]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._token_to_id.get(token)
+
+    @property
+    def vocab(self) -> list[str]:
+        return list(self._vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def lowercase(self) -> bool:
+        return self._lowercase
+
+    @property
+    def pad_id(self) -> int:
+        return self._token_to_id[PAD]
+
+    @property
+    def unk_id(self) -> int:
+        return self._token_to_id[UNK]
+
+    @property
+    def cls_id(self) -> int:
+        return self._token_to_id[CLS]
+
+    @property
+    def sep_id(self) -> int:
+        return self._token_to_id[SEP]
+
+    @property
+    def mask_id(self) -> int:
+        return self._token_to_id[MASK]
+
+    @property
+    def subword_mask(self) -> np.ndarray:
+        """bool [vocab_size]: True for "##" continuation pieces (whole-word masking groups them)."""
+        return self._subword_mask
+
+    def is_subword(self, token_id: int) -> bool:
+        return bool(self._subword_mask[token_id])
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that decides the ids: vocab, casing, word limit, pipeline."""
+        state = [_PIPELINE_VERSION, self._lowercase, self._max_input_chars_per_word, self._vocab]
+        return hashlib.sha256(json.dumps(state).encode("utf-8")).hexdigest()[:16]
+
+    def __getstate__(self):
+        return {
+            "vocab": self._vocab,
+            "lowercase": self._lowercase,
+            "max_input_chars_per_word": self._max_input_chars_per_word,
+        }
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def __repr__(self) -> str:
+        return (
+            f"WordPieceTokenizer(vocab_size={self.vocab_size}, lowercase={self._lowercase}, "
+            f"fingerprint={self.fingerprint()})"
+        )

@@ -1,0 +1,113 @@
+"""Multi-process start-up: `jax.distributed.initialize()` when the job runs as several processes.
+
+A job is multi-process when it was launched so (explicit env vars, `srun` with several tasks, a
+multi-host Cloud TPU slice) and single-process otherwise, so the same command runs on a laptop,
+a SLURM cluster and a TPU pod:
+
+  BERT_JAX_COORDINATOR=host:port BERT_JAX_NUM_PROCESSES=N BERT_JAX_PROCESS_ID=i   explicit
+      (launch/local_multiprocess.sh; CPU processes then use gloo collectives)
+  BERT_JAX_DISTRIBUTED=1      let JAX detect the cluster (launch/tpu_vm.sh, launch/slurm.sbatch)
+  SLURM_STEP_NUM_TASKS > 1    inside `srun` with several tasks
+  TPU_WORKER_HOSTNAMES=a,b    a multi-host Cloud TPU VM slice
+
+Preemption (SIGTERM) in a multi-process job goes through JAX's preemption sync service, so
+every process stops at the same step: `stop_requested(step, local_flag)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from bert_jax.errors import UserError
+
+_initialized = False
+
+
+def multiprocess_launch(env=None) -> str | None:
+    """Why this process belongs to a multi-process job, or None for a single-process run."""
+    env = os.environ if env is None else env
+    if env.get("BERT_JAX_COORDINATOR"):
+        return f"BERT_JAX_COORDINATOR={env['BERT_JAX_COORDINATOR']}"
+    if env.get("BERT_JAX_DISTRIBUTED", "") not in ("", "0"):
+        return "BERT_JAX_DISTRIBUTED"
+    slurm_tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+    if "SLURM_STEP_ID" in env and int(slurm_tasks) > 1:
+        return f"SLURM step with {slurm_tasks} tasks"
+    tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "").split(",")
+    if len(tpu_hosts) > 1 and all(h and not any(c.isspace() for c in h) for h in tpu_hosts):
+        return f"Cloud TPU slice of {len(tpu_hosts)} hosts"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "multi-slice Cloud TPU"
+    return None
+
+
+def _explicit_int(name: str) -> int:
+    value = os.environ.get(name, "")
+    if not value.isdigit():
+        raise UserError(
+            f"BERT_JAX_COORDINATOR is set but {name}={value!r} is not a non-negative integer; "
+            "set BERT_JAX_NUM_PROCESSES and BERT_JAX_PROCESS_ID for every process"
+        )
+    return int(value)
+
+
+def initialize_if_needed() -> bool:
+    """Initialises jax.distributed once when launched as several processes; True if it did.
+
+    Must run before anything touches a JAX backend (device lists, arrays).
+    """
+    global _initialized
+    reason = multiprocess_launch()
+    if _initialized or reason is None:
+        return _initialized
+    # Gloo carries cross-process collectives between CPU devices (tests, CPU clusters);
+    # accelerators use their own interconnect whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if os.environ.get("BERT_JAX_COORDINATOR"):
+        num_processes = _explicit_int("BERT_JAX_NUM_PROCESSES")
+        process_id = _explicit_int("BERT_JAX_PROCESS_ID")
+        if process_id >= num_processes:
+            raise UserError(
+                f"BERT_JAX_PROCESS_ID {process_id} must be below BERT_JAX_NUM_PROCESSES "
+                f"{num_processes}"
+            )
+        jax.distributed.initialize(
+            coordinator_address=os.environ["BERT_JAX_COORDINATOR"],
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    else:
+        jax.distributed.initialize()  # JAX reads SLURM / Cloud TPU / MPI settings itself
+    _initialized = True
+    if jax.process_index() == 0:
+        print(
+            f"jax.distributed: {jax.process_count()} processes, {jax.device_count()} devices "
+            f"({reason})",
+            flush=True,
+        )
+    return True
+
+
+def barrier(name: str) -> None:
+    """Blocks until every process reaches the barrier of this name (no-op single-process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def stop_requested(step: int, local_flag: bool) -> bool:
+    """True on every process at the same step once any of them was asked to stop (SIGTERM).
+
+    Single-process: the local SIGTERM flag (a Python signal handler). Multi-process: JAX's
+    preemption sync service, which catches SIGTERM itself (so no Python handler may replace
+    its) and agrees on a step without a collective per step; call it at every step on every
+    process.
+    """
+    if jax.process_count() == 1:
+        return local_flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(step))

@@ -1,0 +1,370 @@
+"""Issue 5: Orbax checkpoints: exact round trip, integrity manifest and fallback, interrupted
+saves, restore onto another mesh, and `load_params_for_init` from bert_jax and HF directories."""
+
+import importlib.util
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from flax import traverse_util
+
+from bert_jax import checkpointing, sharding
+from bert_jax.checkpointing import Checkpointer, checkpoint_problem, load_params_for_init
+from bert_jax.errors import UserError
+from bert_jax.train_step import build_pretrainer
+
+
+def _test_config(fsdp: int):
+    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("test")
+    config.mesh.data, config.mesh.fsdp = 1, fsdp
+    return config
+
+
+@pytest.fixture(scope="module")
+def run():
+    """A tiny pretrainer on 8 devices with fsdp=8 and a state that differs from its init."""
+    config = _test_config(fsdp=8)
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        state = pretrainer.init(jax.random.key(0))
+        # Distinct values everywhere (Adam moments start at zero), so a mix-up would show.
+        leaves, treedef = jax.tree.flatten(state)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        leaves = [
+            x + jax.random.normal(k, x.shape, x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+            else x + 3
+            for x, k in zip(leaves, keys, strict=True)
+        ]
+        state = jax.device_put(jax.tree.unflatten(treedef, leaves), pretrainer.state_shardings)
+    return config, mesh, pretrainer, state
+
+
+def _assert_trees_equal(a, b):
+    flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for x, y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    """Any unpickling during the test fails it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading a checkpoint")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+
+
+def _save(checkpointer, run, step, data_state=None, pending=None):
+    config, mesh, pretrainer, state = run
+    with jax.set_mesh(mesh):
+        saved = checkpointer.save(
+            step, state, data_state, rng=jax.random.key(7), pending_metrics=pending
+        )
+    checkpointer.wait()
+    return saved
+
+
+def _restore(checkpointer, run):
+    with jax.set_mesh(run[1]):
+        return checkpointer.restore(run[2].abstract_state)
+
+
+def test_round_trip_is_exact(tmp_path, run, no_pickle):
+    pending = [
+        {"mlm_loss_sum": jnp.float32(1.2345678), "mlm_weight": jnp.float32(7.0)},
+        {"mlm_loss_sum": jnp.float32(2.5e-8), "mlm_weight": jnp.float32(3.0)},
+    ]
+    checkpointer = Checkpointer(tmp_path, every_steps=3, keep=2, config=run[0])
+    assert _save(checkpointer, run, 3, data_state=b"\x00\xffiterator", pending=pending)
+    assert not _save(checkpointer, run, 3)  # an existing step is never overwritten
+    checkpointer.close()
+
+    restored = _restore(Checkpointer(tmp_path, 3, 2, run[0]), run)
+    assert restored.step == 3
+    _assert_trees_equal(restored.state, run[3])
+    for got, want in zip(
+        jax.tree.leaves(restored.state), jax.tree.leaves(run[2].abstract_state), strict=True
+    ):
+        assert got.sharding == want.sharding
+    assert restored.data_state == b"\x00\xffiterator"
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored.rng), jax.random.key_data(jax.random.key(7))
+    )
+    assert len(restored.pending_metrics) == 2
+    for got, want in zip(restored.pending_metrics, pending, strict=True):
+        for key in want:
+            assert got[key].dtype == np.float32 and got[key] == np.asarray(want[key])
+    saved_config = json.loads((tmp_path / "checkpoints" / "3" / "config" / "metadata").read_text())
+    assert saved_config["model"]["hidden_size"] == run[0].model.hidden_size
+    assert checkpoint_problem(tmp_path / "checkpoints" / "3") is None
+
+
+def _largest_file(step_dir):
+    files = [p for p in step_dir.rglob("*") if p.is_file() and "ocdbt.process" in str(p)]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_byte(step_dir):
+    path = _largest_file(step_dir)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(step_dir):
+    path = _largest_file(step_dir)
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _remove_array_file(step_dir):
+    _largest_file(step_dir).unlink()
+
+
+def _remove_manifest(step_dir):
+    (step_dir / checkpointing.MANIFEST_NAME).unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_flip_byte, "is corrupted"),
+        (_truncate, "is truncated"),
+        (_remove_array_file, "is missing"),
+        (_remove_manifest, "the save never completed"),
+    ],
+    ids=["flipped_byte", "truncated", "missing_file", "no_manifest"],
+)
+def test_damaged_checkpoint_is_never_loaded(tmp_path, run, capsys, damage, reason):
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=3, config=run[0])
+    _save(checkpointer, run, 2, data_state={"position": 2})
+    _save(checkpointer, run, 4, data_state={"position": 4})
+    checkpointer.close()
+    damage(tmp_path / "checkpoints" / "4")
+    capsys.readouterr()
+
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=3, config=run[0])
+    restored = _restore(checkpointer, run)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert restored.step == 2 and restored.data_state == {"position": 2}
+    _assert_trees_equal(restored.state, run[3])
+    assert len(lines) == 1 and "checkpoints/4 not loaded: " in lines[0] and reason in lines[0]
+    assert (tmp_path / "damaged_checkpoints" / "4").is_dir()  # kept for inspection
+    # The run can write step 4 again, and that one is loaded next time.
+    assert _save(checkpointer, run, 4, data_state={"position": 4})
+    assert _restore(checkpointer, run).step == 4
+    checkpointer.close()
+
+
+def test_interrupted_save_never_costs_the_last_good_checkpoint(tmp_path, run, monkeypatch):
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
+    _save(checkpointer, run, 2, data_state={"position": 2})
+
+    def crash(step_dir, step):  # the process dies after writing arrays, before sealing
+        raise OSError("simulated crash while sealing")
+
+    monkeypatch.setattr(checkpointing, "write_manifest", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        _save(checkpointer, run, 4, data_state={"position": 4})
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp").is_dir()  # half-written
+    assert checkpoint_problem(tmp_path / "checkpoints" / "2") is None  # keep=1, still there
+
+    restarted = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
+    assert restarted.all_steps() == [2]
+    assert _restore(restarted, run).step == 2
+    # A sealed newer step is what makes the old one go (keep=1).
+    _save(restarted, run, 4)
+    restarted.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+
+
+def test_incompatible_model_is_a_clear_error(tmp_path, run):
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
+    _save(checkpointer, run, 2)
+    config = _test_config(fsdp=8)
+    config.model.intermediate_size = 128
+    with jax.set_mesh(run[1]):
+        other = build_pretrainer(config, run[1])
+        with pytest.raises(UserError, match=r"does not fit .*intermediate/dense/kernel"):
+            checkpointer.restore(other.abstract_state)
+    checkpointer.close()
+
+
+_RESTORE_ON_TWO_DEVICES = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import jax, numpy as np
+    from bert_jax import sharding
+    from bert_jax.checkpointing import Checkpointer
+    from bert_jax.train_step import build_pretrainer
+
+    spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    config = demo.get_config("test")
+    config.mesh.data, config.mesh.fsdp = 2, 1
+    batch = {k: np.asarray(v) for k, v in np.load(sys.argv[2]).items()}
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        restored = Checkpointer(sys.argv[1], 2, 1, config).restore(pretrainer.abstract_state)
+        params = restored.state.params
+        kernel = params["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+        leaves = jax.tree.leaves(params)
+        report = {
+            "devices": jax.device_count(),
+            "kernel_mesh": dict(kernel.sharding.mesh.shape),
+            "param_sum": sum(float(np.asarray(x, np.float64).sum()) for x in leaves),
+        }
+        state, metrics = pretrainer.train_step(  # consumes restored.state (donated)
+            restored.state, pretrainer.shard_batch(batch), restored.rng
+        )
+        report.update(mlm_loss_sum=float(metrics["mlm_loss_sum"]), step=int(state.step))
+        print(json.dumps(report))
+    """
+)
+
+
+def _synthetic_batch(config, rng):
+    b, t, p = config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
+    vocab = config.model.vocab_size
+    return {
+        "input_ids": rng.integers(5, vocab, (b, t), dtype=np.int32),
+        "attention_mask": np.ones((b, t), np.int32),
+        "token_type_ids": np.zeros((b, t), np.int32),
+        "masked_lm_positions": np.tile(np.arange(1, p + 1, dtype=np.int32), (b, 1)),
+        "masked_lm_ids": rng.integers(5, vocab, (b, p), dtype=np.int32),
+        "masked_lm_weights": np.ones((b, p), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, (b,), dtype=np.int32),
+    }
+
+
+def test_restore_on_another_mesh_and_continue(tmp_path, run):
+    """Saved with fsdp=8 on 8 devices; restored with data=2 on 2 devices and trained a step."""
+    config, mesh, pretrainer, state = run
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=config)
+    _save(checkpointer, run, 2)
+    checkpointer.close()
+    batch = _synthetic_batch(config, np.random.default_rng(0))
+    np.savez(tmp_path / "batch.npz", **batch)
+    with jax.set_mesh(mesh):
+        # donate_argnums consumes the state: step a copy.
+        _, metrics = pretrainer.train_step(
+            jax.tree.map(jnp.copy, state), pretrainer.shard_batch(batch), jax.random.key(7)
+        )
+    kernel = state.params["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    assert dict(kernel.sharding.mesh.shape)["fsdp"] == 8
+    param_sum = sum(float(np.asarray(x, np.float64).sum()) for x in jax.tree.leaves(state.params))
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", _RESTORE_ON_TWO_DEVICES, str(tmp_path), str(tmp_path / "batch.npz")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    other = json.loads(result.stdout.strip().splitlines()[-1])
+    assert other["devices"] == 2
+    assert other["kernel_mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    assert other["param_sum"] == param_sum  # every value arrived
+    assert other["step"] == int(state.step) + 1
+    # Same step on another device layout: equal up to float32 reduction order.
+    assert other["mlm_loss_sum"] == pytest.approx(float(metrics["mlm_loss_sum"]), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, run):
+    workdir = tmp_path_factory.mktemp("init_source")
+    checkpointer = Checkpointer(workdir, every_steps=2, keep=2, config=run[0])
+    _save(checkpointer, run, 2)
+    checkpointer.close()
+    return workdir
+
+
+@pytest.mark.parametrize("where", ["workdir", "checkpoints", "step"])
+def test_load_params_for_init_from_bert_jax(saved_run, run, where, no_pickle):
+    path = {
+        "workdir": saved_run,
+        "checkpoints": saved_run / "checkpoints",
+        "step": saved_run / "checkpoints" / "2",
+    }[where]
+    abstract = run[2].abstract_state.params
+    whole = load_params_for_init(path, abstract)
+    _assert_trees_equal(whole, run[3].params)
+    for got, want in zip(jax.tree.leaves(whole), jax.tree.leaves(abstract), strict=True):
+        assert got.sharding == want.sharding
+    encoder = load_params_for_init(path, abstract["bert"], subtree=("bert",))
+    _assert_trees_equal(encoder, run[3].params["bert"])
+    nested = load_params_for_init(path, {"bert": abstract["bert"]}, subtree=("bert",))
+    assert set(nested) == {"bert"}
+    _assert_trees_equal(nested["bert"], run[3].params["bert"])
+
+
+def test_load_params_for_init_from_hugging_face(tmp_path, run, no_pickle):
+    from bert_jax.convert.hf import save_hf_checkpoint
+
+    params = jax.device_get(run[3].params)
+    save_hf_checkpoint(run[2].model_config, params, tmp_path / "hf")
+    abstract = run[2].abstract_state.params
+    loaded = load_params_for_init(tmp_path / "hf", abstract)
+    _assert_trees_equal(loaded, params)
+    assert jax.tree.leaves(loaded)[0].sharding == jax.tree.leaves(abstract)[0].sharding
+    encoder = load_params_for_init(tmp_path / "hf", abstract["bert"], subtree=("bert",))
+    _assert_trees_equal(encoder, params["bert"])
+
+
+def test_load_params_for_init_lists_missing_and_unexpected_paths(saved_run, run):
+    flat = traverse_util.flatten_dict(dict(run[2].abstract_state.params["bert"]))
+    del flat[("pooler", "dense", "bias")]
+    flat[("adapter", "kernel")] = jax.ShapeDtypeStruct((4, 4), jnp.float32)
+    abstract = traverse_util.unflatten_dict(flat)
+    with pytest.raises(UserError) as error:
+        load_params_for_init(saved_run, abstract, subtree=("bert",))
+    message = str(error.value)
+    assert "missing 1 parameter(s): adapter/kernel" in message
+    assert "unexpected 1 parameter(s): pooler/dense/bias" in message
+
+
+def test_load_params_for_init_refuses_damaged_and_unknown_paths(saved_run, tmp_path, run):
+    abstract = run[2].abstract_state.params
+    with pytest.raises(UserError, match="not found"):
+        load_params_for_init(tmp_path / "nowhere", abstract)
+    with pytest.raises(UserError, match="neither a bert_jax workdir"):
+        load_params_for_init(tmp_path, abstract)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
+    _flip_byte(copy)
+    with pytest.raises(UserError, match="is corrupted"):
+        load_params_for_init(copy, abstract)
+
+
+def test_checkpoint_files_hold_no_pickles(saved_run):
+    import inspect
+
+    source = inspect.getsource(checkpointing)
+    assert not re.search(r"import pickle|pickle\.|torch\.load|allow_pickle", source)
+    for path in (saved_run / "checkpoints").rglob("*"):
+        if path.is_file():
+            head = path.read_bytes()[:2]
+            assert not (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"), path

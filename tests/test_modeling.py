@@ -1,0 +1,369 @@
+"""BertConfig validation and presets, the parameter tree with its logical axes, numerics."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bert_jax.errors import UserError
+from bert_jax.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    BertSelfAttention,
+    gather_positions,
+)
+
+B, T, P = 2, 16, 4
+SMALL = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=T,
+)
+
+
+def make_inputs(config: BertConfig, seed: int = 0):
+    """Random ids, both token types, and padding at the end of the second row."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(0, config.vocab_size, (B, T), dtype=np.int32)
+    token_type_ids = np.zeros((B, T), np.int32)
+    token_type_ids[:, T // 2 :] = 1
+    attention_mask = np.ones((B, T), np.int32)
+    attention_mask[1, T - 5 :] = 0
+    positions = np.stack([rng.choice(T - 5, P, replace=False) for _ in range(B)]).astype(np.int32)
+    return input_ids, token_type_ids, attention_mask, positions
+
+
+def init_pretraining(config: BertConfig, seed: int = 0) -> dict:
+    ids, types, mask, positions = make_inputs(config)
+    variables = BertForPreTraining(config).init(
+        jax.random.key(seed), ids, types, mask, masked_lm_positions=positions
+    )
+    return nn.meta.unbox(variables["params"])
+
+
+def num_elements(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# -- BertConfig -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size=130, num_attention_heads=4), "not divisible by num_attention_heads"),
+        (dict(hidden_act="gelu_newest"), "hidden_act 'gelu_newest' is not one of"),
+        (dict(dtype="float33"), "dtype 'float33' is not a dtype name"),
+        (dict(param_dtype="bf17"), "param_dtype 'bf17' is not a dtype name"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
+        (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob must be in [0, 1)"),
+        (dict(remat_policy="some"), "remat_policy 'some' is not one of"),
+    ],
+)
+def test_config_rejects_invalid_values(overrides, message):
+    with pytest.raises(UserError, match="invalid BertConfig") as error:
+        BertConfig(**overrides)
+    assert message in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(UserError) as error:
+        BertConfig(hidden_act="nope", dtype="nope")
+    assert "hidden_act" in str(error.value) and "dtype 'nope'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name, layers, hidden, heads",
+    [
+        ("tiny", 2, 128, 2),
+        ("mini", 4, 256, 4),
+        ("small", 4, 512, 8),
+        ("medium", 8, 512, 8),
+        ("base", 12, 768, 12),
+        ("large", 24, 1024, 16),
+    ],
+)
+def test_presets_have_released_sizes(name, layers, hidden, heads):
+    config = BertConfig.preset(name)
+    assert config.num_hidden_layers == layers
+    assert config.hidden_size == hidden
+    assert config.num_attention_heads == heads
+    assert config.intermediate_size == 4 * hidden
+    assert config.head_dim == 64
+    assert config.vocab_size == 30522
+
+
+def test_preset_overrides_and_unknown_name():
+    config = BertConfig.preset("base", vocab_size=100, dtype="bfloat16")
+    assert (config.vocab_size, config.dtype, config.hidden_size) == (100, "bfloat16", 768)
+    with pytest.raises(UserError, match="unknown BERT preset 'huge'"):
+        BertConfig.preset("huge")
+
+
+def test_base_and_large_parameter_counts_match_the_paper():
+    # Devlin et al. report 110M and 340M; the exact counts of the released encoders follow.
+    assert BertConfig.preset("base").num_parameters(include_heads=False) == 109_482_240
+    assert BertConfig.preset("large").num_parameters(include_heads=False) == 335_141_888
+
+
+def test_config_dict_round_trip_ignores_unknown_keys():
+    config = BertConfig(**SMALL, hidden_act="relu")
+    values = dict(config.to_dict(), model_type="bert", architectures=["BertModel"])
+    assert BertConfig.from_dict(values) == config
+
+
+# -- parameter tree ---------------------------------------------------------------------------
+
+
+def expected_tiny_tree() -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """'path' -> (shape, logical axes) of BertForPreTraining at the 'tiny' preset."""
+    v, h, f, n_pos = 30522, 128, 512, 512
+    norm = lambda p: {f"{p}/norm/scale": ((h,), ("embed",)), f"{p}/norm/bias": ((h,), ("embed",))}
+    dense = lambda p, shape, axes: {
+        f"{p}/dense/kernel": (shape, axes),
+        f"{p}/dense/bias": ((shape[1],), (axes[1],)),
+    }
+    tree = {
+        "bert/embeddings/word_embeddings/embedding": ((v, h), ("vocab", "embed")),
+        "bert/embeddings/position_embeddings/embedding": ((n_pos, h), ("length", "embed")),
+        "bert/embeddings/token_type_embeddings/embedding": ((2, h), ("type_vocab", "embed")),
+        **norm("bert/embeddings/LayerNorm"),
+        **dense("bert/pooler", (h, h), ("embed", "embed_out")),
+        **dense("mlm_transform", (h, h), ("embed", "embed_out")),
+        **norm("mlm_layer_norm"),
+        "mlm_output_bias": ((v,), ("vocab",)),
+        **dense("nsp", (h, 2), ("embed", "classes")),
+    }
+    for i in range(2):
+        layer = f"bert/encoder/layer_{i}"
+        for proj in ("query", "key", "value"):
+            tree |= dense(f"{layer}/attention/{proj}", (h, h), ("embed", "heads"))
+        tree |= dense(f"{layer}/attention/output", (h, h), ("heads", "embed"))
+        tree |= dense(f"{layer}/intermediate", (h, f), ("embed", "mlp"))
+        tree |= dense(f"{layer}/output", (f, h), ("mlp", "embed"))
+        tree |= norm(f"{layer}/attention_layer_norm") | norm(f"{layer}/output_layer_norm")
+    return tree
+
+
+def test_tiny_param_tree_shapes_and_logical_axes():
+    config = BertConfig.preset("tiny")
+    ids = jnp.zeros((1, 8), jnp.int32)
+    model = BertForPreTraining(config)
+    boxed = jax.eval_shape(
+        lambda rng: model.init(rng, ids, masked_lm_positions=ids[:, :2]), jax.random.key(0)
+    )["params"]
+    shapes = traverse_util.flatten_dict(nn.meta.unbox(boxed), sep="/")
+    specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed), sep="/")
+    found = {k: (tuple(shapes[k].shape), tuple(specs[k])) for k in shapes}
+    expected = expected_tiny_tree()
+    assert sorted(found) == sorted(expected)
+    for path, (shape, axes) in expected.items():
+        assert found[path] == (shape, axes), path
+    assert all(x.dtype == jnp.float32 for x in shapes.values())
+    assert sum(int(np.prod(s)) for s, _ in expected.values()) == config.num_parameters()
+
+
+@pytest.mark.parametrize("pre_layer_norm", [False, True])
+def test_num_parameters_matches_the_real_tree(pre_layer_norm):
+    config = BertConfig(**SMALL, pre_layer_norm=pre_layer_norm)
+    params = init_pretraining(config)
+    assert num_elements(params) == config.num_parameters()
+    assert num_elements(params["bert"]) == config.num_parameters(include_heads=False)
+
+
+# -- numerics ---------------------------------------------------------------------------------
+
+
+def test_sparse_mlm_head_equals_dense_head_gathered():
+    config = BertConfig(**SMALL)
+    params = init_pretraining(config)
+    ids, types, mask, positions = make_inputs(config)
+    model = BertForPreTraining(config)
+    dense = model.apply({"params": params}, ids, types, mask)
+    sparse = model.apply({"params": params}, ids, types, mask, masked_lm_positions=positions)
+    assert dense.mlm_logits.shape == (B, T, config.vocab_size)
+    assert sparse.mlm_logits.shape == (B, P, config.vocab_size)
+    expected = np.take_along_axis(np.asarray(dense.mlm_logits), positions[:, :, None], axis=1)
+    np.testing.assert_allclose(sparse.mlm_logits, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(sparse.nsp_logits, dense.nsp_logits, atol=1e-6)
+    assert sparse.nsp_logits.shape == (B, 2)
+    assert sparse.pooled_output.shape == (B, config.hidden_size)
+
+
+def test_gather_positions():
+    sequence = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+    positions = jnp.array([[4, 0], [1, 1]])
+    gathered = gather_positions(sequence, positions)
+    np.testing.assert_array_equal(gathered[0], sequence[0, jnp.array([4, 0])])
+    np.testing.assert_array_equal(gathered[1], sequence[1, jnp.array([1, 1])])
+
+
+def test_padding_is_not_attended():
+    config = BertConfig(**SMALL)
+    params = init_pretraining(config)
+    ids, types, mask, _ = make_inputs(config)
+    model = BertModel(config)
+    changed = ids.copy()
+    changed[1, mask[1] == 0] = (changed[1, mask[1] == 0] + 1) % config.vocab_size
+    out, pooled = model.apply({"params": params["bert"]}, ids, types, mask)
+    out2, pooled2 = model.apply({"params": params["bert"]}, changed, types, mask)
+    real = mask[1] == 1
+    np.testing.assert_allclose(out2[1, real], out[1, real], atol=1e-6)
+    np.testing.assert_allclose(pooled2, pooled, atol=1e-6)
+    assert np.abs(np.asarray(out2[1, ~real] - out[1, ~real])).max() > 1e-3
+    # An all-padding row (a filler example in an eval batch) must stay finite, not NaN.
+    empty = np.zeros_like(mask)
+    for deterministic in (True, False):
+        out3 = BertForPreTraining(config.replace(attention_probs_dropout_prob=0.5)).apply(
+            {"params": params},
+            ids,
+            types,
+            empty,
+            deterministic=deterministic,
+            rngs={"dropout": jax.random.key(0)},
+        )
+        assert np.isfinite(np.asarray(out3.mlm_logits)).all()
+        assert np.isfinite(np.asarray(out3.nsp_logits)).all()
+
+
+def test_too_long_sequence_is_a_user_error():
+    config = BertConfig(**SMALL)
+    params = init_pretraining(config)
+    ids = np.zeros((1, T + 1), np.int32)
+    with pytest.raises(UserError, match="exceeds max_position_embeddings 16"):
+        BertModel(config).apply({"params": params["bert"]}, ids)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
+    config = BertConfig(**SMALL)
+    low = config.replace(dtype="bfloat16")
+    ids, types, mask, positions = make_inputs(config)
+    low_params = init_pretraining(low)
+    assert {x.dtype for x in jax.tree.leaves(low_params)} == {jnp.dtype(jnp.float32)}
+    full = BertForPreTraining(config).apply(
+        {"params": low_params}, ids, types, mask, masked_lm_positions=positions
+    )
+    half = BertForPreTraining(low).apply(
+        {"params": low_params}, ids, types, mask, masked_lm_positions=positions
+    )
+    assert half.sequence_output.dtype == jnp.bfloat16
+    assert half.mlm_logits.dtype == jnp.float32 and half.nsp_logits.dtype == jnp.float32
+    # Post-LN activations are O(1); bfloat16 keeps about 3 significant digits.
+    seq_err = np.abs(np.asarray(half.sequence_output, np.float32) - full.sequence_output).max()
+    mlm_err = np.abs(np.asarray(half.mlm_logits) - full.mlm_logits).max()
+    assert seq_err < 0.1, seq_err
+    assert mlm_err < 0.1 * max(1.0, float(np.abs(full.mlm_logits).max())), mlm_err
+    assert seq_err > 0.0  # really computed in bfloat16
+
+
+def test_pre_layer_norm_model_runs_and_differs():
+    post = BertConfig(**SMALL)
+    pre = post.replace(pre_layer_norm=True)
+    ids, types, mask, positions = make_inputs(post)
+    params = init_pretraining(pre)
+    assert "final_layer_norm" in params["bert"]["encoder"]
+    assert "LayerNorm" not in params["bert"]["embeddings"]
+    out = BertForPreTraining(pre).apply(
+        {"params": params}, ids, types, mask, masked_lm_positions=positions
+    )
+    assert out.mlm_logits.shape == (B, P, post.vocab_size)
+    assert np.isfinite(np.asarray(out.mlm_logits)).all()
+    # The final LayerNorm normalises each position.
+    sequence = np.asarray(out.sequence_output)
+    np.testing.assert_allclose(sequence.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(sequence.std(-1), 1.0, atol=1e-3)
+
+
+def pretraining_loss(config: BertConfig, params, dropout_rng):
+    ids, types, mask, positions = make_inputs(config)
+    out = BertForPreTraining(config).apply(
+        {"params": params},
+        ids,
+        types,
+        mask,
+        masked_lm_positions=positions,
+        deterministic=False,
+        rngs={"dropout": dropout_rng},
+    )
+    labels = jnp.asarray(ids)[jnp.arange(B)[:, None], positions]
+    log_probs = jax.nn.log_softmax(out.mlm_logits)
+    mlm = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1).mean()
+    return mlm + jax.nn.log_softmax(out.nsp_logits)[:, 0].mean()
+
+
+def test_remat_gives_identical_grads():
+    config = BertConfig(**SMALL)
+    params = init_pretraining(config)
+    rng = jax.random.key(3)
+    grad = lambda cfg: jax.jit(jax.grad(lambda p: pretraining_loss(cfg, p, rng)))(params)
+    plain = grad(config)
+    assert num_elements(plain) == config.num_parameters()
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(plain)) > 1e-3
+    for policy in ("full", "dots"):
+        remat = grad(config.replace(remat_policy=policy))
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(plain), jax.tree.leaves(remat), strict=True
+        ):
+            np.testing.assert_allclose(
+                a, b, atol=1e-6, rtol=1e-5, err_msg=f"{policy}: {jax.tree_util.keystr(path)}"
+            )
+
+
+def test_attention_dropout_path_matches_fused_path():
+    config = BertConfig(**SMALL)
+    ids, _, mask, _ = make_inputs(config)
+    x = jax.random.normal(jax.random.key(1), (B, T, config.hidden_size))
+    key_mask = jnp.asarray(mask > 0)
+    attention = BertSelfAttention(config)
+    params = attention.init(jax.random.key(2), x, key_mask, True)
+    fused = attention.apply(params, x, key_mask, True)
+
+    # A rate so small that nothing is dropped still routes through the explicit softmax path.
+    explicit_config = config.replace(attention_probs_dropout_prob=1e-9)
+    explicit = BertSelfAttention(explicit_config).apply(
+        params, x, key_mask, False, rngs={"dropout": jax.random.key(0)}
+    )
+    np.testing.assert_allclose(explicit, fused, atol=1e-5, rtol=1e-5)
+
+    # With BERT's 0.1 the probabilities really are dropped, reproducibly per rng.
+    apply = lambda seed: BertSelfAttention(config).apply(
+        params, x, key_mask, False, rngs={"dropout": jax.random.key(seed)}
+    )
+    assert np.abs(np.asarray(apply(0) - fused)).max() > 1e-3
+    np.testing.assert_array_equal(apply(0), apply(0))
+    assert np.abs(np.asarray(apply(0) - apply(1))).max() > 1e-3
+
+
+def test_task_heads_output_shapes_and_share_the_encoder_tree():
+    config = BertConfig(**SMALL)
+    ids, types, mask, _ = make_inputs(config)
+    encoder_tree = jax.tree.structure(init_pretraining(config)["bert"])
+    heads = {
+        "classify": (BertForSequenceClassification(config, num_labels=3), "classifier"),
+        "regress": (BertForSequenceClassification(config, num_labels=1), "classifier"),
+        "tokens": (BertForTokenClassification(config, num_labels=5), "classifier"),
+        "qa": (BertForQuestionAnswering(config), "qa_outputs"),
+    }
+    outputs = {}
+    for name, (model, head) in heads.items():
+        params = nn.meta.unbox(model.init(jax.random.key(0), ids, types, mask)["params"])
+        assert set(params) == {"bert", head}
+        assert jax.tree.structure(params["bert"]) == encoder_tree
+        outputs[name] = model.apply({"params": params}, ids, types, mask)
+    assert outputs["classify"].shape == (B, 3)
+    assert outputs["regress"].shape == (B, 1)
+    assert outputs["tokens"].shape == (B, T, 5)
+    start, end = outputs["qa"]
+    assert start.shape == (B, T) and end.shape == (B, T)
+    assert start.dtype == jnp.float32
+    assert not np.allclose(start, end)

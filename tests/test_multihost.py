@@ -1,0 +1,168 @@
+"""Issue 5: a 2-process x 2-CPU-device run (jax.distributed over 127.0.0.1, gloo collectives,
+launched by launch/local_multiprocess.sh) against 1 process x 4 devices, then 1 process resuming
+from the 2-process checkpoint.
+
+Each process reads its own share of the documents, so a 1-process run of the same config sees
+other batches. The 1 x 4 reference therefore runs here, in this process on 4 of its 8 CPU devices,
+with the train step fed the same global batches: process 0's rows, then process 1's. Equal
+losses mean the multi-process run computes exactly what one process does with that data:
+batch assembly from process shares, collectives, metric reduction.
+"""
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from bert_jax import sharding
+from bert_jax.checkpointing import Checkpointer
+from bert_jax.data import pipeline
+from bert_jax.metrics import read_metrics
+from bert_jax.train_lib import evaluate
+from bert_jax.train_step import build_pretrainer, metrics_from_sums
+
+STEPS = 8
+CHECKPOINT_STEP = 4
+COMPARED = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm")
+
+
+def _config(data_dir):
+    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("test")
+    config.data.data_dir = str(data_dir)
+    config.data.show_progress = False
+    config.num_train_steps = STEPS
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = CHECKPOINT_STEP
+    config.eval_every_steps = 1000  # evaluates once, after the last step
+    config.mesh.data = 4
+    return config
+
+
+def _cli_flags(config, workdir):
+    return [
+        "-m",
+        "bert_jax.pretrain",
+        "--config",
+        "configs/demo.py:test",
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={config.data.data_dir}",
+        "--config.data.show_progress=False",
+        f"--config.num_train_steps={STEPS}",
+        "--config.log_every_steps=1",
+        f"--config.checkpoint_every_steps={CHECKPOINT_STEP}",
+        "--config.eval_every_steps=1000",
+        "--config.mesh.data=4",
+    ]
+
+
+def _run(cmd, timeout=420):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # for the 1-process run
+    result = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
+def _step_metrics(pretrainer, state, batches, rng):
+    """Runs the train step over `batches`; per-step scalars as the loop logs them."""
+    records = []
+    for batch in batches:
+        state, metrics = pretrainer.train_step(state, pretrainer.shard_batch(batch), rng)
+        fetched = jax.device_get(metrics)
+        scalars = metrics_from_sums({k: float(v) for k, v in fetched.items()})
+        scalars["grad_norm"] = float(fetched["grad_norm"])
+        records.append(scalars)
+    return state, records
+
+
+def _two_process_batches(config, count):
+    """Global batches as 2 processes feed them: each process's rows, in process order."""
+    shares = [
+        pipeline.make_pretraining_iterator(
+            config.data,
+            split="train",
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            process_index=index,
+            process_count=2,
+        )
+        for index in range(2)
+    ]
+    for _ in range(count):
+        local = [next(share) for share in shares]
+        yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
+
+
+def _assert_same(got, want, rel, label):
+    worst = 0.0
+    for step, (g, w) in enumerate(zip(got, want, strict=True), start=1):
+        for key in w:
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-9), (label, step, key)
+            worst = max(worst, abs(g[key] - w[key]) / max(abs(w[key]), 1e-12))
+    return worst
+
+
+def test_two_processes_match_one_and_one_resumes(tmp_path):
+    config = _config(tmp_path / "data")
+    pipeline.prepare_data(config.data)
+    two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
+    launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
+    out = _run([launcher, "-n", "2", "-d", "2", "--", sys.executable, *_cli_flags(config, two_dir)])
+    assert "jax.distributed: 2 processes, 4 devices" in out
+
+    records = read_metrics(two_dir)
+    two_train = [{k: r[k] for k in COMPARED} for r in records if "loss" in r]
+    two_eval = [r for r in records if "eval_loss" in r]
+    assert len(two_train) == STEPS and len(two_eval) == 1
+
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:4])
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+        state = pretrainer.init(init_rng)
+        state, one_train = _step_metrics(
+            pretrainer, state, _two_process_batches(config, STEPS), dropout_rng
+        )
+        one_eval = evaluate(pretrainer, state.params, config)
+    worst_train = _assert_same(two_train, one_train, 1e-5, "2x2 vs 1x4 train")
+    worst_eval = _assert_same(
+        [{k: two_eval[0][k] for k in one_eval}], [one_eval], 1e-5, "2x2 vs 1x4 eval"
+    )
+
+    # One process picks up the 2-process step-4 checkpoint and trains to the end.
+    shutil.copytree(two_dir / "checkpoints" / "4", one_dir / "checkpoints" / "4")
+    out = _run([sys.executable, *_cli_flags(config, one_dir)])
+    assert re.search(rf"resumed from {re.escape(str(one_dir))}/checkpoints/4\b", out), out
+    assert "written by 2 processes, this run has 1; the data stream starts afresh" in out
+    resumed = [{k: r[k] for k in COMPARED} for r in read_metrics(one_dir) if "loss" in r]
+    assert len(resumed) == STEPS - CHECKPOINT_STEP
+
+    # Expected: the restored step-4 state stepped over a fresh 1-process stream.
+    with jax.set_mesh(mesh):
+        restored = Checkpointer(two_dir, CHECKPOINT_STEP, 2).restore(
+            pretrainer.abstract_state, step=CHECKPOINT_STEP
+        )
+        fresh = pipeline.make_pretraining_iterator(
+            config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
+        )
+        batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))
+        _, expected = _step_metrics(pretrainer, restored.state, batches, restored.rng)
+    worst_resume = _assert_same(resumed, expected, 1e-5, "1-process resume")
+    print(
+        f"2x2 vs 1x4: {STEPS} train steps worst rel diff {worst_train:.2e}, eval {worst_eval:.2e};"
+        f" 1-process resume from step {CHECKPOINT_STEP}: worst rel diff {worst_resume:.2e};"
+        f" losses 2x2 {[round(r['loss'], 6) for r in two_train]}"
+    )

@@ -1,0 +1,88 @@
+"""Issue 4: the CLI end to end on the tiny test config, and invalid configs stopping early."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+def run_pretrain(workdir, *overrides, devices: int = 1, timeout: int = 300):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "bert_jax.pretrain",
+        "--config",
+        "configs/demo.py:test",
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={workdir}/data",
+        *overrides,
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, devices, message",
+    [
+        (
+            ["--config.batch_size=7", "--config.mesh.data=-1"],
+            2,
+            "not divisible by data-parallel size 2",
+        ),
+        (["--config.data.max_seq_length=128"], 1, "exceeds model.max_position_embeddings"),
+        (["--config.data.max_predictions_per_seq=2"], 1, "max_predictions_per_seq 2 is below"),
+        (["--config.mesh.data=3"], 1, "needs 3 devices but 1"),
+        (["--config.data.input_files=/nonexistent/corpus.txt"], 1, "matches no file"),
+    ],
+    ids=["batch", "seq_len", "predictions", "mesh", "missing_file"],
+)
+def test_invalid_config_stops_with_one_clear_line(tmp_path, overrides, devices, message):
+    result = run_pretrain(tmp_path, *overrides, devices=devices, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()  # stopped before anything ran
+
+
+def test_misspelt_key_is_an_error(tmp_path):
+    result = run_pretrain(tmp_path, "--config.learnin_rate=0.1", timeout=120)
+    assert result.returncode != 0
+    assert "learnin_rate" in result.stderr
+
+
+def test_tiny_pretraining_run_end_to_end(tmp_path):
+    result = run_pretrain(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert [r["step"] for r in evals] == [3, 6]
+    for record in train:
+        for key in (
+            "mlm_loss",
+            "mlm_accuracy",
+            "nsp_loss",
+            "nsp_accuracy",
+            "learning_rate",
+            "grad_norm",
+            "tokens_per_sec",
+            "examples_per_sec",
+            "mfu",
+        ):
+            assert key in record
+        assert record["loss"] == pytest.approx(record["mlm_loss"] + record["nsp_loss"])
+        assert 0.0 <= record["mlm_accuracy"] <= 1.0
+        assert record["tokens_per_sec"] > 0
+    # lr 1e-3, 2 warmup steps, linear decay to 0 at step 6; logged: the last step's lr.
+    lrs = [r["learning_rate"] for r in train]
+    assert lrs == pytest.approx([5e-4, 7.5e-4, 2.5e-4])
+    assert (tmp_path / "tensorboard").is_dir()
+    assert (tmp_path / "checkpoints").is_dir()
