@@ -36,7 +36,9 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # The erf form (as in google-research/bert and PyTorch): XLA's erf is a short polynomial,
+    # about twice as fast as the erfc that jax.nn.gelu(approximate=False) uses, forward+backward.
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5))),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),

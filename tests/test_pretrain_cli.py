@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 
@@ -57,9 +56,17 @@ def test_misspelt_key_is_an_error(tmp_path):
     assert "learnin_rate" in result.stderr
 
 
-def test_tiny_pretraining_run_end_to_end(tmp_path):
-    result = run_pretrain(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A workdir of the tiny test config trained for 6 steps through the CLI."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = run_pretrain(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_tiny_pretraining_run_end_to_end(tiny_run):
+    tmp_path = tiny_run
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
@@ -86,3 +93,33 @@ def test_tiny_pretraining_run_end_to_end(tmp_path):
     assert lrs == pytest.approx([5e-4, 7.5e-4, 2.5e-4])
     assert (tmp_path / "tensorboard").is_dir()
     assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_pretrained_workdir_exports_to_hugging_face(tiny_run, tmp_path):
+    """Pretrain 6 tiny steps, export with `python -m bert_jax.export`, compare with transformers."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from bert_jax import pretrained
+    from bert_jax.modeling import BertForPreTraining
+
+    out = tmp_path / "hf"
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.export", str(tiny_run), "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = pretrained.inspect_checkpoint(tiny_run)
+    params = pretrained.load_pretraining_params(info)
+    ids = np.random.RandomState(0).randint(5, info.bert_config.vocab_size, (2, 16))
+    ours = BertForPreTraining(info.bert_config).apply({"params": params}, ids)
+    model = transformers.BertForPreTraining.from_pretrained(out).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor(ids))
+    np.testing.assert_allclose(ours.mlm_logits, theirs.prediction_logits.numpy(), atol=1e-4)
+    tokenizer = transformers.BertTokenizer.from_pretrained(out)
+    assert tokenizer.vocab_size == info.bert_config.vocab_size

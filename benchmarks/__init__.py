@@ -1,0 +1,5 @@
+"""Side-by-side training benchmarks: bert_jax against Hugging Face's Flax and PyTorch BERT.
+
+`python -m benchmarks.run_all` runs them (see its docstring); `benchmarks/gpu.sh` measures MFU on
+an accelerator; `python -m benchmarks.memory` finds the largest batches that fit.
+"""

@@ -1,0 +1,224 @@
+r"""How large a batch trains: compiled memory estimates, and one real step to confirm.
+
+  python -m benchmarks.memory                  # both questions below, ~10 min on 2 cores
+  python -m benchmarks.memory --skip-gpu       # only the CPU search
+
+1. The largest bert-base batch (seq 128, float32, AdamW) that trains on this machine: a search
+   over batch sizes on XLA's buffer assignment for the compiled train step (`memory_analysis`:
+   arguments + outputs - donated aliases + temporaries), then, when that much memory is free, one
+   real step at the answer in its own process, whose peak RSS is reported beside the estimate.
+2. bert-large at seq 512, batch 32, bf16, per accelerator: the same estimate for each remat
+   policy against an 80 GB budget. It is compiled for the local backend, so on a CPU it is an
+   estimate of the GPU's need (CPU compilation keeps f32 copies around bf16 matmuls, so it errs
+   high).
+
+Writes benchmarks/results/memory.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+
+GIB = 2**30
+RUNTIME_GIB = 2.0  # what a training process holds besides XLA's buffers (measured: 0.6-1.5 GiB)
+
+
+def available_gib() -> float:
+    """MemAvailable: what can be allocated now without swapping (other processes included)."""
+    for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / GIB
+
+
+def _config(preset: str, batch_size: int, seq_len: int, dtype: str, remat: str):
+    from benchmarks.run_all import predictions_per_seq
+    from bert_jax.config_lib import pretraining_config
+
+    config = pretraining_config(
+        preset, dtype=dtype, remat_policy=remat, max_position_embeddings=max(512, seq_len)
+    )
+    config.batch_size = batch_size
+    config.data.max_seq_length = seq_len
+    config.data.max_predictions_per_seq = predictions_per_seq(seq_len)
+    config.mesh.data = 1
+    return config
+
+
+def step_memory(
+    preset: str, batch_size: int, seq_len: int, dtype: str = "float32", remat: str = "none"
+) -> dict[str, float]:
+    """Compiled buffer sizes (bytes) of one train step on the first local device."""
+    import jax
+
+    from bert_jax import sharding
+    from bert_jax.train_step import batch_shapes, build_pretrainer
+
+    config = _config(preset, batch_size, seq_len, dtype, remat)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        batch = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=pretrainer.batch_shardings[k])
+            for k, v in batch_shapes(config).items()
+        }
+        compiled = pretrainer.train_step.lower(
+            pretrainer.abstract_state, batch, jax.random.key(0)
+        ).compile()
+    analysis = compiled.memory_analysis()
+    sizes = dict(
+        arguments=analysis.argument_size_in_bytes,
+        outputs=analysis.output_size_in_bytes,
+        aliased=analysis.alias_size_in_bytes,
+        temporaries=analysis.temp_size_in_bytes,
+    )
+    sizes["peak"] = sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
+    return sizes
+
+
+def largest_batch(
+    preset: str, seq_len: int, budget_bytes: float, multiple: int = 8, limit: int = 4096, **kw
+) -> tuple[int, dict[int, float]]:
+    """The largest multiple of `multiple` whose estimated peak fits the budget (0 if none)."""
+    peaks: dict[int, float] = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in peaks:
+            peaks[batch] = step_memory(preset, batch, seq_len, **kw)["peak"]
+            tqdm.write(f"  batch {batch}: {peaks[batch] / GIB:.1f} GiB")
+        return peaks[batch] <= budget_bytes
+
+    low, high = 0, multiple
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    while high - low > multiple:
+        middle = (low + high) // 2 // multiple * multiple
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low, peaks
+
+
+def run_one_step(preset: str, batch_size: int, seq_len: int, log_dir: pathlib.Path) -> float:
+    """Peak RSS (MiB) of a process that builds bert_jax and trains one step at this batch."""
+    from benchmarks.run_all import Worker, make_spec, parse_args, worker_env
+
+    args = parse_args(["--warmup", "0"])
+    spec = make_spec("bert_jax", preset, batch_size, seq_len, args)
+    log = log_dir / f"memory_{preset}_b{batch_size}.log"
+    worker = Worker(spec, sys.executable, worker_env("cpu"), log)
+    try:
+        return worker.request(cmd="finish")["peak_rss_mib"]
+    finally:
+        worker.close()
+
+
+def main(argv=None) -> dict[str, Any]:
+    from benchmarks.run_all import RESULTS_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument(
+        "--budget-gib",
+        type=float,
+        default=round(ram_gib - RUNTIME_GIB, 1),
+        help=f"host memory the step's buffers may use (default: RAM less {RUNTIME_GIB} GiB for "
+        "the interpreter, libraries and compiler)",
+    )
+    parser.add_argument("--skip-verify", action="store_true", help="estimate only, run no step")
+    parser.add_argument("--skip-gpu", action="store_true", help="skip the bert-large@512 estimate")
+    parser.add_argument("--gpu-budget-gib", type=float, default=80 * 1e9 / GIB)
+    parser.add_argument("--gpu-preset", default="large")
+    parser.add_argument("--gpu-batch", type=int, default=32)
+    parser.add_argument("--gpu-seq-len", type=int, default=512)
+    parser.add_argument("--output-dir", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    out_dir = pathlib.Path(args.output_dir)
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    tqdm.write(
+        f"bert-{args.preset} seq {args.seq_len}: largest batch within "
+        f"{args.budget_gib:.1f} GiB (RAM {ram_gib:.1f} GiB)"
+    )
+    batch, peaks = largest_batch(args.preset, args.seq_len, args.budget_gib * GIB)
+    cpu = dict(
+        preset=args.preset,
+        seq_len=args.seq_len,
+        dtype="float32",
+        ram_gib=ram_gib,
+        budget_gib=args.budget_gib,
+        largest_batch=batch,
+        estimated_peak_gib={b: p / GIB for b, p in sorted(peaks.items())},
+    )
+    needed_gib = peaks.get(batch, 0) / GIB + RUNTIME_GIB
+    if batch and not args.skip_verify and available_gib() < needed_gib:
+        cpu["verify_skipped"] = (
+            f"only {available_gib():.1f} GiB available now, {needed_gib:.1f} GiB needed: "
+            "rerun on an idle machine"
+        )
+        tqdm.write(f"  not training a step: {cpu['verify_skipped']}")
+    elif batch and not args.skip_verify:
+        tqdm.write(f"  training one step at batch {batch} to confirm")
+        cpu["measured_peak_rss_gib"] = (
+            run_one_step(args.preset, batch, args.seq_len, out_dir / "logs") / 1024
+        )
+    report: dict[str, Any] = dict(cpu=cpu)
+    lines = [
+        f"largest bert-{args.preset} batch at seq {args.seq_len}, float32, on {ram_gib:.0f} GiB: "
+        f"{batch} (estimated {peaks.get(batch, 0) / GIB:.1f} GiB"
+        + (
+            f", measured peak RSS {cpu['measured_peak_rss_gib']:.1f} GiB)"
+            if "measured_peak_rss_gib" in cpu
+            else f"; not run: {cpu['verify_skipped']})"
+            if "verify_skipped" in cpu
+            else ")"
+        )
+    ]
+    if not args.skip_gpu:
+        gpu = []
+        for remat in ("none", "dots_no_batch", "full"):
+            tqdm.write(
+                f"bert-{args.gpu_preset}@{args.gpu_seq_len} batch {args.gpu_batch} bf16, "
+                f"remat {remat}"
+            )
+            sizes = step_memory(
+                args.gpu_preset, args.gpu_batch, args.gpu_seq_len, dtype="bfloat16", remat=remat
+            )
+            gpu.append(
+                dict(
+                    remat=remat,
+                    **{k: v / GIB for k, v in sizes.items()},
+                    fits=sizes["peak"] <= args.gpu_budget_gib * GIB,
+                )
+            )
+        report["accelerator"] = dict(
+            preset=args.gpu_preset,
+            seq_len=args.gpu_seq_len,
+            batch_size=args.gpu_batch,
+            dtype="bfloat16",
+            budget_gib=args.gpu_budget_gib,
+            by_remat=gpu,
+        )
+        lines.append(
+            f"bert-{args.gpu_preset}@{args.gpu_seq_len}, batch {args.gpu_batch}, bf16, "
+            f"against {args.gpu_budget_gib:.1f} GiB (80 GB):"
+        )
+        lines += [
+            f"  remat {g['remat']:<14} estimated {g['peak']:6.1f} GiB "
+            f"(temporaries {g['temporaries']:.1f}) {'fits' if g['fits'] else 'does not fit'}"
+            for g in gpu
+        ]
+    (out_dir / "memory.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main()

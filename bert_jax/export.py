@@ -1,0 +1,64 @@
+r"""Export a bert_jax pretraining workdir (or any loadable checkpoint) to Hugging Face or TF1.
+
+  python -m bert_jax.export runs/demo --out exported/            # Hugging Face (safetensors)
+  python -m bert_jax.export runs/demo --out exported/ --format=tf1  # google-research/bert, [tf]
+
+The Hugging Face directory gets config.json, model.safetensors, vocab.txt and
+tokenizer_config.json, so `transformers.BertForPreTraining.from_pretrained(out)` and
+`BertTokenizer.from_pretrained(out)` both load it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import sys
+
+from absl import app, flags
+
+from bert_jax.errors import UserError
+
+_OUT = flags.DEFINE_string("out", None, "Directory to write.")
+_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "tf1"], "Hugging Face or Google TF1.")
+flags.mark_flag_as_required("out")
+
+
+def export(path, out, fmt: str = "hf") -> pathlib.Path:
+    """Loads the BertForPreTraining parameters at `path` and writes them to `out` in `fmt`."""
+    from bert_jax import pretrained
+    from bert_jax.convert import hf
+
+    info = pretrained.inspect_checkpoint(path)
+    params = pretrained.load_pretraining_params(info)
+    out = pathlib.Path(out)
+    if fmt == "hf":
+        hf.save_hf_checkpoint(info.bert_config, params, out)
+        tokenizer_config = {"tokenizer_class": "BertTokenizer", "model_max_length": 512}
+        if info.lowercase is not None:
+            tokenizer_config["do_lower_case"] = bool(info.lowercase)
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    else:
+        from bert_jax.convert import tf1
+
+        tf1.save_tf1_checkpoint(info.bert_config, params, out)
+    if info.vocab_file is not None:
+        shutil.copyfile(info.vocab_file, out / "vocab.txt")
+    else:
+        print(f"warning: {path} names no vocabulary; copy its vocab.txt into {out} yourself")
+    return out
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("usage: python -m bert_jax.export PATH --out DIR [--format=hf|tf1]")
+    try:
+        out = export(argv[1], _OUT.value, _FORMAT.value)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported {argv[1]} to {out} ({_FORMAT.value})")
+
+
+if __name__ == "__main__":
+    app.run(main)

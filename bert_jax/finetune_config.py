@@ -1,0 +1,131 @@
+"""The fine-tuning config: every key with its default, and validation before anything compiles.
+
+Config files under configs/finetune/ call `finetuning_config(kind)` and override what they change.
+The architecture is never configured here: it comes from `init_checkpoint` (a Hugging Face BERT
+directory, a bert_jax pretraining workdir or one of its checkpoints), and so does the vocabulary
+unless `vocab_file` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import ml_collections
+
+from bert_jax import sharding
+from bert_jax.data.tasks import KINDS
+from bert_jax.errors import UserError
+from bert_jax.modeling import REMAT_POLICIES
+
+
+def finetuning_config(kind: str) -> ml_collections.ConfigDict:
+    """Defaults of google-research/bert run_classifier / run_squad, for task `kind`."""
+    if kind not in KINDS:
+        raise UserError(f"unknown task kind {kind!r}; choose one of {KINDS}")
+    c = ml_collections.ConfigDict()
+    c.init_checkpoint = ""  # HF BERT dir, bert_jax pretraining workdir, or its checkpoints/<step>
+    c.random_init = False  # architecture and vocab from init_checkpoint, weights random (baseline)
+    c.vocab_file = ""  # "" = the init checkpoint's vocab.txt (HF) or data.vocab_file (bert_jax)
+    c.lowercase = True
+
+    c.task = ml_collections.ConfigDict()
+    c.task.kind = kind
+    c.task.train_file = ""
+    c.task.dev_file = ""
+    c.task.test_file = ""
+    c.task.tfds_name = ""  # e.g. glue/sst2, squad: read instead of the files when they are unset
+    c.task.tfds_data_dir = ""
+
+    c.max_seq_length = 128
+    c.batch_size = 32  # global, across all processes
+    c.eval_batch_size = 64
+    c.learning_rate = 2e-5
+    c.num_train_epochs = 3.0
+    c.num_train_steps = 0  # > 0 overrides num_train_epochs
+    c.warmup_proportion = 0.1
+    c.optimizer = "adamw"
+    c.weight_decay = 0.01
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-6
+    c.max_grad_norm = 1.0
+    c.layerwise_lr_decay = 1.0  # < 1: layer i of L gets lr * decay^(L - i), embeddings decay^(L+1)
+    c.freeze_encoder = False  # linear probe: only the head trains; encoder has no optimizer state
+    c.seed = 42
+
+    # Applied on top of the checkpoint's architecture.
+    c.hidden_dropout_prob = 0.1
+    c.attention_probs_dropout_prob = 0.1
+    c.dtype = "float32"  # compute dtype; parameters stay float32
+    c.remat_policy = "none"
+
+    c.do_predict = False  # write test predictions (task.test_file) with the best checkpoint
+    c.log_every_steps = 50
+    c.eval_every_steps = 1000  # 0 = evaluate only at the end
+    c.checkpoint_every_steps = 0  # 0 = at every evaluation and at the end
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
+    c.progress_bar = True
+    return c
+
+
+def training_steps(config, num_train_features: int) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps), counted as the transformers Trainer counts them."""
+    if config.num_train_steps > 0:
+        total = int(config.num_train_steps)
+    else:
+        per_epoch = math.ceil(num_train_features / config.batch_size)
+        total = max(1, math.ceil(per_epoch * float(config.num_train_epochs)))
+    return total, math.ceil(float(config.warmup_proportion) * total)
+
+
+def validate_finetuning_config(config, num_devices: int) -> None:
+    """Checks what can be checked before data is read or anything compiles; raises UserError."""
+    task = config.task
+    if task.kind not in KINDS:
+        raise UserError(f"task.kind={task.kind!r} is not one of {KINDS}")
+    if not config.init_checkpoint:
+        raise UserError(
+            "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a Hugging Face BERT "
+            "directory or a bert_jax pretraining workdir)"
+        )
+    if not pathlib.Path(config.init_checkpoint).expanduser().exists():
+        raise UserError(f"init_checkpoint {config.init_checkpoint} not found")
+    for split in ("train", "dev") + (("test",) if config.do_predict else ()):
+        path = task.get(f"{split}_file")
+        if path and not pathlib.Path(path).expanduser().is_file():
+            raise UserError(f"task.{split}_file {path} not found")
+        if not path and not task.tfds_name:
+            raise UserError(f"set task.{split}_file (or task.tfds_name)")
+    if config.vocab_file and not pathlib.Path(config.vocab_file).expanduser().is_file():
+        raise UserError(f"vocab_file {config.vocab_file} not found")
+    shape = dict(
+        zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices), strict=True)
+    )
+    data_parallel = shape["data"] * shape["fsdp"]
+    for key in ("batch_size", "eval_batch_size"):
+        value = int(config[key])
+        if value < 1 or value % data_parallel:
+            raise UserError(
+                f"{key} {value} must be a positive multiple of the data-parallel size "
+                f"{data_parallel} (mesh data*fsdp)"
+            )
+    if config.num_train_steps <= 0 and config.num_train_epochs <= 0:
+        raise UserError("set num_train_epochs > 0 or num_train_steps > 0")
+    if not 0.0 <= config.warmup_proportion <= 1.0:
+        raise UserError(f"warmup_proportion {config.warmup_proportion} is not in [0, 1]")
+    if not 0.0 < config.layerwise_lr_decay <= 1.0:
+        raise UserError(f"layerwise_lr_decay {config.layerwise_lr_decay} is not in (0, 1]")
+    if config.freeze_encoder and config.layerwise_lr_decay != 1.0:
+        raise UserError("layerwise_lr_decay needs a trained encoder; unset it or freeze_encoder")
+    if config.freeze_encoder and config.random_init:
+        raise UserError("freeze_encoder with random_init would probe a random encoder; pick one")
+    if config.optimizer not in ("adamw", "lamb"):
+        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
+    if config.remat_policy not in REMAT_POLICIES:
+        raise UserError(
+            f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
+        )
+    if config.log_every_steps < 1:
+        raise UserError(f"log_every_steps must be >= 1, got {config.log_every_steps}")

@@ -1,0 +1,412 @@
+"""Fine-tuning as a library function: `train_and_evaluate(config, workdir) -> FinetuneResult`.
+
+Called by `python -m bert_jax.finetune` and usable from a notebook. The pretrained encoder is
+loaded once (`load_pretrained_encoder`) and never modified: the task model is that encoder plus a
+new head, and only the head is initialised. Passing the same PretrainedEncoder to several
+`train_and_evaluate` calls fine-tunes several tasks from one load.
+
+WORKDIR gets config.json, metrics.jsonl (+ TensorBoard), checkpoints/ (the latest train state, to
+resume), best/ (the whole model of the best dev evaluation by the task's main metric),
+eval_results.json (final dev metrics), test_predictions.* with do_predict, and the files
+`bert_jax.pretrained.load_finetuned` and the pipelines read (task_info.json, model_config.json,
+vocab.txt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax.core import meta
+from tqdm.auto import tqdm
+
+from bert_jax import distributed, pretrained, sharding
+from bert_jax.data import tasks
+from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.errors import UserError
+from bert_jax.finetune_config import training_steps, validate_finetuning_config
+from bert_jax.finetune_step import (
+    INPUT_KEYS,
+    SUM_METRICS,
+    TARGET_KEYS,
+    Finetuner,
+    FinetuneState,
+    build_finetuner,
+)
+from bert_jax.metrics import MetricWriter
+from bert_jax.modeling import BertConfig, BertModel
+from bert_jax.optim import learning_rate_schedule
+
+PREDICTION_FILES = {
+    "classification": "test_predictions.tsv",
+    "regression": "test_predictions.tsv",
+    "token_classification": "test_predictions.conll",
+    "squad": "test_predictions.json",
+}
+
+
+@dataclasses.dataclass
+class PretrainedEncoder:
+    """A pretrained encoder loaded once; fine-tuning runs read it and never modify it."""
+
+    info: pretrained.CheckpointInfo
+    tokenizer: WordPieceTokenizer
+    params: dict | None  # the 'bert' subtree, sharded over the mesh; None with random_init
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    state: FinetuneState  # the last step's trainable parameters and optimizer state
+    params: dict  # the whole task tree {'bert', head} after the last step
+    eval_metrics: dict[str, float]  # final dev metrics, as in eval_results.json
+    best_step: int | None
+    best_metrics: dict[str, float] | None
+    label_list: list[str] | None
+
+
+def _abstract_encoder(bert_config: BertConfig, mesh, rules):
+    """BertModel parameters as ShapeDtypeStructs with the mesh shardings of a task's 'bert'."""
+    model = BertModel(bert_config)
+
+    def init(rng):
+        ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+        return model.init(rng, ids)["params"]
+
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init, jax.random.key(0))
+        shardings = sharding.logical_shardings(boxed, mesh, rules)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        meta.unbox(boxed),
+        shardings,
+    )
+
+
+def load_pretrained_encoder(config, mesh=None) -> PretrainedEncoder:
+    """Reads config.init_checkpoint's architecture, tokenizer and (unless random_init) encoder."""
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    info = pretrained.inspect_checkpoint(config.init_checkpoint)
+    tokenizer = pretrained.load_tokenizer(info, config.vocab_file, config.lowercase)
+    params = None
+    if not config.random_init:
+        abstract = _abstract_encoder(info.bert_config, mesh, sharding.rules_from_config(config))
+        params = pretrained.load_encoder(info, abstract)
+    return PretrainedEncoder(info=info, tokenizer=tokenizer, params=params)
+
+
+def _model_config(config, info: pretrained.CheckpointInfo, mesh) -> BertConfig:
+    tensor = mesh.shape["tensor"]
+    for name in ("num_attention_heads", "intermediate_size"):
+        if getattr(info.bert_config, name) % tensor:
+            raise UserError(
+                f"mesh.tensor {tensor} does not divide the model's {name} "
+                f"{getattr(info.bert_config, name)}"
+            )
+    model_config = info.bert_config.replace(
+        hidden_dropout_prob=float(config.hidden_dropout_prob),
+        attention_probs_dropout_prob=float(config.attention_probs_dropout_prob),
+        dtype=config.dtype,
+        remat_policy=config.remat_policy,
+    )
+    if config.max_seq_length > model_config.max_position_embeddings:
+        raise UserError(
+            f"max_seq_length {config.max_seq_length} exceeds the model's max_position_embeddings "
+            f"{model_config.max_position_embeddings}"
+        )
+    return model_config
+
+
+def _schedule(config, total_steps: int, warmup_steps: int):
+    values = dict(num_train_steps=total_steps, warmup_steps=warmup_steps)
+    values["learning_rate"] = float(config.learning_rate)
+    return learning_rate_schedule(ml_collections.ConfigDict(values))
+
+
+def local_batch(kind: str, data: tasks.TaskData, indices: np.ndarray, batch_size: int) -> dict:
+    """This process's rows of the global batch of features `indices` (padded to batch_size).
+
+    Rows past the data get weight 0 and repeat feature 0, so every batch has one shape.
+    """
+    padded = np.zeros(batch_size, np.int64)
+    padded[: len(indices)] = indices
+    weights = (np.arange(batch_size) < len(indices)).astype(np.float32)
+    per_process = batch_size // jax.process_count()
+    mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+    batch = {k: data.arrays[k][padded[mine]] for k in INPUT_KEYS + TARGET_KEYS[kind]}
+    batch["weights"] = weights[mine]
+    return batch
+
+
+def train_indices(num_features: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Features of 0-based step `step`: each epoch is a fresh seeded permutation, the last batch
+    of an epoch may be short (as the transformers Trainer). Pure in step, so resuming is exact."""
+    per_epoch = math.ceil(num_features / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng((seed, epoch)).permutation(num_features)
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, batch_size: int):
+    """Model outputs for every feature of `data` and the summed loss; (predictions, sums)."""
+    outputs, totals = [], None
+    for start in range(0, data.num_features, batch_size):
+        indices = np.arange(start, min(start + batch_size, data.num_features))
+        batch = finetuner.shard_batch(local_batch(finetuner.kind, data, indices, batch_size))
+        predictions, sums = finetuner.eval_step(trainable, frozen, batch)
+        outputs.append(predictions)
+        totals = sums if totals is None else jax.tree.map(jax.numpy.add, totals, sums)
+    outputs, totals = jax.device_get((outputs, totals))
+    n = data.num_features
+    predictions = jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
+    return predictions, {k: float(v) for k, v in totals.items()}
+
+
+def evaluate(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, batch_size: int):
+    """Dev metrics by their compute_metrics names, plus `loss`."""
+    predictions, sums = predict(finetuner, trainable, frozen, data, batch_size)
+    metrics = tasks.compute_metrics(finetuner.kind, predictions, data)
+    metrics["loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
+    return metrics
+
+
+def _load_split(config, split: str, tokenizer, label_list=None) -> tasks.TaskData:
+    data = tasks.load_task(config, split, tokenizer, label_list=label_list)
+    counts = " ".join(f"{k}={v}" for k, v in data.stats.items())
+    print(f"{split}: {data.source}: {counts}")
+    return data
+
+
+def _managers(workdir: pathlib.Path, main_metric: str):
+    """(latest train state, best whole model) Orbax managers."""
+    state_manager = ocp.CheckpointManager(
+        workdir.absolute() / "checkpoints",
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        item_names=("state",),
+    )
+    best_manager = ocp.CheckpointManager(
+        workdir.absolute() / pretrained.BEST_DIR,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1,
+            best_fn=lambda metrics: metrics[main_metric],
+            best_mode="max",
+            keep_checkpoints_without_metrics=False,
+            create=True,
+        ),
+        item_names=("params",),
+    )
+    return state_manager, best_manager
+
+
+def _best_metrics(best_manager) -> tuple[int | None, dict | None]:
+    step = best_manager.best_step()
+    if step is None:
+        return None, None
+    metrics = best_manager.metrics(step) if hasattr(best_manager, "metrics") else None
+    return step, dict(metrics) if metrics else None
+
+
+def _write_json(path: pathlib.Path, values: dict) -> None:
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def run_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(parameter initialisation, dropout) keys of a run; the data order is seeded separately
+    (train_indices), so a head can be reproduced outside the run: model.init(init_rng, ...)."""
+    key = jax.random.key(seed)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder):
+    """(state, frozen) at step 0: the pretrained encoder plus a fresh head, or all fresh."""
+    init_rng, _ = run_rngs(config.seed)
+    if config.random_init:
+        params = finetuner.init_params(init_rng)
+        encoder_params, head = params["bert"], {finetuner.head_name: params[finetuner.head_name]}
+    else:
+        encoder_params, head = encoder.params, finetuner.init_head(init_rng)
+    state = finetuner.start(encoder_params, head)
+    return state, (encoder_params if finetuner.freeze_encoder else {})
+
+
+def _check_layout(encoder_params, finetuner: Finetuner):
+    """The encoder as this run's mesh lays it out (a copy only if it was loaded for another)."""
+    wanted = finetuner.param_shardings["bert"]
+    same = all(
+        a.sharding == s
+        for a, s in zip(jax.tree.leaves(encoder_params), jax.tree.leaves(wanted), strict=True)
+    )
+    return encoder_params if same else jax.device_put(encoder_params, wanted)
+
+
+def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None) -> FinetuneResult:
+    """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
+    distributed.initialize_if_needed()
+    validate_finetuning_config(config, jax.device_count())
+    workdir = pathlib.Path(workdir)
+    kind = config.task.kind
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        encoder = encoder or load_pretrained_encoder(config, mesh)
+        if encoder.params is None and not config.random_init:
+            raise UserError("the PretrainedEncoder was loaded with random_init; load it again")
+        tokenizer = encoder.tokenizer
+        model_config = _model_config(config, encoder.info, mesh)
+        train_data = _load_split(config, "train", tokenizer)
+        dev_data = _load_split(config, "dev", tokenizer, train_data.label_list)
+        total_steps, warmup_steps = training_steps(config, train_data.num_features)
+        finetuner = build_finetuner(
+            config,
+            kind,
+            model_config,
+            train_data.num_labels,
+            mesh,
+            _schedule(config, total_steps, warmup_steps),
+        )
+        if encoder.params is not None:
+            encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
+        main_metric = tasks.main_metric(train_data)
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(config.to_json(indent=2))
+            task_info = dict(
+                kind=kind,
+                label_list=train_data.label_list,
+                num_labels=train_data.num_labels,
+                head=finetuner.head_name,
+                lowercase=tokenizer.lowercase,
+                max_seq_length=int(config.max_seq_length),
+                main_metric=main_metric,
+                columns=train_data.columns,
+                init_checkpoint=str(config.init_checkpoint),
+            )
+            pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
+        distributed.barrier("finetune_workdir")
+
+        state_manager, best_manager = _managers(workdir, main_metric)
+        start_step = state_manager.latest_step()
+        if start_step is not None:
+            restored = state_manager.restore(
+                start_step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(finetuner.abstract_state)),
+            )
+            state = restored["state"]
+            frozen = encoder.params if finetuner.freeze_encoder else {}
+            print(f"resumed from {state_manager.directory / str(start_step)}")
+        else:
+            start_step = 0
+            state, frozen = _start_state(config, finetuner, encoder)
+        print(
+            f"fine-tuning {kind}: {train_data.num_features} train features, {total_steps} steps "
+            f"({warmup_steps} warmup) of {config.batch_size}; dev {dev_data.num_features} features"
+        )
+        state, eval_metrics = _run_loop(
+            config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps,
+            workdir, state_manager, best_manager,
+        )  # fmt: skip
+        state_manager.wait_until_finished()
+        best_manager.wait_until_finished()
+        best_step, best_metrics = _best_metrics(best_manager)
+        results = dict(eval_metrics, step=total_steps, best_step=best_step)
+        if best_metrics:
+            results["best_" + main_metric] = best_metrics[main_metric]
+        _write_json(workdir / "eval_results.json", results)
+        if config.do_predict:
+            _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir)
+        state_manager.close()
+        best_manager.close()
+    return FinetuneResult(
+        state=state,
+        params=finetuner.full_params(state, frozen),
+        eval_metrics=eval_metrics,
+        best_step=best_step,
+        best_metrics=best_metrics,
+        label_list=train_data.label_list,
+    )
+
+
+def _run_loop(
+    config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps, workdir,
+    state_manager, best_manager,
+):  # fmt: skip
+    writer = MetricWriter(workdir)
+    _, dropout_rng = run_rngs(config.seed)
+    batch_size = int(config.batch_size)
+    pending, eval_metrics = [], {}
+    last_time, last_step = time.perf_counter(), start_step
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=f"finetune {finetuner.kind}",
+        disable=not (config.progress_bar and jax.process_index() == 0),
+        dynamic_ncols=True,
+    )
+    for step in range(start_step, total_steps):
+        indices = train_indices(train_data.num_features, batch_size, config.seed, step)
+        batch = finetuner.shard_batch(local_batch(finetuner.kind, train_data, indices, batch_size))
+        state, metrics = finetuner.train_step(state, frozen, batch, dropout_rng)
+        pending.append(metrics)
+        bar.update(1)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+            fetched = jax.device_get(pending)
+            sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
+            elapsed = max(time.perf_counter() - last_time, 1e-9)
+            scalars = {
+                "loss": sums["loss_sum"] / max(sums["count"], 1.0),
+                "learning_rate": float(fetched[-1]["learning_rate"]),
+                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                "steps_per_sec": (done - last_step) / elapsed,
+                "examples_per_sec": (done - last_step) * batch_size / elapsed,
+            }
+            if finetuner.kind != "regression":
+                scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+            writer.write(done, scalars)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            pending, last_time, last_step = [], time.perf_counter(), done
+        evaluate_now = done == total_steps or (
+            config.eval_every_steps > 0 and done % config.eval_every_steps == 0
+        )
+        if evaluate_now:
+            eval_metrics = evaluate(
+                finetuner, state.params, frozen, dev_data, config.eval_batch_size
+            )
+            writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
+            bar.write(f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+            params = finetuner.full_params(state, frozen)
+            best_manager.save(
+                done,
+                args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                metrics={k: float(v) for k, v in eval_metrics.items()},
+            )
+            last_time = time.perf_counter()  # evaluation time is not training time
+        every = config.checkpoint_every_steps
+        if evaluate_now or (every > 0 and done % every == 0):
+            state_manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    bar.close()
+    if not eval_metrics:  # resumed after the last step: evaluate what was restored
+        eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config.eval_batch_size)
+    writer.close()
+    return state, eval_metrics
+
+
+def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:
+    test_data = _load_split(config, "test", tokenizer, train_data.label_list)
+    step = best_manager.best_step()
+    restored = best_manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(finetuner.abstract_params))
+    )
+    trainable, frozen = finetuner.split_params(restored["params"])
+    predictions, _ = predict(finetuner, trainable, frozen, test_data, config.eval_batch_size)
+    if jax.process_index() == 0:
+        path = workdir / PREDICTION_FILES[finetuner.kind]
+        tasks.write_predictions(finetuner.kind, predictions, test_data, path)
+        print(f"test predictions of step {step} ({test_data.num_features} features): {path}")

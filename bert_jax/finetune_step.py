@@ -1,0 +1,360 @@
+"""The sharded fine-tuning step: task models, losses, and the trainable / frozen parameter split.
+
+Parameters are {'bert': encoder, HEAD: head}. By default both train. With freeze_encoder the
+train state holds only the head (a linear probe: the optimizer never sees the encoder, so it has
+no state for it); the encoder is a separate argument of every step that is never donated,
+differentiated or updated, so it stays bit-identical.
+
+Batches (B rows, L = max_seq_length) are the TaskData arrays plus `weights` float32 [B]: 1 for
+a real feature, 0 for the rows that pad the last batch of an epoch or of an evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from flax.core import meta
+from jax.sharding import Mesh, NamedSharding
+
+from bert_jax import sharding
+from bert_jax.modeling import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
+from bert_jax.optim import make_optimizer
+
+ENCODER = "bert"
+HEADS = {
+    "classification": "classifier",
+    "regression": "classifier",
+    "token_classification": "classifier",
+    "squad": "qa_outputs",
+}
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+TARGET_KEYS = {
+    "classification": ("labels",),
+    "regression": ("labels",),
+    "token_classification": ("labels",),
+    "squad": ("start_positions", "end_positions"),
+}
+SUM_METRICS = ("loss_sum", "count", "correct")
+
+
+@flax.struct.dataclass
+class FinetuneState:
+    step: jax.Array  # int32 scalar
+    params: Any  # the trainable tree: everything, or only the head when the encoder is frozen
+    opt_state: Any
+
+
+def make_task_model(kind: str, config: BertConfig, num_labels: int) -> nn.Module:
+    """The encoder (under 'bert') plus the head of `kind`; regression is one output."""
+    if kind == "classification":
+        return BertForSequenceClassification(config, num_labels)
+    if kind == "regression":
+        return BertForSequenceClassification(config, 1)
+    if kind == "token_classification":
+        return BertForTokenClassification(config, num_labels)
+    return BertForQuestionAnswering(config)
+
+
+def batch_shapes(kind: str, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    shapes = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32) for k in INPUT_KEYS}
+    shapes["weights"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    if kind == "classification":
+        shapes["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    elif kind == "regression":
+        shapes["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    elif kind == "token_classification":
+        shapes["labels"] = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+    else:
+        shapes["start_positions"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        shapes["end_positions"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return shapes
+
+
+def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """logits [..., C], labels [...] (negative = ignored, any value) -> [...] float32."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    safe = jnp.maximum(labels, 0)[..., None]
+    return -jnp.take_along_axis(log_probs, safe, axis=-1)[..., 0]
+
+
+def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
+    """Loss sum, the number of scored targets and how many the argmax got right; float32.
+
+    Scored targets: rows (classification, regression, squad) or first word pieces
+    (token_classification) with weight 1 and a label (>= 0, or finite for regression).
+    """
+    weights = batch["weights"].astype(jnp.float32)
+    if kind == "squad":
+        start_logits, end_logits = outputs  # [B, L] each
+        nll = 0.5 * (
+            _nll(start_logits, batch["start_positions"]) + _nll(end_logits, batch["end_positions"])
+        )
+        hit = (jnp.argmax(start_logits, -1) == batch["start_positions"]) & (
+            jnp.argmax(end_logits, -1) == batch["end_positions"]
+        )
+        return {
+            "loss_sum": jnp.sum(nll * weights),
+            "count": jnp.sum(weights),
+            "correct": jnp.sum(hit * weights),
+        }
+    labels = batch["labels"]
+    if kind == "regression":
+        valid = weights * jnp.isfinite(labels)
+        error = outputs[:, 0] - jnp.where(valid > 0, labels, 0.0)
+        return {
+            "loss_sum": jnp.sum(jnp.square(error) * valid),
+            "count": jnp.sum(valid),
+            "correct": jnp.zeros((), jnp.float32),
+        }
+    if kind == "token_classification":
+        weights = weights[:, None]  # [B, 1] against labels [B, L]
+    valid = weights * (labels >= 0)
+    hit = jnp.argmax(outputs, -1) == labels
+    return {
+        "loss_sum": jnp.sum(_nll(outputs, labels) * valid),
+        "count": jnp.sum(valid),
+        "correct": jnp.sum(hit * valid),
+    }
+
+
+def host_predictions(kind: str, outputs):
+    """What evaluation brings back to the host, per feature (see tasks.decode_predictions)."""
+    if kind == "squad":
+        return {"start_logits": outputs[0], "end_logits": outputs[1]}  # [B, L] each
+    if kind == "regression":
+        return outputs[:, 0]  # [B]
+    if kind == "token_classification":
+        return jnp.argmax(outputs, -1).astype(jnp.int32)  # [B, L] tag ids
+    return outputs  # [B, C] logits
+
+
+def layerwise_lr_multipliers(params, num_layers: int, decay: float):
+    """Per-parameter learning-rate factors: head and pooler 1, layer i decay^(L - i),
+    embeddings decay^(L + 1) (ELECTRA / BEiT layer-wise decay); a tree like params."""
+
+    def depth(path: tuple[str, ...]) -> int:
+        if path[0] != ENCODER or path[1] == "pooler":
+            return num_layers + 1
+        if path[1] == "embeddings":
+            return 0
+        if path[2].startswith("layer_"):
+            return int(path[2].removeprefix("layer_")) + 1
+        return num_layers  # the pre-LN final norm sits right after the last layer
+
+    flat = traverse_util.flatten_dict(params)
+    factors = {path: float(decay) ** (num_layers + 1 - depth(path)) for path in flat}
+    return traverse_util.unflatten_dict(factors)
+
+
+def scale_updates(multipliers) -> optax.GradientTransformation:
+    """Multiplies each update by a fixed per-parameter factor: with AdamW last in the chain this
+    is a per-parameter learning rate (decoupled weight decay included)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@dataclasses.dataclass
+class Finetuner:
+    """Jitted functions and shardings for one (task, model, mesh); see build_finetuner."""
+
+    kind: str
+    model: nn.Module
+    model_config: BertConfig
+    mesh: Mesh
+    rules: tuple
+    freeze_encoder: bool
+    head_name: str
+    schedule: optax.Schedule
+    optimizer: optax.GradientTransformation
+    param_shardings: Any  # the whole task tree
+    state_shardings: Any
+    frozen_shardings: Any  # the encoder's when frozen, else {}
+    abstract_params: Any  # ShapeDtypeStructs with shardings, the whole task tree
+    abstract_state: Any
+    batch_shardings: dict[str, NamedSharding]
+    init_params: Callable  # rng -> every parameter fresh (the random-init baseline)
+    init_head: Callable  # rng -> {head_name: ...}, the only part a pretrained model lacks
+    start: Callable  # (encoder, head) -> state; the encoder stays valid and unchanged
+    train_step: Callable  # (state, frozen, batch, rng) -> (state, metrics)
+    eval_step: Callable  # (trainable, frozen, batch) -> (predictions, sums)
+
+    def shard_batch(self, local_batch: dict) -> dict:
+        return sharding.global_batch_from_local(local_batch, self.mesh)
+
+    def full_params(self, state: FinetuneState, frozen) -> dict:
+        """The whole task tree {'bert', head}; shares buffers with state and frozen."""
+        return {**state.params, ENCODER: frozen} if self.freeze_encoder else state.params
+
+    def split_params(self, params: dict) -> tuple[dict, dict]:
+        """Whole task tree -> (trainable, frozen), the inverse of full_params."""
+        if self.freeze_encoder:
+            return {self.head_name: params[self.head_name]}, params[ENCODER]
+        return params, {}
+
+
+def build_finetuner(
+    config,
+    kind: str,
+    model_config: BertConfig,
+    num_labels: int,
+    mesh: Mesh,
+    schedule: optax.Schedule,
+) -> Finetuner:
+    """config: the fine-tuning config (optimizer keys, freeze_encoder, layerwise_lr_decay)."""
+    model = make_task_model(kind, model_config, num_labels)
+    head_name = HEADS[kind]
+    rules = sharding.rules_from_config(config)
+    freeze = bool(config.freeze_encoder)
+    seq_len = int(config.max_seq_length)
+
+    def init_boxed(rng):
+        ids = jnp.zeros((1, seq_len), jnp.int32)
+        return model.init(rng, ids, ids, ids)["params"]
+
+    def trainable_part(params):
+        return {head_name: params[head_name]} if freeze else params
+
+    with nn.logical_axis_rules(rules):
+        abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    abstract_params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        meta.unbox(abstract_boxed),
+        param_shardings,
+    )
+    trainable_shardings = trainable_part(param_shardings)
+    frozen_shardings = param_shardings[ENCODER] if freeze else {}
+
+    optimizer = make_optimizer(config, schedule)
+    if float(config.layerwise_lr_decay) < 1.0:
+        multipliers = layerwise_lr_multipliers(
+            trainable_part(abstract_params),
+            model_config.num_hidden_layers,
+            config.layerwise_lr_decay,
+        )
+        optimizer = optax.chain(optimizer, scale_updates(multipliers))
+
+    def state_boxed(rng):
+        trainable = trainable_part(init_boxed(rng))
+        return FinetuneState(
+            step=jnp.zeros((), jnp.int32), params=trainable, opt_state=optimizer.init(trainable)
+        )
+
+    with nn.logical_axis_rules(rules):
+        # Boxed parameters carry their logical axes into the optimizer moments.
+        abstract_state_boxed = jax.eval_shape(state_boxed, jax.random.key(0))
+        state_shardings = sharding.logical_shardings(abstract_state_boxed, mesh, rules)
+    abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        meta.unbox(abstract_state_boxed),
+        state_shardings,
+    )
+    shapes = batch_shapes(kind, 1, seq_len)
+    batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in shapes.items()}
+    rep = sharding.replicated(mesh)
+
+    def init_params(rng):
+        with nn.logical_axis_rules(rules):
+            return meta.unbox(init_boxed(rng))
+
+    def init_head(rng):
+        # Only the head is returned, so XLA drops the encoder's initialisation.
+        return {head_name: init_params(rng)[head_name]}
+
+    def start(encoder, head):
+        trainable = trainable_part({ENCODER: encoder, **head})
+        # Fresh output buffers: donating the state later never touches the encoder passed in.
+        return FinetuneState(
+            step=jnp.zeros((), jnp.int32),
+            params=jax.tree.map(jnp.copy, trainable),
+            opt_state=optimizer.init(trainable),
+        )
+
+    def apply(params, batch, deterministic, rng=None):
+        with nn.logical_axis_rules(rules):
+            return model.apply(
+                {"params": params},
+                *(batch[k] for k in INPUT_KEYS),
+                deterministic=deterministic,
+                rngs=None if rng is None else {"dropout": rng},
+            )
+
+    def loss_fn(trainable, frozen, batch, rng):
+        params = {**trainable, ENCODER: frozen} if freeze else trainable
+        sums = task_sums(kind, apply(params, batch, False, rng), batch)
+        return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: FinetuneState, frozen, batch: dict, rng: jax.Array):
+        step_rng = jax.random.fold_in(rng, state.step)
+        (_, sums), grads = grad_fn(state.params, frozen, batch, step_rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(sums)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        return FinetuneState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(trainable, frozen, batch: dict):
+        params = {**trainable, ENCODER: frozen} if freeze else trainable
+        outputs = apply(params, batch, True)
+        return host_predictions(kind, outputs), task_sums(kind, outputs, batch)
+
+    head_shardings = {head_name: param_shardings[head_name]}
+    return Finetuner(
+        kind=kind,
+        model=model,
+        model_config=model_config,
+        mesh=mesh,
+        rules=rules,
+        freeze_encoder=freeze,
+        head_name=head_name,
+        schedule=schedule,
+        optimizer=optimizer,
+        param_shardings=param_shardings,
+        state_shardings=state_shardings,
+        frozen_shardings=frozen_shardings,
+        abstract_params=abstract_params,
+        abstract_state=abstract_state,
+        batch_shardings=batch_shardings,
+        init_params=jax.jit(init_params, out_shardings=param_shardings),
+        init_head=jax.jit(init_head, out_shardings=head_shardings),
+        start=jax.jit(
+            start,
+            in_shardings=(param_shardings[ENCODER], head_shardings),
+            out_shardings=state_shardings,
+        ),
+        train_step=jax.jit(
+            train_step,
+            in_shardings=(state_shardings, frozen_shardings, batch_shardings, rep),
+            out_shardings=(state_shardings, rep),
+            donate_argnums=(0,),
+        ),
+        eval_step=jax.jit(
+            eval_step,
+            in_shardings=(trainable_shardings, frozen_shardings, batch_shardings),
+            out_shardings=rep,
+        ),
+    )

@@ -1,0 +1,283 @@
+"""Inference for notebooks and scripts: `pipeline(task, path)` -> a callable on a list of texts.
+
+    fill = pipeline("fill-mask", "runs/demo")  # HF BERT dir or bert_jax pretraining workdir
+    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", "sequence"}
+
+    classify = pipeline("text-classification", "runs/sentiment")  # a fine-tuned workdir
+    classify(["great flight!", ("a premise", "a hypothesis")])  # [{"label", "score"}, ...]
+
+    embed = pipeline("sentence-embedding", path)  # any of the three kinds of path
+    embed(["a sentence", "another"])  # float32 [n, H], mean of the last layer over real tokens
+
+"feature-extraction" is the same as "sentence-embedding". Texts are batched, and each batch is cut
+to its longest text (rounded up to a multiple of 32 tokens) so short texts run fast; texts longer
+than max_seq_length word pieces are truncated and counted in a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax.core import meta
+
+from bert_jax import pretrained
+from bert_jax.data import tasks
+from bert_jax.data.tasks_readers import SentenceExample
+from bert_jax.errors import UserError
+from bert_jax.finetune_step import make_task_model
+from bert_jax.modeling import BertForPreTraining, BertModel
+
+TASKS = ("fill-mask", "text-classification", "sentence-embedding", "feature-extraction")
+MASK_TEXT = "[MASK]"
+_LENGTH_MULTIPLE = 32
+_SEQUENCE_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **options):
+    """A ready inference callable for `task` from the model at `path`.
+
+    vocab_file / lowercase: only for a checkpoint without its own vocab.txt (e.g. some Hugging
+    Face directories). options: batch_size (32), max_seq_length (the fine-tuning length, else the
+    model's max_position_embeddings); fill-mask also top_k (5).
+    """
+    if task not in TASKS:
+        raise UserError(f"unknown pipeline task {task!r}; choose one of {TASKS}")
+    info = pretrained.inspect_checkpoint(path)
+    if task == "text-classification":
+        return TextClassificationPipeline(pretrained.load_finetuned(path), **options)
+    tokenizer = pretrained.load_tokenizer(info, vocab_file, lowercase)
+    if task == "fill-mask":
+        params = pretrained.load_pretraining_params(info)
+        return FillMaskPipeline(info, tokenizer, params, **options)
+    return SentenceEmbeddingPipeline(info, tokenizer, **options)
+
+
+def _bucket_length(attention_mask: np.ndarray, max_seq_length: int) -> int:
+    longest = int(attention_mask.sum(axis=1).max())
+    return min(max_seq_length, -(-longest // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE)
+
+
+def _batches(arrays: dict[str, np.ndarray], batch_size: int, max_seq_length: int):
+    """(rows, arrays padded to batch_size rows, token arrays cut to the batch's bucket length)."""
+    n = len(arrays["input_ids"])
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+        length = _bucket_length(arrays["attention_mask"][rows], max_seq_length)
+        batch = {k: v[padded] for k, v in arrays.items()}
+        yield rows, batch | {k: batch[k][:, :length] for k in _SEQUENCE_KEYS}
+
+
+def _sentence_arrays(texts: Sequence, tokenizer, max_seq_length: int) -> dict[str, np.ndarray]:
+    """[CLS] A [SEP] (B [SEP]) ids for strings or (a, b) pairs, as fine-tuning builds them."""
+    if isinstance(texts, str):
+        raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
+    examples = []
+    for index, text in enumerate(texts):
+        pair = isinstance(text, tuple | list)
+        if (
+            pair
+            and len(text) != 2
+            or not all(isinstance(t, str) for t in (text if pair else [text]))
+        ):
+            raise UserError(f"input {index} is neither a string nor a pair of strings: {text!r}")
+        a, b = (text[0], text[1]) if pair else (text, None)
+        examples.append(SentenceExample(str(index), a, b, None, {}, f"input {index}"))
+    arrays, truncated = tasks.featurise_sentences(
+        examples, tokenizer, max_seq_length, label_to_id=None, labeled=False
+    )
+    if truncated:
+        logging.warning("%d of %d inputs were cut to %d word pieces", truncated, len(texts),
+                        max_seq_length)  # fmt: skip
+    arrays.pop("labels")
+    return arrays
+
+
+class SentenceEmbeddingPipeline:
+    """Mean of the last hidden layer over each text's tokens ([CLS] and [SEP] included, as
+    sentence-transformers pools): texts -> float32 [n, H]."""
+
+    def __init__(self, info, tokenizer, batch_size: int = 32, max_seq_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.hidden_size = info.bert_config.hidden_size
+        self.batch_size = int(batch_size)
+        task_length = (info.task_info or {}).get("max_seq_length")
+        self.max_seq_length = int(
+            max_seq_length or task_length or info.bert_config.max_position_embeddings
+        )
+        model = BertModel(info.bert_config)
+        ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+        abstract = jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"]
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), meta.unbox(abstract)
+        )
+        self.params = pretrained.load_encoder(info, abstract)
+
+        def embed(params, input_ids, token_type_ids, attention_mask):
+            sequence, _ = model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
+            mask = attention_mask[..., None].astype(jnp.float32)  # [B, T, 1]
+            total = jnp.sum(sequence.astype(jnp.float32) * mask, axis=1)
+            return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [B, H]
+
+        self._embed = jax.jit(embed)
+
+    def __call__(self, texts: Sequence, normalize: bool = False) -> np.ndarray:
+        arrays = _sentence_arrays(texts, self.tokenizer, self.max_seq_length)
+        out = np.zeros((len(texts), self.hidden_size), np.float32)
+        for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
+            vectors = self._embed(
+                self.params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+            )
+            out[rows] = np.asarray(vectors)[: len(rows)]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+class TextClassificationPipeline:
+    """A fine-tuned classification (or regression) workdir: texts or pairs -> labels and scores."""
+
+    def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
+                 max_seq_length: int | None = None):  # fmt: skip
+        if model.kind not in ("classification", "regression"):
+            raise UserError(
+                f"{model.info.path} was fine-tuned for {model.kind}, not text classification"
+            )
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
+        task_model = make_task_model(
+            model.kind, model.info.bert_config, model.info.task_info["num_labels"]
+        )
+
+        def scores(params, input_ids, token_type_ids, attention_mask):
+            logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
+            return logits[:, 0] if model.kind == "regression" else jax.nn.softmax(logits, -1)
+
+        self._scores = jax.jit(scores)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.model.label_list
+
+    def __call__(self, texts: Sequence, top_k: int | None = 1) -> list:
+        """Per input: {"label", "score"} (top_k=1), else a list of the top_k (None = all) by score;
+        regression models give {"score": predicted value}."""
+        arrays = _sentence_arrays(texts, self.model.tokenizer, self.max_seq_length)
+        outputs = []
+        for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
+            values = self._scores(
+                self.model.params,
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+            )
+            outputs.append(np.asarray(values)[: len(rows)])
+        values = np.concatenate(outputs) if outputs else np.zeros((0,))
+        if self.model.kind == "regression":
+            return [{"score": float(v)} for v in values]
+        results = []
+        for probabilities in values:
+            order = np.argsort(-probabilities, kind="stable")[: top_k or len(probabilities)]
+            ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in order]
+            results.append(ranked[0] if top_k == 1 else ranked)
+        return results
+
+
+class FillMaskPipeline:
+    """Masked-LM predictions at every [MASK] of each text."""
+
+    def __init__(self, info, tokenizer, params, batch_size: int = 32,
+                 max_seq_length: int | None = None, top_k: int = 5):  # fmt: skip
+        self.tokenizer = tokenizer
+        self.params = params
+        self.batch_size = int(batch_size)
+        self.max_seq_length = int(max_seq_length or info.bert_config.max_position_embeddings)
+        self.top_k = int(top_k)
+        model = BertForPreTraining(info.bert_config)
+
+        def top_tokens(params, input_ids, token_type_ids, attention_mask, positions, k):
+            output = model.apply(
+                {"params": params}, input_ids, token_type_ids, attention_mask, positions
+            )
+            probabilities = jax.nn.softmax(output.mlm_logits, axis=-1)  # [B, P, V]
+            return jax.lax.top_k(probabilities, k)
+
+        self._top_tokens = jax.jit(top_tokens, static_argnums=(5,))
+
+    def _encode(self, index: int, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise UserError(f"input {index} is not a string: {text!r}")
+        pieces = text.split(MASK_TEXT)
+        if len(pieces) < 2:
+            raise UserError(f"input {index} has no {MASK_TEXT}: {text!r}")
+        ids = [self.tokenizer.cls_id]
+        for position, piece in enumerate(pieces):
+            if position:
+                ids.append(self.tokenizer.mask_id)
+            ids += self.tokenizer.encode(piece)
+        ids.append(self.tokenizer.sep_id)
+        if len(ids) > self.max_seq_length:
+            raise UserError(
+                f"input {index} has {len(ids)} word pieces with [CLS] and [SEP], more than "
+                f"max_seq_length {self.max_seq_length}; shorten it"
+            )
+        return ids
+
+    def _candidates(self, probabilities, token_ids) -> list[dict]:
+        tokens = self.tokenizer.convert_ids_to_tokens(token_ids)
+        return [
+            {"token": int(i), "token_str": t, "score": float(p)}
+            for i, t, p in zip(token_ids, tokens, probabilities, strict=True)
+        ]
+
+    def __call__(self, texts: Sequence[str], top_k: int | None = None) -> list:
+        """Per text with one [MASK]: top_k candidates, each {"token", "token_str", "score",
+        "sequence"}; with several [MASK]s: one such list (without "sequence") per [MASK]."""
+        if isinstance(texts, str):
+            raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
+        k = int(top_k or self.top_k)
+        rows = [self._encode(i, text) for i, text in enumerate(texts)]
+        n = len(rows)
+        input_ids = np.full((n, self.max_seq_length), self.tokenizer.pad_id, np.int32)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = ids
+        mask_positions = [np.flatnonzero(input_ids[i] == self.tokenizer.mask_id) for i in range(n)]
+        arrays = {
+            "input_ids": input_ids,
+            "token_type_ids": np.zeros_like(input_ids),
+            "attention_mask": (input_ids != self.tokenizer.pad_id).astype(np.int32),
+            "positions": np.zeros((n, max(len(p) for p in mask_positions)), np.int32),
+        }
+        for i, positions in enumerate(mask_positions):
+            arrays["positions"][i, : len(positions)] = positions
+        results = [None] * n
+        for batch_rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
+            probabilities, token_ids = jax.device_get(
+                self._top_tokens(
+                    self.params,
+                    batch["input_ids"],
+                    batch["token_type_ids"],
+                    batch["attention_mask"],
+                    batch["positions"],
+                    k,
+                )  # fmt: skip
+            )
+            for row, index in enumerate(batch_rows):
+                per_mask = [
+                    self._candidates(probabilities[row, m], token_ids[row, m])
+                    for m in range(len(mask_positions[index]))
+                ]
+                results[index] = per_mask
+        for index, per_mask in enumerate(results):
+            if len(per_mask) == 1:
+                for candidate in per_mask[0]:
+                    word = candidate["token_str"].removeprefix("##")
+                    candidate["sequence"] = texts[index].replace(MASK_TEXT, word, 1)
+                results[index] = per_mask[0]
+        return results

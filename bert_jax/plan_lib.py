@@ -1,0 +1,591 @@
+"""Plan a pretraining run on a TPU slice from a machine without one.
+
+With libtpu installed, `jax.experimental.topologies` describes a slice's devices; a mesh over them
+shards `build_pretrainer(config, mesh).train_step` (the step `bert_jax.pretrain` runs, not a copy)
+as it would run there, and compiling it ahead of time gives the per-chip memory, the FLOPs and the
+collectives the compiler chose. A roofline over the chip's peak FLOP/s, HBM and interconnect
+bandwidth turns those into a step-time and MFU estimate.
+
+  topology = load_topology("v5e:4x4")
+  plan = plan_pretraining(config, topology)
+  print(format_plan(plan))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+
+import jax
+from jax.extend.core import Literal
+
+from bert_jax import chips, sharding
+from bert_jax.config_lib import validate_pretraining_config
+from bert_jax.errors import UserError
+from bert_jax.metrics import pretraining_flops_per_example
+from bert_jax.train_step import Pretrainer, batch_shapes, build_pretrainer, pretraining_sums
+
+_SLICE = re.compile(r"^(?P<gen>v4|v5e|v5litepod|v5p|v6e)-(?P<count>\d+)$")
+_TOPOLOGY = re.compile(r"^(?P<gen>v4|v5e|v5p|v6e):(?P<shape>\d+(?:x\d+){1,2})$")
+# Chips -> libtpu topology shape (Cloud accelerator types name v4/v5p by TensorCores).
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+              256: "16x16"}  # fmt: skip
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+              256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16",
+              4096: "16x16x16"}  # fmt: skip
+_HBM_EXHAUSTED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class MissingLibtpuError(UserError):
+    """Compiling for a TPU topology needs the libtpu wheel."""
+
+
+def libtpu_install_hint() -> str:
+    return (
+        f'pip install "bert_jax[tpu]" (or: pip install "jax[tpu]=={jax.__version__}"; '
+        "Linux x86-64, about 700 MB)"
+    )
+
+
+def require_libtpu() -> None:
+    if os.environ.get("TPU_LIBRARY_PATH"):
+        return
+    try:
+        import libtpu  # noqa: F401
+    except ImportError as err:
+        raise MissingLibtpuError(
+            "planning for a TPU topology needs libtpu, which is not installed: "
+            + libtpu_install_hint()
+        ) from err
+
+
+def configure_libtpu_environment() -> None:
+    """Lets libtpu start on a machine that is not a TPU VM: no metadata server to ask, no lock
+    shared with other jax processes (it guards real chips; compile-only devices use none)."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
+
+
+# Collectives in the compiled HLO. Bytes one device sends per execution, for a ring over a group of
+# n devices and a buffer of S bytes (the result; for reduce-scatter, its per-device part):
+#   all-reduce 2S(n-1)/n, all-gather S(n-1)/n, reduce-scatter S(n-1), all-to-all S(n-1)/n,
+#   collective-permute S.
+COLLECTIVE_KINDS = (
+    "all-reduce",
+    "all-gather",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+)
+_DTYPE_BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+    "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+}  # fmt: skip
+_ARRAY = re.compile(r"\b([a-z]+\d+|pred)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%[\w.\-]+ = (?P<type>.+?) "
+    r"(?P<op>all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?P<start>-start)?\("
+)
+_COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%(?P<name>[\w.\-]+) .*\{\s*$")
+_WHILE = re.compile(r"\bwhile\(.*\bbody=%(?P<body>[\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<used>[^}]*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
+_LIST_GROUPS = re.compile(r"replica_groups=\{\{(?P<first>[\d,]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    kind: str
+    group_size: int
+    buffer_bytes: int  # S, one execution
+    executions: int  # per step: 1, or the trip count of the loop around it
+
+    @property
+    def bytes_per_device(self) -> float:
+        n, s = self.group_size, self.buffer_bytes
+        if self.kind == "collective-permute":
+            return float(s * self.executions)
+        if n <= 1:
+            return 0.0
+        factors = {"all-reduce": 2 * (n - 1) / n, "reduce-scatter": n - 1}
+        return s * factors.get(self.kind, (n - 1) / n) * self.executions
+
+
+def _array_bytes(type_text: str) -> int:
+    return sum(
+        _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+        for dtype, dims in _ARRAY.findall(type_text)
+    )
+
+
+def _tuple_elements(type_text: str) -> list[str]:
+    """'(a, (b, c), d)' -> ['a', '(b, c)', 'd']; a non-tuple type -> [itself]."""
+    text = type_text.strip()
+    if not text.startswith("("):
+        return [text]
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if (ch == "," and depth == 1) or depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+        if depth == 0:
+            break
+    return [p for p in parts if p]
+
+
+def _group_size(line: str, num_devices: int) -> int:
+    if m := _MESH_GROUPS.search(line):
+        sizes = {a: int(s) for a, s in re.findall(r"'([^']+)'=(\d+)", m.group("axes"))}
+        used = re.findall(r"'([^']+)'", m.group("used"))
+        return math.prod(sizes.get(a, 1) for a in used) if used else num_devices
+    if m := _IOTA_GROUPS.search(line):
+        return int(m.group(2))
+    if m := _LIST_GROUPS.search(line):
+        return len([d for d in m.group("first").split(",") if d]) or num_devices
+    return num_devices
+
+
+def parse_collectives(
+    hlo_text: str, num_devices: int, loop_trip_count: int = 1
+) -> list[Collective]:
+    """Every collective of ENTRY and of while-loop bodies in optimized HLO text.
+
+    A body runs `known_trip_count` times when the HLO records it, else `loop_trip_count` (the train
+    step's only loop is the gradient-accumulation scan). Async `-done` halves are not counted.
+    """
+    lines = hlo_text.splitlines()
+    parent: dict[str, tuple[str, int]] = {}
+    computation, entry = None, None
+    for line in lines:
+        if m := _COMPUTATION.match(line):
+            computation = m.group("name")
+            entry = computation if m.group("entry") else entry
+        elif computation and (w := _WHILE.search(line)):
+            trips = _TRIP_COUNT.search(line)
+            body_runs = int(trips.group(1)) if trips else loop_trip_count
+            parent[w.group("body")] = (computation, body_runs)
+
+    def executions(name: str, depth: int = 0) -> int:
+        if name == entry:
+            return 1
+        if name not in parent or depth > len(parent):
+            return 0
+        caller, trips = parent[name]
+        return trips * executions(caller, depth + 1)
+
+    found, computation = [], None
+    for line in lines:
+        if m := _COMPUTATION.match(line):
+            computation = m.group("name")
+            runs = executions(computation)
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m or not computation or runs == 0:
+            continue
+        op, type_text = m.group("op"), m.group("type")
+        if m.group("start") and op in ("all-gather", "collective-permute"):
+            # Async starts return (operands, results, ...): the result is the second element.
+            elements = _tuple_elements(type_text)
+            type_text = elements[1] if len(elements) > 1 else type_text
+        found.append(Collective(op, _group_size(line, num_devices), _array_bytes(type_text), runs))
+    return found
+
+
+def summarize_collectives(collectives: list[Collective]) -> list[dict]:
+    """One row per (kind, group size): ops per step, buffer bytes, bytes each device sends."""
+    rows: dict[tuple[str, int], dict] = {}
+    for c in sorted(collectives, key=lambda c: (COLLECTIVE_KINDS.index(c.kind), c.group_size)):
+        row = rows.setdefault(
+            (c.kind, c.group_size),
+            {"kind": c.kind, "group_size": c.group_size, "ops": 0, "buffer_bytes": 0,
+             "bytes_per_device": 0.0},
+        )  # fmt: skip
+        row["ops"] += c.executions
+        row["buffer_bytes"] += c.buffer_bytes * c.executions
+        row["bytes_per_device"] += c.bytes_per_device
+    return list(rows.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # libtpu's name, e.g. "v5e:4x4"
+    chip: chips.Chip
+    devices: tuple  # compile-only jax devices, one per chip
+
+
+def topology_name(name: str) -> str:
+    """'v5e:4x4' as given; Cloud accelerator types ('v5e-16', 'v5litepod-16', 'v5p-32', 'v4-32')
+    become libtpu names ('v5e:4x4', 'v5p:2x2x4', 'v4:2x2x4')."""
+    name = name.strip().lower()
+    if _TOPOLOGY.match(name):
+        return name
+    if m := _SLICE.match(name):
+        gen = "v5e" if m.group("gen") == "v5litepod" else m.group("gen")
+        count = int(m.group("count"))
+        if gen in ("v4", "v5p"):  # named by TensorCores, two per chip
+            shape = _SHAPES_3D.get(count // 2) if count % 2 == 0 else None
+        else:
+            shape = _SHAPES_2D.get(count)
+        if shape:
+            return f"{gen}:{shape}"
+    raise UserError(
+        f"topology {name!r} is not understood; give libtpu's name (v5e:4x4, v5p:2x2x4, v4:2x2x4, "
+        "v6e:4x4) or a Cloud accelerator type (v5e-16, v5p-32, v4-32, v6e-16)"
+    )
+
+
+def load_topology(name: str) -> Topology:
+    """The compile-only devices of a TPU slice; raises MissingLibtpuError without libtpu."""
+    name = topology_name(name)
+    require_libtpu()
+    configure_libtpu_environment()
+    from jax.experimental import topologies
+
+    generation = name.split(":")[0]
+    chip = chips.chip_by_name(generation)
+    # v4 runs its two TensorCores as one device ("megacore"), as on a real v4 slice.
+    kwargs = {"chip_config_name": "megacore"} if generation == "v4" else {}
+    try:
+        desc = topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs)
+    except RuntimeError as err:
+        if "not installed" in str(err):
+            hint = libtpu_install_hint()
+            raise MissingLibtpuError(f"libtpu could not be loaded: {hint}") from err
+        raise UserError(f"libtpu rejected topology {name!r}: {str(err).splitlines()[0]}") from err
+    return Topology(name=name, chip=chip, devices=tuple(desc.devices))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one compile of the train step says about one (config, topology, mesh).
+
+    Memory is per chip in bytes; FLOPs are per step over all chips; times are seconds.
+    """
+
+    topology: str
+    chip: chips.Chip
+    device_kind: str
+    num_devices: int
+    mesh: dict[str, int]
+    batch_size: int
+    grad_accum_steps: int
+    seq_len: int
+    num_params: int
+    hbm_bytes: float
+    memory: dict[str, float]
+    flops_6nt: float  # 6 x non-embedding parameters x tokens
+    model_flops_per_step: float  # bert_jax.metrics' count, which the training loop's MFU uses
+    fits: bool = False
+    flops_per_step: float = math.nan  # the compiler's cost analysis
+    hbm_traffic_per_device: float = math.nan
+    collectives: list[dict] = dataclasses.field(default_factory=list)
+    step_time: dict[str, float] = dataclasses.field(default_factory=dict)
+    bound: str = ""
+    compile_seconds: float = 0.0
+    error: str = ""  # the compiler's message when it refused (out of HBM)
+
+    @property
+    def microbatch_per_device(self) -> int:
+        data_parallel = self.mesh["data"] * self.mesh["fsdp"]
+        return self.batch_size // (data_parallel * self.grad_accum_steps)
+
+    @property
+    def layout(self) -> str:
+        return "x".join(str(self.mesh[a]) for a in sharding.MESH_AXES)
+
+    @property
+    def margin_bytes(self) -> float:
+        return self.hbm_bytes - self.memory["total"]
+
+    @property
+    def estimated_step_time_s(self) -> float:
+        return self.step_time.get("step", math.nan)
+
+    @property
+    def estimated_mfu(self) -> float:
+        peak = self.chip.peak_flops * self.num_devices
+        return self.model_flops_per_step / (self.estimated_step_time_s * peak)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.batch_size / self.estimated_step_time_s
+
+    def to_json(self) -> dict:
+        fields = dataclasses.asdict(self)
+        fields["chip"] = self.chip.name
+        fields["per_device_memory_bytes"] = fields.pop("memory")
+        fields["step_time_breakdown_s"] = fields.pop("step_time")
+        for name in ("microbatch_per_device", "margin_bytes", "estimated_step_time_s",
+                     "estimated_mfu", "examples_per_second"):  # fmt: skip
+            fields[name] = getattr(self, name)
+        # NaN is not JSON: unknowns (nothing compiled) become null.
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with NamedShardings; a dimension
+    that does not divide evenly (a 30522-row vocabulary over 4) is padded up, as XLA does."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        spec, mesh_shape = x.sharding.spec, x.sharding.mesh.shape
+        shard = []
+        for dim, size in enumerate(x.shape):
+            axes = spec[dim] if dim < len(spec) and spec[dim] is not None else ()
+            axes = (axes,) if isinstance(axes, str) else axes
+            shard.append(-(-size // math.prod(mesh_shape[a] for a in axes)))
+        total += math.prod(shard) * x.dtype.itemsize
+    return total
+
+
+def _embedding_param_count(params) -> int:
+    """Parameters of the word, position and token-type tables."""
+    tables = params["bert"]["embeddings"]
+    return sum(x.size for name in tables if name.endswith("_embeddings") for x in
+               jax.tree.leaves(tables[name]))  # fmt: skip
+
+
+def saved_activation_bytes(pretrainer: Pretrainer, rows: int) -> int:
+    """Bytes the backward pass keeps from the forward pass of `rows` examples (one device's
+    microbatch; tensor parallelism would split part of it): the model's VJP residuals that are not
+    parameters, traced, not compiled."""
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pretrainer.abstract_state.params
+    )
+    batch = batch_shapes(pretrainer.config, rows)
+
+    def residuals(params, batch, rng):
+        def loss(params):
+            output = pretrainer.model.apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+                batch["masked_lm_positions"],
+                deterministic=False,
+                rngs={"dropout": rng},
+            )
+            sums = pretraining_sums(output, batch)
+            return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
+
+        return jax.vjp(loss, params)[1]
+
+    closed = jax.make_jaxpr(residuals)(params, batch, jax.eval_shape(lambda: jax.random.key(0)))
+    jaxpr = closed.jaxpr
+    # Residuals computed from the parameters alone (a transposed embedding, say) are not
+    # activations: keep only those downstream of the batch or the dropout key.
+    downstream = set(jaxpr.invars[len(jax.tree.leaves(params)) :])
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, Literal) and v in downstream for v in eqn.invars):
+            downstream.update(eqn.outvars)
+    saved = {v for v in jaxpr.outvars if not isinstance(v, Literal) and v in downstream}
+    return sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize for v in saved)
+
+
+def _hbm_exhausted_bytes(message: str) -> float | None:
+    """What XLA:TPU says it needed when it refuses to compile ('Used 20.1G of 15.75G hbm')."""
+    m = _HBM_EXHAUSTED.search(message)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def roofline(chip: chips.Chip, flops: float, hbm_bytes: float, ici_bytes: float) -> dict:
+    """Seconds per step of one chip if each resource ran at its peak and all three overlapped."""
+    times = {
+        "compute": flops / chip.peak_flops,
+        "hbm": hbm_bytes / chip.hbm_bandwidth,
+        "collectives": ici_bytes / (chip.interconnect_bandwidth / 2),
+    }
+    times["step"] = max(times.values())
+    return times
+
+
+def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None) -> Plan:
+    """Compiles the sharded train step of `config` for `topology` and reads the executable."""
+    num_devices = len(topology.devices)
+    validate_pretraining_config(config, num_devices, check_files=False)
+    mesh = sharding.make_mesh(config.mesh, topology.devices)
+    # Built outside the mesh context: its eager setup (PRNG keys) must run on the host, not on
+    # compile-only devices. Tracing happens in `lower`, inside the context, as in train_lib.
+    pretrainer = build_pretrainer(config, mesh)
+    state = pretrainer.abstract_state
+    batch = {
+        key: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pretrainer.batch_shardings[key])
+        for key, x in batch_shapes(config).items()
+    }
+    rng_dtype = jax.eval_shape(lambda: jax.random.key(0)).dtype
+    rng = jax.ShapeDtypeStruct((), rng_dtype, sharding=sharding.replicated(mesh))
+    accum = int(config.get("grad_accum_steps", 1))
+    seq_len = int(config.data.max_seq_length)
+    rows = config.batch_size // (sharding.data_parallel_size(mesh) * accum)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    tokens = config.batch_size * seq_len
+    plan = Plan(
+        topology=topology.name,
+        chip=topology.chip,
+        device_kind=topology.devices[0].device_kind,
+        num_devices=num_devices,
+        mesh=dict(mesh.shape),
+        batch_size=int(config.batch_size),
+        grad_accum_steps=accum,
+        seq_len=seq_len,
+        num_params=num_params,
+        hbm_bytes=float(hbm_bytes or topology.chip.hbm_bytes),
+        memory={
+            "parameters": _shard_bytes(state.params),
+            "optimizer_state": _shard_bytes(state.opt_state) + _shard_bytes(state.step),
+            "batch": _shard_bytes(batch),
+            "activations_saved_estimate": saved_activation_bytes(pretrainer, rows),
+        },
+        flops_6nt=6.0 * (num_params - _embedding_param_count(state.params)) * tokens,
+        model_flops_per_step=config.batch_size * pretraining_flops_per_example(
+            pretrainer.model_config, seq_len, int(config.data.max_predictions_per_seq)
+        ),
+    )  # fmt: skip
+    started = time.perf_counter()
+    try:
+        with jax.set_mesh(mesh):
+            compiled = pretrainer.train_step.lower(state, batch, rng).compile()
+    except jax.errors.JaxRuntimeError as err:
+        plan.compile_seconds = time.perf_counter() - started
+        needed = _hbm_exhausted_bytes(str(err))
+        if needed is None:
+            raise
+        plan.memory["total"] = needed
+        plan.error = " ".join(str(err).split())[:300]
+        return plan
+    plan.compile_seconds = time.perf_counter() - started
+    stats = compiled.memory_analysis()
+    memory = plan.memory
+    memory["arguments"] = stats.argument_size_in_bytes  # padded to the chip's tiled layouts
+    memory["state_as_compiled"] = stats.argument_size_in_bytes - memory["batch"]
+    memory["temporaries"] = stats.temp_size_in_bytes
+    memory["outputs_not_aliased"] = max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0)
+    memory["generated_code"] = stats.generated_code_size_in_bytes
+    memory["total"] = sum(
+        memory[k] for k in ("arguments", "temporaries", "outputs_not_aliased", "generated_code")
+    )
+    # XLA's own peak figure, kept for reference only: it came out above arguments + temporaries +
+    # code even where the donated state aliases its outputs, which the total above accounts for.
+    memory["compiler_peak"] = stats.peak_memory_in_bytes
+    plan.fits = plan.margin_bytes >= 0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    plan.flops_per_step = float(cost.get("flops", math.nan)) * num_devices
+    plan.hbm_traffic_per_device = float(cost.get("bytes accessed", math.nan))
+    collectives = parse_collectives(compiled.as_text(), num_devices, loop_trip_count=accum)
+    plan.collectives = summarize_collectives(collectives)
+    ici_bytes = sum(c.bytes_per_device for c in collectives)
+    plan.step_time = roofline(
+        topology.chip, plan.flops_per_step / num_devices, plan.hbm_traffic_per_device, ici_bytes
+    )
+    plan.bound = max(("compute", "hbm", "collectives"), key=plan.step_time.get)
+    return plan
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def mesh_layouts(num_devices: int, config, max_tensor: int = 8) -> list[tuple[int, int, int]]:
+    """(data, fsdp, tensor) splits of the devices whose tensor size divides heads and mlp."""
+    model = config.model
+    layouts = []
+    for tensor in _divisors(num_devices):
+        if tensor > max_tensor or model.num_attention_heads % tensor:
+            continue
+        if model.intermediate_size % tensor:
+            continue
+        rest = num_devices // tensor
+        layouts += [(rest // fsdp, fsdp, tensor) for fsdp in _divisors(rest)]
+    return layouts
+
+
+def parse_layout(text: str) -> tuple[int, int, int]:
+    """'4x2x2' -> (data=4, fsdp=2, tensor=2)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"mesh layout {text!r} is not DATAxFSDPxTENSOR, e.g. 4x2x2")
+    return tuple(int(p) for p in parts)
+
+
+def _variant(config, layout: tuple[int, int, int], microbatch: int):
+    data, fsdp, tensor = layout
+    variant = config.copy_and_resolve_references()
+    with variant.unlocked():
+        variant.mesh.data, variant.mesh.fsdp, variant.mesh.tensor = data, fsdp, tensor
+        variant.grad_accum_steps = config.batch_size // (data * fsdp * microbatch)
+    return variant
+
+
+@dataclasses.dataclass
+class Sweep:
+    plans: list[Plan]  # every compile, in the order tried
+    skipped: list[tuple[str, str]]  # (layout, why) for layouts that cannot run the batch
+    best: Plan | None  # the highest estimated throughput among plans that fit
+
+
+def sweep_pretraining(
+    config,
+    topology: Topology,
+    layouts: list[tuple[int, int, int]] | None = None,
+    microbatches: list[int] | None = None,
+    hbm_bytes: float | None = None,
+    progress=None,
+) -> Sweep:
+    """Per layout, the largest per-device microbatch that fits (the largest candidate first, then
+    bisection; gradient accumulation keeps the config's global batch), then the fastest layout.
+
+    `progress(message)` is called before each compile.
+    """
+    num_devices = len(topology.devices)
+    layouts = layouts or mesh_layouts(num_devices, config)
+    plans, skipped = [], []
+    for layout in layouts:
+        name = "x".join(map(str, layout))
+        if math.prod(layout) != num_devices:
+            skipped.append(
+                (name, f"needs {math.prod(layout)} devices, the slice has {num_devices}")
+            )
+            continue
+        dp = layout[0] * layout[1]
+        if config.batch_size % dp:
+            skipped.append((name, f"batch {config.batch_size} does not split over {dp} devices"))
+            continue
+        per_device = config.batch_size // dp
+        candidates = sorted(
+            {b for b in (microbatches or _divisors(per_device)) if per_device % b == 0}
+        )
+        if not candidates:
+            skipped.append((name, f"no candidate microbatch divides {per_device} per device"))
+            continue
+        # Fitting is monotone in the microbatch: try the largest, then bisect below it.
+        low, high = 0, len(candidates) - 1
+        mid = high
+        while low <= high:
+            variant = _variant(config, layout, candidates[mid])
+            if progress:
+                progress(f"{topology.name} mesh {name} microbatch {candidates[mid]}")
+            try:
+                plan = plan_pretraining(variant, topology, hbm_bytes)
+            except (ValueError, jax.errors.JaxRuntimeError) as err:  # UserError is a ValueError
+                skipped.append((name, " ".join(str(err).split())[:300]))
+                break
+            plans.append(plan)
+            if plan.fits:
+                low = mid + 1
+            else:
+                high = mid - 1
+            mid = (low + high) // 2
+    fitting = [p for p in plans if p.fits]
+    best = max(fitting, key=lambda p: p.examples_per_second, default=None)
+    return Sweep(plans=plans, skipped=skipped, best=best)

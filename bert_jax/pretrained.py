@@ -1,0 +1,284 @@
+"""Models by path: Hugging Face BERT dirs, bert_jax pretraining workdirs, fine-tuned workdirs.
+
+`inspect_checkpoint(path)` tells which of the three a path is and reads its architecture and
+vocabulary without loading weights; `load_encoder` / `load_pretraining_params` /
+`load_finetuned` then read the weights into the requested (sharded) layout.
+
+A fine-tuned workdir (written by `bert_jax.finetune_lib`) is self-contained:
+  task_info.json     kind, label_list, lowercase, max_seq_length, main_metric
+  model_config.json  the BertConfig
+  vocab.txt          the vocabulary the model was trained with
+  best/<step>/params the whole task tree of the best evaluation (Orbax)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax.core import meta
+
+from bert_jax.convert import hf
+from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.errors import UserError
+from bert_jax.modeling import BertConfig
+
+HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
+TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
+    "task_info.json",
+    "model_config.json",
+    "vocab.txt",
+    "best",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What a path holds, read from its small files only."""
+
+    path: pathlib.Path
+    format: str  # HUGGINGFACE, BERT_JAX or FINETUNED
+    bert_config: BertConfig
+    vocab_file: pathlib.Path | None
+    lowercase: bool | None  # None: the files do not say
+    task_info: dict | None = None  # FINETUNED only
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+
+
+def _pretraining_workdir(path: pathlib.Path) -> pathlib.Path | None:
+    """The workdir of a bert_jax pretraining run: path itself, its checkpoints/ or checkpoints/N."""
+    for candidate in (path, path.parent, path.parent.parent):
+        config = candidate / "config.json"
+        if config.is_file() and "model" in _read_json(config):
+            return candidate
+    return None
+
+
+def _pretraining_vocab(workdir: pathlib.Path, data: dict) -> pathlib.Path | None:
+    vocab = data.get("vocab_file") or ""
+    candidates = []
+    if vocab:
+        candidates += [
+            pathlib.Path(vocab).expanduser(),
+            workdir / vocab,
+            workdir / pathlib.Path(vocab).name,
+        ]
+    candidates.append(workdir / VOCAB)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def inspect_checkpoint(path) -> CheckpointInfo:
+    """Classifies `path` and reads its BertConfig, vocabulary file and casing."""
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
+        )
+    if (path / TASK_INFO).is_file():
+        info = _read_json(path / TASK_INFO)
+        vocab = path / VOCAB
+        return CheckpointInfo(
+            path=path,
+            format=FINETUNED,
+            bert_config=BertConfig.from_json_file(path / MODEL_CONFIG),
+            vocab_file=vocab if vocab.is_file() else None,
+            lowercase=info.get("lowercase"),
+            task_info=info,
+        )
+    workdir = _pretraining_workdir(path)
+    if workdir is not None:
+        config = _read_json(workdir / "config.json")
+        data = config.get("data", {})
+        # The architecture only: the pretraining run's compute settings (bfloat16, remat, a GPU
+        # attention kernel) are choices for its hardware, not properties of the weights.
+        bert_config = BertConfig.from_dict(config["model"]).replace(
+            dtype="float32", remat_policy="none", attention_implementation=None
+        )
+        return CheckpointInfo(
+            path=path,
+            format=BERT_JAX,
+            bert_config=bert_config,
+            vocab_file=_pretraining_vocab(workdir, data),
+            lowercase=data.get("lowercase"),
+        )
+    if (path / "config.json").is_file():
+        lowercase = None
+        tokenizer_config = path / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            lowercase = _read_json(tokenizer_config).get("do_lower_case")
+        vocab = path / VOCAB
+        return CheckpointInfo(
+            path=path,
+            format=HUGGINGFACE,
+            bert_config=hf.read_hf_config(path),
+            vocab_file=vocab if vocab.is_file() else None,
+            lowercase=lowercase,
+        )
+    raise UserError(
+        f"{path}: neither a Hugging Face BERT directory (config.json + model.safetensors), a "
+        "bert_jax pretraining workdir (config.json with 'model') nor a fine-tuned workdir "
+        f"({TASK_INFO})"
+    )
+
+
+def load_tokenizer(
+    info: CheckpointInfo, vocab_file="", lowercase: bool = True
+) -> WordPieceTokenizer:
+    """vocab_file when given (with `lowercase`), else the checkpoint's own vocabulary and casing."""
+    if vocab_file:
+        return WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
+    if info.vocab_file is None:
+        raise UserError(
+            f"{info.path} has no vocabulary ({VOCAB}); pass the one the model was trained with "
+            "(--config.vocab_file=PATH, or vocab_file= for pipelines)"
+        )
+    casing = lowercase if info.lowercase is None else bool(info.lowercase)
+    tokenizer = WordPieceTokenizer.from_vocab(info.vocab_file, lowercase=casing)
+    if tokenizer.vocab_size != info.bert_config.vocab_size:
+        raise UserError(
+            f"{info.vocab_file} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{info.bert_config.vocab_size}; pass the matching vocabulary"
+        )
+    return tokenizer
+
+
+def _place(tree, abstract):
+    """Host arrays -> jax.Arrays laid out as `abstract` (ShapeDtypeStructs with shardings)."""
+
+    def put(value, target):
+        value = np.asarray(value, dtype=target.dtype)
+        if value.shape != target.shape:
+            raise UserError(
+                f"parameter shape {value.shape} does not match the model's {target.shape}"
+            )
+        sharding = getattr(target, "sharding", None)
+        if sharding is None:
+            return jax.device_put(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree, abstract)
+
+
+def _restore_params(directory: pathlib.Path, abstract) -> Any:
+    """The 'params' item of the newest (only) step under directory (an Orbax manager dir)."""
+    manager = ocp.CheckpointManager(directory.absolute(), item_names=("params",))
+    step = manager.latest_step()
+    if step is None:
+        raise UserError(
+            f"{directory}: no checkpoint; has the fine-tuning run finished an evaluation?"
+        )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+    )
+    manager.close()
+    return restored["params"]
+
+
+def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
+    """The 'bert' subtree of any checkpoint format, placed like abstract_encoder.
+
+    abstract_encoder: BertModel parameters as ShapeDtypeStructs (with shardings for a mesh).
+    """
+    if info.format == HUGGINGFACE:
+        _, params = hf.load_hf_checkpoint(info.path, verbose=False)
+        return _place(params["bert"], abstract_encoder)
+    if info.format == FINETUNED:
+        head = info.task_info["head"]
+        sharding = getattr(jax.tree.leaves(abstract_encoder)[0], "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):  # the head is tiny: replicate it
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        head_abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            finetuned_head_abstract(info),
+        )
+        abstract = {"bert": abstract_encoder, head: head_abstract}
+        return _restore_params(info.path / BEST_DIR, abstract)["bert"]
+    from bert_jax import checkpointing
+
+    if not hasattr(checkpointing, "load_params_for_init"):
+        raise UserError(f"{info.path}: this bert_jax version cannot read pretraining checkpoints")
+    loaded = checkpointing.load_params_for_init(
+        str(info.path), {"bert": abstract_encoder}, subtree=("bert",)
+    )
+    return loaded["bert"]
+
+
+def load_pretraining_params(info: CheckpointInfo) -> dict:
+    """The whole BertForPreTraining tree (encoder and MLM/NSP heads) on the default device."""
+    if info.format == HUGGINGFACE:
+        return jax.device_put(hf.load_hf_checkpoint(info.path, verbose=True)[1])
+    if info.format != BERT_JAX:
+        raise UserError(f"{info.path}: a fine-tuned workdir has no masked-LM head")
+    from bert_jax import checkpointing
+    from bert_jax.modeling import BertForPreTraining
+
+    model = BertForPreTraining(info.bert_config)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    abstract = meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"])
+    return checkpointing.load_params_for_init(str(info.path), abstract, subtree=())
+
+
+def finetuned_head_abstract(info: CheckpointInfo) -> dict:
+    from bert_jax.finetune_step import make_task_model
+
+    task = info.task_info
+    model = make_task_model(task["kind"], info.bert_config, task["num_labels"])
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    abstract = jax.eval_shape(lambda i: model.init(jax.random.key(0), i, i, i), ids)["params"]
+    return meta.unbox(abstract)[task["head"]]
+
+
+def write_finetuned_files(workdir, task_info: dict, bert_config: BertConfig, tokenizer) -> None:
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / TASK_INFO).write_text(json.dumps(task_info, indent=2) + "\n")
+    (workdir / MODEL_CONFIG).write_text(json.dumps(bert_config.to_dict(), indent=2) + "\n")
+    tokenizer.save_vocab(workdir / VOCAB)
+
+
+@dataclasses.dataclass
+class FinetunedModel:
+    """A fine-tuned workdir loaded for inference on the default device."""
+
+    info: CheckpointInfo
+    tokenizer: WordPieceTokenizer
+    params: dict  # the whole task tree {'bert', head}
+
+    @property
+    def kind(self) -> str:
+        return self.info.task_info["kind"]
+
+    @property
+    def label_list(self) -> list[str] | None:
+        return self.info.task_info.get("label_list")
+
+
+def load_finetuned(workdir) -> FinetunedModel:
+    """A fine-tuned workdir's best parameters, tokenizer and task description."""
+    info = inspect_checkpoint(workdir)
+    if info.format != FINETUNED:
+        raise UserError(f"{workdir}: not a fine-tuned workdir (no {TASK_INFO})")
+    from bert_jax.modeling import BertModel
+
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    encoder = jax.eval_shape(lambda i: BertModel(info.bert_config).init(jax.random.key(0), i), ids)[
+        "params"
+    ]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {"bert": meta.unbox(encoder), info.task_info["head"]: finetuned_head_abstract(info)}
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract
+    )
+    params = _restore_params(info.path / BEST_DIR, abstract)
+    return FinetunedModel(info=info, tokenizer=load_tokenizer(info), params=params)

@@ -1,0 +1,32 @@
+r"""Sentence or sentence-pair classification from TSV with a header (`sentence,label` or
+`sentence1,sentence2,label`; the columns decide; extra columns are ignored).
+
+  python -m bert_jax.finetune --config configs/finetune/classification.py --workdir runs/sentiment \
+      --config.init_checkpoint=PATH \
+      --config.task.train_file=../shared/data/tasks/sentiment/train.tsv \
+      --config.task.dev_file=../shared/data/tasks/sentiment/dev.tsv
+
+Reports accuracy, macro_f1 and mcc; the best checkpoint is kept by accuracy. A TFDS dataset the
+user has prepared works instead of the files: --config.task.tfds_name=glue/sst2.
+`get_config("test")` is a seconds-long setup for the test suite.
+"""
+
+from bert_jax.finetune_config import finetuning_config
+
+
+def get_config(mode: str = "default"):
+    c = finetuning_config("classification")
+    c.max_seq_length = 128
+    c.batch_size = 32
+    c.learning_rate = 2e-5
+    c.num_train_epochs = 3.0
+    if mode == "test":
+        c.max_seq_length = 32
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.learning_rate = 1e-3
+        c.num_train_epochs = 1.0
+        c.eval_every_steps = 0
+        c.log_every_steps = 5
+        c.progress_bar = False
+    return c

@@ -1,0 +1,39 @@
+r"""Extractive question answering, SQuAD v1.1 JSON (google-research/bert run_squad defaults).
+
+  python -m bert_jax.finetune --config configs/finetune/squad.py --workdir runs/qa \
+      --config.init_checkpoint=PATH \
+      --config.task.train_file=../shared/data/tasks/qa/train.json \
+      --config.task.dev_file=../shared/data/tasks/qa/dev.json
+
+Long contexts are cut into windows doc_stride tokens apart; questions are cut to
+max_query_length; answers are the best n_best_size start/end pairs of at most max_answer_length
+tokens, mapped back to the original text. Reports exact_match and f1 (official v1.1
+normalisation, as fractions); the best checkpoint is kept by f1. --config.task.tfds_name=squad
+reads a prepared TFDS dataset. `get_config("test")` is a seconds-long setup for the test suite.
+"""
+
+from bert_jax.finetune_config import finetuning_config
+
+
+def get_config(mode: str = "default"):
+    c = finetuning_config("squad")
+    c.max_seq_length = 384
+    c.doc_stride = 128
+    c.max_query_length = 64
+    c.max_answer_length = 30
+    c.n_best_size = 20
+    c.batch_size = 32
+    c.learning_rate = 3e-5
+    c.num_train_epochs = 2.0
+    if mode == "test":
+        c.max_seq_length = 64
+        c.doc_stride = 16
+        c.max_query_length = 24
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.learning_rate = 1e-3
+        c.num_train_epochs = 1.0
+        c.eval_every_steps = 0
+        c.log_every_steps = 5
+        c.progress_bar = False
+    return c

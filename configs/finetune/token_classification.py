@@ -1,0 +1,33 @@
+r"""Token classification (tagging, NER) from CoNLL files: `token<TAB>tag`, a blank line between
+sentences. The tag is predicted on each word's first word piece.
+
+  python -m bert_jax.finetune --config configs/finetune/token_classification.py \
+      --workdir runs/pos --config.init_checkpoint=PATH \
+      --config.task.train_file=../shared/data/tasks/pos/train.conll \
+      --config.task.dev_file=../shared/data/tasks/pos/dev.conll
+
+Reports token_accuracy, and seqeval-style entity f1 when the tags are BIO (then the best
+checkpoint is kept by f1, else by token_accuracy). Sentences longer than max_seq_length continue
+in further windows, so every word gets a prediction.
+`get_config("test")` is a seconds-long setup for the test suite.
+"""
+
+from bert_jax.finetune_config import finetuning_config
+
+
+def get_config(mode: str = "default"):
+    c = finetuning_config("token_classification")
+    c.max_seq_length = 128
+    c.batch_size = 32
+    c.learning_rate = 5e-5
+    c.num_train_epochs = 3.0
+    if mode == "test":
+        c.max_seq_length = 32
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.learning_rate = 1e-3
+        c.num_train_epochs = 1.0
+        c.eval_every_steps = 0
+        c.log_every_steps = 5
+        c.progress_bar = False
+    return c

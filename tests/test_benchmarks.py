@@ -1,0 +1,76 @@
+"""Smoke test of the side-by-side benchmark harness: bert-tiny, one block of one step each."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import run_all
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    report = run_all.main(
+        ["--tiny", "--reps", "1", "--steps", "1", "--warmup", "0", "--output-dir", str(out)]
+    )
+    return report, out
+
+
+def test_reports_numbers_for_every_framework(tiny_report):
+    report, out = tiny_report
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["cases"] == json.loads(json.dumps(report["cases"]))
+    (case,) = saved["cases"]
+    assert case["errors"] == {}
+    assert set(case["frameworks"]) == {"bert_jax", "hf_flax", "hf_torch"}
+    for name, result in case["frameworks"].items():
+        for key in ("tokens_per_s", "step_s", "cpu_s_per_step", "compile_s", "peak_rss_mib", "mfu"):
+            value = result[key]
+            assert isinstance(value, float) and math.isfinite(value) and value >= 0, (name, key)
+        assert result["tokens_per_s"] == pytest.approx(4 * 128 / result["step_s"])
+        assert 0 < result["mfu"] < 1
+        assert math.isfinite(result["loss_first"]) and result["loss_first"] > 1.0  # ~ln(30522)
+    for peer in ("hf_flax", "hf_torch"):
+        ratios = case["ratios"][peer]
+        expected = (
+            case["frameworks"]["bert_jax"]["tokens_per_s"]
+            / case["frameworks"][peer]["tokens_per_s"]
+        )
+        assert ratios["tokens_per_s"] == pytest.approx(expected)
+
+
+def test_writes_table_and_chart(tiny_report):
+    _, out = tiny_report
+    table = (out / "results.md").read_text()
+    assert "| tiny | 4 | 128 | HF Flax |" in table and "HF PyTorch" in table
+    assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flops_count_dense_heads_for_peers():
+    args = run_all.parse_args(["--tiny"])
+    ours = run_all._flops_per_example(run_all.make_spec("bert_jax", "tiny", 4, 128, args))
+    peer = run_all._flops_per_example(run_all.make_spec("hf_torch", "tiny", 4, 128, args))
+    # The dense head adds 2 * 3 * (T - P) * H * V model FLOPs per example.
+    assert peer - ours == pytest.approx(6 * (128 - 20) * (128 * 128 + 128 * 30522))
+
+
+def test_predictions_per_seq_follows_the_reference():
+    assert run_all.predictions_per_seq(128) == 20
+    assert run_all.predictions_per_seq(512) == 80
+
+
+def test_largest_batch_search(monkeypatch):
+    from benchmarks import memory
+
+    calls = []
+
+    def fake_step_memory(preset, batch, seq_len, **kw):
+        calls.append(batch)
+        return {"peak": 1e9 + batch * 1e8}  # 1 GB fixed + 0.1 GB per row
+
+    monkeypatch.setattr(memory, "step_memory", fake_step_memory)
+    batch, peaks = memory.largest_batch("base", 128, budget_bytes=20e9)
+    assert batch == 184  # the largest multiple of 8 with 1e9 + b * 1e8 <= 20e9 (b <= 190)
+    assert peaks[batch] <= 20e9 < peaks[batch + 8]
+    assert len(calls) == len(set(calls)) <= 12

@@ -1,0 +1,309 @@
+"""Fine-tuning end to end on tiny slices (tests/data/tasks) and tiny synthetic tasks a tiny random
+model can learn, with a Hugging Face directory written by the test; sharded over 8 CPU devices."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from bert_jax import finetune_lib, pretrained
+from bert_jax.convert import hf
+from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.errors import UserError
+from bert_jax.finetune_config import training_steps, validate_finetuning_config
+from bert_jax.finetune_step import layerwise_lr_multipliers, scale_updates
+from bert_jax.modeling import BertConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TASKS = REPO / "tests" / "data" / "tasks"
+LEARNABLE = dict(batch_size=16, num_train_epochs=12.0, learning_rate=5e-3)
+FILLER = "the a of river stone blue cat runs quickly under table green lamp".split()
+
+
+def _write(path: pathlib.Path, lines: list[str]) -> pathlib.Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _synthetic(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+    """A keyword task (pairs: label from the second sentence), a regression on the keyword and a
+    BIO tagging task ("john smith" is a PER entity), 160 train / 48 dev rows each."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, n in (("train", 160), ("dev", 48)):
+        pairs, values, tagged = ["sentence1\tsentence2\tlabel"], ["sentence\tlabel"], []
+        for i in range(n):
+            words = list(rng.choice(FILLER, 5))
+            positive = i % 2 == 0
+            second = words[:3] + ["good" if positive else "bad"] + words[3:]
+            pairs.append(f"{' '.join(words)}\t{' '.join(second)}\t{'yes' if positive else 'no'}")
+            values.append(f"{' '.join(second)}\t{1.0 if positive else -1.0:.1f}")
+            names = ["john", "smith"] if positive else ["mary"]
+            sentence = words[:2] + names + words[2:]
+            tags = ["O", "O"] + (["B-PER", "I-PER"] if positive else ["B-PER"]) + ["O"] * 3
+            tagged += [f"{w}\t{t}" for w, t in zip(sentence, tags, strict=True)] + [""]
+        files[f"pairs_{split}"] = _write(directory / f"pairs_{split}.tsv", pairs)
+        files[f"values_{split}"] = _write(directory / f"values_{split}.tsv", values)
+        files[f"tags_{split}"] = _write(directory / f"tags_{split}.conll", tagged)
+    return files
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(tiny Hugging Face BERT dir, synthetic task files)."""
+    root = tmp_path_factory.mktemp("finetune")
+    files = _synthetic(root)
+    corpus = [p for p in TASKS.glob("*/*") if p.suffix in (".tsv", ".conll")] + list(files.values())
+    qa_text = root / "qa_text.txt"
+    for name in ("train", "dev"):
+        document = json.loads((TASKS / "qa" / f"{name}.json").read_text(encoding="utf-8"))
+        lines = [p["context"] for a in document["data"] for p in a["paragraphs"]]
+        lines += [
+            q["question"] for a in document["data"] for p in a["paragraphs"] for q in p["qas"]
+        ]
+        with open(qa_text, "a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+    tokenizer = WordPieceTokenizer.train([*corpus, qa_text], vocab_size=400)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    model_dir = root / "tiny_hf"
+    hf.save_hf_checkpoint(config, hf.init_params(config, jax.random.key(0)), model_dir)
+    tokenizer.save_vocab(model_dir / "vocab.txt")
+    return model_dir, files
+
+
+def _config(kind: str, model_dir, train, dev, **overrides):
+    """configs/finetune/KIND.py in its "test" mode, for these files."""
+    spec = importlib.util.spec_from_file_location(
+        kind, REPO / "configs" / "finetune" / f"{kind}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("test")
+    config.init_checkpoint = str(model_dir)
+    config.task.train_file, config.task.dev_file = str(train), str(dev)
+    for key, value in overrides.items():
+        if "." in key:
+            config.task[key.split(".", 1)[1]] = value
+        else:
+            config[key] = value
+    return config
+
+
+def _hf_encoder(model_dir) -> dict:
+    return hf.load_hf_checkpoint(model_dir, verbose=False)[1]["bert"]
+
+
+def _assert_trees_equal(a, b):
+    flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(
+            np.asarray(flat_a[key]), np.asarray(flat_b[key]), "/".join(key)
+        )
+
+
+def _read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def test_classification_end_to_end_keeps_best_and_predicts(setup, tmp_path):
+    model_dir, _ = setup
+    config = _config(
+        "classification", model_dir, TASKS / "sentiment" / "train.tsv",
+        TASKS / "sentiment" / "dev.tsv", eval_every_steps=10, do_predict=True,
+        **{"task.test_file": str(TASKS / "sentiment" / "test.tsv")},
+    )  # fmt: skip
+    encoder = finetune_lib.load_pretrained_encoder(config)
+    result = finetune_lib.train_and_evaluate(config, tmp_path, encoder=encoder)
+
+    # The encoder that was passed in is still alive (never donated) and unchanged.
+    _assert_trees_equal(jax.device_get(encoder.params), _hf_encoder(model_dir))
+    assert training_steps(config, 300) == (38, 4)
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert set(results) == {
+        "accuracy",
+        "macro_f1",
+        "mcc",
+        "loss",
+        "step",
+        "best_step",
+        "best_accuracy",
+    }
+    evals = [r for r in _read_jsonl(tmp_path / "metrics.jsonl") if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30, 38]
+    assert results["accuracy"] == pytest.approx(evals[-1]["eval_accuracy"])
+    best = max(evals, key=lambda r: r["eval_accuracy"])  # the first of equals is kept
+    assert results["best_accuracy"] == pytest.approx(best["eval_accuracy"])
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [
+        str(results["best_step"])
+    ]
+    lines = (tmp_path / "test_predictions.tsv").read_text().splitlines()
+    assert lines[0] == "sentence\tlabel" and len(lines) == 101
+    assert {line.rsplit("\t", 1)[1] for line in lines[1:]} <= set(result.label_list)
+
+    # Running again resumes after the last step: nothing is trained, the same scores come back.
+    again = finetune_lib.train_and_evaluate(config, tmp_path, encoder=encoder)
+    assert again.eval_metrics["accuracy"] == pytest.approx(result.eval_metrics["accuracy"])
+    assert int(again.state.step) == 38
+
+
+def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_path):
+    model_dir, _ = setup
+    config = _config(
+        "classification", model_dir, TASKS / "wic" / "train.tsv", TASKS / "wic" / "dev.tsv",
+        freeze_encoder=True, learning_rate=1e-2,
+    )  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    original = _hf_encoder(model_dir)
+    _assert_trees_equal(jax.device_get(result.params["bert"]), original)
+    saved = pretrained.load_finetuned(tmp_path)
+    _assert_trees_equal(jax.device_get(saved.params["bert"]), original)
+
+    assert set(result.state.params) == {"classifier"}
+    head_size = sum(x.size for x in jax.tree.leaves(result.state.params))
+    moments = [x for x in jax.tree.leaves(result.state.opt_state) if x.ndim > 0]
+    assert sum(x.size for x in moments) == 2 * head_size  # AdamW mu and nu of the head only
+    # The head did train: its initialisation, truncated normal(0.02), never exceeds 0.04.
+    kernel = np.asarray(result.params["classifier"]["dense"]["kernel"])
+    assert np.abs(kernel).max() > 0.05
+
+
+def test_sentence_pairs_are_learned(setup, tmp_path):
+    model_dir, files = setup
+    config = _config(
+        "classification", model_dir, files["pairs_train"], files["pairs_dev"],
+        **LEARNABLE,
+    )  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert result.label_list == ["no", "yes"]
+    assert result.eval_metrics["accuracy"] >= 0.9
+    assert result.eval_metrics["mcc"] >= 0.8
+
+
+def test_regression_is_learned(setup, tmp_path):
+    model_dir, files = setup
+    config = _config(
+        "regression", model_dir, files["values_train"], files["values_dev"],
+        **LEARNABLE, layerwise_lr_decay=0.8,
+    )  # fmt: skip
+    config.mesh.update(data=2, fsdp=2, tensor=2)  # parameters and moments split over fsdp/tensor
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    kernel = result.params["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert {"pearson", "spearman", "loss", "best_pearson"} <= set(results)
+    assert result.eval_metrics["pearson"] >= 0.9
+
+
+def test_bio_tagging_is_learned_and_predicted(setup, tmp_path):
+    model_dir, files = setup
+    config = _config(
+        "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+        **LEARNABLE, do_predict=True,
+        **{"task.test_file": str(files["tags_dev"])},
+    )  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert result.label_list == ["B-PER", "I-PER", "O"]
+    assert result.eval_metrics["token_accuracy"] >= 0.9
+    assert result.eval_metrics["f1"] >= 0.8  # BIO tags: entity F1 is reported and is the main one
+    assert json.loads((tmp_path / "task_info.json").read_text())["main_metric"] == "f1"
+    predicted = (tmp_path / "test_predictions.conll").read_text().split("\n\n")
+    gold = files["tags_dev"].read_text().split("\n\n")
+    assert [len(s.split("\n")) for s in predicted] == [len(s.split("\n")) for s in gold]
+
+
+def test_pos_tagging_and_squad_run_on_real_slices(setup, tmp_path):
+    model_dir, _ = setup
+    pos = _config(
+        "token_classification",
+        model_dir,
+        TASKS / "pos" / "train.conll",
+        TASKS / "pos" / "dev.conll",
+    )
+    scores = finetune_lib.train_and_evaluate(pos, tmp_path / "pos").eval_metrics
+    assert set(scores) == {"token_accuracy", "loss"}  # Brown tags are not BIO: no entity F1
+    assert 0.0 <= scores["token_accuracy"] <= 1.0
+
+    squad = _config(
+        "squad", model_dir, TASKS / "qa" / "train.json", TASKS / "qa" / "dev.json",
+        do_predict=True,
+        **{"task.test_file": str(TASKS / "qa" / "dev.json")},
+    )  # fmt: skip
+    scores = finetune_lib.train_and_evaluate(squad, tmp_path / "qa").eval_metrics
+    assert set(scores) == {"exact_match", "f1", "loss"}
+    assert 0.0 <= scores["exact_match"] <= scores["f1"] <= 1.0
+    answers = json.loads((tmp_path / "qa" / "test_predictions.json").read_text())
+    document = json.loads((TASKS / "qa" / "dev.json").read_text())
+    ids = {q["id"] for a in document["data"] for p in a["paragraphs"] for q in p["qas"]}
+    assert set(answers) == ids
+
+
+def test_layerwise_lr_decay_scales_updates_per_layer():
+    params = {
+        "bert": {
+            "embeddings": {"w": np.ones(2)},
+            "encoder": {"layer_0": {"w": np.ones(2)}, "layer_1": {"w": np.ones(2)}},
+            "pooler": {"w": np.ones(2)},
+        },
+        "classifier": {"w": np.ones(2)},
+    }
+    factors = traverse_util.flatten_dict(layerwise_lr_multipliers(params, 2, 0.5))
+    assert factors == {
+        ("bert", "embeddings", "w"): 0.125,
+        ("bert", "encoder", "layer_0", "w"): 0.25,
+        ("bert", "encoder", "layer_1", "w"): 0.5,
+        ("bert", "pooler", "w"): 1.0,
+        ("classifier", "w"): 1.0,
+    }
+    tx = optax.chain(optax.sgd(1.0), scale_updates(layerwise_lr_multipliers(params, 2, 0.5)))
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(updates["bert"]["embeddings"]["w"][0]) == -0.125
+    assert float(updates["classifier"]["w"][0]) == -1.0
+
+
+def test_config_errors_name_the_setting(setup, tmp_path):
+    model_dir, files = setup
+    config = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"])
+    validate_finetuning_config(config, 8)
+    with pytest.raises(UserError, match="batch_size 12 must be a positive multiple"):
+        validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
+                                           files["pairs_dev"], batch_size=12), 8)  # fmt: skip
+    with pytest.raises(UserError, match="init_checkpoint is not set"):
+        validate_finetuning_config(_config("classification", "", files["pairs_train"],
+                                           files["pairs_dev"]), 8)  # fmt: skip
+    with pytest.raises(UserError, match="task.dev_file .* not found"):
+        validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
+                                           tmp_path / "missing.tsv"), 8)  # fmt: skip
+    with pytest.raises(UserError, match="max_seq_length 128 exceeds"):
+        bad = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"],
+                      max_seq_length=128)  # fmt: skip
+        finetune_lib.train_and_evaluate(bad, tmp_path / "too_long")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    command = [
+        sys.executable, "-m", "bert_jax.finetune", "--workdir", str(tmp_path),
+        "--config", str(REPO / "configs" / "finetune" / "classification.py"),
+        f"--config.init_checkpoint={tmp_path / 'nowhere'}",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip().splitlines()[-1]
+        == f"error: init_checkpoint {tmp_path / 'nowhere'} not found"
+    )

