@@ -118,6 +118,7 @@ def bert_jax_config(kind: str, args, train_file, dev_file, init_checkpoint, **ov
     config.num_train_epochs = args.epochs
     config.warmup_proportion = args.warmup_proportion
     config.seed = args.seed
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = args.dropout
     config.eval_every_steps = 0
     config.mesh.data = -1
     for key, value in overrides.items():
@@ -244,8 +245,8 @@ def run_hf_trainer(args, train_file, dev_file, workdir: pathlib.Path) -> dict:
         dataloader_num_workers=0,
     )
     model = BertForSequenceClassification.from_pretrained(
-        str(minilm_dir()), num_labels=len(labels), hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
+        str(minilm_dir()), num_labels=len(labels), hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout,
     )  # fmt: skip
     if args.match_order_and_head:
         head = bert_jax_initial_head(len(labels), args.seed)
@@ -279,7 +280,7 @@ def section_compare(args, workdir: pathlib.Path, results: dict) -> None:
     from bert_jax import finetune_lib
 
     encoder = None
-    for task in ("sentiment", "supersense"):
+    for task in args.tasks.split(","):
         train = workdir / "data" / f"{task}_train.tsv"
         dev = workdir / "data" / f"{task}_dev.tsv"
         n_train = subsample_tsv(
@@ -443,6 +444,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--qa_max_seq_length", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
+    parser.add_argument("--tasks", default="sentiment,supersense", help="for --sections=compare")
     parser.add_argument("--torch_threads", type=int, default=0, help="0: one per CPU core")
     parser.add_argument("--frameworks", default="bert_jax,transformers")
     parser.add_argument(

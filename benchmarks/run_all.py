@@ -215,7 +215,10 @@ def run_data_throughput(out_dir: pathlib.Path) -> dict[str, Any]:
     command = [sys.executable, str(script), f"--json={out}"]
     tqdm.write("data pipeline: " + " ".join(command))
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=worker_env(None))
-    result = dict(command=" ".join(command), returncode=done.returncode, table=done.stdout.strip())
+    lines = done.stdout.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("measurement")), 0)
+    table = "\n".join(line for line in lines[start:] if not line.startswith("{"))  # no JSON line
+    result = dict(command=" ".join(command), returncode=done.returncode, table=table.strip())
     if done.returncode == 0 and out.exists():
         result["result"] = json.loads(out.read_text(encoding="utf-8"))
     else:
@@ -299,6 +302,7 @@ def plot(report: dict[str, Any], path: pathlib.Path) -> None:
         values = [case["frameworks"][n]["tokens_per_s"] for n in names]
         bars = ax.bar([LABELS[n] for n in names], values, color=[colors[n] for n in names])
         ax.bar_label(bars, fmt="%.0f")
+        ax.margins(y=0.12)
         ax.set_title(f"bert-{case['preset']}, batch {case['batch_size']}, seq {case['seq_len']}")
         ax.set_ylabel("training tokens/s")
     fig.suptitle(f"{report['host']['cpu']}, {report['settings']}", fontsize=8)
@@ -408,7 +412,9 @@ def main(argv=None) -> dict[str, Any]:
     args.peak_flops = accelerator_peak or args.cpu_peak_flops
     report = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
-        command="python -m benchmarks.run_all " + " ".join(sys.argv[1:] if argv is None else argv),
+        command=" ".join(
+            ["python -m benchmarks.run_all", *(sys.argv[1:] if argv is None else argv)]
+        ),
         host=dict(
             cpu=_cpu_name(),
             cores=os.cpu_count(),

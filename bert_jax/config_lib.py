@@ -81,7 +81,9 @@ def _input_files(pattern_list: str) -> list[str]:
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
     model = BertConfig.from_dict(dict(config.model))
-    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices)))
+    shape = dict(
+        zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices), strict=True)
+    )
     dp = shape["data"] * shape["fsdp"]
     accum = int(config.grad_accum_steps)
     if accum < 1:
@@ -123,5 +125,6 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             if entries > model.vocab_size:
                 raise UserError(
                     f"data.vocab_file {data.vocab_file} has {entries} tokens but "
-                    f"model.vocab_size is {model.vocab_size}; set --config.model.vocab_size={entries}"
+                    f"model.vocab_size is {model.vocab_size}; "
+                    f"set --config.model.vocab_size={entries}"
                 )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from etils import epath
 
 import jax
+from etils import epath
 
 from bert_jax.modeling import BertConfig
 
@@ -57,7 +57,7 @@ def _is_local(path) -> bool:
 
 
 class MetricWriter:
-    """Writes scalars to WORKDIR/metrics.jsonl and TensorBoard; a no-op on processes other than 0."""
+    """Writes scalars to WORKDIR/metrics.jsonl and TensorBoard; a no-op except on process 0."""
 
     def __init__(self, workdir, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -83,7 +83,10 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
-        record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
+        record = {
+            "step": int(step),
+            **{k: (v if math.isfinite(v) else None) for k, v in clean.items()},
+        }
         line = json.dumps(record) + "\n"
         if self._jsonl is not None:
             self._jsonl.write(line)

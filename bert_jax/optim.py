@@ -3,7 +3,6 @@ global-norm clipping, linear warmup then linear or polynomial decay."""
 
 from __future__ import annotations
 
-import jax
 import optax
 from flax import traverse_util
 
@@ -39,9 +38,13 @@ def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.Grad
     b1, b2 = float(config.get("adam_b1", 0.9)), float(config.get("adam_b2", 0.999))
     eps = float(config.get("adam_eps", 1e-6))
     if name == "adamw":
-        update = optax.adamw(schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask)
+        update = optax.adamw(
+            schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask
+        )
     elif name == "lamb":
-        update = optax.lamb(schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask)
+        update = optax.lamb(
+            schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask
+        )
     else:
         raise UserError(f"optimizer {name!r} is not 'adamw' or 'lamb'")
     clip = float(config.get("max_grad_norm", 1.0))
@@ -51,9 +54,7 @@ def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.Grad
 def frozen_optimizer(
     tx: optax.GradientTransformation, params, trainable: callable
 ) -> optax.GradientTransformation:
-    """Applies tx to the params where trainable(path) is True; the rest get no update and no state."""
+    """tx where trainable(path) is True; elsewhere no update and no optimizer state."""
     flat = traverse_util.flatten_dict(params)
-    labels = traverse_util.unflatten_dict(
-        {p: "train" if trainable(p) else "freeze" for p in flat}
-    )
+    labels = traverse_util.unflatten_dict({p: "train" if trainable(p) else "freeze" for p in flat})
     return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)

@@ -7,23 +7,29 @@ checkpoint in WORKDIR/checkpoints; on SIGTERM it finishes the step, saves and re
 from __future__ import annotations
 
 import json
-from etils import epath
 import signal
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
 from bert_jax import checkpointing, distributed, sharding
 from bert_jax.config_lib import validate_pretraining_config
 from bert_jax.data import pipeline
 from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
-from bert_jax.train_step import SUM_METRICS, Pretrainer, TrainState, build_pretrainer, metrics_from_sums
+from bert_jax.train_step import (
+    SUM_METRICS,
+    Pretrainer,
+    TrainState,
+    build_pretrainer,
+    metrics_from_sums,
+)
 
 
 class _PreemptionFlag:
-    """Set by SIGTERM (how Cloud TPU and SLURM preempt); the loop saves and stops at the next step."""
+    """Set by SIGTERM (how Cloud TPU and SLURM preempt); the loop saves and stops after the step."""
 
     def __init__(self):
         self.requested = False
@@ -127,19 +133,39 @@ def train_and_evaluate(config, workdir) -> TrainState:
             start_step = 0
             if config.init_checkpoint:
                 state = _load_init_params(config, pretrainer, state)
-        state = _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step,
-                          dropout_rng, workdir, pending_metrics)
+        state = _run_loop(
+            config,
+            pretrainer,
+            checkpointer,
+            train_iter,
+            state,
+            start_step,
+            dropout_rng,
+            workdir,
+            pending_metrics,
+        )
         checkpointer.close()
     return state
 
 
-def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, dropout_rng, workdir,
-              pending_metrics):
+def _run_loop(
+    config,
+    pretrainer,
+    checkpointer,
+    train_iter,
+    state,
+    start_step,
+    dropout_rng,
+    workdir,
+    pending_metrics,
+):
     writer = MetricWriter(workdir)
     model_flops = pretraining_flops_per_example(
         pretrainer.model_config, config.data.max_seq_length, config.data.max_predictions_per_seq
     )
-    peak = config.peak_flops_per_device or peak_flops_per_device(cpu_peak_flops=config.cpu_peak_flops)
+    peak = config.peak_flops_per_device or peak_flops_per_device(
+        cpu_peak_flops=config.cpu_peak_flops
+    )
     peak_total = peak * jax.device_count()
     tokens_per_step = config.batch_size * config.data.max_seq_length
     # Device metrics since the last log, fetched together (no per-step host sync). A resumed run
@@ -184,7 +210,9 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
                 scalars["examples_per_sec"] = steps_per_sec * config.batch_size
                 scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
                 writer.write(step, scalars)
-                bar.set_postfix(loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}")
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}"
+                )
                 pending = []
                 last_log_time, last_log_step, excluded_time = time.perf_counter(), step, 0.0
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
@@ -193,8 +221,7 @@ def _run_loop(config, pretrainer, checkpointer, train_iter, state, start_step, d
                 if eval_scalars:
                     writer.write(step, eval_scalars)
                     bar.write(
-                        f"step {step}: "
-                        + " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items())
+                        f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items())
                     )
                 excluded_time += time.perf_counter() - eval_start
             stop = distributed.stop_requested(step, preemption.requested)

@@ -17,5 +17,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def shared_data() -> pathlib.Path:
     """../shared/data beside the repo (dev machines and CI only); skips visibly when absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not found: real-corpus checks need ../shared/data beside the repo")
+        pytest.skip(
+            f"{SHARED_DATA} not found: real-corpus checks need ../shared/data beside the repo"
+        )
     return SHARED_DATA

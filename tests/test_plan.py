@@ -209,7 +209,10 @@ def test_plan_and_sweep_tiny_model_on_v5e_2x2(tmp_path):
         assert p["model_flops_per_step"] <= p["flops_per_step"] <= 3 * p["model_flops_per_step"]
         assert 0 < p["estimated_mfu"] < 1 and p["estimated_step_time_s"] > 0
     reduced = {c["kind"]: c for c in tried[(4, 1, 1)]["collectives"]}
-    # Data parallelism all-reduces every gradient once: about 2 x 3/4 x 4 bytes per parameter.
-    assert reduced["all-reduce"]["bytes_per_device"] == pytest.approx(
-        2 * 0.75 * 4 * num_params, rel=0.1
-    )
+    # Data parallelism all-reduces every float32 gradient (a ring sends 2 x 3/4 of it per chip).
+    # XLA reduces the tied word embedding's two partial gradients (lookup, MLM decoder)
+    # separately, so that table can travel twice.
+    once = 2 * 0.75 * 4 * num_params
+    embedding = TINY_MODEL["vocab_size"] * TINY_MODEL["hidden_size"]
+    sent = reduced["all-reduce"]["bytes_per_device"]
+    assert once * 0.99 <= sent <= 2 * 0.75 * 4 * (num_params + embedding) * 1.01

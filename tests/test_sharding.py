@@ -17,7 +17,9 @@ def tiny_config(mesh: dict, accum: int = 1) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_train_steps, c.warmup_steps, c.batch_size, c.seed = 10, 2, BATCH, 0
     c.learning_rate, c.optimizer, c.weight_decay, c.grad_accum_steps = 1e-3, "adamw", 0.01, accum
-    model = BertConfig.preset("tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64)
+    model = BertConfig.preset(
+        "tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64
+    )
     c.model = ml_collections.ConfigDict(model.to_dict())
     c.data = ml_collections.ConfigDict(dict(max_seq_length=SEQ, max_predictions_per_seq=PRED))
     c.mesh = ml_collections.ConfigDict(mesh)
@@ -51,7 +53,9 @@ def run_losses(mesh_axes: dict, devices=None, accum: int = 1, steps: int = 5):
         state = trainer.init(jax.random.key(0))
         losses = []
         for batch in random_batches(steps):
-            state, metrics = trainer.train_step(state, trainer.shard_batch(batch), jax.random.key(1))
+            state, metrics = trainer.train_step(
+                state, trainer.shard_batch(batch), jax.random.key(1)
+            )
             losses.append(metrics_from_sums(jax.device_get(metrics))["loss"])
     return np.array(losses), state
 
@@ -68,7 +72,11 @@ def test_eight_fake_devices():
 
 @pytest.mark.parametrize(
     "mesh_axes",
-    [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)],
+    [
+        dict(data=8, fsdp=1, tensor=1),
+        dict(data=1, fsdp=8, tensor=1),
+        dict(data=2, fsdp=2, tensor=2),
+    ],
     ids=["data8", "fsdp8", "data2_fsdp2_tensor2"],
 )
 def test_meshes_match_single_device(single_device_losses, mesh_axes):
@@ -80,7 +88,9 @@ def test_meshes_match_single_device(single_device_losses, mesh_axes):
     fsdp = "fsdp" if mesh_axes["fsdp"] > 1 else None
     tensor = "tensor" if mesh_axes["tensor"] > 1 else None
     # Unused mesh axes of size 1 may be named or dropped; compare the axes that really split.
-    norm = lambda s: tuple(a if a and (a != "fsdp" or fsdp) and (a != "tensor" or tensor) else None for a in s)  # noqa: E731
+    norm = lambda s: tuple(
+        a if a and (a != "fsdp" or fsdp) and (a != "tensor" or tensor) else None for a in s
+    )  # noqa: E731
     assert norm(spec(layer["intermediate"]["dense"]["kernel"])) == (fsdp, tensor)
     assert norm(spec(layer["output"]["dense"]["kernel"])) == (tensor, fsdp)
     assert norm(spec(layer["attention"]["query"]["dense"]["kernel"])) == (fsdp, tensor)
@@ -88,7 +98,9 @@ def test_meshes_match_single_device(single_device_losses, mesh_axes):
     word = state.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     assert norm(spec(word)) == (tensor, fsdp)
     # The optimizer's moments are sharded like their parameters (FSDP shards optimizer state too).
-    adam_mu = state.opt_state[1][0].mu["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    adam_mu = state.opt_state[1][0].mu["bert"]["encoder"]["layer_0"]["intermediate"]["dense"][
+        "kernel"
+    ]
     assert adam_mu.sharding.spec == layer["intermediate"]["dense"]["kernel"].sharding.spec
     if fsdp:
         shard_shape = layer["intermediate"]["dense"]["kernel"].addressable_shards[0].data.shape
@@ -107,7 +119,9 @@ def test_gradient_accumulation_exact_without_dropout():
             state = trainer.init(jax.random.key(0))
             out = []
             for batch in random_batches(3):
-                state, metrics = trainer.train_step(state, trainer.shard_batch(batch), jax.random.key(1))
+                state, metrics = trainer.train_step(
+                    state, trainer.shard_batch(batch), jax.random.key(1)
+                )
                 out.append(metrics_from_sums(jax.device_get(metrics))["loss"])
         return np.array(out)
 
