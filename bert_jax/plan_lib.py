@@ -94,6 +94,7 @@ _INSTRUCTION = re.compile(
 )
 _COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%(?P<name>[\w.\-]+) .*\{\s*$")
 _WHILE = re.compile(r"\bwhile\(.*\bbody=%(?P<body>[\w.\-]+)")
+_CALLS = re.compile(r"\bcalls=%([\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<used>[^}]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
@@ -159,39 +160,52 @@ def _group_size(line: str, num_devices: int) -> int:
 def parse_collectives(
     hlo_text: str, num_devices: int, loop_trip_count: int = 1
 ) -> list[Collective]:
-    """Every collective of ENTRY and of while-loop bodies in optimized HLO text.
+    """Every collective op in optimized HLO text, with how often it runs per step.
 
-    A body runs `known_trip_count` times when the HLO records it, else `loop_trip_count` (the train
-    step's only loop is the gradient-accumulation scan). Async `-done` halves are not counted.
+    A computation runs as often as its callers call it: ENTRY once, a fusion (XLA:TPU wraps async
+    collectives in fusions) once per call, a while body `known_trip_count` times when the HLO
+    records it, else `loop_trip_count` (the train step's only loop is gradient accumulation).
+    Async `-done` halves are not counted again.
     """
     lines = hlo_text.splitlines()
-    parent: dict[str, tuple[str, int]] = {}
+    callers: dict[str, list[tuple[str, int]]] = {}
     computation, entry = None, None
     for line in lines:
         if m := _COMPUTATION.match(line):
             computation = m.group("name")
             entry = computation if m.group("entry") else entry
-        elif computation and (w := _WHILE.search(line)):
+            continue
+        if not computation:
+            continue
+        if w := _WHILE.search(line):
             trips = _TRIP_COUNT.search(line)
-            body_runs = int(trips.group(1)) if trips else loop_trip_count
-            parent[w.group("body")] = (computation, body_runs)
+            runs = int(trips.group(1)) if trips else loop_trip_count
+            callers.setdefault(w.group("body"), []).append((computation, runs))
+        for callee in _CALLS.findall(line):
+            callers.setdefault(callee, []).append((computation, 1))
+
+    memo: dict[str, int] = {}
 
     def executions(name: str, depth: int = 0) -> int:
         if name == entry:
             return 1
-        if name not in parent or depth > len(parent):
-            return 0
-        caller, trips = parent[name]
-        return trips * executions(caller, depth + 1)
+        if name not in memo:
+            memo[name] = (
+                0
+                if depth > 64
+                else sum(
+                    runs * executions(caller, depth + 1) for caller, runs in callers.get(name, ())
+                )
+            )
+        return memo[name]
 
-    found, computation = [], None
+    found, runs = [], 0
     for line in lines:
         if m := _COMPUTATION.match(line):
-            computation = m.group("name")
-            runs = executions(computation)
+            runs = executions(m.group("name"))
             continue
         m = _INSTRUCTION.match(line)
-        if not m or not computation or runs == 0:
+        if not m or runs == 0:
             continue
         op, type_text = m.group("op"), m.group("type")
         if m.group("start") and op in ("all-gather", "collective-permute"):
@@ -324,7 +338,9 @@ class Plan:
     def to_json(self) -> dict:
         fields = dataclasses.asdict(self)
         fields["chip"] = self.chip.name
-        fields["per_device_memory_bytes"] = fields.pop("memory")
+        fields["per_device_memory_bytes"] = {
+            k: None if v != v else v for k, v in fields.pop("memory").items()
+        }
         fields["step_time_breakdown_s"] = fields.pop("step_time")
         for name in ("microbatch_per_device", "margin_bytes", "estimated_step_time_s",
                      "estimated_mfu", "examples_per_second"):  # fmt: skip
@@ -458,9 +474,9 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     except jax.errors.JaxRuntimeError as err:
         plan.compile_seconds = time.perf_counter() - started
         needed = _hbm_exhausted_bytes(str(err))
-        if needed is None:
+        if needed is None and "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        plan.memory["total"] = needed
+        plan.memory["total"] = math.nan if needed is None else needed
         plan.error = " ".join(str(err).split())[:300]
         return plan
     plan.compile_seconds = time.perf_counter() - started

@@ -113,7 +113,14 @@ SAMPLE_HLO = """\
   %ar.1 = f32[1024]{0:T(1024)} all-reduce(%x), channel_id=3, replica_groups=[2,4]<=[8], to_apply=%add
 }
 
+%fused_gather (p: bf16[8,64]) -> (bf16[32,64]) {
+  %ag.2 = bf16[32,64]{1,0} all-gather(%p), replica_groups=[2,4]<=[8], dimensions={0}
+  ROOT %start = (bf16[32,64]) custom-call(%ag.2), custom_call_target="AsyncCollectiveStart"
+}
+
 ENTRY %main (x: f32[256,64]) -> f32[1024] {
+  %f1 = (bf16[32,64]) fusion(%q), kind=kCustom, calls=%fused_gather
+  %f2 = (bf16[32,64]) fusion(%r), kind=kCustom, calls=%fused_gather
   %ar.0 = (f32[256,64]{1,0}, bf16[128]{0}) all-reduce(%x, %y), channel_id=1, replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, to_apply=%add
   %ag = (f32[8,64]{1,0}, f32[64,64]{1,0}) all-gather-start(%z), replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}
   %ag.done = f32[64,64]{1,0} all-gather-done(%ag)
@@ -125,20 +132,23 @@ ENTRY %main (x: f32[256,64]) -> f32[1024] {
 
 def test_parse_collectives_counts_bytes_groups_and_loop_trips():
     found = plan_lib.parse_collectives(SAMPLE_HLO, num_devices=8, loop_trip_count=3)
-    by_kind = {c.kind: c for c in found}
-    assert len(found) == 4  # the -done half of the async all-gather is not a second op
+    by_kind = {(c.kind, c.group_size): c for c in found}
+    assert len(found) == 5  # the -done half of the async all-gather is not a second op
+    fused = by_kind[("all-gather", 4)]  # inside a fusion (XLA:TPU's async collectives), run twice
+    assert (fused.executions, fused.buffer_bytes) == (2, 32 * 64 * 2)
     reduce = [c for c in found if c.kind == "all-reduce" and c.executions == 1][0]
     assert (reduce.group_size, reduce.buffer_bytes) == (4, 256 * 64 * 4 + 128 * 2)
     assert reduce.bytes_per_device == pytest.approx(2 * reduce.buffer_bytes * 3 / 4)
     looped = [c for c in found if c.executions == 3][0]  # inside the while body
     assert (looped.group_size, looped.buffer_bytes) == (4, 4096)
     assert looped.bytes_per_device == pytest.approx(3 * 2 * 4096 * 3 / 4)
-    gather = by_kind["all-gather"]
+    gather = by_kind[("all-gather", 8)]
     assert (gather.group_size, gather.buffer_bytes) == (8, 64 * 64 * 4)  # the result, not operand
-    assert by_kind["reduce-scatter"].bytes_per_device == pytest.approx(32 * 4 * 7)
+    assert by_kind[("reduce-scatter", 8)].bytes_per_device == pytest.approx(32 * 4 * 7)
     rows = plan_lib.summarize_collectives(found)
     assert [(r["kind"], r["group_size"], r["ops"]) for r in rows] == [
         ("all-reduce", 4, 4),
+        ("all-gather", 4, 2),
         ("all-gather", 8, 1),
         ("reduce-scatter", 8, 1),
     ]
