@@ -112,8 +112,12 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
         raise UserError(
             f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}"
         )
-    for axis in ("heads", "mlp"):
-        size = {"heads": model.num_attention_heads, "mlp": model.intermediate_size}[axis]
+    sizes = {
+        "heads": model.num_attention_heads,
+        "mlp": model.intermediate_size,
+        "vocab_size": model.vocab_size,
+    }
+    for axis, size in sizes.items():
         if size % shape["tensor"]:
             raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
     if check_files:

@@ -19,6 +19,18 @@ from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
 
 
+def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> None:
+    """Shrinks a fine-tuning config to the seconds-long setup the test suite runs."""
+    c.max_seq_length = max_seq_length
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.learning_rate = 1e-3
+    c.num_train_epochs = 1.0
+    c.eval_every_steps = 0
+    c.log_every_steps = 5
+    c.progress_bar = False
+
+
 def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     """Defaults of google-research/bert run_classifier / run_squad, for task `kind`."""
     if kind not in KINDS:

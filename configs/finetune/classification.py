@@ -11,7 +11,7 @@ user has prepared works instead of the files: --config.task.tfds_name=glue/sst2.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetune_config import finetuning_config
+from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
@@ -21,12 +21,5 @@ def get_config(mode: str = "default"):
     c.learning_rate = 2e-5
     c.num_train_epochs = 3.0
     if mode == "test":
-        c.max_seq_length = 32
-        c.batch_size = 8
-        c.eval_batch_size = 16
-        c.learning_rate = 1e-3
-        c.num_train_epochs = 1.0
-        c.eval_every_steps = 0
-        c.log_every_steps = 5
-        c.progress_bar = False
+        use_test_mode(c)
     return c

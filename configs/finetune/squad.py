@@ -12,7 +12,7 @@ normalisation, as fractions); the best checkpoint is kept by f1. --config.task.t
 reads a prepared TFDS dataset. `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetune_config import finetuning_config
+from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
@@ -26,14 +26,7 @@ def get_config(mode: str = "default"):
     c.learning_rate = 3e-5
     c.num_train_epochs = 2.0
     if mode == "test":
-        c.max_seq_length = 64
+        use_test_mode(c, max_seq_length=64)
         c.doc_stride = 16
         c.max_query_length = 24
-        c.batch_size = 8
-        c.eval_batch_size = 16
-        c.learning_rate = 1e-3
-        c.num_train_epochs = 1.0
-        c.eval_every_steps = 0
-        c.log_every_steps = 5
-        c.progress_bar = False
     return c
