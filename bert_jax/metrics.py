@@ -8,20 +8,13 @@ import math
 import jax
 from etils import epath
 
+from bert_jax import chips
 from bert_jax.modeling import BertConfig
 
-# Dense bf16 peak FLOP/s per device (chip), from the vendors' public data sheets (docs/scaling.md).
+# Dense bf16 peak FLOP/s per device kind: derived from the planner's chip table (bert_jax.chips),
+# so the training loop's MFU and the planner's estimates use the same figures.
 PEAK_FLOPS_BY_DEVICE_KIND = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA A100": 312e12,
+    kind: chip.peak_flops for chip in chips.CHIPS.values() for kind in chip.device_kinds
 }
 
 
@@ -31,11 +24,8 @@ def peak_flops_per_device(device=None, cpu_peak_flops: float = 195e9) -> float:
     if device.platform == "cpu":
         # Fake host devices (xla_force_host_platform_device_count) share the same cores.
         return cpu_peak_flops / max(jax.local_device_count(), 1)
-    kind = getattr(device, "device_kind", "")
-    for prefix, flops in sorted(PEAK_FLOPS_BY_DEVICE_KIND.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(prefix):
-            return flops
-    return float("nan")
+    chip = chips.chip_for_device_kind(getattr(device, "device_kind", ""))
+    return chip.peak_flops if chip is not None else float("nan")
 
 
 def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predictions: int) -> float:
