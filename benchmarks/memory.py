@@ -5,8 +5,8 @@ r"""How large a batch trains: compiled memory estimates, and one real step to co
 
 1. The largest bert-base batch (seq 128, float32, AdamW) that trains on this machine: a search
    over batch sizes on XLA's buffer assignment for the compiled train step (`memory_analysis`:
-   arguments + outputs - donated aliases + temporaries), then, when that much memory is free, one
-   real step at the answer in its own process, whose peak RSS is reported beside the estimate.
+   arguments + outputs - donated aliases + temporaries), then real steps in their own processes
+   around that answer (down while a batch dies, up while RAM is left), whose peak RSS is reported.
 2. bert-large at seq 512, batch 32, bf16, per accelerator: the same estimate for each remat
    policy against an 80 GB budget. It is compiled for the local backend, so on a CPU it is an
    upper bound on the GPU's need: XLA:CPU keeps f32 copies around bf16 matmuls, and its buffer
@@ -105,18 +105,52 @@ def largest_batch(
     return low, peaks
 
 
-def run_one_step(preset: str, batch_size: int, seq_len: int, log_dir: pathlib.Path) -> float:
-    """Peak RSS (MiB) of a process that builds bert_jax and trains one step at this batch."""
+def run_steps(preset: str, batch_size: int, seq_len: int, log_dir: pathlib.Path) -> float | None:
+    """Peak RSS (MiB) of a process that builds bert_jax and trains two steps at this batch (the
+    compiling one and a steady one), or None when it dies (out of memory: the kernel kills it)."""
     from benchmarks.run_all import Worker, make_spec, parse_args, worker_env
 
     args = parse_args(["--warmup", "0"])
     spec = make_spec("bert_jax", preset, batch_size, seq_len, args)
     log = log_dir / f"memory_{preset}_b{batch_size}.log"
-    worker = Worker(spec, sys.executable, worker_env("cpu"), log)
+    worker = None
     try:
+        worker = Worker(spec, sys.executable, worker_env("cpu"), log)
+        worker.request(cmd="run", steps=1)
         return worker.request(cmd="finish")["peak_rss_mib"]
+    except RuntimeError as err:
+        tqdm.write(f"  batch {batch_size} did not train: {err}")
+        return None
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
+
+
+def confirm_largest(
+    preset: str, estimate: int, seq_len: int, ram_gib: float, step_gib: float, log_dir, multiple=8
+) -> dict[str, Any]:
+    """Real steps around the estimated answer: down by `multiple` while a batch dies, then one
+    batch up when the last one left more than `step_gib` (the estimated cost of `multiple`
+    rows) of RAM unused. Returns the largest batch that trained, the peak RSS of every try."""
+    tried: dict[int, float | None] = {}
+    batch = estimate
+    while batch > 0 and batch not in tried:
+        tqdm.write(f"  training two steps at batch {batch}")
+        tried[batch] = run_steps(preset, batch, seq_len, log_dir)
+        trained = [b for b, rss in tried.items() if rss is not None]
+        if tried[batch] is None:
+            if trained:
+                break  # the one above a batch that trained: the answer is known
+            batch -= multiple
+        elif ram_gib - tried[batch] / 1024 > step_gib and batch + multiple not in tried:
+            batch += multiple
+        else:
+            break
+    trained = [b for b, rss in tried.items() if rss is not None]
+    return dict(
+        largest_trained=max(trained) if trained else 0,
+        peak_rss_gib={b: None if rss is None else rss / 1024 for b, rss in sorted(tried.items())},
+    )
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -158,29 +192,32 @@ def main(argv=None) -> dict[str, Any]:
         largest_batch=batch,
         estimated_peak_gib={b: p / GIB for b, p in sorted(peaks.items())},
     )
-    needed_gib = peaks.get(batch, 0) / GIB + RUNTIME_GIB
+    needed_gib = peaks.get(batch, 0) / GIB
     if batch and not args.skip_verify and available_gib() < needed_gib:
         cpu["verify_skipped"] = (
             f"only {available_gib():.1f} GiB available now, {needed_gib:.1f} GiB needed: "
             "rerun on an idle machine"
         )
-        tqdm.write(f"  not training a step: {cpu['verify_skipped']}")
+        tqdm.write(f"  not training: {cpu['verify_skipped']}")
     elif batch and not args.skip_verify:
-        tqdm.write(f"  training one step at batch {batch} to confirm")
-        cpu["measured_peak_rss_gib"] = (
-            run_one_step(args.preset, batch, args.seq_len, out_dir / "logs") / 1024
+        step_gib = (peaks[batch] - peaks.get(batch - 8, peaks[batch] * (batch - 8) / batch)) / GIB
+        cpu.update(
+            confirm_largest(
+                args.preset, batch, args.seq_len, available_gib(), step_gib, out_dir / "logs"
+            )
         )
     report: dict[str, Any] = dict(cpu=cpu)
+    if "largest_trained" in cpu:
+        measured = ", ".join(
+            f"{b}: " + ("died" if rss is None else f"{rss:.1f} GiB")
+            for b, rss in cpu["peak_rss_gib"].items()
+        )
+        outcome = f"trained {cpu['largest_trained']} (peak RSS by batch: {measured})"
+    else:
+        outcome = cpu.get("verify_skipped", "not run")
     lines = [
         f"largest bert-{args.preset} batch at seq {args.seq_len}, float32, on {ram_gib:.0f} GiB: "
-        f"{batch} (estimated {peaks.get(batch, 0) / GIB:.1f} GiB"
-        + (
-            f", measured peak RSS {cpu['measured_peak_rss_gib']:.1f} GiB)"
-            if "measured_peak_rss_gib" in cpu
-            else f"; not run: {cpu['verify_skipped']})"
-            if "verify_skipped" in cpu
-            else ")"
-        )
+        f"estimated {batch} ({peaks.get(batch, 0) / GIB:.1f} GiB of XLA buffers); {outcome}"
     ]
     if not args.skip_gpu:
         gpu = []

@@ -17,6 +17,7 @@ every process stops at the same step: `stop_requested(step, local_flag)`.
 from __future__ import annotations
 
 import os
+import signal
 
 import jax
 
@@ -96,6 +97,35 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+class PreemptionFlag:
+    """`requested` turns True on SIGTERM (how Cloud TPU and SLURM preempt), so a training loop
+    can finish its step, save and stop; pass it to `stop_requested` at every step.
+
+    A context manager that installs the handler and restores the previous one. Multi-process
+    jobs install none: JAX's preemption sync service owns SIGTERM there.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() > 1:
+            return self
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def stop_requested(step: int, local_flag: bool) -> bool:

@@ -8,31 +8,14 @@ PATH is a Hugging Face BERT directory or a bert_jax pretraining workdir (or one 
 checkpoints). The same command on the same workdir resumes from its newest checkpoint.
 """
 
-import sys
+from bert_jax import entry
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from bert_jax.errors import UserError
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = entry.define_config_and_workdir("Directory for checkpoints, metrics, results.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from bert_jax import finetune_lib
-
-    try:
-        finetune_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)

@@ -51,6 +51,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
 
     c.max_seq_length = 128
     c.batch_size = 32  # global, across all processes
+    c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
     c.eval_batch_size = 64
     c.learning_rate = 2e-5
     c.num_train_epochs = 3.0
@@ -123,6 +124,12 @@ def validate_finetuning_config(config, num_devices: int) -> None:
                 f"{key} {value} must be a positive multiple of the data-parallel size "
                 f"{data_parallel} (mesh data*fsdp)"
             )
+    accum = int(config.grad_accum_steps)
+    if accum < 1 or config.batch_size % (data_parallel * accum):
+        raise UserError(
+            f"batch_size {config.batch_size} must be a multiple of the data-parallel size "
+            f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
+        )
     if config.num_train_steps <= 0 and config.num_train_epochs <= 0:
         raise UserError("set num_train_epochs > 0 or num_train_steps > 0")
     if not 0.0 <= config.warmup_proportion <= 1.0:

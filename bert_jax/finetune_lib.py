@@ -5,6 +5,9 @@ loaded once (`load_pretrained_encoder`) and never modified: the task model is th
 new head, and only the head is initialised. Passing the same PretrainedEncoder to several
 `train_and_evaluate` calls fine-tunes several tasks from one load.
 
+On SIGTERM it finishes the step, saves the train state and returns (`FinetuneResult.preempted`);
+the same call on the same workdir continues from there.
+
 WORKDIR gets config.json, metrics.jsonl (+ TensorBoard), checkpoints/ (the latest train state, to
 resume), best/ (the whole model of the best dev evaluation by the task's main metric),
 eval_results.json (final dev metrics), test_predictions.* with do_predict, and the files
@@ -20,12 +23,10 @@ import math
 import pathlib
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax.core import meta
 from tqdm.auto import tqdm
 
 from bert_jax import distributed, pretrained, sharding
@@ -70,6 +71,7 @@ class FinetuneResult:
     best_step: int | None
     best_metrics: dict[str, float] | None
     label_list: list[str] | None
+    preempted: bool = False  # stopped by SIGTERM after saving; run again to continue
 
 
 def _abstract_encoder(bert_config: BertConfig, mesh, rules):
@@ -80,14 +82,7 @@ def _abstract_encoder(bert_config: BertConfig, mesh, rules):
         ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
         return model.init(rng, ids)["params"]
 
-    with nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(init, jax.random.key(0))
-        shardings = sharding.logical_shardings(boxed, mesh, rules)
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        meta.unbox(boxed),
-        shardings,
-    )
+    return sharding.sharded_abstract(init, mesh, rules)[0]
 
 
 def load_pretrained_encoder(config, mesh=None) -> PretrainedEncoder:
@@ -315,21 +310,24 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         state_manager.wait_until_finished()
         best_manager.wait_until_finished()
         best_step, best_metrics = _best_metrics(best_manager)
-        results = dict(eval_metrics, step=total_steps, best_step=best_step)
-        if best_metrics:
-            results["best_" + main_metric] = best_metrics[main_metric]
-        _write_json(workdir / "eval_results.json", results)
-        if config.do_predict:
-            _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir)
+        preempted = eval_metrics is None
+        if not preempted:
+            results = dict(eval_metrics, step=total_steps, best_step=best_step)
+            if best_metrics:
+                results["best_" + main_metric] = best_metrics[main_metric]
+            _write_json(workdir / "eval_results.json", results)
+            if config.do_predict:
+                _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir)
         state_manager.close()
         best_manager.close()
     return FinetuneResult(
         state=state,
         params=finetuner.full_params(state, frozen),
-        eval_metrics=eval_metrics,
+        eval_metrics=eval_metrics or {},
         best_step=best_step,
         best_metrics=best_metrics,
         label_list=train_data.label_list,
+        preempted=preempted,
     )
 
 
@@ -337,6 +335,8 @@ def _run_loop(
     config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps, workdir,
     state_manager, best_manager,
 ):  # fmt: skip
+    """Trains from start_step; returns (state, final dev metrics), or (state, None) when SIGTERM
+    stopped it after saving the state."""
     writer = MetricWriter(workdir)
     _, dropout_rng = run_rngs(config.seed)
     batch_size = int(config.batch_size)
@@ -349,48 +349,63 @@ def _run_loop(
         disable=not (config.progress_bar and jax.process_index() == 0),
         dynamic_ncols=True,
     )
-    for step in range(start_step, total_steps):
-        indices = train_indices(train_data.num_features, batch_size, config.seed, step)
-        batch = finetuner.shard_batch(local_batch(finetuner.kind, train_data, indices, batch_size))
-        state, metrics = finetuner.train_step(state, frozen, batch, dropout_rng)
-        pending.append(metrics)
-        bar.update(1)
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == total_steps:
-            fetched = jax.device_get(pending)
-            sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
-            elapsed = max(time.perf_counter() - last_time, 1e-9)
-            scalars = {
-                "loss": sums["loss_sum"] / max(sums["count"], 1.0),
-                "learning_rate": float(fetched[-1]["learning_rate"]),
-                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                "steps_per_sec": (done - last_step) / elapsed,
-                "examples_per_sec": (done - last_step) * batch_size / elapsed,
-            }
-            if finetuner.kind != "regression":
-                scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
-            writer.write(done, scalars)
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-            pending, last_time, last_step = [], time.perf_counter(), done
-        evaluate_now = done == total_steps or (
-            config.eval_every_steps > 0 and done % config.eval_every_steps == 0
-        )
-        if evaluate_now:
-            eval_metrics = evaluate(
-                finetuner, state.params, frozen, dev_data, config.eval_batch_size
+    with distributed.PreemptionFlag() as preemption:
+        for step in range(start_step, total_steps):
+            indices = train_indices(train_data.num_features, batch_size, config.seed, step)
+            batch = finetuner.shard_batch(
+                local_batch(finetuner.kind, train_data, indices, batch_size)
             )
-            writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
-            bar.write(f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-            params = finetuner.full_params(state, frozen)
-            best_manager.save(
-                done,
-                args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-                metrics={k: float(v) for k, v in eval_metrics.items()},
+            state, metrics = finetuner.train_step(state, frozen, batch, dropout_rng)
+            pending.append(metrics)
+            bar.update(1)
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == total_steps:
+                fetched = jax.device_get(pending)
+                sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
+                elapsed = max(time.perf_counter() - last_time, 1e-9)
+                scalars = {
+                    "loss": sums["loss_sum"] / max(sums["count"], 1.0),
+                    "learning_rate": float(fetched[-1]["learning_rate"]),
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                    "steps_per_sec": (done - last_step) / elapsed,
+                    "examples_per_sec": (done - last_step) * batch_size / elapsed,
+                }
+                if finetuner.kind != "regression":
+                    scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+                writer.write(done, scalars)
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                pending, last_time, last_step = [], time.perf_counter(), done
+            evaluate_now = done == total_steps or (
+                config.eval_every_steps > 0 and done % config.eval_every_steps == 0
             )
-            last_time = time.perf_counter()  # evaluation time is not training time
-        every = config.checkpoint_every_steps
-        if evaluate_now or (every > 0 and done % every == 0):
-            state_manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+            if evaluate_now:
+                eval_metrics = evaluate(
+                    finetuner, state.params, frozen, dev_data, config.eval_batch_size
+                )
+                writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
+                bar.write(
+                    f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
+                )
+                params = finetuner.full_params(state, frozen)
+                best_manager.save(
+                    done,
+                    args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                    metrics={k: float(v) for k, v in eval_metrics.items()},
+                )
+                last_time = time.perf_counter()  # evaluation time is not training time
+            every = config.checkpoint_every_steps
+            stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
+            if evaluate_now or (every > 0 and done % every == 0) or stop:
+                state_manager.save(
+                    done, args=ocp.args.Composite(state=ocp.args.StandardSave(state))
+                )
+            if stop:
+                state_manager.wait_until_finished()
+                bar.close()
+                writer.close()
+                if jax.process_index() == 0:
+                    print(f"preempted: saved step {done} to {state_manager.directory}; exiting")
+                return state, None
     bar.close()
     if not eval_metrics:  # resumed after the last step: evaluate what was restored
         eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config.eval_batch_size)

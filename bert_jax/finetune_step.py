@@ -25,6 +25,7 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import (
     BertConfig,
     BertForQuestionAnswering,
@@ -90,13 +91,24 @@ def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(log_probs, safe, axis=-1)[..., 0]
 
 
-def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
-    """Loss sum, the number of scored targets and how many the argmax got right; float32.
-
-    Scored targets: rows (classification, regression, squad) or first word pieces
-    (token_classification) with weight 1 and a label (>= 0, or finite for regression).
-    """
+def target_weights(kind: str, batch: dict) -> jax.Array:
+    """Which targets are scored, float32 [B] ([B, L] for token_classification): rows (or first word
+    pieces) with weight 1 and a label (>= 0, or finite for regression)."""
     weights = batch["weights"].astype(jnp.float32)
+    if kind == "squad":
+        return weights
+    labels = batch["labels"]
+    if kind == "regression":
+        return weights * jnp.isfinite(labels)
+    if kind == "token_classification":
+        weights = weights[:, None]  # [B, 1] against labels [B, L]
+    return weights * (labels >= 0)
+
+
+def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
+    """Loss sum, the number of scored targets (target_weights) and how many the argmax got
+    right; float32 scalars."""
+    valid = target_weights(kind, batch)
     if kind == "squad":
         start_logits, end_logits = outputs  # [B, L] each
         nll = 0.5 * (
@@ -105,29 +117,15 @@ def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
         hit = (jnp.argmax(start_logits, -1) == batch["start_positions"]) & (
             jnp.argmax(end_logits, -1) == batch["end_positions"]
         )
-        return {
-            "loss_sum": jnp.sum(nll * weights),
-            "count": jnp.sum(weights),
-            "correct": jnp.sum(hit * weights),
-        }
-    labels = batch["labels"]
-    if kind == "regression":
-        valid = weights * jnp.isfinite(labels)
-        error = outputs[:, 0] - jnp.where(valid > 0, labels, 0.0)
-        return {
-            "loss_sum": jnp.sum(jnp.square(error) * valid),
-            "count": jnp.sum(valid),
-            "correct": jnp.zeros((), jnp.float32),
-        }
-    if kind == "token_classification":
-        weights = weights[:, None]  # [B, 1] against labels [B, L]
-    valid = weights * (labels >= 0)
-    hit = jnp.argmax(outputs, -1) == labels
-    return {
-        "loss_sum": jnp.sum(_nll(outputs, labels) * valid),
-        "count": jnp.sum(valid),
-        "correct": jnp.sum(hit * valid),
-    }
+        loss_sum, correct = jnp.sum(nll * valid), jnp.sum(hit * valid)
+    elif kind == "regression":
+        error = outputs[:, 0] - jnp.where(valid > 0, batch["labels"], 0.0)
+        loss_sum, correct = jnp.sum(jnp.square(error) * valid), jnp.zeros((), jnp.float32)
+    else:
+        labels = batch["labels"]
+        loss_sum = jnp.sum(_nll(outputs, labels) * valid)
+        correct = jnp.sum((jnp.argmax(outputs, -1) == labels) * valid)
+    return {"loss_sum": loss_sum, "count": jnp.sum(valid), "correct": correct}
 
 
 def host_predictions(kind: str, outputs):
@@ -227,6 +225,7 @@ def build_finetuner(
     rules = sharding.rules_from_config(config)
     freeze = bool(config.freeze_encoder)
     seq_len = int(config.max_seq_length)
+    accum = int(config.get("grad_accum_steps", 1))
 
     def init_boxed(rng):
         ids = jnp.zeros((1, seq_len), jnp.int32)
@@ -235,14 +234,7 @@ def build_finetuner(
     def trainable_part(params):
         return {head_name: params[head_name]} if freeze else params
 
-    with nn.logical_axis_rules(rules):
-        abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(0))
-        param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-    abstract_params = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        meta.unbox(abstract_boxed),
-        param_shardings,
-    )
+    abstract_params, param_shardings = sharding.sharded_abstract(init_boxed, mesh, rules)
     trainable_shardings = trainable_part(param_shardings)
     frozen_shardings = param_shardings[ENCODER] if freeze else {}
 
@@ -261,15 +253,8 @@ def build_finetuner(
             step=jnp.zeros((), jnp.int32), params=trainable, opt_state=optimizer.init(trainable)
         )
 
-    with nn.logical_axis_rules(rules):
-        # Boxed parameters carry their logical axes into the optimizer moments.
-        abstract_state_boxed = jax.eval_shape(state_boxed, jax.random.key(0))
-        state_shardings = sharding.logical_shardings(abstract_state_boxed, mesh, rules)
-    abstract_state = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        meta.unbox(abstract_state_boxed),
-        state_shardings,
-    )
+    # Boxed parameters carry their logical axes into the optimizer moments.
+    abstract_state, state_shardings = sharding.sharded_abstract(state_boxed, mesh, rules)
     shapes = batch_shapes(kind, 1, seq_len)
     batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in shapes.items()}
     rep = sharding.replicated(mesh)
@@ -300,22 +285,19 @@ def build_finetuner(
                 rngs=None if rng is None else {"dropout": rng},
             )
 
-    def loss_fn(trainable, frozen, batch, rng):
-        params = {**trainable, ENCODER: frozen} if freeze else trainable
-        sums = task_sums(kind, apply(params, batch, False, rng), batch)
-        return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
     def train_step(state: FinetuneState, frozen, batch: dict, rng: jax.Array):
+        # The whole batch's count: accumulated gradients equal the full-batch gradient.
+        total = jnp.maximum(jnp.sum(target_weights(kind, batch)), 1.0)
+
+        def loss_fn(trainable, micro, dropout_rng):
+            params = {**trainable, ENCODER: frozen} if freeze else trainable
+            sums = task_sums(kind, apply(params, micro, False, dropout_rng), micro)
+            return sums["loss_sum"] / total, sums
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         step_rng = jax.random.fold_in(rng, state.step)
-        (_, sums), grads = grad_fn(state.params, frozen, batch, step_rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["learning_rate"] = schedule(state.step)
-        return FinetuneState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
+        return apply_gradients(state, grads, sums, optimizer, schedule)
 
     def eval_step(trainable, frozen, batch: dict):
         params = {**trainable, ENCODER: frozen} if freeze else trainable

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from flax.core import meta
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bert_jax.errors import UserError
@@ -100,6 +101,25 @@ def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules) -> object:
     """Boxed (nn.Partitioned) abstract tree -> matching tree of NamedShardings for its values."""
     specs = nn.get_partition_spec(abstract_boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def sharded_abstract(init_boxed, mesh: Mesh, rules):
+    """Shapes and shardings of what `init_boxed(rng)` returns, without computing it.
+
+    init_boxed returns a tree with nn.Partitioned leaves (logical axis names), e.g. a model's
+    parameters or a train state whose optimizer moments inherit them. Returns
+    (abstract, shardings): ShapeDtypeStructs that carry their NamedSharding, and the
+    NamedShardings alone (for jit's in/out_shardings), both unboxed.
+    """
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        shardings = logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        meta.unbox(boxed),
+        shardings,
+    )
+    return abstract, shardings
 
 
 def global_batch_from_local(local_batch: dict, mesh: Mesh) -> dict:

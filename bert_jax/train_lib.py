@@ -7,7 +7,6 @@ checkpoint in WORKDIR/checkpoints; on SIGTERM it finishes the step, saves and re
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import jax
@@ -26,30 +25,6 @@ from bert_jax.train_step import (
     build_pretrainer,
     metrics_from_sums,
 )
-
-
-class _PreemptionFlag:
-    """Set by SIGTERM (how Cloud TPU and SLURM preempt); the loop saves and stops after the step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if jax.process_count() > 1:
-            return self  # JAX's preemption sync service owns SIGTERM (distributed.stop_requested)
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def evaluate(pretrainer: Pretrainer, params, config) -> dict[str, float]:
@@ -182,7 +157,7 @@ def _run_loop(
         disable=not (config.progress_bar and jax.process_index() == 0),
         dynamic_ncols=True,
     )
-    with _PreemptionFlag() as preemption:
+    with distributed.PreemptionFlag() as preemption:
         while step < config.num_train_steps:
             batch = pretrainer.shard_batch(next(train_iter))
             state, metrics = pretrainer.train_step(state, batch, dropout_rng)

@@ -19,6 +19,7 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import BertConfig, BertForPreTraining
 from bert_jax.optim import learning_rate_schedule, make_optimizer
 
@@ -87,6 +88,19 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     }
 
 
+def pretraining_forward(model: BertForPreTraining, params, batch: dict, dropout_rng=None):
+    """The model on a pretraining batch; dropout on when a dropout_rng is given."""
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["token_type_ids"],
+        batch["attention_mask"],
+        batch["masked_lm_positions"],
+        deterministic=dropout_rng is None,
+        rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+    )
+
+
 @dataclasses.dataclass
 class Pretrainer:
     """Everything the loop and the planner need, built once per (config, mesh)."""
@@ -107,17 +121,6 @@ class Pretrainer:
 
     def shard_batch(self, local_batch: dict) -> dict:
         return sharding.global_batch_from_local(local_batch, self.mesh)
-
-
-def _split_microbatches(batch: dict, accum: int) -> dict:
-    """[B, ...] -> [accum, B // accum, ...]; microbatch k takes rows k, k+accum, ... so every
-    device keeps its own rows (the batch dimension stays sharded)."""
-
-    def split(x):
-        x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-    return jax.tree.map(split, batch)
 
 
 def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
@@ -143,84 +146,31 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
         )
 
-    with nn.logical_axis_rules(rules):
-        abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(0))
-        state_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-    abstract_state = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        meta.unbox(abstract_boxed),
-        state_shardings,
-    )
+    abstract_state, state_shardings = sharding.sharded_abstract(init_boxed, mesh, rules)
     batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in shapes.items()}
 
     def init(rng) -> TrainState:
         with nn.logical_axis_rules(rules):
             return meta.unbox(init_boxed(rng))
 
-    def loss_fn(params, micro, dropout_rng, totals):
-        output = model.apply(
-            {"params": params},
-            micro["input_ids"],
-            micro["token_type_ids"],
-            micro["attention_mask"],
-            micro["masked_lm_positions"],
-            deterministic=False,
-            rngs={"dropout": dropout_rng},
-        )
-        sums = pretraining_sums(output, micro)
-        # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
-        loss = (
-            sums["mlm_loss_sum"] / totals["mlm_weight"] + sums["nsp_loss_sum"] / totals["nsp_count"]
-        )
-        return loss, sums
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
+        mlm_total = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
+        nsp_total = jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)
+
+        def loss_fn(params, micro, dropout_rng):
+            sums = pretraining_sums(pretraining_forward(model, params, micro, dropout_rng), micro)
+            return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         step_rng = jax.random.fold_in(rng, state.step)
-        totals = {
-            "mlm_weight": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
-            "nsp_count": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32),
-        }
         with nn.logical_axis_rules(rules):
-            if accum == 1:
-                (_, sums), grads = grad_fn(state.params, batch, step_rng, totals)
-            else:
-                micro = _split_microbatches(batch, accum)
-                zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-                zero_sums = {k: jnp.zeros((), jnp.float32) for k in SUM_METRICS}
-
-                def accumulate(carry, inputs):
-                    grads_acc, sums_acc = carry
-                    index, mb = inputs
-                    (_, s), g = grad_fn(
-                        state.params, mb, jax.random.fold_in(step_rng, index), totals
-                    )
-                    grads_acc = jax.tree.map(jnp.add, grads_acc, g)
-                    sums_acc = jax.tree.map(jnp.add, sums_acc, s)
-                    return (grads_acc, sums_acc), None
-
-                (grads, sums), _ = jax.lax.scan(
-                    accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro)
-                )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["learning_rate"] = optimizer_schedule(state.step)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+            sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
+        return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):
         with nn.logical_axis_rules(rules):
-            output = model.apply(
-                {"params": params},
-                batch["input_ids"],
-                batch["token_type_ids"],
-                batch["attention_mask"],
-                batch["masked_lm_positions"],
-                deterministic=True,
-            )
-        return pretraining_sums(output, batch)
+            return pretraining_sums(pretraining_forward(model, params, batch), batch)
 
     rep = sharding.replicated(mesh)
     jit_init = jax.jit(init, out_shardings=state_shardings)

@@ -3,7 +3,9 @@ model can learn, with a Hugging Face directory written by the test; sharded over
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -250,6 +252,62 @@ def test_pos_tagging_and_squad_run_on_real_slices(setup, tmp_path):
     document = json.loads((TASKS / "qa" / "dev.json").read_text())
     ids = {q["id"] for a in document["data"] for p in a["paragraphs"] for q in p["qas"]}
     assert set(answers) == ids
+
+
+def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_path, monkeypatch):
+    model_dir, _ = setup
+    config = _config(
+        "classification", model_dir, TASKS / "sentiment" / "train.tsv",
+        TASKS / "sentiment" / "dev.tsv", num_train_steps=12,
+    )  # fmt: skip
+    encoder = finetune_lib.load_pretrained_encoder(config)
+    unbroken = finetune_lib.train_and_evaluate(config, tmp_path / "unbroken", encoder=encoder)
+
+    # SIGTERM arrives while step 5 (0-based) is being prepared: the real handler catches it.
+    original = finetune_lib.train_indices
+
+    def indices_then_sigterm(num_features, batch_size, seed, step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(num_features, batch_size, seed, step)
+
+    monkeypatch.setattr(finetune_lib, "train_indices", indices_then_sigterm)
+    broken_dir = tmp_path / "broken"
+    stopped = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
+    assert stopped.preempted and int(stopped.state.step) == 6
+    assert [p.name for p in (broken_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["6"]
+    assert not (broken_dir / "eval_results.json").exists()
+
+    monkeypatch.setattr(finetune_lib, "train_indices", original)
+    resumed = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
+    assert not resumed.preempted and int(resumed.state.step) == 12
+    for a, b in zip(jax.tree.leaves(unbroken.params), jax.tree.leaves(resumed.params), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+    assert resumed.eval_metrics == pytest.approx(unbroken.eval_metrics, rel=1e-6)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path):
+    model_dir, files = setup
+    results = {}
+    for accum in (1, 4):
+        config = _config(
+            "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+            batch_size=32, num_train_steps=4, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, grad_accum_steps=accum,
+        )  # fmt: skip
+        config.mesh.update(data=2, fsdp=2, tensor=2)
+        results[accum] = finetune_lib.train_and_evaluate(config, tmp_path / str(accum))
+    whole, accumulated = results[1], results[4]
+    # Token counts differ between microbatches, so this checks the whole-batch normalisation.
+    for a, b in zip(
+        jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-6)
+    logged = [_read_jsonl(tmp_path / str(a) / "metrics.jsonl")[0]["loss"] for a in (1, 4)]
+    assert logged[1] == pytest.approx(logged[0], rel=1e-5)
+    with pytest.raises(UserError, match="grad_accum_steps 3"):
+        validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
+                                           files["pairs_dev"], grad_accum_steps=3), 8)  # fmt: skip
 
 
 def test_layerwise_lr_decay_scales_updates_per_layer():

@@ -13,7 +13,7 @@ import sys
 import jax
 import pytest
 
-from bert_jax import chips, plan_lib, sharding
+from bert_jax import chips, hlo_collectives, plan_lib, sharding
 from bert_jax.errors import UserError
 from bert_jax.metrics import PEAK_FLOPS_BY_DEVICE_KIND
 
@@ -131,7 +131,7 @@ ENTRY %main (x: f32[256,64]) -> f32[1024] {
 
 
 def test_parse_collectives_counts_bytes_groups_and_loop_trips():
-    found = plan_lib.parse_collectives(SAMPLE_HLO, num_devices=8, loop_trip_count=3)
+    found = hlo_collectives.parse_collectives(SAMPLE_HLO, num_devices=8, loop_trip_count=3)
     by_kind = {(c.kind, c.group_size): c for c in found}
     assert len(found) == 5  # the -done half of the async all-gather is not a second op
     fused = by_kind[("all-gather", 4)]  # inside a fusion (XLA:TPU's async collectives), run twice
@@ -145,7 +145,7 @@ def test_parse_collectives_counts_bytes_groups_and_loop_trips():
     gather = by_kind[("all-gather", 8)]
     assert (gather.group_size, gather.buffer_bytes) == (8, 64 * 64 * 4)  # the result, not operand
     assert by_kind[("reduce-scatter", 8)].bytes_per_device == pytest.approx(32 * 4 * 7)
-    rows = plan_lib.summarize_collectives(found)
+    rows = hlo_collectives.summarize_collectives(found)
     assert [(r["kind"], r["group_size"], r["ops"]) for r in rows] == [
         ("all-reduce", 4, 4),
         ("all-gather", 4, 2),

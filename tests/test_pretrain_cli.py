@@ -50,10 +50,20 @@ def test_invalid_config_stops_with_one_clear_line(tmp_path, overrides, devices, 
     assert not (tmp_path / "checkpoints").exists()  # stopped before anything ran
 
 
-def test_misspelt_key_is_an_error(tmp_path):
-    result = run_pretrain(tmp_path, "--config.learnin_rate=0.1", timeout=120)
-    assert result.returncode != 0
-    assert "learnin_rate" in result.stderr
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.learnin_rate=0.1"], "names 'learnin_rate', which the config does not have"),
+        (["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal for int()"),
+        (["--config=configs/nosuch.py"], "No such file or directory: 'configs/nosuch.py'"),
+    ],
+    ids=["misspelt_key", "wrong_type", "missing_config_file"],
+)
+def test_bad_flag_is_one_line_and_exit_2(tmp_path, flags, message):
+    result = run_pretrain(tmp_path, *flags, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 @pytest.fixture(scope="module")
