@@ -245,7 +245,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"`{report['command']}` on {report['host']['cpu']} ({report['host']['cores']} cores); "
         f"{report['settings']}. Load average {report['host']['load_average_at_start']:.1f} at "
         f"the start, {report['host']['load_average_at_end']:.1f} at the end: where other "
-        "processes share the cores, the CPU-time ratios are the steadier measure.",
+        "processes share the cores, the CPU-time ratios are the steadier measure. MFU: model "
+        f"FLOPs per second over {report['host']['peak_flops'] / 1e9:,.0f} GFLOP/s (on a CPU, "
+        "its fp32 matmul rate measured at the start by a 2048^3 JAX matmul).",
         "",
         "| model | batch | seq | framework | tokens/s | step ms | CPU s/step | compile s "
         "| peak RSS MiB | MFU % |",
@@ -333,20 +335,41 @@ def mfu_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _device_description(platform_name: str | None) -> tuple[str, float | None]:
-    """(device name, bf16 peak FLOP/s of all devices) as JAX sees them, in a child process."""
-    code = (
-        "import jax, json; from bert_jax.metrics import peak_flops_per_device as p; "
-        "d = jax.devices(); print(json.dumps([f'{len(d)} x {d[0].device_kind}', "
-        "d[0].platform, p(d[0]) * len(d)]))"
-    )
+_DEVICE_PROBE = """
+import json, time
+import jax, jax.numpy as jnp
+from bert_jax.metrics import peak_flops_per_device as p
+d = jax.devices()
+matmul = None
+if d[0].platform == "cpu":
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    matmul = 2 * n**3 / best
+print(json.dumps([f"{len(d)} x {d[0].device_kind}", d[0].platform, p(d[0]) * len(d), matmul]))
+"""
+
+
+def _device_description(platform_name: str | None) -> tuple[str, float]:
+    """(device name, peak FLOP/s of all devices) as JAX sees them, in a child process: an
+    accelerator's bf16 peak from bert_jax.chips, or on a CPU the fp32 matmul rate measured now
+    (a 2048^3 JAX matmul, best of 10), since CPU peaks differ by machine and vector width."""
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(platform_name)
+        [sys.executable, "-c", _DEVICE_PROBE],
+        capture_output=True,
+        text=True,
+        env=worker_env(platform_name),
     )
     if done.returncode:
         raise RuntimeError("JAX could not list its devices: " + done.stderr.strip()[-500:])
-    name, device_platform, peak = json.loads(done.stdout.strip().splitlines()[-1])
-    return name, (None if device_platform == "cpu" else peak)
+    name, device_platform, peak, matmul = json.loads(done.stdout.strip().splitlines()[-1])
+    return name, (matmul if device_platform == "cpu" else peak)
 
 
 def _cpu_name() -> str:
@@ -373,8 +396,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--cpu-peak-flops",
         type=float,
-        default=195e9,
-        help="fp32 matmul peak of this machine (2-core x86: about 195e9)",
+        default=0.0,
+        help="fp32 peak FLOP/s for the CPU MFU column (default: measured by a 2048^3 matmul)",
     )
     parser.add_argument(
         "--peer-python",
@@ -408,8 +431,10 @@ def main(argv=None) -> dict[str, Any]:
     out_dir = pathlib.Path(args.output_dir)
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    device, accelerator_peak = _device_description(args.platform)
-    args.peak_flops = accelerator_peak or args.cpu_peak_flops
+    device, measured_peak = _device_description(args.platform)
+    cpu = args.platform == "cpu" or "cpu" in device.lower()
+    args.peak_flops = (args.cpu_peak_flops or measured_peak) if cpu else measured_peak
+    tqdm.write(f"{device}: MFU against {args.peak_flops / 1e9:,.0f} GFLOP/s")
     report = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         command=" ".join(

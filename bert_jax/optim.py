@@ -49,12 +49,3 @@ def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.Grad
         raise UserError(f"optimizer {name!r} is not 'adamw' or 'lamb'")
     clip = float(config.get("max_grad_norm", 1.0))
     return optax.chain(optax.clip_by_global_norm(clip), update) if clip > 0 else update
-
-
-def frozen_optimizer(
-    tx: optax.GradientTransformation, params, trainable: callable
-) -> optax.GradientTransformation:
-    """tx where trainable(path) is True; elsewhere no update and no optimizer state."""
-    flat = traverse_util.flatten_dict(params)
-    labels = traverse_util.unflatten_dict({p: "train" if trainable(p) else "freeze" for p in flat})
-    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
