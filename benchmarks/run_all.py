@@ -336,23 +336,13 @@ def mfu_table(report: dict[str, Any]) -> str:
 
 
 _DEVICE_PROBE = """
-import json, time
-import jax, jax.numpy as jnp
-from bert_jax.metrics import peak_flops_per_device as p
+import json
+import jax
+from bert_jax.metrics import measured_cpu_matmul_flops, peak_flops_per_device
 d = jax.devices()
-matmul = None
-if d[0].platform == "cpu":
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    matmul = 2 * n**3 / best
-print(json.dumps([f"{len(d)} x {d[0].device_kind}", d[0].platform, p(d[0]) * len(d), matmul]))
+matmul = measured_cpu_matmul_flops() if d[0].platform == "cpu" else None
+print(json.dumps([f"{len(d)} x {d[0].device_kind}", d[0].platform,
+                  peak_flops_per_device(d[0]) * len(d), matmul]))
 """
 
 

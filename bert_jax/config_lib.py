@@ -51,7 +51,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.keep_checkpoints = 3
     c.init_checkpoint = ""
     c.peak_flops_per_device = 0.0  # 0: look the device up (CPU: cpu_peak_flops)
-    c.cpu_peak_flops = 195e9  # fp32 matmul peak of a 2-core x86 machine, for CPU MFU
+    c.cpu_peak_flops = 0.0  # CPU MFU: the host's fp32 peak; 0 measures its matmul rate
     c.model = model_config_dict(preset, **model_overrides)
     c.data = data_config_dict()
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

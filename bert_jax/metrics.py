@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import time
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 
 from bert_jax import chips
@@ -18,14 +21,33 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
 }
 
 
-def peak_flops_per_device(device=None, cpu_peak_flops: float = 195e9) -> float:
-    """Peak FLOP/s of one device: a table for accelerators, the config's figure for CPUs."""
+def peak_flops_per_device(device=None, cpu_peak_flops: float = 0.0) -> float:
+    """Peak FLOP/s of one device: a table for accelerators; for CPUs cpu_peak_flops, or when that
+    is 0 the host's fp32 matmul rate measured now (`measured_cpu_matmul_flops`)."""
     device = device or jax.devices()[0]
     if device.platform == "cpu":
+        host = cpu_peak_flops or measured_cpu_matmul_flops()
         # Fake host devices (xla_force_host_platform_device_count) share the same cores.
-        return cpu_peak_flops / max(jax.local_device_count(), 1)
+        return host / max(jax.local_device_count(), 1)
     chip = chips.chip_for_device_kind(getattr(device, "device_kind", ""))
     return chip.peak_flops if chip is not None else float("nan")
+
+
+@functools.cache
+def measured_cpu_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
+    """This host's fp32 matmul rate, FLOP/s: the fastest of `repeats` size^3 JAX matmuls (about
+    half a second). CPU peaks differ by vector width and clock far more than a table can say:
+    an AVX-512 2-core EPYC gives ~470 GFLOP/s where an AVX2 one gives ~200."""
+    device = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
 
 
 def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predictions: int) -> float:
