@@ -111,4 +111,3 @@ def test_squad_normalisation_and_scores():
         {"q1": ["eiffel tower"], "q2": ["a cat sat on"], "q3": ["missing"]},
     )
     assert scores == pytest.approx({"exact_match": 1 / 3, "f1": (1 + 0.8 + 0) / 3})
-
