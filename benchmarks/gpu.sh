@@ -8,7 +8,9 @@
 # warm-up step, then the median of 3 blocks of 10 steps. Extra arguments go to run_all
 # (e.g. --steps 20, --remat dots_no_batch). The table is also written to
 # benchmarks/results/mfu.md and mfu.json. PYTHON picks the interpreter (default: .venv, else
-# python3); it needs bert_jax's dependencies (`pip install -e .`) and a CUDA build of jaxlib.
+# python3); it needs a CUDA build of jaxlib, flax, optax, tqdm and ml_collections, and runs from
+# the repository root without installing bert_jax (on an image that has JAX and Flax, adding the
+# pure-Python ml_collections wheel is enough; the data pipeline's packages are not used here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +27,10 @@ for arg in "$@"; do [[ "$arg" == "--tiny" ]] && tiny=1; done
 
 "$py" - "$tiny" <<'PYEOF' || exit 2
 import importlib.util, sys
-missing = [m for m in ("jax", "flax", "optax", "ml_collections", "grain", "tqdm")
+missing = [m for m in ("jax", "flax", "optax", "ml_collections", "tqdm")
            if importlib.util.find_spec(m) is None]
 if missing:
-    sys.exit(f"gpu.sh: {sys.executable} lacks {', '.join(missing)}; run `pip install -e .` "
+    sys.exit(f"gpu.sh: {sys.executable} lacks {', '.join(missing)}; pip install them "
              "(or set PYTHON to an interpreter that has bert_jax's dependencies)")
 if sys.argv[1] == "0":
     import jax
