@@ -184,7 +184,7 @@ def _managers(workdir: pathlib.Path, main_metric: str):
     state_manager = ocp.CheckpointManager(
         workdir.absolute() / "checkpoints",
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-        item_names=("state",),
+        item_names=("state", "pending_metrics"),
     )
     best_manager = ocp.CheckpointManager(
         workdir.absolute() / pretrained.BEST_DIR,
@@ -291,13 +291,16 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         if start_step is not None:
             restored = state_manager.restore(
                 start_step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(finetuner.abstract_state)),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(finetuner.abstract_state),
+                    pending_metrics=ocp.args.JsonRestore(),
+                ),
             )
-            state = restored["state"]
+            state, pending_metrics = restored["state"], restored["pending_metrics"]["steps"]
             frozen = encoder.params if finetuner.freeze_encoder else {}
             print(f"resumed from {state_manager.directory / str(start_step)}")
         else:
-            start_step = 0
+            start_step, pending_metrics = 0, []
             state, frozen = _start_state(config, finetuner, encoder)
         print(
             f"fine-tuning {kind}: {train_data.num_features} train features, {total_steps} steps "
@@ -305,7 +308,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         )
         state, eval_metrics = _run_loop(
             config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps,
-            workdir, state_manager, best_manager,
+            workdir, state_manager, best_manager, pending_metrics,
         )  # fmt: skip
         state_manager.wait_until_finished()
         best_manager.wait_until_finished()
@@ -333,14 +336,16 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
 
 def _run_loop(
     config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps, workdir,
-    state_manager, best_manager,
+    state_manager, best_manager, pending_metrics,
 ):  # fmt: skip
     """Trains from start_step; returns (state, final dev metrics), or (state, None) when SIGTERM
     stopped it after saving the state."""
     writer = MetricWriter(workdir)
     _, dropout_rng = run_rngs(config.seed)
     batch_size = int(config.batch_size)
-    pending, eval_metrics = [], {}
+    # Step metrics since the last log; a resumed run starts with the saved ones, so its logs
+    # average the same steps as an unbroken run's.
+    pending, eval_metrics = list(pending_metrics), {}
     last_time, last_step = time.perf_counter(), start_step
     bar = tqdm(
         total=total_steps,
@@ -396,8 +401,13 @@ def _run_loop(
             every = config.checkpoint_every_steps
             stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
             if evaluate_now or (every > 0 and done % every == 0) or stop:
+                steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
                 state_manager.save(
-                    done, args=ocp.args.Composite(state=ocp.args.StandardSave(state))
+                    done,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        pending_metrics=ocp.args.JsonSave({"steps": steps}),
+                    ),
                 )
             if stop:
                 state_manager.wait_until_finished()

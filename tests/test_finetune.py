@@ -285,6 +285,22 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
     assert resumed.eval_metrics == pytest.approx(unbroken.eval_metrics, rel=1e-6)
 
+    # The logs too: the metrics pending at SIGTERM were saved, so the step-10 record averages
+    # steps 6-10 as in the unbroken run. The last record of a step wins; timings differ.
+    def records(workdir):
+        by_step = {}
+        for record in _read_jsonl(workdir / "metrics.jsonl"):
+            by_step.setdefault(record["step"], {}).update(record)
+        timing = ("steps_per_sec", "examples_per_sec")
+        return {
+            step: {k: v for k, v in r.items() if k not in timing} for step, r in by_step.items()
+        }
+
+    want, got = records(tmp_path / "unbroken"), records(broken_dir)
+    assert sorted(got) == sorted(want) == [5, 10, 12]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6), step
+
 
 def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path):
     model_dir, files = setup
