@@ -134,15 +134,14 @@ def confirm_largest(
     rows) of RAM unused. Returns the largest batch that trained, the peak RSS of every try."""
     tried: dict[int, float | None] = {}
     batch = estimate
+    # Stops at a batch already tried: the one above the largest that trained died, or the one
+    # below the smallest that died trained.
     while batch > 0 and batch not in tried:
         tqdm.write(f"  training two steps at batch {batch}")
-        tried[batch] = run_steps(preset, batch, seq_len, log_dir)
-        trained = [b for b, rss in tried.items() if rss is not None]
-        if tried[batch] is None:
-            if trained:
-                break  # the one above a batch that trained: the answer is known
+        rss = tried[batch] = run_steps(preset, batch, seq_len, log_dir)
+        if rss is None:
             batch -= multiple
-        elif ram_gib - tried[batch] / 1024 > step_gib and batch + multiple not in tried:
+        elif ram_gib - rss / 1024 > step_gib:
             batch += multiple
         else:
             break

@@ -37,13 +37,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.warmup_steps = 10_000
     c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
     c.end_learning_rate_factor = 0.0
-    c.optimizer = "adamw"
-    c.weight_decay = 0.01
-    c.adam_b1 = 0.9
-    c.adam_b2 = 0.999
-    c.adam_eps = 1e-6
-    c.max_grad_norm = 1.0
-    c.grad_accum_steps = 1
+    add_optimizer_defaults(c)
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
     c.eval_steps = 50  # batches per evaluation (the held-out split may be larger)
@@ -58,6 +52,31 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
     return c
+
+
+def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
+    """The optimizer keys pretraining and fine-tuning share (google-research/bert's AdamW)."""
+    c.optimizer = "adamw"  # or "lamb"
+    c.weight_decay = 0.01
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-6
+    c.max_grad_norm = 1.0
+    c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
+
+
+def validate_optimizer_and_batch(config, data_parallel: int) -> None:
+    """The keys of add_optimizer_defaults against the global batch_size; raises UserError."""
+    accum = int(config.grad_accum_steps)
+    if accum < 1:
+        raise UserError(f"grad_accum_steps must be >= 1, got {accum}")
+    if config.batch_size % (data_parallel * accum):
+        raise UserError(
+            f"batch_size {config.batch_size} is not divisible by data-parallel size "
+            f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
+        )
+    if config.optimizer not in ("adamw", "lamb"):
+        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
 
 
 def vocab_size(vocab_file) -> int:
@@ -81,18 +100,8 @@ def _input_files(pattern_list: str) -> list[str]:
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
     model = BertConfig.from_dict(dict(config.model))
-    shape = dict(
-        zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices), strict=True)
-    )
-    dp = shape["data"] * shape["fsdp"]
-    accum = int(config.grad_accum_steps)
-    if accum < 1:
-        raise UserError(f"grad_accum_steps must be >= 1, got {accum}")
-    if config.batch_size % (dp * accum):
-        raise UserError(
-            f"batch_size {config.batch_size} is not divisible by data-parallel size {dp} "
-            f"(mesh data*fsdp) x grad_accum_steps {accum}"
-        )
+    shape = sharding.mesh_shape(config.mesh, num_devices)
+    validate_optimizer_and_batch(config, shape["data"] * shape["fsdp"])
     data = config.data
     if data.max_seq_length > model.max_position_embeddings:
         raise UserError(
@@ -106,8 +115,6 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"masked_lm_prob {data.masked_lm_prob} needs at max_seq_length "
             f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
         )
-    if config.optimizer not in ("adamw", "lamb"):
-        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
     if config.warmup_steps > config.num_train_steps:
         raise UserError(
             f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}"

@@ -14,6 +14,7 @@ import pathlib
 import ml_collections
 
 from bert_jax import sharding
+from bert_jax.config_lib import add_optimizer_defaults, validate_optimizer_and_batch
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
@@ -51,18 +52,12 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
 
     c.max_seq_length = 128
     c.batch_size = 32  # global, across all processes
-    c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
     c.eval_batch_size = 64
     c.learning_rate = 2e-5
     c.num_train_epochs = 3.0
     c.num_train_steps = 0  # > 0 overrides num_train_epochs
     c.warmup_proportion = 0.1
-    c.optimizer = "adamw"
-    c.weight_decay = 0.01
-    c.adam_b1 = 0.9
-    c.adam_b2 = 0.999
-    c.adam_eps = 1e-6
-    c.max_grad_norm = 1.0
+    add_optimizer_defaults(c)
     c.layerwise_lr_decay = 1.0  # < 1: layer i of L gets lr * decay^(L - i), embeddings decay^(L+1)
     c.freeze_encoder = False  # linear probe: only the head trains; encoder has no optimizer state
     c.seed = 42
@@ -113,9 +108,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             raise UserError(f"set task.{split}_file (or task.tfds_name)")
     if config.vocab_file and not pathlib.Path(config.vocab_file).expanduser().is_file():
         raise UserError(f"vocab_file {config.vocab_file} not found")
-    shape = dict(
-        zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, num_devices), strict=True)
-    )
+    shape = sharding.mesh_shape(config.mesh, num_devices)
     data_parallel = shape["data"] * shape["fsdp"]
     for key in ("batch_size", "eval_batch_size"):
         value = int(config[key])
@@ -124,12 +117,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
                 f"{key} {value} must be a positive multiple of the data-parallel size "
                 f"{data_parallel} (mesh data*fsdp)"
             )
-    accum = int(config.grad_accum_steps)
-    if accum < 1 or config.batch_size % (data_parallel * accum):
-        raise UserError(
-            f"batch_size {config.batch_size} must be a multiple of the data-parallel size "
-            f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
-        )
+    validate_optimizer_and_batch(config, data_parallel)
     if config.num_train_steps <= 0 and config.num_train_epochs <= 0:
         raise UserError("set num_train_epochs > 0 or num_train_steps > 0")
     if not 0.0 <= config.warmup_proportion <= 1.0:
@@ -140,8 +128,6 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError("layerwise_lr_decay needs a trained encoder; unset it or freeze_encoder")
     if config.freeze_encoder and config.random_init:
         raise UserError("freeze_encoder with random_init would probe a random encoder; pick one")
-    if config.optimizer not in ("adamw", "lamb"):
-        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
     if config.remat_policy not in REMAT_POLICIES:
         raise UserError(
             f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"

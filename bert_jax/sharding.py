@@ -64,6 +64,11 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+    """{'data': d, 'fsdp': f, 'tensor': t} of resolve_mesh_shape."""
+    return dict(zip(MESH_AXES, resolve_mesh_shape(mesh_config, num_devices), strict=True))
+
+
 def make_mesh(mesh_config, devices: Sequence | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axis types (Linen-style sharding propagation)."""
     devices = list(jax.devices() if devices is None else devices)
