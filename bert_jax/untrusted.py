@@ -43,7 +43,7 @@ CONFIG_REAL_RANGES = {
 # Files.
 MAX_JSON_BYTES = 16 << 20  # config.json, bert_config.json, task_info.json, ...
 MAX_VOCAB_BYTES = 256 << 20
-MAX_VOCAB_LINE_BYTES = 4096
+MAX_VOCAB_LINE_CHARS = 4096
 # A weights file may hold the parameters in float64, a second (tied) word-embedding table and a
 # fine-tuned head or buffers besides: 16 bytes per parameter of its config, plus this much.
 CHECKPOINT_SLACK_BYTES = 256 << 20
