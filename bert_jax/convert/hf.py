@@ -87,9 +87,15 @@ def pretraining_mappings(config: BertConfig) -> list[Mapping]:
 HEAD_PATHS = ("mlm_transform", "mlm_layer_norm", "mlm_output_bias", "nsp")
 
 
-# safetensors dtype codes; weights stored in any other dtype are refused.
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-_FLOAT_DTYPES = frozenset(_SAFETENSORS_DTYPES.values())
+# safetensors dtype codes -> numpy names; parameters must be stored in one of _FLOAT_DTYPES.
+_SAFETENSORS_DTYPES = {
+    **{f"F{bits}": f"float{bits}" for bits in (16, 32, 64)},
+    **{f"I{bits}": f"int{bits}" for bits in (8, 16, 32, 64)},
+    **{f"U{bits}": f"uint{bits}" for bits in (8, 16, 32, 64)},
+    "BF16": "bfloat16",
+    "BOOL": "bool",
+}
+_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 def read_hf_weights(directory: pathlib.Path, config: BertConfig) -> dict[str, np.ndarray]:
@@ -101,26 +107,29 @@ def read_hf_weights(directory: pathlib.Path, config: BertConfig) -> dict[str, np
     safetensors_file = directory / "model.safetensors"
     torch_file = directory / "pytorch_model.bin"
     limit = checkpoint_byte_limit(config.num_parameters())
-    check = lambda specs, source: check_hf_tensors(config, specs, source)
     if safetensors_file.exists():
-        return _read_safetensors(safetensors_file, limit, check)
+        check = lambda specs: check_hf_tensors(config, specs, safetensors_file)
+        return read_safetensors(safetensors_file, max_bytes=limit, check=check)
     if torch_file.exists():
         from bert_jax.convert.torch_pickle import load_torch_state_dict
 
-        return load_torch_state_dict(
-            torch_file, max_bytes=limit, check=lambda specs: check(specs, torch_file)
-        )
+        check = lambda specs: check_hf_tensors(config, specs, torch_file)
+        return load_torch_state_dict(torch_file, max_bytes=limit, check=check)
     raise UserError(
         f"{directory}: no model.safetensors or pytorch_model.bin; "
         "point to a Hugging Face BERT directory saved with save_pretrained()"
     )
 
 
-def _read_safetensors(path: pathlib.Path, limit: int, check) -> dict[str, np.ndarray]:
-    """The safetensors library bounds-checks every offset; the shapes are checked here first."""
+def read_safetensors(path, *, max_bytes: int, check=None) -> dict[str, np.ndarray]:
+    """model.safetensors -> {name: array}; the safetensors library bounds-checks every offset.
+
+    The file may hold at most max_bytes; check, when given, is called with {name: (shape, dtype
+    name)} from the header before any tensor is read, and may raise a UserError.
+    """
     from safetensors import safe_open
 
-    check_file_size(path, limit, "a safetensors file of this model")
+    check_file_size(path, max_bytes, "a safetensors file of this model")
     try:
         with safe_open(str(path), framework="numpy") as f:
             slices = {name: f.get_slice(name) for name in f.keys()}
@@ -128,7 +137,8 @@ def _read_safetensors(path: pathlib.Path, limit: int, check) -> dict[str, np.nda
                 name: (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(s.get_dtype(), s.get_dtype()))
                 for name, s in slices.items()
             }
-            check(specs, path)
+            if check is not None:
+                check(specs)
             return {name: f.get_tensor(name) for name in specs}
     except UserError:
         raise

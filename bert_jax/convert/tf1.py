@@ -96,6 +96,12 @@ def config_from_tf1_dict(values: dict, source=None) -> BertConfig:
     return BertConfig.from_dict(values, source=source)
 
 
+def read_tf1_config(config_file) -> BertConfig:
+    """A google-research/bert bert_config.json -> BertConfig (types and ranges checked)."""
+    values = read_json_object(config_file, "a bert_config.json")
+    return config_from_tf1_dict(values, source=config_file)
+
+
 def tf1_config_dict(config: BertConfig) -> dict:
     """BertConfig -> the fields of google's bert_config.json."""
     act = "gelu" if config.hidden_act in _TANH_GELUS else config.hidden_act
@@ -162,9 +168,7 @@ def load_tf1_checkpoint(path, config_file=None, *, verbose: bool = True) -> tupl
             f"{config_file} not found: a TF1 checkpoint needs its {CONFIG_FILE} "
             "(pass config_file= when it lives elsewhere)"
         )
-    config = config_from_tf1_dict(
-        read_json_object(config_file, "a bert_config.json"), source=config_file
-    )
+    config = read_tf1_config(config_file)
 
     tf = import_tensorflow()
     try:
