@@ -17,14 +17,19 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from untrusted_files import (
+    PARAMS,
+    TASK_INFO,
+    TINY,
     Call,
     Storage,
     Tensor,
+    abstract_params,
     deadline,
+    orbax_step,
     set_declared_size,
+    tiny_hf_dir,
     torch_zip,
 )
 
@@ -35,16 +40,6 @@ from bert_jax.convert.torch_pickle import load_torch_state_dict
 from bert_jax.data import tokenization
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig
-
-TINY = BertConfig(
-    vocab_size=40,
-    hidden_size=8,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=12,
-    max_position_embeddings=16,
-)
 
 
 def float_storage(key: str, numel: int) -> tuple[Storage, bytes]:
@@ -131,15 +126,6 @@ def test_torch_pickle_never_calls_other_code(tmp_path):
     path = torch_zip(tmp_path / "odd.bin", {"w": Call("torch", "FloatStorage", 1)}, {})
     with pytest.raises(UserError):
         load_torch_state_dict(path)
-
-
-def tiny_hf_dir(directory: pathlib.Path, config: BertConfig = TINY, **overrides) -> pathlib.Path:
-    params = jax.tree.map(np.asarray, hf.init_params(config, jax.random.key(0)))
-    hf.save_hf_checkpoint(config, params, directory)
-    if overrides:
-        values = json.loads((directory / "config.json").read_text())
-        (directory / "config.json").write_text(json.dumps(dict(values, **overrides)))
-    return directory
 
 
 def test_torch_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, monkeypatch):
@@ -290,16 +276,6 @@ def test_vocab_with_more_lines_than_any_vocabulary_is_refused(tmp_path, monkeypa
 
 # -- fine-tuned and pretraining workdirs -------------------------------------------------------
 
-TASK_INFO = {
-    "kind": "classification",
-    "label_list": ["neg", "pos"],
-    "num_labels": 2,
-    "head": "classifier",
-    "lowercase": True,
-    "max_seq_length": 32,
-    "main_metric": "accuracy",
-}
-
 
 def finetuned_dir(directory: pathlib.Path, task_info=TASK_INFO, model=None) -> pathlib.Path:
     directory.mkdir(parents=True, exist_ok=True)
@@ -347,28 +323,6 @@ def test_workdir_model_configs_are_checked(tmp_path):
 
 
 # -- a bert_jax checkpoint as init_checkpoint --------------------------------------------------
-
-PARAMS = {
-    "bert": {
-        "dense": {
-            "kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
-            "bias": np.full(4, 0.5, np.float32),
-        },
-        "norm": {"scale": np.linspace(-1, 1, 6, dtype=np.float32)},
-    }
-}
-
-
-def abstract_params(params=PARAMS):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-
-
-def orbax_step(step_dir: pathlib.Path, params=PARAMS) -> pathlib.Path:
-    """A bert_jax step directory: state/ (step, params, optimizer state) and its manifest."""
-    state = {"step": np.int32(3), "params": params, "opt_state": {"mu": np.zeros(4, np.float32)}}
-    ocp.PyTreeCheckpointer().save(step_dir / "state", state)
-    checkpointing.write_manifest(step_dir, 3)
-    return step_dir
 
 
 def test_init_checkpoint_with_integer_parameters_is_refused(tmp_path):

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import itertools
 import json
 import math
+import pathlib
 import pickle
 import signal
 import struct
 import zipfile
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+
+from bert_jax import checkpointing
+from bert_jax.modeling import BertConfig
 
 ITEMSIZE = {
     "FloatStorage": 4,
@@ -47,6 +54,72 @@ DTYPE_NAME = {
 }
 # Reference decoding gives up (and expects a refusal) beyond this many elements per tensor.
 REFERENCE_MAX_ELEMENTS = 1 << 16
+
+
+# -- valid tiny files to start from --------------------------------------------------------
+
+TINY = BertConfig(
+    vocab_size=40,
+    hidden_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=12,
+    max_position_embeddings=16,
+)
+
+
+TASK_INFO = {
+    "kind": "classification",
+    "label_list": ["neg", "pos"],
+    "num_labels": 2,
+    "head": "classifier",
+    "lowercase": True,
+    "max_seq_length": 32,
+    "main_metric": "accuracy",
+}
+
+
+PARAMS = {
+    "bert": {
+        "dense": {
+            "kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
+            "bias": np.full(4, 0.5, np.float32),
+        },
+        "norm": {"scale": np.linspace(-1, 1, 6, dtype=np.float32)},
+    }
+}
+
+
+@functools.cache
+def tiny_params() -> dict:
+    """BertForPreTraining parameters of TINY (host arrays); built once, the init compiles."""
+    from bert_jax.convert.hf import init_params
+
+    return jax.tree.map(np.asarray, init_params(TINY, jax.random.key(0)))
+
+
+def tiny_hf_dir(directory: pathlib.Path, **overrides) -> pathlib.Path:
+    """A Hugging Face directory of TINY (config.json + model.safetensors); overrides go into
+    config.json only."""
+    from bert_jax.convert.hf import save_hf_checkpoint
+
+    save_hf_checkpoint(TINY, tiny_params(), directory)
+    if overrides:
+        values = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps(dict(values, **overrides)))
+    return directory
+
+
+def abstract_params(params=PARAMS):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+
+
+def orbax_step(step_dir: pathlib.Path, params=PARAMS) -> pathlib.Path:
+    """A bert_jax step directory: state/ (step, params, optimizer state) and its manifest."""
+    state = {"step": np.int32(3), "params": params, "opt_state": {"mu": np.zeros(4, np.float32)}}
+    ocp.PyTreeCheckpointer().save(step_dir / "state", state)
+    checkpointing.write_manifest(step_dir, 3)
+    return step_dir
 
 
 # -- writing torch zips ----------------------------------------------------------------------
