@@ -21,15 +21,6 @@ from bert_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def tf():
-    tf = pytest.importorskip(
-        "tensorflow", reason="TensorFlow absent: the TF1 part runs in `make test-tf` (.venv-tf)"
-    )
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
-@pytest.fixture(scope="module")
 def saved(tf, tmp_path_factory):
     return tf1.save_tf1_checkpoint(TINY, tiny_params(), tmp_path_factory.mktemp("tf1") / "ckpt")
 

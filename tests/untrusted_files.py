@@ -28,18 +28,8 @@ import orbax.checkpoint as ocp
 from bert_jax import checkpointing
 from bert_jax.modeling import BertConfig
 
-ITEMSIZE = {
-    "FloatStorage": 4,
-    "DoubleStorage": 8,
-    "HalfStorage": 2,
-    "BFloat16Storage": 2,
-    "LongStorage": 8,
-    "IntStorage": 4,
-    "ShortStorage": 2,
-    "CharStorage": 1,
-    "ByteStorage": 1,
-    "BoolStorage": 1,
-}
+# Written out here rather than imported, so that the reference decoding shares nothing with
+# bert_jax.convert.torch_pickle.
 DTYPE_NAME = {
     "FloatStorage": "float32",
     "DoubleStorage": "float64",
@@ -52,6 +42,7 @@ DTYPE_NAME = {
     "ByteStorage": "uint8",
     "BoolStorage": "bool",
 }
+ITEMSIZE = {k: 2 if v == "bfloat16" else np.dtype(v).itemsize for k, v in DTYPE_NAME.items()}
 # Reference decoding gives up (and expects a refusal) beyond this many elements per tensor.
 REFERENCE_MAX_ELEMENTS = 1 << 16
 
