@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bert_jax.errors import UserError
+from bert_jax.untrusted import is_int, read_json_object, shown
 
 MANIFEST_NAME = "bert_jax_manifest.json"
 # Orbax bookkeeping rewritten after the manifest is sealed; array values never depend on them.
@@ -65,10 +66,11 @@ def _as_path(path) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
-def _digest(path: epath.Path) -> tuple[int, str]:
+def _digest(path: epath.Path, limit: int | None = None) -> tuple[int, str]:
+    """(size, CRC32) of a file; with `limit`, reads no more than that many bytes."""
     crc, size = 0, 0
     with path.open("rb") as f:
-        while chunk := f.read(_READ_CHUNK):
+        while chunk := f.read(_READ_CHUNK if limit is None else min(_READ_CHUNK, limit - size)):
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return size, f"{crc:08x}"
@@ -104,18 +106,44 @@ def checkpoint_problem(step_dir) -> str | None:
     if not manifest_path.exists():
         return f"no {MANIFEST_NAME} (the save never completed)"
     try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as err:
+        files = read_json_object(manifest_path, MANIFEST_NAME).get("files")
+    except UserError as err:
         return f"{MANIFEST_NAME} is unreadable ({err})"
+    if not isinstance(files, dict):
+        return f"{MANIFEST_NAME} lists no files"
     for name, expected in files.items():
-        path = step_dir / name
-        if not path.exists():
-            return f"{name} is missing"
-        size, crc = _digest(path)
-        if size != expected["size"]:
-            return f"{name} is truncated ({size} of {expected['size']} bytes)"
-        if crc != expected["crc32"]:
-            return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
+        problem = _manifest_entry_problem(step_dir, name, expected)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _manifest_entry_problem(step_dir: epath.Path, name, expected) -> str | None:
+    """A manifest from elsewhere may name files outside the step or a device that never ends."""
+    parts = name.split("/") if isinstance(name, str) else []
+    valid = (
+        parts
+        and not any(part in ("", ".", "..") for part in parts)
+        and isinstance(expected, dict)
+        and is_int(expected.get("size"))
+        and expected["size"] >= 0
+        and isinstance(expected.get("crc32"), str)
+    )
+    if not valid:
+        return f"{MANIFEST_NAME} has a malformed entry {shown(name)}: {shown(expected)}"
+    path = step_dir / name
+    if not path.exists():
+        return f"{name} is missing"
+    local = "://" not in str(path)  # epath calls a device such as /dev/zero a file
+    if not (os.path.isfile(path) if local else path.is_file()):
+        return f"{name} is not a regular file"
+    size, crc = _digest(path, limit=expected["size"] + 1)
+    if size < expected["size"]:
+        return f"{name} is truncated ({size} of {expected['size']} bytes)"
+    if size > expected["size"]:
+        return f"{name} is longer than the {expected['size']} bytes recorded"
+    if crc != expected["crc32"]:
+        return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
     return None
 
 
@@ -395,13 +423,15 @@ def _key_name(key) -> str:
     return str(key)
 
 
+def _leaves_by_path(tree) -> dict[str, Any]:
+    """'a/b/c' -> leaf (an array, ShapeDtypeStruct or Orbax metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
 def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
     """'a/b/c' -> shape for every array-like leaf (arrays, ShapeDtypeStructs, Orbax metadata)."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-        for path, leaf in leaves
-    }
+    return {path: tuple(getattr(leaf, "shape", ())) for path, leaf in _leaves_by_path(tree).items()}
 
 
 def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
@@ -456,9 +486,13 @@ def _plain(tree):
     return unfreeze(tree) if hasattr(tree, "unfreeze") else tree
 
 
+def _is_step_name(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 def _newest_intact_step_dir(checkpoints_dir: epath.Path) -> epath.Path:
     steps = sorted(
-        (int(p.name) for p in checkpoints_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+        (int(p.name) for p in checkpoints_dir.iterdir() if _is_step_name(p.name) and p.is_dir()),
         reverse=True,
     )
     for step in steps:
@@ -481,7 +515,7 @@ def resolve_checkpoint_dir(path) -> epath.Path | None:
         return path
     if (path / "checkpoints").is_dir():
         return _newest_intact_step_dir(path / "checkpoints")
-    if any(p.name.isdigit() and (p / "state").is_dir() for p in path.iterdir()):
+    if any(_is_step_name(p.name) and (p / "state").is_dir() for p in path.iterdir()):
         return _newest_intact_step_dir(path)
     return None
 
@@ -544,22 +578,75 @@ def _check_fits(source, saved_tree, abstract_params) -> None:
         raise UserError(f"init_checkpoint {source} does not fit the model: {mismatch}")
 
 
+def _check_dtypes(source, saved_tree, abstract_params) -> None:
+    """Saved parameters must be floating point; another float precision is cast, and said so."""
+    saved = _leaves_by_path(saved_tree)
+    cast = []
+    for path, want in _leaves_by_path(abstract_params).items():
+        try:
+            dtype = np.dtype(saved[path].dtype)
+        except (AttributeError, TypeError):
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            stored = "an unknown type" if dtype is None else dtype
+            raise UserError(
+                f"init_checkpoint {source}: parameter {path} is stored as {stored}, not as "
+                "floating point"
+            )
+        if dtype != want.dtype:
+            cast.append(f"{path} ({dtype} -> {np.dtype(want.dtype)})")
+    if cast:
+        _print_main(f"init_checkpoint: {len(cast)} parameter(s) cast, e.g. {cast[0]}")
+
+
+def _refuse_links(step_dir: epath.Path) -> None:
+    """Array data read through a link could come from any file the user can read (a private key
+    copied into the weights); bert_jax never writes links, so a step holding one is refused."""
+    if "://" in str(step_dir):
+        return
+    for root, dirs, files in os.walk(step_dir):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise UserError(
+                    f"checkpoint {step_dir} holds a symbolic link ({os.path.join(root, name)}); "
+                    "copy the checkpoint without links to use it"
+                )
+
+
 def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str, ...]):
-    saved = _saved_state_tree(step_dir)
-    if not isinstance(saved, dict) or "params" not in saved:
-        raise UserError(f"checkpoint {step_dir} holds no 'params' tree")
-    _check_fits(step_dir, _select(saved["params"], subtree, step_dir), abstract_params)
+    _refuse_links(step_dir)
+    try:
+        saved = _saved_state_tree(step_dir)
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise UserError(f"checkpoint {step_dir} holds no 'params' tree")
+        selected = _select(saved["params"], subtree, step_dir)
+        _check_fits(step_dir, selected, abstract_params)
+        _check_dtypes(step_dir, selected, abstract_params)
+    except UserError:
+        raise
+    except Exception as err:  # Orbax's metadata readers raise many types on damaged files
+        raise UserError(
+            f"checkpoint {step_dir}: unreadable metadata ({type(err).__name__}: {shown(str(err))})"
+        ) from err
     target = {"params": _nest(subtree, abstract_params)}
-    restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,  # the optimizer state is never read
-        ),
-    )
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            step_dir / "state",
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,  # the optimizer state is never read
+            ),
+        )
+    except Exception as err:  # TensorStore reports damaged array data as ValueError and others
+        raise UserError(
+            f"checkpoint {step_dir}: cannot restore the parameters ({type(err).__name__}: "
+            f"{shown(str(err))})"
+        ) from err
     _print_main(f"init_checkpoint: parameters from {step_dir}")
-    return _select(restored["params"], subtree, step_dir)
+    loaded = _select(restored["params"], subtree, step_dir)
+    _check_fits(step_dir, loaded, abstract_params)
+    return loaded
 
 
 def _load_hf_params(directory: epath.Path, abstract_params, subtree: tuple[str, ...]):

@@ -11,9 +11,8 @@ parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +21,15 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.errors import UserError
+from bert_jax.untrusted import (
+    CONFIG_REAL_RANGES,
+    CONFIG_SIZE_BOUNDS,
+    MAX_PARAMETERS,
+    is_int,
+    is_real,
+    read_json_object,
+    shown,
+)
 
 Array = jax.Array
 
@@ -80,35 +88,55 @@ class BertConfig:
 
     def __post_init__(self):
         problems = []
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name, bound in CONFIG_SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            if not is_int(value) or value <= 0:
+                problems.append(f"{name} must be a positive integer, got {shown(value)}")
+            elif value > bound:
+                problems.append(f"{name} {value} is more than {bound}")
         if not problems and self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}"
             )
-        if self.hidden_act not in ACTIVATIONS:
-            problems.append(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not problems and self.num_parameters() > MAX_PARAMETERS:
+            problems.append(
+                f"{self.num_parameters()} parameters are more than {MAX_PARAMETERS}; "
+                "check vocab_size, hidden_size, intermediate_size and num_hidden_layers"
+            )
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
+            problems.append(
+                f"hidden_act {shown(self.hidden_act)} is not one of {sorted(ACTIVATIONS)}"
+            )
+        for name, (low, high, high_included) in CONFIG_REAL_RANGES.items():
+            value = getattr(self, name)
+            inside = (
+                is_real(value)
+                and low <= value
+                and (value <= high if high_included else value < high)
+            )
+            if not inside:
+                interval = f"[{low:g}, {high:g}{']' if high_included else ')'}"
+                problems.append(f"{name} must be in {interval}, got {shown(value)}")
+        if not is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps <= 1:
+            problems.append(f"layer_norm_eps must be in (0, 1], got {shown(self.layer_norm_eps)}")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
-            except TypeError:
-                problems.append(f"{name} {getattr(self, name)!r} is not a dtype name")
-        if self.remat_policy not in REMAT_POLICIES:
+            except (TypeError, ValueError):
+                problems.append(f"{name} {shown(getattr(self, name))} is not a dtype name")
+        if not isinstance(self.pre_layer_norm, bool):
             problems.append(
-                f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
+                f"pre_layer_norm must be true or false, got {shown(self.pre_layer_norm)}"
+            )
+        if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
+            problems.append(
+                f"remat_policy {shown(self.remat_policy)} is not one of {list(REMAT_POLICIES)}"
+            )
+        if not isinstance(self.attention_implementation, str | None):
+            problems.append(
+                "attention_implementation must be a name or None, got "
+                f"{shown(self.attention_implementation)}"
             )
         if problems:
             raise UserError("invalid BertConfig: " + "; ".join(problems))
@@ -128,15 +156,29 @@ class BertConfig:
         return cls(**fields)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
-        """Builds from a bert_config.json / config.json dict; unknown keys are ignored."""
+    def from_dict(cls, values: dict[str, Any], source=None) -> BertConfig:
+        """Builds from a bert_config.json / config.json dict; unknown keys are ignored.
+
+        Every field is checked for its type and range (`bert_jax.untrusted` holds the bounds), so
+        a config read from a downloaded file cannot size an absurd model. `source`, the file the
+        dict was read from, is named in the error.
+        """
+        if not isinstance(values, Mapping):
+            raise UserError(
+                f"{source or 'BertConfig'}: expected an object of config fields, found "
+                f"{type(values).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except UserError as err:
+            if source is None:
+                raise
+            raise UserError(f"{source}: {err}") from err
 
     @classmethod
     def from_json_file(cls, path) -> BertConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json_object(path, "a BERT config"), source=path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

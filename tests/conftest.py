@@ -21,3 +21,13 @@ def shared_data() -> pathlib.Path:
             f"{SHARED_DATA} not found: real-corpus checks need ../shared/data beside the repo"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tf():
+    """TensorFlow (the `tf` extra, `make test-tf`); the main suite skips its tests visibly."""
+    tf = pytest.importorskip(
+        "tensorflow", reason="TensorFlow absent: install the extra with pip install -e '.[tf]'"
+    )
+    tf.get_logger().setLevel("ERROR")
+    return tf
