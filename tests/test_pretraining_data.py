@@ -258,7 +258,7 @@ def data_config(tmp_path_factory):
     config.max_seq_length = 64
     config.max_predictions_per_seq = 10
     info = pipeline.prepare_data(config)
-    assert info["documents"] == 1189 and info["validation_documents"] == 59
+    assert info["documents"] == 1189 and info["validation_documents"] == 56  # hash-drawn: ~5%
     return config
 
 

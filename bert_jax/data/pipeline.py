@@ -21,8 +21,10 @@ The iterator is a grain `DatasetIterator`: `get_state()` returns a JSON-serialis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
+import json
 import os
 from typing import Any
 
@@ -30,6 +32,7 @@ import grain
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 
 from bert_jax.data import corpus, pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
@@ -53,12 +56,16 @@ BATCH_FIELDS = (
 def default_data_config() -> ml_collections.ConfigDict:
     """Pretraining data settings; defaults: the bundled KJV corpus and its 8192-token vocab."""
     config = ml_collections.ConfigDict()
-    config.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs; *.gz is read as gzip.
+    config.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs (gs:// too); *.gz: gzip.
     config.vocab_file = BUNDLED_VOCAB
     config.lowercase = True
-    config.data_dir = "~/.cache/bert_jax/datasets"  # Where the tokenized TFDS corpus is cached.
-    config.validation_fraction = 0.05  # Share of documents held out (seeded, whole documents).
+    config.data_dir = "~/.cache/bert_jax/datasets"  # Where prepared datasets live (gs:// too).
+    config.dataset_dir = ""  # One prepared dataset (prepare prints it); then input_files is unused.
+    config.validation_fraction = 0.05  # Share of documents held out (by a hash of each document).
     config.max_line_chars = 20_000  # Longer lines are split at a space (and counted).
+    config.word_segmenter = "none"  # Whole-word boundaries: none, jieba or module:callable.
+    config.num_workers = 0  # Processes preparing the corpus on first use (0: one per core).
+    config.allow_dirty_corpus = False  # Prepare even a corpus that looks binary or mis-vocabbed.
     config.max_seq_length = 128
     config.max_predictions_per_seq = 20
     config.masked_lm_prob = 0.15
@@ -86,24 +93,169 @@ def example_options(data_config) -> pretraining.ExampleOptions:
     )
 
 
-def _builder(data_config) -> corpus.PretrainingCorpus:
-    return corpus.corpus_builder(
-        data_config.input_files,
-        data_config.vocab_file,
-        data_dir=os.path.expanduser(data_config.data_dir),
+# -- finding the prepared dataset ------------------------------------------------------------
+
+DATASET_RECORD = "dataset.json"  # in a workdir: the dataset its run reads
+
+
+def prepare_data(data_config, workdir=None) -> dict:
+    """Finds or builds the prepared dataset for `data_config`; returns its summary (process 0).
+
+    In order: the dataset recorded in `workdir` (a resumed run reads the same data); else
+    `data.dataset_dir`; else the dataset of `data.input_files` and these settings in
+    `data.data_dir`: built now if missing, or, if the raw files are gone, the one dataset
+    prepared from the same paths and settings; with `data.input_files` empty, the only dataset
+    in `data.data_dir`. The choice is recorded in `workdir`. Never reads the raw text unless it
+    builds: finding costs one stat per input file.
+    """
+    recorded = recorded_dataset_dir(workdir) if workdir is not None else None
+    if recorded:
+        prepared = _open_recorded(data_config, recorded, workdir)
+    else:
+        prepared = open_dataset(data_config)
+        if workdir is not None:
+            record = {"dataset_dir": prepared.directory, "name": prepared.meta["name"]}
+            (epath.Path(workdir) / DATASET_RECORD).write_text(json.dumps(record, indent=1))
+    return prepared.info()
+
+
+def recorded_dataset_dir(workdir) -> str | None:
+    """The dataset directory a workdir's run reads (None before its first start)."""
+    path = epath.Path(workdir) / DATASET_RECORD
+    return json.loads(path.read_text())["dataset_dir"] if path.exists() else None
+
+
+def with_prepared_dataset(config: ml_collections.ConfigDict, workdir) -> ml_collections.ConfigDict:
+    """A copy of a pretraining config whose `data.dataset_dir` is the one `workdir` records, so
+    every later read (each evaluation, every process) opens it directly."""
+    config = copy.deepcopy(config)
+    config.data.dataset_dir = recorded_dataset_dir(workdir)
+    return config
+
+
+def _open_recorded(data_config, recorded: str, workdir) -> corpus.PreparedCorpus:
+    try:
+        prepared = corpus.open_prepared(recorded)
+    except UserError:
+        raise UserError(
+            f"{workdir} was trained on {recorded}, which is gone or incomplete: restore it "
+            "(or prepare the same inputs again), or start a new workdir"
+        ) from None
+    asked = data_config.dataset_dir and corpus.open_prepared(data_config.dataset_dir).directory
+    if not asked and str(data_config.input_files).strip():
+        try:
+            asked = os.fspath(corpus.dataset_dir(data_config.data_dir, _spec(data_config).name))
+        except corpus.InputFileNotFound:
+            asked = None  # the raw text is gone: nothing to compare, the record decides
+    if asked and asked != prepared.directory:
+        raise UserError(
+            f"{workdir} was trained on {recorded}, but the config now names other data "
+            f"({asked}): resume with the same data, or start a new workdir "
+            f"(--config.init_checkpoint={workdir} continues from its weights)"
+        )
+    _check_vocab(data_config, prepared)
+    return prepared
+
+
+def _settings_kwargs(data_config) -> dict:
+    return dict(
         lowercase=data_config.lowercase,
         validation_fraction=data_config.validation_fraction,
         max_line_chars=data_config.max_line_chars,
-        show_progress=data_config.show_progress,
+        word_segmenter=data_config.word_segmenter,
     )
 
 
-def prepare_data(data_config) -> dict:
-    """Builds the tokenized corpus under data_dir unless an identical one exists (process 0 only).
+def _spec(data_config) -> corpus.CorpusSpec:
+    return corpus.corpus_spec(
+        data_config.input_files, data_config.vocab_file, **_settings_kwargs(data_config)
+    )
 
-    Returns the corpus report: documents, sentences, tokens, repairs, examples per split, paths.
-    """
-    return corpus.prepare_corpus(_builder(data_config))
+
+def open_dataset(data_config, allow_prepare: bool = True) -> corpus.PreparedCorpus:
+    """The prepared dataset `data_config` names (see `prepare_data`), built on first use if
+    `allow_prepare`."""
+    if data_config.dataset_dir:
+        prepared = corpus.open_prepared(data_config.dataset_dir)
+    elif not str(data_config.input_files).strip():
+        prepared = _only_dataset(data_config.data_dir)
+    else:
+        try:
+            spec = _spec(data_config)
+        except corpus.InputFileNotFound as missing:
+            prepared = _prepared_from_same_paths(data_config, missing)
+        else:
+            directory = corpus.dataset_dir(data_config.data_dir, spec.name)
+            if (directory / "corpus.json").exists():
+                prepared = corpus.open_prepared(os.fspath(directory))
+            elif not allow_prepare:
+                raise UserError(
+                    f"no prepared data in {data_config.data_dir}: call prepare_data on process 0 "
+                    "first"
+                )
+            else:
+                prepared = corpus.prepare(
+                    spec,
+                    data_config.data_dir,
+                    num_workers=data_config.num_workers,
+                    allow_dirty_corpus=data_config.allow_dirty_corpus,
+                    insist="--config.data.allow_dirty_corpus=True",
+                    show_progress=data_config.show_progress,
+                )
+    _check_vocab(data_config, prepared)
+    return prepared
+
+
+def _only_dataset(data_dir: str) -> corpus.PreparedCorpus:
+    found = corpus.list_prepared(data_dir)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(
+            f"data.input_files is empty and {data_dir} holds no prepared dataset: run "
+            "python -m bert_jax.data.prepare, or set data.input_files or data.dataset_dir"
+        )
+    raise UserError(
+        f"data.input_files is empty and {data_dir} holds {len(found)} prepared datasets: set "
+        f"data.dataset_dir to one of {', '.join(p.directory for p in found)}"
+    )
+
+
+def _prepared_from_same_paths(data_config, missing) -> corpus.PreparedCorpus:
+    """The raw text is gone: the one dataset prepared from the same paths and settings."""
+    patterns = corpus.split_patterns(data_config.input_files)
+    settings, _ = corpus.corpus_settings(data_config.vocab_file, **_settings_kwargs(data_config))
+    found = [
+        p
+        for p in corpus.list_prepared(data_config.data_dir)
+        if p.meta["input_patterns"] == patterns and p.settings == settings
+    ]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(
+            f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} "
+            "holds no dataset prepared from these inputs with these settings (prepare them, or "
+            "set data.dataset_dir)"
+        )
+    raise UserError(
+        f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} holds "
+        f"{len(found)} datasets prepared from these paths: set data.dataset_dir to one of "
+        + ", ".join(p.directory for p in found)
+    )
+
+
+def _check_vocab(data_config, prepared: corpus.PreparedCorpus) -> None:
+    if not data_config.vocab_file:
+        return
+    tokenizer = WordPieceTokenizer.from_vocab(data_config.vocab_file, data_config.lowercase)
+    if tokenizer.fingerprint() != prepared.settings.tokenizer_fingerprint:
+        raise UserError(
+            f"data.vocab_file {data_config.vocab_file} (lowercase={data_config.lowercase}) is "
+            f"not the vocabulary {prepared.directory} was tokenized with "
+            f"({prepared.meta['vocab_file']}, lowercase={prepared.settings.lowercase}; a copy "
+            "is vocab.txt there): pass that one"
+        )
 
 
 @dataclasses.dataclass
@@ -199,20 +351,14 @@ def make_example_chunks(
     """
     if split not in ("train", "validation"):
         raise UserError(f"unknown split {split!r}: use 'train' or 'validation'")
-    builder = _builder(data_config)
-    if not builder.is_prepared():
-        if process_count > 1:
-            raise UserError(
-                f"no prepared data in {data_config.data_dir}: call prepare_data on process 0 first"
-            )
-        corpus.prepare_corpus(builder)
-    if split not in builder.info.splits:
+    prepared = open_dataset(data_config, allow_prepare=process_count == 1)
+    if split not in prepared.examples:
         raise UserError(
             f"the corpus has no {split} split: validation_fraction is "
             f"{data_config.validation_fraction} or the corpus has a single document"
         )
-    tokenizer = WordPieceTokenizer.from_vocab(data_config.vocab_file, data_config.lowercase)
-    source = builder.as_data_source(split)
+    tokenizer = prepared.tokenizer()
+    source = prepared.data_source(split)
     train = split == "train"
     documents = np.arange(len(source))
     if train:
@@ -229,7 +375,7 @@ def make_example_chunks(
         process_index=process_index if train else 0,
         options=example_options(data_config),
         vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
-        cache_documents=builder.info.metadata["report"]["tokens"] <= data_config.cache_max_tokens,
+        cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
     )
     chunks = grain.MapDataset.range(to_examples.chunks_per_epoch).repeat(num_epochs)
     return chunks.map_with_index(to_examples)

@@ -1,144 +1,194 @@
-"""Text corpus -> tokenized documents: a TFDS dataset of ArrayRecord files, no TensorFlow needed.
+"""Reading text into tokenized documents, unit by unit, with every repair counted.
 
 Input format (google-research/bert `create_pretraining_data.py`): UTF-8 text, one sentence per
 line, a blank line between documents; files may be gzip-compressed (*.gz). The end of a file also
 ends a document (the reference would run it into the next file's first document).
 
-Each example is one document: `tokens` int32 [num_tokens] (all its sentences back to back) and
-`sentence_lengths` int32 [num_sentences]. A `validation` split holds a seeded random sample of
-whole documents; `train` holds the rest. The builder config name carries a fingerprint of the
-input bytes, the tokenizer and the options, so changing any of them builds a new dataset beside
-the old one instead of silently reusing it.
-
-The tokenized corpus is held in memory while the dataset is written (4 bytes per token).
+A corpus is read in *units*: a whole file, or a byte range of a large uncompressed file cut just
+before a blank line (a document boundary). Reading units one after the other gives exactly the
+documents of reading the files whole; the units depend only on the files, never on the number
+of workers. Paths go through etils.epath, so inputs may be on gs://.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import glob
 import gzip
-import hashlib
-import io
-import json
-import logging
+import itertools
 import os
 import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
-import tqdm
-from absl import logging as absl_logging
+from etils import epath
 
+from bert_jax.data.corpus.report import CorpusReport
+from bert_jax.data.corpus.words import Segmenter, encode_segmented
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 
-# Bumped whenever the stored format or the reading rules change.
-_FORMAT_VERSION = 1
-_BLOCK_BYTES = 1 << 24
+_BLOCK_BYTES = 1 << 24  # text decoded and tokenized at a time (bounds a reader's memory)
+_SCAN_BYTES = 1 << 20  # read at a time while looking for a blank line to cut a file at
+_MIN_UNIT_BYTES, _MAX_UNIT_BYTES = 1 << 20, 1 << 26
 _REPLACEMENT_CHAR_UTF8 = "\ufffd".encode()
 _LAST_WHITESPACE = re.compile(r"\s(?=\S*$)")
+# A line of ASCII whitespace only: always blank to the reader (str.strip), so a cut before it
+# falls on a document boundary. (Other blank lines are boundaries too; units need not find all.)
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+_ASCII_BLANKS = b" \t\r\f\v"
 
 
-class _QuietCustomConfigs(logging.Filter):
-    """TFDS warns about every config not declared on the class; ours come from the inputs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return not message.startswith(("Using custom data configuration", "Variant folder"))
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
 
 
-absl_logging.get_absl_logger().addFilter(_QuietCustomConfigs())
+def _normalise(pattern: str) -> str:
+    pattern = pattern.strip()
+    return pattern if is_remote(pattern) else os.path.abspath(os.path.expanduser(pattern))
+
+
+def split_patterns(input_files: str | Sequence[str]) -> list[str]:
+    """The comma-separated paths or globs, absolute (local) or as given (gs://...)."""
+    parts = input_files.split(",") if isinstance(input_files, str) else list(input_files)
+    return [_normalise(str(p)) for p in parts if str(p).strip()]
+
+
+def _glob(pattern: str) -> list[str]:
+    """Sorted matches of a glob, local or remote, through epath."""
+    parts = pattern.split("/")
+    first_magic = next(i for i, part in enumerate(parts) if re.search(r"[*?\[]", part))
+    root = "/".join(parts[:first_magic]) or "/"
+    rest = "/".join(parts[first_magic:])
+    return sorted(os.fspath(p) for p in epath.Path(root).glob(rest) if p.is_file())
+
+
+class InputFileNotFound(UserError):
+    """An input path or glob that matches no file."""
+
+    def __init__(self, pattern: str):
+        super().__init__(f"input file not found: {pattern} (check the path in --input_files)")
+        self.pattern = pattern
+
+    def __reduce__(self):
+        return type(self), (self.pattern,)
 
 
 def resolve_input_files(input_files: str | Sequence[str]) -> list[str]:
     """Expands comma-separated paths and glob patterns, in the given order, globs sorted."""
-    patterns = input_files.split(",") if isinstance(input_files, str) else list(input_files)
-    patterns = [os.path.expanduser(str(p).strip()) for p in patterns if str(p).strip()]
-    if not patterns:
+    given = input_files.split(",") if isinstance(input_files, str) else list(input_files)
+    given = [str(p).strip() for p in given if str(p).strip()]
+    if not given:
         raise UserError("no input files given: pass --input_files=a.txt,b.txt (globs accepted)")
     files: list[str] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.isfile(m)]
+    for written, pattern in zip(given, split_patterns(given), strict=True):
+        if re.search(r"[*?\[]", pattern):
+            matches = _glob(pattern)
+        else:
+            matches = [pattern] if epath.Path(pattern).is_file() else []
         if not matches:
-            raise UserError(f"input file not found: {pattern} (check the path in --input_files)")
+            raise InputFileNotFound(written)
         files.extend(m for m in matches if m not in files)
     return files
 
 
-def fingerprint_files(files: Sequence[str]) -> str:
-    """Content hash of the files, in order (names do not matter, bytes do)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for path in files:
-        with open(path, "rb") as f:
-            digest.update(hashlib.file_digest(f, "blake2b").digest())
-    return digest.hexdigest()
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """A text file and what identifies its version cheaply: size and modification time."""
+
+    path: str
+    size: int
+    mtime: float
 
 
-@dataclasses.dataclass
-class CorpusReport:
-    """What reading the corpus found; every skipped or repaired line is counted here."""
+def stat_files(paths: Sequence[str]) -> list[InputFile]:
+    """One stat per file (in parallel threads: cheap on gs:// too); no byte is read."""
 
-    files: int = 0
-    empty_files: list[str] = dataclasses.field(default_factory=list)
-    bytes: int = 0
-    lines: int = 0
-    documents: int = 0
-    sentences: int = 0
-    tokens: int = 0
-    unknown_tokens: int = 0
-    one_sentence_documents: int = 0
-    invalid_utf8_replaced: int = 0
-    long_lines_split: int = 0
-    lines_without_tokens: int = 0
-    train_documents: int = 0
-    validation_documents: int = 0
-    seconds: float = 0.0
+    def stat(path):
+        result = epath.Path(path).stat()
+        return InputFile(path, int(result.length), float(result.mtime))
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        rows = [
-            ("files", f"{self.files:,} ({len(self.empty_files)} empty)"),
-            ("documents", f"{self.documents:,} ({self.one_sentence_documents:,} of one sentence)"),
-            ("  train / validation", f"{self.train_documents:,} / {self.validation_documents:,}"),
-            ("sentences", f"{self.sentences:,}"),
-            ("tokens", f"{self.tokens:,} ({self.unknown_tokens:,} [UNK])"),
-            ("invalid UTF-8 replaced", f"{self.invalid_utf8_replaced:,} byte sequences (U+FFFD)"),
-            ("long lines split", f"{self.long_lines_split:,}"),
-            ("lines skipped", f"{self.lines_without_tokens:,} (no tokens after normalisation)"),
-            ("time", f"{self.seconds:.1f} s"),
-        ]
-        lines = [f"  {name:<24}{value}" for name, value in rows]
-        lines += [f"  empty file: {path}" for path in self.empty_files]
-        return "\n".join(lines)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(stat, paths))
 
 
-@dataclasses.dataclass
-class TokenizedDocuments:
-    """A corpus in three flat arrays.
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """Bytes [start, stop) of one file (a gzip file is always one whole unit)."""
 
-    tokens: int32 [num_tokens], sentences back to back.
-    sentence_lengths: int32 [num_sentences], all >= 1.
-    document_sizes: int64 [num_documents], sentences per document, all >= 1.
+    index: int
+    file_index: int
+    path: str
+    start: int
+    stop: int
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.endswith(".gz")
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def unit_bytes_for(total_bytes: int) -> int:
+    """About 64 units per corpus, each between 1 MB and 64 MB: enough for every core."""
+    return int(min(_MAX_UNIT_BYTES, max(_MIN_UNIT_BYTES, total_bytes // 64)))
+
+
+def _blank_line_after(f, position: int, limit: int) -> int | None:
+    """Offset of the first ASCII-blank line starting after `position` and before `limit`."""
+    f.seek(position)
+    offset, carry = position, b""
+    while offset < limit:
+        chunk = f.read(_SCAN_BYTES)
+        if not chunk:
+            return None
+        buffer, base = carry + chunk, offset - len(carry)
+        match = _BLANK_LINE.search(buffer)
+        if match:
+            cut = base + match.start() + 1
+            return cut if cut < limit else None
+        newline = buffer.rfind(b"\n")
+        carry = buffer[newline:] if newline >= 0 else b""
+        if carry[1:].strip(_ASCII_BLANKS):  # a line with text cannot become blank
+            carry = b""
+        offset += len(chunk)
+    return None
+
+
+def _cuts(file: InputFile, unit_bytes: int) -> list[int]:
+    """Where to cut an uncompressed file: before the first blank line past every unit_bytes."""
+    if file.path.endswith(".gz") or file.size < 2 * unit_bytes:
+        return []
+    cuts: list[int] = []
+    with epath.Path(file.path).open("rb") as f:
+        nominal = unit_bytes
+        while nominal < file.size - unit_bytes // 2:
+            window_end = min(file.size - 1, nominal + unit_bytes)
+            cut = _blank_line_after(f, nominal - 1, window_end)
+            if cut is None:  # one long document: look again one unit further
+                nominal += unit_bytes
+            else:
+                cuts.append(cut)
+                nominal = cut + unit_bytes
+    return cuts
+
+
+def plan_units(files: Sequence[InputFile], unit_bytes: int | None = None) -> list[Unit]:
+    """The corpus's units, in reading order; they depend on the files and unit_bytes only.
+
+    unit_bytes=0 keeps every file whole.
     """
-
-    tokens: np.ndarray
-    sentence_lengths: np.ndarray
-    document_sizes: np.ndarray
-
-    def documents(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yields (index, tokens, sentence_lengths) for the given document indices."""
-        sentence_ends = np.cumsum(self.document_sizes)
-        token_ends = np.concatenate([[0], np.cumsum(self.sentence_lengths, dtype=np.int64)])
-        for i in indices:
-            first, last = sentence_ends[i] - self.document_sizes[i], sentence_ends[i]
-            tokens = self.tokens[token_ends[first] : token_ends[last]]
-            yield int(i), tokens, self.sentence_lengths[first:last]
+    if unit_bytes is None:
+        unit_bytes = unit_bytes_for(sum(f.size for f in files))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        cuts = list(pool.map(lambda f: _cuts(f, unit_bytes) if unit_bytes else [], files))
+    units: list[Unit] = []
+    for file_index, (file, file_cuts) in enumerate(zip(files, cuts, strict=True)):
+        for start, stop in itertools.pairwise([0, *file_cuts, file.size]):
+            units.append(Unit(len(units), file_index, file.path, start, stop))
+    return units
 
 
 def _split_long_line(line: str, limit: int) -> list[str]:
@@ -154,228 +204,194 @@ def _split_long_line(line: str, limit: int) -> list[str]:
     return pieces
 
 
-def _read_blocks(path: str, progress: tqdm.tqdm) -> Iterator[tuple[list[str], int]]:
-    """Yields (lines, invalid UTF-8 sequences replaced) per ~16 MB block ending at a newline."""
-    with open(path, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else io.BufferedReader(raw)
-        position = 0
-        while True:
-            block = stream.read(_BLOCK_BYTES)
+def _read_blocks(unit: Unit, on_bytes: Callable[[int], None]) -> Iterator[tuple[bytes, str]]:
+    """Yields (raw block, decoded text) per ~16 MB block ending at a newline (or the unit's end).
+
+    A block never ends inside a line, and no UTF-8 sequence holds a newline byte, so decoding
+    (invalid bytes become U+FFFD) does not depend on where blocks or units are cut.
+    """
+    with epath.Path(unit.path).open("rb") as raw:
+        if unit.compressed:
+            stream, remaining = gzip.GzipFile(fileobj=raw), None
+        else:
+            raw.seek(unit.start)
+            stream, remaining = raw, unit.size
+        position = raw.tell()
+        while remaining is None or remaining > 0:
+            block = stream.read(_BLOCK_BYTES if remaining is None else min(_BLOCK_BYTES, remaining))
             if not block:
                 break
-            block += stream.readline()
-            text = block.decode("utf-8", errors="replace")
-            replaced = text.count("\ufffd") - block.count(_REPLACEMENT_CHAR_UTF8)
-            if text.endswith("\n"):
-                text = text[:-1]
-            progress.update(raw.tell() - position)
+            if not block.endswith(b"\n"):  # a unit's range always ends after a newline or at EOF
+                block += stream.readline()
+            if remaining is not None:
+                remaining -= len(block)
+            on_bytes(raw.tell() - position)
             position = raw.tell()
-            yield text.split("\n"), replaced
+            yield block, block.decode("utf-8", errors="replace")
+
+
+Document = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""tokens int32 [T], sentence_lengths int32 [S] (all >= 1), word_starts uint8 [T] or None."""
+
+
+def read_unit(
+    unit: Unit,
+    tokenizer: WordPieceTokenizer,
+    report: CorpusReport,
+    *,
+    max_line_chars: int = 20_000,
+    segmenter: Segmenter | None = None,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> Iterator[Document]:
+    """The documents of one unit, in order, as they are read; counts go into `report`.
+
+    Memory is bounded by one block plus the longest document.
+    """
+    report.bytes += unit.size
+    at_document_start = True
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+
+    def finish() -> Document | None:
+        if not pending:
+            return None
+        tokens = np.concatenate([p[0] for p in pending])
+        lengths = np.concatenate([p[1] for p in pending])
+        starts = None if segmenter is None else np.concatenate([p[2] for p in pending])
+        pending.clear()
+        report.documents += 1
+        report.one_sentence_documents += int(len(lengths) == 1)
+        return tokens, lengths, starts
+
+    for block, text in _read_blocks(unit, on_bytes):
+        replaced = text.count("\ufffd") - block.count(_REPLACEMENT_CHAR_UTF8)
+        if replaced:
+            report.invalid_utf8_replaced += replaced
+            report.invalid_utf8_bytes += len(block) - len(text.encode("utf-8")) + 3 * replaced
+        if text.endswith("\n"):
+            text = text[:-1]
+        raw_lines = text.split("\n")
+        report.lines += len(raw_lines)
+        sentences, starts_document = [], []
+        for line in raw_lines:
+            line = line.strip()
+            if not line:
+                at_document_start = True
+                continue
+            if len(line) > max_line_chars:
+                pieces = _split_long_line(line, max_line_chars)
+                report.long_lines_split += 1
+            else:
+                pieces = [line]
+            for piece in pieces:
+                sentences.append(piece)
+                starts_document.append(at_document_start)
+                at_document_start = False
+        if segmenter is None:
+            tokens, lengths = tokenizer.encode_lines(sentences)
+            word_starts = None
+        else:
+            tokens, lengths, word_starts = encode_segmented(tokenizer, segmenter, sentences, report)
+        kept = lengths > 0
+        report.lines_without_tokens += int(np.sum(~kept))
+        # A line without tokens hands its "starts a document" flag on to the next line.
+        starts = np.asarray(starts_document, bool)
+        next_kept = np.cumsum(kept) - kept
+        starts_kept = np.zeros(int(kept.sum()), bool)
+        inside = next_kept < len(starts_kept)
+        np.logical_or.at(starts_kept, next_kept[inside], starts[inside])
+        at_document_start |= bool(starts[~inside].any())
+        lengths = lengths[kept].astype(np.int32)
+        report.sentences += len(lengths)
+        report.tokens += len(tokens)
+        report.unknown_tokens += int(np.sum(tokens == tokenizer.unk_id))
+
+        token_ends = np.cumsum(lengths)
+        bounds = [0, *np.flatnonzero(starts_kept).tolist(), len(lengths)]
+        for first, last in itertools.pairwise(bounds):
+            if first == last:
+                continue
+            if starts_kept[first] and (document := finish()) is not None:
+                yield document
+            lo, hi = token_ends[first] - lengths[first], token_ends[last - 1]
+            piece_starts = None if word_starts is None else word_starts[lo:hi]
+            pending.append((tokens[lo:hi], lengths[first:last], piece_starts))
+    if (document := finish()) is not None:
+        yield document
+
+
+@dataclasses.dataclass
+class TokenizedDocuments:
+    """A corpus in three flat arrays (in memory: for small corpora and tests).
+
+    tokens: int32 [num_tokens], sentences back to back.
+    sentence_lengths: int32 [num_sentences], all >= 1.
+    document_sizes: int64 [num_documents], sentences per document, all >= 1.
+    word_starts: uint8 [num_tokens] when read with a word segmenter, else None.
+    """
+
+    tokens: np.ndarray
+    sentence_lengths: np.ndarray
+    document_sizes: np.ndarray
+    word_starts: np.ndarray | None = None
+
+    def documents(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yields (index, tokens, sentence_lengths) for the given document indices."""
+        sentence_ends = np.cumsum(self.document_sizes)
+        token_ends = np.concatenate([[0], np.cumsum(self.sentence_lengths, dtype=np.int64)])
+        for i in indices:
+            first, last = sentence_ends[i] - self.document_sizes[i], sentence_ends[i]
+            tokens = self.tokens[token_ends[first] : token_ends[last]]
+            yield int(i), tokens, self.sentence_lengths[first:last]
 
 
 def read_corpus(
-    input_files: Sequence[str],
+    input_files: str | Sequence[str],
     tokenizer: WordPieceTokenizer,
     *,
     max_line_chars: int = 20_000,
-    show_progress: bool = True,
+    segmenter: Segmenter | None = None,
+    show_progress: bool = False,
 ) -> tuple[TokenizedDocuments, CorpusReport]:
-    """Reads and tokenizes text files into documents of sentences, counting all repairs.
+    """Reads and tokenizes whole files into memory (small corpora; `prepare` streams instead).
 
     Raises UserError when a file is missing or when no file holds any text.
     """
-    start = time.perf_counter()
-    report = CorpusReport(files=len(input_files))
-    token_blocks, length_blocks, new_document_blocks = [], [], []
-    sizes = [os.path.getsize(path) for path in input_files]
+    import tqdm
+
+    files = stat_files(resolve_input_files(input_files))
+    report = CorpusReport(files=len(files))
+    documents: list[Document] = []
     progress = tqdm.tqdm(
-        total=sum(sizes), unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress
+        total=sum(f.size for f in files), unit="B", unit_scale=True, disable=not show_progress
     )
     with progress:
-        for path, size in zip(input_files, sizes, strict=True):
-            report.bytes += size
-            at_document_start = True
-            file_sentences = 0
-            for raw_lines, replaced in _read_blocks(path, progress):
-                report.invalid_utf8_replaced += replaced
-                report.lines += len(raw_lines)
-                sentences, starts_document = [], []
-                for line in raw_lines:
-                    line = line.strip()
-                    if not line:
-                        at_document_start = True
-                        continue
-                    if len(line) > max_line_chars:
-                        pieces = _split_long_line(line, max_line_chars)
-                        report.long_lines_split += 1
-                    else:
-                        pieces = [line]
-                    for piece in pieces:
-                        sentences.append(piece)
-                        starts_document.append(at_document_start)
-                        at_document_start = False
-                tokens, lengths = tokenizer.encode_lines(sentences)
-                kept = lengths > 0
-                report.lines_without_tokens += int(np.sum(~kept))
-                # A line without tokens hands its "starts a document" flag on to the next line.
-                starts = np.asarray(starts_document, bool)
-                next_kept = np.cumsum(kept) - kept
-                starts_kept = np.zeros(int(kept.sum()), bool)
-                inside = next_kept < len(starts_kept)
-                np.logical_or.at(starts_kept, next_kept[inside], starts[inside])
-                at_document_start |= bool(starts[~inside].any())
-                token_blocks.append(tokens)
-                length_blocks.append(lengths[kept].astype(np.int32))
-                new_document_blocks.append(starts_kept)
-                file_sentences += int(kept.sum())
-            if file_sentences == 0:
-                report.empty_files.append(path)
-
-    if not any(len(block) for block in length_blocks):
-        raise UserError(
-            f"the corpus is empty: no tokens in {', '.join(input_files)} "
-            "(expected UTF-8 text, one sentence per line, blank lines between documents)"
-        )
-    sentence_lengths = np.concatenate(length_blocks)
-    new_document = np.concatenate(new_document_blocks)
-    new_document[0] = True
-    document_starts = np.flatnonzero(new_document)
-    document_sizes = np.diff(np.append(document_starts, len(sentence_lengths)))
-    documents = TokenizedDocuments(np.concatenate(token_blocks), sentence_lengths, document_sizes)
-    report.documents = len(document_sizes)
-    report.sentences = len(sentence_lengths)
-    report.tokens = len(documents.tokens)
-    report.unknown_tokens = int(np.sum(documents.tokens == tokenizer.unk_id))
-    report.one_sentence_documents = int(np.sum(document_sizes == 1))
-    report.seconds = time.perf_counter() - start
-    return documents, report
-
-
-def validation_documents(num_documents: int, fraction: float) -> np.ndarray:
-    """Sorted indices of the held-out documents: a fixed-seed sample, at least one if any."""
-    if fraction <= 0 or num_documents < 2:
-        return np.zeros([0], np.int64)
-    count = min(max(1, round(fraction * num_documents)), num_documents - 1)
-    return np.sort(np.random.default_rng(0).permutation(num_documents)[:count])
-
-
-@dataclasses.dataclass(eq=False)
-class CorpusConfig(tfds.core.BuilderConfig):
-    """What a built corpus depends on; `name` is derived from their fingerprint."""
-
-    input_files: tuple[str, ...] = ()
-    vocab_file: str = ""
-    lowercase: bool = True
-    validation_fraction: float = 0.05
-    max_line_chars: int = 20_000
-    show_progress: bool = True
-
-
-class PretrainingCorpus(tfds.core.GeneratorBasedBuilder):
-    """Tokenized documents for BERT pretraining (see the module docstring)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Tokenized documents with sentence lengths."}
-    BUILDER_CONFIGS: list[CorpusConfig] = []
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "tokens": tfds.features.Tensor(
-                        shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES
-                    ),
-                    "sentence_lengths": tfds.features.Tensor(
-                        shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES
-                    ),
-                }
-            ),
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Local files only.
-        config: CorpusConfig = self.builder_config
-        tokenizer = WordPieceTokenizer.from_vocab(config.vocab_file, lowercase=config.lowercase)
-        documents, report = read_corpus(
-            list(config.input_files),
-            tokenizer,
-            max_line_chars=config.max_line_chars,
-            show_progress=config.show_progress,
-        )
-        held_out = validation_documents(report.documents, config.validation_fraction)
-        train = np.setdiff1d(np.arange(report.documents), held_out)
-        report.train_documents, report.validation_documents = len(train), len(held_out)
-        self.info.metadata["report"] = report.as_dict()
-        self.info.metadata["tokenizer_fingerprint"] = tokenizer.fingerprint()
-        self.info.metadata["vocab_size"] = tokenizer.vocab_size
-        splits = {"train": self._generate_examples(documents, train)}
-        if len(held_out):
-            splits["validation"] = self._generate_examples(documents, held_out)
-        return splits
-
-    def _generate_examples(self, documents: TokenizedDocuments, indices: np.ndarray):
-        for index, tokens, sentence_lengths in documents.documents(indices):
-            yield index, {"tokens": tokens, "sentence_lengths": sentence_lengths}
-
-
-def corpus_builder(
-    input_files: str | Sequence[str],
-    vocab_file: str,
-    *,
-    data_dir: str,
-    lowercase: bool = True,
-    validation_fraction: float = 0.05,
-    max_line_chars: int = 20_000,
-    show_progress: bool = True,
-) -> PretrainingCorpus:
-    """The builder for these inputs; its config name fingerprints inputs, tokenizer and options."""
-    files = resolve_input_files(input_files)
-    tokenizer = WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
-    key = [
-        _FORMAT_VERSION,
-        fingerprint_files(files),
-        tokenizer.fingerprint(),
-        float(validation_fraction),
-        int(max_line_chars),
-    ]
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    stem = re.sub(r"[^a-z0-9]+", "_", os.path.basename(files[0]).split(".")[0].lower()).strip("_")
-    config = CorpusConfig(
-        name=f"{stem or 'corpus'}_{digest}",
-        description=f"{len(files)} file(s) from {files[0]}, vocab {vocab_file}",
-        input_files=tuple(os.path.abspath(f) for f in files),
-        vocab_file=os.path.abspath(vocab_file),
-        lowercase=lowercase,
-        validation_fraction=validation_fraction,
-        max_line_chars=max_line_chars,
-        show_progress=show_progress,
-    )
-    return PretrainingCorpus(config=config, data_dir=data_dir, file_format="array_record")
-
-
-def prepare_corpus(builder: PretrainingCorpus) -> dict:
-    """Builds the dataset unless a complete copy exists; returns the corpus report and paths."""
-    built_now = not builder.is_prepared()
-    if built_now:
-        show_progress = builder.builder_config.show_progress
-        was_shown = getattr(tfds.core.utils.tqdm_utils, "_active", True)
-        tfds.display_progress_bar(show_progress and was_shown)
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
+        for unit in plan_units(files, unit_bytes=0):  # whole files
+            sentences_before = report.sentences
+            documents.extend(
+                read_unit(
+                    unit,
+                    tokenizer,
+                    report,
+                    max_line_chars=max_line_chars,
+                    segmenter=segmenter,
+                    on_bytes=progress.update,
                 )
             )
-        finally:
-            tfds.display_progress_bar(was_shown)
-    metadata = builder.info.metadata
-    return {
-        **metadata["report"],
-        "examples": {name: split.num_examples for name, split in builder.info.splits.items()},
-        "built_now": built_now,
-        "dataset_dir": os.fspath(builder.data_dir),
-        "tokenizer_fingerprint": metadata["tokenizer_fingerprint"],
-        "vocab_size": metadata["vocab_size"],
-    }
+            if report.sentences == sentences_before:
+                report.empty_files.append(unit.path)
+    check_not_empty(report, [f.path for f in files])
+    return TokenizedDocuments(
+        tokens=np.concatenate([d[0] for d in documents]),
+        sentence_lengths=np.concatenate([d[1] for d in documents]),
+        document_sizes=np.array([len(d[1]) for d in documents], np.int64),
+        word_starts=None if segmenter is None else np.concatenate([d[2] for d in documents]),
+    ), report
+
+
+def check_not_empty(report: CorpusReport, paths: Sequence[str]) -> None:
+    if report.tokens == 0:
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise UserError(
+            f"the corpus is empty: no tokens in {shown} "
+            "(expected UTF-8 text, one sentence per line, blank lines between documents)"
+        )
