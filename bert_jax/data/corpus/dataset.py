@@ -225,10 +225,11 @@ _META: dict[str, dict] = {}  # corpus.json of every dataset opened so far (they 
 
 
 def _read_meta(directory: str) -> dict | None:
+    path = epath.Path(directory) / META_FILE
+    if not path.exists():  # one stat: a deleted dataset is noticed
+        _META.pop(directory, None)
+        return None
     if directory not in _META:
-        path = epath.Path(directory) / META_FILE
-        if not path.exists():
-            return None
         _META[directory] = json.loads(path.read_text())
     return _META[directory]
 
@@ -281,8 +282,14 @@ def prepare(
         return open_prepared(os.fspath(final))
     start = time.perf_counter()
     units = plan_units(spec.files, unit_bytes)
-    scratch = final.parent / f"{VERSION}.incomplete-{uuid.uuid4().hex[:8]}"
+    # Locally: written beside the final directory, renamed into place when complete. On gs://
+    # (where a rename copies every object): written in place, corpus.json last; the shards are
+    # deterministic, so two runs racing write the same bytes.
+    in_place = is_remote(os.fspath(final))
+    scratch = final if in_place else final.parent / f"{VERSION}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
+        if in_place and final.exists():
+            final.rmtree()  # an incomplete leftover
         scratch.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot write the dataset under data_dir {data_dir}: {err}") from None
@@ -337,7 +344,9 @@ def prepare(
         vocab = "".join(t + "\n" for t in spec.tokenizer.vocab)
         (scratch / VOCAB_FILE).write_text(vocab, encoding="utf-8")
         (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
-        if (final / META_FILE).exists():  # another process prepared it meanwhile
+        if in_place:
+            pass
+        elif (final / META_FILE).exists():  # another process prepared it meanwhile
             scratch.rmtree()
         else:
             if final.exists():

@@ -90,7 +90,7 @@ def _word_begins(line: str, words: Sequence[str], report) -> np.ndarray:
         raise UserError(f"the word segmenter returned {type(words).__name__}, not a list of str")
     begins, position = [], 0
     for word in words:
-        if not word:
+        if not word.strip():  # spaces: no token starts there
             continue
         found = line.find(word, position)
         if found < 0:  # the segmenter changed the text: that word's characters join the previous

@@ -61,13 +61,28 @@ def features(word_boundaries: bool):
     return tfds.features.FeaturesDict(spec)
 
 
-@functools.cache
-def _serializer(word_boundaries: bool):
-    import tensorflow_datasets as tfds
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
-    feature_dict = features(word_boundaries)
-    serializer = tfds.core.example_serializer.ExampleSerializer(feature_dict.get_serialized_info())
-    return lambda example: serializer.serialize_example(feature_dict.encode_example(example))
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def serialize(document: dict[str, np.ndarray]) -> bytes:
+    """The tf.train.Example TFDS reads for `features()`, keys in sorted order: the same bytes in
+    every process (protobuf's own map order is not)."""
+    entries = b"".join(
+        _field(1, _field(1, name.encode()) + _field(2, _field(1, _field(1, value.tobytes()))))
+        for name, value in sorted(document.items())
+    )
+    return _field(1, entries)
 
 
 def _open_writer(path: str):
@@ -147,7 +162,6 @@ class UnitTask:
     def __call__(self, unit: Unit, on_bytes=lambda n: None) -> dict:
         tokenizer = _tokenizer(self.vocab, self.lowercase)
         segmenter = load_segmenter(self.word_segmenter)
-        serialize = _serializer(segmenter is not None)
         report = CorpusReport(word_segmenter=self.word_segmenter)
         counts, sizes, last = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0), None
         directory = epath.Path(self.output_dir)
