@@ -88,7 +88,7 @@ def test_finding_a_dataset_is_explicit_or_one_clear_error(tmp_path):
         pipeline.open_dataset(_data_config(tmp_path / "nope.txt", data_dir))
     assert pipeline.open_dataset(_data_config("", data_dir)).directory == a  # the only one
     b = pipeline.prepare_data(_data_config(second, data_dir))["dataset_dir"]
-    with pytest.raises(UserError, match="holds 2 prepared datasets: set data.dataset_dir to one"):
+    with pytest.raises(UserError, match="holds 2 datasets prepared: set data.dataset_dir to one"):
         pipeline.open_dataset(_data_config("", data_dir))
     explicit = _data_config("/gone/*.txt", tmp_path / "elsewhere", dataset_dir=b)
     assert pipeline.open_dataset(explicit).directory == b  # neither input_files nor data_dir read
@@ -99,7 +99,9 @@ def test_finding_a_dataset_is_explicit_or_one_clear_error(tmp_path):
     first.write_bytes(_chapters(40, 20))
     pipeline.prepare_data(_data_config(first, data_dir))
     first.unlink()
-    with pytest.raises(UserError, match="holds 2 datasets prepared from these paths"):
+    with pytest.raises(
+        UserError, match="holds 2 datasets prepared from these paths with these settings: set"
+    ):
         pipeline.open_dataset(_data_config(first, data_dir))
 
     vocab = tmp_path / "other_vocab.txt"

@@ -207,17 +207,10 @@ def open_dataset(data_config, allow_prepare: bool = True) -> corpus.PreparedCorp
 
 
 def _only_dataset(data_dir: str) -> corpus.PreparedCorpus:
-    found = corpus.list_prepared(data_dir)
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise UserError(
-            f"data.input_files is empty and {data_dir} holds no prepared dataset: run "
-            "python -m bert_jax.data.prepare, or set data.input_files or data.dataset_dir"
-        )
-    raise UserError(
-        f"data.input_files is empty and {data_dir} holds {len(found)} prepared datasets: set "
-        f"data.dataset_dir to one of {', '.join(p.directory for p in found)}"
+    return _the_one(
+        corpus.list_prepared(data_dir),
+        f"data.input_files is empty and {data_dir} holds",
+        "run python -m bert_jax.data.prepare, or set data.input_files or data.dataset_dir",
     )
 
 
@@ -230,18 +223,23 @@ def _prepared_from_same_paths(data_config, missing) -> corpus.PreparedCorpus:
         for p in corpus.list_prepared(data_config.data_dir)
         if p.meta["input_patterns"] == patterns and p.settings == settings
     ]
+    return _the_one(
+        found,
+        f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} holds",
+        "prepare them, or set data.dataset_dir",
+        "prepared from these paths with these settings",
+    )
+
+
+def _the_one(found: list, situation: str, remedy: str, which: str = "prepared"):
+    """The single dataset found, or one line saying there is none (and `remedy`) or several."""
     if len(found) == 1:
         return found[0]
     if not found:
-        raise UserError(
-            f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} "
-            "holds no dataset prepared from these inputs with these settings (prepare them, or "
-            "set data.dataset_dir)"
-        )
+        raise UserError(f"{situation} no dataset {which}: {remedy}")
+    directories = ", ".join(p.directory for p in found)
     raise UserError(
-        f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} holds "
-        f"{len(found)} datasets prepared from these paths: set data.dataset_dir to one of "
-        + ", ".join(p.directory for p in found)
+        f"{situation} {len(found)} datasets {which}: set data.dataset_dir to one of {directories}"
     )
 
 
