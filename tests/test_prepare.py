@@ -262,6 +262,25 @@ def _prepare_cli(*args):
     )
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--validation_fraction=1.5", "validation_fraction must be in [0, 1), got 1.5"),
+        ("--num_workers=-1", "num_workers must be >= 0"),
+        ("--data_dir=FILE", "cannot write the dataset under data_dir"),
+        ("--word_segmenter=jiebba", "--word_segmenter=jiebba: use none, jieba or module:callable"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path, flag, message):
+    text = tmp_path / "a.txt"
+    text.write_bytes(_kjv_slice(2))
+    flag = flag.replace("FILE", str(text))  # a data_dir that is a file
+    result = _prepare_cli(f"--input_files={text}", f"--data_dir={tmp_path / 'data'}", flag)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+
+
 def test_binary_corpus_stops_unless_allowed(tmp_path):
     binary = tmp_path / "model.bin"
     binary.write_bytes(np.random.default_rng(0).integers(0, 256, 30_000, np.uint8).tobytes())

@@ -277,6 +277,8 @@ def prepare(
     cores) or on a Beam runner. UserError for an empty corpus, and for a dirty one unless
     `allow_dirty_corpus` (`insist` names the flag that says so).
     """
+    if num_workers < 0:
+        raise UserError(f"num_workers must be >= 0 (0: one per core), got {num_workers}")
     final = dataset_dir(data_dir, spec.name)
     if (final / META_FILE).exists():
         return open_prepared(os.fspath(final))
