@@ -1,5 +1,10 @@
 """Pretraining input pipeline: Grain over the TFDS corpus of tokenized documents.
 
+The prepared dataset (bert_jax.data.corpus) is found by `open_dataset`: `data.dataset_dir`, or
+the one prepared from `data.input_files` with these settings in `data.data_dir` (built on first
+use); pretraining records it in the workdir (`prepare_data`, `with_prepared_dataset`), so later
+reads and every evaluation open it directly and never touch the raw text.
+
 Per process and epoch (one pass over the documents):
 
   documents (TFDS ArrayRecord source; train: this process's 1/process_count share)
