@@ -110,33 +110,26 @@ def write_records(path: str, records: Sequence[bytes]) -> None:
         writer.close()
 
 
-class _local_file:
-    """A local path standing for `path`: itself when local; else a temporary copy, downloaded
-    on entry (upload=False) or uploaded on exit (upload=True). ArrayRecord reads local files."""
-
-    def __init__(self, path: str, upload: bool):
-        self.path, self.upload, self.scratch = path, upload, None
-
-    def __enter__(self) -> str:
-        if not is_remote(self.path):
-            return self.path
-        self.scratch = tempfile.mkdtemp(prefix="bert_jax_shard_")
-        local = os.path.join(self.scratch, "shard")
-        if not self.upload:
-            with epath.Path(self.path).open("rb") as src, open(local, "wb") as dst:
+@contextlib.contextmanager
+def _local_file(path: str, upload: bool):
+    """A local path standing for `path` (ArrayRecord reads and writes local files only): `path`
+    itself when local; else a temporary copy, downloaded first (upload=False) or uploaded after
+    the block succeeds (upload=True)."""
+    if not is_remote(path):
+        yield path
+        return
+    scratch = tempfile.mkdtemp(prefix="bert_jax_shard_")
+    local = os.path.join(scratch, "shard")
+    try:
+        if not upload:
+            with epath.Path(path).open("rb") as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 24)
-        return local
-
-    def __exit__(self, exc_type, *exc):
-        if self.scratch is None:
-            return
-        try:
-            if self.upload and exc_type is None:
-                local = os.path.join(self.scratch, "shard")
-                with open(local, "rb") as src, epath.Path(self.path).open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-        finally:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+        yield local
+        if upload:
+            with open(local, "rb") as src, epath.Path(path).open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=2)
