@@ -255,6 +255,7 @@ def data_config(tmp_path_factory):
     config.data_dir = str(tmp_path_factory.mktemp("datasets"))
     config.show_progress = False
     config.documents_per_chunk = 16
+    config.documents_per_window = 256
     config.max_seq_length = 64
     config.max_predictions_per_seq = 10
     info = pipeline.prepare_data(config)
@@ -340,7 +341,8 @@ def test_train_processes_read_disjoint_documents(data_config):
     chunks = pipeline.make_example_chunks(
         data_config, split="train", seed=0, process_index=2, process_count=3, num_epochs=1
     )
-    assert len(chunks) == -(-len(shares[2]) // data_config.documents_per_chunk)
+    windows = [188, 189]  # 377 documents in windows of at most 256
+    assert len(chunks) == sum(-(-w // data_config.documents_per_chunk) for w in windows)
     batch = next(
         pipeline.make_pretraining_iterator(
             data_config, split="train", global_batch_size=12, seed=0, process_index=2,
@@ -353,10 +355,12 @@ def test_train_processes_read_disjoint_documents(data_config):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_static_masking_repeats_every_dupe_factor_epochs(data_config, dynamic):
     config = data_config.copy_and_resolve_references()
-    config.update(dynamic_masking=dynamic, dupe_factor=2, documents_per_chunk=400)
+    config.update(
+        dynamic_masking=dynamic, dupe_factor=2, documents_per_window=400, documents_per_chunk=400
+    )
     chunks = pipeline.make_example_chunks(config, split="train", seed=0, num_epochs=5)
     per_epoch = len(chunks) // 5
-    assert per_epoch == 3
+    assert per_epoch == 3  # windows of 376 or 377 documents, one chunk each
     same = lambda a, b: np.array_equal(chunks[a]["input_ids"], chunks[b]["input_ids"])  # noqa: E731
     assert not same(0, per_epoch)  # Epoch 1 differs from epoch 0.
     assert same(1, 2 * per_epoch + 1) != dynamic  # Epoch 2 repeats epoch 0 only when static.

@@ -8,11 +8,28 @@ reads and every evaluation open it directly and never touch the raw text.
 Per process and epoch (one pass over the documents):
 
   documents (TFDS ArrayRecord source; train: this process's 1/process_count share)
-    -> shuffled (train), a new order every epoch
-    -> chunks of `documents_per_chunk` documents
-    -> all MLM+NSP examples of a chunk (`pretraining.create_examples`, vectorised numpy),
-       seeded by (seed, epoch, chunk), rows shuffled within the chunk
+    -> shuffled, a new order every epoch
+    -> windows: the order cut into ceil(documents / documents_per_window) windows of nearly
+       equal size (at most documents_per_window documents, more than half as many)
+    -> all MLM+NSP pairs of a window planned at once (`pretraining.pair_tokens`), seeded by
+       (seed, epoch, window, process): a random-next B comes from any other document of the
+       window, and the window's examples are shuffled together
+    -> chunks: the shuffled examples cut into one slice per documents_per_chunk documents,
+       each assembled and masked on its own (`pretraining.build_examples`, vectorised numpy)
     -> fixed batches of global_batch_size // process_count rows.
+
+The window is the pool of random-next segments and the shuffle buffer at once. google-research/
+bert draws B from any other document of the corpus and shuffles all examples; a window is a
+fresh uniform sample of this process's documents every epoch, so B's document is, over the
+epoch's order, as likely to be any other document as in the reference, while each document is
+read once per epoch (drawing B from the whole share would read a whole random document for every
+second example: several times the reading on Wikipedia at 128, a book per example on books).
+Memory holds a window's tokens and plan, and a few chunks of examples. A batch of 256 rows at 128
+from a 1024-document window comes from about 230 documents (the reference: about 256; chunks of
+64 documents shuffled on their own gave about 64). A window of a single document (a share of
+one) makes no random-next pairs, and says so. Packing several examples per row, when it comes,
+belongs where a window is planned: `pair_tokens` gives the lengths of thousands of examples
+before any is assembled.
 
 Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
 `dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats
@@ -36,26 +53,18 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from etils import epath
 
 from bert_jax.data import corpus, pretraining
-from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
 _ASSETS = importlib.resources.files("bert_jax") / "assets"
 BUNDLED_CORPUS = os.fspath(_ASSETS / "kjv.txt.gz")
 BUNDLED_VOCAB = os.fspath(_ASSETS / "kjv_vocab.txt")
 
-BATCH_FIELDS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "masked_lm_positions",
-    "masked_lm_ids",
-    "masked_lm_weights",
-    "next_sentence_labels",
-)
+BATCH_FIELDS = pretraining.EXAMPLE_FIELDS
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -79,7 +88,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
     config.whole_word_masking = False
     config.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
-    config.documents_per_chunk = 64  # Examples are built and shuffled per chunk of documents.
+    config.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
+    config.documents_per_chunk = 64  # Examples are built and delivered in chunks of a window.
     config.worker_count = 0  # Grain worker processes; 0 builds examples in a background thread.
     config.prefetch_chunks = 2
     config.cache_max_tokens = 20_000_000  # Smaller corpora are read once and kept in memory.
@@ -263,17 +273,21 @@ def _check_vocab(data_config, prepared: corpus.PreparedCorpus) -> None:
 
 @dataclasses.dataclass
 class _ChunkExamples(grain.transforms.MapWithIndex):
-    """Element c of the chunk stream: all examples of one chunk of documents.
+    """Element c of the chunk stream: one chunk of the examples of a window, shuffled.
 
     Chunk c is chunk c % chunks_per_epoch of epoch c // chunks_per_epoch. Each epoch is a pass
     over this process's documents in an order drawn from (seed, pass, process); with static
-    masking pass = epoch % dupe_factor, so epochs repeat exactly every dupe_factor epochs.
+    masking pass = epoch % dupe_factor, so epochs repeat exactly every dupe_factor epochs. The
+    order is cut into windows of nearly equal size (`window_bounds`); a window of d documents is
+    planned once (`pretraining.pair_tokens`, seeded by (seed, pass, window, process): segments,
+    truncation, order), and its ceil(d / chunk_size) chunks are equal slices of its examples,
+    each assembled and masked on its own (seeded by the chunk too).
     """
 
     source: Any  # TFDS data source of documents.
     documents: np.ndarray  # The indices this process reads.
-    chunk_size: int
-    shuffle: bool
+    window_size: int  # At most this many documents per window.
+    chunk_size: int  # Documents' worth of examples per chunk.
     passes: int | None  # dupe_factor for static masking, None for dynamic.
     seed: int
     process_index: int
@@ -282,34 +296,60 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     cache_documents: bool
     _cache: dict[int, dict] | None = dataclasses.field(default=None, repr=False)
     _order_cache: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    _window_cache: tuple | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        count = len(self.documents)
+        windows = -(-count // self.window_size)
+        self.window_bounds = np.arange(windows + 1) * count // windows
+        chunks = -(-np.diff(self.window_bounds) // self.chunk_size)
+        self.first_chunks = np.concatenate([[0], np.cumsum(chunks)])  # Per window, and the end.
 
     @property
     def chunks_per_epoch(self) -> int:
-        return -(-len(self.documents) // self.chunk_size)
+        return int(self.first_chunks[-1])
 
     def _order(self, pass_index: int) -> np.ndarray:
-        if not self.shuffle:
-            return self.documents
         if pass_index not in self._order_cache:
             rng = np.random.default_rng([self.seed, pass_index, self.process_index])
             self._order_cache = {pass_index: rng.permutation(self.documents)}
         return self._order_cache[pass_index]
 
+    def _window(self, pass_index: int, window: int) -> tuple:
+        """(TokenSource, Pairs) of a window, kept while its chunks are built."""
+        key = (pass_index, window)
+        if self._window_cache is None or self._window_cache[0] != key:
+            start, stop = self.window_bounds[window : window + 2]
+            documents = self._read(self._order(pass_index)[start:stop].tolist())
+            word_starts = None
+            if self.options.whole_word_masking:
+                subword = self.vocab.subword_mask
+                word_starts = np.concatenate([corpus.word_starts(d, subword) for d in documents])
+            source = pretraining.token_source(
+                np.concatenate([d["tokens"] for d in documents]),
+                self.options,
+                self.vocab,
+                word_starts,
+            )
+            pairs = pretraining.pair_tokens(
+                np.concatenate([d["sentence_lengths"] for d in documents]),
+                np.array([len(d["sentence_lengths"]) for d in documents], np.int64),
+                [self.seed, pass_index, window, self.process_index, 0],
+                self.options,
+            )
+            self._window_cache = (key, source, pairs)
+        return self._window_cache[1:]
+
     def map_with_index(self, index: int, element) -> dict[str, np.ndarray]:
         del element  # The index says it all.
         epoch, chunk = divmod(index, self.chunks_per_epoch)
         pass_index = epoch % self.passes if self.passes else epoch
-        first = chunk * self.chunk_size
-        keys = self._order(pass_index)[first : first + self.chunk_size]
-        documents = self._read(keys.tolist())
-        return pretraining.create_examples(
-            np.concatenate([d["tokens"] for d in documents]),
-            np.concatenate([d["sentence_lengths"] for d in documents]),
-            np.array([len(d["sentence_lengths"]) for d in documents], np.int64),
-            [self.seed, pass_index, chunk, self.process_index],
-            self.options,
-            self.vocab,
-        )
+        window = int(np.searchsorted(self.first_chunks, chunk, "right")) - 1
+        part, parts = chunk - self.first_chunks[window], np.diff(self.first_chunks)[window]
+        source, pairs = self._window(pass_index, window)
+        rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
+        seed = [self.seed, pass_index, window, self.process_index, 1 + part]
+        return pretraining.build_examples(source, pairs[rows], seed, self.options, self.vocab)
 
     def _read(self, keys: list[int]) -> list[dict]:
         if not self.cache_documents:
@@ -320,7 +360,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         return [self._cache[key] for key in keys]
 
     def __getstate__(self):
-        return {**self.__dict__, "_order_cache": {}, "_cache": None}
+        return {**self.__dict__, "_order_cache": {}, "_cache": None, "_window_cache": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,12 +388,19 @@ def make_example_chunks(
 ) -> grain.MapDataset:
     """Chunks of examples (dicts of arrays with a leading example dimension), epoch after epoch.
 
-    Element c holds every example of one chunk of documents; `len()` is the number of chunks
-    over all epochs (sys.maxsize when infinite). Train: this process's documents; validation:
-    all documents, in one order fixed by the seed.
+    Element c holds one chunk of the shuffled examples of a window of documents; `len()` is the
+    number of chunks over all epochs (sys.maxsize when infinite). Train: this process's
+    documents; validation: all documents, in one order fixed by the seed.
     """
     if split not in ("train", "validation"):
         raise UserError(f"unknown split {split!r}: use 'train' or 'validation'")
+    if data_config.documents_per_window < 2:
+        raise UserError(
+            f"data.documents_per_window is {data_config.documents_per_window}: use at least 2 "
+            "(a random-next segment comes from another document of the window)"
+        )
+    if data_config.documents_per_chunk < 1:
+        raise UserError(f"data.documents_per_chunk is {data_config.documents_per_chunk}: use >= 1")
     prepared = open_dataset(data_config, allow_prepare=process_count == 1)
     if split not in prepared.examples:
         raise UserError(
@@ -371,8 +418,8 @@ def make_example_chunks(
     to_examples = _ChunkExamples(
         source=source,
         documents=documents,
+        window_size=data_config.documents_per_window,
         chunk_size=data_config.documents_per_chunk,
-        shuffle=True,  # validation too (fixed seed): random B from anywhere, as in training
         passes=None if data_config.dynamic_masking or not train else data_config.dupe_factor,
         seed=seed,
         process_index=process_index if train else 0,
@@ -380,8 +427,50 @@ def make_example_chunks(
         vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
         cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
     )
+    lone = int(np.sum(np.diff(to_examples.window_bounds) == 1))
+    if lone:
+        logging.warning(
+            "%d of the %d windows of %s %s documents hold a single document: they make no "
+            "random-next pairs (next_sentence_labels 0), for want of another document",
+            lone,
+            len(to_examples.window_bounds) - 1,
+            f"process {process_index}'s" if train else "the",
+            split,
+        )
+    if data_config.whole_word_masking and not prepared.word_boundaries:
+        _warn_if_chinese_without_words(prepared, tokenizer, source)
     chunks = grain.MapDataset.range(to_examples.chunks_per_epoch).repeat(num_epochs)
     return chunks.map_with_index(to_examples)
+
+
+_WARNED_CHINESE: set[str] = set()
+CJK_SHARE = 0.5  # Above this share of CJK-character tokens, the text counts as Chinese.
+
+
+def _cjk_tokens(vocab: list[str]) -> np.ndarray:
+    """bool [vocab_size]: tokens that are one CJK ideograph ("##" form included)."""
+    points = np.array([ord(t[-1]) if len(t.removeprefix("##")) == 1 else -1 for t in vocab])
+    return np.any([(points >= lo) & (points <= hi) for lo, hi in _CJK_RANGES], axis=0)
+
+
+def _warn_if_chinese_without_words(prepared, tokenizer, source, sample: int = 32) -> None:
+    """whole_word_masking on CJK text without a segmenter's words is character masking: say so
+    once per dataset."""
+    if prepared.directory in _WARNED_CHINESE:
+        return
+    _WARNED_CHINESE.add(prepared.directory)
+    documents = source.__getitems__(list(range(min(sample, len(source)))))
+    tokens = np.concatenate([d["tokens"] for d in documents])
+    share = float(np.mean(_cjk_tokens(tokenizer.vocab)[tokens])) if len(tokens) else 0.0
+    if share > CJK_SHARE:
+        logging.warning(
+            "data.whole_word_masking=True, but %s has no word boundaries and %.0f%% of its "
+            "tokens are CJK characters: each character is its own word, so this is character "
+            "masking. For Chinese whole-word masking prepare the corpus with "
+            "--word_segmenter=jieba (data.word_segmenter=jieba).",
+            prepared.directory,
+            100 * share,
+        )
 
 
 def make_pretraining_dataset(
