@@ -122,11 +122,21 @@ def write_tagged_corpus(directory, sentence_lengths: list) -> tuple[str, str]:
 
 def row_documents(batch: dict) -> tuple[np.ndarray, np.ndarray]:
     """Documents of segments A and B per row of a tagged-corpus batch (masks undone)."""
-    ids = batch["input_ids"].copy()
-    rows, cols = np.nonzero(batch["masked_lm_weights"])
-    ids[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
+    ids = _original_ids(batch)
     first_sep = np.argmax(ids == 3, axis=1)  # A starts at position 1, B after the first [SEP]
     return ids[:, 1] - 5, ids[np.arange(len(ids)), first_sep + 1] - 5
+
+
+def _original_ids(batch: dict) -> np.ndarray:
+    """input_ids with the masked positions restored (the library's helper where it has one)."""
+    from bert_jax.data import pretraining
+
+    if hasattr(pretraining, "original_ids"):
+        return pretraining.original_ids(batch)
+    ids = batch["input_ids"].copy()  # older trees, for --trees comparisons
+    rows, cols = np.nonzero(batch["masked_lm_weights"])
+    ids[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
+    return ids
 
 
 def order_statistics(batches) -> dict:

@@ -67,14 +67,6 @@ def whole_word_examples(kjv):
     return _examples(kjv, whole_word_masking=True)
 
 
-def _original_ids(batch):
-    """input_ids with the masked positions restored to their labels."""
-    original = batch["input_ids"].copy()
-    rows, cols = np.nonzero(batch["masked_lm_weights"])
-    original[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
-    return original
-
-
 def test_random_next_fraction_is_one_half(examples):
     assert len(examples["input_ids"]) > 40_000
     assert abs(examples["next_sentence_labels"].mean() - 0.5) < 0.01
@@ -114,7 +106,7 @@ def test_mask_random_keep_split(examples, kjv):
 
 def test_special_tokens_are_never_masked(examples, kjv):
     tokenizer, _ = kjv
-    original = _original_ids(examples)
+    original = pretraining.original_ids(examples)
     weights = examples["masked_lm_weights"] > 0
     assert np.all(original[:, 0] == tokenizer.cls_id)
     labels = examples["masked_lm_ids"][weights]
@@ -127,7 +119,7 @@ def test_special_tokens_are_never_masked(examples, kjv):
 
 def test_layout_of_segments(examples, kjv):
     tokenizer, _ = kjv
-    original = _original_ids(examples)
+    original = pretraining.original_ids(examples)
     length = examples["attention_mask"].sum(1)
     sep = original == tokenizer.sep_id
     assert np.all(sep.sum(1) == 2)
@@ -194,7 +186,7 @@ def test_truncation_matches_the_sequential_rule():
 def test_whole_word_masking_never_splits_a_word(whole_word_examples, kjv):
     tokenizer, _ = kjv
     batch = whole_word_examples
-    original = _original_ids(batch)
+    original = pretraining.original_ids(batch)
     subword = tokenizer.subword_mask[original] & (original != tokenizer.sep_id)
     masked = np.zeros(original.shape, bool)
     rows, cols = np.nonzero(batch["masked_lm_weights"])

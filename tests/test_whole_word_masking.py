@@ -19,13 +19,6 @@ HANZI = [chr(0x4E00 + i) for i in range(300)]
 ENGLISH = {"playing": ["play", "##ing"], "football": ["football"]}
 
 
-def _original(batch):
-    ids = batch["input_ids"].copy()
-    rows, cols = np.nonzero(batch["masked_lm_weights"])
-    ids[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
-    return ids
-
-
 def _segments(batch):
     """Per row: (start, stop) of A and of B."""
     length = batch["attention_mask"].sum(1)
@@ -44,7 +37,7 @@ def word_statistics(batches, row_word_starts):
     counts = dict(rows=0, skipped=0, partial=0, mask=0, keep=0, random=0, mixed=0)
     counts.update(predicted=0, budget=0, tokens=0)
     for batch in batches:
-        original = _original(batch)
+        original = pretraining.original_ids(batch)
         masked = np.zeros(original.shape, bool)
         rows, cols = np.nonzero(batch["masked_lm_weights"])
         masked[rows, batch["masked_lm_positions"][rows, cols]] = True

@@ -244,17 +244,13 @@ def truncate_pairs(
 @dataclasses.dataclass
 class Pairs:
     """Examples as token ranges: [CLS] tokens[a_start : a_start + a_length] [SEP]
-    tokens[b_start : b_start + b_length] [SEP], int64 [n] each; is_random_next bool [n].
-
-    random_next_unavailable: random B segments drawn but not made, for want of another document.
-    """
+    tokens[b_start : b_start + b_length] [SEP], int64 [n] each; is_random_next bool [n]."""
 
     a_start: np.ndarray
     a_length: np.ndarray
     b_start: np.ndarray
     b_length: np.ndarray
     is_random_next: np.ndarray
-    random_next_unavailable: int = 0
 
     def __len__(self) -> int:
         return len(self.a_start)
@@ -299,9 +295,7 @@ def pair_tokens(
         a_length, b_length, options.max_num_tokens, rng
     )
     pairs = Pairs(a_start + a_front, a_length, b_start + b_front, b_length, plan.is_random_next)
-    pairs = pairs[rng.permutation(len(pairs))] if shuffle else pairs
-    pairs.random_next_unavailable = plan.random_next_unavailable
-    return pairs
+    return pairs[rng.permutation(len(pairs))] if shuffle else pairs
 
 
 class TokenSource:
@@ -518,3 +512,11 @@ def create_examples(
     pairs = pair_tokens(sentence_lengths, document_sizes, [*seed, 0], options, shuffle=shuffle)
     source = token_source(tokens, options, vocab, word_starts)
     return build_examples(source, pairs, [*seed, 1], options, vocab)
+
+
+def original_ids(examples: dict[str, np.ndarray]) -> np.ndarray:
+    """input_ids [n, L] of examples (or a batch) with the masked positions restored."""
+    ids = examples["input_ids"].copy()
+    rows, cols = np.nonzero(examples["masked_lm_weights"])
+    ids[rows, examples["masked_lm_positions"][rows, cols]] = examples["masked_lm_ids"][rows, cols]
+    return ids
