@@ -25,9 +25,9 @@ epoch's order, as likely to be any other document as in the reference, while eac
 read once per epoch (drawing B from the whole share would read a whole random document for every
 second example: several times the reading on Wikipedia at 128, a book per example on books).
 Memory holds a window's tokens and plan, and a few chunks of examples. A batch of 256 rows at 128
-from a 1024-document window comes from about 230 documents (the reference: about 256; chunks of
-64 documents shuffled on their own gave about 64). A window of a single document (a share of
-one) makes no random-next pairs, and says so. Packing several examples per row, when it comes,
+from a 1024-document window comes from about 230 documents (the reference: about 256; examples
+shuffled per 64-document chunk gave under 64 plus the chunks a batch straddles: 75 on KJV). A
+window of a single document (a share of one) makes no random-next pairs, and says so. Packing several examples per row, when it comes,
 belongs where a window is planned: `pair_tokens` gives the lengths of thousands of examples
 before any is assembled.
 
