@@ -27,9 +27,11 @@ second example: several times the reading on Wikipedia at 128, a book per exampl
 Memory holds a window's tokens and plan, and a few chunks of examples. A batch of 256 rows at 128
 from a 1024-document window comes from about 230 documents (the reference: about 256; examples
 shuffled per 64-document chunk gave under 64 plus the chunks a batch straddles: 75 on KJV). A
-window of a single document (a share of one) makes no random-next pairs, and says so. Packing several examples per row, when it comes,
-belongs where a window is planned: `pair_tokens` gives the lengths of thousands of examples
-before any is assembled.
+window of a single document (a share of one) makes no random-next pairs, and says so.
+
+Packing several examples per row, when it comes, belongs where a window is planned:
+`pair_tokens` gives the lengths of thousands of examples (a_length + b_length + 3) before any is
+assembled, so a packer can order a window's pairs into rows and `build_examples` assemble them.
 
 Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
 `dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats

@@ -32,8 +32,8 @@ Deliberate differences:
   `documents_per_window` documents, a fresh random sample every epoch), where the reference
   draws from the whole corpus. With no other document no random B is made: the pair becomes an
   actual-next one (a lone one-sentence document gives no example) and
-  `SegmentPlan.random_next_unavailable` counts it; the reference would label a B from the same
-  document "random".
+  `SegmentPlan.random_next_unavailable` counts it; the reference, after ten draws of A's own
+  document, would take it and label the pair "random".
 * The first token kept of a segment starts a word for whole-word masking, also when the
   segment's start or truncation cut a word (the reference glues a leading "##" piece to the
   last word of the previous segment, across [SEP]).
@@ -55,6 +55,7 @@ import numpy as np
 
 from bert_jax.data.corpus import word_starts as document_word_starts
 
+# The arrays of a set of examples (the pipeline's batch fields), leading dimension n.
 EXAMPLE_FIELDS = (
     "input_ids",
     "attention_mask",
