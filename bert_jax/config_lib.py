@@ -85,18 +85,6 @@ def vocab_size(vocab_file) -> int:
         return sum(1 for line in f if line.rstrip("\n"))
 
 
-def _input_files(pattern_list: str) -> list[str]:
-    import glob
-
-    files = []
-    for pattern in [p.strip() for p in str(pattern_list).split(",") if p.strip()]:
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise UserError(f"data.input_files: {pattern} matches no file")
-        files += matches
-    return files
-
-
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
     model = BertConfig.from_dict(dict(config.model))
@@ -127,8 +115,9 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     for axis, size in sizes.items():
         if size % shape["tensor"]:
             raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
+    # data.input_files / dataset_dir are found (or reported missing) where the data is located,
+    # pipeline.prepare_data: they may be on gs://, or gone once prepared.
     if check_files:
-        _input_files(data.input_files)
         if data.vocab_file:
             if not pathlib.Path(data.vocab_file).exists():
                 raise UserError(f"data.vocab_file {data.vocab_file} not found")

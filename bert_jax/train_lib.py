@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from bert_jax import checkpointing, distributed, sharding
 from bert_jax.config_lib import validate_pretraining_config
 from bert_jax.data import pipeline
+from bert_jax.data.corpus import describe
 from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
 from bert_jax.train_step import (
     SUM_METRICS,
@@ -72,11 +73,9 @@ def train_and_evaluate(config, workdir) -> TrainState:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
-        info = pipeline.prepare_data(config.data)
-        print(f"data: {info}")
+        print(describe(pipeline.prepare_data(config.data, workdir)))
     distributed.barrier("data_prepared")
-    if not is_main:
-        pipeline.prepare_data(config.data)
+    config = pipeline.with_prepared_dataset(config, workdir)  # no raw text is read from here on
 
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
