@@ -44,6 +44,7 @@ def _config(data_dir):
     config.log_every_steps = 1
     config.checkpoint_every_steps = CHECKPOINT_STEP
     config.eval_every_steps = 1000  # evaluates once, after the last step
+    config.eval_steps = 1000  # the whole held-out split: the two shares run out at other steps
     config.mesh.data = 4
     return config
 
@@ -62,6 +63,7 @@ def _cli_flags(config, workdir):
         "--config.log_every_steps=1",
         f"--config.checkpoint_every_steps={CHECKPOINT_STEP}",
         "--config.eval_every_steps=1000",
+        "--config.eval_steps=1000",
         "--config.mesh.data=4",
     ]
 
@@ -106,6 +108,26 @@ def _two_process_batches(config, count):
         yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
 
 
+def _two_process_eval_batches(config):
+    """Held-out global batches as 2 processes feed them, until either share runs out."""
+    shares = [
+        list(
+            pipeline.make_pretraining_iterator(
+                config.data,
+                split="validation",
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                process_index=index,
+                process_count=2,
+            )
+        )
+        for index in range(2)
+    ]
+    assert len(shares[0]) != len(shares[1])  # the evaluation must agree where to stop
+    for local in zip(*shares, strict=False):
+        yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
+
+
 def _assert_same(got, want, rel, label):
     worst = 0.0
     for step, (g, w) in enumerate(zip(got, want, strict=True), start=1):
@@ -115,9 +137,16 @@ def _assert_same(got, want, rel, label):
     return worst
 
 
-def test_two_processes_match_one_and_one_resumes(tmp_path):
-    config = _config(tmp_path / "data")
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The bundled corpus tokenized once for this module."""
+    config = _config(tmp_path_factory.mktemp("data"))
     pipeline.prepare_data(config.data)
+    return config.data.data_dir
+
+
+def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
+    config = _config(data_dir)
     two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
     launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
     out = _run([launcher, "-n", "2", "-d", "2", "--", sys.executable, *_cli_flags(config, two_dir)])
@@ -136,7 +165,7 @@ def test_two_processes_match_one_and_one_resumes(tmp_path):
         state, one_train = _step_metrics(
             pretrainer, state, _two_process_batches(config, STEPS), dropout_rng
         )
-        one_eval = evaluate(pretrainer, state.params, config)
+        one_eval = evaluate(pretrainer, state.params, config, _two_process_eval_batches(config))
     worst_train = _assert_same(two_train, one_train, 1e-5, "2x2 vs 1x4 train")
     worst_eval = _assert_same(
         [{k: two_eval[0][k] for k in one_eval}], [one_eval], 1e-5, "2x2 vs 1x4 eval"
@@ -166,3 +195,58 @@ def test_two_processes_match_one_and_one_resumes(tmp_path):
         f" 1-process resume from step {CHECKPOINT_STEP}: worst rel diff {worst_resume:.2e};"
         f" losses 2x2 {[round(r['loss'], 6) for r in two_train]}"
     )
+
+
+_TENSOR_ACROSS_PROCESSES = """
+import sys
+import jax
+from bert_jax import distributed, sharding, train_lib
+from bert_jax.config_lib import pretraining_config
+
+distributed.initialize_if_needed()
+make_mesh = sharding.make_mesh
+
+
+def interleaved(mesh_config, devices=None):
+    # Device order p0d0, p1d0, p0d1, p1d1: as (data=2, tensor=2) each tensor pair spans both
+    # processes, so both processes hold rows of both data shards (the whole batch).
+    if jax.process_count() == 1:  # the reference run
+        return make_mesh(mesh_config, jax.devices()[:4])
+    mine = lambda p: [d for d in jax.devices() if d.process_index == p]  # noqa: E731
+    return make_mesh(mesh_config, [d for pair in zip(mine(0), mine(1)) for d in pair])
+
+
+sharding.make_mesh = interleaved
+spec = __import__("importlib.util").util.spec_from_file_location("demo", "configs/demo.py")
+demo = __import__("importlib.util").util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+config = demo.get_config("test")
+config.data.data_dir, config.data.show_progress = sys.argv[1], False
+config.num_train_steps, config.log_every_steps, config.eval_every_steps = 3, 1, 3
+config.mesh.data, config.mesh.tensor = 2, 2
+train_lib.train_and_evaluate(config, sys.argv[2])
+print("batch share", sharding.batch_share(interleaved(config.mesh)), flush=True)
+"""
+
+
+def test_tensor_axis_across_processes_feeds_whole_shares(tmp_path, data_dir):
+    """Issue 13, point 5: with a tensor axis spanning the two processes, each process holds rows
+    of both data shards; both feed the same whole batch, and the run logs what one process
+    with the same mesh sizes logs."""
+    config = _config(data_dir)
+    launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
+    script = tmp_path / "tensor_across.py"
+    script.write_text(_TENSOR_ACROSS_PROCESSES)
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    out = _run(
+        [launcher, "-n", "2", "-d", "2", "--", sys.executable, str(script), config.data.data_dir]
+        + [str(two_dir)],
+    )
+    assert out.count("batch share (0, 1)") == 2, out  # one share, fed by both processes
+    # One process, 4 devices, the same mesh sizes: the same data stream and the same numbers.
+    out = _run([sys.executable, str(script), config.data.data_dir, str(one_dir)])
+    one, two = read_metrics(one_dir), read_metrics(two_dir)
+    assert len(one) == len(two) == 4  # 3 train logs and one evaluation
+    for got, want in zip(two, one, strict=True):
+        for key in set(want) - {"steps_per_sec", "tokens_per_sec", "examples_per_sec", "mfu"}:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key
