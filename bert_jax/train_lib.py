@@ -57,7 +57,7 @@ def evaluate(pretrainer: Pretrainer, params, config, batches=None) -> dict[str, 
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
         count += 1
     if totals is None:
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and config.eval_steps > 0:
             print(
                 f"evaluation skipped: a share of the validation split holds no full eval batch "
                 f"({eval_batch_size(config)} rows over {sharding.batch_share(pretrainer.mesh)[1]}"
