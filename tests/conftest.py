@@ -13,6 +13,16 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def demo_config(mode: str = "test"):
+    """configs/demo.py's `get_config(mode)`: the tiny pretraining setup the tests share."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(mode)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """../shared/data beside the repo (dev machines and CI only); skips visibly when absent."""

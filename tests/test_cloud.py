@@ -11,9 +11,9 @@ dependency named; they run for real and turn into XPASS once it lands.
 """
 
 import gzip
-import importlib.util
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, demo_config
 from etils import epath
 
 from bert_jax.data import pipeline
@@ -44,6 +44,7 @@ def cloud(gcs_emulator, tmp_path_factory):
     and the bundled corpus prepared locally (what pretraining reads until it reads gs://)."""
     bucket, _ = gcs_emulator
     started = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     half = len(lines) // 2
@@ -54,10 +55,7 @@ def cloud(gcs_emulator, tmp_path_factory):
     (corpus / "part-0.txt").write_text("".join(lines[:half]))
     (corpus / "part-1.txt").write_text("".join(lines[half:]))
     local = tmp_path_factory.mktemp("cloud")
-    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    data = demo.get_config("test").data
+    data = demo_config("test").data
     data.data_dir, data.show_progress = str(local / "data"), False
     pipeline.prepare_data(data)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -69,7 +67,13 @@ def cloud(gcs_emulator, tmp_path_factory):
     state = {"bucket": bucket, "env": env, "local": local, "data_dir": data.data_dir}
     state["seconds"] = {"setup": time.perf_counter() - started}
     yield state
-    print("gs:// end to end, wall seconds per stage:", json.dumps(state["seconds"]))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
+    seconds = {k: round(v, 1) for k, v in state["seconds"].items()}
+    print(
+        f"gs:// end to end: {time.perf_counter() - started:.0f} s wall, {cpu:.0f} s CPU in the "
+        f"commands (machine load {os.getloadavg()[0]:.1f}); wall seconds per stage: {seconds}"
+    )
 
 
 def _run(cloud, args, timeout=180, stage=None):

@@ -1,11 +1,9 @@
 """Issue 13, point 2: pretraining evaluation in microbatches of eval_batch_size rows (by default
 the training microbatch of gradient accumulation), each process building only its rows."""
 
-import importlib.util
-
 import jax
 import pytest
-from conftest import REPO_ROOT
+from conftest import demo_config
 
 from bert_jax import sharding
 from bert_jax.config_lib import validate_pretraining_config
@@ -16,10 +14,7 @@ from bert_jax.train_step import build_pretrainer
 
 
 def _config(data_dir):
-    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("test")
+    config = demo_config("test")
     config.data.data_dir = str(data_dir)
     config.data.show_progress = False
     config.mesh.data = 2

@@ -9,7 +9,7 @@ losses mean the multi-process run computes exactly what one process does with th
 batch assembly from process shares, collectives, metric reduction.
 """
 
-import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -19,7 +19,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, demo_config
 
 from bert_jax import sharding
 from bert_jax.checkpointing import Checkpointer
@@ -34,10 +34,7 @@ COMPARED = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "gra
 
 
 def _config(data_dir):
-    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("test")
+    config = demo_config("test")
     config.data.data_dir = str(data_dir)
     config.data.show_progress = False
     config.num_train_steps = STEPS
@@ -90,12 +87,12 @@ def _step_metrics(pretrainer, state, batches, rng):
     return state, records
 
 
-def _two_process_batches(config, count):
-    """Global batches as 2 processes feed them: each process's rows, in process order."""
-    shares = [
+def _shares(config, split):
+    """The two processes' batch iterators of `split`."""
+    return [
         pipeline.make_pretraining_iterator(
             config.data,
-            split="train",
+            split=split,
             global_batch_size=config.batch_size,
             seed=config.seed,
             process_index=index,
@@ -103,28 +100,12 @@ def _two_process_batches(config, count):
         )
         for index in range(2)
     ]
-    for _ in range(count):
-        local = [next(share) for share in shares]
-        yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
 
 
-def _two_process_eval_batches(config):
-    """Held-out global batches as 2 processes feed them, until either share runs out."""
-    shares = [
-        list(
-            pipeline.make_pretraining_iterator(
-                config.data,
-                split="validation",
-                global_batch_size=config.batch_size,
-                seed=config.seed,
-                process_index=index,
-                process_count=2,
-            )
-        )
-        for index in range(2)
-    ]
-    assert len(shares[0]) != len(shares[1])  # the evaluation must agree where to stop
-    for local in zip(*shares, strict=False):
+def _two_process_batches(config, split="train", count=None):
+    """Global batches as 2 processes feed them: each process's rows, in process order; `count`
+    of them, or until either share runs out."""
+    for local in itertools.islice(zip(*_shares(config, split), strict=False), count):
         yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
 
 
@@ -163,9 +144,13 @@ def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
         state = pretrainer.init(init_rng)
         state, one_train = _step_metrics(
-            pretrainer, state, _two_process_batches(config, STEPS), dropout_rng
+            pretrainer, state, _two_process_batches(config, count=STEPS), dropout_rng
         )
-        one_eval = evaluate(pretrainer, state.params, config, _two_process_eval_batches(config))
+        held_out = _two_process_batches(config, "validation")
+        one_eval = evaluate(pretrainer, state.params, config, held_out)
+    # The shares hold different numbers of held-out batches: the processes agreed where to stop.
+    lengths = [sum(1 for _ in share) for share in _shares(config, "validation")]
+    assert lengths[0] != lengths[1] and one_eval["eval_batches"] == min(lengths)
     worst_train = _assert_same(two_train, one_train, 1e-5, "2x2 vs 1x4 train")
     worst_eval = _assert_same(
         [{k: two_eval[0][k] for k in one_eval}], [one_eval], 1e-5, "2x2 vs 1x4 eval"
