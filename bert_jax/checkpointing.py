@@ -432,9 +432,10 @@ def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str
         )
     except Exception as err:  # noqa: BLE001 (tensorstore/Orbax raise many kinds)
         problem = f"it could not be read ({error_line(err)})"
+    problem = agreed_problem(problem)  # before fingerprinting, a collective
     if problem is None:  # only the arrays read are checked
-        problem = verify_arrays(step_dir, {"state": {"params": restored["params"]}})
-    problem = agreed_problem(problem)
+        params = {"state": {"params": restored["params"]}}
+        problem = agreed_problem(verify_arrays(step_dir, params))
     if problem is not None:
         raise UserError(f"checkpoint {step_dir} cannot be used: {problem}; pick another step")
     _print_main(f"init_checkpoint: parameters from {step_dir}")

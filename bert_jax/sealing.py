@@ -367,10 +367,11 @@ class SealedManager:
             raise
         except Exception as err:  # noqa: BLE001 (tensorstore/Orbax raise many kinds)
             problem = f"it could not be read ({error_line(err)})"
+        # Agreed before fingerprinting: that is a collective every process must join.
+        problem = agreed_problem(problem)
         if problem is None:
             arrays = {name: restored[name] for name in args if name in self.array_items}
-            problem = verify_arrays(self.step_dir(step), arrays)
-        problem = agreed_problem(problem)
+            problem = agreed_problem(verify_arrays(self.step_dir(step), arrays))
         if problem is not None:
             raise DamagedCheckpoint(problem)
         return restored
