@@ -135,10 +135,11 @@ def fingerprints(tree, prefix: str = "") -> dict[str, str]:
 # Manifest, markers, checks
 
 
-def _digest(path: epath.Path) -> tuple[int, str]:
+def _digest(path: epath.Path, limit: int | None = None) -> tuple[int, str]:
+    """(size, CRC32) of a file; with `limit`, reads no more than that many bytes."""
     crc, size = 0, 0
     with path.open("rb") as f:
-        while chunk := f.read(_READ_CHUNK):
+        while chunk := f.read(_READ_CHUNK if limit is None else min(_READ_CHUNK, limit - size)):
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return size, f"{crc:08x}"
@@ -184,9 +185,16 @@ def read_manifest(step_dir) -> tuple[dict | None, str | None]:
         return None, f"no {MANIFEST_NAME} (the save never completed)"
     try:
         manifest = json.loads(path.read_text())
-        manifest["files"]  # noqa: B018 (present in every format)
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         return None, f"{MANIFEST_NAME} is unreadable ({err})"
+    # A checkpoint may come from elsewhere: the manifest's form is checked before it is used.
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None, f"{MANIFEST_NAME} is malformed (no 'files' object)"
+    arrays = manifest.get("arrays")
+    if arrays is not None and not (
+        isinstance(arrays, dict) and all(isinstance(v, str) for v in arrays.values())
+    ):
+        return None, f"{MANIFEST_NAME} is malformed ('arrays' is not names -> fingerprints)"
     return manifest, None
 
 
@@ -199,14 +207,36 @@ def checkpoint_problem(step_dir) -> str | None:
     if problem is not None:
         return problem
     for name, expected in manifest["files"].items():
-        path = step_dir / name
-        if not path.exists():
-            return f"{name} is missing"
-        size, crc = _digest(path)
-        if size != expected["size"]:
-            return f"{name} is truncated ({size} of {expected['size']} bytes)"
-        if crc != expected["crc32"]:
-            return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
+        problem = _file_problem(step_dir, name, expected)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _file_problem(step_dir: epath.Path, name: str, expected) -> str | None:
+    parts = name.split("/")
+    valid = (
+        not any(part in ("", ".", "..") for part in parts)
+        and isinstance(expected, dict)
+        and isinstance(expected.get("size"), int)
+        and expected["size"] >= 0
+        and isinstance(expected.get("crc32"), str)
+    )
+    if not valid:  # names outside the step, or nonsense
+        return f"{MANIFEST_NAME} has a malformed entry for {name[:100]!r}"
+    path = step_dir / name
+    if not path.exists():
+        return f"{name} is missing"
+    local = "://" not in str(path)  # epath calls a device such as /dev/zero a file
+    if not (os.path.isfile(path) if local else path.is_file()):
+        return f"{name} is not a regular file"
+    size, crc = _digest(path, limit=expected["size"] + 1)
+    if size < expected["size"]:
+        return f"{name} is truncated ({size} of {expected['size']} bytes)"
+    if size > expected["size"]:
+        return f"{name} is longer than the {expected['size']} bytes recorded"
+    if crc != expected["crc32"]:
+        return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
     return None
 
 

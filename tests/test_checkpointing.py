@@ -428,3 +428,20 @@ def test_only_the_arrays_read_are_verified(tmp_path, run):
     _assert_trees_equal(load_params_for_init(tmp_path, abstract), run[3].params)
     assert _restore(Checkpointer(tmp_path, 2, 2, run[0]), run).step == 2
     assert "marked damaged" in checkpoint_problem(tmp_path / "checkpoints" / "4")
+
+
+@pytest.mark.parametrize(
+    "manifest, reason",
+    [
+        ("[1, 2]", "malformed (no 'files' object)"),
+        ('{"files": {"../../etc/passwd": {"size": 1, "crc32": "0"}}}', "malformed entry"),
+        ('{"files": {}, "arrays": [1]}', "'arrays' is not names"),
+        ("{not json", "is unreadable"),
+    ],
+    ids=["not_an_object", "outside_the_step", "arrays_list", "not_json"],
+)
+def test_a_malformed_manifest_is_a_damaged_step(saved_run, tmp_path, manifest, reason):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
+    (copy / checkpointing.MANIFEST_NAME).write_text(manifest)
+    assert reason in checkpoint_problem(copy)
