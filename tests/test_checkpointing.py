@@ -398,7 +398,8 @@ def test_sealing_reads_back_no_array_file(tmp_path, run, monkeypatch):
     besides the arrays Orbax restores."""
     digested = []
     digest = sealing._digest
-    monkeypatch.setattr(sealing, "_digest", lambda path: digested.append(path) or digest(path))
+    recording = lambda path, **kw: digested.append(path) or digest(path, **kw)  # noqa: E731
+    monkeypatch.setattr(sealing, "_digest", recording)
     checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
     _save(checkpointer, run, 2, data_state={"position": 2})
     assert _restore(checkpointer, run).step == 2
