@@ -40,7 +40,8 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     add_optimizer_defaults(c)
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
-    c.eval_steps = 50  # batches per evaluation (the held-out split may be larger)
+    c.eval_steps = 50  # eval batches per evaluation (the held-out split may be larger)
+    c.eval_batch_size = 0  # global rows per eval step; 0: batch_size // grad_accum_steps
     c.checkpoint_every_steps = 10_000
     c.keep_checkpoints = 3
     c.init_checkpoint = ""
@@ -48,7 +49,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.cpu_peak_flops = 0.0  # CPU MFU: the host's fp32 peak; 0 measures its matmul rate
     c.model = model_config_dict(preset, **model_overrides)
     c.data = data_config_dict()
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
     return c
@@ -79,6 +80,13 @@ def validate_optimizer_and_batch(config, data_parallel: int) -> None:
         raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
 
 
+def eval_batch_size(config) -> int:
+    """Global rows per pretraining eval step: eval_batch_size, or the training microbatch."""
+    return int(config.get("eval_batch_size", 0)) or config.batch_size // int(
+        config.get("grad_accum_steps", 1)
+    )
+
+
 def vocab_size(vocab_file) -> int:
     """Entries of a WordPiece vocab file (one token per line)."""
     with open(vocab_file, encoding="utf-8") as f:
@@ -89,7 +97,14 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     """Checks everything that can be checked before anything compiles; raises UserError."""
     model = BertConfig.from_dict(dict(config.model))
     shape = sharding.mesh_shape(config.mesh, num_devices)
-    validate_optimizer_and_batch(config, shape["data"] * shape["fsdp"])
+    data_parallel = shape["data"] * shape["fsdp"]
+    validate_optimizer_and_batch(config, data_parallel)
+    eval_rows = eval_batch_size(config)
+    if eval_rows < 1 or eval_rows % data_parallel:
+        raise UserError(
+            f"eval_batch_size {eval_rows} must be a positive multiple of the data-parallel size "
+            f"{data_parallel} (mesh data*fsdp); 0 uses batch_size // grad_accum_steps"
+        )
     data = config.data
     if data.max_seq_length > model.max_position_embeddings:
         raise UserError(
@@ -115,6 +130,11 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     for axis, size in sizes.items():
         if size % shape["tensor"]:
             raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
+    if model.hidden_size % shape["fsdp"]:
+        raise UserError(
+            f"mesh.fsdp {shape['fsdp']} does not divide model hidden_size {model.hidden_size} "
+            "(FSDP splits the parameters along it)"
+        )
     # data.input_files / dataset_dir are found (or reported missing) where the data is located,
     # pipeline.prepare_data: they may be on gs://, or gone once prepared.
     if check_files:

@@ -72,7 +72,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 1000  # 0 = evaluate only at the end
     c.checkpoint_every_steps = 0  # 0 = at every evaluation and at the end
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
     return c
