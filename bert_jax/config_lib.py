@@ -126,7 +126,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     sizes = {
         "heads": model.num_attention_heads,
         "mlp": model.intermediate_size,
-        "vocab_size": model.vocab_size,
+        "padded vocabulary": model.padded_vocab_size,  # vocab_size rounded up to 128
     }
     for axis, size in sizes.items():
         if size % shape["tensor"]:

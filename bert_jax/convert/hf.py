@@ -15,7 +15,13 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    is_vocab_param,
+    pad_vocab_rows,
+    trim_vocab_rows,
+)
 
 # (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)
 Mapping = tuple[str, tuple[str, ...], bool]
@@ -179,6 +185,8 @@ def params_from_hf_tensors(
             continue
         value = weights[found]
         flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+        if is_vocab_param(ours) and flat[ours].shape[0] == config.vocab_size:
+            flat[ours] = pad_vocab_rows(config, flat[ours])  # bert_jax's zero padding rows
         names[ours] = found
     if missing_encoder:
         raise UserError(
@@ -241,6 +249,8 @@ def iter_hf_tensors(config: BertConfig, params: dict) -> Iterator[tuple[str, np.
         if ours not in flat:
             raise UserError(f"parameter {'/'.join(ours)} missing from the tree being exported")
         value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
+        if is_vocab_param(ours):
+            value = trim_vocab_rows(config, value)  # drop bert_jax's padding rows
         yield hf_name, np.ascontiguousarray(value.T if transpose else value)
 
 
