@@ -348,3 +348,24 @@ def test_vocab_30522_trains_on_tensor_4_and_8_like_one_device():
         assert table.addressable_shards[0].data.shape[0] == 30592 // mesh["tensor"]
         assert not np.asarray(table[30522:]).any()  # LAMB moved the real rows, not the padding
         assert np.asarray(table[:30522]).any()
+
+
+def test_gelu_names_match_their_formulas_and_the_tf1_mapping():
+    """ "gelu" is the exact erf form (Hugging Face, PyTorch); google-research/bert's modeling.py
+    `gelu` is the tanh approximation, "gelu_new" here, which is how TF1 configs are read."""
+    from math import erf
+
+    from bert_jax.convert.tf1 import config_from_tf1_dict, tf1_config_dict
+    from bert_jax.modeling import ACTIVATIONS
+
+    x = np.linspace(-6.0, 6.0, 2001)
+    exact = 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))
+    google = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    as_float = lambda name: np.asarray(ACTIVATIONS[name](jnp.asarray(x, jnp.float32)))  # noqa: E731
+    np.testing.assert_allclose(as_float("gelu"), exact, atol=2e-6)
+    for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        np.testing.assert_allclose(as_float(name), google, atol=2e-6, err_msg=name)
+    assert np.abs(exact - google).max() > 1e-4  # two different functions
+    read = config_from_tf1_dict(dict(hidden_act="gelu"))
+    np.testing.assert_allclose(as_float(read.hidden_act), google, atol=2e-6)
+    assert tf1_config_dict(read)["hidden_act"] == "gelu"

@@ -262,8 +262,9 @@ def test_adamw_bert_matches_googles_optimizer_with_its_schedule():
 
 
 def test_adamw_is_the_bias_corrected_form():
-    """'adamw' stays PyTorch's / transformers' AdamW: the first update is lr * sign-like
-    m_hat / sqrt(v_hat) = lr * g / (|g| + eps), ten times google's uncorrected first step."""
+    """'adamw' stays PyTorch's / transformers' AdamW: its first update is lr * m_hat / sqrt(v_hat)
+    = lr * g / (|g| + eps), where google's uncorrected one is (1 - b1) / sqrt(1 - b2) = 3.16
+    times larger (google's schedule gives that first update lr 0)."""
     params, grads = bert_tree_and_grads(1, seed=2)
     lr = 1e-3
     ours = run_ours(optimizer_config("adamw", wd=0.0), params, grads, lambda _: lr)
