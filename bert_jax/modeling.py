@@ -18,7 +18,9 @@ BERT and MaxText do:
 - matmuls take bfloat16 operands; the attention logits QK^T and the 30k-way MLM decoder
   accumulate *and return* float32 (preferred_element_type), so neither the softmax over keys nor
   the vocabulary softmax / loss ever sees logits rounded to bfloat16 (8 bits of mantissa: a
-  logit of 10 would move by 0.04); softmax, LayerNorm statistics and the loss run in float32.
+  logit of 20 would move by up to 0.06); softmax, LayerNorm statistics and the loss run in
+  float32. Their backward products round the float32 cotangent to bfloat16 operands
+  (`mixed_precision_dot`), as cuDNN and jax.nn.dot_product_attention do, keeping bf16 speed.
 - attention probabilities are cast back to bfloat16 for the product with V (as the fused
   kernels and jax.nn.dot_product_attention do).
 - dropout scales by 1 / keep in float32 before rounding (a bfloat16 scale would be 1.109375
@@ -247,6 +249,14 @@ class Dense(nn.Module):
         )(x)
 
 
+def mixed_precision_dot(dtype) -> jax.lax.DotAlgorithmPreset | None:
+    """The dot algorithm for float32-output products of `dtype` operands: BF16_BF16_F32 under
+    bfloat16, so that the backward pass's products (which take the float32 cotangent) also run
+    on bfloat16 operands at bfloat16 speed, as jax.nn.dot_product_attention, cuDNN and TPUs do
+    (jax issue 24047); None, the default, otherwise."""
+    return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if jnp.dtype(dtype) == jnp.bfloat16 else None
+
+
 def _mix32(x: Array) -> Array:
     """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
     x = x ^ (x >> 16)
@@ -389,6 +399,7 @@ class BertEmbeddings(nn.Module):
             "...h,vh->...v",
             x.astype(dtype),
             table.astype(dtype),
+            precision=mixed_precision_dot(dtype),
             preferred_element_type=jnp.float32,
         )
 
@@ -417,7 +428,11 @@ class BertSelfAttention(nn.Module):
             # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
             # float32 products, as jax.nn.dot_product_attention: never rounded to bfloat16.
             logits = jnp.einsum(
-                "bqnd,bknd->bnqk", query, key, preferred_element_type=jnp.float32
+                "bqnd,bknd->bnqk",
+                query,
+                key,
+                precision=mixed_precision_dot(query.dtype),
+                preferred_element_type=jnp.float32,
             )  # [B, N, T, T]
             logits = logits * jnp.float32(1.0 / math.sqrt(d))
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)

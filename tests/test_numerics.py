@@ -3,15 +3,14 @@ precision (attention logits, the vocabulary decoder, the dropout scale, training
 and the padded vocabulary (exactly the unpadded model's numbers; `mesh.tensor` 4 and 8 at 30522).
 """
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from test_modeling import SMALL  # the tests folder is on sys.path under pytest
+from test_optim import load_config
 
 from bert_jax import sharding
 from bert_jax.config_lib import validate_pretraining_config
@@ -31,7 +30,6 @@ from bert_jax.train_step import (
     pretraining_sums,
 )
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = [
     ("bert_base", "phase1"),
     ("bert_base", "phase2"),
@@ -41,21 +39,6 @@ CONFIGS = [
     ("bert_large_lamb", "phase2"),
     ("demo", "demo"),
 ]
-SMALL = dict(
-    vocab_size=97,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=16,
-)
-
-
-def load_config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 # -- dropout masks -----------------------------------------------------------------------------
