@@ -13,8 +13,9 @@ of the word embeddings and MLM bias start at zero and the padded logits are mask
 minimum, so they never win, carry no probability and get no gradient: loss, accuracy and every
 update equal those of the unpadded model. Exports trim them, imports add them (convert/).
 
-Mixed precision (dtype=bfloat16; parameters and optimizer state stay float32), chosen as NVIDIA
-BERT and MaxText do:
+Mixed precision (dtype=bfloat16; parameters and optimizer state stay float32), decided per op
+as cuDNN's fused attention and jax.nn.dot_product_attention do for QK^T, and NVIDIA's AMP for
+softmax and loss:
 - matmuls take bfloat16 operands; the attention logits QK^T and the 30k-way MLM decoder
   accumulate *and return* float32 (preferred_element_type), so neither the softmax over keys nor
   the vocabulary softmax / loss ever sees logits rounded to bfloat16 (8 bits of mantissa: a
