@@ -69,7 +69,6 @@ def sample_steps(warmup: int, total: int) -> np.ndarray:
         ("bert_large", "phase1"),
         ("bert_large_lamb", "phase1"),
         ("bert_large_lamb", "phase2"),
-        ("demo", None),
     ],
 )
 def test_pretraining_configs_follow_googles_schedule_at_every_step(name, arg):
