@@ -13,6 +13,7 @@ import ml_collections
 from bert_jax import sharding
 from bert_jax.errors import UserError
 from bert_jax.modeling import PRESETS, BertConfig
+from bert_jax.optim import OPTIMIZERS, SCHEDULES
 
 
 def model_config_dict(preset: str = "base", **overrides) -> ml_collections.ConfigDict:
@@ -34,6 +35,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.batch_size = 256  # global, across all processes
     c.seed = 0
     c.learning_rate = 1e-4
+    c.schedule = "bert"  # google-research/bert: warmup, then decay over all num_train_steps
     c.warmup_steps = 10_000
     c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
     c.end_learning_rate_factor = 0.0
@@ -56,8 +58,8 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
 
 
 def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
-    """The optimizer keys pretraining and fine-tuning share (google-research/bert's AdamW)."""
-    c.optimizer = "adamw"  # or "lamb"
+    """The optimizer keys pretraining and fine-tuning share (see bert_jax.optim)."""
+    c.optimizer = "adamw"  # bias-corrected (PyTorch/HF); "adamw_bert" is google's, or "lamb"
     c.weight_decay = 0.01
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
@@ -76,8 +78,10 @@ def validate_optimizer_and_batch(config, data_parallel: int) -> None:
             f"batch_size {config.batch_size} is not divisible by data-parallel size "
             f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
         )
-    if config.optimizer not in ("adamw", "lamb"):
-        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer {config.optimizer!r} is not one of {list(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"schedule {config.schedule!r} is not one of {list(SCHEDULES)}")
 
 
 def eval_batch_size(config) -> int:
@@ -125,7 +129,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     sizes = {
         "heads": model.num_attention_heads,
         "mlp": model.intermediate_size,
-        "vocab_size": model.vocab_size,
+        "padded vocabulary": model.padded_vocab_size,  # vocab_size rounded up to 128
     }
     for axis, size in sizes.items():
         if size % shape["tensor"]:

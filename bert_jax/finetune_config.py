@@ -54,6 +54,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.batch_size = 32  # global, across all processes
     c.eval_batch_size = 64
     c.learning_rate = 2e-5
+    c.schedule = "trainer"  # the transformers Trainer's: decay from the peak over the rest
     c.num_train_epochs = 3.0
     c.num_train_steps = 0  # > 0 overrides num_train_epochs
     c.warmup_proportion = 0.1
