@@ -51,8 +51,13 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.task.tfds_data_dir = ""
 
     c.max_seq_length = 128
-    c.batch_size = 32  # global, across all processes
-    c.eval_batch_size = 64
+    # Several short examples per row of max_seq_length (Krell et al. 2021): each attends only
+    # to itself and has its own [CLS]; losses and metrics stay per example. SQuAD windows fill
+    # their rows, so squad never packs.
+    c.packing = kind != "squad"
+    c.max_sequences_per_row = 16
+    c.batch_size = 32  # global, across all processes; packed: examples per step on average
+    c.eval_batch_size = 64  # rows per evaluation step (packed rows hold several examples)
     c.learning_rate = 2e-5
     c.num_train_epochs = 3.0
     c.num_train_steps = 0  # > 0 overrides num_train_epochs
@@ -78,12 +83,15 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-def training_steps(config, num_train_features: int) -> tuple[int, int]:
-    """(total optimizer steps, warmup steps), counted as the transformers Trainer counts them."""
+def training_steps(
+    config, num_train_features: int, steps_per_epoch: int | None = None
+) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps), counted as the transformers Trainer counts them;
+    steps_per_epoch (packed rows) defaults to one feature per row."""
     if config.num_train_steps > 0:
         total = int(config.num_train_steps)
     else:
-        per_epoch = math.ceil(num_train_features / config.batch_size)
+        per_epoch = steps_per_epoch or math.ceil(num_train_features / config.batch_size)
         total = max(1, math.ceil(per_epoch * float(config.num_train_epochs)))
     return total, math.ceil(float(config.warmup_proportion) * total)
 
@@ -132,5 +140,9 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(
             f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
         )
+    if config.packing and task.kind == "squad":
+        raise UserError("packing does not apply to squad (its windows fill their rows): unset it")
+    if int(config.max_sequences_per_row) < 1:
+        raise UserError(f"max_sequences_per_row must be >= 1, got {config.max_sequences_per_row}")
     if config.log_every_steps < 1:
         raise UserError(f"log_every_steps must be >= 1, got {config.log_every_steps}")

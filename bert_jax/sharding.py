@@ -127,6 +127,18 @@ def sharded_abstract(init_boxed, mesh: Mesh, rules):
     return abstract, shardings
 
 
+def process_rows(mesh: Mesh, num_rows: int) -> np.ndarray:
+    """The rows of a global batch of num_rows rows that this process supplies to
+    global_batch_from_local, in the order it expects them: the rows its devices hold under
+    batch_sharding. They need not be one block: a mesh orders devices by topology, so one host's
+    devices can sit apart along the batch axes (e.g. p0d0, p1d0, p0d1, p1d1)."""
+    indices = batch_sharding(mesh, 1).addressable_devices_indices_map((num_rows,))
+    rows = set()
+    for index in indices.values():
+        rows.update(range(*index[0].indices(num_rows)))
+    return np.array(sorted(rows), np.int64)
+
+
 def global_batch_from_local(local_batch: dict, mesh: Mesh) -> dict:
     """Each process's rows -> one global jax.Array per key, sharded over the batch axes."""
     process_count = jax.process_count()

@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from bert_jax import finetune_lib, pretrained
 from bert_jax.convert import hf
+from bert_jax.data import task_batches
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
@@ -126,7 +127,7 @@ def test_classification_end_to_end_keeps_best_and_predicts(setup, tmp_path):
     model_dir, _ = setup
     config = _config(
         "classification", model_dir, TASKS / "sentiment" / "train.tsv",
-        TASKS / "sentiment" / "dev.tsv", eval_every_steps=10, do_predict=True,
+        TASKS / "sentiment" / "dev.tsv", eval_every_steps=10, do_predict=True, packing=False,
         **{"task.test_file": str(TASKS / "sentiment" / "test.tsv")},
     )  # fmt: skip
     encoder = finetune_lib.load_pretrained_encoder(config)
@@ -264,21 +265,21 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
     unbroken = finetune_lib.train_and_evaluate(config, tmp_path / "unbroken", encoder=encoder)
 
     # SIGTERM arrives while step 5 (0-based) is being prepared: the real handler catches it.
-    original = finetune_lib.train_indices
+    original = task_batches.TrainBatches.batch
 
-    def indices_then_sigterm(num_features, batch_size, seed, step):
+    def batch_then_sigterm(self, step):
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(num_features, batch_size, seed, step)
+        return original(self, step)
 
-    monkeypatch.setattr(finetune_lib, "train_indices", indices_then_sigterm)
+    monkeypatch.setattr(task_batches.TrainBatches, "batch", batch_then_sigterm)
     broken_dir = tmp_path / "broken"
     stopped = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
     assert stopped.preempted and int(stopped.state.step) == 6
     assert [p.name for p in (broken_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["6"]
     assert not (broken_dir / "eval_results.json").exists()
 
-    monkeypatch.setattr(finetune_lib, "train_indices", original)
+    monkeypatch.setattr(task_batches.TrainBatches, "batch", original)
     resumed = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
     assert not resumed.preempted and int(resumed.state.step) == 12
     for a, b in zip(jax.tree.leaves(unbroken.params), jax.tree.leaves(resumed.params), strict=True):
@@ -291,7 +292,7 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         by_step = {}
         for record in _read_jsonl(workdir / "metrics.jsonl"):
             by_step.setdefault(record["step"], {}).update(record)
-        timing = ("steps_per_sec", "examples_per_sec")
+        timing = tuple(finetune_lib.throughput(1, dict(examples=1, tokens=1, real_tokens=1), 1))
         return {
             step: {k: v for k, v in r.items() if k not in timing} for step, r in by_step.items()
         }
