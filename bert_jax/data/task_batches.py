@@ -192,19 +192,22 @@ def scatter_predictions(kind: str, data: TaskData, batch: Batch, outputs, into: 
     slots = batch.slots
     if kind == "squad":
         for key in ("start_logits", "end_logits"):
-            _scatter_rows(outputs[key], slots, into[key])
+            _scatter_rows(outputs[key], slots, into[key], per_token=True)
     elif kind == "token_classification" and batch.packed:
         packing.unpack_tokens(outputs, feature_lengths(data), slots, into["predictions"])
     elif batch.packed:
         packing.unpack_sequences(outputs, slots, into["predictions"])
     else:
-        _scatter_rows(outputs, slots, into["predictions"])
+        per_token = kind == "token_classification"
+        _scatter_rows(outputs, slots, into["predictions"], per_token)
 
 
-def _scatter_rows(values, slots: np.ndarray, out: np.ndarray) -> None:
+def _scatter_rows(values, slots: np.ndarray, out: np.ndarray, per_token: bool) -> None:
+    """One feature per row: row i's values go to feature slots[i, 0]; per-token values of a
+    length bucket fill the first positions of the feature's row."""
     real = slots[:, 0] >= 0
     values = np.asarray(values)[real]
-    if values.ndim >= 2 and out.ndim >= 2:  # per token: a bucket may be shorter than out
+    if per_token:
         out[slots[real, 0], : values.shape[1]] = values
     else:
         out[slots[real, 0]] = values
