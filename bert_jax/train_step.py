@@ -34,6 +34,7 @@ SUM_METRICS = (
     "nsp_loss_sum",
     "nsp_correct",
     "nsp_count",
+    "real_tokens",
 )
 
 
@@ -85,6 +86,7 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
         "nsp_loss_sum": jnp.sum(nsp_nll),
         "nsp_correct": jnp.sum((jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)),
         "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
+        "real_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
     }
 
 

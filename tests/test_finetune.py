@@ -197,6 +197,12 @@ def test_sentence_pairs_are_learned(setup, tmp_path):
     assert result.label_list == ["no", "yes"]
     assert result.eval_metrics["accuracy"] >= 0.9
     assert result.eval_metrics["mcc"] >= 0.8
+    # Packed rows of 32 hold pairs of ~16 word pieces with little padding left.
+    logged = [r for r in _read_jsonl(tmp_path / "metrics.jsonl") if "padding_fraction" in r]
+    assert logged and all(r["padding_fraction"] < 0.25 for r in logged)
+    for record in logged:
+        real = record["tokens_per_sec"] * (1.0 - record["padding_fraction"])
+        assert record["real_tokens_per_sec"] == pytest.approx(real)
 
 
 def test_regression_is_learned(setup, tmp_path):

@@ -40,24 +40,29 @@ def pack(lengths, max_length: int, max_per_row: int, order=None) -> np.ndarray:
     # Row templates (how many rows, their lengths); open ones by the room they have left.
     open_rows: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(max_length + 1)]
     templates: list[tuple[int, tuple[int, ...]]] = []
+
+    def place(rows: int, row: tuple[int, ...], room: int) -> None:
+        if room == 0 or len(row) == max_per_row:
+            templates.append((rows, row))
+        else:
+            open_rows[room].append((rows, row))
+
     for length in range(max_length, 0, -1):
         left = int(counts[length])
         while left:
             room = next((r for r in range(length, max_length + 1) if open_rows[r]), None)
-            if room is None:
-                take, row, room = left, (length,), max_length
+            if room is None:  # new rows, each filled with as many of this length as fit
+                row = (length,) * min(max_length // length, max_per_row, left)
+                rows = left // len(row)
+                place(rows, row, max_length - length * len(row))
+                left -= rows * len(row)
             else:
                 count, row = open_rows[room].pop()
-                take = min(count, left)
-                if count > take:
-                    open_rows[room].append((count - take, row))
-                row = (*row, length)
-            left -= take
-            room -= length
-            if room == 0 or len(row) == max_per_row:
-                templates.append((take, row))
-            else:
-                open_rows[room].append((take, row))
+                rows = min(count, left)
+                if count > rows:
+                    open_rows[room].append((count - rows, row))
+                place(rows, (*row, length), room - length)
+                left -= rows
     templates += [t for group in open_rows for t in group]
     return _fill_templates(templates, lengths, max_per_row, order)
 
