@@ -120,8 +120,8 @@ def _schedule(config, total_steps: int, warmup_steps: int):
 
 def local_batch(finetuner: Finetuner, data: tasks.TaskData, batch: Batch) -> dict:
     """The arrays of the rows of `batch` this process supplies: those its devices hold in the
-    mesh (sharding.process_rows), so global row i is batch row i on every host."""
-    rows = sharding.process_rows(finetuner.mesh, batch.num_rows)
+    mesh (sharding.batch_rows), so global row i is batch row i on every host."""
+    rows = sharding.batch_rows(finetuner.mesh, batch.num_rows)
     return task_batches.build_batch(finetuner.kind, data, batch, rows)
 
 

@@ -1,7 +1,11 @@
 """BERT in Flax Linen: config, encoder, pretraining heads and task heads.
 
 Shapes use B = batch, T = sequence length, H = hidden_size, N = attention heads, D = H // N,
-F = intermediate_size, V = vocab_size, P = max_predictions_per_seq.
+F = intermediate_size, V = vocab_size, P = max_predictions_per_seq, S = sequences per packed row.
+
+Packed rows (several sequences per row, Krell et al. 2021) pass segment_ids [B, T] (0 = padding,
+1..S = sequence), optionally position_ids [B, T] and, for per-sequence pooled outputs,
+cls_positions [B, S]: see BertModel. Without them a row is one sequence, as in the original.
 
 The model speaks logical axis names only (see `bert_jax.sharding` for the mesh mapping):
 parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes`; activations use

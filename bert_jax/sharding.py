@@ -127,15 +127,17 @@ def sharded_abstract(init_boxed, mesh: Mesh, rules):
     return abstract, shardings
 
 
-def process_rows(mesh: Mesh, num_rows: int) -> np.ndarray:
-    """The rows of a global batch of num_rows rows that this process supplies to
-    global_batch_from_local, in the order it expects them: the rows its devices hold under
-    batch_sharding. They need not be one block: a mesh orders devices by topology, so one host's
-    devices can sit apart along the batch axes (e.g. p0d0, p1d0, p0d1, p1d1)."""
-    indices = batch_sharding(mesh, 1).addressable_devices_indices_map((num_rows,))
+def batch_rows(mesh: Mesh, global_batch: int, process_index: int | None = None) -> np.ndarray:
+    """Global row indices of the rows a process feeds, in the order of its local batch (what
+    `jax.make_array_from_process_local_data` does with them). They need not be one block: a
+    mesh orders devices by topology, so one host's devices can sit apart along the batch axes
+    (e.g. p0d0, p1d0, p0d1, p1d1); fine-tuning builds exactly these rows of each batch."""
+    process = jax.process_index() if process_index is None else process_index
+    indices = batch_sharding(mesh, 1).devices_indices_map((global_batch,))
     rows = set()
-    for index in indices.values():
-        rows.update(range(*index[0].indices(num_rows)))
+    for device, (index,) in indices.items():
+        if device.process_index == process:
+            rows.update(range(*index.indices(global_batch)))
     return np.array(sorted(rows), np.int64)
 
 

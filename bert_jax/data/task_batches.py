@@ -64,7 +64,7 @@ class Batch:
 
 def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None = None) -> dict:
     """Model inputs, targets and weights of `batch` (only its `rows` if given, e.g. those this
-    process supplies; see sharding.process_rows)."""
+    process supplies; see sharding.batch_rows)."""
     slots = batch.slots if rows is None else batch.slots[rows]
     keys = ("input_ids", "token_type_ids", *TARGET_KEYS[kind])
     if batch.packed:
