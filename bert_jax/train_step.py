@@ -67,7 +67,9 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
     A prediction counts as correct when the label's logit is the maximum.
     """
-    logits = output.mlm_logits.astype(jnp.float32)  # [B, P, V]
+    # The padded vocabulary (sharded evenly over `tensor`); its extra columns hold the float32
+    # minimum, so they add exp(-inf) = 0 to the normaliser and never reach the maximum.
+    logits = output.padded_mlm_logits.astype(jnp.float32)  # [B, P, V']
     ids = batch["masked_lm_ids"]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, P]
@@ -86,7 +88,6 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
         "nsp_loss_sum": jnp.sum(nsp_nll),
         "nsp_correct": jnp.sum((jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)),
         "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
-        "real_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
     }
 
 
@@ -168,6 +169,7 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         step_rng = jax.random.fold_in(rng, state.step)
         with nn.logical_axis_rules(rules):
             sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
+        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
         return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):
