@@ -18,6 +18,7 @@ from bert_jax.config_lib import add_optimizer_defaults, validate_optimizer_and_b
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
+from bert_jax.pretrained import as_path  # init_checkpoint and vocab_file may be on gs://
 
 
 def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> None:
@@ -107,7 +108,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a Hugging Face BERT "
             "directory or a bert_jax pretraining workdir)"
         )
-    if not pathlib.Path(config.init_checkpoint).expanduser().exists():
+    if not as_path(config.init_checkpoint).exists():
         raise UserError(f"init_checkpoint {config.init_checkpoint} not found")
     for split in ("train", "dev") + (("test",) if config.do_predict else ()):
         path = task.get(f"{split}_file")
@@ -115,7 +116,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             raise UserError(f"task.{split}_file {path} not found")
         if not path and not task.tfds_name:
             raise UserError(f"set task.{split}_file (or task.tfds_name)")
-    if config.vocab_file and not pathlib.Path(config.vocab_file).expanduser().is_file():
+    if config.vocab_file and not as_path(config.vocab_file).is_file():
         raise UserError(f"vocab_file {config.vocab_file} not found")
     shape = sharding.mesh_shape(config.mesh, num_devices)
     data_parallel = shape["data"] * shape["fsdp"]

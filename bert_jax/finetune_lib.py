@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import time
 
 import jax
@@ -28,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from bert_jax import distributed, pretrained, sharding
+from bert_jax import distributed, pretrained, sealing, sharding
 from bert_jax.data import task_batches, tasks
 from bert_jax.data.task_batches import Batch, TrainBatches
 from bert_jax.data.tokenization import WordPieceTokenizer
@@ -178,36 +177,34 @@ def _load_split(config, split: str, tokenizer, label_list=None) -> tasks.TaskDat
     return data
 
 
-def _managers(workdir: pathlib.Path, main_metric: str):
-    """(latest train state, best whole model) Orbax managers."""
-    state_manager = ocp.CheckpointManager(
-        workdir.absolute() / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-        item_names=("state", "pending_metrics"),
+def _managers(workdir, main_metric: str):
+    """(latest train state, best whole model) sealed Orbax managers (sealing.SealedManager: each
+    step carries a manifest and is verified when restored)."""
+    state_manager = sealing.SealedManager(
+        workdir / "checkpoints",
+        {"state": ocp.StandardCheckpointHandler(), "pending_metrics": ocp.JsonCheckpointHandler()},
+        max_to_keep=1,
     )
-    best_manager = ocp.CheckpointManager(
-        workdir.absolute() / pretrained.BEST_DIR,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics[main_metric],
-            best_mode="max",
-            keep_checkpoints_without_metrics=False,
-            create=True,
-        ),
-        item_names=("params",),
+    best_manager = sealing.SealedManager(
+        workdir / pretrained.BEST_DIR,
+        {"params": ocp.StandardCheckpointHandler()},
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics[main_metric],
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
     )
     return state_manager, best_manager
 
 
-def _best_metrics(best_manager) -> tuple[int | None, dict | None]:
-    step = best_manager.best_step()
+def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict | None]:
+    step = best_manager.manager.best_step()
     if step is None:
         return None, None
-    metrics = best_manager.metrics(step) if hasattr(best_manager, "metrics") else None
+    metrics = best_manager.manager.metrics(step)
     return step, dict(metrics) if metrics else None
 
 
-def _write_json(path: pathlib.Path, values: dict) -> None:
+def _write_json(path, values: dict) -> None:
     if jax.process_index() == 0:
         path.write_text(json.dumps(values, indent=2) + "\n")
 
@@ -246,7 +243,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
     """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
     distributed.initialize_if_needed()
     validate_finetuning_config(config, jax.device_count())
-    workdir = pathlib.Path(workdir)
+    workdir = sealing.as_path(pretrained.as_path(workdir))  # local (absolute) or gs://
     kind = config.task.kind
     mesh = sharding.make_mesh(config.mesh)
     with jax.set_mesh(mesh):
@@ -291,18 +288,17 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         distributed.barrier("finetune_workdir")
 
         state_manager, best_manager = _managers(workdir, main_metric)
-        start_step = state_manager.latest_step()
-        if start_step is not None:
-            restored = state_manager.restore(
-                start_step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(finetuner.abstract_state),
-                    pending_metrics=ocp.args.JsonRestore(),
-                ),
-            )
+        newest = state_manager.restore_newest(
+            {
+                "state": ocp.args.StandardRestore(finetuner.abstract_state),
+                "pending_metrics": ocp.args.JsonRestore(),
+            }
+        )
+        if newest is not None:
+            start_step, restored = newest
             state, pending_metrics = restored["state"], restored["pending_metrics"]["steps"]
             frozen = encoder.params if finetuner.freeze_encoder else {}
-            print(f"resumed from {state_manager.directory / str(start_step)}")
+            print(f"resumed from {state_manager.step_dir(start_step)}")
         else:
             start_step, pending_metrics = 0, []
             state, frozen = _start_state(config, finetuner, encoder)
@@ -314,8 +310,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             config, finetuner, state, frozen, batches, dev_data, start_step, total_steps,
             workdir, state_manager, best_manager, pending_metrics,
         )  # fmt: skip
-        state_manager.wait_until_finished()
-        best_manager.wait_until_finished()
+        state_manager.wait()
+        best_manager.wait()
         best_step, best_metrics = _best_metrics(best_manager)
         preempted = eval_metrics is None
         if not preempted:
@@ -419,7 +415,7 @@ def _run_loop(
                 params = finetuner.full_params(state, frozen)
                 best_manager.save(
                     done,
-                    args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                    {"params": ocp.args.StandardSave(params)},
                     metrics={k: float(v) for k, v in eval_metrics.items()},
                 )
                 excluded += time.perf_counter() - eval_start  # not training time
@@ -429,13 +425,13 @@ def _run_loop(
                 steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
                 state_manager.save(
                     done,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state),
-                        pending_metrics=ocp.args.JsonSave({"steps": steps}),
-                    ),
+                    {
+                        "state": ocp.args.StandardSave(state),
+                        "pending_metrics": ocp.args.JsonSave({"steps": steps}),
+                    },
                 )
             if stop:
-                state_manager.wait_until_finished()
+                state_manager.wait()
                 bar.close()
                 writer.close()
                 if jax.process_index() == 0:
@@ -450,9 +446,9 @@ def _run_loop(
 
 def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:
     test_data = _load_split(config, "test", tokenizer, train_data.label_list)
-    step = best_manager.best_step()
-    restored = best_manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(finetuner.abstract_params))
+    step = best_manager.manager.best_step()
+    _, restored = best_manager.restore_newest(
+        {"params": ocp.args.StandardRestore(finetuner.abstract_params)}, step=step
     )
     trainable, frozen = finetuner.split_params(restored["params"])
     predictions, _ = predict(finetuner, trainable, frozen, test_data, config)

@@ -186,6 +186,19 @@ def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_p
     kernel = np.asarray(result.params["classifier"]["dense"]["kernel"])
     assert np.abs(kernel).max() > 0.05
 
+    # Issue 13, point 4: fine-tuning checkpoints are sealed; a flipped byte is caught on load.
+    (best_step,) = [p for p in (tmp_path / "best").iterdir() if p.name.isdigit()]
+    (state_step,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert (best_step / "bert_jax_manifest.json").is_file()
+    assert (state_step / "bert_jax_manifest.json").is_file()
+    arrays = [p for p in best_step.rglob("*") if p.is_file() and "ocdbt.process" in str(p)]
+    largest = max(arrays, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    largest.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="no intact checkpoint"):
+        pretrained.load_finetuned(tmp_path)
+
 
 def test_sentence_pairs_are_learned(setup, tmp_path):
     model_dir, files = setup
