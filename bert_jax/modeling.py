@@ -454,8 +454,7 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention; `attention_implementation` "xla" or "cudnn" selects the fused
-    `jax.nn.dot_product_attention` (without dropout), None the heads-major einsums below."""
+    """Multi-head self-attention: fused `jax.nn.dot_product_attention` unless dropout is active."""
 
     config: BertConfig
 
@@ -481,17 +480,11 @@ class BertSelfAttention(nn.Module):
             mask = mask[:, None, None, :]  # [B, 1, 1, T]
         b, tq = xq.shape[:2]
         dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0.0
-        if cfg.attention_implementation is not None and not dropout_active:
-            context = jax.nn.dot_product_attention(
-                query, key, value, mask=mask, implementation=cfg.attention_implementation
-            )  # [B, Tq, N, D]
-        else:
-            # Heads-major einsums: on CPU faster than the fused XLA path (forward and backward,
-            # also at head_dim 32), and the fused kernels have no dropout on the probabilities.
+        if dropout_active:
+            # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
             # float32 products, as jax.nn.dot_product_attention: never rounded to bfloat16.
-            query, key, value = (jnp.swapaxes(y, 1, 2) for y in (query, key, value))  # [B,N,T,D]
             logits = jnp.einsum(
-                "bnqd,bnkd->bnqk",
+                "bqnd,bknd->bnqk",
                 query,
                 key,
                 precision=mixed_precision_dot(query.dtype),
@@ -500,10 +493,12 @@ class BertSelfAttention(nn.Module):
             logits = logits * jnp.float32(1.0 / math.sqrt(d))
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1)  # [B, N, Tq, T]
-            if dropout_active:
-                probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
-            context = jnp.einsum("bnqk,bnkd->bnqd", probs.astype(value.dtype), value)
-            context = jnp.swapaxes(context, 1, 2)  # [B, Tq, N, D]
+            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+            context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
+        else:
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, implementation=cfg.attention_implementation
+            )  # [B, Tq, N, D]
         context = context.reshape(b, tq, cfg.hidden_size)
         context = nn.with_logical_constraint(context, ("act_batch", "act_length", "act_heads"))
         return Dense(cfg.hidden_size, cfg, ("heads", "embed"), name="output")(context)
