@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from bert_jax import finetune_lib, finetune_step, pretrained, sharding
 from bert_jax.convert import hf
-from bert_jax.data import task_batches, tasks
+from bert_jax.data import packing, task_batches, tasks
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
@@ -324,14 +324,32 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         assert got[step] == pytest.approx(want[step], rel=1e-6), step
 
 
-def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["one_per_row", "packed"])
+def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path, packed):
     model_dir, files = setup
+    batch_size = 32
+    if packed:
+        # Packed steps take a multiple of data-parallel x grad_accum_steps rows: a batch of
+        # about 16 rows' worth of sentences gives 16 rows both with and without accumulation.
+        config = _config("token_classification", model_dir, files["tags_train"], files["tags_dev"])
+        data = tasks.load_task(
+            config, "train", finetune_lib.load_pretrained_encoder(config).tokenizer
+        )
+        rows = len(packing.pack(task_batches.feature_lengths(data), data.max_seq_length,
+                                config.max_sequences_per_row))  # fmt: skip
+        batch_size = 16 * round(data.num_features / rows)  # a multiple of 4 shards x 4 micro
+        for accum in (1, 4):  # data x fsdp = 4 data-parallel shards
+            per_row = config.max_sequences_per_row
+            steps = task_batches.TrainBatches(
+                data, batch_size, config.seed, True, per_row, row_multiple=4 * accum
+            )
+            assert steps.rows_per_step == 16
     results = {}
     for accum in (1, 4):
         config = _config(
             "token_classification", model_dir, files["tags_train"], files["tags_dev"],
-            batch_size=32, num_train_steps=4, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, grad_accum_steps=accum,
+            batch_size=batch_size, num_train_steps=4, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, grad_accum_steps=accum, packing=packed,
         )  # fmt: skip
         config.mesh.update(data=2, fsdp=2, tensor=2)
         results[accum] = finetune_lib.train_and_evaluate(config, tmp_path / str(accum))
