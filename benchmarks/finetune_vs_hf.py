@@ -167,12 +167,17 @@ def bert_jax_initial_head(num_labels: int, seed: int) -> dict[str, np.ndarray]:
     return {"kernel": np.asarray(head["kernel"]), "bias": np.asarray(head["bias"])}
 
 
-def run_hf_trainer(args, train_file, dev_file, workdir: pathlib.Path) -> dict:
-    """BertForSequenceClassification from MiniLM, trained by transformers.Trainer on CPU.
+def run_hf_trainer(
+    args, train_file, dev_file, workdir: pathlib.Path, group_by_length: bool = False
+) -> dict:
+    """BertForSequenceClassification from MiniLM, trained by transformers.Trainer on CPU; each
+    batch is padded to its longest row (DataCollatorWithPadding).
 
     With args.match_order_and_head, the Trainer visits the training rows in bert_jax's order
-    (finetune_lib.train_indices: a seeded permutation per epoch) and starts from bert_jax's
+    (task_batches.train_indices: a seeded permutation per epoch) and starts from bert_jax's
     initial classifier, so dropout masks are the only random difference between the two.
+    group_by_length (the Trainer's own sampler: batches of similar lengths) excludes that.
+    Returns dev accuracy, seconds (training and prediction) and train_seconds.
     """
     import torch
     from transformers import (
@@ -244,17 +249,19 @@ def run_hf_trainer(args, train_file, dev_file, workdir: pathlib.Path) -> dict:
         report_to=[],
         use_cpu=True,
         dataloader_num_workers=0,
+        group_by_length=group_by_length,
     )
     model = BertForSequenceClassification.from_pretrained(
         str(minilm_dir()), num_labels=len(labels), hidden_dropout_prob=args.dropout,
         attention_probs_dropout_prob=args.dropout,
     )  # fmt: skip
-    if args.match_order_and_head:
+    matched = args.match_order_and_head and not group_by_length
+    if matched:
         head = bert_jax_initial_head(len(labels), args.seed)
         with torch.no_grad():
             model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
             model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
-    trainer = (OrderedTrainer if args.match_order_and_head else Trainer)(
+    trainer = (OrderedTrainer if matched else Trainer)(
         model=model,
         args=training_args,
         train_dataset=encode(train_rows),
@@ -262,14 +269,16 @@ def run_hf_trainer(args, train_file, dev_file, workdir: pathlib.Path) -> dict:
     )
     start = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - start
     gold = [label_ids.get(row[label], -1) for row in dev_rows]
     predictions = trainer.predict(encode(dev_rows)).predictions.argmax(-1)
     result = {
         "accuracy": float(np.mean(np.asarray(gold) == predictions)),
         "steps": steps,
         "seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,
     }
-    if args.match_order_and_head:  # proof that the Trainer drew its batches from our order
+    if matched:  # proof that the Trainer drew its batches from our order
         result["epochs_in_bert_jax_order"] = trainer.epoch_sampler.epoch
     return result
 
@@ -277,20 +286,27 @@ def run_hf_trainer(args, train_file, dev_file, workdir: pathlib.Path) -> dict:
 # --- sections --------------------------------------------------------------------------------
 
 
+def task_subsample(args, workdir: pathlib.Path, task: str):
+    """(train file, dev file, train rows, dev rows): the seeded subsamples of a shared task."""
+    train = workdir / "data" / f"{task}_train.tsv"
+    dev = workdir / "data" / f"{task}_dev.tsv"
+    n_train = subsample_tsv(SHARED / "tasks" / task / "train.tsv", train, args.train_examples, 1)
+    n_dev = subsample_tsv(SHARED / "tasks" / task / "dev.tsv", dev, args.dev_examples, 2)
+    return train, dev, n_train, n_dev
+
+
 def section_compare(args, workdir: pathlib.Path, results: dict) -> None:
     from bert_jax import finetune_lib
 
     encoder = None
     for task in args.tasks.split(","):
-        train = workdir / "data" / f"{task}_train.tsv"
-        dev = workdir / "data" / f"{task}_dev.tsv"
-        n_train = subsample_tsv(
-            SHARED / "tasks" / task / "train.tsv", train, args.train_examples, 1
-        )
-        n_dev = subsample_tsv(SHARED / "tasks" / task / "dev.tsv", dev, args.dev_examples, 2)
+        train, dev, n_train, n_dev = task_subsample(args, workdir, task)
+        # One example per row: the Trainer can then visit bert_jax's batches in the same order
+        # (benchmarks/finetune_speed.py compares packed runs).
         config = bert_jax_config(
-            "classification", args, train, dev, minilm_dir(), vocab_file=str(VOCAB)
-        )
+            "classification", args, train, dev, minilm_dir(), vocab_file=str(VOCAB),
+            packing=False,
+        )  # fmt: skip
         if encoder is None and "bert_jax" in args.frameworks:  # loaded once, used by both tasks
             encoder = finetune_lib.load_pretrained_encoder(config)
         row = results["compare"].setdefault(task, {})
@@ -431,23 +447,40 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="runs/finetune_vs_hf")
-    parser.add_argument("--sections", default="compare,qa,pretrained")
-    parser.add_argument("--train_examples", type=int, default=3000)
+def add_run_arguments(parser, train_examples: int, max_seq_length: int) -> None:
+    """The data and hyperparameter flags every fine-tuning comparison shares."""
+    parser.add_argument("--train_examples", type=int, default=train_examples)
     parser.add_argument("--dev_examples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--warmup_proportion", type=float, default=0.1)
-    parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--qa_max_seq_length", type=int, default=96)
+    parser.add_argument("--max_seq_length", type=int, default=max_seq_length)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
-    parser.add_argument("--tasks", default="sentiment,supersense", help="for --sections=compare")
+    parser.add_argument("--tasks", default="sentiment,supersense")
     parser.add_argument("--torch_threads", type=int, default=0, help="0: one per CPU core")
+
+
+def open_workdir(args, section: str) -> tuple[pathlib.Path, pathlib.Path, dict]:
+    """(workdir, its results.json, the results so far, with `section` and the settings)."""
+    sys.path.insert(0, str(REPO))  # configs/ is imported as a package
+    workdir = pathlib.Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_file = workdir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results.setdefault(section, {})
+    results["settings"] = vars(args)
+    return workdir, results_file, results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/finetune_vs_hf")
+    parser.add_argument("--sections", default="compare,qa,pretrained")
+    add_run_arguments(parser, train_examples=3000, max_seq_length=64)
+    parser.add_argument("--qa_max_seq_length", type=int, default=96)
     parser.add_argument("--frameworks", default="bert_jax,transformers")
     parser.add_argument(
         "--match_order_and_head",
@@ -464,13 +497,7 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         print(f"{SHARED} not found: this benchmark needs the shared task data", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(REPO))  # configs/ is imported as a package
-    workdir = pathlib.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    results_file = workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results.setdefault("compare", {})
-    results["settings"] = vars(args)
+    workdir, results_file, results = open_workdir(args, "compare")
     sections = {"compare": section_compare, "qa": section_qa, "pretrained": section_pretrained}
     for name in args.sections.split(","):
         sections[name.strip()](args, workdir, results)

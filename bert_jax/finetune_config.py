@@ -18,6 +18,7 @@ from bert_jax.config_lib import add_optimizer_defaults, validate_optimizer_and_b
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
+from bert_jax.pretrained import as_path  # init_checkpoint and vocab_file may be on gs://
 
 
 def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> None:
@@ -51,8 +52,13 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.task.tfds_data_dir = ""
 
     c.max_seq_length = 128
-    c.batch_size = 32  # global, across all processes
-    c.eval_batch_size = 64
+    # Several short examples per row of max_seq_length (Krell et al. 2021): each attends only
+    # to itself and has its own [CLS]; losses and metrics stay per example. SQuAD windows fill
+    # their rows, so squad never packs.
+    c.packing = kind != "squad"
+    c.max_sequences_per_row = 16
+    c.batch_size = 32  # global, across all processes; packed: examples per step on average
+    c.eval_batch_size = 64  # rows per evaluation step (packed rows hold several examples)
     c.learning_rate = 2e-5
     c.schedule = "trainer"  # the transformers Trainer's: decay from the peak over the rest
     c.num_train_epochs = 3.0
@@ -79,12 +85,15 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-def training_steps(config, num_train_features: int) -> tuple[int, int]:
-    """(total optimizer steps, warmup steps), counted as the transformers Trainer counts them."""
+def training_steps(
+    config, num_train_features: int, steps_per_epoch: int | None = None
+) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps), counted as the transformers Trainer counts them;
+    steps_per_epoch (packed rows) defaults to one feature per row."""
     if config.num_train_steps > 0:
         total = int(config.num_train_steps)
     else:
-        per_epoch = math.ceil(num_train_features / config.batch_size)
+        per_epoch = steps_per_epoch or math.ceil(num_train_features / config.batch_size)
         total = max(1, math.ceil(per_epoch * float(config.num_train_epochs)))
     return total, math.ceil(float(config.warmup_proportion) * total)
 
@@ -99,7 +108,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a Hugging Face BERT "
             "directory or a bert_jax pretraining workdir)"
         )
-    if not pathlib.Path(config.init_checkpoint).expanduser().exists():
+    if not as_path(config.init_checkpoint).exists():
         raise UserError(f"init_checkpoint {config.init_checkpoint} not found")
     for split in ("train", "dev") + (("test",) if config.do_predict else ()):
         path = task.get(f"{split}_file")
@@ -107,7 +116,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             raise UserError(f"task.{split}_file {path} not found")
         if not path and not task.tfds_name:
             raise UserError(f"set task.{split}_file (or task.tfds_name)")
-    if config.vocab_file and not pathlib.Path(config.vocab_file).expanduser().is_file():
+    if config.vocab_file and not as_path(config.vocab_file).is_file():
         raise UserError(f"vocab_file {config.vocab_file} not found")
     shape = sharding.mesh_shape(config.mesh, num_devices)
     data_parallel = shape["data"] * shape["fsdp"]
@@ -133,5 +142,9 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(
             f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
         )
+    if config.packing and task.kind == "squad":
+        raise UserError("packing does not apply to squad (its windows fill their rows): unset it")
+    if int(config.max_sequences_per_row) < 1:
+        raise UserError(f"max_sequences_per_row must be >= 1, got {config.max_sequences_per_row}")
     if config.log_every_steps < 1:
         raise UserError(f"log_every_steps must be >= 1, got {config.log_every_steps}")

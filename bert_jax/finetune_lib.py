@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import pathlib
 import time
 
 import jax
@@ -29,19 +27,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from bert_jax import distributed, pretrained, sharding
-from bert_jax.data import tasks
+from bert_jax import distributed, pretrained, sealing, sharding
+from bert_jax.data import task_batches, tasks
+from bert_jax.data.task_batches import Batch, TrainBatches
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
-from bert_jax.finetune_step import (
-    INPUT_KEYS,
-    SUM_METRICS,
-    TARGET_KEYS,
-    Finetuner,
-    FinetuneState,
-    build_finetuner,
-)
+from bert_jax.finetune_step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
 from bert_jax.metrics import MetricWriter
 from bert_jax.modeling import BertConfig, BertModel
 from bert_jax.optim import learning_rate_schedule
@@ -125,48 +117,54 @@ def _schedule(config, total_steps: int, warmup_steps: int):
     return learning_rate_schedule(ml_collections.ConfigDict(values))
 
 
-def local_batch(kind: str, data: tasks.TaskData, indices: np.ndarray, batch_size: int) -> dict:
-    """This process's rows of the global batch of features `indices` (padded to batch_size).
-
-    Rows past the data get weight 0 and repeat feature 0, so every batch has one shape.
-    """
-    padded = np.zeros(batch_size, np.int64)
-    padded[: len(indices)] = indices
-    weights = (np.arange(batch_size) < len(indices)).astype(np.float32)
-    per_process = batch_size // jax.process_count()
-    mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-    batch = {k: data.arrays[k][padded[mine]] for k in INPUT_KEYS + TARGET_KEYS[kind]}
-    batch["weights"] = weights[mine]
-    return batch
+def local_batch(finetuner: Finetuner, data: tasks.TaskData, batch: Batch) -> dict:
+    """The arrays of the rows of `batch` this process supplies: those its devices hold in the
+    mesh (sharding.batch_rows), so global row i is batch row i on every host."""
+    rows = sharding.batch_rows(finetuner.mesh, batch.num_rows)
+    return task_batches.build_batch(finetuner.kind, data, batch, rows)
 
 
-def train_indices(num_features: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Features of 0-based step `step`: each epoch is a fresh seeded permutation, the last batch
-    of an epoch may be short (as the transformers Trainer). Pure in step, so resuming is exact."""
-    per_epoch = math.ceil(num_features / batch_size)
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng((seed, epoch)).permutation(num_features)
-    return order[position * batch_size : (position + 1) * batch_size]
+def is_packed(config, kind: str) -> bool:
+    return bool(config.packing) and kind != "squad"
 
 
-def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, batch_size: int):
-    """Model outputs for every feature of `data` and the summed loss; (predictions, sums)."""
-    outputs, totals = [], None
-    for start in range(0, data.num_features, batch_size):
-        indices = np.arange(start, min(start + batch_size, data.num_features))
-        batch = finetuner.shard_batch(local_batch(finetuner.kind, data, indices, batch_size))
-        predictions, sums = finetuner.eval_step(trainable, frozen, batch)
-        outputs.append(predictions)
-        totals = sums if totals is None else jax.tree.map(jax.numpy.add, totals, sums)
-    outputs, totals = jax.device_get((outputs, totals))
-    n = data.num_features
-    predictions = jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outputs)
+def train_batches(config, data: tasks.TaskData, mesh) -> TrainBatches:
+    accum = int(config.get("grad_accum_steps", 1))
+    return TrainBatches(
+        data,
+        int(config.batch_size),
+        int(config.seed),
+        is_packed(config, data.kind),
+        int(config.max_sequences_per_row),
+        row_multiple=sharding.data_parallel_size(mesh) * accum,
+    )
+
+
+def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, config):
+    """Model outputs for every feature of `data` and the summed loss; (predictions, sums).
+
+    Features run packed (config.packing) or one per row in length buckets, config.eval_batch_size
+    rows per step; every output is written back to its feature's place."""
+    batches = task_batches.eval_batches(
+        data,
+        int(config.eval_batch_size),
+        is_packed(config, finetuner.kind),
+        int(config.max_sequences_per_row),
+    )
+    buffers = task_batches.predictions_buffers(finetuner.kind, data, data.num_labels)
+    totals = None
+    for batch in batches:
+        arrays = finetuner.shard_batch(local_batch(finetuner, data, batch))
+        outputs, sums = jax.device_get(finetuner.eval_step(trainable, frozen, arrays))
+        task_batches.scatter_predictions(finetuner.kind, data, batch, outputs, buffers)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    predictions = buffers if finetuner.kind == "squad" else buffers["predictions"]
     return predictions, {k: float(v) for k, v in totals.items()}
 
 
-def evaluate(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, batch_size: int):
+def evaluate(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, config):
     """Dev metrics by their compute_metrics names, plus `loss`."""
-    predictions, sums = predict(finetuner, trainable, frozen, data, batch_size)
+    predictions, sums = predict(finetuner, trainable, frozen, data, config)
     metrics = tasks.compute_metrics(finetuner.kind, predictions, data)
     metrics["loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
     return metrics
@@ -179,43 +177,42 @@ def _load_split(config, split: str, tokenizer, label_list=None) -> tasks.TaskDat
     return data
 
 
-def _managers(workdir: pathlib.Path, main_metric: str):
-    """(latest train state, best whole model) Orbax managers."""
-    state_manager = ocp.CheckpointManager(
-        workdir.absolute() / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-        item_names=("state", "pending_metrics"),
+def _managers(workdir, main_metric: str):
+    """(latest train state, best whole model) sealed Orbax managers (sealing.SealedManager: each
+    step carries a manifest and is verified when restored)."""
+    state_manager = sealing.SealedManager(
+        workdir / "checkpoints",
+        {"state": ocp.StandardCheckpointHandler(), "pending_metrics": ocp.JsonCheckpointHandler()},
+        max_to_keep=1,
     )
-    best_manager = ocp.CheckpointManager(
-        workdir.absolute() / pretrained.BEST_DIR,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics[main_metric],
-            best_mode="max",
-            keep_checkpoints_without_metrics=False,
-            create=True,
-        ),
-        item_names=("params",),
+    best_manager = sealing.SealedManager(
+        workdir / pretrained.BEST_DIR,
+        {"params": ocp.StandardCheckpointHandler()},
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics[main_metric],
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
     )
     return state_manager, best_manager
 
 
-def _best_metrics(best_manager) -> tuple[int | None, dict | None]:
-    step = best_manager.best_step()
+def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict | None]:
+    step = best_manager.manager.best_step()
     if step is None:
         return None, None
-    metrics = best_manager.metrics(step) if hasattr(best_manager, "metrics") else None
+    metrics = best_manager.manager.metrics(step)
     return step, dict(metrics) if metrics else None
 
 
-def _write_json(path: pathlib.Path, values: dict) -> None:
+def _write_json(path, values: dict) -> None:
     if jax.process_index() == 0:
         path.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def run_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
     """(parameter initialisation, dropout) keys of a run; the data order is seeded separately
-    (train_indices), so a head can be reproduced outside the run: model.init(init_rng, ...)."""
+    (task_batches.train_indices), so a head can be reproduced outside the run:
+    model.init(init_rng, ...)."""
     key = jax.random.key(seed)
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
@@ -246,7 +243,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
     """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
     distributed.initialize_if_needed()
     validate_finetuning_config(config, jax.device_count())
-    workdir = pathlib.Path(workdir)
+    workdir = sealing.as_path(pretrained.as_path(workdir))  # local (absolute) or gs://
     kind = config.task.kind
     mesh = sharding.make_mesh(config.mesh)
     with jax.set_mesh(mesh):
@@ -257,7 +254,11 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         model_config = _model_config(config, encoder.info, mesh)
         train_data = _load_split(config, "train", tokenizer)
         dev_data = _load_split(config, "dev", tokenizer, train_data.label_list)
-        total_steps, warmup_steps = training_steps(config, train_data.num_features)
+        batches = train_batches(config, train_data, mesh)
+        print(f"train: {batches.describe()}")
+        total_steps, warmup_steps = training_steps(
+            config, train_data.num_features, batches.steps_per_epoch
+        )
         finetuner = build_finetuner(
             config,
             kind,
@@ -287,18 +288,17 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         distributed.barrier("finetune_workdir")
 
         state_manager, best_manager = _managers(workdir, main_metric)
-        start_step = state_manager.latest_step()
-        if start_step is not None:
-            restored = state_manager.restore(
-                start_step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(finetuner.abstract_state),
-                    pending_metrics=ocp.args.JsonRestore(),
-                ),
-            )
+        newest = state_manager.restore_newest(
+            {
+                "state": ocp.args.StandardRestore(finetuner.abstract_state),
+                "pending_metrics": ocp.args.JsonRestore(),
+            }
+        )
+        if newest is not None:
+            start_step, restored = newest
             state, pending_metrics = restored["state"], restored["pending_metrics"]["steps"]
             frozen = encoder.params if finetuner.freeze_encoder else {}
-            print(f"resumed from {state_manager.directory / str(start_step)}")
+            print(f"resumed from {state_manager.step_dir(start_step)}")
         else:
             start_step, pending_metrics = 0, []
             state, frozen = _start_state(config, finetuner, encoder)
@@ -307,11 +307,11 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             f"({warmup_steps} warmup) of {config.batch_size}; dev {dev_data.num_features} features"
         )
         state, eval_metrics = _run_loop(
-            config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps,
+            config, finetuner, state, frozen, batches, dev_data, start_step, total_steps,
             workdir, state_manager, best_manager, pending_metrics,
         )  # fmt: skip
-        state_manager.wait_until_finished()
-        best_manager.wait_until_finished()
+        state_manager.wait()
+        best_manager.wait()
         best_step, best_metrics = _best_metrics(best_manager)
         preempted = eval_metrics is None
         if not preempted:
@@ -334,19 +334,34 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
     )
 
 
+def throughput(steps: int, counts: dict[str, float], seconds: float) -> dict[str, float]:
+    """Rates of `steps` steps that fed counts["examples"] features, counts["real_tokens"] real
+    tokens in counts["tokens"] positions (rows x row length, padding included)."""
+    seconds = max(seconds, 1e-9)
+    return {
+        "steps_per_sec": steps / seconds,
+        "examples_per_sec": counts["examples"] / seconds,
+        "tokens_per_sec": counts["tokens"] / seconds,
+        "real_tokens_per_sec": counts["real_tokens"] / seconds,
+        "padding_fraction": 1.0 - counts["real_tokens"] / max(counts["tokens"], 1.0),
+    }
+
+
 def _run_loop(
-    config, finetuner, state, frozen, train_data, dev_data, start_step, total_steps, workdir,
+    config, finetuner, state, frozen, batches, dev_data, start_step, total_steps, workdir,
     state_manager, best_manager, pending_metrics,
 ):  # fmt: skip
     """Trains from start_step; returns (state, final dev metrics), or (state, None) when SIGTERM
     stopped it after saving the state."""
     writer = MetricWriter(workdir)
     _, dropout_rng = run_rngs(config.seed)
-    batch_size = int(config.batch_size)
+    train_data = batches.data
     # Step metrics since the last log; a resumed run starts with the saved ones, so its logs
     # average the same steps as an unbroken run's.
     pending, eval_metrics = list(pending_metrics), {}
-    last_time, last_step = time.perf_counter(), start_step
+    # Throughput counts training only: the first step (compilation) and evaluations are left out.
+    last_time, excluded, timed_steps, compiled = time.perf_counter(), 0.0, 0, False
+    counts = dict.fromkeys(("examples", "tokens", "real_tokens"), 0.0)
     bar = tqdm(
         total=total_steps,
         initial=start_step,
@@ -356,37 +371,43 @@ def _run_loop(
     )
     with distributed.PreemptionFlag() as preemption:
         for step in range(start_step, total_steps):
-            indices = train_indices(train_data.num_features, batch_size, config.seed, step)
-            batch = finetuner.shard_batch(
-                local_batch(finetuner.kind, train_data, indices, batch_size)
-            )
-            state, metrics = finetuner.train_step(state, frozen, batch, dropout_rng)
+            batch = batches.batch(step)
+            arrays = finetuner.shard_batch(local_batch(finetuner, train_data, batch))
+            state, metrics = finetuner.train_step(state, frozen, arrays, dropout_rng)
             pending.append(metrics)
+            if compiled:
+                timed_steps += 1
+                counts["examples"] += int((batch.slots >= 0).sum())
+                counts["tokens"] += batch.num_rows * batch.length
+                counts["real_tokens"] += task_batches.real_tokens(train_data, batch)
+            else:
+                jax.block_until_ready(metrics)
+                compiled, last_time = True, time.perf_counter()
             bar.update(1)
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps:
                 fetched = jax.device_get(pending)
                 sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
-                elapsed = max(time.perf_counter() - last_time, 1e-9)
                 scalars = {
                     "loss": sums["loss_sum"] / max(sums["count"], 1.0),
                     "learning_rate": float(fetched[-1]["learning_rate"]),
                     "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                    "steps_per_sec": (done - last_step) / elapsed,
-                    "examples_per_sec": (done - last_step) * batch_size / elapsed,
                 }
                 if finetuner.kind != "regression":
                     scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+                if timed_steps:
+                    elapsed = time.perf_counter() - last_time - excluded
+                    scalars.update(throughput(timed_steps, counts, elapsed))
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-                pending, last_time, last_step = [], time.perf_counter(), done
+                pending, last_time, excluded, timed_steps = [], time.perf_counter(), 0.0, 0
+                counts = dict.fromkeys(counts, 0.0)
             evaluate_now = done == total_steps or (
                 config.eval_every_steps > 0 and done % config.eval_every_steps == 0
             )
             if evaluate_now:
-                eval_metrics = evaluate(
-                    finetuner, state.params, frozen, dev_data, config.eval_batch_size
-                )
+                eval_start = time.perf_counter()
+                eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
                 writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
                 bar.write(
                     f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
@@ -394,23 +415,23 @@ def _run_loop(
                 params = finetuner.full_params(state, frozen)
                 best_manager.save(
                     done,
-                    args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                    {"params": ocp.args.StandardSave(params)},
                     metrics={k: float(v) for k, v in eval_metrics.items()},
                 )
-                last_time = time.perf_counter()  # evaluation time is not training time
+                excluded += time.perf_counter() - eval_start  # not training time
             every = config.checkpoint_every_steps
             stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
             if evaluate_now or (every > 0 and done % every == 0) or stop:
                 steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
                 state_manager.save(
                     done,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state),
-                        pending_metrics=ocp.args.JsonSave({"steps": steps}),
-                    ),
+                    {
+                        "state": ocp.args.StandardSave(state),
+                        "pending_metrics": ocp.args.JsonSave({"steps": steps}),
+                    },
                 )
             if stop:
-                state_manager.wait_until_finished()
+                state_manager.wait()
                 bar.close()
                 writer.close()
                 if jax.process_index() == 0:
@@ -418,19 +439,19 @@ def _run_loop(
                 return state, None
     bar.close()
     if not eval_metrics:  # resumed after the last step: evaluate what was restored
-        eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config.eval_batch_size)
+        eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
     writer.close()
     return state, eval_metrics
 
 
 def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:
     test_data = _load_split(config, "test", tokenizer, train_data.label_list)
-    step = best_manager.best_step()
-    restored = best_manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(finetuner.abstract_params))
+    step = best_manager.manager.best_step()
+    _, restored = best_manager.restore_newest(
+        {"params": ocp.args.StandardRestore(finetuner.abstract_params)}, step=step
     )
     trainable, frozen = finetuner.split_params(restored["params"])
-    predictions, _ = predict(finetuner, trainable, frozen, test_data, config.eval_batch_size)
+    predictions, _ = predict(finetuner, trainable, frozen, test_data, config)
     if jax.process_index() == 0:
         path = workdir / PREDICTION_FILES[finetuner.kind]
         tasks.write_predictions(finetuner.kind, predictions, test_data, path)

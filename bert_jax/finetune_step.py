@@ -5,8 +5,12 @@ train state holds only the head (a linear probe: the optimizer never sees the en
 no state for it); the encoder is a separate argument of every step that is never donated,
 differentiated or updated, so it stays bit-identical.
 
-Batches (B rows, L = max_seq_length) are the TaskData arrays plus `weights` float32 [B]: 1 for
-a real feature, 0 for the rows that pad the last batch of an epoch or of an evaluation.
+Batches are those of `bert_jax.data.task_batches`: one feature per row (input_ids,
+token_type_ids, attention_mask [B, L], targets per row, `weights` float32 [B]: 1 for a real
+feature, 0 for the rows that pad the last batch of an epoch or of an evaluation), or packed rows
+(segment_ids, position_ids [B, L], cls_positions [B, S]; targets and `weights` per sequence
+[B, S], token targets [B, L]). Losses and metrics are sums over sequences (tokens for tagging),
+so both layouts mean the same.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.data.task_batches import PACKING_KEYS
 from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import (
     BertConfig,
@@ -40,13 +45,6 @@ HEADS = {
     "regression": "classifier",
     "token_classification": "classifier",
     "squad": "qa_outputs",
-}
-INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
-TARGET_KEYS = {
-    "classification": ("labels",),
-    "regression": ("labels",),
-    "token_classification": ("labels",),
-    "squad": ("start_positions", "end_positions"),
 }
 SUM_METRICS = ("loss_sum", "count", "correct")
 
@@ -69,21 +67,6 @@ def make_task_model(kind: str, config: BertConfig, num_labels: int) -> nn.Module
     return BertForQuestionAnswering(config)
 
 
-def batch_shapes(kind: str, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-    shapes = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32) for k in INPUT_KEYS}
-    shapes["weights"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
-    if kind == "classification":
-        shapes["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    elif kind == "regression":
-        shapes["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
-    elif kind == "token_classification":
-        shapes["labels"] = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-    else:
-        shapes["start_positions"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-        shapes["end_positions"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    return shapes
-
-
 def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """logits [..., C], labels [...] (negative = ignored, any value) -> [...] float32."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
@@ -92,12 +75,14 @@ def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def target_weights(kind: str, batch: dict) -> jax.Array:
-    """Which targets are scored, float32 [B] ([B, L] for token_classification): rows (or first word
-    pieces) with weight 1 and a label (>= 0, or finite for regression)."""
+    """Which targets are scored, float32 like the labels ([B], packed [B, S], tokens [B, L]):
+    sequences (or first word pieces) with weight 1 and a label (>= 0, finite for regression)."""
+    labels = batch["labels"] if kind != "squad" else None
+    if kind == "token_classification" and "segment_ids" in batch:
+        return (labels >= 0).astype(jnp.float32)  # packing leaves no filler rows, only -1 labels
     weights = batch["weights"].astype(jnp.float32)
     if kind == "squad":
         return weights
-    labels = batch["labels"]
     if kind == "regression":
         return weights * jnp.isfinite(labels)
     if kind == "token_classification":
@@ -119,7 +104,7 @@ def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
         )
         loss_sum, correct = jnp.sum(nll * valid), jnp.sum(hit * valid)
     elif kind == "regression":
-        error = outputs[:, 0] - jnp.where(valid > 0, batch["labels"], 0.0)
+        error = outputs[..., 0] - jnp.where(valid > 0, batch["labels"], 0.0)  # [B] or [B, S]
         loss_sum, correct = jnp.sum(jnp.square(error) * valid), jnp.zeros((), jnp.float32)
     else:
         labels = batch["labels"]
@@ -133,10 +118,10 @@ def host_predictions(kind: str, outputs):
     if kind == "squad":
         return {"start_logits": outputs[0], "end_logits": outputs[1]}  # [B, L] each
     if kind == "regression":
-        return outputs[:, 0]  # [B]
+        return outputs[..., 0]  # [B] or packed [B, S]
     if kind == "token_classification":
         return jnp.argmax(outputs, -1).astype(jnp.int32)  # [B, L] tag ids
-    return outputs  # [B, C] logits
+    return outputs  # [B, C] logits, packed [B, S, C]
 
 
 def layerwise_lr_multipliers(params, num_layers: int, decay: float):
@@ -190,7 +175,7 @@ class Finetuner:
     frozen_shardings: Any  # the encoder's when frozen, else {}
     abstract_params: Any  # ShapeDtypeStructs with shardings, the whole task tree
     abstract_state: Any
-    batch_shardings: dict[str, NamedSharding]
+    batch_sharding: NamedSharding  # every batch array: rows over the data-parallel axes
     init_params: Callable  # rng -> every parameter fresh (the random-init baseline)
     init_head: Callable  # rng -> {head_name: ...}, the only part a pretrained model lacks
     start: Callable  # (encoder, head) -> state; the encoder stays valid and unchanged
@@ -255,8 +240,7 @@ def build_finetuner(
 
     # Boxed parameters carry their logical axes into the optimizer moments.
     abstract_state, state_shardings = sharding.sharded_abstract(state_boxed, mesh, rules)
-    shapes = batch_shapes(kind, 1, seq_len)
-    batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in shapes.items()}
+    batch_shardings = sharding.batch_sharding(mesh, 1)  # a prefix: the leading (row) axis
     rep = sharding.replicated(mesh)
 
     def init_params(rng):
@@ -280,9 +264,12 @@ def build_finetuner(
         with nn.logical_axis_rules(rules):
             return model.apply(
                 {"params": params},
-                *(batch[k] for k in INPUT_KEYS),
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch.get("attention_mask"),
                 deterministic=deterministic,
                 rngs=None if rng is None else {"dropout": rng},
+                **{k: batch[k] for k in PACKING_KEYS if k in batch},
             )
 
     def train_step(state: FinetuneState, frozen, batch: dict, rng: jax.Array):
@@ -320,7 +307,7 @@ def build_finetuner(
         frozen_shardings=frozen_shardings,
         abstract_params=abstract_params,
         abstract_state=abstract_state,
-        batch_shardings=batch_shardings,
+        batch_sharding=batch_shardings,
         init_params=jax.jit(init_params, out_shardings=param_shardings),
         init_head=jax.jit(init_head, out_shardings=head_shardings),
         start=jax.jit(

@@ -9,9 +9,12 @@
     embed = pipeline("sentence-embedding", path)  # any of the three kinds of path
     embed(["a sentence", "another"])  # float32 [n, H], mean of the last layer over real tokens
 
-"feature-extraction" is the same as "sentence-embedding". Texts are batched, and each batch is cut
-to its longest text (rounded up to a multiple of 32 tokens) so short texts run fast; texts longer
-than max_seq_length word pieces are truncated and counted in a warning.
+"feature-extraction" is the same as "sentence-embedding". Short texts never pay for padding:
+text-classification and sentence-embedding pack several texts into each row (each attends only
+to itself, as in fine-tuning), fill-mask sorts texts by length into batches cut to a length
+bucket (32, 64, 128, ... tokens); the rows of a call have one of a few shapes, so repeated
+calls reuse their compilations. Texts longer than max_seq_length word pieces are truncated and
+counted in a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from absl import logging
 from flax.core import meta
 
 from bert_jax import pretrained
-from bert_jax.data import tasks
+from bert_jax.data import packing, tasks
+from bert_jax.data.task_batches import length_buckets
 from bert_jax.data.tasks_readers import SentenceExample
 from bert_jax.errors import UserError
 from bert_jax.finetune_step import make_task_model
@@ -33,8 +37,8 @@ from bert_jax.modeling import BertForPreTraining, BertModel
 
 TASKS = ("fill-mask", "text-classification", "sentence-embedding", "feature-extraction")
 MASK_TEXT = "[MASK]"
-_LENGTH_MULTIPLE = 32
 _SEQUENCE_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+MAX_TEXTS_PER_ROW = 16
 
 
 def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **options):
@@ -56,20 +60,37 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
     return SentenceEmbeddingPipeline(info, tokenizer, **options)
 
 
-def _bucket_length(attention_mask: np.ndarray, max_seq_length: int) -> int:
-    longest = int(attention_mask.sum(axis=1).max())
-    return min(max_seq_length, -(-longest // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE)
+def _bucket(length: int, max_seq_length: int) -> int:
+    buckets = length_buckets(max_seq_length)
+    return buckets[int(np.searchsorted(buckets, length))]
 
 
 def _batches(arrays: dict[str, np.ndarray], batch_size: int, max_seq_length: int):
-    """(rows, arrays padded to batch_size rows, token arrays cut to the batch's bucket length)."""
-    n = len(arrays["input_ids"])
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(start + batch_size, n))
+    """(texts, arrays of batch_size rows): texts sorted by length, token arrays cut to the
+    batch's length bucket; rows past the texts repeat the batch's first text."""
+    lengths = arrays["attention_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
         padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-        length = _bucket_length(arrays["attention_mask"][rows], max_seq_length)
+        length = _bucket(int(lengths[rows].max()), max_seq_length)
         batch = {k: v[padded] for k, v in arrays.items()}
         yield rows, batch | {k: batch[k][:, :length] for k in _SEQUENCE_KEYS}
+
+
+def _packed_batches(arrays: dict[str, np.ndarray], rows: int, max_seq_length: int):
+    """(slots [rows, S], packed rows) holding every text once, up to MAX_TEXTS_PER_ROW texts per
+    row of the length bucket of the longest text (see data/packing.py)."""
+    lengths = arrays["attention_mask"].sum(axis=1)
+    if not len(lengths):
+        return
+    length = _bucket(int(lengths.max()), max_seq_length)
+    slots = packing.pack(lengths, length, MAX_TEXTS_PER_ROW)
+    slots = np.concatenate([slots, np.full((-len(slots) % rows, slots.shape[1]), -1)])
+    tokens = {k: arrays[k] for k in ("input_ids", "token_type_ids")}
+    for start in range(0, len(slots), rows):
+        chunk = slots[start : start + rows]
+        yield chunk, packing.packed_rows(tokens, lengths, chunk, length)
 
 
 def _sentence_arrays(texts: Sequence, tokenizer, max_seq_length: int) -> dict[str, np.ndarray]:
@@ -99,7 +120,8 @@ def _sentence_arrays(texts: Sequence, tokenizer, max_seq_length: int) -> dict[st
 
 class SentenceEmbeddingPipeline:
     """Mean of the last hidden layer over each text's tokens ([CLS] and [SEP] included, as
-    sentence-transformers pools): texts -> float32 [n, H]."""
+    sentence-transformers pools): texts -> float32 [n, H]. Texts are packed, batch_size rows of
+    up to MAX_TEXTS_PER_ROW texts per model call."""
 
     def __init__(self, info, tokenizer, batch_size: int = 32, max_seq_length: int | None = None):
         self.tokenizer = tokenizer
@@ -118,29 +140,31 @@ class SentenceEmbeddingPipeline:
         )
         self.params = pretrained.load_encoder(info, abstract)
 
-        def embed(params, input_ids, token_type_ids, attention_mask):
-            sequence, _ = model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
-            mask = attention_mask[..., None].astype(jnp.float32)  # [B, T, 1]
-            total = jnp.sum(sequence.astype(jnp.float32) * mask, axis=1)
-            return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [B, H]
+        def embed(params, batch):
+            sequence, _ = model.apply(
+                {"params": params}, batch["input_ids"], batch["token_type_ids"],
+                segment_ids=batch["segment_ids"], position_ids=batch["position_ids"],
+            )  # fmt: skip
+            texts = jnp.arange(1, batch["cls_positions"].shape[1] + 1)
+            mine = (batch["segment_ids"][:, None, :] == texts[None, :, None]).astype(jnp.float32)
+            total = jnp.einsum("bst,bth->bsh", mine, sequence.astype(jnp.float32))  # [B, S, H]
+            return total / jnp.maximum(jnp.sum(mine, axis=2), 1.0)[..., None]  # [B, S, H]
 
         self._embed = jax.jit(embed)
 
     def __call__(self, texts: Sequence, normalize: bool = False) -> np.ndarray:
         arrays = _sentence_arrays(texts, self.tokenizer, self.max_seq_length)
         out = np.zeros((len(texts), self.hidden_size), np.float32)
-        for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
-            vectors = self._embed(
-                self.params, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
-            )
-            out[rows] = np.asarray(vectors)[: len(rows)]
+        for slots, batch in _packed_batches(arrays, self.batch_size, self.max_seq_length):
+            packing.unpack_sequences(jax.device_get(self._embed(self.params, batch)), slots, out)
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
 
 class TextClassificationPipeline:
-    """A fine-tuned classification (or regression) workdir: texts or pairs -> labels and scores."""
+    """A fine-tuned classification (or regression) workdir: texts or pairs -> labels and scores.
+    Texts are packed, batch_size rows of up to MAX_TEXTS_PER_ROW texts per model call."""
 
     def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
                  max_seq_length: int | None = None):  # fmt: skip
@@ -155,9 +179,14 @@ class TextClassificationPipeline:
             model.kind, model.info.bert_config, model.info.task_info["num_labels"]
         )
 
-        def scores(params, input_ids, token_type_ids, attention_mask):
-            logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
-            return logits[:, 0] if model.kind == "regression" else jax.nn.softmax(logits, -1)
+        def scores(params, batch):
+            logits = task_model.apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["token_type_ids"],
+                **{k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")},
+            )  # fmt: skip  [B, S, C]
+            return logits[..., 0] if model.kind == "regression" else jax.nn.softmax(logits, -1)
 
         self._scores = jax.jit(scores)
 
@@ -169,16 +198,11 @@ class TextClassificationPipeline:
         """Per input: {"label", "score"} (top_k=1), else a list of the top_k (None = all) by score;
         regression models give {"score": predicted value}."""
         arrays = _sentence_arrays(texts, self.model.tokenizer, self.max_seq_length)
-        outputs = []
-        for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
-            values = self._scores(
-                self.model.params,
-                batch["input_ids"],
-                batch["token_type_ids"],
-                batch["attention_mask"],
-            )
-            outputs.append(np.asarray(values)[: len(rows)])
-        values = np.concatenate(outputs) if outputs else np.zeros((0,))
+        width = () if self.model.kind == "regression" else (len(self.labels),)
+        values = np.zeros((len(texts), *width), np.float32)
+        for slots, batch in _packed_batches(arrays, self.batch_size, self.max_seq_length):
+            scores = jax.device_get(self._scores(self.model.params, batch))
+            packing.unpack_sequences(scores, slots, values)
         if self.model.kind == "regression":
             return [{"score": float(v)} for v in values]
         results = []

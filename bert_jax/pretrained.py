@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any
 
 import jax
@@ -29,6 +28,7 @@ from bert_jax.convert import hf
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.modeling import BertConfig
+from bert_jax.sealing import SealedManager
 from bert_jax.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 
 HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
@@ -209,19 +209,19 @@ def _place(tree, abstract):
     return jax.tree.map(put, tree, abstract)
 
 
-def _restore_params(directory: pathlib.Path, abstract) -> Any:
-    """The 'params' item of the newest (only) step under directory (an Orbax manager dir)."""
-    manager = ocp.CheckpointManager(directory.absolute(), item_names=("params",))
-    step = manager.latest_step()
-    if step is None:
+def _restore_params(directory: epath.Path, abstract) -> Any:
+    """The 'params' item of the newest intact step under directory (a fine-tuning run's sealed
+    best/ manager: its arrays are verified against the step's manifest)."""
+    manager = SealedManager(directory, {"params": ocp.StandardCheckpointHandler()}, create=False)
+    try:
+        newest = manager.restore_newest({"params": ocp.args.StandardRestore(abstract)})
+    finally:
+        manager.close()
+    if newest is None:
         raise UserError(
-            f"{directory}: no checkpoint; has the fine-tuning run finished an evaluation?"
+            f"{directory}: no intact checkpoint; has the fine-tuning run finished an evaluation?"
         )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
-    )
-    manager.close()
-    return restored["params"]
+    return newest[1]["params"]
 
 
 def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
@@ -279,7 +279,7 @@ def finetuned_head_abstract(info: CheckpointInfo) -> dict:
 
 
 def write_finetuned_files(workdir, task_info: dict, bert_config: BertConfig, tokenizer) -> None:
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / TASK_INFO).write_text(json.dumps(task_info, indent=2) + "\n")
     (workdir / MODEL_CONFIG).write_text(json.dumps(bert_config.to_dict(), indent=2) + "\n")

@@ -196,7 +196,10 @@ def _run_loop(
                 scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
                 steps_per_sec = steps_done / max(elapsed, 1e-9) if steps_done else float("nan")
                 scalars["steps_per_sec"] = steps_per_sec
-                scalars["tokens_per_sec"] = steps_per_sec * tokens_per_step
+                scalars["tokens_per_sec"] = steps_per_sec * tokens_per_step  # padding included
+                real = sums["real_tokens"] / (len(fetched) * tokens_per_step)
+                scalars["real_tokens_per_sec"] = scalars["tokens_per_sec"] * real
+                scalars["padding_fraction"] = 1.0 - real
                 scalars["examples_per_sec"] = steps_per_sec * config.batch_size
                 scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
                 writer.write(step, scalars)

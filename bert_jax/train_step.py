@@ -34,6 +34,7 @@ SUM_METRICS = (
     "nsp_loss_sum",
     "nsp_correct",
     "nsp_count",
+    "real_tokens",
 )
 
 
@@ -168,6 +169,7 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         step_rng = jax.random.fold_in(rng, state.step)
         with nn.logical_axis_rules(rules):
             sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
+        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
         return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):

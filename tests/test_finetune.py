@@ -3,11 +3,13 @@ model can learn, with a Hugging Face directory written by the test; sharded over
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import zlib
 
 import jax
 import numpy as np
@@ -15,8 +17,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from bert_jax import finetune_lib, pretrained
+from bert_jax import finetune_lib, finetune_step, pretrained, sharding
 from bert_jax.convert import hf
+from bert_jax.data import packing, task_batches, tasks
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
@@ -126,7 +129,7 @@ def test_classification_end_to_end_keeps_best_and_predicts(setup, tmp_path):
     model_dir, _ = setup
     config = _config(
         "classification", model_dir, TASKS / "sentiment" / "train.tsv",
-        TASKS / "sentiment" / "dev.tsv", eval_every_steps=10, do_predict=True,
+        TASKS / "sentiment" / "dev.tsv", eval_every_steps=10, do_predict=True, packing=False,
         **{"task.test_file": str(TASKS / "sentiment" / "test.tsv")},
     )  # fmt: skip
     encoder = finetune_lib.load_pretrained_encoder(config)
@@ -183,6 +186,19 @@ def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_p
     kernel = np.asarray(result.params["classifier"]["dense"]["kernel"])
     assert np.abs(kernel).max() > 0.05
 
+    # Issue 13, point 4: fine-tuning checkpoints are sealed; a flipped byte is caught on load.
+    (best_step,) = [p for p in (tmp_path / "best").iterdir() if p.name.isdigit()]
+    (state_step,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert (best_step / "bert_jax_manifest.json").is_file()
+    assert (state_step / "bert_jax_manifest.json").is_file()
+    arrays = [p for p in best_step.rglob("*") if p.is_file() and "ocdbt.process" in str(p)]
+    largest = max(arrays, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    largest.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="no intact checkpoint"):
+        pretrained.load_finetuned(tmp_path)
+
 
 def test_sentence_pairs_are_learned(setup, tmp_path):
     model_dir, files = setup
@@ -194,6 +210,12 @@ def test_sentence_pairs_are_learned(setup, tmp_path):
     assert result.label_list == ["no", "yes"]
     assert result.eval_metrics["accuracy"] >= 0.9
     assert result.eval_metrics["mcc"] >= 0.8
+    # Packed rows of 32 hold pairs of ~16 word pieces with little padding left.
+    logged = [r for r in _read_jsonl(tmp_path / "metrics.jsonl") if "padding_fraction" in r]
+    assert logged and all(r["padding_fraction"] < 0.25 for r in logged)
+    for record in logged:
+        real = record["tokens_per_sec"] * (1.0 - record["padding_fraction"])
+        assert record["real_tokens_per_sec"] == pytest.approx(real)
 
 
 def test_regression_is_learned(setup, tmp_path):
@@ -264,21 +286,21 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
     unbroken = finetune_lib.train_and_evaluate(config, tmp_path / "unbroken", encoder=encoder)
 
     # SIGTERM arrives while step 5 (0-based) is being prepared: the real handler catches it.
-    original = finetune_lib.train_indices
+    original = task_batches.TrainBatches.batch
 
-    def indices_then_sigterm(num_features, batch_size, seed, step):
+    def batch_then_sigterm(self, step):
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(num_features, batch_size, seed, step)
+        return original(self, step)
 
-    monkeypatch.setattr(finetune_lib, "train_indices", indices_then_sigterm)
+    monkeypatch.setattr(task_batches.TrainBatches, "batch", batch_then_sigterm)
     broken_dir = tmp_path / "broken"
     stopped = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
     assert stopped.preempted and int(stopped.state.step) == 6
     assert [p.name for p in (broken_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["6"]
     assert not (broken_dir / "eval_results.json").exists()
 
-    monkeypatch.setattr(finetune_lib, "train_indices", original)
+    monkeypatch.setattr(task_batches.TrainBatches, "batch", original)
     resumed = finetune_lib.train_and_evaluate(config, broken_dir, encoder=encoder)
     assert not resumed.preempted and int(resumed.state.step) == 12
     for a, b in zip(jax.tree.leaves(unbroken.params), jax.tree.leaves(resumed.params), strict=True):
@@ -291,7 +313,7 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         by_step = {}
         for record in _read_jsonl(workdir / "metrics.jsonl"):
             by_step.setdefault(record["step"], {}).update(record)
-        timing = ("steps_per_sec", "examples_per_sec")
+        timing = tuple(finetune_lib.throughput(1, dict(examples=1, tokens=1, real_tokens=1), 1))
         return {
             step: {k: v for k, v in r.items() if k not in timing} for step, r in by_step.items()
         }
@@ -302,14 +324,32 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         assert got[step] == pytest.approx(want[step], rel=1e-6), step
 
 
-def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["one_per_row", "packed"])
+def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path, packed):
     model_dir, files = setup
+    batch_size = 32
+    if packed:
+        # Packed steps take a multiple of data-parallel x grad_accum_steps rows: a batch of
+        # about 16 rows' worth of sentences gives 16 rows both with and without accumulation.
+        config = _config("token_classification", model_dir, files["tags_train"], files["tags_dev"])
+        data = tasks.load_task(
+            config, "train", finetune_lib.load_pretrained_encoder(config).tokenizer
+        )
+        rows = len(packing.pack(task_batches.feature_lengths(data), data.max_seq_length,
+                                config.max_sequences_per_row))  # fmt: skip
+        batch_size = 16 * round(data.num_features / rows)  # a multiple of 4 shards x 4 micro
+        for accum in (1, 4):  # data x fsdp = 4 data-parallel shards
+            per_row = config.max_sequences_per_row
+            steps = task_batches.TrainBatches(
+                data, batch_size, config.seed, True, per_row, row_multiple=4 * accum
+            )
+            assert steps.rows_per_step == 16
     results = {}
     for accum in (1, 4):
         config = _config(
             "token_classification", model_dir, files["tags_train"], files["tags_dev"],
-            batch_size=32, num_train_steps=4, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, grad_accum_steps=accum,
+            batch_size=batch_size, num_train_steps=4, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, grad_accum_steps=accum, packing=packed,
         )  # fmt: skip
         config.mesh.update(data=2, fsdp=2, tensor=2)
         results[accum] = finetune_lib.train_and_evaluate(config, tmp_path / str(accum))
@@ -381,3 +421,117 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         run.stderr.strip().splitlines()[-1]
         == f"error: init_checkpoint {tmp_path / 'nowhere'} not found"
     )
+
+
+def _varied_pairs(directory: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+    """Sentence pairs of shuffled lengths (1-25 words each side), labels by a keyword."""
+    rng = np.random.default_rng(seed)
+    lines = ["sentence1\tsentence2\tlabel"]
+    for i in range(n):
+        a, b = (" ".join(rng.choice(FILLER, rng.integers(1, 26))) for _ in range(2))
+        lines.append(f"{a}\t{b}\t{'yes' if i % 3 else 'no'}")
+    return _write(directory / f"varied_{seed}.tsv", lines)
+
+
+def _varied_tags(directory: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+    """CoNLL sentences of shuffled lengths (1-60 words, so some split at 64 word pieces)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        words = rng.choice(FILLER, rng.integers(1, 61))
+        lines += [f"{w}\t{rng.choice(['O', 'B-PER', 'I-PER'])}" for w in words] + [""]
+    return _write(directory / f"varied_{seed}.conll", lines)
+
+
+def _spread_params(finetuner) -> dict:
+    """Kernels and embeddings of std 1 (not 0.02; biases 0, LayerNorm scales 1), so that outputs
+    clearly differ between features and between tokens."""
+
+    def spread(path, x):
+        if path[-1].key in ("bias", "scale"):
+            return x
+        key = jax.random.key(zlib.crc32(jax.tree_util.keystr(path).encode()))
+        return jax.random.normal(key, x.shape)
+
+    return jax.tree_util.tree_map_with_path(spread, finetuner.init_params(jax.random.key(0)))
+
+
+def _predictions_one_per_row(finetuner, trainable, frozen, data):
+    """Reference outputs: every feature alone in a full-length row, in file order."""
+    rows = -(-data.num_features // 8) * 8
+    slots = np.full((rows, 1), -1)
+    slots[: data.num_features, 0] = np.arange(data.num_features)
+    batch = task_batches.Batch(slots, data.max_seq_length, packed=False)
+    arrays = finetuner.shard_batch(finetune_lib.local_batch(finetuner, data, batch))
+    outputs, _ = jax.device_get(finetuner.eval_step(trainable, frozen, arrays))
+    return jax.tree.map(lambda x: np.asarray(x)[: data.num_features], outputs)
+
+
+def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setup, tmp_path):
+    """Features of shuffled lengths, evaluated packed and in length buckets (32/64), get exactly
+    the outputs they get alone in a full row."""
+    model_dir, files = setup
+    varied = _varied_pairs(tmp_path, 90, seed=5)
+    cases = {
+        "classification": (varied, varied),
+        "token_classification": (files["tags_train"], _varied_tags(tmp_path, 40, seed=4)),
+        "squad": (TASKS / "qa" / "train.json", TASKS / "qa" / "dev.json"),
+    }
+    for kind, (train, dev) in cases.items():
+        config = _config(kind, model_dir, train, dev, max_seq_length=64, eval_batch_size=8,
+                         max_sequences_per_row=5)  # fmt: skip
+        encoder = finetune_lib.load_pretrained_encoder(config)
+        data = tasks.load_task(config, "dev", encoder.tokenizer)
+        lengths = task_batches.feature_lengths(data)
+        assert lengths.min() < 32 < lengths.max() or kind == "squad", (kind, lengths)
+        with jax.set_mesh(sharding.make_mesh(config.mesh)):
+            finetuner = finetune_step.build_finetuner(
+                config, kind, encoder.info.bert_config, data.num_labels,
+                sharding.make_mesh(config.mesh), lambda step: 1e-3,
+            )  # fmt: skip
+            params = _spread_params(finetuner)
+            head = {finetuner.head_name: params[finetuner.head_name]}
+            state = finetuner.start(params["bert"], head)
+            want = _predictions_one_per_row(finetuner, state.params, {}, data)
+            spread = jax.tree.map(lambda x: np.asarray(x).std(0).max(), want)
+            assert min(jax.tree.leaves(spread)) > 0.01, (kind, spread)
+            for packed in (False, True) if kind != "squad" else (False,):
+                config.packing = packed
+                got, sums = finetune_lib.predict(finetuner, state.params, {}, data, config)
+                assert sums["count"] > 0
+                if kind == "squad":
+                    for key in want:  # logits where the windows have tokens
+                        real = data.arrays["attention_mask"] == 1
+                        got_real, want_real = got[key][real], want[key][real]
+                        atol = 2e-5 * np.abs(want_real).max()
+                        np.testing.assert_allclose(got_real, want_real, atol=atol)
+                elif kind == "token_classification":
+                    real = data.arrays["attention_mask"] == 1
+                    np.testing.assert_array_equal(got[real], want[real])
+                else:
+                    scale = np.abs(want).max()  # float32 rounding of logits of this size
+                    np.testing.assert_allclose(got, want, atol=2e-5 * scale, err_msg=str(packed))
+
+
+def test_a_run_compiles_one_train_step_and_one_eval_step_per_bucket(setup, tmp_path, caplog):
+    model_dir, _ = setup
+    train, dev = _varied_pairs(tmp_path, 120, seed=6), _varied_pairs(tmp_path, 60, seed=7)
+    compiled = {}
+    for packed in (True, False):
+        config = _config(
+            "classification", model_dir, train, dev, max_seq_length=64, packing=packed,
+            num_train_steps=6, eval_every_steps=2, do_predict=True, **{"task.test_file": str(dev)},
+        )  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+            finetune_lib.train_and_evaluate(config, tmp_path / str(packed))
+        messages = [r.getMessage() for r in caplog.records]
+        compiled[packed] = {
+            name: sum(m.startswith(f"Compiling jit({name})") for m in messages)
+            for name in ("train_step", "eval_step")
+        }
+    # Packed: one shape for everything; one per row: evaluation in the 32 and 64 buckets.
+    assert compiled == {
+        True: {"train_step": 1, "eval_step": 1},
+        False: {"train_step": 1, "eval_step": 2},
+    }

@@ -90,14 +90,20 @@ def test_fill_mask_matches_the_model_and_reads_both_formats(model_dirs):
 def test_sentence_embeddings_are_masked_means(model_dirs):
     hf_dir, workdir, config, params, tokenizer = model_dirs
     embed = bert_jax.pipeline("sentence-embedding", hf_dir, batch_size=2)
-    vectors = embed(TEXTS)
-    assert vectors.shape == (3, 16) and vectors.dtype == np.float32
+    # Texts of shuffled lengths: packed several per row, over several rows and calls.
+    words = " ".join(TEXTS).split()
+    rng = np.random.default_rng(0)
+    texts = [*TEXTS, *(" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(25))]
+    vectors = embed(texts)
+    assert vectors.shape == (len(texts), 16) and vectors.dtype == np.float32
 
-    ids = _padded(tokenizer, TEXTS, 64)
+    ids = _padded(tokenizer, texts, 64)
     mask = (ids > 0).astype(np.int32)
     sequence, _ = BertModel(config).apply({"params": params["bert"]}, ids, None, mask)
     expected = (np.asarray(sequence) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert embed([]).shape == (0, 16)
+    expected = expected[: len(TEXTS)]
 
     normalized = bert_jax.pipeline("feature-extraction", workdir)(TEXTS, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, rtol=1e-5)

@@ -15,12 +15,14 @@ The label set comes from the training data (sorted; numerically when every label
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from bert_jax.data import tasks_readers, tasks_squad
 from bert_jax.data.tasks_readers import SentenceExample, TokenExample
@@ -498,7 +500,7 @@ def _tsv_field(text: str) -> str:
     return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def write_predictions(kind: str, predictions, task_data: TaskData, path) -> pathlib.Path:
+def write_predictions(kind: str, predictions, task_data: TaskData, path) -> epath.Path:
     """Writes predictions in the input's own format (do_predict) and returns the path.
 
     classification / regression: TSV, the input's columns then `label` with the prediction;
@@ -506,9 +508,9 @@ def write_predictions(kind: str, predictions, task_data: TaskData, path) -> path
     squad: JSON {question id: answer text}, as the official evaluation script reads it.
     """
     outputs = decode_predictions(kind, predictions, task_data)
-    path = pathlib.Path(path)
+    path = epath.Path(path)  # the workdir may be on gs://
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with io.StringIO(newline="\n") as f:
         if kind == "squad":
             json.dump(outputs, f, ensure_ascii=False, indent=1)
             f.write("\n")
@@ -524,4 +526,5 @@ def write_predictions(kind: str, predictions, task_data: TaskData, path) -> path
                 label = f"{label:.6g}" if kind == "regression" else label
                 values = [_tsv_field(example.fields[c]) for c in task_data.columns]
                 f.write("\t".join([*values, label]) + "\n")
+        path.write_text(f.getvalue(), encoding="utf-8")
     return path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tokenizers
+from etils import epath
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from bert_jax.errors import UserError
@@ -109,7 +111,7 @@ def _read_vocab(path: str) -> list[str]:
     count are bounded before they are read."""
     check_file_size(path, MAX_VOCAB_BYTES, "a vocabulary file")
     vocab = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with io.TextIOWrapper(epath.Path(path).open("rb"), encoding="utf-8", errors="replace") as f:
         while line := f.readline(MAX_VOCAB_LINE_CHARS + 2):
             if len(line.rstrip("\n")) > MAX_VOCAB_LINE_CHARS:
                 raise UserError(
@@ -160,14 +162,22 @@ class WordPieceTokenizer:
         cls, vocab_file: str | os.PathLike, lowercase: bool = True, max_input_chars_per_word=100
     ) -> WordPieceTokenizer:
         """Loads a one-token-per-line vocab file (BERT's vocab.txt); line i is id i."""
-        vocab_file = os.path.abspath(vocab_file)
-        if not os.path.isfile(vocab_file):
-            raise UserError(f"vocab file not found: {vocab_file} (pass --vocab_file=PATH)")
-        stat = os.stat(vocab_file)
+        vocab_file = os.fspath(vocab_file)
+        if "://" in vocab_file:  # gs:// and other object stores, through etils.epath
+            path = epath.Path(vocab_file)
+            if not path.is_file():
+                raise UserError(f"vocab file not found: {vocab_file} (pass --vocab_file=PATH)")
+            stat = path.stat()
+            mtime, size = stat.mtime, stat.length
+        else:
+            vocab_file = os.path.abspath(vocab_file)
+            if not os.path.isfile(vocab_file):
+                raise UserError(f"vocab file not found: {vocab_file} (pass --vocab_file=PATH)")
+            stat = os.stat(vocab_file)
+            mtime, size = stat.st_mtime_ns, stat.st_size
         return _load_tokenizer(
-            cls, vocab_file, stat.st_mtime_ns, stat.st_size, bool(lowercase),
-            int(max_input_chars_per_word),
-        )  # fmt: skip
+            cls, vocab_file, mtime, size, bool(lowercase), int(max_input_chars_per_word)
+        )
 
     @classmethod
     def train(
@@ -205,8 +215,8 @@ class WordPieceTokenizer:
         return cls(vocab, lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(token + "\n" for token in self._vocab)
+        # etils.epath: the path may be on gs:// (a fine-tuning workdir).
+        epath.Path(path).write_text("".join(token + "\n" for token in self._vocab))
 
     # -- encoding -----------------------------------------------------------------------------
 

@@ -1,0 +1,225 @@
+"""Fine-tuning batches: which features fill which rows of which step, and their outputs back.
+
+A batch is described by `slots` int [R, S] (feature indices, -1 = empty) and a row length:
+
+  packed    several features per row of max_seq_length (`packing.pack`, best-fit decreasing, at
+            most max_sequences_per_row); model inputs input_ids, token_type_ids, segment_ids,
+            position_ids [R, L], cls_positions [R, S]; targets and `weights` per sequence [R, S]
+            (token_classification labels per token [R, L]).
+  unpacked  one feature per row (S = 1): input_ids, token_type_ids, attention_mask [R, L'],
+            targets per row [R] ([R, L'] tokens) and `weights` [R], as TaskData holds them, cut
+            to the row length L' (a length bucket in evaluation).
+
+Training (`TrainBatches`) visits each epoch in a fresh seeded order, a pure function of the step
+(exact resume). Packed, an epoch is the packing of all features in that order with its rows
+shuffled, and a step takes `rows_per_step` rows, chosen so that a step holds batch_size features
+on average; unpacked, a step takes batch_size features (the last step of an epoch may be short).
+Evaluation (`eval_batches`) packs in file order, or sorts by length into length buckets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from bert_jax.data import packing
+from bert_jax.data.tasks import IGNORE_LABEL, TaskData
+
+PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")
+TARGET_KEYS = {
+    "classification": ("labels",),
+    "regression": ("labels",),
+    "token_classification": ("labels",),
+    "squad": ("start_positions", "end_positions"),
+}
+SMALLEST_BUCKET = 32
+
+
+def feature_lengths(data: TaskData) -> np.ndarray:
+    """Real tokens of every feature, int64 [n]."""
+    return data.arrays["attention_mask"].sum(axis=1).astype(np.int64)
+
+
+def length_buckets(max_length: int) -> list[int]:
+    """Evaluation row lengths: 32, 64, 128, ... below max_length, and max_length."""
+    buckets, length = [], SMALLEST_BUCKET
+    while length < max_length:
+        buckets.append(length)
+        length *= 2
+    return [*buckets, max_length]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    slots: np.ndarray  # int [R, S]: features of each row, -1 = empty (S = 1 unpacked)
+    length: int  # row length
+    packed: bool
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.slots)
+
+
+def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None = None) -> dict:
+    """Model inputs, targets and weights of `batch` (only its `rows` if given, e.g. those this
+    process supplies; see sharding.batch_rows)."""
+    slots = batch.slots if rows is None else batch.slots[rows]
+    keys = ("input_ids", "token_type_ids", *TARGET_KEYS[kind])
+    if batch.packed:
+        token_keys = ["input_ids", "token_type_ids"]
+        if kind == "token_classification":
+            token_keys.append("labels")
+        arrays = {k: data.arrays[k] for k in keys}
+        fill = {"labels": np.nan if kind == "regression" else IGNORE_LABEL}
+        out = packing.packed_rows(
+            arrays, feature_lengths(data), slots, batch.length, token_keys, fill
+        )
+        if kind == "token_classification":
+            del out["weights"]  # tokens are weighted by their labels (and segment_ids)
+        return out
+    features = np.maximum(slots[:, 0], 0)
+    out = {}
+    for key in (*keys, "attention_mask"):
+        values = data.arrays[key][features]
+        out[key] = values[:, : batch.length] if values.ndim == 2 else values
+    out["weights"] = (slots[:, 0] >= 0).astype(np.float32)
+    return out
+
+
+def real_tokens(data: TaskData, batch: Batch) -> int:
+    """Tokens of the real features in `batch` (the rest of its rows x length is padding)."""
+    used = batch.slots[batch.slots >= 0]
+    return int(feature_lengths(data)[used].sum())
+
+
+def train_indices(num_features: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits the features: a seeded permutation."""
+    return np.random.default_rng((seed, epoch)).permutation(num_features)
+
+
+class TrainBatches:
+    """The training batches of a run, step by step (see the module docstring)."""
+
+    def __init__(self, data: TaskData, batch_size: int, seed: int, packed: bool,
+                 max_sequences_per_row: int = 1, row_multiple: int = 1):  # fmt: skip
+        """row_multiple: rows per step must divide over data-parallel devices x microbatches."""
+        self.data, self.seed, self.packed = data, seed, packed
+        self.max_per_row = max_sequences_per_row if packed else 1
+        self.lengths = feature_lengths(data)
+        n = data.num_features
+        if packed:
+            rows = len(packing.pack(self.lengths, data.max_seq_length, self.max_per_row))
+            per_row = n / rows
+            multiple = row_multiple
+            self.rows_per_step = max(multiple, multiple * round(batch_size / per_row / multiple))
+            self.rows_per_epoch = rows
+        else:
+            self.rows_per_step, self.rows_per_epoch = batch_size, n
+        self.steps_per_epoch = math.ceil(self.rows_per_epoch / self.rows_per_step)
+        self._cached: tuple[int, np.ndarray | None] = (-1, None)
+
+    def _epoch_slots(self, epoch: int) -> np.ndarray:
+        if self._cached[0] != epoch:
+            order = train_indices(self.data.num_features, self.seed, epoch)
+            if self.packed:
+                slots = packing.pack(
+                    self.lengths, self.data.max_seq_length, self.max_per_row, order
+                )
+                slots = slots[np.random.default_rng((self.seed, epoch, 1)).permutation(len(slots))]
+            else:
+                slots = order[:, None]
+            self._cached = (epoch, slots)
+        return self._cached[1]
+
+    def batch(self, step: int) -> Batch:
+        """The rows of 0-based step `step` (empty rows fill the last step of an epoch)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        slots = self._epoch_slots(epoch)[
+            position * self.rows_per_step : (position + 1) * self.rows_per_step
+        ]
+        if len(slots) < self.rows_per_step:
+            empty = np.full((self.rows_per_step - len(slots), slots.shape[1]), -1, slots.dtype)
+            slots = np.concatenate([slots, empty])
+        return Batch(slots, self.data.max_seq_length, self.packed)
+
+    def describe(self) -> str:
+        n, lengths = self.data.num_features, self.lengths
+        real = lengths.sum() / (self.rows_per_epoch * self.data.max_seq_length)
+        if not self.packed:
+            return f"one feature per row: {100 * real:.0f}% of the positions are real tokens"
+        return (
+            f"packed {n} features into {self.rows_per_epoch} rows of {self.data.max_seq_length} "
+            f"({n / self.rows_per_epoch:.2f} per row, {100 * real:.0f}% real tokens); "
+            f"{self.rows_per_step} rows per step"
+        )
+
+
+def eval_batches(data: TaskData, rows_per_batch: int, packed: bool,
+                 max_sequences_per_row: int = 1) -> list[Batch]:  # fmt: skip
+    """Every feature once: packed in file order into batches of rows_per_batch rows, or one per
+    row sorted by length, each batch cut to the shortest length bucket that holds it."""
+    lengths = feature_lengths(data)
+    if packed:
+        slots = packing.pack(lengths, data.max_seq_length, max_sequences_per_row)
+        return [
+            Batch(
+                _pad_rows(slots[start : start + rows_per_batch], rows_per_batch),
+                data.max_seq_length,
+                True,
+            )  # fmt: skip
+            for start in range(0, len(slots), rows_per_batch)
+        ]
+    order = np.argsort(lengths, kind="stable")
+    buckets = np.array(length_buckets(data.max_seq_length))
+    batches = []
+    for start in range(0, len(order), rows_per_batch):
+        chunk = order[start : start + rows_per_batch]
+        length = int(buckets[np.searchsorted(buckets, lengths[chunk].max())])
+        batches.append(Batch(_pad_rows(chunk[:, None], rows_per_batch), length, False))
+    return batches
+
+
+def _pad_rows(slots: np.ndarray, rows: int) -> np.ndarray:
+    empty = np.full((rows - len(slots), slots.shape[1]), -1, slots.dtype)
+    return np.concatenate([slots, empty])
+
+
+def scatter_predictions(kind: str, data: TaskData, batch: Batch, outputs, into: dict) -> None:
+    """Writes one batch's host predictions (finetune_step.host_predictions) into `into`, the
+    per-feature arrays of predictions_buffers, at the features the batch holds."""
+    slots = batch.slots
+    if kind == "squad":
+        for key in ("start_logits", "end_logits"):
+            _scatter_rows(outputs[key], slots, into[key], per_token=True)
+    elif kind == "token_classification" and batch.packed:
+        packing.unpack_tokens(outputs, feature_lengths(data), slots, into["predictions"])
+    elif batch.packed:
+        packing.unpack_sequences(outputs, slots, into["predictions"])
+    else:
+        per_token = kind == "token_classification"
+        _scatter_rows(outputs, slots, into["predictions"], per_token)
+
+
+def _scatter_rows(values, slots: np.ndarray, out: np.ndarray, per_token: bool) -> None:
+    """One feature per row: row i's values go to feature slots[i, 0]; per-token values of a
+    length bucket fill the first positions of the feature's row."""
+    real = slots[:, 0] >= 0
+    values = np.asarray(values)[real]
+    if per_token:
+        out[slots[real, 0], : values.shape[1]] = values
+    else:
+        out[slots[real, 0]] = values
+
+
+def predictions_buffers(kind: str, data: TaskData, num_labels: int) -> dict[str, np.ndarray]:
+    """Empty per-feature prediction arrays for scatter_predictions."""
+    n, length = data.num_features, data.max_seq_length
+    if kind == "squad":
+        return {k: np.zeros((n, length), np.float32) for k in ("start_logits", "end_logits")}
+    if kind == "token_classification":
+        return {"predictions": np.zeros((n, length), np.int32)}
+    if kind == "regression":
+        return {"predictions": np.zeros((n,), np.float32)}
+    return {"predictions": np.zeros((n, num_labels), np.float32)}
