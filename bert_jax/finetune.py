@@ -14,7 +14,7 @@ _CONFIG, _WORKDIR = entry.define_config_and_workdir("Directory for checkpoints, 
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR)
+    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ _CONFIG, _WORKDIR = entry.define_config_and_workdir("Directory for checkpoints a
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.train_lib", _CONFIG, _WORKDIR)
+    entry.run(argv, "bert_jax.train_lib", _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
 
 
 if __name__ == "__main__":

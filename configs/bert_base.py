@@ -14,13 +14,14 @@ Phase 2, the last 10% at 512 with 80 predictions, initialised from phase 1's par
 AdamW, learning rate 1e-4, 10k warmup steps, linear decay, batch 256.
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import check_mode, pretraining_config
 
 PRESET = "base"
 TOTAL_STEPS = 1_000_000
 
 
 def recipe(preset: str, phase: str):
+    check_mode(phase, ("phase1", "phase2"), f"configs/bert_{preset}.py")
     c = pretraining_config(preset)
     c.batch_size = 256
     c.learning_rate = 1e-4

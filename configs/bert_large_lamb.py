@@ -10,10 +10,11 @@ gradient accumulation; lower grad_accum_steps when more devices hold more of the
       --config.init_checkpoint=gs://BUCKET/lamb_p1
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import check_mode, pretraining_config
 
 
 def get_config(phase: str = "phase1"):
+    check_mode(phase, ("phase1", "phase2"), "configs/bert_large_lamb.py")
     c = pretraining_config("large")
     c.optimizer = "lamb"
     c.decay_power = 0.5  # NVIDIA's polynomial decay

@@ -7,11 +7,12 @@ A few minutes on a 2-core laptop CPU; what `make demo` runs:
 `get_config("test")` is the same setup shrunk for the test suite.
 """
 
-from bert_jax.config_lib import pretraining_config, vocab_size
+from bert_jax.config_lib import check_mode, pretraining_config, vocab_size
 from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
 
 
 def get_config(mode: str = "demo"):
+    check_mode(mode, ("demo", "test"), "configs/demo.py")
     c = pretraining_config("tiny", max_position_embeddings=128)
     c.data.input_files = str(BUNDLED_CORPUS)
     c.data.vocab_file = str(BUNDLED_VOCAB)

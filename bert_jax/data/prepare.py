@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
+from bert_jax import entry
 from bert_jax.errors import UserError
 
 _INPUT_FILES = flags.DEFINE_string("input_files", None, "Comma-separated text files or globs.")
@@ -29,12 +30,18 @@ _TRAIN_VOCAB_SIZE = flags.DEFINE_integer(
     "train_vocab_size", 0, "If > 0: learn a vocab of this size from the inputs into --vocab_file."
 )
 flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
+flags.register_validator(
+    "validation_fraction", lambda v: 0 <= v < 1, "--validation_fraction must be in [0, 1)"
+)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # TFDS logs every custom config at WARNING.
+    entry.check_output_dir(_DATA_DIR.value, "--data_dir")
+    if _TRAIN_VOCAB_SIZE.value > 0:
+        entry.check_output_file(_VOCAB_FILE.value, "--vocab_file")
     from bert_jax.data import corpus
     from bert_jax.data.tokenization import WordPieceTokenizer
 
@@ -67,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)
