@@ -59,6 +59,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "r1_post_3e3": ({**_R1, **_NODROP, "learning_rate": 3e-3}, "post-LN, no dropout, lr 3e-3"),
     "r1_pre_3e3": ({**_R1, **_NODROP, "learning_rate": 3e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 3e-3"),
     "r1_post_1e3_v4096": ({**_R1, **_NODROP, "data.vocab_file": "/tmp/nc/vocab/kjv_4096.txt"}, "post-LN, no dropout, lr 1e-3, vocab 4096"),
+    "r1_post_1e3_v1024": ({**_R1, **_NODROP, "data.vocab_file": "/tmp/nc/vocab/kjv_1024.txt"}, "post-LN, no dropout, lr 1e-3, vocab 1024"),
+    "r2_seq64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, seq 64 (2x steps)"),
+    "r2_b16": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16}, "post-LN, no dropout, lr 1e-3, batch 16 (2x steps)"),
     "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
 }
 

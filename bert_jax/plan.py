@@ -7,7 +7,7 @@ slice's topology and print memory per chip, FLOPs, collectives and a roofline st
 --topology takes libtpu's names (v5e:4x4, v5p:2x2x4, v4:2x2x4, v6e:4x4) or Cloud accelerator
 types (v5e-16, v5p-32, v4-32). --sweep tries the data/fsdp/tensor layouts and per-device
 microbatches (gradient accumulation keeps the global batch) and recommends the fastest that fits.
-Needs libtpu: pip install "bert_jax[tpu]".
+Needs libtpu: `pip install -e ".[tpu]"` in the repository.
 """
 
 import json
@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from bert_jax import entry
 from bert_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
@@ -163,6 +164,7 @@ def _progress(message: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    entry.check_output_file(_OUT.value, "--out")  # before minutes of compiling, not after
     import jax
 
     from bert_jax import plan_lib
@@ -207,4 +209,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)
