@@ -62,6 +62,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "r1_post_1e3_v1024": ({**_R1, **_NODROP, "data.vocab_file": "/tmp/nc/vocab/kjv_1024.txt"}, "post-LN, no dropout, lr 1e-3, vocab 1024"),
     "r2_seq64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, seq 64 (2x steps)"),
     "r2_b16": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16}, "post-LN, no dropout, lr 1e-3, batch 16 (2x steps)"),
+    "r2_seq32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5}, "post-LN, no dropout, lr 1e-3, seq 32 batch 64 (2x steps)"),
     "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
 }
 
