@@ -182,6 +182,7 @@ class WordPieceTokenizer:
         return cls(vocab, lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # e.g. a new runs/
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(token + "\n" for token in self._vocab)
 
