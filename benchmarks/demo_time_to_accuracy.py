@@ -63,6 +63,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "r2_seq64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, seq 64 (2x steps)"),
     "r2_b16": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16}, "post-LN, no dropout, lr 1e-3, batch 16 (2x steps)"),
     "r2_seq32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5}, "post-LN, no dropout, lr 1e-3, seq 32 batch 64 (2x steps)"),
+    "r3_b16_s64": ({**_R1, **_NODROP, "num_train_steps": 6400, "batch_size": 16, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, batch 16 x seq 64 (4x steps)"),
+    "r3_b16_v2048": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16, "data.vocab_file": "/tmp/nc/vocab/kjv_2048.txt"}, "post-LN, no dropout, lr 1e-3, batch 16, vocab 2048"),
     "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
 }
 
