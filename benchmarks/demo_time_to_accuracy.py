@@ -65,6 +65,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "r2_seq32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5}, "post-LN, no dropout, lr 1e-3, seq 32 batch 64 (2x steps)"),
     "r3_b16_s64": ({**_R1, **_NODROP, "num_train_steps": 6400, "batch_size": 16, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, batch 16 x seq 64 (4x steps)"),
     "r3_b16_v2048": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16, "data.vocab_file": "/tmp/nc/vocab/kjv_2048.txt"}, "post-LN, no dropout, lr 1e-3, batch 16, vocab 2048"),
+    "r4_mask30_s64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 19, "data.masked_lm_prob": 0.3}, "post-LN, no dropout, lr 1e-3, seq 64, 30% masked"),
+    "r4_lr2e3_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "learning_rate": 2e-3}, "post-LN, no dropout, lr 2e-3, seq 32 batch 64"),
     "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
 }
 
@@ -138,6 +140,12 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
             train_wall += time.perf_counter() - wall0
             cpu0 = _cpu()
             result = evaluate(pretrainer, state.params, config)
+            at_15 = result
+            if config.data.masked_lm_prob != 0.15:  # also BERT's masking, to compare variants
+                standard = config.copy_and_resolve_references()
+                standard.data.masked_lm_prob = 0.15
+                standard.data.max_predictions_per_seq = round(0.15 * (config.data.max_seq_length - 3))
+                at_15 = evaluate(pretrainer, state.params, standard)
             eval_cpu += _cpu() - cpu0
             record = {
                 "variant": name,
@@ -148,6 +156,7 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
                 "compile_cpu_s": compile_cpu,
                 "compile_wall_s": compile_wall,
                 "eval_mlm_accuracy": float(result["eval_mlm_accuracy"]),
+                "eval_mlm_accuracy_at_15": float(at_15["eval_mlm_accuracy"]),
                 "eval_nsp_accuracy": float(result["eval_nsp_accuracy"]),
                 "eval_loss": float(result["eval_loss"]),
                 "train_loss": float(np.asarray(metrics["mlm_loss_sum"]))
