@@ -67,6 +67,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "r3_b16_v2048": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16, "data.vocab_file": "/tmp/nc/vocab/kjv_2048.txt"}, "post-LN, no dropout, lr 1e-3, batch 16, vocab 2048"),
     "r4_mask30_s64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 19, "data.masked_lm_prob": 0.3}, "post-LN, no dropout, lr 1e-3, seq 64, 30% masked"),
     "r4_lr2e3_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "learning_rate": 2e-3}, "post-LN, no dropout, lr 2e-3, seq 32 batch 64"),
+    "r5_init06_b16s64": ({**_R1, **_NODROP, "num_train_steps": 6400, "batch_size": 16, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10, "model.initializer_range": 0.06}, "b16 s64, init std 0.06"),
+    "r5_init06_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "model.initializer_range": 0.06}, "seq 32 batch 64, init std 0.06"),
+    "r6_init10_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "model.initializer_range": 0.1}, "seq 32 batch 64, init std 0.1"),
+    "r6_init06_s64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10, "model.initializer_range": 0.06}, "seq 64 batch 32, init std 0.06"),
     "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
 }
 
