@@ -100,6 +100,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def all_processes(flag: bool) -> bool:
+    """True when `flag` is true on every process (a collective when multi-process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
 _interrupted_by_user = False  # set by the last PreemptionFlag that stopped on Ctrl-C
 
 

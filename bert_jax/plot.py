@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -124,7 +125,7 @@ class Run:
 def load_run(workdir, label: str | None = None) -> Run:
     """Reads WORKDIR's metrics (local or gs://); raises MissingMetricsError if there are none.
     Malformed lines (a process killed mid-write) are skipped with a warning that counts them."""
-    workdir = epath.Path(workdir)
+    workdir = _as_path(workdir)
     path = workdir / METRICS_FILE
     if not metrics_files(workdir):
         hint = "" if workdir.is_dir() else " (the directory does not exist)"
@@ -172,9 +173,14 @@ def panel_groups(runs: list[Run]) -> list[tuple[str, list[Run], tuple[Panel, ...
     return groups
 
 
-def _unique_labels(workdirs: list) -> list[str]:
+def _as_path(path) -> epath.Path:
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
+def _unique_labels(workdirs: list[epath.Path]) -> list[str]:
     """The directory names, or the full paths where two runs share a name."""
-    names = [(w.resolve() if "://" not in str(w) else w).name or str(w) for w in workdirs]
+    names = [w.name or str(w) for w in workdirs]
     if len(set(names)) == len(names):
         return names
     return [str(w) for w in workdirs]
@@ -278,7 +284,7 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
         raise UserError(f"smooth must be in [0, 1), got {smooth}")
     if isinstance(workdirs, str | os.PathLike):
         workdirs = [workdirs]
-    workdirs = [epath.Path(w) for w in workdirs]
+    workdirs = [_as_path(w) for w in workdirs]
     if not workdirs:
         raise UserError("no workdir given: pass at least one run directory")
     labels = _unique_labels(workdirs)
@@ -315,11 +321,12 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
             title += f"   (training curves smoothed: EMA {smooth:g})"
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    if out is not None:
-        out = epath.Path(out)
+    if out is not None:  # local or gs://
+        out = _as_path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("wb") as f:
-            fig.savefig(f, dpi=110, format=out.suffix.lstrip(".") or "png")
+        image = io.BytesIO()
+        fig.savefig(image, dpi=110, format=out.suffix.lstrip(".") or "png")
+        out.write_bytes(image.getvalue())
     return fig
 
 
