@@ -162,7 +162,7 @@ def test_finetuning_values_out_of_range_are_named():
         (["bert_jax.pretrain", "--config", "configs/demo.py:test", "--workdir", "runs/x",
           "--config.num_train_steps=-5"], "num_train_steps must be >= 1, got -5"),
         (["bert_jax.data.prepare", "--input_files=x.txt", "--vocab_file=v.txt", "--data_dir=runs/d",
-          "--validation_fraction=1.5"], "--validation_fraction must be in [0, 1)"),
+          "--validation_fraction=1.5"], "validation_fraction must be in [0, 1), got 1.5"),
     ],
     ids=["demo_mode", "negative_steps", "fraction"],
 )  # fmt: skip

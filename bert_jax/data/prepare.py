@@ -54,9 +54,6 @@ _ALLOW_DIRTY_CORPUS = flags.DEFINE_bool(
     "Keep a corpus with over 1% invalid UTF-8 bytes or over 5% [UNK] tokens (else: an error).",
 )
 flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
-flags.register_validator(
-    "validation_fraction", lambda v: 0 <= v < 1, "--validation_fraction must be in [0, 1)"
-)
 
 
 def main(argv):
