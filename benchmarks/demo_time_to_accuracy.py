@@ -9,8 +9,8 @@ of training CPU-seconds (process CPU time, all threads: the time axis that stays
 shared machine), with held-out masked-LM accuracy measured over the whole validation split at
 fixed steps (evaluation time is excluded from the training time and reported apart). The table
 gives, per variant, the CPU-seconds to reach each accuracy threshold, the accuracy at the budget,
-and the estimated wall time on an idle 2-core machine (CPU-seconds / measured parallelism; the
-parallelism is measured in the same process, so on an idle machine it is the real one).
+the wall time on this machine (meaningless when shared) and an idle 2-core estimate, CPU-seconds
+/ 2: XLA runs the step's matmuls on both cores (on an idle machine the wall column is the truth).
 
 --end_to_end runs what `make demo` runs (pretrain, plot, report) in a fresh workdir and data
 directory and reports their wall and CPU time: the figure the README quotes.
@@ -39,54 +39,122 @@ OLD_DEMO = {
     "model.hidden_dropout_prob": 0.1,
     "model.attention_probs_dropout_prob": 0.1,
     "model.pre_layer_norm": False,
+    "model.initializer_range": 0.02,
     "learning_rate": 1e-3,
+    "schedule": "trainer",
     "warmup_steps": 100,
     "batch_size": 32,
     "num_train_steps": 2000,
     "data.max_seq_length": 128,
     "data.max_predictions_per_seq": 20,
+    "data.masked_lm_prob": 0.15,
     "model.max_position_embeddings": 128,
-    "data.vocab_file": "BUNDLED_8192",
+    "data.vocab_file": "BUNDLED",
 }
 
-# name -> (overrides of configs/demo.py, what it tests). "demo" is the shipped config.
+# name -> (overrides of configs/demo.py, what it tests). "demo" is the shipped config. The r1..r6
+# rounds start from the old demo (shorter schedule, no dropout) and change one or two things;
+# "vocab N" is a WordPiece vocabulary of N tokens learned from the bundled corpus.
 _R1 = {**OLD_DEMO, "num_train_steps": 1600, "warmup_steps": 50}
 _NODROP = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
+_S32 = {"batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5}
+_S64 = {"data.max_seq_length": 64, "data.max_predictions_per_seq": 10}
+
+
+def _r(what: str, **changes) -> tuple[dict, str]:
+    """A variant: the round-1 base (old demo, no dropout, 1600 steps) with `changes`."""
+    overrides = {**_R1, **_NODROP}
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            overrides.update(value)
+        else:
+            overrides[key.replace("__", ".")] = value
+    return overrides, what
+
+
 VARIANTS: dict[str, tuple[dict, str]] = {
     "demo": ({}, "the shipped config"),
     "old_demo": (OLD_DEMO, "configs/demo.py before issue 19"),
-    "r1_post_1e3": ({**_R1, **_NODROP}, "post-LN, no dropout, lr 1e-3"),
-    "r1_post_3e3": ({**_R1, **_NODROP, "learning_rate": 3e-3}, "post-LN, no dropout, lr 3e-3"),
-    "r1_pre_3e3": ({**_R1, **_NODROP, "learning_rate": 3e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 3e-3"),
-    "r1_post_1e3_v4096": ({**_R1, **_NODROP, "data.vocab_file": "/tmp/nc/vocab/kjv_4096.txt"}, "post-LN, no dropout, lr 1e-3, vocab 4096"),
-    "r1_post_1e3_v1024": ({**_R1, **_NODROP, "data.vocab_file": "/tmp/nc/vocab/kjv_1024.txt"}, "post-LN, no dropout, lr 1e-3, vocab 1024"),
-    "r2_seq64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, seq 64 (2x steps)"),
-    "r2_b16": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16}, "post-LN, no dropout, lr 1e-3, batch 16 (2x steps)"),
-    "r2_seq32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5}, "post-LN, no dropout, lr 1e-3, seq 32 batch 64 (2x steps)"),
-    "r3_b16_s64": ({**_R1, **_NODROP, "num_train_steps": 6400, "batch_size": 16, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10}, "post-LN, no dropout, lr 1e-3, batch 16 x seq 64 (4x steps)"),
-    "r3_b16_v2048": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 16, "data.vocab_file": "/tmp/nc/vocab/kjv_2048.txt"}, "post-LN, no dropout, lr 1e-3, batch 16, vocab 2048"),
-    "r4_mask30_s64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 19, "data.masked_lm_prob": 0.3}, "post-LN, no dropout, lr 1e-3, seq 64, 30% masked"),
-    "r4_lr2e3_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "learning_rate": 2e-3}, "post-LN, no dropout, lr 2e-3, seq 32 batch 64"),
-    "r5_init06_b16s64": ({**_R1, **_NODROP, "num_train_steps": 6400, "batch_size": 16, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10, "model.initializer_range": 0.06}, "b16 s64, init std 0.06"),
-    "r5_init06_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "model.initializer_range": 0.06}, "seq 32 batch 64, init std 0.06"),
-    "r6_init10_s32": ({**_R1, **_NODROP, "num_train_steps": 3200, "batch_size": 64, "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "model.initializer_range": 0.1}, "seq 32 batch 64, init std 0.1"),
-    "r6_init06_s64": ({**_R1, **_NODROP, "num_train_steps": 3200, "data.max_seq_length": 64, "data.max_predictions_per_seq": 10, "model.initializer_range": 0.06}, "seq 64 batch 32, init std 0.06"),
-    "r1_pre_6e3": ({**_R1, **_NODROP, "learning_rate": 6e-3, "model.pre_layer_norm": True}, "pre-LN, no dropout, lr 6e-3"),
+    "r1_post_1e3": _r("post-LN, no dropout, lr 1e-3"),
+    "r1_post_3e3": _r("lr 3e-3", learning_rate=3e-3),
+    "r1_pre_3e3": _r("pre-LN, lr 3e-3", learning_rate=3e-3, model__pre_layer_norm=True),
+    "r1_pre_6e3": _r("pre-LN, lr 6e-3", learning_rate=6e-3, model__pre_layer_norm=True),
+    "r1_post_1e3_v4096": _r("vocab 4096", data__vocab_file="VOCAB_4096"),
+    "r1_post_1e3_v1024": _r("vocab 1024", data__vocab_file="VOCAB_1024"),
+    "r2_seq64": _r("seq 64 (2x steps)", num_train_steps=3200, s=_S64),
+    "r2_b16": _r("batch 16 (2x steps)", num_train_steps=3200, batch_size=16),
+    "r2_seq32": _r("seq 32, batch 64 (2x steps)", num_train_steps=3200, s=_S32),
+    "r3_b16_s64": _r("batch 16 x seq 64 (4x steps)", num_train_steps=6400, batch_size=16, s=_S64),
+    "r3_b16_v2048": _r(
+        "batch 16, vocab 2048", num_train_steps=3200, batch_size=16, data__vocab_file="VOCAB_2048"
+    ),
+    "r4_mask30_s64": _r(
+        "seq 64, 30% masked",
+        num_train_steps=3200,
+        s=_S64,
+        data__max_predictions_per_seq=19,
+        data__masked_lm_prob=0.3,
+    ),
+    "r4_lr2e3_s32": _r(
+        "seq 32 batch 64, lr 2e-3", num_train_steps=3200, s=_S32, learning_rate=2e-3
+    ),
+    "r5_init06_b16s64": _r(
+        "batch 16 x seq 64, init std 0.06",
+        num_train_steps=6400,
+        batch_size=16,
+        s=_S64,
+        model__initializer_range=0.06,
+    ),
+    "r5_init06_s32": _r(
+        "seq 32 batch 64, init std 0.06",
+        num_train_steps=3200,
+        s=_S32,
+        model__initializer_range=0.06,
+    ),
+    "r6_init10_s32": _r(
+        "seq 32 batch 64, init std 0.1", num_train_steps=3200, s=_S32, model__initializer_range=0.1
+    ),
+    "r6_init06_s64": _r(
+        "seq 64 batch 32, init std 0.06",
+        num_train_steps=3200,
+        s=_S64,
+        model__initializer_range=0.06,
+    ),
+    "demo_dropout": (
+        {"model.hidden_dropout_prob": 0.1, "model.attention_probs_dropout_prob": 0.1},
+        "the shipped config with BERT's dropout 0.1",
+    ),
+    "demo_bert_schedule": ({"schedule": "bert"}, "the shipped config, google's schedule"),
+    "demo_pre_ln": ({"model.pre_layer_norm": True}, "the shipped config, pre-LN"),
 }
 
 
-def build_config(overrides: dict):
+def _vocab(token: str, data_dir: str) -> str:
+    """BUNDLED, or VOCAB_N: a vocabulary of N tokens learned from the bundled corpus (cached)."""
+    from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
+
+    if token == "BUNDLED":
+        return str(BUNDLED_VOCAB)
+    if not token.startswith("VOCAB_"):
+        return token
+    path = pathlib.Path(data_dir) / "vocab" / f"bundled_{token[6:]}.txt"
+    if not path.exists():
+        from bert_jax.data.tokenization import WordPieceTokenizer
+
+        WordPieceTokenizer.train([BUNDLED_CORPUS], int(token[6:])).save_vocab(path)
+    return str(path)
+
+
+def build_config(overrides: dict, data_dir: str):
     from configs.demo import get_config
 
     config = get_config("demo")
     for key, value in overrides.items():
         if key == "data.vocab_file":
             from bert_jax.config_lib import vocab_size
-            from bert_jax.data.pipeline import BUNDLED_VOCAB
 
-            path = BUNDLED_VOCAB if value == "BUNDLED_8192" else value
-            config.data.vocab_file = path
-            config.model.vocab_size = vocab_size(path)
+            config.data.vocab_file = _vocab(value, data_dir)
+            config.model.vocab_size = vocab_size(config.data.vocab_file)
             continue
         node = config
         *parents, leaf = key.split(".")
@@ -111,7 +179,7 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
     from bert_jax.train_lib import evaluate
     from bert_jax.train_step import build_pretrainer
 
-    config = build_config(overrides)
+    config = build_config(overrides, data_dir)
     config.data.data_dir = data_dir
     config.data.show_progress = False
     config.eval_steps = 10_000  # the whole validation split, whatever the batch size
@@ -128,7 +196,9 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
         state = pretrainer.init(init_rng)
         cpu0, wall0 = _cpu(), time.perf_counter()
-        state, _ = pretrainer.train_step(state, pretrainer.shard_batch(next(train_iter)), dropout_rng)
+        state, _ = pretrainer.train_step(
+            state, pretrainer.shard_batch(next(train_iter)), dropout_rng
+        )
         jax.block_until_ready(state)
         compile_cpu, compile_wall = _cpu() - cpu0, time.perf_counter() - wall0
         train_cpu = train_wall = eval_cpu = 0.0
@@ -148,7 +218,9 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
             if config.data.masked_lm_prob != 0.15:  # also BERT's masking, to compare variants
                 standard = config.copy_and_resolve_references()
                 standard.data.masked_lm_prob = 0.15
-                standard.data.max_predictions_per_seq = round(0.15 * (config.data.max_seq_length - 3))
+                standard.data.max_predictions_per_seq = round(
+                    0.15 * (config.data.max_seq_length - 3)
+                )
                 at_15 = evaluate(pretrainer, state.params, standard)
             eval_cpu += _cpu() - cpu0
             record = {
@@ -231,15 +303,17 @@ def summarize(name: str, records: list[dict]) -> dict:
 
 
 def table(summaries: list[dict]) -> str:
-    head = "| variant | what | steps | train CPU-s | wall-s (this machine) | held-out MLM acc |"
+    head = "| variant | what | steps | train CPU-s | idle 2-core s (est.) | wall-s (this machine) "
+    head += "| held-out MLM acc |"
     head += "".join(f" CPU-s to {t:.2f} |" for t in THRESHOLDS)
-    rows = [head, "|" + "---|" * (6 + len(THRESHOLDS))]
+    rows = [head, "|" + "---|" * (7 + len(THRESHOLDS))]
     for s in summaries:
         cells = [
             s["variant"],
             s["what"],
             str(s["steps"]),
             f"{s['train_cpu_s']:.0f}" if s["train_cpu_s"] is not None else "-",
+            f"{s['train_cpu_s'] / 2:.0f}" if s["train_cpu_s"] is not None else "-",
             f"{s['train_wall_s']:.0f}" if s["train_wall_s"] is not None else "-",
             f"{s['final_accuracy']:.3f}" if s["final_accuracy"] is not None else "failed",
         ]
@@ -274,8 +348,16 @@ def end_to_end(args) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         timings.append({"command": " ".join(cmd[1:4]), "wall_s": wall, "cpu_s": cpu,
-                        "returncode": proc.returncode, "stdout_tail": proc.stdout[-2500:]})  # fmt: skip
-    return {"workdir": str(work), "commands": timings}
+                        "returncode": proc.returncode,
+                        "stdout_tail": proc.stdout[-2500:]})  # fmt: skip
+    from bert_jax.metrics import read_metrics
+
+    curve = [
+        (r["step"], r["eval_mlm_accuracy"], r.get("eval_nsp_accuracy"))
+        for r in read_metrics(work / "demo")
+        if "eval_mlm_accuracy" in r
+    ]
+    return {"workdir": str(work), "commands": timings, "eval_curve": curve}
 
 
 def main(argv=None) -> int:
@@ -297,7 +379,8 @@ def main(argv=None) -> int:
     for name in args.variants.split(","):
         summary = summarize(name, run_variant(name, args))
         summaries.append(summary)
-        print(f"{name}: {json.dumps({k: summary[k] for k in ('steps', 'train_cpu_s', 'final_accuracy')})}", flush=True)  # fmt: skip
+        brief = {k: summary[k] for k in ("steps", "train_cpu_s", "final_accuracy")}
+        print(f"{name}: {json.dumps(brief)}", flush=True)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": os.getloadavg(),
@@ -311,7 +394,12 @@ def main(argv=None) -> int:
     print(table(summaries))
     if args.end_to_end:
         for timing in report["end_to_end"]["commands"]:
-            print(f"{timing['command']}: wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s")
+            wall, cpu = timing["wall_s"], timing["cpu_s"]
+            print(f"{timing['command']}: wall {wall:.0f} s, CPU {cpu:.0f} s")
+        curve = report["end_to_end"]["eval_curve"]
+        print(
+            "held-out (step, MLM, NSP): " + ", ".join(f"{s} {m:.3f} {n:.3f}" for s, m, n in curve)
+        )
     return 0
 
 
