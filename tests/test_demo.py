@@ -14,7 +14,7 @@ from conftest import REPO_ROOT
 from bert_jax import report, train_lib
 from bert_jax.metrics import read_metrics
 
-SHRUNK_STEPS = 400  # of the demo's schedule; the held-out accuracy passes 0.12 by then
+SHRUNK_STEPS = 400  # of the demo's schedule
 
 
 def demo_config(mode="demo"):
