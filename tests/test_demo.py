@@ -32,6 +32,7 @@ def shrunk_demo(tmp_path_factory):
     config.eval_every_steps = SHRUNK_STEPS
     config.checkpoint_every_steps = SHRUNK_STEPS
     config.log_every_steps = 50
+    config.mesh.data = -1  # the suite's 8 host devices (the demo itself runs on one)
     config.data.data_dir = str(root / "data")
     config.data.show_progress = False
     config.progress_bar = False

@@ -80,6 +80,35 @@ def test_every_documented_module_resolves_and_answers_help(module):
     assert "--" in done.stdout and ("usage" in done.stdout or "flags:" in done.stdout), done.stdout
 
 
+@functools.cache
+def _full_help(module: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    if "usage:" in done.stderr:  # argparse has no --helpfull: its --help lists every flag
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    return done.stdout
+
+
+def test_every_documented_flag_exists():
+    """A misspelt or renamed flag in the docs (absl would stop on it) is caught here."""
+    checked = 0
+    for name, command in documented_commands():
+        words = shlex.split(command)
+        if words[:2] != ["python", "-m"]:
+            continue
+        known = set(re.findall(r"--(?:\[no\])?(\w+)", _full_help(words[2])))
+        for word in words[3:]:
+            flag = re.match(r"--(?:no)?(\w+)(?:=|$)", word)
+            if flag and not word.startswith("--config."):
+                name_ = flag.group(1)
+                plain = word[2:].split("=")[0]
+                assert plain in known or name_ in known, (name, command, word)
+                checked += 1
+    assert checked >= 40
+
+
 def _config_module(path: str):
     spec = importlib.util.spec_from_file_location("documented_config", REPO_ROOT / path)
     module = importlib.util.module_from_spec(spec)
