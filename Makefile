@@ -52,8 +52,10 @@ notebook: $(VENV)/.installed-notebook
 ## suite, TF1 and TPU extras.
 test: lint test-main test-tf test-tpu
 
+# Two workers, whole files each (a module's fixtures, e.g. the shrunk demo run, are built once);
+# the servers tests start (GCS emulator, jax.distributed coordinators) take free ports.
 test-main: $(VENV)/.installed-dev
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 test-tf: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest tests/test_convert_tf1.py tests/test_untrusted_tf1.py
