@@ -1,17 +1,11 @@
 """metrics.jsonl and its object-store form: writes that scale, and crashes that corrupt nothing.
 
 Local workdirs append one line per record; gs:// workdirs write bounded part files, checked here
-against a real GCS API (gcp-storage-emulator on 127.0.0.1, started and stopped by the fixture).
+against a real GCS API (the suite's gcp-storage-emulator on 127.0.0.1, tests/conftest.py).
 """
 
 import gc
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -98,50 +92,12 @@ def test_object_store_writes_are_bounded_parts(tmp_path, monkeypatch):
     assert records[-1]["loss"] == 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def gcs_bucket(monkeypatch):
-    """A real GCS JSON API on 127.0.0.1 (gcp-storage-emulator, in memory) with bucket `bucket`."""
-    executable = shutil.which(
-        "gcp-storage-emulator",
-        path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-    )
-    if executable is None:
-        pytest.skip("gcp-storage-emulator is not installed (dev extra)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [executable, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
-         "--default-bucket=bucket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("gcp-storage-emulator did not start")
-            time.sleep(0.1)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    # gcsfs would otherwise probe the bucket type over gRPC for a minute.
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    import gcsfs
-
-    gcsfs.GCSFileSystem.clear_instance_cache()  # no client cached for another emulator
-    try:
-        yield "gs://bucket"
-    finally:
-        gc.collect()  # tensorboardX's GCS writers upload again when collected: while it runs
-        process.terminate()
-        process.wait(timeout=30)
-        gcsfs.GCSFileSystem.clear_instance_cache()
+def gcs_bucket(gcs_emulator, tmp_path):
+    """A folder of its own in the suite's GCS emulator bucket (tests/conftest.py)."""
+    bucket, _ = gcs_emulator
+    yield f"gs://{bucket}/{tmp_path.name}"
+    gc.collect()  # tensorboardX's GCS writers upload again when collected: while it runs
 
 
 def test_gcs_workdir_writes_parts_that_readers_merge(gcs_bucket):
