@@ -39,7 +39,7 @@ def test_demo_config_learns_on_a_shrunk_run(shrunk_demo):
     (final,) = [r for r in records if "eval_mlm_accuracy" in r]
     # Predicting the commonest word piece everywhere scores about 0.075 on the held-out split.
     print(f"shrunk demo ({SHRUNK_STEPS} steps): held-out MLM {final['eval_mlm_accuracy']:.3f}")
-    assert final["eval_mlm_accuracy"] > 0.12, final
+    assert final["eval_mlm_accuracy"] > 0.14, final  # 0.166 measured
     assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 2.0, (train[0], train[-1])
 
 
