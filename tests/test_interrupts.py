@@ -26,11 +26,18 @@ def _env():
     )
 
 
+def _ctrl_c_as_in_a_terminal():
+    """pytest-xdist workers (and shells' background jobs) ignore SIGINT, and a child inherits
+    that: Python would then never raise KeyboardInterrupt. The CLI gets it as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cmd, workdir: pathlib.Path):
     logs = workdir.parent / f"{workdir.name}_log"
     process = subprocess.Popen(
         [sys.executable, "-m", *cmd], cwd=REPO_ROOT, env=_env(),
         stdout=open(f"{logs}.out", "w"), stderr=open(f"{logs}.err", "w"),
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     process.logs = logs
     return process
