@@ -27,9 +27,9 @@ def _env():
 
 
 def _ctrl_c_as_in_a_terminal():
-    """A child inherits an ignored SIGINT (a shell's background job; a test process where an
-    earlier test's library left SIGINT ignored, seen once in the full suite on 2 xdist workers),
-    and Python then never raises KeyboardInterrupt. The CLI gets Ctrl-C as from a terminal."""
+    """A child inherits an ignored SIGINT (as a shell's background job does), and Python then
+    never raises KeyboardInterrupt: the CLI gets Ctrl-C as from a terminal, whatever the test
+    process's disposition is."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
