@@ -203,22 +203,32 @@ def run_case(preset, batch_size, seq_len, args, log_dir) -> dict[str, Any]:
     return case
 
 
+def _relative(path: pathlib.Path) -> str:
+    """`path` relative to the repository, or its name when it lies elsewhere."""
+    path = pathlib.Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def run_data_throughput(out_dir: pathlib.Path) -> dict[str, Any]:
     """benchmarks/data_throughput.py (the data pipeline against the reference), if present."""
     script = REPO / "benchmarks" / "data_throughput.py"
     if not script.exists():
-        return dict(skipped=f"{script} not found")
+        return dict(skipped=f"{_relative(script)} not found")
     shared = REPO.parent / "shared" / "data"
     if not shared.is_dir():
-        return dict(skipped=f"{shared} not found: the data benchmark reads its corpus and vocab")
+        return dict(
+            skipped="../shared/data not found: the data benchmark reads its corpus and vocab"
+        )
     out = out_dir / "data_throughput.json"
     command = [sys.executable, str(script), f"--json={out}"]
-    tqdm.write("data pipeline: " + " ".join(command))
+    # As recorded (and published): relative to the repository, no path of this machine.
+    shown = f"python {_relative(script)} --json={_relative(out)}"
+    tqdm.write("data pipeline: " + shown)
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=worker_env(None))
     lines = done.stdout.strip().splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("measurement")), 0)
     table = "\n".join(line for line in lines[start:] if not line.startswith("{"))  # no JSON line
-    result = dict(command=" ".join(command), returncode=done.returncode, table=table.strip())
+    result = dict(command=shown, returncode=done.returncode, table=table.strip())
     if done.returncode == 0 and out.exists():
         result["result"] = json.loads(out.read_text(encoding="utf-8"))
     else:

@@ -4,7 +4,7 @@ Public API (imported lazily, so `import bert_jax` stays cheap):
     BertConfig, BertModel, BertForPreTraining, BertForSequenceClassification,
     BertForTokenClassification, BertForQuestionAnswering      (bert_jax.modeling)
     load_hf_checkpoint, save_hf_checkpoint                     (bert_jax.convert.hf)
-    load_tf1_checkpoint, save_tf1_checkpoint                   (bert_jax.convert.tf1, needs [tf])
+    load_tf1_checkpoint, save_tf1_checkpoint                   (bert_jax.convert.tf1, tf extra)
     WordPieceTokenizer                                         (bert_jax.data.tokenization)
     pipeline                                                   (bert_jax.pipelines)
     UserError                                                  (bert_jax.errors)

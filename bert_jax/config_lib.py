@@ -91,6 +91,68 @@ def eval_batch_size(config) -> int:
     )
 
 
+def check_mode(mode: str, modes, config_file: str) -> None:
+    """For config files with variants (`--config FILE:MODE`): an unknown mode is an error that
+    lists the valid ones, never a silent fallback to the default."""
+    if mode not in modes:
+        raise UserError(
+            f"{config_file} has no mode {mode!r}: use one of "
+            + ", ".join(f"{config_file}:{m}" for m in modes)
+        )
+
+
+# Value ranges of config keys: (test, description); a key missing from a config is skipped.
+_RANGES = {
+    "positive": (lambda v: v > 0, "> 0"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "at_least_one": (lambda v: v >= 1, ">= 1"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "open_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def check_ranges(config, rules: dict[str, str]) -> None:
+    """Raises UserError for the first key (dotted, e.g. "data.masked_lm_prob") whose value is
+    outside its range; `rules` maps keys to a name in _RANGES. NaN fails every range."""
+    for key, rule in rules.items():
+        node = config
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except (KeyError, AttributeError):
+            continue
+        test, description = _RANGES[rule]
+        if isinstance(node, bool) or not isinstance(node, int | float) or not test(node):
+            raise UserError(f"{key} must be {description}, got {node!r}")
+
+
+PRETRAINING_RANGES = {
+    "num_train_steps": "at_least_one",  # before warmup_steps, which is compared with it
+    "batch_size": "at_least_one",
+    "learning_rate": "positive",
+    "warmup_steps": "non_negative",
+    "end_learning_rate_factor": "non_negative",
+    "decay_power": "positive",
+    "weight_decay": "non_negative",
+    "max_grad_norm": "non_negative",
+    "log_every_steps": "at_least_one",
+    "eval_every_steps": "at_least_one",
+    "eval_steps": "at_least_one",
+    "checkpoint_every_steps": "at_least_one",
+    "keep_checkpoints": "at_least_one",
+    "data.max_seq_length": "at_least_one",
+    "data.max_predictions_per_seq": "at_least_one",
+    "data.masked_lm_prob": "open_fraction",
+    "data.short_seq_prob": "probability",
+    "data.validation_fraction": "fraction",
+    "data.dupe_factor": "at_least_one",
+    "data.documents_per_chunk": "at_least_one",
+    "data.worker_count": "non_negative",
+    "data.max_line_chars": "at_least_one",
+}
+
+
 def vocab_size(vocab_file) -> int:
     """Entries of a WordPiece vocab file (one token per line)."""
     with open(vocab_file, encoding="utf-8") as f:
@@ -99,6 +161,7 @@ def vocab_size(vocab_file) -> int:
 
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
+    check_ranges(config, PRETRAINING_RANGES)
     model = BertConfig.from_dict(dict(config.model))
     shape = sharding.mesh_shape(config.mesh, num_devices)
     data_parallel = shape["data"] * shape["fsdp"]

@@ -11,7 +11,8 @@ a SLURM cluster and a TPU pod:
   TPU_WORKER_HOSTNAMES=a,b    a multi-host Cloud TPU VM slice
 
 Preemption (SIGTERM) in a multi-process job goes through JAX's preemption sync service, so
-every process stops at the same step: `stop_requested(step, local_flag)`.
+every process stops at the same step: `stop_requested(step, local_flag)`. A single-process run
+also stops (and saves) on the first Ctrl-C: `PreemptionFlag`.
 """
 
 from __future__ import annotations
@@ -109,33 +110,66 @@ def all_processes(flag: bool) -> bool:
     return bool(np.min(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
 
 
-class PreemptionFlag:
-    """`requested` turns True on SIGTERM (how Cloud TPU and SLURM preempt), so a training loop
-    can finish its step, save and stop; pass it to `stop_requested` at every step.
+_interrupted_by_user = False  # set by the last PreemptionFlag that stopped on Ctrl-C
 
-    A context manager that installs the handler and restores the previous one. Multi-process
-    jobs install none: JAX's preemption sync service owns SIGTERM there.
+
+def interrupted_by_user() -> bool:
+    """True when the last training loop stopped because of Ctrl-C (the CLIs then exit 130)."""
+    return _interrupted_by_user
+
+
+class PreemptionFlag:
+    """`requested` turns True on SIGTERM (how Cloud TPU and SLURM preempt) or on the first Ctrl-C
+    (SIGINT), so a training loop can finish its step, save and stop; pass it to
+    `stop_requested` at every step and end with `stop_message`. A second Ctrl-C raises
+    KeyboardInterrupt at once (the CLIs then exit without saving; a notebook gets its usual
+    interrupt).
+
+    A context manager that installs the handlers and restores the previous ones. Multi-process
+    jobs install none: JAX's preemption sync service owns SIGTERM there, and Ctrl-C keeps its
+    default meaning (stop now) since the processes could not agree on a step to save.
     """
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self):
+        global _interrupted_by_user
+        _interrupted_by_user = False
         if jax.process_count() > 1:
             return self
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
-            self._previous = None
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook's background thread)
+            self._restore()
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            self._restore()  # the second Ctrl-C: stop now, save nothing
+            raise KeyboardInterrupt
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
         self.requested = True
 
+    def stop_message(self, step: int, directory) -> str:
+        """The one line a loop prints when it stopped on request, after saving."""
+        global _interrupted_by_user
+        _interrupted_by_user = self.signal_name == "SIGINT"
+        why = "interrupted (Ctrl-C)" if _interrupted_by_user else "preempted"
+        return f"{why}: saved step {step} to {directory}; exiting"
+
+    def _restore(self):
+        for signum, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous = {}
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        self._restore()
 
 
 def stop_requested(step: int, local_flag: bool) -> bool:

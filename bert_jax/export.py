@@ -1,22 +1,22 @@
 r"""Export a bert_jax pretraining workdir (or any loadable checkpoint) to Hugging Face or TF1.
 
-  python -m bert_jax.export runs/demo --out exported/            # Hugging Face (safetensors)
-  python -m bert_jax.export runs/demo --out exported/ --format=tf1  # google-research/bert, [tf]
+  python -m bert_jax.export runs/demo --out runs/demo_hf            # Hugging Face (safetensors)
+  python -m bert_jax.export runs/demo --out runs/demo_tf1 --format=tf1  # google-research/bert
 
 The Hugging Face directory gets config.json, model.safetensors, vocab.txt and
 tokenizer_config.json, so `transformers.BertForPreTraining.from_pretrained(out)` and
-`BertTokenizer.from_pretrained(out)` both load it.
+`BertTokenizer.from_pretrained(out)` both load it. --format=tf1 needs TensorFlow:
+`pip install -e ".[tf]"`.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 from absl import app, flags
 
-from bert_jax.errors import UserError
+from bert_jax import entry
 
 _OUT = flags.DEFINE_string("out", None, "Directory to write.")
 _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "tf1"], "Hugging Face or Google TF1.")
@@ -34,7 +34,11 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     out = pathlib.Path(out)
     if fmt == "hf":
         hf.save_hf_checkpoint(info.bert_config, params, out)
-        tokenizer_config = {"tokenizer_class": "BertTokenizer", "model_max_length": 512}
+        tokenizer_config = {
+            "tokenizer_class": "BertTokenizer",
+            # Longer inputs would run past the position table.
+            "model_max_length": int(info.bert_config.max_position_embeddings),
+        }
         if info.lowercase is not None:
             tokenizer_config["do_lower_case"] = bool(info.lowercase)
         (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
@@ -52,13 +56,11 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python -m bert_jax.export PATH --out DIR [--format=hf|tf1]")
-    try:
-        out = export(argv[1], _OUT.value, _FORMAT.value)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    entry.quiet_logging()
+    entry.check_output_dir(_OUT.value, "--out")
+    out = export(argv[1], _OUT.value, _FORMAT.value)
     print(f"exported {argv[1]} to {out} ({_FORMAT.value})")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)

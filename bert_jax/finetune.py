@@ -8,13 +8,16 @@ PATH is a Hugging Face BERT directory or a bert_jax pretraining workdir (or one 
 checkpoints). The same command on the same workdir resumes from its newest checkpoint.
 """
 
+from absl import flags
+
 from bert_jax import entry
 
 _CONFIG, _WORKDIR = entry.define_config_and_workdir("Directory for checkpoints, metrics, results.")
+flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR)
+    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",))
 
 
 if __name__ == "__main__":

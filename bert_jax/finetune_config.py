@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 
 from bert_jax import sharding
-from bert_jax.config_lib import add_optimizer_defaults, validate_optimizer_and_batch
+from bert_jax.config_lib import add_optimizer_defaults, check_ranges, validate_optimizer_and_batch
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
@@ -98,8 +98,23 @@ def training_steps(
     return total, math.ceil(float(config.warmup_proportion) * total)
 
 
+FINETUNING_RANGES = {
+    "learning_rate": "positive",
+    "num_train_epochs": "non_negative",
+    "num_train_steps": "non_negative",
+    "weight_decay": "non_negative",
+    "max_grad_norm": "non_negative",
+    "max_seq_length": "at_least_one",
+    "eval_every_steps": "non_negative",
+    "checkpoint_every_steps": "non_negative",
+    "hidden_dropout_prob": "fraction",
+    "attention_probs_dropout_prob": "fraction",
+}
+
+
 def validate_finetuning_config(config, num_devices: int) -> None:
     """Checks what can be checked before data is read or anything compiles; raises UserError."""
+    check_ranges(config, FINETUNING_RANGES)
     task = config.task
     if task.kind not in KINDS:
         raise UserError(f"task.kind={task.kind!r} is not one of {KINDS}")

@@ -435,7 +435,7 @@ def _run_loop(
                 bar.close()
                 writer.close()
                 if jax.process_index() == 0:
-                    print(f"preempted: saved step {done} to {state_manager.directory}; exiting")
+                    print(preemption.stop_message(done, state_manager.directory))
                 return state, None
     bar.close()
     if not eval_metrics:  # resumed after the last step: evaluate what was restored

@@ -1,10 +1,14 @@
-"""Metric writers (metrics.jsonl + TensorBoard, process 0 only), model FLOPs and MFU."""
+"""Metric writers (metrics.jsonl + TensorBoard, process 0 only) and readers, model FLOPs and MFU."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
+import pathlib
+import shutil
+import tempfile
 import time
 
 import jax
@@ -71,28 +75,105 @@ def _is_local(path) -> bool:
     return "://" not in str(path)
 
 
-class MetricWriter:
-    """Writes scalars to WORKDIR/metrics.jsonl and TensorBoard; a no-op except on process 0."""
+METRICS_FILE = "metrics.jsonl"  # a local workdir: one file, appended a line per record
+METRICS_PARTS = "metrics"  # gs:// and other object stores: metrics/part-NNNNN.jsonl
+RECORDS_PER_PART = 256  # a part is rewritten whole at each record, so this bounds every write
 
-    def __init__(self, workdir, enabled: bool | None = None):
+
+def _part_name(index: int) -> str:
+    return f"part-{index:05d}.jsonl"
+
+
+def _part_index(path) -> int | None:
+    name = epath.Path(path).name
+    digits = name.removeprefix("part-").removesuffix(".jsonl")
+    return int(digits) if name.startswith("part-") and digits.isdigit() else None
+
+
+def metrics_files(workdir) -> list[epath.Path]:
+    """WORKDIR's metrics files in the order they were written: metrics.jsonl, then the parts."""
+    workdir = epath.Path(workdir)
+    files = [workdir / METRICS_FILE] if (workdir / METRICS_FILE).exists() else []
+    parts_dir = workdir / METRICS_PARTS
+    if parts_dir.is_dir():
+        parts = [(_part_index(p), p) for p in parts_dir.iterdir()]
+        files += [p for index, p in sorted((i, p) for i, p in parts if i is not None)]
+    return files
+
+
+class MetricWriter:
+    """Writes scalars to WORKDIR's metrics files and TensorBoard; a no-op except on process 0.
+
+    A local workdir gets one `metrics.jsonl`, appended and flushed a line at a time (`tail -f`
+    follows it). Object stores (gs://) cannot append, and rewriting one growing file at every log
+    costs O(records) per write; there each record goes to the newest of `metrics/part-NNNNN.jsonl`,
+    rewritten whole (so every record is stored as soon as it is logged) until it holds
+    `records_per_part` records, then a new part starts. A resumed run starts a new part; readers
+    (`read_metrics`) merge them in order. TensorBoard's event file is rotated the same way there.
+
+    A process killed mid-line leaves a torn last line in metrics.jsonl; the next writer ends it
+    with a newline first, so it never merges with the next run's first record, and readers skip
+    (and count) it.
+    """
+
+    def __init__(self, workdir, enabled: bool | None = None, records_per_part=RECORDS_PER_PART):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = epath.Path(workdir)
+        self.records_per_part = int(records_per_part)
+        self._remote = not _is_local(self.workdir)
         self._jsonl = None
-        self._lines: list[str] | None = None  # object stores (gs://) cannot append
+        self._part: list[str] = []  # object stores: the records of the current part
+        self._part_index = 0
         self._tb = None
-        if self.enabled:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            path = self.workdir / "metrics.jsonl"
-            if _is_local(self.workdir):
-                self._jsonl = open(path, "a", encoding="utf-8")
-            else:
-                self._lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-            try:
-                from tensorboardX import SummaryWriter
+        self._tb_records = 0
+        self._tb_part = 0
+        if not self.enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self._remote:
+            self._jsonl = open(self.workdir / METRICS_FILE, "a+b")
+            self._end_torn_line()
+        else:
+            written = [_part_index(p) for p in metrics_files(self.workdir)]
+            self._part_index = max((i for i in written if i is not None), default=-1) + 1
+            self._tb_part = self._part_index
+        self._open_tensorboard()
 
-                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-            except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
-                self._tb = None
+    def _end_torn_line(self) -> None:
+        """A previous process killed mid-write left a line without its newline: end it."""
+        size = self._jsonl.seek(0, 2)
+        if size:
+            self._jsonl.seek(size - 1)
+            if self._jsonl.read(1) != b"\n":
+                self._jsonl.write(b"\n")
+                self._jsonl.flush()
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # TensorBoard is optional; the metrics files always exist
+            return
+        if not self._remote:
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            return
+        # Remote: tensorboardX would re-upload its whole event file at every flush (and again
+        # when garbage-collected). Write each part's events locally and upload that file; the
+        # suffix keeps part files apart (the timestamp in their names is in whole seconds).
+        self._tb_local = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_tensorboard_"))
+        self._tb = SummaryWriter(str(self._tb_local), filename_suffix=f".part{self._tb_part:05d}")
+
+    def _upload_tensorboard(self) -> None:
+        remote = self.workdir / "tensorboard"
+        remote.mkdir(parents=True, exist_ok=True)
+        for event_file in self._tb_local.iterdir():
+            (remote / event_file.name).write_bytes(event_file.read_bytes())
+
+    def _close_tensorboard(self) -> None:
+        self._tb.close()
+        self._tb = None
+        if self._remote:
+            self._upload_tensorboard()
+            shutil.rmtree(self._tb_local, ignore_errors=True)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -103,35 +184,86 @@ class MetricWriter:
             **{k: (v if math.isfinite(v) else None) for k, v in clean.items()},
         }
         line = json.dumps(record) + "\n"
-        if self._jsonl is not None:
-            self._jsonl.write(line)
+        if not self._remote:
+            self._jsonl.write(line.encode("utf-8"))  # one write: a line is whole or torn
             self._jsonl.flush()
         else:
-            self._lines.append(line)
-            (self.workdir / "metrics.jsonl").write_text("".join(self._lines))
+            self._write_part(line)
         if self._tb is not None:
             for key, value in clean.items():
                 if math.isfinite(value):
                     self._tb.add_scalar(key, value, int(step))
             self._tb.flush()
+            if self._remote:
+                self._tb_records += 1
+                if self._tb_records < self.records_per_part:
+                    self._upload_tensorboard()
+                else:
+                    self._close_tensorboard()
+                    self._tb_records, self._tb_part = 0, self._tb_part + 1
+                    self._open_tensorboard()
+
+    def _write_part(self, line: str) -> None:
+        if len(self._part) >= self.records_per_part:
+            self._part, self._part_index = [], self._part_index + 1
+        self._part.append(line)
+        parts_dir = self.workdir / METRICS_PARTS
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        # An object is replaced atomically: a crash leaves the previous version, never half.
+        (parts_dir / _part_name(self._part_index)).write_text("".join(self._part))
 
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
+            self._jsonl = None
         if self._tb is not None:
-            self._tb.close()
+            self._close_tensorboard()
+
+
+@dataclasses.dataclass
+class MetricsLog:
+    """What `load_metrics` read: the records (a step logged twice keeps its later record) and
+    the lines it skipped because they were not a JSON record with a step."""
+
+    records: list[dict]
+    malformed: dict[str, int]  # file -> lines skipped
+
+    @property
+    def malformed_lines(self) -> int:
+        return sum(self.malformed.values())
+
+    def warning(self) -> str | None:
+        if not self.malformed:
+            return None
+        where = ", ".join(f"{n} in {path}" for path, n in self.malformed.items())
+        return (
+            f"skipped {self.malformed_lines} malformed metrics line(s) ({where}): "
+            "a process killed mid-write leaves one"
+        )
+
+
+def load_metrics(workdir) -> MetricsLog:
+    """Records of WORKDIR's metrics files (metrics.jsonl and metrics/part-*.jsonl, in order);
+    a resumed run may repeat steps, the last one wins. Malformed lines are skipped and counted."""
+    by_step: dict[tuple[int, bool], dict] = {}
+    malformed: dict[str, int] = {}
+    for path in metrics_files(workdir):
+        for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                step = record["step"]
+                if not isinstance(step, int):
+                    raise TypeError(step)
+            except (ValueError, KeyError, TypeError):
+                malformed[str(path)] = malformed.get(str(path), 0) + 1
+                continue
+            is_eval = any(k.startswith("eval_") for k in record)
+            by_step[(step, is_eval)] = record
+    return MetricsLog([by_step[k] for k in sorted(by_step)], malformed)
 
 
 def read_metrics(workdir) -> list[dict]:
-    """Records of WORKDIR/metrics.jsonl; a resumed run may repeat steps, the last one wins."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    by_step: dict[tuple[int, bool], dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        is_eval = any(k.startswith("eval_") for k in record)
-        by_step[(record["step"], is_eval)] = record
-    return [by_step[k] for k in sorted(by_step)]
+    """The records of `load_metrics(workdir)`."""
+    return load_metrics(workdir).records

@@ -9,7 +9,7 @@ types (v5e-16, v5p-32, v4-32). --num_slices=N plans N such slices joined by DCN 
 job: the data axis, or mesh.dcn_data x mesh.dcn_fsdp, spans the slices; the roofline counts DCN
 traffic at interconnect speed). --sweep tries the data/fsdp/tensor layouts and per-device
 microbatches (gradient accumulation keeps the global batch) and recommends the fastest that fits.
-Needs libtpu: pip install "bert_jax[tpu]".
+Needs libtpu: `pip install -e ".[tpu]"` in the repository.
 """
 
 import json
@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from bert_jax import entry
 from bert_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
@@ -202,6 +203,7 @@ def _progress(message: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    entry.check_output_file(_OUT.value, "--out")  # before minutes of compiling, not after
     import jax
 
     from bert_jax import plan_lib
@@ -246,4 +248,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)

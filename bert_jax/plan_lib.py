@@ -54,8 +54,8 @@ class MissingLibtpuError(UserError):
 
 def libtpu_install_hint() -> str:
     return (
-        f'pip install "bert_jax[tpu]" (or: pip install "jax[tpu]=={jax.__version__}"; '
-        "Linux x86-64, about 700 MB)"
+        'pip install -e ".[tpu]" in the repository '
+        f'(or: pip install "jax[tpu]=={jax.__version__}"; Linux x86-64, about 700 MB)'
     )
 
 

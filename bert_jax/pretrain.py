@@ -6,13 +6,16 @@ r"""Pretrain BERT (masked LM + next sentence).
 The same command on the same workdir resumes from its newest checkpoint.
 """
 
+from absl import flags
+
 from bert_jax import entry
 
 _CONFIG, _WORKDIR = entry.define_config_and_workdir("Directory for checkpoints and metrics.")
+flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.train_lib", _CONFIG, _WORKDIR)
+    entry.run(argv, "bert_jax.train_lib", _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
 
 
 if __name__ == "__main__":

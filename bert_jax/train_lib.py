@@ -231,7 +231,7 @@ def _run_loop(
                 checkpointer.wait()
                 bar.close()
                 if jax.process_index() == 0:
-                    print(f"preempted: saved step {step} to {checkpointer.directory}; exiting")
+                    print(preemption.stop_message(step, checkpointer.directory))
                 break
     bar.close()
     writer.close()

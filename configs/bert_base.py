@@ -16,13 +16,14 @@ weight decay 0.01 off LayerNorm and biases, clipping at global norm 1), learning
 10k warmup steps, then linear decay to 0 over the whole run (`schedule='bert'`), batch 256.
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import check_mode, pretraining_config
 
 PRESET = "base"
 TOTAL_STEPS = 1_000_000
 
 
 def recipe(preset: str, phase: str):
+    check_mode(phase, ("phase1", "phase2"), f"configs/bert_{preset}.py")
     c = pretraining_config(preset)
     c.batch_size = 256
     c.learning_rate = 1e-4

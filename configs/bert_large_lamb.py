@@ -12,10 +12,11 @@ PolyWarmUpScheduler curve: linear warmup, then peak * (1 - step / T)^0.5 over th
       --config.init_checkpoint=gs://BUCKET/lamb_p1
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import check_mode, pretraining_config
 
 
 def get_config(phase: str = "phase1"):
+    check_mode(phase, ("phase1", "phase2"), "configs/bert_large_lamb.py")
     c = pretraining_config("large")
     c.optimizer = "lamb"
     c.schedule = "bert"  # decay over all num_train_steps, as PolyWarmUpScheduler

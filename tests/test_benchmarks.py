@@ -74,3 +74,25 @@ def test_largest_batch_search(monkeypatch):
     assert batch == 184  # the largest multiple of 8 with 1e9 + b * 1e8 <= 20e9 (b <= 190)
     assert peaks[batch] <= 20e9 < peaks[batch + 8]
     assert len(calls) == len(set(calls)) <= 12
+
+
+def test_data_pipeline_command_is_recorded_without_local_paths(tmp_path, monkeypatch):
+    """The published results must not carry the path of the machine they ran on."""
+    shared = run_all.REPO.parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} not found: run_data_throughput skips before recording a command")
+
+    class Done:
+        returncode, stdout, stderr = 0, "measurement  ...\n", ""
+
+    monkeypatch.setattr(run_all.subprocess, "run", lambda *args, **kwargs: Done())
+    result = run_all.run_data_throughput(tmp_path)
+    assert result["command"] == "python benchmarks/data_throughput.py --json=data_throughput.json"
+
+
+def test_recorded_results_hold_no_absolute_local_paths():
+    recorded = run_all.REPO / "benchmarks" / "recorded"
+    for path in list(recorded.rglob("*.md")) + list(recorded.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        for prefix in ("/work/", "/home/", "/root/", "/tmp/", "/Users/"):
+            assert prefix not in text, f"{path} records a local path ({prefix}...)"

@@ -173,7 +173,7 @@ def test_without_libtpu_the_cli_says_what_to_install(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert 'pip install "bert_jax[tpu]"' in lines[0] and "libtpu" in lines[0]
+    assert 'pip install -e ".[tpu]"' in lines[0] and "libtpu" in lines[0]
     assert result.stdout == ""
 
 

@@ -143,7 +143,9 @@ def test_finetuning_runs_get_task_panels(tmp_path):
     fig = plot.plot_runs(tmp_path / "sentiment")
     try:
         titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-        assert titles == [p.title for p in plot.FINETUNING_PANELS]
+        expected = [p.title for p in plot.FINETUNING_PANELS]
+        expected[1] = "Dev accuracy (main metric)"
+        assert titles == expected
         accuracy, scores, throughput = fig.axes[1], fig.axes[2], fig.axes[4]
         assert [line.get_label() for line in accuracy.get_lines()] == [
             "sentiment train",
@@ -203,3 +205,65 @@ def test_cli_writes_png_and_exits_2_on_missing_workdir(tmp_path):
         "log step"
     ]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_pretraining_and_finetuning_runs_get_their_own_panels(tmp_path):
+    """README step 5, `plot runs/base runs/sst`: the fine-tuning run's accuracy must show."""
+    write_run(tmp_path / "base", num_steps=200)
+    write_finetuning_run(tmp_path / "sst")
+    fig = plot.plot_runs([tmp_path / "base", tmp_path / "sst"])
+    try:
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        titles = [ax.get_title() for ax in visible]
+        assert titles[:6] == [f"pretraining: {p.title}" for p in plot.PRETRAINING_PANELS]
+        assert titles[6:8] == ["fine-tuning: Loss", "fine-tuning: Dev accuracy (main metric)"]
+        assert "fine-tuning: Learning rate" in titles
+        main = visible[7]
+        assert [line.get_label() for line in main.get_lines()] == ["sst train", "sst eval"]
+        np.testing.assert_allclose(main.get_lines()[1].get_ydata(), [0.6, 0.7])
+        # The pretraining panels hold only the pretraining run, on its own step axis.
+        assert {line.get_label().split()[0] for ax in visible[:6] for line in ax.get_lines()} == {
+            "base"
+        }
+        assert visible[0].get_xlim() == (0, 200 * 1.03) and main.get_xlim() == (0, 20 * 1.03)
+    finally:
+        plt.close(fig)
+
+
+def test_main_metric_comes_from_task_info_and_optional_panels_appear(tmp_path):
+    workdir = tmp_path / "stsb"
+    workdir.mkdir()
+    records = [
+        {"step": 5, "loss": 1.0, "learning_rate": 1e-5, "real_tokens_per_sec": 900.0,
+         "padding_fraction": 0.25},
+        {"step": 5, "eval_pearson": 0.8, "eval_spearman": 0.7, "eval_loss": 0.5},
+    ]  # fmt: skip
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (workdir / "task_info.json").write_text(json.dumps({"main_metric": "pearson"}))
+    fig = plot.plot_runs(workdir)
+    try:
+        by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+        assert [
+            line.get_ydata()[0] for line in by_title["Dev pearson (main metric)"].get_lines()
+        ] == [0.8]
+        assert [line.get_label() for line in by_title["Other dev scores"].get_lines()] == [
+            "stsb eval"
+        ]
+        assert by_title["Real tokens / s (no padding)"].get_lines()[0].get_ydata()[0] == 900.0
+        assert by_title["Padding fraction"].get_lines()[0].get_ydata()[0] == 0.25
+    finally:
+        plt.close(fig)
+
+
+def test_cli_skips_torn_lines_with_a_warning(tmp_path):
+    """A run killed mid-write, then resumed: plot draws it and says what it skipped."""
+    write_run(tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 210, "loss": 1.2{"step": 210, "loss": 1.1}\n')
+    out = tmp_path / "torn.png"
+    cmd = [sys.executable, "-m", "bert_jax.plot", str(tmp_path / "run"), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 malformed metrics line" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert out.stat().st_size > 40_000

@@ -267,7 +267,7 @@ def _prepare_cli(*args):
     [
         ("--validation_fraction=1.5", "validation_fraction must be in [0, 1), got 1.5"),
         ("--num_workers=-1", "num_workers must be >= 0"),
-        ("--data_dir=FILE", "cannot write the dataset under data_dir"),
+        ("--data_dir=FILE", "is a file, not a directory: choose another path"),
         ("--word_segmenter=jiebba", "--word_segmenter=jiebba: use none, jieba or module:callable"),
     ],
 )

@@ -144,3 +144,11 @@ def test_pretrained_workdir_exports_to_hugging_face(tiny_run, tmp_path):
     np.testing.assert_allclose(ours.mlm_logits, theirs.prediction_logits.numpy(), atol=1e-4)
     tokenizer = transformers.BertTokenizer.from_pretrained(out)
     assert tokenizer.vocab_size == info.bert_config.vocab_size
+    # A 64-position model: longer inputs must be refused (or truncated) by the tokenizer.
+    assert tokenizer.model_max_length == info.bert_config.max_position_embeddings == 64
+    # Quiet (no absl INFO lines from JAX or Orbax) and readable like any other new file.
+    assert result.stderr.strip() == "", result.stderr[-2000:]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 from collections.abc import Iterator
 
@@ -356,6 +357,11 @@ def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dict(iter_hf_tensors(config, params))
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    weights = directory / "model.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # safetensors creates the file private (0600); give it the permissions of any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    weights.chmod(0o666 & ~umask)
     (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
     return directory

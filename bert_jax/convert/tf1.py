@@ -6,7 +6,7 @@ A released model is a folder with bert_config.json, vocab.txt and `bert_model.ck
 name table of `bert_jax.convert.hf` instead of keeping a second one. Kernels are [in, out] as in
 Flax, except `cls/seq_relationship/output_weights`, which is [2, H].
 
-Needs TensorFlow: `pip install 'bert_jax[tf]'` (tensorflow-cpu is enough).
+Needs TensorFlow: `pip install -e ".[tf]"` in the repository (tensorflow-cpu is enough).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def import_tensorflow():
     except ImportError as err:
         raise UserError(
             "reading or writing google-research/bert TF1 checkpoints needs TensorFlow; "
-            "install it with `pip install 'bert_jax[tf]'`"
+            'install it from the repository root with `pip install -e ".[tf]"`'
         ) from err
     try:
         tf.config.set_visible_devices([], "GPU")

@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
+from bert_jax import entry
 from bert_jax.errors import UserError
 
 _INPUT_FILES = flags.DEFINE_string("input_files", None, "Comma-separated text files or globs.")
@@ -58,7 +59,10 @@ flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.ERROR)  # TFDS logs every custom config at WARNING.
+    entry.check_output_dir(_DATA_DIR.value, "--data_dir")
+    if _TRAIN_VOCAB_SIZE.value > 0:
+        entry.check_output_file(_VOCAB_FILE.value, "--vocab_file")
     from bert_jax.data import corpus
     from bert_jax.data.tokenization import WordPieceTokenizer
 
@@ -93,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.main(main)

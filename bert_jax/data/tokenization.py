@@ -215,8 +215,10 @@ class WordPieceTokenizer:
         return cls(vocab, lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
-        # etils.epath: the path may be on gs:// (a fine-tuning workdir).
-        epath.Path(path).write_text("".join(token + "\n" for token in self._vocab))
+        # etils.epath: the path may be on gs:// (a fine-tuning workdir); e.g. a new runs/ folder.
+        path = epath.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(token + "\n" for token in self._vocab))
 
     # -- encoding -----------------------------------------------------------------------------
 

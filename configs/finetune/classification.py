@@ -11,10 +11,12 @@ user has prepared works instead of the files: --config.task.tfds_name=glue/sst2.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
+from bert_jax.config_lib import check_mode
 from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
+    check_mode(mode, ("default", "test"), "configs/finetune/classification.py")
     c = finetuning_config("classification")
     c.max_seq_length = 128
     c.batch_size = 32

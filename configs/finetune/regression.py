@@ -9,10 +9,12 @@ checkpoint is kept by pearson. --config.task.tfds_name=glue/stsb reads a prepare
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
+from bert_jax.config_lib import check_mode
 from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
+    check_mode(mode, ("default", "test"), "configs/finetune/regression.py")
     c = finetuning_config("regression")
     c.max_seq_length = 128
     c.batch_size = 32

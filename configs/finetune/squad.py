@@ -12,10 +12,12 @@ normalisation, as fractions); the best checkpoint is kept by f1. --config.task.t
 reads a prepared TFDS dataset. `get_config("test")` is a seconds-long setup for the test suite.
 """
 
+from bert_jax.config_lib import check_mode
 from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
+    check_mode(mode, ("default", "test"), "configs/finetune/squad.py")
     c = finetuning_config("squad")
     c.max_seq_length = 384
     c.doc_stride = 128

@@ -12,10 +12,12 @@ in further windows, so every word gets a prediction.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
+from bert_jax.config_lib import check_mode
 from bert_jax.finetune_config import finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):
+    check_mode(mode, ("default", "test"), "configs/finetune/token_classification.py")
     c = finetuning_config("token_classification")
     c.max_seq_length = 128
     c.batch_size = 32

@@ -1,4 +1,4 @@
-"""Running the units as an Apache Beam pipeline (`pip install 'bert_jax[beam]'`).
+"""Running the units as an Apache Beam pipeline (`pip install -e ".[beam]"`).
 
   python -m bert_jax.data.prepare ... --beam_pipeline_options=runner=DataflowRunner,project=P,...
 
@@ -50,7 +50,7 @@ def run_units(task: UnitTask, units: list[Unit], options: str) -> list[dict]:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise UserError(
-            "--beam_pipeline_options needs Apache Beam: pip install 'bert_jax[beam]'"
+            '--beam_pipeline_options needs Apache Beam: pip install -e ".[beam]" in the repository'
         ) from None
     for name in ("apache_beam", "apache_beam.runners"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -3,7 +3,7 @@
 `--word_segmenter` names a function `str -> list[str]` that cuts a sentence into words:
 
   none            no segmenter (default): whole words are the "##" groups of word pieces;
-  jieba           jieba.lcut (`pip install 'bert_jax[zh]'`), dictionary shipped, offline;
+  jieba           jieba.lcut (`pip install -e ".[zh]"`), dictionary shipped, offline;
   module:callable any importable function, e.g. `mypkg.seg:ltp_words` wrapping LTP or pkuseg.
 
 The token ids never depend on the segmenter: each sentence is tokenized as without one, and the
@@ -66,7 +66,7 @@ def load_segmenter(spec: str) -> Segmenter | None:
         if module_name == __name__ and spec.strip() == "jieba":
             _jieba()  # import errors now, not in the middle of the corpus
     except ImportError as err:
-        extra = " (pip install 'bert_jax[zh]')" if spec.strip() == "jieba" else ""
+        extra = ' (pip install -e ".[zh]" in the repository)' if spec.strip() == "jieba" else ""
         raise UserError(f"--word_segmenter={spec}: cannot import it: {err}{extra}") from None
     except AttributeError:
         raise UserError(f"--word_segmenter={spec}: {module_name} has no {attribute}") from None
