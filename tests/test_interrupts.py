@@ -152,7 +152,8 @@ def test_ctrl_c_before_training_is_one_line(tmp_path):
     workdir = tmp_path / "run"
     process = _start(
         ["bert_jax.pretrain", "--config", "configs/demo.py:test", "--workdir", str(workdir),
-         f"--config.data.data_dir={tmp_path / 'data'}"],
+         f"--config.data.data_dir={tmp_path / 'data'}",
+         "--config.num_train_steps=100000"],  # never done before the signal, however slow
         workdir,
     )  # fmt: skip
     _wait_for(lambda: (workdir / "config.json").exists(), process, "the run's start")
