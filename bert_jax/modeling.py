@@ -221,14 +221,15 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        return nn.Dense(
+        y = nn.Dense(
             self.features,
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.dtype(cfg.param_dtype),
             kernel_init=_kernel_init(cfg, self.axes),
             bias_init=_zeros((self.axes[1],)),
             name="dense",
-        )(x)
+        )(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*x.shape[:-1], self.features)
 
 
 def _mix32(x: Array) -> Array:
@@ -335,38 +336,50 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention: fused `jax.nn.dot_product_attention` unless dropout is active."""
+    """Multi-head self-attention; `attention_implementation` "xla" or "cudnn" selects the fused
+    `jax.nn.dot_product_attention` (without dropout), None the heads-major einsums below."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-        """x: [B, T, H]; key_mask: [B, T] bool, True where a token may be attended to."""
+    def __call__(
+        self, x: Array, mask: Array, deterministic: bool, query_positions: Array | None = None
+    ) -> Array:
+        """x: [B, T, H]; mask: bool, True where a query may attend a key: [B, T] (per key) or
+        broadcastable to [B, 1, Tq, T]; query_positions: [B, S] to attend from only those
+        positions (Tq = S), else every position (Tq = T). Returns [B, Tq, H]."""
         cfg = self.config
-        b, t, _ = x.shape
         n, d = cfg.num_attention_heads, cfg.head_dim
 
-        def project(name: str) -> Array:
-            y = Dense(cfg.hidden_size, cfg, ("embed", "heads"), name=name)(x)
+        def project(name: str, y: Array) -> Array:
+            b, t, _ = y.shape
+            y = Dense(cfg.hidden_size, cfg, ("embed", "heads"), name=name)(y)
             y = y.reshape(b, t, n, d)  # [B, T, N, D]
             return nn.with_logical_constraint(y, ("act_batch", "act_length", "act_heads", None))
 
-        query, key, value = project("query"), project("key"), project("value")
-        mask = key_mask[:, None, None, :]  # [B, 1, 1, T]
+        xq = x if query_positions is None else gather_positions(x, query_positions)  # [B, Tq, H]
+        query, key, value = project("query", xq), project("key", x), project("value", x)
+        if mask.ndim == 2:
+            mask = mask[:, None, None, :]  # [B, 1, 1, T]
+        b, tq = xq.shape[:2]
         dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0.0
-        if dropout_active:
-            # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
-            logits = jnp.einsum("bqnd,bknd->bnqk", query, key).astype(jnp.float32)
-            logits = logits / jnp.sqrt(d).astype(jnp.float32)
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)  # [B, N, T, T]
-            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
-            context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
-        else:
+        if cfg.attention_implementation is not None and not dropout_active:
             context = jax.nn.dot_product_attention(
                 query, key, value, mask=mask, implementation=cfg.attention_implementation
-            )  # [B, T, N, D]
-        context = context.reshape(b, t, cfg.hidden_size)
+            )  # [B, Tq, N, D]
+        else:
+            # Heads-major einsums: on CPU faster than the fused XLA path (forward and backward,
+            # also at head_dim 32), and the fused kernels have no dropout on the probabilities.
+            query, key, value = (jnp.swapaxes(y, 1, 2) for y in (query, key, value))  # [B,N,T,D]
+            query = query * jnp.asarray(d**-0.5, query.dtype)
+            logits = jnp.einsum("bnqd,bnkd->bnqk", query, key).astype(jnp.float32)
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)  # [B, N, Tq, T]
+            if dropout_active:
+                probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+            context = jnp.einsum("bnqk,bnkd->bnqd", probs.astype(value.dtype), value)
+            context = jnp.swapaxes(context, 1, 2)  # [B, Tq, N, D]
+        context = context.reshape(b, tq, cfg.hidden_size)
         context = nn.with_logical_constraint(context, ("act_batch", "act_length", "act_heads"))
         return Dense(cfg.hidden_size, cfg, ("heads", "embed"), name="output")(context)
 
@@ -377,14 +390,19 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, mask: Array, deterministic: bool, query_positions: Array | None = None
+    ) -> Array:
+        """x: [B, T, H] -> [B, T, H], or [B, S, H] at query_positions [B, S] only."""
         cfg = self.config
         dropout = Dropout(cfg.hidden_dropout_prob)
         attention_norm = LayerNorm(cfg, name="attention_layer_norm")
         output_norm = LayerNorm(cfg, name="output_layer_norm")
 
         h = attention_norm(x) if cfg.pre_layer_norm else x
-        h = BertSelfAttention(cfg, name="attention")(h, key_mask, deterministic)
+        h = BertSelfAttention(cfg, name="attention")(h, mask, deterministic, query_positions)
+        if query_positions is not None:
+            x = gather_positions(x, query_positions)  # [B, S, H]
         x = x + dropout(h, deterministic=deterministic)
         if not cfg.pre_layer_norm:
             x = attention_norm(x)
@@ -404,7 +422,11 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, mask: Array, deterministic: bool, last_positions: Array | None = None
+    ) -> Array:
+        """x: [B, T, H] -> [B, T, H]; with last_positions [B, S] the last layer computes only
+        those positions (its keys and values still cover every token) -> [B, S, H]."""
         cfg = self.config
         layer_cls = BertLayer
         if cfg.remat_policy != "none":
@@ -412,14 +434,42 @@ class BertEncoder(nn.Module):
                 BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
             )
         for i in range(cfg.num_hidden_layers):
-            x = layer_cls(cfg, name=f"layer_{i}")(x, key_mask, deterministic)
+            last = i == cfg.num_hidden_layers - 1
+            if last and last_positions is not None:
+                if mask.shape[2] > 1:  # per-query masks: the rows of the kept queries
+                    mask = jnp.take_along_axis(mask, last_positions[:, None, :, None], axis=2)
+                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic, last_positions)
+            else:
+                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         if cfg.pre_layer_norm:
             x = LayerNorm(cfg, name="final_layer_norm")(x)
         return x
 
 
+def segment_attention_mask(segment_ids: Array) -> Array:
+    """Block-diagonal attention of packed rows: segment_ids [B, T] -> bool [B, 1, T, T], True where
+    query and key belong to the same sequence (padding, segment 0, sees only padding)."""
+    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+
+
+def segment_positions(segment_ids: Array) -> Array:
+    """Positions that restart at every sequence of a packed row: [B, T] -> [B, T] int32."""
+    t = segment_ids.shape[1]
+    index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
+    changes = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1
+    )
+    starts = jax.lax.cummax(jnp.where(changes, index, 0), axis=1)
+    return index - starts
+
+
 class BertModel(nn.Module):
-    """The encoder: returns (sequence_output [B, T, H], pooled_output [B, H])."""
+    """The encoder: returns (sequence_output [B, T, H], pooled_output [B, H]).
+
+    Packed rows (several sequences per row, as in Krell et al. 2021) pass segment_ids; each
+    sequence then attends only to itself, its positions restart (unless position_ids are given)
+    and, with cls_positions, it gets its own pooled output from its own [CLS].
+    """
 
     config: BertConfig
 
@@ -434,8 +484,22 @@ class BertModel(nn.Module):
         token_type_ids: Array | None = None,
         attention_mask: Array | None = None,
         deterministic: bool = True,
-    ) -> tuple[Array, Array]:
-        """input_ids, token_type_ids, attention_mask: [B, T] ints (mask 1 = real token)."""
+        *,
+        segment_ids: Array | None = None,
+        position_ids: Array | None = None,
+        cls_positions: Array | None = None,
+        pooled_only: bool = False,
+    ) -> tuple[Array | None, Array]:
+        """input_ids, token_type_ids, attention_mask: [B, T] ints (mask 1 = real token).
+
+        segment_ids: [B, T] ints, 0 = padding, 1..S = the sequence of a packed row a token
+            belongs to; attention is block-diagonal (attention_mask is then optional).
+        position_ids: [B, T]; default 0..T-1, or restarting per sequence with segment_ids.
+        cls_positions: [B, S] where each sequence's [CLS] sits; pooled_output is then
+            [B, S, H] (one per sequence) instead of [B, H] (position 0).
+        pooled_only: the last layer computes only the pooled positions (what sequence
+            classification reads; same values, fewer FLOPs) and sequence_output is None.
+        """
         b, t = input_ids.shape
         if t > self.config.max_position_embeddings:
             raise UserError(
@@ -444,12 +508,29 @@ class BertModel(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones_like(input_ids)
+            mask = (attention_mask > 0)[:, None, None, :]  # [B, 1, 1, T], per key
+            if position_ids is None:
+                position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        else:
+            mask = segment_attention_mask(segment_ids)  # [B, 1, T, T]
+            if attention_mask is not None:
+                mask = mask & (attention_mask > 0)[:, None, None, :]
+            if position_ids is None:
+                position_ids = segment_positions(segment_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        sequence_output = self.encoder(x, attention_mask > 0, deterministic)  # [B, T, H]
-        pooled_output = jnp.tanh(self.pooler(sequence_output[:, 0]))  # [B, H]
+        pooled_at = cls_positions if cls_positions is not None else jnp.zeros((b, 1), jnp.int32)
+        if pooled_only:
+            sequence_output = None
+            first = self.encoder(x, mask, deterministic, pooled_at)  # [B, S, H]
+        else:
+            sequence_output = self.encoder(x, mask, deterministic)  # [B, T, H]
+            first = gather_positions(sequence_output, pooled_at)  # [B, S, H]
+        pooled_output = jnp.tanh(self.pooler(first))  # [B, S, H]
+        if cls_positions is None:
+            pooled_output = pooled_output[:, 0]  # [B, H]
         return sequence_output, pooled_output
 
     def attend(self, x: Array) -> Array:
@@ -459,9 +540,9 @@ class BertModel(nn.Module):
 @flax.struct.dataclass
 class BertPreTrainingOutput:
     mlm_logits: Array  # [B, P, V] with masked_lm_positions, else [B, T, V]; float32
-    nsp_logits: Array  # [B, 2]; float32
+    nsp_logits: Array  # [B, 2], or [B, S, 2] per packed sequence (cls_positions); float32
     sequence_output: Array  # [B, T, H]
-    pooled_output: Array  # [B, H]
+    pooled_output: Array  # [B, H], or [B, S, H]
 
 
 def gather_positions(sequence: Array, positions: Array) -> Array:
@@ -502,11 +583,14 @@ class BertForPreTraining(nn.Module):
         attention_mask: Array | None = None,
         masked_lm_positions: Array | None = None,
         deterministic: bool = True,
+        **packed: Array,
     ) -> BertPreTrainingOutput:
+        """packed: segment_ids, position_ids, cls_positions of packed rows (see BertModel); the
+        masked_lm_positions then index into the row and nsp_logits are per sequence."""
         cfg = self.config
         bert = BertModel(cfg, name="bert")
         sequence_output, pooled_output = bert(
-            input_ids, token_type_ids, attention_mask, deterministic
+            input_ids, token_type_ids, attention_mask, deterministic, **packed
         )
         # The sparse head: vocabulary logits only where tokens were masked (as the reference).
         h = sequence_output
@@ -530,16 +614,20 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """Pooled [CLS] -> dropout -> dense; num_labels 1 means regression. Returns [B, num_labels]."""
+    """Pooled [CLS] -> dropout -> dense; num_labels 1 means regression. Returns [B, num_labels],
+    or [B, S, num_labels] for packed rows (one per sequence, see BertModel's cls_positions)."""
 
     config: BertConfig
     num_labels: int
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+    def __call__(
+        self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True, **packed
+    ):
+        """packed: segment_ids, position_ids, cls_positions (see BertModel)."""
         cfg = self.config
         _, pooled = BertModel(cfg, name="bert")(
-            input_ids, token_type_ids, attention_mask, deterministic
+            input_ids, token_type_ids, attention_mask, deterministic, pooled_only=True, **packed
         )
         pooled = Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(pooled)
@@ -547,16 +635,19 @@ class BertForSequenceClassification(nn.Module):
 
 
 class BertForTokenClassification(nn.Module):
-    """Every position -> dropout -> dense. Returns [B, T, num_labels]."""
+    """Every position -> dropout -> dense. Returns [B, T, num_labels] (packed rows too)."""
 
     config: BertConfig
     num_labels: int
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+    def __call__(
+        self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True, **packed
+    ):
+        """packed: segment_ids, position_ids (see BertModel)."""
         cfg = self.config
         sequence, _ = BertModel(cfg, name="bert")(
-            input_ids, token_type_ids, attention_mask, deterministic
+            input_ids, token_type_ids, attention_mask, deterministic, **packed
         )
         sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
@@ -564,7 +655,7 @@ class BertForTokenClassification(nn.Module):
 
 
 class BertForQuestionAnswering(nn.Module):
-    """Span QA: returns (start_logits [B, T], end_logits [B, T])."""
+    """Span QA: returns (start_logits [B, T], end_logits [B, T]); one window per row."""
 
     config: BertConfig
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.modeling import (
     BertConfig,
@@ -17,6 +18,8 @@ from bert_jax.modeling import (
     BertModel,
     BertSelfAttention,
     gather_positions,
+    segment_attention_mask,
+    segment_positions,
 )
 
 B, T, P = 2, 16, 4
@@ -367,3 +370,89 @@ def test_task_heads_output_shapes_and_share_the_encoder_tree():
     assert start.shape == (B, T) and end.shape == (B, T)
     assert start.dtype == jnp.float32
     assert not np.allclose(start, end)
+
+
+def _alone_and_packed(config: BertConfig, seed: int = 0, row_length: int = 24):
+    """Random sequences one per row, and the same sequences packed several per row."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 11, 9)
+    n = len(lengths)
+    ids = np.zeros((n, row_length), np.int32)
+    types = np.zeros((n, row_length), np.int32)
+    masked = np.zeros((n, 2), np.int32)
+    for i, length in enumerate(lengths):
+        ids[i, :length] = rng.integers(1, config.vocab_size, length)
+        types[i, length // 2 : length] = 1
+        masked[i] = rng.choice(length, 2, replace=False)
+    real = (np.arange(row_length) < lengths[:, None]).astype(np.int32)
+    alone = dict(input_ids=ids, token_type_ids=types, attention_mask=real)
+    slots = packing.pack(lengths, row_length, max_per_row=4, order=rng.permutation(n))
+    assert len(slots) < n and (slots >= 0).sum(1).max() > 1  # really packed
+    rows = packing.packed_rows(dict(input_ids=ids, token_type_ids=types), lengths, slots,
+                               row_length)  # fmt: skip
+    # Each sequence's masked positions, offset into its row: [R, S * 2].
+    starts = rows["cls_positions"]
+    row_masked = (masked[np.maximum(slots, 0)] + starts[..., None]).reshape(len(slots), -1)
+    return lengths, alone, masked, slots, rows, row_masked
+
+
+@pytest.mark.parametrize("pre_layer_norm", [False, True])
+def test_packed_sequences_equal_each_alone(pre_layer_norm):
+    config = BertConfig(**dict(SMALL, max_position_embeddings=24), pre_layer_norm=pre_layer_norm)
+    lengths, alone, masked, slots, rows, row_masked = _alone_and_packed(config)
+    packed = {k: rows[k] for k in ("segment_ids", "cls_positions")}
+    params = init_pretraining(config)
+    model = BertForPreTraining(config)
+    one = model.apply({"params": params}, **alone, masked_lm_positions=masked)
+    many = model.apply(
+        {"params": params}, rows["input_ids"], rows["token_type_ids"],
+        masked_lm_positions=row_masked, **packed,
+    )  # fmt: skip
+    real, per_row = slots >= 0, slots.shape[1]
+    index = slots[real]  # the sequence in each used slot
+    tolerance = dict(atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(many.pooled_output[real], one.pooled_output[index], **tolerance)
+    np.testing.assert_allclose(many.nsp_logits[real], one.nsp_logits[index], **tolerance)
+    mlm = np.asarray(many.mlm_logits).reshape(len(slots), per_row, 2, -1)
+    np.testing.assert_allclose(mlm[real], one.mlm_logits[index], **tolerance)
+    unpacked = np.zeros_like(np.asarray(one.sequence_output))
+    packing.unpack_tokens(many.sequence_output, lengths, slots, unpacked)
+    is_real = alone["attention_mask"] == 1
+    np.testing.assert_allclose(unpacked[is_real], one.sequence_output[is_real], **tolerance)
+
+    heads = (BertForSequenceClassification(config, 3), BertForTokenClassification(config, 5))
+    for head in heads:
+        head_params = nn.meta.unbox(head.init(jax.random.key(1), alone["input_ids"])["params"])
+        head_params["bert"] = params["bert"]
+        one = np.asarray(head.apply({"params": head_params}, **alone))
+        many = np.asarray(
+            head.apply({"params": head_params}, rows["input_ids"], rows["token_type_ids"],
+                       **(packed if isinstance(head, BertForSequenceClassification)
+                          else {"segment_ids": rows["segment_ids"]}))
+        )  # fmt: skip
+        if isinstance(head, BertForSequenceClassification):
+            assert many.shape == (*slots.shape, 3)
+            np.testing.assert_allclose(many[real], one[index], **tolerance)
+        else:
+            tokens = np.zeros_like(one)
+            packing.unpack_tokens(many, lengths, slots, tokens)
+            np.testing.assert_allclose(tokens[is_real], one[is_real], **tolerance)
+
+
+def test_segment_positions_restart_per_sequence():
+    segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        segment_positions(segments), [[0, 1, 2, 0, 1, 0, 0, 1], list(range(8))]
+    )
+    mask = np.asarray(segment_attention_mask(segments))[0, 0]
+    assert mask[0, :3].all() and not mask[0, 3:].any() and mask[6, 6:].all()
+
+
+def test_pooled_only_equals_the_full_last_layer():
+    config = BertConfig(**SMALL)
+    ids, types, mask, _ = make_inputs(config)
+    params = init_pretraining(config)["bert"]
+    sequence, pooled = BertModel(config).apply({"params": params}, ids, types, mask)
+    none, fast = BertModel(config).apply({"params": params}, ids, types, mask, pooled_only=True)
+    assert none is None and fast.shape == pooled.shape
+    np.testing.assert_allclose(fast, pooled, atol=1e-6, rtol=1e-6)
