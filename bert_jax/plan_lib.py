@@ -24,6 +24,7 @@ from jax.extend.core import Literal
 
 from bert_jax import chips, sharding
 from bert_jax.config_lib import validate_pretraining_config
+from bert_jax.data.packed_examples import batch_predictions
 from bert_jax.errors import UserError
 from bert_jax.hlo_collectives import parse_collectives, summarize_collectives
 from bert_jax.metrics import pretraining_flops_per_example
@@ -304,7 +305,7 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
         },
         flops_6nt=6.0 * (num_params - _embedding_param_count(state.params)) * tokens,
         model_flops_per_step=config.batch_size * pretraining_flops_per_example(
-            pretrainer.model_config, seq_len, int(config.data.max_predictions_per_seq)
+            pretrainer.model_config, seq_len, batch_predictions(config.data)
         ),
     )  # fmt: skip
     started = time.perf_counter()

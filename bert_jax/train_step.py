@@ -19,14 +19,18 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import BertConfig, BertForPreTraining
 from bert_jax.optim import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS_2D = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_KEYS_P = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")  # packed rows only
 
 # Sums and counts: exact across devices and accumulation steps; ratios are taken on the host.
+# Per masked token (mlm_*) and per example (nsp_*), packed or not; real_tokens: non-padding
+# positions.
 SUM_METRICS = (
     "mlm_loss_sum",
     "mlm_correct",
@@ -34,6 +38,7 @@ SUM_METRICS = (
     "nsp_loss_sum",
     "nsp_correct",
     "nsp_count",
+    "real_tokens",
 )
 
 
@@ -49,14 +54,37 @@ def model_config_from(config) -> BertConfig:
 
 
 def batch_shapes(config, global_batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    b = int(global_batch or config.batch_size)
-    t, p = int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+    """The pipeline's batch (`make_pretraining_iterator`): b rows of t = max_seq_length, p masked
+    positions per row; packed (data.packing) with s = max_sequences_per_row examples per row."""
+    b, t = int(global_batch or config.batch_size), int(config.data.max_seq_length)
+    p, s = batch_predictions(config.data), sequences_per_row(config.data)
     shapes = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in BATCH_KEYS_2D}
     shapes["masked_lm_positions"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
     shapes["masked_lm_ids"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
     shapes["masked_lm_weights"] = jax.ShapeDtypeStruct((b, p), jnp.float32)
-    shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+    if s is None:
+        shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        return shapes
+    shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    shapes["next_sentence_weights"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
+    shapes["segment_ids"] = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    shapes["position_ids"] = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    shapes["cls_positions"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
     return shapes
+
+
+def nsp_weights(batch) -> jax.Array | None:
+    """Which NSP labels are real examples: next_sentence_weights [B, S] of packed rows, None
+    (every label: one example per row) otherwise."""
+    return batch.get("next_sentence_weights")
+
+
+def example_count(batch) -> jax.Array:
+    """Examples in a batch, float32: rows, or the filled slots of packed rows."""
+    weights = nsp_weights(batch)
+    if weights is None:
+        return jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)
+    return jnp.sum(weights.astype(jnp.float32))
 
 
 def pretraining_sums(output, batch) -> dict[str, jax.Array]:
@@ -75,29 +103,38 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)  # [B, P]
     token_log_prob = label_logit - log_normalizer
     mlm_correct = (label_logit >= max_logit).astype(jnp.float32) * weights
-    nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B, 2]
-    labels = batch["next_sentence_labels"]
-    nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]  # [B]
+    nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B(, S), 2]
+    labels = batch["next_sentence_labels"]  # [B], packed [B, S]
+    nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[..., None], axis=-1)[..., 0]
+    nsp_correct = (jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)
+    slots = nsp_weights(batch)
+    if slots is not None:  # packed: empty slots count for nothing
+        slots = slots.astype(jnp.float32)
+        nsp_nll, nsp_correct = nsp_nll * slots, nsp_correct * slots
     return {
         "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
         "mlm_correct": jnp.sum(mlm_correct),
         "mlm_weight": jnp.sum(weights),
         "nsp_loss_sum": jnp.sum(nsp_nll),
-        "nsp_correct": jnp.sum((jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)),
-        "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
+        "nsp_correct": jnp.sum(nsp_correct),
+        "nsp_count": example_count(batch),
+        "real_tokens": jnp.sum(batch["attention_mask"].astype(jnp.float32)),
     }
 
 
 def pretraining_forward(model: BertForPreTraining, params, batch: dict, dropout_rng=None):
-    """The model on a pretraining batch; dropout on when a dropout_rng is given."""
+    """The model on a pretraining batch (packed rows too); dropout on when a dropout_rng is
+    given."""
+    packed = {k: batch[k] for k in PACKING_KEYS if k in batch}
     return model.apply(
         {"params": params},
         batch["input_ids"],
         batch["token_type_ids"],
-        batch["attention_mask"],
+        None if packed else batch["attention_mask"],  # segment_ids mask padding out
         batch["masked_lm_positions"],
         deterministic=dropout_rng is None,
         rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+        **packed,
     )
 
 
@@ -156,7 +193,7 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
         mlm_total = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
-        nsp_total = jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)
+        nsp_total = jnp.maximum(example_count(batch), 1.0)
 
         def loss_fn(params, micro, dropout_rng):
             sums = pretraining_sums(pretraining_forward(model, params, micro, dropout_rng), micro)
