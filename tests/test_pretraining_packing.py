@@ -6,7 +6,6 @@ gradients and metrics packed or not; the pipeline's packed batches have bounded 
 exactly and hold the same examples per epoch as unpacked ones.
 """
 
-import gzip
 import json
 
 import jax
@@ -14,13 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import write_short_documents
 
-from bert_jax import sharding
+from bert_jax import chips, plan_lib, sharding
 from bert_jax.data import packed_examples, pipeline, pretraining
 from bert_jax.errors import UserError
+from bert_jax.metrics import pretraining_flops_per_example
 from bert_jax.modeling import BertConfig, BertForPreTraining
 from bert_jax.train_step import (
     SUM_METRICS,
+    batch_shapes,
     build_pretrainer,
     pretraining_forward,
     pretraining_sums,
@@ -218,22 +220,32 @@ def test_train_step_on_packed_rows_with_gradient_accumulation():
     assert cosine > 0.999
 
 
+def test_planner_compiles_the_packed_step():
+    """The planner's batch (shapes, shardings, bytes) and FLOPs follow the packed layout; two CPU
+    devices stand in for a TPU slice."""
+    config = _step_config(True, 8, 2)
+    config.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
+    topology = plan_lib.Topology("cpu", chips.chip_by_name("v5e"), tuple(jax.devices()[:2]))
+    plan = plan_lib.plan_pretraining(config, topology)
+    assert not plan.error and plan.memory["temporaries"] > 0
+    shapes = batch_shapes(config)
+    assert shapes["next_sentence_labels"].shape == (8, PER_ROW)
+    assert shapes["masked_lm_positions"].shape == (8, 9 + PER_ROW)  # floor(64 * 0.15) + S
+    per_device = sum(x.size * x.dtype.itemsize for x in shapes.values()) // 2
+    assert plan.memory["batch"] == per_device
+    flops = pretraining_flops_per_example(MODEL, SEQ, 9 + PER_ROW)
+    assert plan.model_flops_per_step == pytest.approx(8 * flops)
+
+
 # -- the pipeline ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
-    """A corpus of short documents (1 to 3 verses of the bundled KJV, as reviews or tweets):
-    about three examples per row of 256."""
+    """A corpus of short documents: about three examples per row of 256."""
     folder = tmp_path_factory.mktemp("short_documents")
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
-        verses = [line.strip() for line in f if line.strip()][:3000]
-    sizes = np.random.RandomState(0).randint(1, 4, 1000)
-    ends = np.cumsum(sizes)
-    documents = ["\n".join(verses[e - s : e]) for s, e in zip(sizes, ends, strict=True)]
-    (folder / "short.txt").write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     config = pipeline.default_data_config()
-    config.input_files = str(folder / "short.txt")
+    config.input_files = str(write_short_documents(folder / "short.txt"))
     config.data_dir = str(folder / "datasets")
     config.show_progress = False
     config.documents_per_chunk = 64
