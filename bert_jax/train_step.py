@@ -29,8 +29,6 @@ BATCH_KEYS_P = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")  # packed rows only
 
 # Sums and counts: exact across devices and accumulation steps; ratios are taken on the host.
-# Per masked token (mlm_*) and per example (nsp_*), packed or not; real_tokens: non-padding
-# positions.
 SUM_METRICS = (
     "mlm_loss_sum",
     "mlm_correct",
@@ -88,7 +86,8 @@ def example_count(batch) -> jax.Array:
 
 
 def pretraining_sums(output, batch) -> dict[str, jax.Array]:
-    """Loss sums and counts for one (micro)batch; float32.
+    """Loss sums and counts for one (micro)batch; float32. Per masked token (mlm_*) and per
+    example (nsp_*), packed rows or not; real_tokens counts the positions that are not padding.
 
     The masked-LM terms never materialise log-probabilities, an argmax or (in the backward pass)
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
@@ -118,7 +117,7 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
         "nsp_loss_sum": jnp.sum(nsp_nll),
         "nsp_correct": jnp.sum(nsp_correct),
         "nsp_count": example_count(batch),
-        "real_tokens": jnp.sum(batch["attention_mask"].astype(jnp.float32)),
+        "real_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
     }
 
 
