@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from bert_jax import chips, sharding
 from bert_jax.config_lib import validate_pretraining_config
-from bert_jax.data.packed_examples import batch_predictions
+from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.errors import UserError
 from bert_jax.hlo_collectives import parse_collectives, summarize_collectives
 from bert_jax.metrics import pretraining_flops_per_example
@@ -157,6 +157,7 @@ class Plan:
     bound: str = ""
     compile_seconds: float = 0.0
     error: str = ""  # the compiler's message when it refused (out of HBM)
+    sequences_per_row: int | None = None  # data.packing: up to this many examples per row
 
     @property
     def microbatch_per_device(self) -> int:
@@ -182,6 +183,7 @@ class Plan:
 
     @property
     def examples_per_second(self) -> float:
+        """Rows per second: examples, or with packing rows of up to sequences_per_row."""
         return self.batch_size / self.estimated_step_time_s
 
     def to_json(self) -> dict:
@@ -307,6 +309,7 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
         model_flops_per_step=config.batch_size * pretraining_flops_per_example(
             pretrainer.model_config, seq_len, batch_predictions(config.data)
         ),
+        sequences_per_row=sequences_per_row(config.data),
     )  # fmt: skip
     started = time.perf_counter()
     try:

@@ -20,6 +20,7 @@ from bert_jax.data import packed_examples, pipeline, pretraining
 from bert_jax.errors import UserError
 from bert_jax.metrics import pretraining_flops_per_example
 from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.plan import format_plan
 from bert_jax.train_step import (
     SUM_METRICS,
     batch_shapes,
@@ -235,6 +236,7 @@ def test_planner_compiles_the_packed_step():
     assert plan.memory["batch"] == per_device
     flops = pretraining_flops_per_example(MODEL, SEQ, 9 + PER_ROW)
     assert plan.model_flops_per_step == pytest.approx(8 * flops)
+    assert f"packed rows (up to {PER_ROW} examples each)/s" in format_plan(plan)
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
