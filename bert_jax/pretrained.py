@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax.core import meta
 
 from bert_jax.convert import hf
@@ -42,10 +44,10 @@ TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
 class CheckpointInfo:
     """What a path holds, read from its small files only."""
 
-    path: pathlib.Path
+    path: epath.Path  # a local path or gs://
     format: str  # HUGGINGFACE, BERT_JAX or FINETUNED
     bert_config: BertConfig
-    vocab_file: pathlib.Path | None
+    vocab_file: epath.Path | None
     lowercase: bool | None  # None: the files do not say
     task_info: dict | None = None  # FINETUNED only
 
@@ -86,7 +88,13 @@ def _check_task_info(info: dict, path) -> dict:
     return info
 
 
-def _pretraining_workdir(path: pathlib.Path) -> pathlib.Path | None:
+def as_path(path) -> epath.Path:
+    """A user's path: `~` expanded when local; gs:// and other URLs as they are (etils.epath)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.expanduser(text))
+
+
+def _pretraining_workdir(path: epath.Path) -> epath.Path | None:
     """The workdir of a bert_jax pretraining run: path itself, its checkpoints/ or checkpoints/N."""
     for candidate in (path, path.parent, path.parent.parent):
         config = candidate / "config.json"
@@ -95,22 +103,18 @@ def _pretraining_workdir(path: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
-def _pretraining_vocab(workdir: pathlib.Path, data: dict) -> pathlib.Path | None:
+def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
     vocab = data.get("vocab_file") or ""
     candidates = []
     if vocab:
-        candidates += [
-            pathlib.Path(vocab).expanduser(),
-            workdir / vocab,
-            workdir / pathlib.Path(vocab).name,
-        ]
+        candidates += [as_path(vocab), workdir / vocab, workdir / as_path(vocab).name]
     candidates.append(workdir / VOCAB)
     return next((c for c in candidates if c.is_file()), None)
 
 
 def inspect_checkpoint(path) -> CheckpointInfo:
     """Classifies `path` and reads its BertConfig, vocabulary file and casing."""
-    path = pathlib.Path(path).expanduser()
+    path = as_path(path)
     if not path.exists():
         raise UserError(
             f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"

@@ -93,7 +93,9 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
     A prediction counts as correct when the label's logit is the maximum.
     """
-    logits = output.mlm_logits.astype(jnp.float32)  # [B, P, V]
+    # The padded vocabulary (sharded evenly over `tensor`); its extra columns hold the float32
+    # minimum, so they add exp(-inf) = 0 to the normaliser and never reach the maximum.
+    logits = output.padded_mlm_logits.astype(jnp.float32)  # [B, P, V']
     ids = batch["masked_lm_ids"]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, P]
@@ -110,15 +112,17 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     if slots is not None:  # packed: empty slots count for nothing
         slots = slots.astype(jnp.float32)
         nsp_nll, nsp_correct = nsp_nll * slots, nsp_correct * slots
-    return {
+    sums = {
         "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
         "mlm_correct": jnp.sum(mlm_correct),
         "mlm_weight": jnp.sum(weights),
         "nsp_loss_sum": jnp.sum(nsp_nll),
         "nsp_correct": jnp.sum(nsp_correct),
         "nsp_count": example_count(batch),
-        "real_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
     }
+    if "attention_mask" in batch:  # every pipeline batch; a bare loss computation may omit it
+        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
+    return sums
 
 
 def pretraining_forward(model: BertForPreTraining, params, batch: dict, dropout_rng=None):

@@ -324,7 +324,10 @@ def test_state_restores_the_exact_position(data_config):
     _assert_same(expected, _take(resumed, 6))
 
 
-def test_validation_is_finite_and_split_evenly_across_processes(data_config):
+def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config, monkeypatch):
+    """Issue 13: each process reads its own share of the held-out documents and batches its own
+    rows, instead of building every global batch to keep 1/P of it."""
+
     def batches(index, count):
         iterator = pipeline.make_pretraining_iterator(
             data_config,
@@ -339,11 +342,20 @@ def test_validation_is_finite_and_split_evenly_across_processes(data_config):
     whole = batches(0, 1)
     assert len(whole) > 10
     _assert_same(whole, batches(0, 1))
-    halves = batches(0, 2), batches(1, 2)
-    assert len(halves[0]) == len(halves[1]) == len(whole)
-    for batch, first, second in zip(whole, *halves, strict=True):
-        for name in pipeline.BATCH_FIELDS:
-            np.testing.assert_array_equal(batch[name], np.concatenate([first[name], second[name]]))
+
+    read = []
+    original = pipeline._ChunkExamples._read
+    recording = lambda self, keys: read.extend(keys) or original(self, keys)  # noqa: E731
+    monkeypatch.setattr(pipeline._ChunkExamples, "_read", recording)
+    shares = []
+    for index in range(2):
+        read.clear()
+        shares.append(batches(index, 2))
+        mine = set(pipeline.process_documents(56, index, 2).tolist())  # 56 held out
+        assert set(read) == mine  # every document of its share, nothing of the other's
+        assert all(b["input_ids"].shape == (8, 64) for b in shares[-1])  # its half of each batch
+    rows = 8 * (len(shares[0]) + len(shares[1]))
+    assert abs(rows - 16 * len(whole)) <= 3 * 16  # as many examples, less the remainders
 
 
 def test_train_processes_read_disjoint_documents(data_config):

@@ -16,6 +16,7 @@ import pytest
 from conftest import write_short_documents
 
 from bert_jax import chips, plan_lib, sharding
+from bert_jax.config_lib import add_optimizer_defaults
 from bert_jax.data import packed_examples, pipeline, pretraining
 from bert_jax.errors import UserError
 from bert_jax.metrics import pretraining_flops_per_example
@@ -170,7 +171,9 @@ def test_packed_and_unpacked_give_the_same_sums():
 def _step_config(packed: bool, rows: int, accum: int) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_train_steps, c.warmup_steps, c.batch_size, c.seed = 10, 0, rows, 0
-    c.learning_rate, c.optimizer, c.weight_decay, c.grad_accum_steps = 1e-3, "adamw", 0.01, accum
+    c.learning_rate, c.schedule = 1e-3, "bert"
+    add_optimizer_defaults(c)
+    c.grad_accum_steps = accum
     c.model = ml_collections.ConfigDict(MODEL.to_dict())
     c.data = ml_collections.ConfigDict(
         dict(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bert_jax import checkpointing
+from bert_jax import checkpointing, sealing
 from bert_jax.modeling import BertConfig
 
 # Written out here rather than imported, so that the reference decoding shares nothing with
@@ -109,7 +109,8 @@ def orbax_step(step_dir: pathlib.Path, params=PARAMS) -> pathlib.Path:
     """A bert_jax step directory: state/ (step, params, optimizer state) and its manifest."""
     state = {"step": np.int32(3), "params": params, "opt_state": {"mu": np.zeros(4, np.float32)}}
     ocp.PyTreeCheckpointer().save(step_dir / "state", state)
-    checkpointing.write_manifest(step_dir, 3)
+    arrays = sealing.fingerprints(state, prefix="state")
+    checkpointing.write_manifest(step_dir, 3, arrays, array_items=("state",))
     return step_dir
 
 

@@ -16,7 +16,13 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    is_vocab_param,
+    pad_vocab_rows,
+    trim_vocab_rows,
+)
 from bert_jax.untrusted import check_file_size, checkpoint_byte_limit, read_json_object, shown
 
 # (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)
@@ -223,10 +229,13 @@ def check_hf_tensors(
             continue
         shape, dtype = specs[found]
         shape = tuple(reversed(shape)) if transpose else tuple(shape)
-        if shape != shapes[ours].shape:
+        expected = shapes[ours].shape
+        if is_vocab_param(ours):  # checkpoints hold vocab_size rows; bert_jax pads them
+            expected = (config.vocab_size, *expected[1:])
+        if shape != expected:
             raise UserError(
                 f"{source}: parameter {spelled(found)} (bert_jax {'/'.join(ours)}) has shape "
-                f"{shape}, but its config implies {shapes[ours].shape}"
+                f"{shape}, but its config implies {expected}"
             )
         if dtype not in _FLOAT_DTYPES:
             raise UserError(
@@ -267,6 +276,8 @@ def params_from_hf_tensors(
             continue
         value = weights[found]
         flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+        if is_vocab_param(ours) and flat[ours].shape[0] == config.vocab_size:
+            flat[ours] = pad_vocab_rows(config, flat[ours])  # bert_jax's zero padding rows
         names[ours] = found
     if missing_encoder:
         raise UserError(
@@ -321,6 +332,8 @@ def iter_hf_tensors(config: BertConfig, params: dict) -> Iterator[tuple[str, np.
         if ours not in flat:
             raise UserError(f"parameter {'/'.join(ours)} missing from the tree being exported")
         value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
+        if is_vocab_param(ours):
+            value = trim_vocab_rows(config, value)  # drop bert_jax's padding rows
         yield hf_name, np.ascontiguousarray(value.T if transpose else value)
 
 

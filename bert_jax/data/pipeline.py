@@ -39,9 +39,10 @@ the packer's pool: a ~1000-document window fills rows to ~99% on short documents
 
 Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
 `dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats
-epoch e - dupe_factor exactly. The validation split is deterministic and finite; every process
-builds all of it and keeps its rows of each global batch, so all processes see the same number of
-batches (the last partial global batch is dropped).
+epoch e - dupe_factor exactly. The validation split is deterministic and finite; each process
+reads its own share of its documents, as in training, in one order fixed by the seed, and builds
+and batches only its own rows (the last partial batch is dropped). Shares then hold different
+numbers of batches: the evaluation loop stops when any process runs out (`train_lib.evaluate`).
 
 The iterator is a grain `DatasetIterator`: `get_state()` returns a JSON-serialisable dict and
 `set_state(state)` resumes at exactly the next batch.
@@ -389,17 +390,8 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         return {**self.__dict__, "_order_cache": {}, "_cache": None, "_window_cache": None}
 
 
-@dataclasses.dataclass(frozen=True)
-class _ProcessRows(grain.transforms.Map):
-    start: int
-    stop: int
-
-    def map(self, batch):
-        return {name: value[self.start : self.stop] for name, value in batch.items()}
-
-
 def process_documents(num_documents: int, process_index: int, process_count: int) -> np.ndarray:
-    """Indices of the training documents that process `process_index` reads (a strided share)."""
+    """Indices of the documents (of either split) process `process_index` reads: a strided share."""
     return np.arange(process_index, num_documents, process_count)
 
 
@@ -415,8 +407,8 @@ def make_example_chunks(
     """Chunks of examples (dicts of arrays with a leading example dimension), epoch after epoch.
 
     Element c holds one chunk of the shuffled examples of a window of documents; `len()` is the
-    number of chunks over all epochs (sys.maxsize when infinite). Train: this process's
-    documents; validation: all documents, in one order fixed by the seed.
+    number of chunks over all epochs (sys.maxsize when infinite). Both splits read this process's
+    share of the documents; validation in one order fixed by the seed.
     """
     if split not in ("train", "validation"):
         raise UserError(f"unknown split {split!r}: use 'train' or 'validation'")
@@ -436,11 +428,9 @@ def make_example_chunks(
     tokenizer = prepared.tokenizer()
     source = prepared.data_source(split)
     train = split == "train"
-    documents = np.arange(len(source))
-    if train:
-        documents = process_documents(len(source), process_index, process_count)
-        if len(documents) == 0:
-            raise UserError(f"process {process_index} has no documents: the corpus is too small")
+    documents = process_documents(len(source), process_index, process_count)
+    if train and len(documents) == 0:
+        raise UserError(f"process {process_index} has no documents: the corpus is too small")
     to_examples = _ChunkExamples(
         source=source,
         documents=documents,
@@ -448,7 +438,7 @@ def make_example_chunks(
         chunk_size=data_config.documents_per_chunk,
         passes=None if data_config.dynamic_masking or not train else data_config.dupe_factor,
         seed=seed,
-        process_index=process_index if train else 0,
+        process_index=process_index,
         options=example_options(data_config),
         vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
         cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
@@ -537,17 +527,7 @@ def make_pretraining_dataset(
             grain.MultiprocessingOptions(num_workers=data_config.worker_count)
         )
     local_batch_size = global_batch_size // process_count
-    if split == "train":
-        return grain.experimental.RebatchIterDataset(
-            examples, local_batch_size, drop_remainder=True
-        )
-    batches = grain.experimental.RebatchIterDataset(
-        examples, global_batch_size, drop_remainder=True
-    )
-    if process_count == 1:
-        return batches
-    first = process_index * local_batch_size
-    return batches.map(_ProcessRows(first, first + local_batch_size))
+    return grain.experimental.RebatchIterDataset(examples, local_batch_size, drop_remainder=True)
 
 
 def make_pretraining_iterator(
@@ -574,6 +554,8 @@ def make_pretraining_iterator(
     int32 [b, S] (`packed_examples.pack_examples`; attention_mask is segment_ids > 0).
     Train repeats forever unless `num_epochs` is given; validation defaults to one epoch.
     The same seed gives the same batches; `get_state()`/`set_state()` checkpoint the position.
+    process_index / process_count: the share of the batch this process feeds
+    (`sharding.batch_share`: the process index and count unless hosts share rows).
     """
     dataset = make_pretraining_dataset(
         data_config,

@@ -282,6 +282,7 @@ def prepare(
     final = dataset_dir(data_dir, spec.name)
     if (final / META_FILE).exists():
         return open_prepared(os.fspath(final))
+    load_segmenter(spec.word_segmenter)  # a bad --word_segmenter fails here, not in a worker
     start = time.perf_counter()
     units = plan_units(spec.files, unit_bytes)
     # Locally: written beside the final directory, renamed into place when complete. On gs://
@@ -304,56 +305,29 @@ def prepare(
         output_dir=os.fspath(scratch),
         num_units=len(units),
     )
-    load_segmenter(spec.word_segmenter)  # a bad --word_segmenter fails here, not in a worker
-    num_workers = num_workers or workers.default_workers()
-    total = sum(f.size for f in spec.files)
-    runner = f"Beam ({beam_pipeline_options})" if beam_pipeline_options else ""
+    num_workers = min(num_workers or workers.default_workers(), len(units))
+    runner = f"Beam ({beam_pipeline_options})" if beam_pipeline_options else "local"
     if show_progress:
-        how = runner or f"{min(num_workers, len(units))} worker(s)"
-        print(f"preparing {total / 1e6:,.1f} MB in {len(spec.files)} file(s) into {final}: {how}")
+        how = runner if beam_pipeline_options else f"{num_workers} worker(s)"
+        size = sum(f.size for f in spec.files) / 1e6
+        print(f"preparing {size:,.1f} MB in {len(spec.files)} file(s) into {final}: {how}")
     try:
         if beam_pipeline_options:
             results, peak = beam.run_units(task, units, beam_pipeline_options), 0
         else:
             results, peak = workers.run_units(task, units, num_workers, show_progress)
         report = _finish(spec, results, scratch)
-        report.workers = 0 if beam_pipeline_options else min(num_workers, len(units))
+        report.workers = 0 if beam_pipeline_options else num_workers
         report.seconds, report.peak_rss_bytes = time.perf_counter() - start, peak
         report.check_clean(allow_dirty_corpus, insist)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "name": spec.name,
-            "input_patterns": list(spec.patterns),
-            "input_files": [dataclasses.asdict(f) for f in spec.files],
-            "settings": dataclasses.asdict(spec.settings),
-            "vocab_file": spec.vocab_file,
-            "vocab_size": spec.tokenizer.vocab_size,
-            "word_boundaries": spec.settings.word_segmenter != "none",
-            "units": len(units),
-            "runner": runner or "local",
-            "report": report.as_dict(),
-            "examples": {
-                split: count
-                for split, count in (
-                    ("train", report.train_documents),
-                    ("validation", report.validation_documents),
-                )
-                if count
-            },
-        }
+        meta = _metadata(spec, report, len(units), runner)
         description = f"{len(spec.files)} file(s) from {spec.files[0].path}"
         write_metadata(os.fspath(scratch), results, meta["word_boundaries"], description)
         vocab = "".join(t + "\n" for t in spec.tokenizer.vocab)
         (scratch / VOCAB_FILE).write_text(vocab, encoding="utf-8")
-        (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
-        if in_place:
-            pass
-        elif (final / META_FILE).exists():  # another process prepared it meanwhile
-            scratch.rmtree()
-        else:
-            if final.exists():
-                final.rmtree()  # an incomplete leftover
-            scratch.rename(final)
+        (scratch / META_FILE).write_text(json.dumps(meta, indent=1))  # complete from here on
+        if not in_place:
+            _move_into_place(scratch, final)
     except BaseException:
         if scratch.exists():
             scratch.rmtree()
@@ -361,6 +335,34 @@ def prepare(
     corpus = open_prepared(os.fspath(final))
     corpus.built_now = True
     return corpus
+
+
+def _metadata(spec: CorpusSpec, report: CorpusReport, units: int, runner: str) -> dict:
+    """corpus.json: what the dataset was made from, and its counts."""
+    examples = {"train": report.train_documents, "validation": report.validation_documents}
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "input_patterns": list(spec.patterns),
+        "input_files": [dataclasses.asdict(f) for f in spec.files],
+        "settings": dataclasses.asdict(spec.settings),
+        "vocab_file": spec.vocab_file,
+        "vocab_size": spec.tokenizer.vocab_size,
+        "word_boundaries": spec.settings.word_segmenter != "none",
+        "units": units,
+        "runner": runner,
+        "report": report.as_dict(),
+        "examples": {split: count for split, count in examples.items() if count},
+    }
+
+
+def _move_into_place(scratch: epath.Path, final: epath.Path) -> None:
+    if (final / META_FILE).exists():  # another process prepared it meanwhile
+        scratch.rmtree()
+        return
+    if final.exists():
+        final.rmtree()  # an incomplete leftover
+    scratch.rename(final)
 
 
 def _finish(spec: CorpusSpec, results: list[dict], scratch: epath.Path) -> CorpusReport:

@@ -28,7 +28,7 @@ from bert_jax.data.corpus.words import Segmenter, encode_segmented
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 
-_BLOCK_BYTES = 1 << 24  # text decoded and tokenized at a time (bounds a reader's memory)
+_BLOCK_BYTES = 1 << 22  # text decoded and tokenized at a time: ~0.25 GB peak per reader
 _SCAN_BYTES = 1 << 20  # read at a time while looking for a blank line to cut a file at
 _MIN_UNIT_BYTES, _MAX_UNIT_BYTES = 1 << 20, 1 << 26
 _REPLACEMENT_CHAR_UTF8 = "\ufffd".encode()
@@ -205,7 +205,7 @@ def _split_long_line(line: str, limit: int) -> list[str]:
 
 
 def _read_blocks(unit: Unit, on_bytes: Callable[[int], None]) -> Iterator[tuple[bytes, str]]:
-    """Yields (raw block, decoded text) per ~16 MB block ending at a newline (or the unit's end).
+    """Yields (raw block, decoded text) per ~4 MB block ending at a newline (or the unit's end).
 
     A block never ends inside a line, and no UTF-8 sequence holds a newline byte, so decoding
     (invalid bytes become U+FFFD) does not depend on where blocks or units are cut.
