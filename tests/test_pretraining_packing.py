@@ -13,15 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import write_short_documents
+from conftest import demo_config, write_short_documents
 
 from bert_jax import chips, plan_lib, sharding
-from bert_jax.config_lib import add_optimizer_defaults
+from bert_jax.config_lib import add_optimizer_defaults, vocab_size
 from bert_jax.data import packed_examples, pipeline, pretraining
 from bert_jax.errors import UserError
 from bert_jax.metrics import pretraining_flops_per_example
 from bert_jax.modeling import BertConfig, BertForPreTraining
 from bert_jax.plan import format_plan
+from bert_jax.train_lib import evaluate
 from bert_jax.train_step import (
     SUM_METRICS,
     batch_shapes,
@@ -291,11 +292,16 @@ def test_packed_batches_have_bounded_shapes(data_config):
             assert batch["segment_ids"].max() <= PER_ROW
 
 
-def test_an_epoch_packed_holds_the_examples_of_an_epoch_unpacked(data_config):
-    """The same examples (token for token); masks are drawn per chunk, so they differ."""
+@pytest.mark.parametrize("split, share", [("train", (0, 1)), ("validation", (1, 2))])
+def test_an_epoch_packed_holds_the_examples_of_an_epoch_unpacked(data_config, split, share):
+    """The same examples (token for token), in training and in a process's share of the
+    validation split; masks are drawn per chunk, so they differ."""
 
     def epoch_examples(config):
-        chunks = pipeline.make_example_chunks(config, split="train", seed=4, num_epochs=1)
+        index, count = share
+        chunks = pipeline.make_example_chunks(
+            config, split=split, seed=4, num_epochs=1, process_index=index, process_count=count
+        )
         parts = [chunks[i] for i in range(len(chunks))]
         if config.packing:
             parts = [packed_examples.unpack_examples(p, 40) for p in parts]
@@ -328,3 +334,40 @@ def test_packed_iterator_resumes_exactly(data_config):
         for name in pipeline.PACKED_FIELDS:
             np.testing.assert_array_equal(got[name], want[name])
     assert not np.array_equal(next(make())["input_ids"], expected[0]["input_ids"])
+
+
+def test_packed_evaluation_in_eval_microbatches(data_config):
+    """Packed held-out rows go through evaluate's eval_batch_size microbatches: the same 16
+    rows give the same metrics as 8 steps of 2 rows or 2 steps of 8."""
+    config = demo_config("test")
+    config.data = _packed(data_config)
+    config.model.max_position_embeddings = 256
+    config.model.vocab_size = vocab_size(config.data.vocab_file)
+    config.mesh.data = 2
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:2])
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        params = pretrainer.init(jax.random.key(0)).params
+    step = pretrainer.eval_step
+    shapes = []
+
+    def recording(params, batch):
+        shapes.append({k: v.shape for k, v in batch.items()})
+        return step(params, batch)
+
+    pretrainer.eval_step = recording
+    results = []
+    for overrides in (
+        dict(grad_accum_steps=4, eval_steps=8),
+        dict(eval_batch_size=8, eval_steps=2),
+    ):
+        run = config.copy_and_resolve_references()
+        run.update(overrides)
+        with jax.set_mesh(mesh):
+            results.append(evaluate(pretrainer, params, run))
+    small, big = results
+    assert small["eval_batches"] == 8 and big["eval_batches"] == 2
+    assert [s["input_ids"] for s in shapes] == [(2, 256)] * 8 + [(8, 256)] * 2
+    assert {s["next_sentence_labels"] for s in shapes} == {(2, PER_ROW), (8, PER_ROW)}
+    for key in ("eval_loss", "eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"):
+        assert small[key] == pytest.approx(big[key], rel=1e-5), key
