@@ -103,10 +103,6 @@ def _pretrain_args(cloud, workdir, data_dir=None):
     ]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the corpus-preparation helper (issue 13 point 3): prepare reading gs:// text",
-)
 def test_prepare_reads_text_on_gs(cloud):
     bucket = cloud["bucket"]
     result = _run(
@@ -175,16 +171,11 @@ def test_pretrain_on_gs_is_preempted_and_resumes_exactly(cloud):
     assert epath.Path(run, "checkpoints", str(STEPS), "bert_jax_manifest.json").exists()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the corpus-preparation helper (issue 13 point 3): training reads the prepared "
-    "dataset on gs:// (ArrayRecord's reader hangs on gs:// through the emulator today)",
-)
 def test_pretrain_reads_prepared_data_on_gs(cloud):
     bucket = cloud["bucket"]
     data_dir = epath.Path(f"gs://{bucket}/data")
     if not (data_dir.exists() and list(data_dir.iterdir())):
-        pytest.xfail("no prepared data on gs:// (test_prepare_reads_text_on_gs did not pass)")
+        pytest.fail("no prepared data on gs:// (test_prepare_reads_text_on_gs did not pass)")
     args = _pretrain_args(cloud, f"gs://{bucket}/from_gs_data", data_dir=str(data_dir))
     args += [f"--config.data.input_files=gs://{bucket}/corpus/*.txt", "--config.num_train_steps=4"]
     result = _run(cloud, args, timeout=120, stage="pretrain_from_gs_data")
