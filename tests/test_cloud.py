@@ -35,7 +35,7 @@ RUN_FLAGS = [
     "--config.eval_every_steps=8",
     "--config.data.show_progress=False",
 ]
-TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "examples_per_sec", "mfu"}
+TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "examples_per_sec", "mfu"}
 
 
 @pytest.fixture(scope="module")
