@@ -11,6 +11,7 @@ import pathlib
 import ml_collections
 
 from bert_jax import sharding
+from bert_jax.data.packed_examples import sequences_per_row
 from bert_jax.errors import UserError
 from bert_jax.modeling import PRESETS, BertConfig
 from bert_jax.optim import OPTIMIZERS, SCHEDULES
@@ -185,6 +186,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"masked_lm_prob {data.masked_lm_prob} needs at max_seq_length "
             f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
         )
+    sequences_per_row(data)  # raises on a packed row of no sequences
     if config.warmup_steps > config.num_train_steps:
         raise UserError(
             f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}"

@@ -127,11 +127,18 @@ def format_plan(plan) -> str:
         "",
         f"step time  roofline estimate: compute {_seconds(t['compute'])}, HBM {_seconds(t['hbm'])},"
         f" collectives {_seconds(t['collectives'])} -> {_seconds(t['step'])} ({plan.bound}-bound)",
-        f"estimate   {plan.examples_per_second:,.0f} examples/s, MFU {plan.estimated_mfu:.1%} "
+        f"estimate   {plan.examples_per_second:,.0f} {_rows(plan)}/s, MFU {plan.estimated_mfu:.1%} "
         f"(peak {_si(chip.peak_flops * plan.num_devices, 'FLOP/s')}); compiled in "
         f"{plan.compile_seconds:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def _rows(plan) -> str:
+    """What a batch row is: an example, or packed rows of several."""
+    if plan.sequences_per_row is None:
+        return "examples"
+    return f"packed rows (up to {plan.sequences_per_row} examples each)"
 
 
 def _eval_lines(plan) -> list[str]:

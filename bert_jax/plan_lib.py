@@ -25,6 +25,7 @@ from jax.extend.core import Literal
 
 from bert_jax import chips, sharding
 from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
+from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.errors import UserError
 from bert_jax.hlo_collectives import parse_collectives, summarize_collectives
 from bert_jax.metrics import pretraining_flops_per_example
@@ -165,6 +166,7 @@ class Plan:
     bound: str = ""
     compile_seconds: float = 0.0
     error: str = ""  # the compiler's message when it refused (out of HBM)
+    sequences_per_row: int | None = None  # data.packing: up to this many examples per row
     eval_batch_size: int = 0  # global rows per eval step
     eval_memory: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_error: str = ""
@@ -197,6 +199,7 @@ class Plan:
 
     @property
     def examples_per_second(self) -> float:
+        """Rows per second: examples, or with packing rows of up to sequences_per_row."""
         return self.batch_size / self.estimated_step_time_s
 
     def to_json(self) -> dict:
@@ -337,8 +340,9 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
         },
         flops_6nt=6.0 * (num_params - _embedding_param_count(state.params)) * tokens,
         model_flops_per_step=config.batch_size * pretraining_flops_per_example(
-            pretrainer.model_config, seq_len, int(config.data.max_predictions_per_seq)
+            pretrainer.model_config, seq_len, batch_predictions(config.data)
         ),
+        sequences_per_row=sequences_per_row(config.data),
         eval_batch_size=eval_batch_size(config),
     )  # fmt: skip
     started = time.perf_counter()

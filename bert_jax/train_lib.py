@@ -18,6 +18,7 @@ from bert_jax import checkpointing, distributed, sharding
 from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
 from bert_jax.data import pipeline
 from bert_jax.data.corpus import describe
+from bert_jax.data.packed_examples import batch_predictions
 from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
 from bert_jax.train_step import (
     SUM_METRICS,
@@ -138,6 +139,21 @@ def train_and_evaluate(config, workdir) -> TrainState:
     return state
 
 
+def throughput(steps_per_sec: float, tokens_per_step: int, sums: dict, steps: int) -> dict:
+    """Rates from steps/s and the summed metrics of `steps` steps: tokens_per_sec counts every
+    position (padding included), real_tokens_per_sec the tokens of examples, padding_fraction
+    the share of positions that are padding, examples_per_sec the examples (several per packed
+    row)."""
+    padding = 1.0 - sums["real_tokens"] / max(steps * tokens_per_step, 1)
+    return {
+        "steps_per_sec": steps_per_sec,
+        "tokens_per_sec": steps_per_sec * tokens_per_step,
+        "real_tokens_per_sec": steps_per_sec * tokens_per_step * (1.0 - padding),
+        "padding_fraction": padding,
+        "examples_per_sec": steps_per_sec * sums["nsp_count"] / max(steps, 1),
+    }
+
+
 def _run_loop(
     config,
     pretrainer,
@@ -150,8 +166,9 @@ def _run_loop(
     pending_metrics,
 ):
     writer = MetricWriter(workdir)
+    # Per batch row (padding and all the examples of a packed row included).
     model_flops = pretraining_flops_per_example(
-        pretrainer.model_config, config.data.max_seq_length, config.data.max_predictions_per_seq
+        pretrainer.model_config, config.data.max_seq_length, batch_predictions(config.data)
     )
     peak = config.peak_flops_per_device or peak_flops_per_device(
         cpu_peak_flops=config.cpu_peak_flops
@@ -190,17 +207,12 @@ def _run_loop(
                 fetched = jax.device_get(pending)
                 elapsed = time.perf_counter() - last_log_time - excluded_time
                 steps_done = step - last_log_step
-                sums = {k: float(sum(m[k] for m in fetched)) for k in SUM_METRICS}
+                sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
                 scalars = metrics_from_sums(sums)
                 scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
                 scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
                 steps_per_sec = steps_done / max(elapsed, 1e-9) if steps_done else float("nan")
-                scalars["steps_per_sec"] = steps_per_sec
-                scalars["tokens_per_sec"] = steps_per_sec * tokens_per_step  # padding included
-                real = sums["real_tokens"] / (len(fetched) * tokens_per_step)
-                scalars["real_tokens_per_sec"] = scalars["tokens_per_sec"] * real
-                scalars["padding_fraction"] = 1.0 - real
-                scalars["examples_per_sec"] = steps_per_sec * config.batch_size
+                scalars.update(throughput(steps_per_sec, tokens_per_step, sums, len(fetched)))
                 scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
                 writer.write(step, scalars)
                 bar.set_postfix(

@@ -19,12 +19,14 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import BertConfig, BertForPreTraining
 from bert_jax.optim import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS_2D = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_KEYS_P = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")  # packed rows only
 
 # Sums and counts: exact across devices and accumulation steps; ratios are taken on the host.
 SUM_METRICS = (
@@ -50,18 +52,42 @@ def model_config_from(config) -> BertConfig:
 
 
 def batch_shapes(config, global_batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    b = int(global_batch or config.batch_size)
-    t, p = int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+    """The pipeline's batch (`make_pretraining_iterator`): b rows of t = max_seq_length, p masked
+    positions per row; packed (data.packing) with s = max_sequences_per_row examples per row."""
+    b, t = int(global_batch or config.batch_size), int(config.data.max_seq_length)
+    p, s = batch_predictions(config.data), sequences_per_row(config.data)
     shapes = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in BATCH_KEYS_2D}
     shapes["masked_lm_positions"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
     shapes["masked_lm_ids"] = jax.ShapeDtypeStruct((b, p), jnp.int32)
     shapes["masked_lm_weights"] = jax.ShapeDtypeStruct((b, p), jnp.float32)
-    shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+    if s is None:
+        shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        return shapes
+    shapes["next_sentence_labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    shapes["next_sentence_weights"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
+    shapes["segment_ids"] = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    shapes["position_ids"] = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    shapes["cls_positions"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
     return shapes
 
 
+def nsp_weights(batch) -> jax.Array | None:
+    """Which NSP labels are real examples: next_sentence_weights [B, S] of packed rows, None
+    (every label: one example per row) otherwise."""
+    return batch.get("next_sentence_weights")
+
+
+def example_count(batch) -> jax.Array:
+    """Examples in a batch, float32: rows, or the filled slots of packed rows."""
+    weights = nsp_weights(batch)
+    if weights is None:
+        return jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)
+    return jnp.sum(weights.astype(jnp.float32))
+
+
 def pretraining_sums(output, batch) -> dict[str, jax.Array]:
-    """Loss sums and counts for one (micro)batch; float32.
+    """Loss sums and counts for one (micro)batch; float32. Per masked token (mlm_*) and per
+    example (nsp_*), packed rows or not; real_tokens counts the positions that are not padding.
 
     The masked-LM terms never materialise log-probabilities, an argmax or (in the backward pass)
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
@@ -78,29 +104,40 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)  # [B, P]
     token_log_prob = label_logit - log_normalizer
     mlm_correct = (label_logit >= max_logit).astype(jnp.float32) * weights
-    nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B, 2]
-    labels = batch["next_sentence_labels"]
-    nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]  # [B]
-    return {
+    nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B(, S), 2]
+    labels = batch["next_sentence_labels"]  # [B], packed [B, S]
+    nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[..., None], axis=-1)[..., 0]
+    nsp_correct = (jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)
+    slots = nsp_weights(batch)
+    if slots is not None:  # packed: empty slots count for nothing
+        slots = slots.astype(jnp.float32)
+        nsp_nll, nsp_correct = nsp_nll * slots, nsp_correct * slots
+    sums = {
         "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
         "mlm_correct": jnp.sum(mlm_correct),
         "mlm_weight": jnp.sum(weights),
         "nsp_loss_sum": jnp.sum(nsp_nll),
-        "nsp_correct": jnp.sum((jnp.argmax(nsp_log_probs, -1) == labels).astype(jnp.float32)),
-        "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
+        "nsp_correct": jnp.sum(nsp_correct),
+        "nsp_count": example_count(batch),
     }
+    if "attention_mask" in batch:  # every pipeline batch; a bare loss computation may omit it
+        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
+    return sums
 
 
 def pretraining_forward(model: BertForPreTraining, params, batch: dict, dropout_rng=None):
-    """The model on a pretraining batch; dropout on when a dropout_rng is given."""
+    """The model on a pretraining batch (packed rows too); dropout on when a dropout_rng is
+    given."""
+    packed = {k: batch[k] for k in PACKING_KEYS if k in batch}
     return model.apply(
         {"params": params},
         batch["input_ids"],
         batch["token_type_ids"],
-        batch["attention_mask"],
+        None if packed else batch["attention_mask"],  # segment_ids mask padding out
         batch["masked_lm_positions"],
         deterministic=dropout_rng is None,
         rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+        **packed,
     )
 
 
@@ -159,7 +196,7 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
         mlm_total = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
-        nsp_total = jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)
+        nsp_total = jnp.maximum(example_count(batch), 1.0)
 
         def loss_fn(params, micro, dropout_rng):
             sums = pretraining_sums(pretraining_forward(model, params, micro, dropout_rng), micro)
@@ -169,7 +206,6 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         step_rng = jax.random.fold_in(rng, state.step)
         with nn.logical_axis_rules(rules):
             sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
-        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
         return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):

@@ -1,5 +1,6 @@
 """Shared test setup: 8 fake CPU devices for mesh tests, and the shared data folder."""
 
+import gzip
 import os
 import pathlib
 
@@ -7,6 +8,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,6 +43,20 @@ def tf():
     )
     tf.get_logger().setLevel("ERROR")
     return tf
+
+
+def write_short_documents(path: pathlib.Path, documents: int = 1000) -> pathlib.Path:
+    """A corpus of short documents (1 to 3 verses of the bundled KJV each, as reviews or posts),
+    for packing: several examples fit in a row of 256."""
+    from bert_jax.data.pipeline import BUNDLED_CORPUS
+
+    with gzip.open(BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+        verses = [line.strip() for line in f if line.strip()]
+    sizes = np.random.RandomState(0).randint(1, 4, documents)
+    ends = np.cumsum(sizes)
+    text = ["\n".join(verses[e - s : e]) for s, e in zip(sizes, ends, strict=True)]
+    path.write_text("\n\n".join(text) + "\n", encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")

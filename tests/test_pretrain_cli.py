@@ -99,16 +99,22 @@ def test_tiny_pretraining_run_end_to_end(tiny_run):
             "learning_rate",
             "grad_norm",
             "tokens_per_sec",
+            "real_tokens_per_sec",
+            "padding_fraction",
             "examples_per_sec",
             "mfu",
         ):
             assert key in record
         assert record["loss"] == pytest.approx(record["mlm_loss"] + record["nsp_loss"])
         assert 0.0 <= record["mlm_accuracy"] <= 1.0
-        assert record["tokens_per_sec"] > 0
-        assert 0.0 <= record["padding_fraction"] < 1.0
-        real = record["tokens_per_sec"] * (1.0 - record["padding_fraction"])
-        assert record["real_tokens_per_sec"] == pytest.approx(real)
+        # At 64 most examples fill their row (google's truncation): some logged steps hold none
+        # of padding, others some (checked below).
+        assert record["tokens_per_sec"] >= record["real_tokens_per_sec"] > 0
+        assert 0 <= record["padding_fraction"] < 1
+        assert record["real_tokens_per_sec"] == pytest.approx(
+            record["tokens_per_sec"] * (1 - record["padding_fraction"])
+        )
+    assert max(r["padding_fraction"] for r in train) > 0
     # lr 1e-3, 2 warmup steps, linear decay to 0 at step 6; logged: the last step's lr.
     lrs = [r["learning_rate"] for r in train]
     assert lrs == pytest.approx([5e-4, 7.5e-4, 2.5e-4])

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, pipeline, pretraining
+from bert_jax.data import corpus, packed_examples, pipeline, pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 
@@ -45,26 +45,43 @@ def _chunks(documents):
         )
 
 
-def _examples(kjv, **options):
+def _packed_examples(chunk, seed, options, vocab):
+    """`create_examples`, but built as packed rows (16 per row at most) and unpacked again."""
+    tokens, lengths, sizes = chunk
+    pairs = pretraining.pair_tokens(lengths, sizes, [*seed, 0], options)
+    slots = packed_examples.pack_pairs(pairs, [*seed, 2], options, 16)
+    source = pretraining.token_source(tokens, options, vocab)
+    rows = packed_examples.build_packed_examples(source, pairs, slots, [*seed, 1], options, vocab)
+    return packed_examples.unpack_examples(rows, options.max_predictions_per_seq, vocab.pad_id)
+
+
+def _examples(kjv, packed=False, **options):
     tokenizer, documents = kjv
     options = pretraining.ExampleOptions(**options)
     vocab = pretraining.Vocabulary.from_tokenizer(tokenizer)
+    make = _packed_examples if packed else pretraining.create_examples
     parts = [
-        pretraining.create_examples(*chunk, [seed, i], options, vocab)
+        make(chunk, [seed, i], options, vocab)
+        if packed
+        else make(*chunk, [seed, i], options, vocab)
         for seed in range(PASSES)
         for i, chunk in enumerate(_chunks(documents))
     ]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-@pytest.fixture(scope="module")
-def examples(kjv):
-    return _examples(kjv)
+# The statistics hold for examples one per row and for examples packed several per row.
+LAYOUTS = dict(params=[False, True], ids=["one_per_row", "packed"])
 
 
-@pytest.fixture(scope="module")
-def whole_word_examples(kjv):
-    return _examples(kjv, whole_word_masking=True)
+@pytest.fixture(scope="module", **LAYOUTS)
+def examples(kjv, request):
+    return _examples(kjv, packed=request.param)
+
+
+@pytest.fixture(scope="module", **LAYOUTS)
+def whole_word_examples(kjv, request):
+    return _examples(kjv, packed=request.param, whole_word_masking=True)
 
 
 def test_random_next_fraction_is_one_half(examples):
@@ -200,7 +217,9 @@ def test_whole_word_masking_never_splits_a_word(whole_word_examples, kjv):
     both = glued & masked[:, 1:]
     is_mask = batch["input_ids"] == tokenizer.mask_id
     assert both.sum() > 1000
-    np.testing.assert_array_equal(is_mask[:, 1:][both], is_mask[:, :-1][both])
+    # (A random replacement is itself [MASK] once in vocab_size draws: a rare disagreement.)
+    disagree = np.sum(is_mask[:, 1:][both] != is_mask[:, :-1][both])
+    assert disagree <= 3, disagree  # per-piece draws would disagree on about a third
     predictions = batch["masked_lm_weights"].sum(1)
     budget = np.minimum(20, np.round(batch["attention_mask"].sum(1) * 0.15))
     assert np.all(predictions <= budget) and predictions.mean() > 0.97 * budget.mean()

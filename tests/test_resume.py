@@ -4,7 +4,7 @@ One workdir goes through three processes: killed with SIGKILL after its step-10 
 resumed and stopped with SIGTERM at whatever step it reached, resumed again to the end. Every
 logged metric (train and eval, timing aside) must equal the unbroken run's to 1e-6 relative.
 Checkpoints taken inside a logging window (log_every_steps=3) check that a resumed run logs the
-same averages as the unbroken one.
+same averages as the unbroken one. Both with one example per row and with packed rows.
 """
 
 import importlib.util
@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_short_documents
 
 from bert_jax.checkpointing import load_params_for_init
 from bert_jax.metrics import read_metrics
@@ -28,6 +28,14 @@ STEPS = 30
 CHECKPOINT_EVERY = 5
 LOG_EVERY = 3  # checkpoints fall inside log windows: a resumed run must log the same averages
 TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "examples_per_sec", "mfu"}
+# Packed rows (issue 16): short documents, several examples per row of 256.
+PACKED = [
+    "--config.data.packing=True",
+    "--config.data.max_sequences_per_row=4",
+    "--config.data.max_seq_length=256",
+    "--config.data.max_predictions_per_seq=40",
+    "--config.model.max_position_embeddings=256",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,8 @@ def compile_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The bundled corpus tokenized once for every run of this module."""
+    """(data_dir, short documents): the bundled corpus and a corpus of short documents (for
+    packing), tokenized once for every run of this module."""
     spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -48,11 +57,16 @@ def data_dir(tmp_path_factory):
     from bert_jax.data import pipeline
 
     pipeline.prepare_data(config.data)
-    return config.data.data_dir
+    short = write_short_documents(tmp_path_factory.mktemp("short") / "short.txt")
+    config.data.input_files = str(short)
+    pipeline.prepare_data(config.data)
+    return config.data.data_dir, str(short)
 
 
-def start_pretrain(workdir, data_dir, compile_cache, log_name):
-    """The CLI on the tiny config, 1 CPU device, output to workdir/../<log_name>.{out,err}."""
+def start_pretrain(workdir, data_dir, compile_cache, log_name, packed=False):
+    """The CLI on the tiny config, 1 CPU device, output to workdir/../<log_name>.{out,err};
+    packed: on the short documents, several examples per row."""
+    data_dir, short_documents = data_dir
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -77,6 +91,8 @@ def start_pretrain(workdir, data_dir, compile_cache, log_name):
         f"--config.log_every_steps={LOG_EVERY}",
         "--config.eval_every_steps=10",
     ]
+    if packed:
+        cmd += [*PACKED, f"--config.data.input_files={short_documents}"]
     logs = workdir.parent / log_name
     process = subprocess.Popen(
         cmd,
@@ -124,14 +140,18 @@ def resumed_step(output: str, workdir) -> int:
     return int(found[0])
 
 
-def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache):
+@pytest.mark.parametrize("packed", [False, True], ids=["one_per_row", "packed"])
+def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache, packed):
+    def start(workdir, log_name):
+        return start_pretrain(workdir, data_dir, compile_cache, log_name, packed)
+
     reference_dir, broken_dir = tmp_path / "unbroken", tmp_path / "broken"
-    reference = start_pretrain(reference_dir, data_dir, compile_cache, "unbroken")
+    reference = start(reference_dir, "unbroken")
     # The unbroken run goes on alongside once it has compiled (and filled the cache).
     wait_until(lambda: metric_line_count(reference_dir) > 0, reference, "the first log")
 
     # 1. SIGKILL once the step-10 checkpoint is sealed, while later steps are running.
-    first = start_pretrain(broken_dir, data_dir, compile_cache, "first")
+    first = start(broken_dir, "first")
     sealed = broken_dir / "checkpoints" / "10" / "bert_jax_manifest.json"
     wait_until(sealed.exists, first, "the step-10 checkpoint")
     first.send_signal(signal.SIGKILL)
@@ -143,7 +163,7 @@ def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache):
 
     # 2. Resume; SIGTERM after it has logged two more windows; it saves and exits cleanly.
     offset = metric_line_count(broken_dir)
-    second = start_pretrain(broken_dir, data_dir, compile_cache, "second")
+    second = start(broken_dir, "second")
     wait_until(lambda: train_records_after(broken_dir, offset) >= 2, second, "two new logs")
     second.send_signal(signal.SIGTERM)
     out = finish(second)
@@ -156,7 +176,7 @@ def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache):
     assert first_resume < stop_step < STEPS
 
     # 3. The same command again continues from the preemption step to the end.
-    third = start_pretrain(broken_dir, data_dir, compile_cache, "third")
+    third = start(broken_dir, "third")
     out = finish(third)
     assert third.returncode == 0, open(f"{third.logs}.err").read()[-3000:]
     assert resumed_step(out, broken_dir) == stop_step
@@ -167,6 +187,9 @@ def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache):
     want, got = read_metrics(reference_dir), read_metrics(broken_dir)
     assert [r["step"] for r in got] == [r["step"] for r in want]
     assert len(want) == STEPS // LOG_EVERY + STEPS // 10  # and an evaluation every 10 steps
+    padding = [r["padding_fraction"] for r in want if "padding_fraction" in r]
+    assert len(padding) == STEPS // LOG_EVERY
+    assert max(padding) < 0.15 if packed else min(padding) > 0.0  # packed rows are full
     worst = 0.0
     for w, g in zip(want, got, strict=True):
         assert set(w) == set(g)

@@ -29,9 +29,13 @@ from a 1024-document window comes from about 230 documents (the reference: about
 shuffled per 64-document chunk gave under 64 plus the chunks a batch straddles: 75 on KJV). A
 window of a single document (a share of one) makes no random-next pairs, and says so.
 
-Packing several examples per row, when it comes, belongs where a window is planned:
-`pair_tokens` gives the lengths of thousands of examples (a_length + b_length + 3) before any is
-assembled, so a packer can order a window's pairs into rows and `build_examples` assemble them.
+With `packing` (Krell et al. 2021) a row holds several examples. A window's pairs are planned as
+above (the same examples as unpacked), then packed: best-fit decreasing over their lengths
+(a_length + b_length + 3) into rows of max_seq_length with at most max_sequences_per_row
+examples each, the rows shuffled (`packed_examples.pack_pairs`). A chunk is then a slice of the
+window's rows; its examples are assembled and masked as unpacked and packed into their rows
+(`packed_examples.build_packed_examples`), and a batch holds global_batch_size rows. The window is
+the packer's pool: a ~1000-document window fills rows to ~99% on short documents.
 
 Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
 `dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats
@@ -59,7 +63,7 @@ import numpy as np
 from absl import flags, logging
 from etils import epath
 
-from bert_jax.data import corpus, pretraining
+from bert_jax.data import corpus, packed_examples, pretraining
 from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
@@ -68,6 +72,7 @@ BUNDLED_CORPUS = os.fspath(_ASSETS / "kjv.txt.gz")
 BUNDLED_VOCAB = os.fspath(_ASSETS / "kjv_vocab.txt")
 
 BATCH_FIELDS = pretraining.EXAMPLE_FIELDS
+PACKED_FIELDS = packed_examples.PACKED_FIELDS
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -92,6 +97,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.whole_word_masking = False
     config.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
     config.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
+    # Several examples per row (worth it at 512 and on corpora of short documents); a batch is
+    # then batch_size rows. Off in the google recipes: their rows hold one example each.
+    config.packing = False
+    config.max_sequences_per_row = 16  # At most this many examples in a packed row.
     config.documents_per_chunk = 64  # Examples are built and delivered in chunks of a window.
     config.worker_count = 0  # Grain worker processes; 0 builds examples in a background thread.
     config.prefetch_chunks = 2
@@ -101,14 +110,12 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def example_options(data_config) -> pretraining.ExampleOptions:
-    return pretraining.ExampleOptions(
-        max_seq_length=data_config.max_seq_length,
-        max_predictions_per_seq=data_config.max_predictions_per_seq,
-        masked_lm_prob=data_config.masked_lm_prob,
-        short_seq_prob=data_config.short_seq_prob,
-        whole_word_masking=data_config.whole_word_masking,
-        balanced_nsp=data_config.balanced_nsp,
-    )
+    return pretraining.ExampleOptions.from_data_config(data_config)
+
+
+def batch_fields(data_config) -> tuple[str, ...]:
+    """The keys of a batch: BATCH_FIELDS, or PACKED_FIELDS with data.packing."""
+    return BATCH_FIELDS if packed_examples.sequences_per_row(data_config) is None else PACKED_FIELDS
 
 
 # -- finding the prepared dataset ------------------------------------------------------------
@@ -284,7 +291,9 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     order is cut into windows of nearly equal size (`window_bounds`); a window of d documents is
     planned once (`pretraining.pair_tokens`, seeded by (seed, pass, window, process): segments,
     truncation, order), and its ceil(d / chunk_size) chunks are equal slices of its examples,
-    each assembled and masked on its own (seeded by the chunk too).
+    each assembled and masked on its own (seeded by the chunk too). Packed, the window's examples
+    are packed into rows once (`packed_examples.pack_pairs`, seeded likewise) and the chunks are
+    equal slices of its rows.
     """
 
     source: Any  # TFDS data source of documents.
@@ -297,6 +306,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     options: pretraining.ExampleOptions
     vocab: pretraining.Vocabulary
     cache_documents: bool
+    sequences_per_row: int | None = None  # Packed rows of up to this many examples, or None.
     _cache: dict[int, dict] | None = dataclasses.field(default=None, repr=False)
     _order_cache: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _window_cache: tuple | None = dataclasses.field(default=None, repr=False)
@@ -319,7 +329,8 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         return self._order_cache[pass_index]
 
     def _window(self, pass_index: int, window: int) -> tuple:
-        """(TokenSource, Pairs) of a window, kept while its chunks are built."""
+        """(TokenSource, Pairs, slots) of a window, kept while its chunks are built; slots
+        int32 [R, S] are its packed rows (indices into Pairs), None unpacked."""
         key = (pass_index, window)
         if self._window_cache is None or self._window_cache[0] != key:
             start, stop = self.window_bounds[window : window + 2]
@@ -340,7 +351,15 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
                 [self.seed, pass_index, window, self.process_index, 0],
                 self.options,
             )
-            self._window_cache = (key, source, pairs)
+            slots = None
+            if self.sequences_per_row is not None:
+                slots = packed_examples.pack_pairs(
+                    pairs,
+                    [self.seed, pass_index, window, self.process_index, 0, 1],
+                    self.options,
+                    self.sequences_per_row,
+                )
+            self._window_cache = (key, source, pairs, slots)
         return self._window_cache[1:]
 
     def map_with_index(self, index: int, element) -> dict[str, np.ndarray]:
@@ -349,9 +368,14 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         pass_index = epoch % self.passes if self.passes else epoch
         window = int(np.searchsorted(self.first_chunks, chunk, "right")) - 1
         part, parts = chunk - self.first_chunks[window], np.diff(self.first_chunks)[window]
-        source, pairs = self._window(pass_index, window)
-        rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
+        source, pairs, slots = self._window(pass_index, window)
         seed = [self.seed, pass_index, window, self.process_index, 1 + part]
+        if slots is not None:
+            rows = slots[part * len(slots) // parts : (part + 1) * len(slots) // parts]
+            return packed_examples.build_packed_examples(
+                source, pairs, rows, seed, self.options, self.vocab
+            )
+        rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
         return pretraining.build_examples(source, pairs[rows], seed, self.options, self.vocab)
 
     def _read(self, keys: list[int]) -> list[dict]:
@@ -418,6 +442,7 @@ def make_example_chunks(
         options=example_options(data_config),
         vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
         cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
+        sequences_per_row=packed_examples.sequences_per_row(data_config),
     )
     lone = int(np.sum(np.diff(to_examples.window_bounds) == 1))
     if lone:
@@ -522,6 +547,11 @@ def make_pretraining_iterator(
       input_ids, attention_mask, token_type_ids: int32 [b, L]
       masked_lm_positions, masked_lm_ids: int32 [b, P]; masked_lm_weights: float32 [b, P]
       next_sentence_labels: int32 [b] (0: B follows A, 1: B is random)
+    With data.packing a row holds up to S = max_sequences_per_row examples, P is
+    `packed_examples.batch_predictions` and masked_lm_positions index into the row;
+    next_sentence_labels are [b, S], with next_sentence_weights float32 [b, S] (0 for an empty
+    slot), segment_ids and position_ids int32 [b, L] (segment 0 is padding) and cls_positions
+    int32 [b, S] (`packed_examples.pack_examples`; attention_mask is segment_ids > 0).
     Train repeats forever unless `num_epochs` is given; validation defaults to one epoch.
     The same seed gives the same batches; `get_state()`/`set_state()` checkpoint the position.
     process_index / process_count: the share of the batch this process feeds

@@ -88,6 +88,11 @@ class ExampleOptions:
         if not 0 <= self.short_seq_prob <= 1:
             raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
 
+    @classmethod
+    def from_data_config(cls, data_config) -> ExampleOptions:
+        """The options of a pretraining data config (`data.*`, same names)."""
+        return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+
     @property
     def max_num_tokens(self) -> int:
         return self.max_seq_length - 3
