@@ -33,6 +33,14 @@ def test_pack_fills_rows_with_equal_lengths_and_keeps_order_among_equals():
         packing.pack([17], 16, 3)
 
 
+def test_pack_keeps_room_for_shorter_sequences_when_that_needs_fewer_rows():
+    """Filling new rows with equal lengths (5, 5) strands the 3: two rows hold all six only when
+    each 5 opens its own row and the shorter ones fill them (5, 3, 2) and (5, 2, 1)."""
+    slots = packing.pack([5, 5, 3, 2, 2, 1], max_length=10, max_per_row=3)
+    assert len(slots) == 2
+    assert sorted(slots[slots >= 0].tolist()) == list(range(6))
+
+
 def test_packed_rows_and_unpacking_round_trip():
     lengths = np.array([3, 5, 2, 4])
     tokens = np.zeros((4, 8), np.int32)

@@ -37,7 +37,20 @@ def pack(lengths, max_length: int, max_per_row: int, order=None) -> np.ndarray:
     if max_per_row < 1:
         raise ValueError(f"max_per_row must be >= 1, got {max_per_row}")
     counts = np.bincount(lengths, minlength=max_length + 1)
-    # Row templates (how many rows, their lengths); open ones by the room they have left.
+    # Two ways to open a row; the packing with fewer rows wins (ties: one sequence per new row).
+    templates = min(
+        (_best_fit_templates(counts, max_length, max_per_row, fill) for fill in (False, True)),
+        key=lambda t: sum(rows for rows, _ in t),
+    )
+    return _fill_templates(templates, lengths, max_per_row, order)
+
+
+def _best_fit_templates(counts, max_length: int, max_per_row: int, fill_new_rows: bool) -> list:
+    """Row templates [(how many rows, their lengths)] by best-fit decreasing over the length
+    histogram. A new row holds one sequence (`fill_new_rows` False: Krell et al.'s form, best
+    when shorter sequences fill the rest) or as many of its length as fit (best when there are
+    many of one length and too few shorter ones)."""
+    # Open rows by the room they have left.
     open_rows: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(max_length + 1)]
     templates: list[tuple[int, tuple[int, ...]]] = []
 
@@ -51,11 +64,12 @@ def pack(lengths, max_length: int, max_per_row: int, order=None) -> np.ndarray:
         left = int(counts[length])
         while left:
             room = next((r for r in range(length, max_length + 1) if open_rows[r]), None)
-            if room is None:  # new rows, each filled with as many of this length as fit
-                row = (length,) * min(max_length // length, max_per_row, left)
-                rows = left // len(row)
-                place(rows, row, max_length - length * len(row))
-                left -= rows * len(row)
+            if room is None:  # new rows
+                per_row = min(max_length // length, max_per_row, left) if fill_new_rows else 1
+                row = (length,) * per_row
+                rows = left // per_row
+                place(rows, row, max_length - length * per_row)
+                left -= rows * per_row
             else:
                 count, row = open_rows[room].pop()
                 rows = min(count, left)
@@ -63,8 +77,7 @@ def pack(lengths, max_length: int, max_per_row: int, order=None) -> np.ndarray:
                     open_rows[room].append((count - rows, row))
                 place(rows, (*row, length), room - length)
                 left -= rows
-    templates += [t for group in open_rows for t in group]
-    return _fill_templates(templates, lengths, max_per_row, order)
+    return templates + [t for group in open_rows for t in group]
 
 
 def _fill_templates(templates, lengths: np.ndarray, max_per_row: int, order) -> np.ndarray:
