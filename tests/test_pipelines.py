@@ -149,3 +149,17 @@ def test_minilm_embeddings_match_transformers(shared_data):
     mask = batch["attention_mask"][..., None].float()
     expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_vocabulary_smaller_than_the_embedding_table_loads(model_dirs, tmp_path):
+    """Pretraining accepts a vocab with fewer tokens than model.vocab_size (a padded table):
+    fine-tuning and pipelines must load such a checkpoint too; a larger vocab is refused."""
+    from bert_jax import pretrained
+
+    hf_dir, _, config, _, tokenizer = model_dirs
+    info = pretrained.inspect_checkpoint(hf_dir)
+    padded = info.__class__(**{**vars(info), "bert_config": config.replace(vocab_size=512)})
+    assert pretrained.load_tokenizer(padded).vocab_size == tokenizer.vocab_size
+    small = info.__class__(**{**vars(info), "bert_config": config.replace(vocab_size=100)})
+    with pytest.raises(UserError, match="vocab_size is only 100"):
+        pretrained.load_tokenizer(small)
