@@ -172,7 +172,7 @@ def test_train_save_and_reload(tmp_path, shared_data):
     sample = text[:20_000].splitlines()
     ids = np.concatenate([trained.encode(line) for line in sample if line])
     assert np.mean(ids == trained.unk_id) < 0.001
-    path = tmp_path / "vocab.txt"
+    path = tmp_path / "runs" / "new" / "vocab.txt"  # folders that do not exist yet
     trained.save_vocab(path)
     reloaded = WordPieceTokenizer.from_vocab(path)
     assert reloaded.fingerprint() == trained.fingerprint()

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tokenizers
+from etils import epath
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from bert_jax.errors import UserError
@@ -235,8 +236,10 @@ class WordPieceTokenizer:
         return cls(sorted(learned, key=learned.__getitem__), lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(token + "\n" for token in self._vocab)
+        """One token per line (line i = id i); missing parent folders are created (gs:// too)."""
+        path = epath.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(token + "\n" for token in self._vocab), encoding="utf-8")
 
     # -- encoding -----------------------------------------------------------------------------
 
