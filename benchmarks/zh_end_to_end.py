@@ -197,7 +197,8 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
         return json.loads((target / "run.json").read_text())
     hf_dir = target.parent / f"{init.name}_hf"
     if not (hf_dir / "config.json").exists():
-        command = [sys.executable, "-m", "bert_jax.export", str(init), "--out", str(hf_dir)]
+        command = [sys.executable, "-m", "bert_jax.export", str(init.absolute()), "--out",
+                   str(hf_dir.absolute())]  # fmt: skip
         subprocess.run(command, check=True, cwd=REPO)
     config = finetune_config(args, files, task, init, seed, random_init=False)
     kind = config.task.kind
