@@ -27,7 +27,7 @@ what it gives on Chinese NER and sentiment against random initialisation and a c
 `get_config("test")` is a seconds-long variant for the test suite (an L1 / H32 model).
 """
 
-from bert_jax.config_lib import pretraining_config
+from bert_jax.config_lib import pretraining_config, use_test_mode
 
 VOCAB_SIZE = 8000  # --train_vocab_size of the prepare command
 
@@ -56,21 +56,7 @@ def get_config(mode: str = "default"):
     c.keep_checkpoints = 2
     c.mesh.data = 1  # one CPU device; -1 would use every device
     if mode == "test":
-        c.model.num_hidden_layers = 1
-        c.model.hidden_size = 32
-        c.model.num_attention_heads = 2
-        c.model.intermediate_size = 64
-        c.model.max_position_embeddings = 64
-        c.data.max_seq_length = 64
-        c.data.max_predictions_per_seq = 10
-        c.batch_size = 8
-        c.num_train_steps = 6
-        c.warmup_steps = 2
-        c.log_every_steps = 2
-        c.eval_every_steps = 3
-        c.eval_steps = 2
-        c.checkpoint_every_steps = 3
-        c.progress_bar = False
+        use_test_mode(c)
     elif mode != "default":
         raise ValueError(f"unknown mode {mode!r}: use default or test")
     return c
