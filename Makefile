@@ -45,7 +45,7 @@ test-main: $(VENV)/.installed-dev
 	$(PY) -m pytest tests
 
 test-tf: .venv-tf/.installed
-	.venv-tf/bin/python -m pytest tests/test_convert_tf1.py
+	.venv-tf/bin/python -m pytest tests/test_convert_tf1.py tests/test_untrusted_tf1.py
 
 test-tpu: .venv-tpu/.installed
 	.venv-tpu/bin/python -m pytest tests/test_plan.py

@@ -12,6 +12,19 @@ masked_lm_prob 0.15, dupe_factor 5 by default):
   * dynamic masking from the prepared corpus, per CPU second (all threads counted).
 Output tokens are the non-padding tokens of the examples. Prints a table and a JSON line.
 
+Preparing large corpora (issue 15), each table opt-in (they take minutes to an hour):
+
+  python benchmarks/data_throughput.py --tables=memory [--sizes_gb=0.4,1.6,3.2]
+  python benchmarks/data_throughput.py --tables=workers [--workers_gb=0.4 --repeats=2]
+
+  * memory: `python -m bert_jax.data.prepare` (all cores) on inputs of each size made by
+    repeating kjv.txt and brown.txt, built in --scratch and deleted after: peak RSS of all its
+    processes together (the report's figure: parent + every worker at its peak) and of the
+    largest one, wall and CPU time. Targets: <= 1.5 GB at every size, <= 1.2x largest/smallest.
+  * workers: the same command with --num_workers=1, 2, ... up to the cores, alternated
+    --repeats times on one input: tokens/s (median) and the speed-up over one worker. Target on
+    2 cores: 2 workers >= 1.7x one. Wall times on a shared machine are noisy: CPU time is shown.
+
 The reference is not part of bert_jax: get it with
   git clone https://github.com/google-research/bert /tmp/google-research-bert
 It needs TensorFlow 1 only for file I/O and tf.train.Example; a stand-in module written to a
@@ -23,10 +36,14 @@ import hashlib
 import json
 import os
 import pathlib
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -125,14 +142,20 @@ def run_reference(reference_dir, corpus, vocab, dupe_factor):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds() -> float:
+    """This process's CPU time plus that of its finished children (prepare's worker processes)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 class Clock:
     def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
+        self.cpu = _cpu_seconds() - self.cpu
 
 
 def run_ours(corpus, vocab, dupe_factor, dynamic_epochs):
@@ -202,11 +225,33 @@ def main():
     parser.add_argument("--dupe_factor", type=int, default=5)
     parser.add_argument("--dynamic_epochs", type=int, default=5)
     parser.add_argument("--json", help="Also write the results to this file.")
+    parser.add_argument(
+        "--tables", default="side_by_side", help="Comma-separated: side_by_side,memory,workers."
+    )
+    parser.add_argument("--sizes_gb", default="0.4,1.6,3.2", help="Inputs of the memory table.")
+    parser.add_argument("--workers_gb", type=float, default=0.4, help="Input of the workers table.")
+    parser.add_argument("--repeats", type=int, default=2, help="Alternations in the workers table.")
+    parser.add_argument("--scratch", default=tempfile.gettempdir(), help="For generated inputs.")
     args = parser.parse_args()
     for path in (args.corpus, args.vocab):
         if not os.path.isfile(path):
             sys.exit(f"error: {path} not found (pass --corpus / --vocab)")
+    tables = set(args.tables.split(","))
+    results = {}
+    if "memory" in tables:
+        sizes = [float(s) for s in args.sizes_gb.split(",")]
+        results["memory"] = memory_table(sizes, args.vocab, args.scratch)
+    if "workers" in tables:
+        results["workers"] = workers_table(args.workers_gb, args.vocab, args.scratch, args.repeats)
+    if "side_by_side" in tables:
+        results["side_by_side"] = side_by_side(args)
+    print(json.dumps(results))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
 
+
+def side_by_side(args) -> dict:
+    """bert_jax against google-research/bert on one corpus (the table at the top)."""
     ours = run_ours(args.corpus, args.vocab, args.dupe_factor, args.dynamic_epochs)
     reference = None
     if os.path.isfile(os.path.join(args.reference_dir, "create_pretraining_data.py")):
@@ -274,9 +319,132 @@ def main():
         print(f"token ids identical to the reference: {summary['identical_token_ids']}")
         print(f"mean tokens per example: reference {means['reference']:.2f}, ", end="")
         print(f"bert_jax {means['bert_jax']:.2f}")
-    print(json.dumps(summary))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# -- preparing large corpora ---------------------------------------------------------------------
+
+
+def make_input(path: pathlib.Path, target_bytes: int) -> int:
+    """kjv.txt and brown.txt repeated (a blank line between copies) up to target_bytes."""
+    sources = [(SHARED / "corpora" / name).read_bytes() for name in ("kjv.txt", "brown.txt")]
+    written = 0
+    with open(path, "wb") as f:
+        while written < target_bytes:
+            for text in sources:
+                f.write(text.rstrip(b"\n") + b"\n\n")
+                written += len(text.rstrip(b"\n")) + 2
+    return written
+
+
+_MEASURE = """
+import json, resource, subprocess, sys, time
+wall, start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"returncode": done.returncode, "stderr": done.stderr[-2000:],
+    "wall": time.perf_counter() - wall, "largest_rss": usage.ru_maxrss * 1024,
+    "cpu": usage.ru_utime + usage.ru_stime - start.ru_utime - start.ru_stime}))
+"""
+
+
+def run_prepare(corpus: pathlib.Path, vocab: str, scratch: pathlib.Path, workers: int = 0) -> dict:
+    """`python -m bert_jax.data.prepare` in a fresh process tree; the dataset is deleted after."""
+    data_dir = scratch / "prepared"
+    command = [sys.executable, "-m", "bert_jax.data.prepare", f"--input_files={corpus}"]
+    command += [f"--vocab_file={vocab}", f"--data_dir={data_dir}", f"--num_workers={workers}"]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    measured = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, env=env
+    )
+    try:
+        result = json.loads(measured.stdout.strip().splitlines()[-1])
+        if result["returncode"]:
+            sys.exit(f"prepare failed:\n{result['stderr']}")
+        (meta,) = data_dir.glob("pretraining_corpus/*/*/corpus.json")
+        report = json.loads(meta.read_text())["report"]
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {
+        "input_bytes": report["bytes"],
+        "tokens": report["tokens"],
+        "workers": report["workers"],
+        "peak_rss_all": report["peak_rss_bytes"],
+        "largest_rss": result["largest_rss"],
+        "wall": result["wall"],
+        "cpu": result["cpu"],
+        "prepare_seconds": report["seconds"],
+    }
+
+
+def memory_table(sizes_gb: list[float], vocab: str, scratch: str) -> list[dict]:
+    rows = []
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_memory_", dir=scratch))
+    try:
+        for size in sizes_gb:
+            corpus = root / f"corpus_{size}gb.txt"
+            make_input(corpus, int(size * 1e9))
+            try:
+                rows.append({"size_gb": size, **run_prepare(corpus, vocab, root)})
+            finally:
+                corpus.unlink()
+            print(f"memory: {size} GB done ({rows[-1]['wall']:.0f} s)", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{'input':>8}{'tokens':>15}{'peak RSS all':>14}{'largest':>10}{'wall s':>9}", end="")
+    print(f"{'CPU s':>9}{'MB/s':>7}{'workers':>9}")
+    for r in rows:
+        print(
+            f"{r['size_gb']:>6} GB{r['tokens']:>15,}{r['peak_rss_all'] / 1e9:>11.2f} GB"
+            f"{r['largest_rss'] / 1e9:>7.2f} GB{r['wall']:>9.0f}{r['cpu']:>9.0f}"
+            f"{r['input_bytes'] / 1e6 / r['prepare_seconds']:>7.1f}{r['workers']:>9}"
+        )
+    growth = rows[-1]["peak_rss_all"] / rows[0]["peak_rss_all"]
+    worst = max(r["peak_rss_all"] for r in rows) / 1e9
+    print(f"peak RSS: at most {worst:.2f} GB (target <= 1.5), largest/smallest input {growth:.2f}x")
+    print("(target <= 1.2x)")
+    return rows
+
+
+def workers_table(size_gb: float, vocab: str, scratch: str, repeats: int) -> dict:
+    counts = list(range(1, (os.cpu_count() or 1) + 1))
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_workers_", dir=scratch))
+    try:
+        corpus = root / "corpus.txt"
+        make_input(corpus, int(size_gb * 1e9))
+        for repeat in range(repeats):  # A/B alternation: load changes hit every count alike
+            for n in counts if repeat % 2 == 0 else counts[::-1]:
+                runs[n].append(run_prepare(corpus, vocab, root, workers=n))
+                print(f"workers: {n} done ({runs[n][-1]['wall']:.0f} s)", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    def median(values):
+        return float(np.median(values))
+
+    base = median([r["tokens"] / r["wall"] for r in runs[1]])
+    base_cpu = median([r["cpu"] for r in runs[1]])
+    print(f"\n{size_gb} GB input, {repeats} runs per row (median)")
+    print(f"{'workers':>8}{'tokens/s':>14}{'speed-up':>10}{'wall s':>9}{'CPU s':>9}", end="")
+    print(f"{'CPU-bound speed-up':>20}")
+    table = {}
+    for n in counts:
+        rate = median([r["tokens"] / r["wall"] for r in runs[n]])
+        wall, cpu = median([r["wall"] for r in runs[n]]), median([r["cpu"] for r in runs[n]])
+        # What n workers would reach with a core each, from the CPU they spent (load-proof).
+        bound = n * base_cpu / cpu
+        table[n] = {
+            "tokens_per_s": rate,
+            "speedup": rate / base,
+            "cpu_bound": bound,
+            "runs": runs[n],
+        }
+        print(f"{n:>8}{rate:>14,.0f}{rate / base:>9.2f}x{wall:>9.1f}{cpu:>9.1f}{bound:>19.2f}x")
+    print("target on 2 cores: 2 workers >= 1.7x one worker (wall clock; needs an idle machine)")
+    return table
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ FRAMEWORKS = ("bert_jax", "hf_flax", "hf_torch")
 
 # AdamW as bert_jax.config_lib.pretraining_config sets it, for every trainer.
 DEFAULT_OPTIMIZER = dict(
+    schedule="trainer",  # the schedule HFTorchTrainer's LambdaLR computes
     learning_rate=1e-4,
     warmup_steps=10,
     num_train_steps=10_000,

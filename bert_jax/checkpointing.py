@@ -5,19 +5,23 @@ WORKDIR/checkpoints/<step>/
   data_iterator/  JSON: every process's iterator state, in process order
   loop/           JSON: the base dropout rng and the per-step metrics not yet logged
   config/         JSON: the run's config
-  bert_jax_manifest.json
+  bert_jax_manifest.json   array fingerprints and small-file CRCs (`bert_jax.sealing`)
+  bert_jax_damaged.json    only on a step found damaged
 
-Saves are asynchronous. Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it
-when every process has finished; just before the rename we record the size and CRC32 of every
-file in `bert_jax_manifest.json`. Orbax itself does not notice flipped bytes in array data (it
-restores them silently), so a step is only loaded after its files match the manifest; a step
-without one was never completed. Damaged steps are moved to WORKDIR/damaged_checkpoints/ with
-one printed line and the next older one is tried. Old steps are deleted only after a newer one is
-sealed, so the last good checkpoint always survives an interrupted save. Checking reads every
-file once (CRC32 runs at over 1 GB/s), on process 0 only.
+Saves are asynchronous and sealed (`sealing.SealedManager`): a step without a manifest never
+completed; restoring verifies the arrays it reads on the devices that hold them, marks a damaged
+step with one small object, prints one line and falls back to the next older step; a later save
+of the same step number replaces the damaged one. Old steps are deleted only after a newer one
+is committed, so the last good checkpoint always survives an interrupted save.
 
 `load_params_for_init` reads only the parameter tree, from a bert_jax checkpoint or a Hugging
-Face BERT directory, for continued pretraining and fine-tuning. Nothing here unpickles.
+Face BERT directory, for continued pretraining and fine-tuning (verifying just those arrays).
+Nothing here unpickles.
+
+Fine-tuning and other loops seal their own Orbax managers with `SealedManager` (re-exported
+here): `SealedManager(dir, {"state": ocp.StandardCheckpointHandler(), ...}, max_to_keep=1)`,
+`.save(step, {"state": ocp.args.StandardSave(state), ...})`,
+`.restore_newest({"state": ocp.args.StandardRestore(abstract), ...})` -> (step, items) or None.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import base64
 import dataclasses
 import json
 import os
-import zlib
 from typing import Any
 
 import jax
@@ -36,12 +39,21 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bert_jax.errors import UserError
+from bert_jax.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
+    DAMAGED_NAME,
+    MANIFEST_NAME,
+    DamagedCheckpoint,
+    SealedManager,
+    agreed_problem,
+    as_path,
+    checkpoint_problem,
+    error_line,
+    key_name,
+    verify_arrays,
+    write_manifest,
+)
+from bert_jax.untrusted import shown
 
-MANIFEST_NAME = "bert_jax_manifest.json"
-# Orbax bookkeeping rewritten after the manifest is sealed; array values never depend on them.
-_UNSEALED_FILES = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_NAME})
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"
-_READ_CHUNK = 1 << 22
 _MAX_LISTED_PATHS = 20
 
 
@@ -57,69 +69,6 @@ class Restored:
 
 
 # ---------------------------------------------------------------------------------------------
-# Integrity manifest
-
-
-def _as_path(path) -> epath.Path:
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
-
-
-def _digest(path: epath.Path) -> tuple[int, str]:
-    crc, size = 0, 0
-    with path.open("rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return size, f"{crc:08x}"
-
-
-def _sealed_files(step_dir: epath.Path) -> list[str]:
-    """Relative paths of the files the manifest covers (an explicit walk: epath has no rglob)."""
-    found, pending = [], [step_dir]
-    while pending:
-        for path in pending.pop().iterdir():
-            if path.is_dir():
-                pending.append(path)
-            elif path.name not in _UNSEALED_FILES:
-                found.append(str(path.relative_to(step_dir)))
-    return sorted(found)
-
-
-def write_manifest(step_dir, step: int) -> None:
-    """Records size and CRC32 of every file of a finished (not yet renamed) step directory."""
-    step_dir = _as_path(step_dir)
-    files = {}
-    for name in _sealed_files(step_dir):
-        size, crc = _digest(step_dir / name)
-        files[name] = {"size": size, "crc32": crc}
-    manifest = {"format": 1, "step": int(step), "files": files}
-    (step_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
-
-
-def checkpoint_problem(step_dir) -> str | None:
-    """None if every file listed in the step's manifest is present with its size and CRC32."""
-    step_dir = _as_path(step_dir)
-    manifest_path = step_dir / MANIFEST_NAME
-    if not manifest_path.exists():
-        return f"no {MANIFEST_NAME} (the save never completed)"
-    try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as err:
-        return f"{MANIFEST_NAME} is unreadable ({err})"
-    for name, expected in files.items():
-        path = step_dir / name
-        if not path.exists():
-            return f"{name} is missing"
-        size, crc = _digest(path)
-        if size != expected["size"]:
-            return f"{name} is truncated ({size} of {expected['size']} bytes)"
-        if crc != expected["crc32"]:
-            return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Train-state checkpoints
 
 
@@ -128,39 +77,26 @@ class Checkpointer:
     process (saves and restores are collective)."""
 
     def __init__(self, workdir, every_steps: int, keep: int, config=None):
-        self.directory = _as_path(workdir) / "checkpoints"
+        self.directory = as_path(workdir) / "checkpoints"
         self.every_steps = int(every_steps)
         self.config_json = json.loads(config.to_json()) if config is not None else {}
-        self._sealing_step: int | None = None
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max(int(keep), 1),
-            enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,  # leftovers of saves that were killed mid-write
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal),
-            create=True,
-        )
-        self.manager = ocp.CheckpointManager(
+        self.sealed = SealedManager(
             self.directory,
-            options=options,
-            item_handlers={
+            {
                 "state": ocp.StandardCheckpointHandler(),
                 "data_iterator": ocp.JsonCheckpointHandler(),
                 "loop": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
             },
+            max_to_keep=max(int(keep), 1),
         )
-
-    def _seal(self) -> None:
-        """Runs on the primary process after every process wrote its files, before the rename."""
-        step = self._sealing_step
-        tmp_dir = self.directory / f"{step}{_TMP_SUFFIX}"
-        write_manifest(tmp_dir if tmp_dir.exists() else self.directory / str(step), step)
+        self.manager = self.sealed.manager
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        return self.sealed.latest_step()
 
     def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return self.sealed.all_steps()
 
     def should_save(self, step: int) -> bool:
         return self.every_steps > 0 and step % self.every_steps == 0
@@ -168,7 +104,7 @@ class Checkpointer:
     def save(
         self, step: int, state, data_state=None, *, rng=None, pending_metrics=None, force=False
     ) -> bool:
-        """Starts an asynchronous save of step; False if that step is already saved.
+        """Starts an asynchronous save of step; False if that step is already saved intact.
 
         data_state: this process's iterator state (JSON-able or bytes); all processes' states are
         gathered and saved together. rng: the run's base jax.random key. pending_metrics: the
@@ -176,23 +112,18 @@ class Checkpointer:
         is accepted for call-site symmetry: an explicit call always saves.
         """
         del force
-        self.manager.wait_until_finished()  # _seal must see the step it belongs to
-        if step in self.manager.all_steps():
-            return False
         data_states = _gather_from_processes(_encode_json(data_state))
-        self._sealing_step = int(step)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data_iterator=ocp.args.JsonSave(
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data_iterator": ocp.args.JsonSave(
                 {"process_count": jax.process_count(), "states": data_states}
             ),
-            loop=ocp.args.JsonSave(
+            "loop": ocp.args.JsonSave(
                 {"rng": _rng_to_json(rng), "pending_metrics": _metrics_to_json(pending_metrics)}
             ),
-            config=ocp.args.JsonSave(self.config_json),
-        )
-        # force: Orbax's own policy would skip a step while a previous save is in flight.
-        return self.manager.save(step, args=args, force=True)
+            "config": ocp.args.JsonSave(self.config_json),
+        }
+        return self.sealed.save(step, items)
 
     def restore(self, abstract_state, step: int | None = None) -> Restored | None:
         """The newest intact step (or `step`) restored into abstract_state, or None if none.
@@ -200,44 +131,21 @@ class Checkpointer:
         abstract_state: a tree of jax.ShapeDtypeStruct carrying the new run's shardings, so a
         checkpoint saved on another mesh or device count is resharded on the way in.
         """
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        if step is not None:
-            if step not in steps:
-                raise UserError(f"{self.directory}: no checkpoint at step {step}; have {steps}")
-            steps = [step]
-        for candidate in steps:
-            problem = self._problem_agreed_by_all(candidate)
-            if problem is not None and step is not None:
-                raise UserError(f"checkpoint {self.directory / str(step)} is damaged: {problem}")
-            if problem is not None:
-                where = self._set_aside(candidate)
-                _print_main(
-                    f"checkpoint {self.directory / str(candidate)} not loaded: {problem}; "
-                    f"{where}; falling back to an older checkpoint"
-                )
-                continue
-            return self._restore_intact(candidate, abstract_state)
-        if steps:
-            _print_main(f"no intact checkpoint in {self.directory}; starting from step 0")
-        return None
 
-    def _restore_intact(self, step: int, abstract_state) -> Restored:
-        saved = _saved_state_tree(self.directory / str(step))
-        mismatch = describe_mismatch(_shapes_by_path(saved), _shapes_by_path(abstract_state))
-        if mismatch:
-            raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this run's model and "
-                f"optimizer: {mismatch}. Resume with the config saved beside it "
-                f"({self.directory / str(step) / 'config'}) or use a new workdir"
-            )
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data_iterator=ocp.args.JsonRestore(),
-                loop=ocp.args.JsonRestore(),
-            ),
-        )
+        def items(candidate: int) -> dict:
+            self._check_fits(candidate, abstract_state)
+            return {
+                "state": ocp.args.StandardRestore(abstract_state),
+                "data_iterator": ocp.args.JsonRestore(),
+                "loop": ocp.args.JsonRestore(),
+            }
+
+        found = self.sealed.restore_newest(items, step)
+        if found is None:
+            if self.all_steps():
+                _print_main(f"no intact checkpoint in {self.directory}; starting from step 0")
+            return None
+        step, restored = found
         loop = restored["loop"] or {}
         return Restored(
             step=step,
@@ -247,43 +155,21 @@ class Checkpointer:
             pending_metrics=_metrics_from_json(loop.get("pending_metrics")),
         )
 
-    def _problem_agreed_by_all(self, step: int) -> str | None:
-        """Process 0 checks the files; every process gets the same verdict."""
-        problem = checkpoint_problem(self.directory / str(step)) if _is_main() else None
-        if jax.process_count() == 1:
-            return problem
-        from jax.experimental import multihost_utils
-
-        intact = multihost_utils.broadcast_one_to_all(np.asarray(problem is None, np.int32))
-        if bool(intact):
-            return None
-        return problem or "process 0 found it damaged"
-
-    def _set_aside(self, step: int) -> str:
-        """Moves a damaged step aside (kept for inspection) so the run can save that step anew."""
-        source = self.directory / str(step)
-        target = self.directory.parent / "damaged_checkpoints" / str(step)
-        suffix = 1
-        while target.exists():
-            target = target.parent / f"{step}.{suffix}"
-            suffix += 1
-        result = f"moved to {target}"
-        if _is_main():
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source.rename(target)
-            except OSError as err:
-                result = f"left in place ({err})"
-        _barrier("bert_jax_checkpoint_set_aside")
-        self.manager.reload()
-        return result
+    def _check_fits(self, step: int, abstract_state) -> None:
+        saved = _saved_state_tree(self.directory / str(step))
+        mismatch = describe_mismatch(_shapes_by_path(saved), _shapes_by_path(abstract_state))
+        if mismatch:
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} does not fit this run's model and "
+                f"optimizer: {mismatch}. Resume with the config saved beside it "
+                f"({self.directory / str(step) / 'config'}) or use a new workdir"
+            )
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self.sealed.wait()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        self.sealed.close()
 
 
 def _is_main() -> bool:
@@ -293,13 +179,6 @@ def _is_main() -> bool:
 def _print_main(message: str) -> None:
     if _is_main():
         print(message, flush=True)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _encode_json(value) -> Any:
@@ -388,20 +267,15 @@ def _rng_from_json(saved) -> jax.Array | None:
 # Parameter trees for continued pretraining and fine-tuning
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def _leaves_by_path(tree) -> dict[str, Any]:
+    """'a/b/c' -> leaf (an array, ShapeDtypeStruct or Orbax metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
 def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
     """'a/b/c' -> shape for every array-like leaf (arrays, ShapeDtypeStructs, Orbax metadata)."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-        for path, leaf in leaves
-    }
+    return {path: tuple(getattr(leaf, "shape", ())) for path, leaf in _leaves_by_path(tree).items()}
 
 
 def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
@@ -456,9 +330,13 @@ def _plain(tree):
     return unfreeze(tree) if hasattr(tree, "unfreeze") else tree
 
 
+def _is_step_name(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 def _newest_intact_step_dir(checkpoints_dir: epath.Path) -> epath.Path:
     steps = sorted(
-        (int(p.name) for p in checkpoints_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+        (int(p.name) for p in checkpoints_dir.iterdir() if _is_step_name(p.name) and p.is_dir()),
         reverse=True,
     )
     for step in steps:
@@ -473,7 +351,7 @@ def _newest_intact_step_dir(checkpoints_dir: epath.Path) -> epath.Path:
 
 def resolve_checkpoint_dir(path) -> epath.Path | None:
     """A bert_jax workdir, checkpoints dir or step dir -> an intact step dir; None for others."""
-    path = _as_path(path)
+    path = as_path(path)
     if (path / "state").is_dir():
         problem = checkpoint_problem(path)
         if problem is not None:
@@ -481,7 +359,7 @@ def resolve_checkpoint_dir(path) -> epath.Path | None:
         return path
     if (path / "checkpoints").is_dir():
         return _newest_intact_step_dir(path / "checkpoints")
-    if any(p.name.isdigit() and (p / "state").is_dir() for p in path.iterdir()):
+    if any(_is_step_name(p.name) and (p / "state").is_dir() for p in path.iterdir()):
         return _newest_intact_step_dir(path)
     return None
 
@@ -497,7 +375,7 @@ def load_params_for_init(path, abstract_params, subtree: tuple[str, ...] = ()) -
     itself or nested under `subtree` ({'bert': ...}); the result has the same form. Raises
     UserError listing missing and unexpected parameter paths when the structures differ.
     """
-    source = _as_path(path)
+    source = as_path(path)
     if not source.exists():
         raise UserError(f"init_checkpoint {source} not found")
     if not source.is_dir():
@@ -544,22 +422,91 @@ def _check_fits(source, saved_tree, abstract_params) -> None:
         raise UserError(f"init_checkpoint {source} does not fit the model: {mismatch}")
 
 
+def _check_dtypes(source, saved_tree, abstract_params) -> None:
+    """Saved parameters must be floating point; another float precision is cast, and said so."""
+    saved = _leaves_by_path(saved_tree)
+    cast = []
+    for path, want in _leaves_by_path(abstract_params).items():
+        try:
+            dtype = np.dtype(saved[path].dtype)
+        except (AttributeError, TypeError):
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            stored = "an unknown type" if dtype is None else dtype
+            raise UserError(
+                f"init_checkpoint {source}: parameter {path} is stored as {stored}, not as "
+                "floating point"
+            )
+        if dtype != want.dtype:
+            cast.append(f"{path} ({dtype} -> {np.dtype(want.dtype)})")
+    if cast:
+        _print_main(f"init_checkpoint: {len(cast)} parameter(s) cast, e.g. {cast[0]}")
+
+
+def _refuse_links(step_dir: epath.Path) -> None:
+    """Array data read through a link could come from any file the user can read (a private key
+    copied into the weights); bert_jax never writes links, so a step holding one is refused."""
+    if "://" in str(step_dir):
+        return
+    for root, dirs, files in os.walk(step_dir):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise UserError(
+                    f"checkpoint {step_dir} holds a symbolic link ({os.path.join(root, name)}); "
+                    "copy the checkpoint without links to use it"
+                )
+
+
 def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str, ...]):
-    saved = _saved_state_tree(step_dir)
-    if not isinstance(saved, dict) or "params" not in saved:
-        raise UserError(f"checkpoint {step_dir} holds no 'params' tree")
-    _check_fits(step_dir, _select(saved["params"], subtree, step_dir), abstract_params)
-    target = {"params": _nest(subtree, abstract_params)}
-    restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,  # the optimizer state is never read
+    _refuse_links(step_dir)
+    try:
+        saved = _saved_state_tree(step_dir)
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise UserError(f"checkpoint {step_dir} holds no 'params' tree")
+        selected = _select(saved["params"], subtree, step_dir)
+        _check_fits(step_dir, selected, abstract_params)
+        _check_dtypes(step_dir, selected, abstract_params)
+    except UserError:
+        raise
+    except Exception as err:  # Orbax's metadata readers raise many types on damaged files
+        raise UserError(
+            f"checkpoint {step_dir}: unreadable metadata ({type(err).__name__}: {shown(str(err))})"
+        ) from err
+    # Read in the saved dtypes: the fingerprints are of the stored bits; cast afterwards.
+    saved_dtypes = {p: leaf.dtype for p, leaf in _leaves_by_path(selected).items()}
+    as_saved = jax.tree_util.tree_map_with_path(
+        lambda path, a: jax.ShapeDtypeStruct(
+            a.shape, saved_dtypes["/".join(key_name(k) for k in path)], sharding=a.sharding
         ),
+        abstract_params,
     )
+    target = {"params": _nest(subtree, as_saved)}
+    restored, problem = None, None
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            step_dir / "state",
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,  # the optimizer state is never read
+            ),
+        )
+    except Exception as err:  # noqa: BLE001 (tensorstore/Orbax raise many kinds)
+        problem = f"it could not be read ({error_line(err)})"
+    problem = agreed_problem(problem)  # before fingerprinting, a collective
+    if problem is None:  # only the arrays read are checked
+        params = {"state": {"params": restored["params"]}}
+        problem = agreed_problem(verify_arrays(step_dir, params))
+    if problem is not None:
+        raise UserError(f"checkpoint {step_dir} cannot be used: {problem}; pick another step")
     _print_main(f"init_checkpoint: parameters from {step_dir}")
-    return _select(restored["params"], subtree, step_dir)
+    loaded = jax.tree.map(
+        lambda x, a: x.astype(a.dtype),
+        _select(restored["params"], subtree, step_dir),
+        abstract_params,
+    )
+    _check_fits(step_dir, loaded, abstract_params)
+    return loaded
 
 
 def _load_hf_params(directory: epath.Path, abstract_params, subtree: tuple[str, ...]):

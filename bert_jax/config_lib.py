@@ -13,6 +13,7 @@ import ml_collections
 from bert_jax import sharding
 from bert_jax.errors import UserError
 from bert_jax.modeling import PRESETS, BertConfig
+from bert_jax.optim import OPTIMIZERS, SCHEDULES
 
 
 def model_config_dict(preset: str = "base", **overrides) -> ml_collections.ConfigDict:
@@ -34,13 +35,15 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.batch_size = 256  # global, across all processes
     c.seed = 0
     c.learning_rate = 1e-4
+    c.schedule = "bert"  # google-research/bert: warmup, then decay over all num_train_steps
     c.warmup_steps = 10_000
     c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
     c.end_learning_rate_factor = 0.0
     add_optimizer_defaults(c)
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
-    c.eval_steps = 50  # batches per evaluation (the held-out split may be larger)
+    c.eval_steps = 50  # eval batches per evaluation (the held-out split may be larger)
+    c.eval_batch_size = 0  # global rows per eval step; 0: batch_size // grad_accum_steps
     c.checkpoint_every_steps = 10_000
     c.keep_checkpoints = 3
     c.init_checkpoint = ""
@@ -48,7 +51,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.cpu_peak_flops = 0.0  # CPU MFU: the host's fp32 peak; 0 measures its matmul rate
     c.model = model_config_dict(preset, **model_overrides)
     c.data = data_config_dict()
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
     return c
@@ -75,8 +78,8 @@ def use_test_mode(c: ml_collections.ConfigDict) -> None:
 
 
 def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
-    """The optimizer keys pretraining and fine-tuning share (google-research/bert's AdamW)."""
-    c.optimizer = "adamw"  # or "lamb"
+    """The optimizer keys pretraining and fine-tuning share (see bert_jax.optim)."""
+    c.optimizer = "adamw"  # bias-corrected (PyTorch/HF); "adamw_bert" is google's, or "lamb"
     c.weight_decay = 0.01
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
@@ -95,8 +98,17 @@ def validate_optimizer_and_batch(config, data_parallel: int) -> None:
             f"batch_size {config.batch_size} is not divisible by data-parallel size "
             f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
         )
-    if config.optimizer not in ("adamw", "lamb"):
-        raise UserError(f"optimizer {config.optimizer!r} is not 'adamw' or 'lamb'")
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer {config.optimizer!r} is not one of {list(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"schedule {config.schedule!r} is not one of {list(SCHEDULES)}")
+
+
+def eval_batch_size(config) -> int:
+    """Global rows per pretraining eval step: eval_batch_size, or the training microbatch."""
+    return int(config.get("eval_batch_size", 0)) or config.batch_size // int(
+        config.get("grad_accum_steps", 1)
+    )
 
 
 def vocab_size(vocab_file) -> int:
@@ -105,23 +117,18 @@ def vocab_size(vocab_file) -> int:
         return sum(1 for line in f if line.rstrip("\n"))
 
 
-def _input_files(pattern_list: str) -> list[str]:
-    import glob
-
-    files = []
-    for pattern in [p.strip() for p in str(pattern_list).split(",") if p.strip()]:
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise UserError(f"data.input_files: {pattern} matches no file")
-        files += matches
-    return files
-
-
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
     model = BertConfig.from_dict(dict(config.model))
     shape = sharding.mesh_shape(config.mesh, num_devices)
-    validate_optimizer_and_batch(config, shape["data"] * shape["fsdp"])
+    data_parallel = shape["data"] * shape["fsdp"]
+    validate_optimizer_and_batch(config, data_parallel)
+    eval_rows = eval_batch_size(config)
+    if eval_rows < 1 or eval_rows % data_parallel:
+        raise UserError(
+            f"eval_batch_size {eval_rows} must be a positive multiple of the data-parallel size "
+            f"{data_parallel} (mesh data*fsdp); 0 uses batch_size // grad_accum_steps"
+        )
     data = config.data
     if data.max_seq_length > model.max_position_embeddings:
         raise UserError(
@@ -142,13 +149,19 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     sizes = {
         "heads": model.num_attention_heads,
         "mlp": model.intermediate_size,
-        "vocab_size": model.vocab_size,
+        "padded vocabulary": model.padded_vocab_size,  # vocab_size rounded up to 128
     }
     for axis, size in sizes.items():
         if size % shape["tensor"]:
             raise UserError(f"mesh.tensor {shape['tensor']} does not divide model {axis} {size}")
+    if model.hidden_size % shape["fsdp"]:
+        raise UserError(
+            f"mesh.fsdp {shape['fsdp']} does not divide model hidden_size {model.hidden_size} "
+            "(FSDP splits the parameters along it)"
+        )
+    # data.input_files / dataset_dir are found (or reported missing) where the data is located,
+    # pipeline.prepare_data: they may be on gs://, or gone once prepared.
     if check_files:
-        _input_files(data.input_files)
         if data.vocab_file:
             if not pathlib.Path(data.vocab_file).exists():
                 raise UserError(f"data.vocab_file {data.vocab_file} not found")

@@ -99,6 +99,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def all_processes(flag: bool) -> bool:
+    """True when `flag` is true on every process (a collective when multi-process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
 class PreemptionFlag:
     """`requested` turns True on SIGTERM (how Cloud TPU and SLURM preempt), so a training loop
     can finish its step, save and stop; pass it to `stop_requested` at every step.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import sys
 
 from absl import app, flags
@@ -25,7 +24,8 @@ flags.mark_flag_as_required("out")
 
 
 def export(path, out, fmt: str = "hf") -> pathlib.Path:
-    """Loads the BertForPreTraining parameters at `path` and writes them to `out` in `fmt`."""
+    """Loads the BertForPreTraining parameters at `path` (local or gs://) and writes them to the
+    local directory `out` in `fmt`."""
     from bert_jax import pretrained
     from bert_jax.convert import hf
 
@@ -42,8 +42,8 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
         from bert_jax.convert import tf1
 
         tf1.save_tf1_checkpoint(info.bert_config, params, out)
-    if info.vocab_file is not None:
-        shutil.copyfile(info.vocab_file, out / "vocab.txt")
+    if info.vocab_file is not None:  # local or gs://
+        (out / "vocab.txt").write_bytes(info.vocab_file.read_bytes())
     else:
         print(f"warning: {path} names no vocabulary; copy its vocab.txt into {out} yourself")
     return out

@@ -54,6 +54,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.batch_size = 32  # global, across all processes
     c.eval_batch_size = 64
     c.learning_rate = 2e-5
+    c.schedule = "trainer"  # the transformers Trainer's: decay from the peak over the rest
     c.num_train_epochs = 3.0
     c.num_train_steps = 0  # > 0 overrides num_train_epochs
     c.warmup_proportion = 0.1
@@ -72,7 +73,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 1000  # 0 = evaluate only at the end
     c.checkpoint_every_steps = 0  # 0 = at every evaluation and at the end
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
     return c

@@ -120,7 +120,7 @@ def _model_config(config, info: pretrained.CheckpointInfo, mesh) -> BertConfig:
 
 
 def _schedule(config, total_steps: int, warmup_steps: int):
-    values = dict(num_train_steps=total_steps, warmup_steps=warmup_steps)
+    values = dict(num_train_steps=total_steps, warmup_steps=warmup_steps, schedule=config.schedule)
     values["learning_rate"] = float(config.learning_rate)
     return learning_rate_schedule(ml_collections.ConfigDict(values))
 

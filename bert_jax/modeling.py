@@ -1,27 +1,56 @@
 """BERT in Flax Linen: config, encoder, pretraining heads and task heads.
 
 Shapes use B = batch, T = sequence length, H = hidden_size, N = attention heads, D = H // N,
-F = intermediate_size, V = vocab_size, P = max_predictions_per_seq.
+F = intermediate_size, V = vocab_size, V' = padded_vocab_size, P = max_predictions_per_seq.
 
 The model speaks logical axis names only (see `bert_jax.sharding` for the mesh mapping):
 parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes`; activations use
 `act_batch, act_length, act_embed, act_heads, act_mlp`.
+
+The vocabulary is padded to V' (a multiple of VOCAB_PAD_MULTIPLE = 128) inside the model, so that
+`mesh.tensor` 2, 4, 8... divide it (30,522 = 2 x 3 x 5,087 does not divide by 4). The padded rows
+of the word embeddings and MLM bias start at zero and the padded logits are masked to the float32
+minimum, so they never win, carry no probability and get no gradient: loss, accuracy and every
+update equal those of the unpadded model. Exports trim them, imports add them (convert/).
+
+Mixed precision (dtype=bfloat16; parameters and optimizer state stay float32), decided per op
+as cuDNN's fused attention and jax.nn.dot_product_attention do for QK^T, and NVIDIA's AMP for
+softmax and loss:
+- matmuls take bfloat16 operands; the attention logits QK^T and the 30k-way MLM decoder
+  accumulate *and return* float32 (preferred_element_type), so neither the softmax over keys nor
+  the vocabulary softmax / loss ever sees logits rounded to bfloat16 (8 bits of mantissa: a
+  logit of 20 would move by up to 0.06); softmax, LayerNorm statistics and the loss run in
+  float32. Their backward products round the float32 cotangent to bfloat16 operands
+  (`mixed_precision_dot`), as cuDNN and jax.nn.dot_product_attention do, keeping bf16 speed.
+- attention probabilities are cast back to bfloat16 for the product with V (as the fused
+  kernels and jax.nn.dot_product_attention do).
+- dropout scales by 1 / keep in float32 before rounding (a bfloat16 scale would be 1.109375
+  for 1.1111, shrinking each dropped-out activation by 0.16% on average).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bert_jax.errors import UserError
+from bert_jax.untrusted import (
+    CONFIG_REAL_RANGES,
+    CONFIG_SIZE_BOUNDS,
+    MAX_PARAMETERS,
+    is_int,
+    is_real,
+    read_json_object,
+    shown,
+)
 
 Array = jax.Array
 
@@ -36,8 +65,12 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    # The erf form (as in google-research/bert and PyTorch): XLA's erf is a short polynomial,
-    # about twice as fast as the erfc that jax.nn.gelu(approximate=False) uses, forward+backward.
+    # Names as Hugging Face's. "gelu" is the exact erf form (PyTorch's and Hugging Face's "gelu",
+    # NVIDIA BERT's). google-research/bert's modeling.py computes its "gelu" with the tanh
+    # approximation, which is "gelu_new" here: convert/tf1.py maps a bert_config.json "gelu" to
+    # "gelu_new" and writes "gelu_new" (and its aliases below) back as "gelu".
+    # XLA's erf is a short polynomial, about twice as fast as the erfc that
+    # jax.nn.gelu(approximate=False) uses, forward+backward.
     "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5))),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -47,6 +80,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
+
+VOCAB_PAD_MULTIPLE = 128  # the embedding table's rows are padded to a multiple of this
 
 REMAT_POLICIES = {
     "none": None,
@@ -80,35 +115,55 @@ class BertConfig:
 
     def __post_init__(self):
         problems = []
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name, bound in CONFIG_SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            if not is_int(value) or value <= 0:
+                problems.append(f"{name} must be a positive integer, got {shown(value)}")
+            elif value > bound:
+                problems.append(f"{name} {value} is more than {bound}")
         if not problems and self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}"
             )
-        if self.hidden_act not in ACTIVATIONS:
-            problems.append(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not problems and self.num_parameters() > MAX_PARAMETERS:
+            problems.append(
+                f"{self.num_parameters()} parameters are more than {MAX_PARAMETERS}; "
+                "check vocab_size, hidden_size, intermediate_size and num_hidden_layers"
+            )
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
+            problems.append(
+                f"hidden_act {shown(self.hidden_act)} is not one of {sorted(ACTIVATIONS)}"
+            )
+        for name, (low, high, high_included) in CONFIG_REAL_RANGES.items():
+            value = getattr(self, name)
+            inside = (
+                is_real(value)
+                and low <= value
+                and (value <= high if high_included else value < high)
+            )
+            if not inside:
+                interval = f"[{low:g}, {high:g}{']' if high_included else ')'}"
+                problems.append(f"{name} must be in {interval}, got {shown(value)}")
+        if not is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps <= 1:
+            problems.append(f"layer_norm_eps must be in (0, 1], got {shown(self.layer_norm_eps)}")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
-            except TypeError:
-                problems.append(f"{name} {getattr(self, name)!r} is not a dtype name")
-        if self.remat_policy not in REMAT_POLICIES:
+            except (TypeError, ValueError):
+                problems.append(f"{name} {shown(getattr(self, name))} is not a dtype name")
+        if not isinstance(self.pre_layer_norm, bool):
             problems.append(
-                f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
+                f"pre_layer_norm must be true or false, got {shown(self.pre_layer_norm)}"
+            )
+        if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
+            problems.append(
+                f"remat_policy {shown(self.remat_policy)} is not one of {list(REMAT_POLICIES)}"
+            )
+        if not isinstance(self.attention_implementation, str | None):
+            problems.append(
+                "attention_implementation must be a name or None, got "
+                f"{shown(self.attention_implementation)}"
             )
         if problems:
             raise UserError("invalid BertConfig: " + "; ".join(problems))
@@ -116,6 +171,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """V': rows of the word-embedding table and MLM bias as stored (see the module doc)."""
+        return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
@@ -128,15 +188,29 @@ class BertConfig:
         return cls(**fields)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
-        """Builds from a bert_config.json / config.json dict; unknown keys are ignored."""
+    def from_dict(cls, values: dict[str, Any], source=None) -> BertConfig:
+        """Builds from a bert_config.json / config.json dict; unknown keys are ignored.
+
+        Every field is checked for its type and range (`bert_jax.untrusted` holds the bounds), so
+        a config read from a downloaded file cannot size an absurd model. `source`, the file the
+        dict was read from, is named in the error.
+        """
+        if not isinstance(values, Mapping):
+            raise UserError(
+                f"{source or 'BertConfig'}: expected an object of config fields, found "
+                f"{type(values).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except UserError as err:
+            if source is None:
+                raise
+            raise UserError(f"{source}: {err}") from err
 
     @classmethod
     def from_json_file(cls, path) -> BertConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json_object(path, "a BERT config"), source=path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,7 +219,10 @@ class BertConfig:
         return dataclasses.replace(self, **changes)
 
     def num_parameters(self, include_heads: bool = True) -> int:
-        """Analytic parameter count (BertModel, plus MLM/NSP heads when include_heads)."""
+        """Analytic parameter count (BertModel, plus MLM/NSP heads when include_heads).
+
+        Counts the vocab_size rows the model has; the arrays hold padded_vocab_size rows (the
+        zero padding adds (V' - V) * H, and V' - V with the MLM head)."""
         h, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
         layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h
@@ -159,6 +236,32 @@ class BertConfig:
 def _kernel_init(config: BertConfig, axes: tuple[str | None, ...]):
     init = nn.initializers.truncated_normal(config.initializer_range)
     return nn.with_logical_partitioning(init, axes)
+
+
+def _zero_padded_rows(init, rows: int):
+    """An initializer that draws `rows` rows with `init` and zero-fills the rest of the table."""
+
+    def padded(key, shape, dtype=jnp.float32):
+        real = init(key, (rows, *shape[1:]), dtype)
+        return jnp.pad(real, ((0, shape[0] - rows), *[(0, 0)] * (len(shape) - 1)))
+
+    return padded
+
+
+def pad_vocab_rows(config: BertConfig, value):
+    """[vocab_size, ...] -> [padded_vocab_size, ...] with zero rows (numpy or jax arrays)."""
+    extra = config.padded_vocab_size - value.shape[0]
+    return value if extra <= 0 else np.pad(value, ((0, extra), *[(0, 0)] * (value.ndim - 1)))
+
+
+def trim_vocab_rows(config: BertConfig, value):
+    """[padded_vocab_size, ...] -> [vocab_size, ...]: the model's own rows."""
+    return value[: config.vocab_size]
+
+
+def is_vocab_param(path: tuple[str, ...]) -> bool:
+    """The parameters whose leading axis is the (padded) vocabulary."""
+    return tuple(path[-2:]) == ("word_embeddings", "embedding") or path[-1] == "mlm_output_bias"
 
 
 def _zeros(axes: tuple[str | None, ...]):
@@ -189,6 +292,14 @@ class Dense(nn.Module):
         )(x)
 
 
+def mixed_precision_dot(dtype) -> jax.lax.DotAlgorithmPreset | None:
+    """The dot algorithm for float32-output products of `dtype` operands: BF16_BF16_F32 under
+    bfloat16, so that the backward pass's products (which take the float32 cotangent) also run
+    on bfloat16 operands at bfloat16 speed, as jax.nn.dot_product_attention, cuDNN and TPUs do
+    (jax issue 24047); None, the default, otherwise."""
+    return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if jnp.dtype(dtype) == jnp.bfloat16 else None
+
+
 def _mix32(x: Array) -> Array:
     """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
     x = x ^ (x >> 16)
@@ -198,28 +309,51 @@ def _mix32(x: Array) -> Array:
     return x ^ (x >> 16)
 
 
-def dropout_keep_mask(rng: Array, rate: float, shape: tuple[int, ...]) -> tuple[Array, float]:
+def dropout_keep_mask(
+    rng: Array, rate: float, shape: tuple[int, ...], rows: Sequence[int] | None = None
+) -> tuple[Array, float]:
     """A Bernoulli(1 - rate) keep mask of `shape` and its exact scale, 1 / P(keep).
 
     Dropout draws more random numbers than anything else in training (B*N*T*T per layer for the
     attention probabilities), and jax.random's threefry spends 20 rounds on each 32-bit word,
     which on CPU costs several times the matmuls it masks. Here one threefry call makes a 64-bit
     key, then each element takes 16 bits of a keyed counter hash (two keyed MurmurHash3
-    finalisers, a bijection of the counter): P(drop) = round(rate * 2**16) / 2**16.
+    finalisers): P(drop) = round(rate * 2**16) / 2**16.
+
+    The leading (batch) index keys the hash and the counter runs within a row, so it stays a
+    bijection of the word index for rows of up to 2**32 words (N*T*T/2 = 2M for BERT-Large at
+    512) and no two rows share a mask however large the batch; a counter over the whole array
+    would wrap at 2**32 words, e.g. after 2,048 rows of BERT-Large attention at 512.
+    rows: compute only these leading indices of the mask of `shape` (inspection and tests).
     """
     k1, k2 = jax.random.bits(rng, (2,), jnp.uint32)
     last = shape[-1] if shape else 1
     words_shape = (*shape[:-1], (last + 1) // 2)
-    # The row-major index of each word, from per-axis iotas so that it shards like x does.
+    out_shape = shape
+    if rows is not None:
+        if len(shape) < 2:
+            raise ValueError(f"rows needs a mask of rank >= 2, not shape {shape}")
+        words_shape = (len(rows), *words_shape[1:])
+        out_shape = (len(rows), *shape[1:])
+    # Row-major index of each word within its row, from per-axis iotas so that it shards like x.
+    first = 1 if len(words_shape) > 1 else len(words_shape)
     counter = jnp.zeros(words_shape, jnp.uint32)
-    for axis in range(len(words_shape)):
+    for axis in range(first, len(words_shape)):
         stride = math.prod(words_shape[axis + 1 :])
         counter += jax.lax.broadcasted_iota(jnp.uint32, words_shape, axis) * jnp.uint32(stride)
-    bits = _mix32(_mix32((counter * jnp.uint32(0x9E3779B9)) ^ k1) + k2)
+    row_shape = (words_shape[0], *[1] * (len(words_shape) - 1)) if first == 1 else ()
+    if rows is not None:
+        row = jnp.asarray(rows, jnp.uint32).reshape(row_shape)
+    elif first == 1:
+        row = jax.lax.broadcasted_iota(jnp.uint32, row_shape, 0)
+    else:
+        row = jnp.uint32(0)
+    row_key = _mix32((row * jnp.uint32(0x27D4EB2F)) ^ k1)  # distinct for every row < 2**32
+    bits = _mix32(_mix32((counter * jnp.uint32(0x9E3779B9)) ^ row_key) + k2)
     halves = jax.lax.bitcast_convert_type(bits, jnp.uint16)  # [..., words, 2]
-    halves = halves.reshape(*shape[:-1], 2 * words_shape[-1])[..., :last].reshape(shape)
+    halves = halves.reshape(*words_shape[:-1], 2 * words_shape[-1])[..., :last]
     threshold = min(round(rate * 65536), 65535)
-    return halves >= jnp.uint16(threshold), 65536 / (65536 - threshold)
+    return halves.reshape(out_shape) >= jnp.uint16(threshold), 65536 / (65536 - threshold)
 
 
 class Dropout(nn.Module):
@@ -232,7 +366,8 @@ class Dropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep, scale = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-        return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+        scaled = (x.astype(jnp.float32) * scale).astype(x.dtype)  # the scale not rounded to x's
+        return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -258,20 +393,29 @@ class BertEmbeddings(nn.Module):
 
     def setup(self):
         cfg = self.config
-        embed = lambda n, axes, name: nn.Embed(  # noqa: E731
+        embed = lambda n, init, name: nn.Embed(  # noqa: E731
             n,
             cfg.hidden_size,
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.dtype(cfg.param_dtype),
-            embedding_init=_kernel_init(cfg, axes),
+            embedding_init=init,
             name=name,
         )
-        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        # V' rows: the vocabulary's drawn as usual, the padding zero (and kept zero).
+        normal = nn.initializers.truncated_normal(cfg.initializer_range)
+        word_init = _zero_padded_rows(normal, cfg.vocab_size)
+        self.word_embeddings = embed(
+            cfg.padded_vocab_size,
+            nn.with_logical_partitioning(word_init, ("vocab", "embed")),
+            "word_embeddings",
+        )
         self.position_embeddings = embed(
-            cfg.max_position_embeddings, ("length", "embed"), "position_embeddings"
+            cfg.max_position_embeddings,
+            _kernel_init(cfg, ("length", "embed")),
+            "position_embeddings",
         )
         self.token_type_embeddings = embed(
-            cfg.type_vocab_size, ("type_vocab", "embed"), "token_type_embeddings"
+            cfg.type_vocab_size, _kernel_init(cfg, ("type_vocab", "embed")), "token_type_embeddings"
         )
         self.layer_norm = LayerNorm(cfg, name="LayerNorm")
         self.dropout = Dropout(cfg.hidden_dropout_prob)
@@ -288,8 +432,19 @@ class BertEmbeddings(nn.Module):
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
     def attend(self, x: Array) -> Array:
-        """Logits against the word-embedding table (the tied MLM decoder): [..., H] -> [..., V]."""
-        return self.word_embeddings.attend(x)
+        """The tied MLM decoder: [..., H] -> [..., V'] float32 logits against the padded table.
+
+        Operands in the compute dtype, products accumulated and returned in float32 (nn.Embed's
+        attend would promote both to the compute dtype and round the logits to it)."""
+        dtype = jnp.dtype(self.config.dtype)
+        table = self.word_embeddings.embedding  # [V', H]
+        return jnp.einsum(
+            "...h,vh->...v",
+            x.astype(dtype),
+            table.astype(dtype),
+            precision=mixed_precision_dot(dtype),
+            preferred_element_type=jnp.float32,
+        )
 
 
 class BertSelfAttention(nn.Module):
@@ -314,8 +469,15 @@ class BertSelfAttention(nn.Module):
         dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0.0
         if dropout_active:
             # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
-            logits = jnp.einsum("bqnd,bknd->bnqk", query, key).astype(jnp.float32)
-            logits = logits / jnp.sqrt(d).astype(jnp.float32)
+            # float32 products, as jax.nn.dot_product_attention: never rounded to bfloat16.
+            logits = jnp.einsum(
+                "bqnd,bknd->bnqk",
+                query,
+                key,
+                precision=mixed_precision_dot(query.dtype),
+                preferred_element_type=jnp.float32,
+            )  # [B, N, T, T]
+            logits = logits * jnp.float32(1.0 / math.sqrt(d))
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1)  # [B, N, T, T]
             probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
@@ -417,6 +579,7 @@ class BertModel(nn.Module):
 @flax.struct.dataclass
 class BertPreTrainingOutput:
     mlm_logits: Array  # [B, P, V] with masked_lm_positions, else [B, T, V]; float32
+    padded_mlm_logits: Array  # [B, P, V'] the same, plus V' - V columns at the float32 minimum
     nsp_logits: Array  # [B, 2]; float32
     sequence_output: Array  # [B, T, H]
     pooled_output: Array  # [B, H]
@@ -473,14 +636,22 @@ class BertForPreTraining(nn.Module):
         h = Dense(cfg.hidden_size, cfg, ("embed", "embed_out"), name="mlm_transform")(h)
         h = ACTIVATIONS[cfg.hidden_act](h)
         h = LayerNorm(cfg, name="mlm_layer_norm")(h)
-        logits = bert.attend(h.astype(jnp.dtype(cfg.param_dtype)))  # [B, P, V]
+        logits = bert.attend(h)  # [B, P, V'] float32
         bias = self.param(
-            "mlm_output_bias", _zeros(("vocab",)), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype)
+            "mlm_output_bias",
+            _zeros(("vocab",)),
+            (cfg.padded_vocab_size,),
+            jnp.dtype(cfg.param_dtype),
         )
-        mlm_logits = add_vocab_bias(logits.astype(jnp.float32), bias.astype(jnp.float32))
+        padded = add_vocab_bias(logits, bias.astype(jnp.float32))
+        if cfg.padded_vocab_size != cfg.vocab_size:
+            column = jax.lax.broadcasted_iota(jnp.int32, padded.shape, padded.ndim - 1)
+            padded = jnp.where(column < cfg.vocab_size, padded, jnp.finfo(jnp.float32).min)
         nsp_logits = Dense(2, cfg, ("embed", "classes"), name="nsp")(pooled_output)
         return BertPreTrainingOutput(
-            mlm_logits=mlm_logits,
+            # Unused under jit (the loss reads padded_mlm_logits), the slice costs nothing there.
+            mlm_logits=padded[..., : cfg.vocab_size],
+            padded_mlm_logits=padded,
             nsp_logits=nsp_logits.astype(jnp.float32),
             sequence_output=sequence_output,
             pooled_output=pooled_output,

@@ -1,51 +1,152 @@
-"""Optimizers and schedules: AdamW or LAMB, weight decay masked off LayerNorm and biases,
-global-norm clipping, linear warmup then linear or polynomial decay."""
+"""Optimizers and learning-rate schedules, each named after the reference it reproduces.
+
+Optimizers (`config.optimizer`), all after global-norm clipping (`max_grad_norm`), with decoupled
+weight decay masked off biases and LayerNorm (`decay_mask`):
+
+  adamw       optax.adamw: Adam *with* bias correction (PyTorch / Hugging Face AdamW, what the
+              transformers Trainer runs). The fine-tuning default.
+  adamw_bert  google-research/bert's AdamWeightDecayOptimizer (optimization.py): Adam *without*
+              bias correction, update = m / (sqrt(v) + eps) + weight_decay * param, times lr.
+              The BERT-Base/Large pretraining recipe.
+  lamb        LAMB (You et al. 2019) as NVIDIA apex FusedLAMB and TF-Addons LAMB compute it:
+              bias-corrected Adam, plus weight decay, then the layer-wise trust ratio
+              ||param|| / ||update||, which like the weight decay skips biases and LayerNorm.
+
+Schedules (`config.schedule`):
+
+  bert     google-research/bert optimization.py (and NVIDIA's PolyWarmUpScheduler's shape): the
+           update at step s (0 for the first update) uses lr = peak * s / warmup while
+           s < warmup, then peak * (1 - s / T)^p, decaying over the *whole* run of T steps.
+  trainer  the transformers Trainer (get_linear / polynomial_decay_schedule_with_warmup): the
+           same warmup, then the decay runs from the peak over the T - warmup remaining steps.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
 from bert_jax.errors import UserError
 
 NO_DECAY_LEAVES = ("bias", "scale", "mlm_output_bias")
+OPTIMIZERS = ("adamw", "adamw_bert", "lamb")
+SCHEDULES = ("bert", "trainer")
 
 
 def decay_mask(params):
-    """True for parameters that get weight decay: every kernel and embedding table."""
+    """True for parameters that get weight decay (and, in LAMB, the trust ratio): every kernel
+    and embedding table; False for biases and LayerNorm (google's and NVIDIA's exclusions)."""
     flat = traverse_util.flatten_dict(params)
     mask = {path: path[-1] not in NO_DECAY_LEAVES for path in flat}
     return traverse_util.unflatten_dict(mask)
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-    """Linear warmup to learning_rate, then polynomial decay (power 1 = linear) to end value."""
-    total = int(config.num_train_steps)
-    warmup = int(config.warmup_steps)
-    if warmup > total:
-        raise UserError(f"warmup_steps {warmup} exceeds num_train_steps {total}")
-    peak = float(config.learning_rate)
-    end = peak * float(config.get("end_learning_rate_factor", 0.0))
-    power = float(config.get("decay_power", 1.0))
+def bert_schedule(
+    peak: float, warmup: int, total: int, power: float = 1.0, end: float = 0.0
+) -> optax.Schedule:
+    """google-research/bert's schedule: step/warmup * peak, then (peak - end)(1 - step/T)^p + end.
+
+    The step is the number of updates already made (optax's count), as google's global_step:
+    the first update gets lr 0. (NVIDIA's PolyWarmUpScheduler draws the same curve but counts
+    from 1, with warmup a fraction of T: its update s gets this schedule's value at s + 1.)
+    (T - s) / T is formed from exact integers, so the rate keeps float32 accuracy to the end.
+    """
+    integral = float(power).is_integer()
+
+    def schedule(step):
+        s = jnp.asarray(step).astype(jnp.float32)
+        remaining = jnp.maximum(total - s, 0.0) / total
+        decayed = remaining ** int(power) if integral else remaining**power
+        lr = (peak - end) * decayed + end
+        if warmup > 0:
+            lr = jnp.where(s < warmup, peak * s / warmup, lr)
+        return lr
+
+    return schedule
+
+
+def trainer_schedule(
+    peak: float, warmup: int, total: int, power: float = 1.0, end: float = 0.0
+) -> optax.Schedule:
+    """The transformers Trainer's: linear warmup, then decay from the peak over total - warmup."""
     warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
     decay_fn = optax.polynomial_schedule(peak, end, power, max(total - warmup, 1))
     return optax.join_schedules([warmup_fn, decay_fn], [warmup])
 
 
+def learning_rate_schedule(config) -> optax.Schedule:
+    """The schedule `config.schedule` names, from learning_rate, warmup_steps, num_train_steps,
+    decay_power and end_learning_rate_factor."""
+    total = int(config.num_train_steps)
+    warmup = int(config.warmup_steps)
+    if warmup > total:
+        raise UserError(f"warmup_steps {warmup} exceeds num_train_steps {total}")
+    name = config.get("schedule", "bert")
+    if name not in SCHEDULES:
+        raise UserError(f"schedule {name!r} is not one of {list(SCHEDULES)}")
+    peak = float(config.learning_rate)
+    end = peak * float(config.get("end_learning_rate_factor", 0.0))
+    power = float(config.get("decay_power", 1.0))
+    make = bert_schedule if name == "bert" else trainer_schedule
+    return make(peak, warmup, max(total, 1), power, end)
+
+
+class ScaleByUncorrectedAdamState(NamedTuple):
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_adam_without_bias_correction(
+    b1: float, b2: float, eps: float
+) -> optax.GradientTransformation:
+    """m / (sqrt(v) + eps) from Adam's moments, with no 1 / (1 - b^t) correction (as google's
+    AdamWeightDecayOptimizer: early updates are smaller than bias-corrected Adam's)."""
+
+    def init(params):
+        zeros = lambda p: jnp.zeros_like(p)  # noqa: E731
+        return ScaleByUncorrectedAdamState(
+            mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params)
+        )
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g), updates, state.nu)
+        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return updates, ScaleByUncorrectedAdamState(mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+    """Clipping then `config.optimizer` (see the module docstring) at `schedule`."""
     schedule = schedule or learning_rate_schedule(config)
     name = config.optimizer
     b1, b2 = float(config.get("adam_b1", 0.9)), float(config.get("adam_b2", 0.999))
     eps = float(config.get("adam_eps", 1e-6))
+    weight_decay = float(config.weight_decay)
     if name == "adamw":
-        update = optax.adamw(
-            schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask
+        update = optax.adamw(schedule, b1, b2, eps, weight_decay=weight_decay, mask=decay_mask)
+    elif name == "adamw_bert":
+        update = optax.chain(
+            scale_by_adam_without_bias_correction(b1, b2, eps),
+            optax.add_decayed_weights(weight_decay, decay_mask),
+            optax.scale_by_learning_rate(schedule),
         )
     elif name == "lamb":
-        update = optax.lamb(
-            schedule, b1, b2, eps, weight_decay=config.weight_decay, mask=decay_mask
+        # optax.lamb gates only the weight decay with its mask; apex and TF-Addons also leave
+        # biases and LayerNorm out of the layer adaptation (their exclude lists / no-decay group).
+        update = optax.chain(
+            optax.scale_by_adam(b1, b2, eps),
+            optax.add_decayed_weights(weight_decay, decay_mask),
+            optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+            optax.scale_by_learning_rate(schedule),
         )
     else:
-        raise UserError(f"optimizer {name!r} is not 'adamw' or 'lamb'")
+        raise UserError(f"optimizer {name!r} is not one of {list(OPTIMIZERS)}")
     clip = float(config.get("max_grad_norm", 1.0))
     return optax.chain(optax.clip_by_global_norm(clip), update) if clip > 0 else update

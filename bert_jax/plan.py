@@ -1,16 +1,19 @@
-r"""Plan a pretraining run on a TPU slice from a laptop: compile the sharded train step for the
-slice's topology and print memory per chip, FLOPs, collectives and a roofline step time.
+r"""Plan a pretraining run on a TPU slice from a laptop: compile the sharded train and eval steps
+for the slice's topology and print memory per chip, FLOPs, collectives and a roofline step time.
 
   python -m bert_jax.plan --config configs/bert_base.py --topology=v5e:4x4 \
-      [--config.batch_size=512 ...] [--out plan.json] [--sweep]
+      [--config.batch_size=512 ...] [--out plan.json] [--sweep] [--num_slices=2]
 
 --topology takes libtpu's names (v5e:4x4, v5p:2x2x4, v4:2x2x4, v6e:4x4) or Cloud accelerator
-types (v5e-16, v5p-32, v4-32). --sweep tries the data/fsdp/tensor layouts and per-device
+types (v5e-16, v5p-32, v4-32). --num_slices=N plans N such slices joined by DCN (a multi-slice
+job: the data axis, or mesh.dcn_data x mesh.dcn_fsdp, spans the slices; the roofline counts DCN
+traffic at interconnect speed). --sweep tries the data/fsdp/tensor layouts and per-device
 microbatches (gradient accumulation keeps the global batch) and recommends the fastest that fits.
 Needs libtpu: pip install "bert_jax[tpu]".
 """
 
 import json
+import math
 import os
 import sys
 
@@ -28,6 +31,9 @@ _LAYOUTS = flags.DEFINE_list(
 )
 _MICROBATCHES = flags.DEFINE_list(
     "sweep_microbatches", None, "Per-device microbatch sizes to try (default: every divisor)."
+)
+_NUM_SLICES = flags.DEFINE_integer(
+    "num_slices", 1, "Slices of --topology joined by DCN (a multi-slice job; mesh.dcn_* apply)."
 )
 _HBM_GIB = flags.DEFINE_float(
     "hbm_gib", None, "HBM per chip to plan against, GiB (default: the chip's; less keeps headroom)."
@@ -83,6 +89,7 @@ def format_plan(plan) -> str:
             if value != value:  # NaN: the compiler refused before saying how much
                 continue
             lines.append(f"  {label:<50}{value / GIB:>9.3f}{value / plan.hbm_bytes:>9.1%}")
+    lines += _eval_lines(plan)
     if plan.error:
         needed = plan.memory["total"]
         lines += [
@@ -91,9 +98,11 @@ def format_plan(plan) -> str:
             f"compiler   {plan.error}",
         ]
         return "\n".join(lines)
-    margin = plan.margin_bytes / GIB
+    margin = min(plan.margin_bytes, plan.eval_margin_bytes) / GIB
     verdict = f"FITS with {margin:.2f} GiB to spare" if plan.fits else (
         f"DOES NOT FIT: {-margin:.2f} GiB over")  # fmt: skip
+    if not plan.fits and plan.margin_bytes >= 0:
+        verdict += f" in the eval step (lower --config.eval_batch_size={plan.eval_batch_size})"
     lines += [
         f"verdict    {verdict}",
         "",
@@ -122,6 +131,36 @@ def format_plan(plan) -> str:
         f"{plan.compile_seconds:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def _eval_lines(plan) -> list[str]:
+    """The eval step's memory (it runs with the train state resident)."""
+    memory = plan.eval_memory
+    if "total" not in memory:
+        return []
+    rows = [
+        ("parameters + batch as compiled", "arguments"),
+        ("optimizer state, resident during evaluation", "optimizer_state_resident"),
+        ("temporaries: activations, logits, workspace", "temporaries"),
+        ("outputs and generated code", None),
+        ("total", "total"),
+    ]
+    lines = [
+        "",
+        f"{'eval step: ' + str(plan.eval_batch_size) + ' rows per step (eval_batch_size)':<52}"
+        f"{'GiB':>9}{'of HBM':>9}",
+    ]
+    for label, key in rows:
+        value = (
+            memory.get("outputs", math.nan) + memory.get("generated_code", 0)
+            if key is None
+            else memory.get(key, math.nan)
+        )
+        if value == value:
+            lines.append(f"  {label:<50}{value / GIB:>9.3f}{value / plan.hbm_bytes:>9.1%}")
+    if plan.eval_error:
+        lines.append(f"eval       DOES NOT FIT: {plan.eval_error}")
+    return lines
 
 
 def format_sweep(sweep) -> str:
@@ -172,7 +211,7 @@ def main(argv):
         jax.config.update("jax_platforms", "cpu")
 
     try:
-        topology = plan_lib.load_topology(_TOPOLOGY.value)
+        topology = plan_lib.load_topology(_TOPOLOGY.value, _NUM_SLICES.value)
         hbm = _HBM_GIB.value * GIB if _HBM_GIB.value else None
         config = _CONFIG.value
         if _SWEEP.value:

@@ -18,12 +18,13 @@ import math
 import os
 import re
 import time
+from typing import Any
 
 import jax
 from jax.extend.core import Literal
 
 from bert_jax import chips, sharding
-from bert_jax.config_lib import validate_pretraining_config
+from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
 from bert_jax.errors import UserError
 from bert_jax.hlo_collectives import parse_collectives, summarize_collectives
 from bert_jax.metrics import pretraining_flops_per_example
@@ -81,9 +82,10 @@ def configure_libtpu_environment() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    name: str  # libtpu's name, e.g. "v5e:4x4"
+    name: str  # libtpu's name, e.g. "v5e:4x4"; "2 x v5e:4x4" for two slices joined by DCN
     chip: chips.Chip
     devices: tuple  # compile-only jax devices, one per chip
+    num_slices: int = 1
 
 
 def topology_name(name: str) -> str:
@@ -107,9 +109,12 @@ def topology_name(name: str) -> str:
     )
 
 
-def load_topology(name: str) -> Topology:
-    """The compile-only devices of a TPU slice; raises MissingLibtpuError without libtpu."""
+def load_topology(name: str, num_slices: int = 1) -> Topology:
+    """The compile-only devices of a TPU slice (or of num_slices of them, a multi-slice job);
+    raises MissingLibtpuError without libtpu."""
     name = topology_name(name)
+    if num_slices < 1:
+        raise UserError(f"num_slices must be >= 1, got {num_slices}")
     require_libtpu()
     configure_libtpu_environment()
     from jax.experimental import topologies
@@ -118,6 +123,8 @@ def load_topology(name: str) -> Topology:
     chip = chips.chip_by_name(generation)
     # v4 runs its two TensorCores as one device ("megacore"), as on a real v4 slice.
     kwargs = {"chip_config_name": "megacore"} if generation == "v4" else {}
+    if num_slices > 1:
+        kwargs["num_slices"] = num_slices
     try:
         desc = topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs)
     except RuntimeError as err:
@@ -125,14 +132,16 @@ def load_topology(name: str) -> Topology:
             hint = libtpu_install_hint()
             raise MissingLibtpuError(f"libtpu could not be loaded: {hint}") from err
         raise UserError(f"libtpu rejected topology {name!r}: {str(err).splitlines()[0]}") from err
-    return Topology(name=name, chip=chip, devices=tuple(desc.devices))
+    label = f"{num_slices} x {name}" if num_slices > 1 else name
+    return Topology(name=label, chip=chip, devices=tuple(desc.devices), num_slices=num_slices)
 
 
 @dataclasses.dataclass
 class Plan:
-    """What one compile of the train step says about one (config, topology, mesh).
+    """What compiling the train step and the eval step says about one (config, topology, mesh).
 
-    Memory is per chip in bytes; FLOPs are per step over all chips; times are seconds.
+    Memory is per chip in bytes; FLOPs are per step over all chips; times are seconds. The
+    verdict `fits` needs both steps to fit: evaluation runs with the train state resident.
     """
 
     topology: str
@@ -156,6 +165,9 @@ class Plan:
     bound: str = ""
     compile_seconds: float = 0.0
     error: str = ""  # the compiler's message when it refused (out of HBM)
+    eval_batch_size: int = 0  # global rows per eval step
+    eval_memory: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_error: str = ""
 
     @property
     def microbatch_per_device(self) -> int:
@@ -169,6 +181,10 @@ class Plan:
     @property
     def margin_bytes(self) -> float:
         return self.hbm_bytes - self.memory["total"]
+
+    @property
+    def eval_margin_bytes(self) -> float:
+        return self.hbm_bytes - self.eval_memory.get("total", math.nan)
 
     @property
     def estimated_step_time_s(self) -> float:
@@ -186,12 +202,13 @@ class Plan:
     def to_json(self) -> dict:
         fields = dataclasses.asdict(self)
         fields["chip"] = self.chip.name
-        fields["per_device_memory_bytes"] = {
-            k: None if v != v else v for k, v in fields.pop("memory").items()
-        }
+        for name in ("memory", "eval_memory"):
+            fields[f"{name.replace('memory', '')}per_device_memory_bytes"] = {
+                k: None if v != v else v for k, v in fields.pop(name).items()
+            }
         fields["step_time_breakdown_s"] = fields.pop("step_time")
-        for name in ("microbatch_per_device", "margin_bytes", "estimated_step_time_s",
-                     "estimated_mfu", "examples_per_second"):  # fmt: skip
+        for name in ("microbatch_per_device", "margin_bytes", "eval_margin_bytes",
+                     "estimated_step_time_s", "estimated_mfu", "examples_per_second"):  # fmt: skip
             fields[name] = getattr(self, name)
         # NaN is not JSON: unknowns (nothing compiled) become null.
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
@@ -265,8 +282,20 @@ def roofline(chip: chips.Chip, flops: float, hbm_bytes: float, ici_bytes: float)
     return times
 
 
+def _compile(lowered_fn) -> tuple[Any, float | None, str]:
+    """(compiled, None, '') or, when XLA runs out of HBM, (None, bytes it asked for or NaN, why)."""
+    try:
+        return lowered_fn().compile(), None, ""
+    except jax.errors.JaxRuntimeError as err:
+        needed = _hbm_exhausted_bytes(str(err))
+        if needed is None and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        return None, math.nan if needed is None else needed, " ".join(str(err).split())[:300]
+
+
 def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None) -> Plan:
-    """Compiles the sharded train step of `config` for `topology` and reads the executable."""
+    """Compiles the sharded train and eval steps of `config` for `topology`, reads the
+    executables."""
     num_devices = len(topology.devices)
     validate_pretraining_config(config, num_devices, check_files=False)
     mesh = sharding.make_mesh(config.mesh, topology.devices)
@@ -274,10 +303,14 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     # compile-only devices. Tracing happens in `lower`, inside the context, as in train_lib.
     pretrainer = build_pretrainer(config, mesh)
     state = pretrainer.abstract_state
-    batch = {
-        key: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pretrainer.batch_shardings[key])
-        for key, x in batch_shapes(config).items()
-    }
+
+    def sharded_batch(rows):
+        return {
+            key: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pretrainer.batch_shardings[key])
+            for key, x in batch_shapes(config, rows).items()
+        }
+
+    batch = sharded_batch(config.batch_size)
     rng_dtype = jax.eval_shape(lambda: jax.random.key(0)).dtype
     rng = jax.ShapeDtypeStruct((), rng_dtype, sharding=sharding.replicated(mesh))
     accum = int(config.get("grad_accum_steps", 1))
@@ -306,20 +339,17 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
         model_flops_per_step=config.batch_size * pretraining_flops_per_example(
             pretrainer.model_config, seq_len, int(config.data.max_predictions_per_seq)
         ),
+        eval_batch_size=eval_batch_size(config),
     )  # fmt: skip
     started = time.perf_counter()
-    try:
-        with jax.set_mesh(mesh):
-            compiled = pretrainer.train_step.lower(state, batch, rng).compile()
-    except jax.errors.JaxRuntimeError as err:
-        plan.compile_seconds = time.perf_counter() - started
-        needed = _hbm_exhausted_bytes(str(err))
-        if needed is None and "RESOURCE_EXHAUSTED" not in str(err):
-            raise
-        plan.memory["total"] = math.nan if needed is None else needed
-        plan.error = " ".join(str(err).split())[:300]
-        return plan
+    with jax.set_mesh(mesh):
+        compiled, needed, plan.error = _compile(
+            lambda: pretrainer.train_step.lower(state, batch, rng)
+        )
     plan.compile_seconds = time.perf_counter() - started
+    if compiled is None:
+        plan.memory["total"] = needed
+        return plan
     stats = compiled.memory_analysis()
     memory = plan.memory
     memory["arguments"] = stats.argument_size_in_bytes  # padded to the chip's tiled layouts
@@ -333,7 +363,8 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     # XLA's own peak figure, kept for reference only: it came out above arguments + temporaries +
     # code even where the donated state aliases its outputs, which the total above accounts for.
     memory["compiler_peak"] = stats.peak_memory_in_bytes
-    plan.fits = plan.margin_bytes >= 0
+    _plan_eval_step(plan, pretrainer, mesh, sharded_batch(plan.eval_batch_size))
+    plan.fits = plan.margin_bytes >= 0 and plan.eval_margin_bytes >= 0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     plan.flops_per_step = float(cost.get("flops", math.nan)) * num_devices
@@ -346,6 +377,40 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     )
     plan.bound = max(("compute", "hbm", "collectives"), key=plan.step_time.get)
     return plan
+
+
+def _plan_eval_step(plan: Plan, pretrainer: Pretrainer, mesh, batch) -> None:
+    """Compiles the eval step on eval_batch_size rows. Evaluation runs between train steps, so
+    the optimizer state stays resident beside the eval step's own arguments (parameters and
+    batch) and temporaries."""
+    params = pretrainer.abstract_state.params
+    started = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled, needed, plan.eval_error = _compile(
+            lambda: pretrainer.eval_step.lower(params, batch)
+        )
+    plan.compile_seconds += time.perf_counter() - started
+    memory = plan.eval_memory
+    memory["batch"] = _shard_bytes(batch)
+    memory["optimizer_state_resident"] = plan.memory["optimizer_state"]
+    if compiled is None:
+        memory["total"] = needed + memory["optimizer_state_resident"]
+        return
+    stats = compiled.memory_analysis()
+    memory["arguments"] = stats.argument_size_in_bytes  # parameters + batch, as compiled
+    memory["temporaries"] = stats.temp_size_in_bytes
+    memory["outputs"] = stats.output_size_in_bytes
+    memory["generated_code"] = stats.generated_code_size_in_bytes
+    memory["total"] = sum(
+        memory[k]
+        for k in (
+            "arguments",
+            "optimizer_state_resident",
+            "temporaries",
+            "outputs",
+            "generated_code",
+        )
+    )
 
 
 def _divisors(n: int) -> list[int]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import math
-import pathlib
+import os
 import sys
 
 import matplotlib
+from etils import epath
 
 from bert_jax.errors import UserError
 from bert_jax.metrics import read_metrics
@@ -90,8 +92,9 @@ class Run:
 
 
 def load_run(workdir, label: str | None = None) -> Run:
-    """Reads WORKDIR/metrics.jsonl; raises MissingMetricsError if it is absent or empty."""
-    workdir = pathlib.Path(workdir)
+    """Reads WORKDIR/metrics.jsonl (local or gs://); raises MissingMetricsError if it is absent
+    or empty."""
+    workdir = _as_path(workdir)
     path = workdir / "metrics.jsonl"
     if not path.is_file():
         hint = "" if workdir.is_dir() else " (the directory does not exist)"
@@ -120,9 +123,14 @@ def panels_for(runs: list[Run]) -> tuple[Panel, ...]:
     return FINETUNING_PANELS
 
 
-def _unique_labels(workdirs: list[pathlib.Path]) -> list[str]:
+def _as_path(path) -> epath.Path:
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
+def _unique_labels(workdirs: list[epath.Path]) -> list[str]:
     """The directory names, or the full paths where two runs share a name."""
-    names = [w.resolve().name or str(w) for w in workdirs]
+    names = [w.name or str(w) for w in workdirs]
     if len(set(names)) == len(names):
         return names
     return [str(w) for w in workdirs]
@@ -207,9 +215,9 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
     """
     if not 0.0 <= smooth < 1.0:
         raise UserError(f"smooth must be in [0, 1), got {smooth}")
-    if isinstance(workdirs, str | pathlib.Path):
+    if isinstance(workdirs, str | os.PathLike):
         workdirs = [workdirs]
-    workdirs = [pathlib.Path(w) for w in workdirs]
+    workdirs = [_as_path(w) for w in workdirs]
     if not workdirs:
         raise UserError("no workdir given: pass at least one run directory")
     labels = _unique_labels(workdirs)
@@ -233,10 +241,12 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
             title += f"   (training curves smoothed: EMA {smooth:g})"
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    if out is not None:
-        out = pathlib.Path(out)
+    if out is not None:  # local or gs://
+        out = _as_path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
+        image = io.BytesIO()
+        fig.savefig(image, dpi=110, format=out.suffix.lstrip(".") or "png")
+        out.write_bytes(image.getvalue())
     return fig
 
 

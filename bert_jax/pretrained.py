@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax.core import meta
 
 from bert_jax.convert import hf
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.modeling import BertConfig
+from bert_jax.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 
 HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
 TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
@@ -41,52 +44,83 @@ TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
 class CheckpointInfo:
     """What a path holds, read from its small files only."""
 
-    path: pathlib.Path
+    path: epath.Path  # a local path or gs://
     format: str  # HUGGINGFACE, BERT_JAX or FINETUNED
     bert_config: BertConfig
-    vocab_file: pathlib.Path | None
+    vocab_file: epath.Path | None
     lowercase: bool | None  # None: the files do not say
     task_info: dict | None = None  # FINETUNED only
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
+def _optional(values: dict, key: str, kind: type, path) -> Any:
+    """values[key] when absent (None) or of type `kind` (int excludes bool); else a UserError."""
+    value = values.get(key)
+    if value is None:
+        return None
+    if not (is_int(value) if kind is int else isinstance(value, kind)):
+        raise UserError(f"{path}: {key} must be a {kind.__name__}, got {shown(value)}")
+    return value
 
 
-def _pretraining_workdir(path: pathlib.Path) -> pathlib.Path | None:
+def _check_task_info(info: dict, path) -> dict:
+    """task_info.json of a fine-tuned workdir, which may come from anywhere: types and ranges."""
+    from bert_jax.data.tasks import KINDS
+
+    kind = info.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UserError(f"{path}: kind {shown(kind)} is not one of {KINDS}")
+    head = info.get("head")
+    if not isinstance(head, str) or not head.isidentifier():
+        raise UserError(f"{path}: head {shown(head)} is not a parameter name")
+    labels = _optional(info, "label_list", list, path)
+    if labels is not None and not all(isinstance(label, str) for label in labels):
+        raise UserError(f"{path}: label_list must hold strings, got {shown(labels)}")
+    expected = {"regression": 1, "squad": 2}.get(kind, len(labels or ()))
+    if info.get("num_labels") != expected or not is_int(info.get("num_labels")) or expected < 1:
+        raise UserError(
+            f"{path}: num_labels is {shown(info.get('num_labels'))}; a {kind} task with "
+            f"label_list {shown(labels)} has {expected}"
+        )
+    _optional(info, "lowercase", bool, path)
+    length = _optional(info, "max_seq_length", int, path)
+    if length is not None and not 0 < length <= MAX_POSITIONS:
+        raise UserError(f"{path}: max_seq_length {length} is not in [1, {MAX_POSITIONS}]")
+    return info
+
+
+def as_path(path) -> epath.Path:
+    """A user's path: `~` expanded when local; gs:// and other URLs as they are (etils.epath)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.expanduser(text))
+
+
+def _pretraining_workdir(path: epath.Path) -> epath.Path | None:
     """The workdir of a bert_jax pretraining run: path itself, its checkpoints/ or checkpoints/N."""
     for candidate in (path, path.parent, path.parent.parent):
         config = candidate / "config.json"
-        if config.is_file() and "model" in _read_json(config):
+        if config.is_file() and "model" in read_json_object(config):
             return candidate
     return None
 
 
-def _pretraining_vocab(workdir: pathlib.Path, data: dict) -> pathlib.Path | None:
+def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
     vocab = data.get("vocab_file") or ""
     candidates = []
     if vocab:
-        candidates += [
-            pathlib.Path(vocab).expanduser(),
-            workdir / vocab,
-            workdir / pathlib.Path(vocab).name,
-        ]
+        candidates += [as_path(vocab), workdir / vocab, workdir / as_path(vocab).name]
     candidates.append(workdir / VOCAB)
     return next((c for c in candidates if c.is_file()), None)
 
 
 def inspect_checkpoint(path) -> CheckpointInfo:
     """Classifies `path` and reads its BertConfig, vocabulary file and casing."""
-    path = pathlib.Path(path).expanduser()
+    path = as_path(path)
     if not path.exists():
         raise UserError(
             f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
         )
     if (path / TASK_INFO).is_file():
-        info = _read_json(path / TASK_INFO)
+        info = _check_task_info(read_json_object(path / TASK_INFO), path / TASK_INFO)
         vocab = path / VOCAB
         return CheckpointInfo(
             path=path,
@@ -98,11 +132,15 @@ def inspect_checkpoint(path) -> CheckpointInfo:
         )
     workdir = _pretraining_workdir(path)
     if workdir is not None:
-        config = _read_json(workdir / "config.json")
-        data = config.get("data", {})
+        config_file = workdir / "config.json"
+        config = read_json_object(config_file)
+        data = _optional(config, "data", dict, config_file) or {}
+        _optional(data, "vocab_file", str, config_file)
+        _optional(data, "lowercase", bool, config_file)
         # The architecture only: the pretraining run's compute settings (bfloat16, remat, a GPU
         # attention kernel) are choices for its hardware, not properties of the weights.
-        bert_config = BertConfig.from_dict(config["model"]).replace(
+        model = BertConfig.from_dict(config["model"], source=f"{config_file} (model)")
+        bert_config = model.replace(
             dtype="float32", remat_policy="none", attention_implementation=None
         )
         return CheckpointInfo(
@@ -116,7 +154,8 @@ def inspect_checkpoint(path) -> CheckpointInfo:
         lowercase = None
         tokenizer_config = path / "tokenizer_config.json"
         if tokenizer_config.is_file():
-            lowercase = _read_json(tokenizer_config).get("do_lower_case")
+            values = read_json_object(tokenizer_config, "a tokenizer config")
+            lowercase = _optional(values, "do_lower_case", bool, tokenizer_config)
         vocab = path / VOCAB
         return CheckpointInfo(
             path=path,

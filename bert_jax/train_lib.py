@@ -15,8 +15,9 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from bert_jax import checkpointing, distributed, sharding
-from bert_jax.config_lib import validate_pretraining_config
+from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
 from bert_jax.data import pipeline
+from bert_jax.data.corpus import describe
 from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
 from bert_jax.train_step import (
     SUM_METRICS,
@@ -27,31 +28,46 @@ from bert_jax.train_step import (
 )
 
 
-def evaluate(pretrainer: Pretrainer, params, config) -> dict[str, float]:
-    """Held-out masked-LM and NSP metrics over up to config.eval_steps batches."""
-    iterator = pipeline.make_pretraining_iterator(
-        config.data,
-        split="validation",
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_epochs=1,
-    )
+def evaluate(pretrainer: Pretrainer, params, config, batches=None) -> dict[str, float]:
+    """Held-out masked-LM and NSP metrics over up to config.eval_steps eval batches.
+
+    Each eval step runs eval_batch_size rows (default: the training microbatch, so evaluation
+    stays within the memory gradient accumulation keeps small); each process builds only the
+    rows of its batch share. batches: this process's local batches (default: the validation
+    split). Shares hold different numbers of batches: evaluation stops when any runs out.
+    """
+    if batches is None:
+        share, shares = sharding.batch_share(pretrainer.mesh)
+        batches = pipeline.make_pretraining_iterator(
+            config.data,
+            split="validation",
+            global_batch_size=eval_batch_size(config),
+            seed=config.seed,
+            process_index=share,
+            process_count=shares,
+            num_epochs=1,
+        )
+    iterator = iter(batches)
     totals = None
-    batches = 0
-    for local_batch in iterator:
-        if batches >= config.eval_steps:
+    count = 0
+    while count < config.eval_steps:
+        local_batch = next(iterator, None)
+        if not distributed.all_processes(local_batch is not None):
             break
-        if local_batch["input_ids"].shape[0] * jax.process_count() != config.batch_size:
-            break  # a final partial batch; the batch count below says how many were used
         sums = pretrainer.eval_step(params, pretrainer.shard_batch(local_batch))
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-        batches += 1
+        count += 1
     if totals is None:
+        if jax.process_index() == 0 and config.eval_steps > 0:
+            print(
+                f"evaluation skipped: a share of the validation split holds no full eval batch "
+                f"({eval_batch_size(config)} rows over {sharding.batch_share(pretrainer.mesh)[1]}"
+                " shares); lower eval_batch_size or raise data.validation_fraction",
+                flush=True,
+            )
         return {}
     result = metrics_from_sums(jax.device_get(totals), prefix="eval_")
-    result["eval_batches"] = batches
+    result["eval_batches"] = count
     return result
 
 
@@ -72,24 +88,23 @@ def train_and_evaluate(config, workdir) -> TrainState:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
-        info = pipeline.prepare_data(config.data)
-        print(f"data: {info}")
+        print(describe(pipeline.prepare_data(config.data, workdir)))
     distributed.barrier("data_prepared")
-    if not is_main:
-        pipeline.prepare_data(config.data)
+    config = pipeline.with_prepared_dataset(config, workdir)  # no raw text is read from here on
 
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
         checkpointer = checkpointing.Checkpointer(
             workdir, config.checkpoint_every_steps, config.keep_checkpoints, config
         )
+        share, shares = sharding.batch_share(mesh)  # hosts holding the same rows feed the same
         train_iter = pipeline.make_pretraining_iterator(
             config.data,
             split="train",
             global_batch_size=config.batch_size,
             seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_index=share,
+            process_count=shares,
         )
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
         restored = checkpointer.restore(pretrainer.abstract_state)

@@ -66,7 +66,9 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
     A prediction counts as correct when the label's logit is the maximum.
     """
-    logits = output.mlm_logits.astype(jnp.float32)  # [B, P, V]
+    # The padded vocabulary (sharded evenly over `tensor`); its extra columns hold the float32
+    # minimum, so they add exp(-inf) = 0 to the normaliser and never reach the maximum.
+    logits = output.padded_mlm_logits.astype(jnp.float32)  # [B, P, V']
     ids = batch["masked_lm_ids"]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, P]

@@ -11,7 +11,9 @@ Phase 2, the last 10% at 512 with 80 predictions, initialised from phase 1's par
   python -m bert_jax.pretrain --config configs/bert_base.py:phase2 --workdir gs://BUCKET/bert_base_p2 \
       --config.init_checkpoint=gs://BUCKET/bert_base_p1 ...
 
-AdamW, learning rate 1e-4, 10k warmup steps, linear decay, batch 256.
+google-research/bert's optimization.py exactly: its AdamW (`adamw_bert`, no bias correction,
+weight decay 0.01 off LayerNorm and biases, clipping at global norm 1), learning rate 1e-4 with
+10k warmup steps, then linear decay to 0 over the whole run (`schedule='bert'`), batch 256.
 """
 
 from bert_jax.config_lib import pretraining_config
@@ -24,7 +26,8 @@ def recipe(preset: str, phase: str):
     c = pretraining_config(preset)
     c.batch_size = 256
     c.learning_rate = 1e-4
-    c.optimizer = "adamw"
+    c.optimizer = "adamw_bert"  # google's AdamWeightDecayOptimizer
+    c.schedule = "bert"  # google's warmup + polynomial decay over num_train_steps
     c.weight_decay = 0.01
     c.log_every_steps = 100
     c.eval_every_steps = 10_000

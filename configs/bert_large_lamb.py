@@ -3,6 +3,8 @@ r"""BERT-Large with LAMB at large batch (NVIDIA / MLPerf style, You et al. 2019)
 Phase 1: batch 65536 at sequence 128 for 7038 steps (lr 6e-3, 28.43% warmup); phase 2: batch
 32768 at 512 for 1563 steps (lr 4e-3, 12.8% warmup). The global batch is reached through
 gradient accumulation; lower grad_accum_steps when more devices hold more of the batch.
+LAMB as apex FusedLAMB (no weight decay or trust ratio on biases and LayerNorm), and NVIDIA's
+PolyWarmUpScheduler curve: linear warmup, then peak * (1 - step / T)^0.5 over the whole run.
 
   python -m bert_jax.pretrain --config configs/bert_large_lamb.py:phase1 --workdir gs://BUCKET/lamb_p1 \
       --config.data.input_files='gs://BUCKET/corpus/*.txt' --config.data.vocab_file=vocab.txt
@@ -16,6 +18,7 @@ from bert_jax.config_lib import pretraining_config
 def get_config(phase: str = "phase1"):
     c = pretraining_config("large")
     c.optimizer = "lamb"
+    c.schedule = "bert"  # decay over all num_train_steps, as PolyWarmUpScheduler
     c.decay_power = 0.5  # NVIDIA's polynomial decay
     c.weight_decay = 0.01
     c.model.dtype = "bfloat16"

@@ -21,6 +21,7 @@ def get_config(mode: str = "demo"):
     c.data.max_predictions_per_seq = 20
     c.batch_size = 32
     c.learning_rate = 1e-3
+    c.schedule = "trainer"  # tuned with it; 'bert' (google's) measured NSP 0.683 vs 0.721 at 2000
     c.num_train_steps = 2000
     c.warmup_steps = 100
     c.log_every_steps = 50

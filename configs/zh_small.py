@@ -37,8 +37,7 @@ def get_config(mode: str = "default"):
     c.data.input_files = "../shared/data/zh/corpus/pretrain.txt"
     c.data.vocab_file = "runs/zh/vocab.txt"
     c.data.data_dir = "runs/zh/data"
-    if "word_segmenter" in c.data:  # jieba word boundaries, read by data.whole_word_masking
-        c.data.word_segmenter = "jieba"
+    c.data.word_segmenter = "jieba"  # word boundaries, read by data.whole_word_masking
     # No dropout while pretraining: a short budget underfits rather than overfits (Geiping &
     # Goldstein's "Cramming" drop it too); fine-tuning sets its own (hidden_dropout_prob 0.1).
     c.model.hidden_dropout_prob = 0.0
@@ -47,6 +46,7 @@ def get_config(mode: str = "default"):
     c.data.max_predictions_per_seq = 20
     c.batch_size = 32
     c.learning_rate = 2e-3
+    c.schedule = "trainer"  # decay from the peak over the steps after warmup, as tuned
     c.warmup_steps = 300
     c.num_train_steps = 6000
     c.log_every_steps = 100

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Pretraining on a Cloud TPU VM slice (one host or many), with data and workdir on a gs:// bucket,
-# which Orbax and TFDS read and write directly. Every worker runs the same command; bert_jax
-# calls jax.distributed.initialize() (BERT_JAX_DISTRIBUTED=1) and each host feeds its share.
+# Pretraining on a Cloud TPU VM slice (one host or many). Where each file lives:
+#   your text       $BUCKET/corpus/ (or wherever INPUT_FILES points: gs:// globs)
+#   prepared data   $BUCKET/data     written once by `prepare` (worker 0), read by every worker
+#   the run         $BUCKET/runs/$RUN  checkpoints, metrics.jsonl, TensorBoard, config.json
+#   this checkout   each worker's ~/bert_jax (tracked files only: never your corpus)
+# Every worker runs the same `train` command; bert_jax calls jax.distributed.initialize()
+# (BERT_JAX_DISTRIBUTED=1) and each host feeds its share of the batch.
 #
+#   gcloud storage cp my_corpus/*.txt gs://my-bucket/corpus/   # from your machine, once
 #   BUCKET=gs://my-bucket launch/tpu_vm.sh create     # the TPU VM (QUEUED=1: a queued resource)
 #   BUCKET=gs://my-bucket launch/tpu_vm.sh setup      # copy this checkout to every worker, install
-#   BUCKET=gs://my-bucket launch/tpu_vm.sh prepare    # tokenize the corpus into $BUCKET/data once
-#   BUCKET=gs://my-bucket launch/tpu_vm.sh train [--config.num_train_steps=...]
+#   BUCKET=gs://my-bucket INPUT_FILES='gs://my-bucket/corpus/*.txt' launch/tpu_vm.sh prepare
+#   BUCKET=gs://my-bucket INPUT_FILES='gs://my-bucket/corpus/*.txt' launch/tpu_vm.sh train \
+#       [--config.num_train_steps=...]
 #   launch/tpu_vm.sh delete
 #
 # Settings (environment, defaults in brackets): ZONE [us-central2-b], TPU_NAME [bert-jax],
 # ACCELERATOR [v4-32], RUNTIME [tpu-ubuntu2204-base], SPOT [0], QUEUED [0], CONFIG
 # [configs/demo.py], RUN [bert] (the workdir is $BUCKET/runs/$RUN), MESH [data=-1] (mesh axis
-# sizes, e.g. "data=-1 fsdp=4"), INPUT_FILES and VOCAB_FILE for `prepare` [the bundled KJV
-# corpus and vocab, as configs/demo.py]. Paths are relative to the checkout on the workers, and
-# `train` needs the same --config.data.input_files/vocab_file as `prepare`. The gcloud project
-# is its default one.
+# sizes, e.g. "data=-1 fsdp=4"), INPUT_FILES and VOCAB_FILE [the KJV corpus and vocab bundled in
+# the package, as configs/demo.py]: gs:// paths or paths inside the package. `prepare` and
+# `train` take the same INPUT_FILES and VOCAB_FILE. The gcloud project is its default one.
 #
 # Preemption (spot VMs, maintenance): the job saves at the next step on SIGTERM and exits 0;
 # running `train` again with the same RUN resumes from that checkpoint.
@@ -60,18 +65,20 @@ case "${1:-}" in
     ;;
   setup)
     archive="$(mktemp -d)/bert_jax.tar.gz"
-    git -C "$(dirname "$0")/.." ls-files -z --cached --others --exclude-standard |
+    # Tracked files only: an untracked corpus in the checkout stays here (text lives on gs://).
+    git -C "$(dirname "$0")/.." ls-files -z --cached |
       tar -C "$(dirname "$0")/.." --null -T - -czf "$archive"
     gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME":bert_jax.tar.gz --zone "$ZONE" --worker=all
-    # gcsfs lets the metric files and checkpoint metadata go to gs:// (etils.epath).
+    # The gcs extra (gcsfs) lets etils.epath read and write gs:// (metrics, manifests, data).
     on_workers all "mkdir -p $REMOTE_DIR && tar -xzf bert_jax.tar.gz -C $REMOTE_DIR \
       && cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
-      && .venv/bin/pip install -q -e '.[tpu]' gcsfs"
+      && .venv/bin/pip install -q -e '.[tpu,gcs]'"
     ;;
   prepare)
     require_bucket
     on_workers 0 "cd $REMOTE_DIR && .venv/bin/python -m bert_jax.data.prepare \
-      --input_files=$INPUT_FILES --vocab_file=$VOCAB_FILE --data_dir=$BUCKET/data"
+      --input_files=$(printf '%q' "$INPUT_FILES") --vocab_file=$(printf '%q' "$VOCAB_FILE") \
+      --data_dir=$BUCKET/data"
     ;;
   train)
     require_bucket
@@ -79,9 +86,11 @@ case "${1:-}" in
     extra=""
     for axis in $MESH; do extra+=" --config.mesh.$axis"; done
     for arg in "$@"; do extra+=" $(printf '%q' "$arg")"; done
+    # The prepared data on gs:// is what training reads; input_files/vocab_file name it.
     on_workers all "cd $REMOTE_DIR && BERT_JAX_DISTRIBUTED=1 .venv/bin/python -m bert_jax.pretrain \
       --config $CONFIG --workdir $BUCKET/runs/$RUN --config.data.data_dir=$BUCKET/data \
-      $extra"
+      --config.data.input_files=$(printf '%q' "$INPUT_FILES") \
+      --config.data.vocab_file=$(printf '%q' "$VOCAB_FILE") $extra"
     ;;
   delete)
     if [[ "${QUEUED:-0}" == 1 ]]; then
@@ -91,7 +100,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,26p' "$0" >&2
     exit 2
     ;;
 esac

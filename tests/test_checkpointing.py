@@ -1,5 +1,7 @@
 """Issue 5: Orbax checkpoints: exact round trip, integrity manifest and fallback, interrupted
-saves, restore onto another mesh, and `load_params_for_init` from bert_jax and HF directories."""
+saves, restore onto another mesh, and `load_params_for_init` from bert_jax and HF directories.
+Issue 13: sealing that scales (array fingerprints, no file read back; damage markers instead of
+renames; a damaged step can be saved again; only what is read is verified)."""
 
 import importlib.util
 import json
@@ -17,7 +19,7 @@ import pytest
 from conftest import REPO_ROOT
 from flax import traverse_util
 
-from bert_jax import checkpointing, sharding
+from bert_jax import checkpointing, sealing, sharding
 from bert_jax.checkpointing import Checkpointer, checkpoint_problem, load_params_for_init
 from bert_jax.errors import UserError
 from bert_jax.train_step import build_pretrainer
@@ -129,8 +131,9 @@ def _flip_byte(step_dir):
 
 
 def _truncate(step_dir):
-    path = _largest_file(step_dir)
-    path.write_bytes(path.read_bytes()[:-100])
+    path = _largest_file(step_dir)  # its tail may be a B-tree node Orbax no longer reads
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 def _remove_array_file(step_dir):
@@ -141,15 +144,21 @@ def _remove_manifest(step_dir):
     (step_dir / checkpointing.MANIFEST_NAME).unlink()
 
 
+def _corrupt_json_item(step_dir):
+    path = step_dir / "data_iterator" / "metadata"
+    path.write_text(path.read_text().replace("4", "5"))
+
+
 @pytest.mark.parametrize(
     "damage, reason",
     [
-        (_flip_byte, "is corrupted"),
-        (_truncate, "is truncated"),
-        (_remove_array_file, "is missing"),
+        (_flip_byte, r"array state/\S+ is corrupted \(fingerprint"),
+        (_truncate, "could not be read"),
+        (_remove_array_file, "could not be read"),
         (_remove_manifest, "the save never completed"),
+        (_corrupt_json_item, "data_iterator/metadata is corrupted"),
     ],
-    ids=["flipped_byte", "truncated", "missing_file", "no_manifest"],
+    ids=["flipped_byte", "truncated", "missing_file", "no_manifest", "json_item"],
 )
 def test_damaged_checkpoint_is_never_loaded(tmp_path, run, capsys, damage, reason):
     checkpointer = Checkpointer(tmp_path, every_steps=2, keep=3, config=run[0])
@@ -164,11 +173,20 @@ def test_damaged_checkpoint_is_never_loaded(tmp_path, run, capsys, damage, reaso
     lines = capsys.readouterr().out.strip().splitlines()
     assert restored.step == 2 and restored.data_state == {"position": 2}
     _assert_trees_equal(restored.state, run[3])
-    assert len(lines) == 1 and "checkpoints/4 not loaded: " in lines[0] and reason in lines[0]
-    assert (tmp_path / "damaged_checkpoints" / "4").is_dir()  # kept for inspection
+    assert len(lines) == 1 and "checkpoints/4 not loaded: " in lines[0], lines
+    assert re.search(reason, lines[0]), lines[0]
+    # Marked with one object (no rename, which gs:// cannot do atomically), kept for inspection.
+    step_dir = tmp_path / "checkpoints" / "4"
+    assert checkpoint_problem(step_dir).startswith("marked damaged")
+    assert checkpointer.all_steps() == [2, 4]
+    capsys.readouterr()
+    assert _restore(checkpointer, run).step == 2  # skipped at once from now on
+    assert "marked damaged" in capsys.readouterr().out
     # The run can write step 4 again, and that one is loaded next time.
     assert _save(checkpointer, run, 4, data_state={"position": 4})
-    assert _restore(checkpointer, run).step == 4
+    assert checkpoint_problem(step_dir) is None
+    restored = _restore(checkpointer, run)
+    assert restored.step == 4 and restored.data_state == {"position": 4}
     checkpointer.close()
 
 
@@ -176,10 +194,10 @@ def test_interrupted_save_never_costs_the_last_good_checkpoint(tmp_path, run, mo
     checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
     _save(checkpointer, run, 2, data_state={"position": 2})
 
-    def crash(step_dir, step):  # the process dies after writing arrays, before sealing
+    def crash(*args):  # the process dies after writing arrays, before sealing
         raise OSError("simulated crash while sealing")
 
-    monkeypatch.setattr(checkpointing, "write_manifest", crash)
+    monkeypatch.setattr(sealing, "write_manifest", crash)
     with pytest.raises(OSError, match="simulated crash"):
         _save(checkpointer, run, 4, data_state={"position": 4})
     monkeypatch.undo()
@@ -354,8 +372,16 @@ def test_load_params_for_init_refuses_damaged_and_unknown_paths(saved_run, tmp_p
         load_params_for_init(tmp_path, abstract)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
-    _flip_byte(copy)
-    with pytest.raises(UserError, match="is corrupted"):
+    # One byte in every 4 KiB of every array file: a data file holds several arrays (which ones
+    # depends on how the asynchronous writes were batched), so one byte each could miss params.
+    for path in copy.rglob("*"):
+        if path.is_file() and "ocdbt.process" in str(path) and path.stat().st_size > 4096:
+            data = bytearray(path.read_bytes())
+            for offset in range(2048, len(data), 4096):
+                data[offset] ^= 0x01
+            path.write_bytes(bytes(data))
+    damaged = r"cannot be used: (array state/params/\S+ is corrupted|it could not be read)"
+    with pytest.raises(UserError, match=damaged):
         load_params_for_init(copy, abstract)
 
 
@@ -368,3 +394,59 @@ def test_checkpoint_files_hold_no_pickles(saved_run):
         if path.is_file():
             head = path.read_bytes()[:2]
             assert not (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"), path
+
+
+def test_sealing_reads_back_no_array_file(tmp_path, run, monkeypatch):
+    """Issue 13: the seal fingerprints the arrays on their devices when the save starts; only
+    the small JSON files are read back (by the primary process), and a restore reads only them
+    besides the arrays Orbax restores."""
+    digested = []
+    digest = sealing._digest
+    recording = lambda path, **kw: digested.append(path) or digest(path, **kw)  # noqa: E731
+    monkeypatch.setattr(sealing, "_digest", recording)
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=1, config=run[0])
+    _save(checkpointer, run, 2, data_state={"position": 2})
+    assert _restore(checkpointer, run).step == 2
+    checkpointer.close()
+    names = {str(p.relative_to(tmp_path / "checkpoints")) for p in digested}
+    assert names and not any("/state/" in f"/{n}" for n in names), names
+    manifest = json.loads(
+        (tmp_path / "checkpoints" / "2" / checkpointing.MANIFEST_NAME).read_text()
+    )
+    leaves = jax.tree.leaves(run[3])
+    assert len(manifest["arrays"]) == len(leaves)
+
+
+def test_only_the_arrays_read_are_verified(tmp_path, run):
+    """A damaged optimizer moment does not stop `load_params_for_init`, which never reads it;
+    resuming, which does, falls back."""
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=2, config=run[0])
+    _save(checkpointer, run, 2)
+    _save(checkpointer, run, 4)
+    checkpointer.close()
+    path = tmp_path / "checkpoints" / "4" / checkpointing.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    moment = next(name for name in manifest["arrays"] if name.startswith("state/opt_state/"))
+    manifest["arrays"][moment] = "0" * 16  # as if that array's bytes had changed
+    path.write_text(json.dumps(manifest))
+    abstract = run[2].abstract_state.params
+    _assert_trees_equal(load_params_for_init(tmp_path, abstract), run[3].params)
+    assert _restore(Checkpointer(tmp_path, 2, 2, run[0]), run).step == 2
+    assert "marked damaged" in checkpoint_problem(tmp_path / "checkpoints" / "4")
+
+
+@pytest.mark.parametrize(
+    "manifest, reason",
+    [
+        ("[1, 2]", "malformed (no 'files' object)"),
+        ('{"files": {"../../etc/passwd": {"size": 1, "crc32": "0"}}}', "malformed entry"),
+        ('{"files": {}, "arrays": [1]}', "'arrays' is not names"),
+        ("{not json", "is unreadable"),
+    ],
+    ids=["not_an_object", "outside_the_step", "arrays_list", "not_json"],
+)
+def test_a_malformed_manifest_is_a_damaged_step(saved_run, tmp_path, manifest, reason):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
+    (copy / checkpointing.MANIFEST_NAME).write_text(manifest)
+    assert reason in checkpoint_problem(copy)

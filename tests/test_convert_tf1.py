@@ -43,15 +43,6 @@ GOOGLE_CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def tf():
-    tf = pytest.importorskip(
-        "tensorflow", reason="TensorFlow absent: install the extra with pip install -e '.[tf]'"
-    )
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
 def google_names(num_layers: int) -> dict[tuple[str, ...], tuple[str, bool]]:
     """bert_jax path -> (variable name in google-research/bert, stored transposed vs Flax).
 

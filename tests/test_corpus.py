@@ -1,4 +1,4 @@
-"""Reading text corpora (with every repair counted) and the cached TFDS dataset of documents."""
+"""Reading text corpora (with every repair counted) and the prepared TFDS dataset of documents."""
 
 import gzip
 import os
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import corpus, pipeline
+from bert_jax.data.corpus import reader
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 
@@ -70,7 +71,7 @@ def test_read_corpus_counts_every_repair(messy_files, tokenizer):
 
 def test_blocks_give_the_same_documents(messy_files, tokenizer, monkeypatch):
     whole, _ = corpus.read_corpus(messy_files, tokenizer, max_line_chars=100, show_progress=False)
-    monkeypatch.setattr(corpus, "_BLOCK_BYTES", 5)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 5)
     pieces, report = corpus.read_corpus(
         messy_files, tokenizer, max_line_chars=100, show_progress=False
     )
@@ -98,44 +99,68 @@ def test_globs_expand_sorted_and_without_duplicates(tmp_path):
     assert [os.path.basename(f) for f in files] == ["c.md", "a.txt", "b.txt"]
 
 
-def test_validation_documents_are_a_fixed_sample():
-    held_out = corpus.validation_documents(1189, 0.05)
-    assert len(held_out) == 59 and np.all(np.diff(held_out) > 0)
-    np.testing.assert_array_equal(held_out, corpus.validation_documents(1189, 0.05))
-    assert len(corpus.validation_documents(3, 0.05)) == 1
-    assert len(corpus.validation_documents(2, 0.9)) == 1
-    assert len(corpus.validation_documents(1, 0.5)) == 0
-    assert len(corpus.validation_documents(100, 0.0)) == 0
+def test_validation_split_is_a_seeded_hash_of_each_document():
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(5, 8000, rng.integers(5, 300)).astype(np.int32) for _ in range(4000)]
+    held = [corpus.is_validation(d, np.array([len(d)], np.int32), 0.05) for d in documents]
+    assert 0.04 < np.mean(held) < 0.06  # binomial: 200 +- 14
+    again = [corpus.is_validation(d.copy(), np.array([len(d)], np.int32), 0.05) for d in documents]
+    assert held == again  # content decides, not position or the process
+    assert not any(corpus.is_validation(d, np.array([len(d)], np.int32), 0.0) for d in documents)
+    wider = [corpus.is_validation(d, np.array([len(d)], np.int32), 0.2) for d in documents]
+    assert all(w for h, w in zip(held, wider, strict=True) if h)  # a larger fraction adds only
+
+
+def _prepare(files, data_dir, **kwargs):
+    options = {k: kwargs.pop(k) for k in ("max_line_chars", "validation_fraction") if k in kwargs}
+    spec = corpus.corpus_spec(files, pipeline.BUNDLED_VOCAB, **options)
+    return corpus.prepare(spec, str(data_dir), show_progress=False, **kwargs)
+
+
+def _stored(prepared):
+    return {
+        split: [{k: v.tolist() for k, v in doc.items()} for doc in prepared.data_source(split)]
+        for split in prepared.examples
+    }
 
 
 def test_dataset_round_trip_and_fingerprint(messy_files, tmp_path, tokenizer):
-    kwargs = dict(data_dir=str(tmp_path / "data"), max_line_chars=100, show_progress=False)
-    builder = corpus.corpus_builder(messy_files, pipeline.BUNDLED_VOCAB, **kwargs)
-    info = corpus.prepare_corpus(builder)
+    prepared = _prepare(messy_files, tmp_path / "data", max_line_chars=100, num_workers=1)
+    info = prepared.info()
     assert info["built_now"] and info["documents"] == 4 and info["invalid_utf8_replaced"] == 2
     assert info["examples"] == {"train": 3, "validation": 1}
     assert info["vocab_size"] == tokenizer.vocab_size
-    documents, _ = corpus.read_corpus(
-        messy_files, tokenizer, max_line_chars=100, show_progress=False
-    )
-    held_out = corpus.validation_documents(4, 0.05)
-    train = np.setdiff1d(np.arange(4), held_out)
-    for split, indices in (("train", train), ("validation", held_out)):
-        source = builder.as_data_source(split)
-        for stored, (_, tokens, lengths) in zip(source, documents.documents(indices), strict=True):
-            np.testing.assert_array_equal(stored["tokens"], tokens)
-            np.testing.assert_array_equal(stored["sentence_lengths"], lengths)
+    documents, _ = corpus.read_corpus(messy_files, tokenizer, max_line_chars=100)
+    expected = {"train": [], "validation": []}
+    for _, tokens, lengths in documents.documents(range(4)):
+        split = "validation" if corpus.is_validation(tokens, lengths, 0.05) else "train"
+        expected[split].append({"tokens": tokens.tolist(), "sentence_lengths": lengths.tolist()})
+    if not expected["validation"]:  # no document drawn: the last one is held out
+        expected["validation"].append(expected["train"].pop())
+    assert _stored(prepared) == expected
+    assert prepared.tokenizer().fingerprint() == tokenizer.fingerprint()  # its vocab is stored
 
-    again = corpus.corpus_builder(messy_files, pipeline.BUNDLED_VOCAB, **kwargs)
-    assert again.builder_config.name == builder.builder_config.name
-    assert not corpus.prepare_corpus(again)["built_now"]
-    cased = corpus.corpus_builder(messy_files, pipeline.BUNDLED_VOCAB, lowercase=False, **kwargs)
-    assert cased.builder_config.name != builder.builder_config.name
+    def name(**options):
+        return corpus.corpus_spec(messy_files, pipeline.BUNDLED_VOCAB, **options).name
+
+    assert name(max_line_chars=100) == prepared.meta["name"]
+    again = _prepare(messy_files, tmp_path / "data", max_line_chars=100)
+    assert again.directory == prepared.directory and not again.built_now
+    assert name(max_line_chars=100, lowercase=False) != prepared.meta["name"]
+    assert name(max_line_chars=100, validation_fraction=0.1) != prepared.meta["name"]
     with open(messy_files[0], "ab") as f:
         f.write(b"One more verse.\n")
-    changed = corpus.corpus_builder(messy_files, pipeline.BUNDLED_VOCAB, **kwargs)
-    assert changed.builder_config.name != builder.builder_config.name
-    assert not changed.is_prepared()
+    assert name(max_line_chars=100) != prepared.meta["name"]
+
+
+def test_tiny_corpora_get_both_splits(tmp_path):
+    two = _write(tmp_path / "two.txt", b"In the beginning.\n\nJesus wept.\n")
+    for fraction in (0.01, 0.99):  # the hash draws none / both: the last document is moved
+        prepared = _prepare([two], tmp_path / f"d{fraction}", validation_fraction=fraction)
+        assert prepared.examples == {"train": 1, "validation": 1}, fraction
+    one = _write(tmp_path / "one.txt", b"Jesus wept.\n")
+    assert _prepare([one], tmp_path / "d1", validation_fraction=0.99).examples == {"train": 1}
+    assert _prepare([two], tmp_path / "d0", validation_fraction=0).examples == {"train": 2}
 
 
 def test_kjv_counts(shared_data, tokenizer):
@@ -175,6 +200,7 @@ def test_cli_prints_a_summary(messy_files, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "dataset built" in result.stdout
+    assert "Downloading" not in result.stdout + result.stderr  # nothing is downloaded
     for line in (
         "documents               4",
         "invalid UTF-8 replaced  2",

@@ -161,11 +161,55 @@ def test_tpu_vm_runs_the_same_command_on_every_worker(tmp_path):
     command = prepare[prepare.index("--command") + 1]
     assert "-m bert_jax.data.prepare" in command and "--data_dir=gs://bucket/data" in command
 
+    # Issue 13: the text is read from gs:// by worker 0 (prepare) and named, not read, by train.
+    env["INPUT_FILES"] = "gs://bucket/corpus/*.txt"
+    for action in ("prepare", "train"):
+        result = subprocess.run(
+            [str(LAUNCH / "tpu_vm.sh"), action], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        command = _calls(tmp_path, "gcloud")[-1][-1]
+        remote = subprocess.run(  # how the worker's shell splits the command
+            ["bash", "-c", 'printf "%s\\n" ' + command.split(".venv/bin/python", 1)[1]],
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+        flag = "--input_files=" if action == "prepare" else "--config.data.input_files="
+        assert flag + "gs://bucket/corpus/*.txt" in remote, remote
+
     env.pop("BUCKET")
     result = subprocess.run(
         [str(LAUNCH / "tpu_vm.sh"), "train"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2 and "BUCKET=gs://" in result.stderr
+
+
+def test_tpu_vm_setup_ships_tracked_files_only(tmp_path):
+    """Issue 13: an untracked corpus in the checkout is not copied to the workers (text lives on
+    gs://); the package's own files are."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    listing = tmp_path / "archive.txt"
+    (bin_dir / "gcloud").write_text(
+        f"#!{sys.executable}\nimport sys, tarfile\n"
+        "if 'scp' in sys.argv:\n"
+        f"    names = tarfile.open(sys.argv[sys.argv.index('scp') + 1]).getnames()\n"
+        f"    open({str(listing)!r}, 'w').write('\\n'.join(names))\n"
+    )
+    (bin_dir / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TPU_NAME="pod")
+    untracked = REPO_ROOT / f"untracked_corpus_{os.getpid()}.txt"
+    untracked.write_text("In the beginning was the word.\n")
+    try:
+        result = subprocess.run(
+            [str(LAUNCH / "tpu_vm.sh"), "setup"], capture_output=True, text=True, env=env
+        )
+    finally:
+        untracked.unlink()
+    assert result.returncode == 0, result.stderr
+    names = set(listing.read_text().split("\n"))
+    assert "bert_jax/assets/kjv.txt.gz" in names and "launch/tpu_vm.sh" in names
+    assert untracked.name not in names
 
 
 @pytest.mark.parametrize("finished", [True, False])

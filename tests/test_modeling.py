@@ -127,7 +127,7 @@ def test_config_dict_round_trip_ignores_unknown_keys():
 
 def expected_tiny_tree() -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """'path' -> (shape, logical axes) of BertForPreTraining at the 'tiny' preset."""
-    v, h, f, n_pos = 30522, 128, 512, 512
+    v, h, f, n_pos = 30592, 128, 512, 512  # the 30522-token vocabulary padded to 239 x 128
     norm = lambda p: {f"{p}/norm/scale": ((h,), ("embed",)), f"{p}/norm/bias": ((h,), ("embed",))}
     dense = lambda p, shape, axes: {
         f"{p}/dense/kernel": (shape, axes),
@@ -170,15 +170,20 @@ def test_tiny_param_tree_shapes_and_logical_axes():
     for path, (shape, axes) in expected.items():
         assert found[path] == (shape, axes), path
     assert all(x.dtype == jnp.float32 for x in shapes.values())
-    assert sum(int(np.prod(s)) for s, _ in expected.values()) == config.num_parameters()
+    padding = (config.padded_vocab_size - config.vocab_size) * (config.hidden_size + 1)
+    assert sum(int(np.prod(s)) for s, _ in expected.values()) == config.num_parameters() + padding
 
 
 @pytest.mark.parametrize("pre_layer_norm", [False, True])
 def test_num_parameters_matches_the_real_tree(pre_layer_norm):
     config = BertConfig(**SMALL, pre_layer_norm=pre_layer_norm)
     params = init_pretraining(config)
-    assert num_elements(params) == config.num_parameters()
-    assert num_elements(params["bert"]) == config.num_parameters(include_heads=False)
+    extra_rows = config.padded_vocab_size - config.vocab_size  # 97 -> 128
+    assert extra_rows == 31
+    h = config.hidden_size
+    assert num_elements(params) == config.num_parameters() + extra_rows * (h + 1)
+    encoder = config.num_parameters(include_heads=False)
+    assert num_elements(params["bert"]) == encoder + extra_rows * h
 
 
 # -- numerics ---------------------------------------------------------------------------------
@@ -307,7 +312,7 @@ def test_remat_gives_identical_grads():
     rng = jax.random.key(3)
     grad = lambda cfg: jax.jit(jax.grad(lambda p: pretraining_loss(cfg, p, rng)))(params)
     plain = grad(config)
-    assert num_elements(plain) == config.num_parameters()
+    assert num_elements(plain) == num_elements(params)
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(plain)) > 1e-3
     for policy in ("full", "dots"):
         remat = grad(config.replace(remat_policy=policy))

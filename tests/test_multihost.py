@@ -9,7 +9,7 @@ losses mean the multi-process run computes exactly what one process does with th
 batch assembly from process shares, collectives, metric reduction.
 """
 
-import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -19,7 +19,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, demo_config
 
 from bert_jax import sharding
 from bert_jax.checkpointing import Checkpointer
@@ -34,16 +34,14 @@ COMPARED = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "gra
 
 
 def _config(data_dir):
-    spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("test")
+    config = demo_config("test")
     config.data.data_dir = str(data_dir)
     config.data.show_progress = False
     config.num_train_steps = STEPS
     config.log_every_steps = 1
     config.checkpoint_every_steps = CHECKPOINT_STEP
     config.eval_every_steps = 1000  # evaluates once, after the last step
+    config.eval_steps = 1000  # the whole held-out split: the two shares run out at other steps
     config.mesh.data = 4
     return config
 
@@ -62,6 +60,7 @@ def _cli_flags(config, workdir):
         "--config.log_every_steps=1",
         f"--config.checkpoint_every_steps={CHECKPOINT_STEP}",
         "--config.eval_every_steps=1000",
+        "--config.eval_steps=1000",
         "--config.mesh.data=4",
     ]
 
@@ -88,12 +87,12 @@ def _step_metrics(pretrainer, state, batches, rng):
     return state, records
 
 
-def _two_process_batches(config, count):
-    """Global batches as 2 processes feed them: each process's rows, in process order."""
-    shares = [
+def _shares(config, split):
+    """The two processes' batch iterators of `split`."""
+    return [
         pipeline.make_pretraining_iterator(
             config.data,
-            split="train",
+            split=split,
             global_batch_size=config.batch_size,
             seed=config.seed,
             process_index=index,
@@ -101,8 +100,12 @@ def _two_process_batches(config, count):
         )
         for index in range(2)
     ]
-    for _ in range(count):
-        local = [next(share) for share in shares]
+
+
+def _two_process_batches(config, split="train", count=None):
+    """Global batches as 2 processes feed them: each process's rows, in process order; `count`
+    of them, or until either share runs out."""
+    for local in itertools.islice(zip(*_shares(config, split), strict=False), count):
         yield {k: np.concatenate([rows[k] for rows in local]) for k in local[0]}
 
 
@@ -115,9 +118,16 @@ def _assert_same(got, want, rel, label):
     return worst
 
 
-def test_two_processes_match_one_and_one_resumes(tmp_path):
-    config = _config(tmp_path / "data")
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The bundled corpus tokenized once for this module."""
+    config = _config(tmp_path_factory.mktemp("data"))
     pipeline.prepare_data(config.data)
+    return config.data.data_dir
+
+
+def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
+    config = _config(data_dir)
     two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
     launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
     out = _run([launcher, "-n", "2", "-d", "2", "--", sys.executable, *_cli_flags(config, two_dir)])
@@ -134,9 +144,13 @@ def test_two_processes_match_one_and_one_resumes(tmp_path):
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
         state = pretrainer.init(init_rng)
         state, one_train = _step_metrics(
-            pretrainer, state, _two_process_batches(config, STEPS), dropout_rng
+            pretrainer, state, _two_process_batches(config, count=STEPS), dropout_rng
         )
-        one_eval = evaluate(pretrainer, state.params, config)
+        held_out = _two_process_batches(config, "validation")
+        one_eval = evaluate(pretrainer, state.params, config, held_out)
+    # The shares hold different numbers of held-out batches: the processes agreed where to stop.
+    lengths = [sum(1 for _ in share) for share in _shares(config, "validation")]
+    assert lengths[0] != lengths[1] and one_eval["eval_batches"] == min(lengths)
     worst_train = _assert_same(two_train, one_train, 1e-5, "2x2 vs 1x4 train")
     worst_eval = _assert_same(
         [{k: two_eval[0][k] for k in one_eval}], [one_eval], 1e-5, "2x2 vs 1x4 eval"
@@ -166,3 +180,58 @@ def test_two_processes_match_one_and_one_resumes(tmp_path):
         f" 1-process resume from step {CHECKPOINT_STEP}: worst rel diff {worst_resume:.2e};"
         f" losses 2x2 {[round(r['loss'], 6) for r in two_train]}"
     )
+
+
+_TENSOR_ACROSS_PROCESSES = """
+import sys
+import jax
+from bert_jax import distributed, sharding, train_lib
+from bert_jax.config_lib import pretraining_config
+
+distributed.initialize_if_needed()
+make_mesh = sharding.make_mesh
+
+
+def interleaved(mesh_config, devices=None):
+    # Device order p0d0, p1d0, p0d1, p1d1: as (data=2, tensor=2) each tensor pair spans both
+    # processes, so both processes hold rows of both data shards (the whole batch).
+    if jax.process_count() == 1:  # the reference run
+        return make_mesh(mesh_config, jax.devices()[:4])
+    mine = lambda p: [d for d in jax.devices() if d.process_index == p]  # noqa: E731
+    return make_mesh(mesh_config, [d for pair in zip(mine(0), mine(1)) for d in pair])
+
+
+sharding.make_mesh = interleaved
+spec = __import__("importlib.util").util.spec_from_file_location("demo", "configs/demo.py")
+demo = __import__("importlib.util").util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+config = demo.get_config("test")
+config.data.data_dir, config.data.show_progress = sys.argv[1], False
+config.num_train_steps, config.log_every_steps, config.eval_every_steps = 3, 1, 3
+config.mesh.data, config.mesh.tensor = 2, 2
+train_lib.train_and_evaluate(config, sys.argv[2])
+print("batch share", sharding.batch_share(interleaved(config.mesh)), flush=True)
+"""
+
+
+def test_tensor_axis_across_processes_feeds_whole_shares(tmp_path, data_dir):
+    """Issue 13, point 5: with a tensor axis spanning the two processes, each process holds rows
+    of both data shards; both feed the same whole batch, and the run logs what one process
+    with the same mesh sizes logs."""
+    config = _config(data_dir)
+    launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
+    script = tmp_path / "tensor_across.py"
+    script.write_text(_TENSOR_ACROSS_PROCESSES)
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    out = _run(
+        [launcher, "-n", "2", "-d", "2", "--", sys.executable, str(script), config.data.data_dir]
+        + [str(two_dir)],
+    )
+    assert out.count("batch share (0, 1)") == 2, out  # one share, fed by both processes
+    # One process, 4 devices, the same mesh sizes: the same data stream and the same numbers.
+    out = _run([sys.executable, str(script), config.data.data_dir, str(one_dir)])
+    one, two = read_metrics(one_dir), read_metrics(two_dir)
+    assert len(one) == len(two) == 4  # 3 train logs and one evaluation
+    for got, want in zip(two, one, strict=True):
+        for key in set(want) - {"steps_per_sec", "tokens_per_sec", "examples_per_sec", "mfu"}:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from bert_jax import chips, hlo_collectives, plan_lib, sharding
@@ -226,3 +227,78 @@ def test_plan_and_sweep_tiny_model_on_v5e_2x2(tmp_path):
     embedding = TINY_MODEL["vocab_size"] * TINY_MODEL["hidden_size"]
     sent = reduced["all-reduce"]["bytes_per_device"]
     assert once * 0.99 <= sent <= 2 * 0.75 * 4 * (num_params + embedding) * 1.01
+
+
+@needs_libtpu
+def test_plan_compiles_the_eval_step_on_two_slices(tmp_path):
+    """Issue 13: the eval step is compiled and its memory counted in the verdict (here the train
+    step fits and an oversized eval batch does not); two v5e 2x2 slices joined by DCN."""
+    out = tmp_path / "plan.json"
+    result = _run_plan(
+        [
+            *TINY_FLAGS,
+            "--topology=v5e:2x2",
+            "--num_slices=2",
+            "--config.mesh.data=8",
+            "--config.batch_size=16",
+            "--config.eval_batch_size=4096",
+            "--hbm_gib=0.5",
+            f"--out={out}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval step: 4096 rows per step (eval_batch_size)" in result.stdout
+    assert "in the eval step (lower --config.eval_batch_size=4096)" in result.stdout
+    plan = json.loads(out.read_text())
+    assert plan["topology"] == "2 x v5e:2x2" and plan["num_devices"] == 8
+    assert plan["margin_bytes"] > 0 > plan["eval_margin_bytes"] and not plan["fits"]
+    train, evaluation = plan["per_device_memory_bytes"], plan["eval_per_device_memory_bytes"]
+    # The eval step holds [512, P, V] float32 logits per chip; the state stays resident.
+    logits = 4096 // 8 * 10 * TINY_MODEL["vocab_size"] * 4
+    assert evaluation["temporaries"] >= logits
+    assert evaluation["optimizer_state_resident"] == train["optimizer_state"]
+    assert evaluation["total"] > train["total"]
+
+
+_MESHES_ON_TPU = """
+import json
+import jax
+import numpy as np
+jax.config.update("jax_platforms", "cpu")
+from bert_jax import plan_lib, sharding
+
+result = {}
+topology = plan_lib.load_topology("v5e:4x4")  # 16 chips, 4 hosts of 4
+mesh_config = sharding.default_mesh_config()
+for layout in ((4, 1, 4), (16, 1, 1)):
+    mesh_config.data, mesh_config.fsdp, mesh_config.tensor = layout
+    mesh = sharding.make_mesh(mesh_config, topology.devices)
+    result[str(layout)] = [sharding.batch_share(mesh, p) for p in range(4)]
+two = plan_lib.load_topology("v5e:2x2", num_slices=2)
+mesh_config.data, mesh_config.fsdp, mesh_config.tensor = 4, 1, 2
+grid = sharding.make_mesh(mesh_config, two.devices).devices
+result["slices"] = np.vectorize(lambda d: d.slice_index)(grid).tolist()
+print(json.dumps(result))
+"""
+
+
+@needs_libtpu
+def test_meshes_on_tpu_topologies():
+    """Issue 13: on a v5e 4x4 (4 hosts) a tensor axis of 4 spans two hosts, which then feed the
+    same half of each batch; two slices get a hybrid mesh with data across the slices."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TPU_LIBRARY_PATH")}
+    result = subprocess.run(
+        [sys.executable, "-c", _MESHES_ON_TPU],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["(4, 1, 4)"] == [[0, 2], [0, 2], [1, 2], [1, 2]]
+    assert sorted(map(tuple, found["(16, 1, 1)"])) == [(i, 4) for i in range(4)]
+    slices = np.asarray(found["slices"])  # [data=4, fsdp=1, tensor=2]
+    assert (slices[:2] == 0).all() and (slices[2:] == 1).all()

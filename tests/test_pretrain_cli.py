@@ -72,7 +72,15 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
     result = run_pretrain(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "stdout.txt").write_text(result.stdout)
     return workdir
+
+
+def test_data_summary_is_the_table_prepare_prints(tiny_run):
+    stdout = (tiny_run / "stdout.txt").read_text()
+    assert f"dataset built: {tiny_run}/data/pretraining_corpus/kjv_" in stdout
+    assert "  documents               1,189 (0 of one sentence)" in stdout
+    assert "{'" not in stdout and "Downloading" not in stdout  # no raw dict, no TFDS banner
 
 
 def test_tiny_pretraining_run_end_to_end(tiny_run):

@@ -67,14 +67,6 @@ def whole_word_examples(kjv):
     return _examples(kjv, whole_word_masking=True)
 
 
-def _original_ids(batch):
-    """input_ids with the masked positions restored to their labels."""
-    original = batch["input_ids"].copy()
-    rows, cols = np.nonzero(batch["masked_lm_weights"])
-    original[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
-    return original
-
-
 def test_random_next_fraction_is_one_half(examples):
     assert len(examples["input_ids"]) > 40_000
     assert abs(examples["next_sentence_labels"].mean() - 0.5) < 0.01
@@ -114,7 +106,7 @@ def test_mask_random_keep_split(examples, kjv):
 
 def test_special_tokens_are_never_masked(examples, kjv):
     tokenizer, _ = kjv
-    original = _original_ids(examples)
+    original = pretraining.original_ids(examples)
     weights = examples["masked_lm_weights"] > 0
     assert np.all(original[:, 0] == tokenizer.cls_id)
     labels = examples["masked_lm_ids"][weights]
@@ -127,7 +119,7 @@ def test_special_tokens_are_never_masked(examples, kjv):
 
 def test_layout_of_segments(examples, kjv):
     tokenizer, _ = kjv
-    original = _original_ids(examples)
+    original = pretraining.original_ids(examples)
     length = examples["attention_mask"].sum(1)
     sep = original == tokenizer.sep_id
     assert np.all(sep.sum(1) == 2)
@@ -194,7 +186,7 @@ def test_truncation_matches_the_sequential_rule():
 def test_whole_word_masking_never_splits_a_word(whole_word_examples, kjv):
     tokenizer, _ = kjv
     batch = whole_word_examples
-    original = _original_ids(batch)
+    original = pretraining.original_ids(batch)
     subword = tokenizer.subword_mask[original] & (original != tokenizer.sep_id)
     masked = np.zeros(original.shape, bool)
     rows, cols = np.nonzero(batch["masked_lm_weights"])
@@ -255,10 +247,11 @@ def data_config(tmp_path_factory):
     config.data_dir = str(tmp_path_factory.mktemp("datasets"))
     config.show_progress = False
     config.documents_per_chunk = 16
+    config.documents_per_window = 256
     config.max_seq_length = 64
     config.max_predictions_per_seq = 10
     info = pipeline.prepare_data(config)
-    assert info["documents"] == 1189 and info["validation_documents"] == 59
+    assert info["documents"] == 1189 and info["validation_documents"] == 56  # hash-drawn: ~5%
     return config
 
 
@@ -312,7 +305,10 @@ def test_state_restores_the_exact_position(data_config):
     _assert_same(expected, _take(resumed, 6))
 
 
-def test_validation_is_finite_and_split_evenly_across_processes(data_config):
+def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config, monkeypatch):
+    """Issue 13: each process reads its own share of the held-out documents and batches its own
+    rows, instead of building every global batch to keep 1/P of it."""
+
     def batches(index, count):
         iterator = pipeline.make_pretraining_iterator(
             data_config,
@@ -327,11 +323,20 @@ def test_validation_is_finite_and_split_evenly_across_processes(data_config):
     whole = batches(0, 1)
     assert len(whole) > 10
     _assert_same(whole, batches(0, 1))
-    halves = batches(0, 2), batches(1, 2)
-    assert len(halves[0]) == len(halves[1]) == len(whole)
-    for batch, first, second in zip(whole, *halves, strict=True):
-        for name in pipeline.BATCH_FIELDS:
-            np.testing.assert_array_equal(batch[name], np.concatenate([first[name], second[name]]))
+
+    read = []
+    original = pipeline._ChunkExamples._read
+    recording = lambda self, keys: read.extend(keys) or original(self, keys)  # noqa: E731
+    monkeypatch.setattr(pipeline._ChunkExamples, "_read", recording)
+    shares = []
+    for index in range(2):
+        read.clear()
+        shares.append(batches(index, 2))
+        mine = set(pipeline.process_documents(56, index, 2).tolist())  # 56 held out
+        assert set(read) == mine  # every document of its share, nothing of the other's
+        assert all(b["input_ids"].shape == (8, 64) for b in shares[-1])  # its half of each batch
+    rows = 8 * (len(shares[0]) + len(shares[1]))
+    assert abs(rows - 16 * len(whole)) <= 3 * 16  # as many examples, less the remainders
 
 
 def test_train_processes_read_disjoint_documents(data_config):
@@ -340,7 +345,8 @@ def test_train_processes_read_disjoint_documents(data_config):
     chunks = pipeline.make_example_chunks(
         data_config, split="train", seed=0, process_index=2, process_count=3, num_epochs=1
     )
-    assert len(chunks) == -(-len(shares[2]) // data_config.documents_per_chunk)
+    windows = [188, 189]  # 377 documents in windows of at most 256
+    assert len(chunks) == sum(-(-w // data_config.documents_per_chunk) for w in windows)
     batch = next(
         pipeline.make_pretraining_iterator(
             data_config, split="train", global_batch_size=12, seed=0, process_index=2,
@@ -353,10 +359,12 @@ def test_train_processes_read_disjoint_documents(data_config):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_static_masking_repeats_every_dupe_factor_epochs(data_config, dynamic):
     config = data_config.copy_and_resolve_references()
-    config.update(dynamic_masking=dynamic, dupe_factor=2, documents_per_chunk=400)
+    config.update(
+        dynamic_masking=dynamic, dupe_factor=2, documents_per_window=400, documents_per_chunk=400
+    )
     chunks = pipeline.make_example_chunks(config, split="train", seed=0, num_epochs=5)
     per_epoch = len(chunks) // 5
-    assert per_epoch == 3
+    assert per_epoch == 3  # windows of 376 or 377 documents, one chunk each
     same = lambda a, b: np.array_equal(chunks[a]["input_ids"], chunks[b]["input_ids"])  # noqa: E731
     assert not same(0, per_epoch)  # Epoch 1 differs from epoch 0.
     assert same(1, 2 * per_epoch + 1) != dynamic  # Epoch 2 repeats epoch 0 only when static.

@@ -139,3 +139,91 @@ def test_gradient_accumulation_exact_without_dropout():
 def test_bad_mesh_is_a_user_error(mesh_axes, message):
     with pytest.raises(UserError, match=message):
         sharding.make_mesh(ml_collections.ConfigDict(mesh_axes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13, point 5: mesh edge cases
+
+
+def test_fsdp_must_divide_hidden_size():
+    from bert_jax.config_lib import pretraining_config, validate_pretraining_config
+
+    config = pretraining_config("tiny")
+    config.mesh.data, config.mesh.fsdp = 2, 3  # hidden_size 128 does not split 3 ways
+    config.batch_size = 12
+    with pytest.raises(UserError, match="mesh.fsdp 3 does not divide model hidden_size 128"):
+        validate_pretraining_config(config, 6, check_files=False)
+
+
+def test_a_parameter_the_mesh_cannot_split_is_one_line():
+    """Fine-tuning builds its parameter shardings with sharded_abstract too: vocabulary 30522 over
+    tensor=4 is a one-line UserError naming the config key, not XLA's tiling message at jit."""
+    from bert_jax.modeling import BertModel
+
+    model = BertModel(BertConfig.preset("tiny", vocab_size=30522))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=4)))
+
+    def init(rng):
+        ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+        return model.init(rng, ids)["params"]
+
+    with pytest.raises(UserError) as error:
+        sharding.sharded_abstract(init, mesh, sharding.DEFAULT_RULES)
+    message = str(error.value)
+    assert "mesh.tensor 4 does not divide model.vocab_size 30522" in message, message
+    assert "\n" not in message and "word_embeddings" in message
+
+
+def test_topology_failure_is_an_error_unless_opted_in(monkeypatch, capsys):
+    from jax.experimental import mesh_utils
+
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot map logical mesh onto the physical torus")
+
+    monkeypatch.setattr(mesh_utils, "create_device_mesh", refuse)
+    axes = sharding.default_mesh_config()
+    axes.data, axes.fsdp = 4, 2
+    with pytest.raises(UserError, match=r"cannot be laid out on the topology of the 8 cpu devices"):
+        sharding.make_mesh(axes)
+    axes.reshape_fallback = True
+    mesh = sharding.make_mesh(axes)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and "ignoring the topology" in warning
+
+
+class FakeDevice:
+    """What mesh_utils reads from a device: id, platform, kind, process and slice."""
+
+    platform = device_kind = "cpu"
+
+    def __init__(self, id, slice_index, process_index=0):
+        self.id, self.slice_index, self.process_index = id, slice_index, process_index
+
+    def __repr__(self):
+        return f"D{self.id}/s{self.slice_index}"
+
+
+def test_multi_slice_gets_a_hybrid_mesh():
+    # Listed with the slices interleaved, as a multi-slice device list may come: a plain reshape
+    # would put both slices inside every data-parallel group and the tensor axis.
+    devices = [FakeDevice(i, slice_index=i % 2) for i in range(8)]
+    axes = sharding.default_mesh_config()
+    axes.data, axes.fsdp, axes.tensor = 2, 2, 2
+    grid = sharding.device_grid(axes, devices)
+    slices = np.vectorize(lambda d: d.slice_index)(grid)
+    # data crosses the slices (DCN); fsdp and tensor stay inside one slice (ICI).
+    np.testing.assert_array_equal(slices[0], 0)
+    np.testing.assert_array_equal(slices[1], 1)
+    axes.dcn_data, axes.dcn_fsdp = 1, 2
+    slices = np.vectorize(lambda d: d.slice_index)(sharding.device_grid(axes, devices))
+    np.testing.assert_array_equal(slices[:, 0], 0)
+    np.testing.assert_array_equal(slices[:, 1], 1)
+    axes.dcn_data, axes.dcn_fsdp = 2, 2
+    with pytest.raises(UserError, match="must equal the 2 slices"):
+        sharding.device_grid(axes, devices)
+    axes.data, axes.fsdp, axes.tensor, axes.dcn_data, axes.dcn_fsdp = 1, 1, 8, -1, 1
+    with pytest.raises(UserError, match="mesh.data 1 is not a multiple of mesh.dcn_data 2"):
+        sharding.device_grid(axes, devices)
+    # One slice (no slice_index, e.g. CPU and GPU devices): the DCN keys are ignored.
+    assert sharding.num_slices(jax.devices()) == 1

@@ -6,6 +6,7 @@ transposed both ways. Older checkpoints name LayerNorm parameters gamma/beta; bo
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Iterator
@@ -15,7 +16,14 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    is_vocab_param,
+    pad_vocab_rows,
+    trim_vocab_rows,
+)
+from bert_jax.untrusted import check_file_size, checkpoint_byte_limit, read_json_object, shown
 
 # (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)
 Mapping = tuple[str, tuple[str, ...], bool]
@@ -85,24 +93,63 @@ def pretraining_mappings(config: BertConfig) -> list[Mapping]:
 HEAD_PATHS = ("mlm_transform", "mlm_layer_norm", "mlm_output_bias", "nsp")
 
 
-def _read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
+# safetensors dtype codes -> numpy names; parameters must be stored in one of _FLOAT_DTYPES.
+_SAFETENSORS_DTYPES = {
+    **{f"F{bits}": f"float{bits}" for bits in (16, 32, 64)},
+    **{f"I{bits}": f"int{bits}" for bits in (8, 16, 32, 64)},
+    **{f"U{bits}": f"uint{bits}" for bits in (8, 16, 32, 64)},
+    "BF16": "bfloat16",
+    "BOOL": "bool",
+}
+_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def read_hf_weights(directory: pathlib.Path, config: BertConfig) -> dict[str, np.ndarray]:
+    """The named tensors of model.safetensors or pytorch_model.bin, checked against `config`.
+
+    The file is untrusted: its size is bounded by the config's parameter count, and the names,
+    shapes and dtypes in its header are checked (`check_hf_tensors`) before any tensor is read.
+    """
     safetensors_file = directory / "model.safetensors"
     torch_file = directory / "pytorch_model.bin"
+    limit = checkpoint_byte_limit(config.num_parameters())
     if safetensors_file.exists():
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(safetensors_file))
-        except Exception as err:  # safetensors raises its own error types
-            raise UserError(f"{safetensors_file}: cannot read safetensors file ({err})") from err
+        check = lambda specs: check_hf_tensors(config, specs, safetensors_file)
+        return read_safetensors(safetensors_file, max_bytes=limit, check=check)
     if torch_file.exists():
         from bert_jax.convert.torch_pickle import load_torch_state_dict
 
-        return load_torch_state_dict(torch_file)
+        check = lambda specs: check_hf_tensors(config, specs, torch_file)
+        return load_torch_state_dict(torch_file, max_bytes=limit, check=check)
     raise UserError(
         f"{directory}: no model.safetensors or pytorch_model.bin; "
         "point to a Hugging Face BERT directory saved with save_pretrained()"
     )
+
+
+def read_safetensors(path, *, max_bytes: int, check=None) -> dict[str, np.ndarray]:
+    """model.safetensors -> {name: array}; the safetensors library bounds-checks every offset.
+
+    The file may hold at most max_bytes; check, when given, is called with {name: (shape, dtype
+    name)} from the header before any tensor is read, and may raise a UserError.
+    """
+    from safetensors import safe_open
+
+    check_file_size(path, max_bytes, "a safetensors file of this model")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            specs = {
+                name: (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(s.get_dtype(), s.get_dtype()))
+                for name, s in slices.items()
+            }
+            if check is not None:
+                check(specs)
+            return {name: f.get_tensor(name) for name in specs}
+    except UserError:
+        raise
+    except Exception as err:  # safetensors raises its own error types
+        raise UserError(f"{path}: cannot read safetensors file ({err})") from err
 
 
 # BertConfig fields that say how bert_jax runs a model, not what the model is. A checkpoint's
@@ -122,20 +169,21 @@ def architecture_fields(values: dict) -> dict:
 
 
 def read_hf_config(directory) -> BertConfig:
-    """config.json of a Hugging Face BERT directory -> BertConfig."""
+    """config.json of a Hugging Face BERT directory -> BertConfig (types and ranges checked)."""
     path = pathlib.Path(directory) / "config.json"
     if not path.exists():
         raise UserError(f"{path} not found: a Hugging Face BERT directory needs config.json")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
+    values = read_json_object(path, "a Hugging Face config")
     model_type = values.get("model_type", "bert")
     if model_type != "bert":
-        raise UserError(f"{path}: model_type is {model_type!r}, not 'bert'")
-    if values.get("position_embedding_type", "absolute") != "absolute":
-        raise UserError(f"{path}: only absolute position embeddings are supported")
-    return BertConfig.from_dict(architecture_fields(values))
+        raise UserError(f"{path}: model_type is {shown(model_type)}, not 'bert'")
+    position_embedding_type = values.get("position_embedding_type", "absolute")
+    if position_embedding_type != "absolute":
+        raise UserError(
+            f"{path}: position_embedding_type is {shown(position_embedding_type)}; only "
+            "'absolute' position embeddings are supported"
+        )
+    return BertConfig.from_dict(architecture_fields(values), source=path)
 
 
 # Tensors a checkpoint may hold that are no parameter of ours: a buffer, and the MLM decoder that
@@ -153,6 +201,49 @@ def _lookup(weights: dict[str, np.ndarray], name: str) -> str | None:
     return next((c for c in candidates if c in weights), None)
 
 
+@functools.lru_cache(maxsize=8)
+def _model_shapes(config: BertConfig) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+    """bert_jax path -> shape and dtype of each BertForPreTraining parameter (none allocated)."""
+    return traverse_util.flatten_dict(
+        jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    )
+
+
+def check_hf_tensors(
+    config: BertConfig,
+    specs: dict[str, tuple[tuple[int, ...], str]],
+    source,
+    source_names: dict[str, str] | None = None,
+) -> None:
+    """Checks {name: (shape, dtype name)} of a checkpoint before its tensors are read.
+
+    Every tensor the model takes must have the shape its config implies (compared in bert_jax's
+    layout) and a floating-point dtype; other tensors are left alone (they are reported as
+    ignored). `source_names` (HF name -> name in the checkpoint) spells names in messages.
+    """
+    spelled = lambda name: (source_names or {}).get(name, name)
+    shapes = _model_shapes(config)
+    for hf_name, ours, transpose in pretraining_mappings(config):
+        found = _lookup(specs, hf_name)
+        if found is None or ours not in shapes:
+            continue
+        shape, dtype = specs[found]
+        shape = tuple(reversed(shape)) if transpose else tuple(shape)
+        expected = shapes[ours].shape
+        if is_vocab_param(ours):  # checkpoints hold vocab_size rows; bert_jax pads them
+            expected = (config.vocab_size, *expected[1:])
+        if shape != expected:
+            raise UserError(
+                f"{source}: parameter {spelled(found)} (bert_jax {'/'.join(ours)}) has shape "
+                f"{shape}, but its config implies {expected}"
+            )
+        if dtype not in _FLOAT_DTYPES:
+            raise UserError(
+                f"{source}: parameter {spelled(found)} is stored as {dtype}; BERT weights are "
+                f"floating point ({', '.join(sorted(_FLOAT_DTYPES))})"
+            )
+
+
 def params_from_hf_tensors(
     config: BertConfig,
     weights: dict[str, np.ndarray],
@@ -167,6 +258,12 @@ def params_from_hf_tensors(
     and which tensors were ignored are printed when `verbose`. `source` names the checkpoint in
     messages, and `source_names` (HF name -> name in that checkpoint) how it spells parameters.
     """
+    check_hf_tensors(
+        config,
+        {name: (value.shape, str(value.dtype)) for name, value in weights.items()},
+        source,
+        source_names,
+    )
     spelled = lambda name: (source_names or {}).get(name, name)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     names: dict[tuple[str, ...], str] = {}
@@ -179,21 +276,15 @@ def params_from_hf_tensors(
             continue
         value = weights[found]
         flat[ours] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+        if is_vocab_param(ours) and flat[ours].shape[0] == config.vocab_size:
+            flat[ours] = pad_vocab_rows(config, flat[ours])  # bert_jax's zero padding rows
         names[ours] = found
     if missing_encoder:
         raise UserError(
             f"{source}: not a complete BERT encoder; missing {len(missing_encoder)} "
             f"parameters, e.g. {missing_encoder[:3]}"
         )
-    shapes = traverse_util.flatten_dict(
-        jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    )
-    for key, expected in shapes.items():
-        if key in flat and flat[key].shape != expected.shape:
-            raise UserError(
-                f"{source}: parameter {spelled(names[key])} (bert_jax {'/'.join(key)}) has shape "
-                f"{flat[key].shape}, but its config implies {expected.shape}"
-            )
+    shapes = _model_shapes(config)
     initialised = [k for k in shapes if k not in flat]
     used = set(names.values())
     ignored = sorted(n for n in weights if n not in used and not n.endswith(_DERIVED_NAMES))
@@ -220,7 +311,7 @@ def load_hf_checkpoint(path, *, verbose: bool = True) -> tuple[BertConfig, dict]
         raise UserError(f"{directory}: not a directory; expected a Hugging Face BERT checkpoint")
     config = read_hf_config(directory)
     return config, params_from_hf_tensors(
-        config, _read_weights(directory), str(directory), verbose=verbose
+        config, read_hf_weights(directory, config), str(directory), verbose=verbose
     )
 
 
@@ -241,6 +332,8 @@ def iter_hf_tensors(config: BertConfig, params: dict) -> Iterator[tuple[str, np.
         if ours not in flat:
             raise UserError(f"parameter {'/'.join(ours)} missing from the tree being exported")
         value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
+        if is_vocab_param(ours):
+            value = trim_vocab_rows(config, value)  # drop bert_jax's padding rows
         yield hf_name, np.ascontiguousarray(value.T if transpose else value)
 
 

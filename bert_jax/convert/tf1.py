@@ -20,12 +20,14 @@ import numpy as np
 
 from bert_jax.convert.hf import (
     architecture_fields,
+    check_hf_tensors,
     iter_hf_tensors,
     params_from_hf_tensors,
     pretraining_mappings,
 )
 from bert_jax.errors import UserError
 from bert_jax.modeling import BertConfig
+from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, read_json_object
 
 CONFIG_FILE = "bert_config.json"
 CHECKPOINT_PREFIX = "bert_model.ckpt"
@@ -86,12 +88,18 @@ def tf1_mappings(config: BertConfig) -> list[tuple[str, str, bool]]:
     return mappings
 
 
-def config_from_tf1_dict(values: dict) -> BertConfig:
+def config_from_tf1_dict(values: dict, source=None) -> BertConfig:
     """bert_config.json -> BertConfig; google's "gelu" becomes the tanh approximation it is."""
     values = architecture_fields(values)
     if values.get("hidden_act") == "gelu":
         values["hidden_act"] = "gelu_new"
-    return BertConfig.from_dict(values)
+    return BertConfig.from_dict(values, source=source)
+
+
+def read_tf1_config(config_file) -> BertConfig:
+    """A google-research/bert bert_config.json -> BertConfig (types and ranges checked)."""
+    values = read_json_object(config_file, "a bert_config.json")
+    return config_from_tf1_dict(values, source=config_file)
 
 
 def tf1_config_dict(config: BertConfig) -> dict:
@@ -127,7 +135,9 @@ def find_tf1_checkpoint(path) -> pathlib.Path:
         return path / CHECKPOINT_PREFIX
     state = path / "checkpoint"
     if state.is_file():  # written by tf.train.Saver: names the newest of several
-        match = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(), re.MULTILINE)
+        check_file_size(state, MAX_JSON_BYTES, "a TF checkpoint state file")
+        text = state.read_text(encoding="utf-8", errors="replace")
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"', text, re.MULTILINE)
         if match:
             prefix = path / match.group(1)
             if prefix.with_name(prefix.name + ".index").is_file():
@@ -158,26 +168,45 @@ def load_tf1_checkpoint(path, config_file=None, *, verbose: bool = True) -> tupl
             f"{config_file} not found: a TF1 checkpoint needs its {CONFIG_FILE} "
             "(pass config_file= when it lives elsewhere)"
         )
-    try:
-        config = config_from_tf1_dict(json.loads(config_file.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_file}: not valid JSON ({err})") from err
+    config = read_tf1_config(config_file)
 
     tf = import_tensorflow()
     try:
         reader = tf.train.load_checkpoint(str(prefix))
-    except (tf.errors.OpError, ValueError) as err:
-        raise UserError(f"{prefix}: cannot read TF1 checkpoint ({err})") from err
-    stored = set(reader.get_variable_to_shape_map())
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except Exception as err:  # TensorFlow's errors for damaged index files vary
+        raise UserError(f"{prefix}: cannot read TF1 checkpoint ({_first_line(err)})") from err
+    stored = set(shapes)
     mappings = tf1_mappings(config)
     known = {tf_name for tf_name, _, _ in mappings}
     training_state = sorted(n for n in stored if _TRAINING_STATE.search(n))
     ignored = sorted(stored - known - set(training_state))
+    source_names = {hf: tf_name for tf_name, hf, _ in mappings}
+    # Names, shapes and dtypes are checked against the config before any tensor is read.
+    check_hf_tensors(
+        config,
+        {
+            hf_name: (
+                tuple(reversed(shapes[tf_name])) if transposed else tuple(shapes[tf_name]),
+                dtypes[tf_name].name,
+            )
+            for tf_name, hf_name, transposed in mappings
+            if tf_name in stored
+        },
+        str(prefix),
+        source_names,
+    )
 
     weights = {}
     for tf_name, hf_name, transposed in mappings:
         if tf_name in stored:
-            value = reader.get_tensor(tf_name)
+            try:
+                value = reader.get_tensor(tf_name)
+            except Exception as err:  # a damaged data file: DataLossError, OutOfRangeError, ...
+                raise UserError(
+                    f"{prefix}: cannot read variable {tf_name} ({_first_line(err)})"
+                ) from err
             weights[hf_name] = value.T if transposed else value
     if verbose and training_state:
         print(
@@ -193,9 +222,16 @@ def load_tf1_checkpoint(path, config_file=None, *, verbose: bool = True) -> tupl
         weights,
         str(prefix),
         verbose=verbose,
-        source_names={hf: tf_name for tf_name, hf, _ in mappings},
+        source_names=source_names,
     )
     return config, params
+
+
+def _first_line(err: Exception) -> str:
+    """TensorFlow's messages run over many lines; the first, cut short, says what broke."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def save_tf1_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:

@@ -1,19 +1,44 @@
 """Pretraining input pipeline: Grain over the TFDS corpus of tokenized documents.
 
+The prepared dataset (bert_jax.data.corpus) is found by `open_dataset`: `data.dataset_dir`, or
+the one prepared from `data.input_files` with these settings in `data.data_dir` (built on first
+use); pretraining records it in the workdir (`prepare_data`, `with_prepared_dataset`), so later
+reads and every evaluation open it directly and never touch the raw text.
+
 Per process and epoch (one pass over the documents):
 
   documents (TFDS ArrayRecord source; train: this process's 1/process_count share)
-    -> shuffled (train), a new order every epoch
-    -> chunks of `documents_per_chunk` documents
-    -> all MLM+NSP examples of a chunk (`pretraining.create_examples`, vectorised numpy),
-       seeded by (seed, epoch, chunk), rows shuffled within the chunk
+    -> shuffled, a new order every epoch
+    -> windows: the order cut into ceil(documents / documents_per_window) windows of nearly
+       equal size (at most documents_per_window documents, more than half as many)
+    -> all MLM+NSP pairs of a window planned at once (`pretraining.pair_tokens`), seeded by
+       (seed, epoch, window, process): a random-next B comes from any other document of the
+       window, and the window's examples are shuffled together
+    -> chunks: the shuffled examples cut into one slice per documents_per_chunk documents,
+       each assembled and masked on its own (`pretraining.build_examples`, vectorised numpy)
     -> fixed batches of global_batch_size // process_count rows.
+
+The window is the pool of random-next segments and the shuffle buffer at once. google-research/
+bert draws B from any other document of the corpus and shuffles all examples; a window is a
+fresh uniform sample of this process's documents every epoch, so B's document is, over the
+epoch's order, as likely to be any other document as in the reference, while each document is
+read once per epoch (drawing B from the whole share would read a whole random document for every
+second example: several times the reading on Wikipedia at 128, a book per example on books).
+Memory holds a window's tokens and plan, and a few chunks of examples. A batch of 256 rows at 128
+from a 1024-document window comes from about 230 documents (the reference: about 256; examples
+shuffled per 64-document chunk gave under 64 plus the chunks a batch straddles: 75 on KJV). A
+window of a single document (a share of one) makes no random-next pairs, and says so.
+
+Packing several examples per row, when it comes, belongs where a window is planned:
+`pair_tokens` gives the lengths of thousands of examples (a_length + b_length + 3) before any is
+assembled, so a packer can order a window's pairs into rows and `build_examples` assemble them.
 
 Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
 `dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats
-epoch e - dupe_factor exactly. The validation split is deterministic and finite; every process
-builds all of it and keeps its rows of each global batch, so all processes see the same number of
-batches (the last partial global batch is dropped).
+epoch e - dupe_factor exactly. The validation split is deterministic and finite; each process
+reads its own share of its documents, as in training, in one order fixed by the seed, and builds
+and batches only its own rows (the last partial batch is dropped). Shares then hold different
+numbers of batches: the evaluation loop stops when any process runs out (`train_lib.evaluate`).
 
 The iterator is a grain `DatasetIterator`: `get_state()` returns a JSON-serialisable dict and
 `set_state(state)` resumes at exactly the next batch.
@@ -21,44 +46,43 @@ The iterator is a grain `DatasetIterator`: `get_state()` returns a JSON-serialis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
+import json
 import os
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
+from etils import epath
 
 from bert_jax.data import corpus, pretraining
-from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
 _ASSETS = importlib.resources.files("bert_jax") / "assets"
 BUNDLED_CORPUS = os.fspath(_ASSETS / "kjv.txt.gz")
 BUNDLED_VOCAB = os.fspath(_ASSETS / "kjv_vocab.txt")
 
-BATCH_FIELDS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "masked_lm_positions",
-    "masked_lm_ids",
-    "masked_lm_weights",
-    "next_sentence_labels",
-)
+BATCH_FIELDS = pretraining.EXAMPLE_FIELDS
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     """Pretraining data settings; defaults: the bundled KJV corpus and its 8192-token vocab."""
     config = ml_collections.ConfigDict()
-    config.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs; *.gz is read as gzip.
+    config.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs (gs:// too); *.gz: gzip.
     config.vocab_file = BUNDLED_VOCAB
     config.lowercase = True
-    config.data_dir = "~/.cache/bert_jax/datasets"  # Where the tokenized TFDS corpus is cached.
-    config.validation_fraction = 0.05  # Share of documents held out (seeded, whole documents).
+    config.data_dir = "~/.cache/bert_jax/datasets"  # Where prepared datasets live (gs:// too).
+    config.dataset_dir = ""  # One prepared dataset (prepare prints it); then input_files is unused.
+    config.validation_fraction = 0.05  # Share of documents held out (by a hash of each document).
     config.max_line_chars = 20_000  # Longer lines are split at a space (and counted).
+    config.word_segmenter = "none"  # Whole-word boundaries: none, jieba or module:callable.
+    config.num_workers = 0  # Processes preparing the corpus on first use (0: one per core).
+    config.allow_dirty_corpus = False  # Prepare even a corpus that looks binary or mis-vocabbed.
     config.max_seq_length = 128
     config.max_predictions_per_seq = 20
     config.masked_lm_prob = 0.15
@@ -67,7 +91,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
     config.whole_word_masking = False
     config.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
-    config.documents_per_chunk = 64  # Examples are built and shuffled per chunk of documents.
+    config.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
+    config.documents_per_chunk = 64  # Examples are built and delivered in chunks of a window.
     config.worker_count = 0  # Grain worker processes; 0 builds examples in a background thread.
     config.prefetch_chunks = 2
     config.cache_max_tokens = 20_000_000  # Smaller corpora are read once and kept in memory.
@@ -86,39 +111,186 @@ def example_options(data_config) -> pretraining.ExampleOptions:
     )
 
 
-def _builder(data_config) -> corpus.PretrainingCorpus:
-    return corpus.corpus_builder(
-        data_config.input_files,
-        data_config.vocab_file,
-        data_dir=os.path.expanduser(data_config.data_dir),
+# -- finding the prepared dataset ------------------------------------------------------------
+
+DATASET_RECORD = "dataset.json"  # in a workdir: the dataset its run reads
+
+
+def prepare_data(data_config, workdir=None) -> dict:
+    """Finds or builds the prepared dataset for `data_config`; returns its summary (process 0).
+
+    In order: the dataset recorded in `workdir` (a resumed run reads the same data); else
+    `data.dataset_dir`; else the dataset of `data.input_files` and these settings in
+    `data.data_dir`: built now if missing, or, if the raw files are gone, the one dataset
+    prepared from the same paths and settings; with `data.input_files` empty, the only dataset
+    in `data.data_dir`. The choice is recorded in `workdir`. Never reads the raw text unless it
+    builds: finding costs one stat per input file.
+    """
+    recorded = recorded_dataset_dir(workdir) if workdir is not None else None
+    if recorded:
+        prepared = _open_recorded(data_config, recorded, workdir)
+    else:
+        prepared = open_dataset(data_config)
+        if workdir is not None:
+            record = {"dataset_dir": prepared.directory, "name": prepared.meta["name"]}
+            (epath.Path(workdir) / DATASET_RECORD).write_text(json.dumps(record, indent=1))
+    return prepared.info()
+
+
+def recorded_dataset_dir(workdir) -> str | None:
+    """The dataset directory a workdir's run reads (None before its first start)."""
+    path = epath.Path(workdir) / DATASET_RECORD
+    return json.loads(path.read_text())["dataset_dir"] if path.exists() else None
+
+
+def with_prepared_dataset(config: ml_collections.ConfigDict, workdir) -> ml_collections.ConfigDict:
+    """A copy of a pretraining config whose `data.dataset_dir` is the one `workdir` records, so
+    every later read (each evaluation, every process) opens it directly."""
+    config = copy.deepcopy(config)
+    config.data.dataset_dir = recorded_dataset_dir(workdir)
+    return config
+
+
+def _open_recorded(data_config, recorded: str, workdir) -> corpus.PreparedCorpus:
+    try:
+        prepared = corpus.open_prepared(recorded)
+    except UserError:
+        raise UserError(
+            f"{workdir} was trained on {recorded}, which is gone or incomplete: restore it "
+            "(or prepare the same inputs again), or start a new workdir"
+        ) from None
+    asked = data_config.dataset_dir and corpus.open_prepared(data_config.dataset_dir).directory
+    if not asked and str(data_config.input_files).strip():
+        try:
+            asked = os.fspath(corpus.dataset_dir(data_config.data_dir, _spec(data_config).name))
+        except corpus.InputFileNotFound:
+            asked = None  # the raw text is gone: nothing to compare, the record decides
+    if asked and asked != prepared.directory:
+        raise UserError(
+            f"{workdir} was trained on {recorded}, but the config now names other data "
+            f"({asked}): resume with the same data, or start a new workdir "
+            f"(--config.init_checkpoint={workdir} continues from its weights)"
+        )
+    _check_vocab(data_config, prepared)
+    return prepared
+
+
+def _settings_kwargs(data_config) -> dict:
+    return dict(
         lowercase=data_config.lowercase,
         validation_fraction=data_config.validation_fraction,
         max_line_chars=data_config.max_line_chars,
-        show_progress=data_config.show_progress,
+        word_segmenter=data_config.word_segmenter,
     )
 
 
-def prepare_data(data_config) -> dict:
-    """Builds the tokenized corpus under data_dir unless an identical one exists (process 0 only).
+def _spec(data_config) -> corpus.CorpusSpec:
+    return corpus.corpus_spec(
+        data_config.input_files, data_config.vocab_file, **_settings_kwargs(data_config)
+    )
 
-    Returns the corpus report: documents, sentences, tokens, repairs, examples per split, paths.
-    """
-    return corpus.prepare_corpus(_builder(data_config))
+
+def open_dataset(data_config, allow_prepare: bool = True) -> corpus.PreparedCorpus:
+    """The prepared dataset `data_config` names (see `prepare_data`), built on first use if
+    `allow_prepare`."""
+    if data_config.dataset_dir:
+        prepared = corpus.open_prepared(data_config.dataset_dir)
+    elif not str(data_config.input_files).strip():
+        prepared = _only_dataset(data_config.data_dir)
+    else:
+        try:
+            spec = _spec(data_config)
+        except corpus.InputFileNotFound as missing:
+            prepared = _prepared_from_same_paths(data_config, missing)
+        else:
+            directory = corpus.dataset_dir(data_config.data_dir, spec.name)
+            if (directory / "corpus.json").exists():
+                prepared = corpus.open_prepared(os.fspath(directory))
+            elif not allow_prepare:
+                raise UserError(
+                    f"no prepared data in {data_config.data_dir}: call prepare_data on process 0 "
+                    "first"
+                )
+            else:
+                prepared = corpus.prepare(
+                    spec,
+                    data_config.data_dir,
+                    num_workers=data_config.num_workers,
+                    allow_dirty_corpus=data_config.allow_dirty_corpus,
+                    insist="--config.data.allow_dirty_corpus=True",
+                    show_progress=data_config.show_progress,
+                )
+    _check_vocab(data_config, prepared)
+    return prepared
+
+
+def _only_dataset(data_dir: str) -> corpus.PreparedCorpus:
+    return _the_one(
+        corpus.list_prepared(data_dir),
+        f"data.input_files is empty and {data_dir} holds",
+        "run python -m bert_jax.data.prepare, or set data.input_files or data.dataset_dir",
+    )
+
+
+def _prepared_from_same_paths(data_config, missing) -> corpus.PreparedCorpus:
+    """The raw text is gone: the one dataset prepared from the same paths and settings."""
+    patterns = corpus.split_patterns(data_config.input_files)
+    settings, _ = corpus.corpus_settings(data_config.vocab_file, **_settings_kwargs(data_config))
+    found = [
+        p
+        for p in corpus.list_prepared(data_config.data_dir)
+        if p.meta["input_patterns"] == patterns and p.settings == settings
+    ]
+    return _the_one(
+        found,
+        f"data.input_files: {missing.pattern} matches no file, and {data_config.data_dir} holds",
+        "prepare them, or set data.dataset_dir",
+        "prepared from these paths with these settings",
+    )
+
+
+def _the_one(found: list, situation: str, remedy: str, which: str = "prepared"):
+    """The single dataset found, or one line saying there is none (and `remedy`) or several."""
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"{situation} no dataset {which}: {remedy}")
+    directories = ", ".join(p.directory for p in found)
+    raise UserError(
+        f"{situation} {len(found)} datasets {which}: set data.dataset_dir to one of {directories}"
+    )
+
+
+def _check_vocab(data_config, prepared: corpus.PreparedCorpus) -> None:
+    if not data_config.vocab_file:
+        return
+    tokenizer = WordPieceTokenizer.from_vocab(data_config.vocab_file, data_config.lowercase)
+    if tokenizer.fingerprint() != prepared.settings.tokenizer_fingerprint:
+        raise UserError(
+            f"data.vocab_file {data_config.vocab_file} (lowercase={data_config.lowercase}) is "
+            f"not the vocabulary {prepared.directory} was tokenized with "
+            f"({prepared.meta['vocab_file']}, lowercase={prepared.settings.lowercase}; a copy "
+            "is vocab.txt there): pass that one"
+        )
 
 
 @dataclasses.dataclass
 class _ChunkExamples(grain.transforms.MapWithIndex):
-    """Element c of the chunk stream: all examples of one chunk of documents.
+    """Element c of the chunk stream: one chunk of the examples of a window, shuffled.
 
     Chunk c is chunk c % chunks_per_epoch of epoch c // chunks_per_epoch. Each epoch is a pass
     over this process's documents in an order drawn from (seed, pass, process); with static
-    masking pass = epoch % dupe_factor, so epochs repeat exactly every dupe_factor epochs.
+    masking pass = epoch % dupe_factor, so epochs repeat exactly every dupe_factor epochs. The
+    order is cut into windows of nearly equal size (`window_bounds`); a window of d documents is
+    planned once (`pretraining.pair_tokens`, seeded by (seed, pass, window, process): segments,
+    truncation, order), and its ceil(d / chunk_size) chunks are equal slices of its examples,
+    each assembled and masked on its own (seeded by the chunk too).
     """
 
     source: Any  # TFDS data source of documents.
     documents: np.ndarray  # The indices this process reads.
-    chunk_size: int
-    shuffle: bool
+    window_size: int  # At most this many documents per window.
+    chunk_size: int  # Documents' worth of examples per chunk.
     passes: int | None  # dupe_factor for static masking, None for dynamic.
     seed: int
     process_index: int
@@ -127,34 +299,60 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     cache_documents: bool
     _cache: dict[int, dict] | None = dataclasses.field(default=None, repr=False)
     _order_cache: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    _window_cache: tuple | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        count = len(self.documents)
+        windows = -(-count // self.window_size)
+        self.window_bounds = np.arange(windows + 1) * count // windows
+        chunks = -(-np.diff(self.window_bounds) // self.chunk_size)
+        self.first_chunks = np.concatenate([[0], np.cumsum(chunks)])  # Per window, and the end.
 
     @property
     def chunks_per_epoch(self) -> int:
-        return -(-len(self.documents) // self.chunk_size)
+        return int(self.first_chunks[-1])
 
     def _order(self, pass_index: int) -> np.ndarray:
-        if not self.shuffle:
-            return self.documents
         if pass_index not in self._order_cache:
             rng = np.random.default_rng([self.seed, pass_index, self.process_index])
             self._order_cache = {pass_index: rng.permutation(self.documents)}
         return self._order_cache[pass_index]
 
+    def _window(self, pass_index: int, window: int) -> tuple:
+        """(TokenSource, Pairs) of a window, kept while its chunks are built."""
+        key = (pass_index, window)
+        if self._window_cache is None or self._window_cache[0] != key:
+            start, stop = self.window_bounds[window : window + 2]
+            documents = self._read(self._order(pass_index)[start:stop].tolist())
+            word_starts = None
+            if self.options.whole_word_masking:
+                subword = self.vocab.subword_mask
+                word_starts = np.concatenate([corpus.word_starts(d, subword) for d in documents])
+            source = pretraining.token_source(
+                np.concatenate([d["tokens"] for d in documents]),
+                self.options,
+                self.vocab,
+                word_starts,
+            )
+            pairs = pretraining.pair_tokens(
+                np.concatenate([d["sentence_lengths"] for d in documents]),
+                np.array([len(d["sentence_lengths"]) for d in documents], np.int64),
+                [self.seed, pass_index, window, self.process_index, 0],
+                self.options,
+            )
+            self._window_cache = (key, source, pairs)
+        return self._window_cache[1:]
+
     def map_with_index(self, index: int, element) -> dict[str, np.ndarray]:
         del element  # The index says it all.
         epoch, chunk = divmod(index, self.chunks_per_epoch)
         pass_index = epoch % self.passes if self.passes else epoch
-        first = chunk * self.chunk_size
-        keys = self._order(pass_index)[first : first + self.chunk_size]
-        documents = self._read(keys.tolist())
-        return pretraining.create_examples(
-            np.concatenate([d["tokens"] for d in documents]),
-            np.concatenate([d["sentence_lengths"] for d in documents]),
-            np.array([len(d["sentence_lengths"]) for d in documents], np.int64),
-            [self.seed, pass_index, chunk, self.process_index],
-            self.options,
-            self.vocab,
-        )
+        window = int(np.searchsorted(self.first_chunks, chunk, "right")) - 1
+        part, parts = chunk - self.first_chunks[window], np.diff(self.first_chunks)[window]
+        source, pairs = self._window(pass_index, window)
+        rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
+        seed = [self.seed, pass_index, window, self.process_index, 1 + part]
+        return pretraining.build_examples(source, pairs[rows], seed, self.options, self.vocab)
 
     def _read(self, keys: list[int]) -> list[dict]:
         if not self.cache_documents:
@@ -165,20 +363,11 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         return [self._cache[key] for key in keys]
 
     def __getstate__(self):
-        return {**self.__dict__, "_order_cache": {}, "_cache": None}
-
-
-@dataclasses.dataclass(frozen=True)
-class _ProcessRows(grain.transforms.Map):
-    start: int
-    stop: int
-
-    def map(self, batch):
-        return {name: value[self.start : self.stop] for name, value in batch.items()}
+        return {**self.__dict__, "_order_cache": {}, "_cache": None, "_window_cache": None}
 
 
 def process_documents(num_documents: int, process_index: int, process_count: int) -> np.ndarray:
-    """Indices of the training documents that process `process_index` reads (a strided share)."""
+    """Indices of the documents (of either split) process `process_index` reads: a strided share."""
     return np.arange(process_index, num_documents, process_count)
 
 
@@ -193,46 +382,87 @@ def make_example_chunks(
 ) -> grain.MapDataset:
     """Chunks of examples (dicts of arrays with a leading example dimension), epoch after epoch.
 
-    Element c holds every example of one chunk of documents; `len()` is the number of chunks
-    over all epochs (sys.maxsize when infinite). Train: this process's documents; validation:
-    all documents, in one order fixed by the seed.
+    Element c holds one chunk of the shuffled examples of a window of documents; `len()` is the
+    number of chunks over all epochs (sys.maxsize when infinite). Both splits read this process's
+    share of the documents; validation in one order fixed by the seed.
     """
     if split not in ("train", "validation"):
         raise UserError(f"unknown split {split!r}: use 'train' or 'validation'")
-    builder = _builder(data_config)
-    if not builder.is_prepared():
-        if process_count > 1:
-            raise UserError(
-                f"no prepared data in {data_config.data_dir}: call prepare_data on process 0 first"
-            )
-        corpus.prepare_corpus(builder)
-    if split not in builder.info.splits:
+    if data_config.documents_per_window < 2:
+        raise UserError(
+            f"data.documents_per_window is {data_config.documents_per_window}: use at least 2 "
+            "(a random-next segment comes from another document of the window)"
+        )
+    if data_config.documents_per_chunk < 1:
+        raise UserError(f"data.documents_per_chunk is {data_config.documents_per_chunk}: use >= 1")
+    prepared = open_dataset(data_config, allow_prepare=process_count == 1)
+    if split not in prepared.examples:
         raise UserError(
             f"the corpus has no {split} split: validation_fraction is "
             f"{data_config.validation_fraction} or the corpus has a single document"
         )
-    tokenizer = WordPieceTokenizer.from_vocab(data_config.vocab_file, data_config.lowercase)
-    source = builder.as_data_source(split)
+    tokenizer = prepared.tokenizer()
+    source = prepared.data_source(split)
     train = split == "train"
-    documents = np.arange(len(source))
-    if train:
-        documents = process_documents(len(source), process_index, process_count)
-        if len(documents) == 0:
-            raise UserError(f"process {process_index} has no documents: the corpus is too small")
+    documents = process_documents(len(source), process_index, process_count)
+    if train and len(documents) == 0:
+        raise UserError(f"process {process_index} has no documents: the corpus is too small")
     to_examples = _ChunkExamples(
         source=source,
         documents=documents,
+        window_size=data_config.documents_per_window,
         chunk_size=data_config.documents_per_chunk,
-        shuffle=True,  # validation too (fixed seed): random B from anywhere, as in training
         passes=None if data_config.dynamic_masking or not train else data_config.dupe_factor,
         seed=seed,
-        process_index=process_index if train else 0,
+        process_index=process_index,
         options=example_options(data_config),
         vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
-        cache_documents=builder.info.metadata["report"]["tokens"] <= data_config.cache_max_tokens,
+        cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
     )
+    lone = int(np.sum(np.diff(to_examples.window_bounds) == 1))
+    if lone:
+        logging.warning(
+            "%d of the %d windows of %s %s documents hold a single document: they make no "
+            "random-next pairs (next_sentence_labels 0), for want of another document",
+            lone,
+            len(to_examples.window_bounds) - 1,
+            f"process {process_index}'s" if train else "the",
+            split,
+        )
+    if data_config.whole_word_masking and not prepared.word_boundaries:
+        _warn_if_chinese_without_words(prepared, tokenizer, source)
     chunks = grain.MapDataset.range(to_examples.chunks_per_epoch).repeat(num_epochs)
     return chunks.map_with_index(to_examples)
+
+
+_WARNED_CHINESE: set[str] = set()
+CJK_SHARE = 0.5  # Above this share of CJK-character tokens, the text counts as Chinese.
+
+
+def _cjk_tokens(vocab: list[str]) -> np.ndarray:
+    """bool [vocab_size]: tokens that are one CJK ideograph ("##" form included)."""
+    points = np.array([ord(t[-1]) if len(t.removeprefix("##")) == 1 else -1 for t in vocab])
+    return np.any([(points >= lo) & (points <= hi) for lo, hi in _CJK_RANGES], axis=0)
+
+
+def _warn_if_chinese_without_words(prepared, tokenizer, source, sample: int = 32) -> None:
+    """whole_word_masking on CJK text without a segmenter's words is character masking: say so
+    once per dataset."""
+    if prepared.directory in _WARNED_CHINESE:
+        return
+    _WARNED_CHINESE.add(prepared.directory)
+    documents = source.__getitems__(list(range(min(sample, len(source)))))
+    tokens = np.concatenate([d["tokens"] for d in documents])
+    share = float(np.mean(_cjk_tokens(tokenizer.vocab)[tokens])) if len(tokens) else 0.0
+    if share > CJK_SHARE:
+        logging.warning(
+            "data.whole_word_masking=True, but %s has no word boundaries and %.0f%% of its "
+            "tokens are CJK characters: each character is its own word, so this is character "
+            "masking. For Chinese whole-word masking prepare the corpus with "
+            "--word_segmenter=jieba (data.word_segmenter=jieba).",
+            prepared.directory,
+            100 * share,
+        )
 
 
 def make_pretraining_dataset(
@@ -272,17 +502,7 @@ def make_pretraining_dataset(
             grain.MultiprocessingOptions(num_workers=data_config.worker_count)
         )
     local_batch_size = global_batch_size // process_count
-    if split == "train":
-        return grain.experimental.RebatchIterDataset(
-            examples, local_batch_size, drop_remainder=True
-        )
-    batches = grain.experimental.RebatchIterDataset(
-        examples, global_batch_size, drop_remainder=True
-    )
-    if process_count == 1:
-        return batches
-    first = process_index * local_batch_size
-    return batches.map(_ProcessRows(first, first + local_batch_size))
+    return grain.experimental.RebatchIterDataset(examples, local_batch_size, drop_remainder=True)
 
 
 def make_pretraining_iterator(
@@ -304,6 +524,8 @@ def make_pretraining_iterator(
       next_sentence_labels: int32 [b] (0: B follows A, 1: B is random)
     Train repeats forever unless `num_epochs` is given; validation defaults to one epoch.
     The same seed gives the same batches; `get_state()`/`set_state()` checkpoint the position.
+    process_index / process_count: the share of the batch this process feeds
+    (`sharding.batch_share`: the process index and count unless hosts share rows).
     """
     dataset = make_pretraining_dataset(
         data_config,

@@ -1,12 +1,16 @@
-r"""Tokenize a text corpus into the cached TFDS dataset that pretraining reads.
+r"""Tokenize a text corpus into the TFDS dataset that pretraining reads.
 
   python -m bert_jax.data.prepare --input_files=a.txt,more/*.txt --vocab_file=vocab.txt \
-      --data_dir=DIR [--lowercase=false] [--validation_fraction=0.05]
+      --data_dir=DIR [--lowercase=false] [--validation_fraction=0.05] [--num_workers=N] \
+      [--word_segmenter=jieba] [--beam_pipeline_options=runner=DataflowRunner,...]
 
-Input: one sentence per line, a blank line between documents (gzip files allowed). Prints a
-summary (documents, sentences, tokens, lines skipped or repaired and why, time). Running it again
-on unchanged inputs reuses the dataset. Errors a user can fix print one line and exit with 2.
-A new vocabulary can be learned first with --train_vocab_size (written to --vocab_file).
+Input: one sentence per line, a blank line between documents (gzip files allowed; paths may be
+gs://). Streams in bounded memory on every core (--num_workers, default all), or on an Apache
+Beam runner. Prints a summary (documents, sentences, tokens, lines skipped or repaired and why,
+speed, memory) and the dataset's directory, which `--config.data.dataset_dir` takes. Running it
+again on unchanged inputs reuses the dataset. Errors a user can fix print one line and exit 2;
+so does a corpus that looks binary or read with the wrong vocabulary, unless
+--allow_dirty_corpus. A new vocabulary can be learned first with --train_vocab_size.
 """
 
 import sys
@@ -28,13 +32,33 @@ _MAX_LINE_CHARS = flags.DEFINE_integer(
 _TRAIN_VOCAB_SIZE = flags.DEFINE_integer(
     "train_vocab_size", 0, "If > 0: learn a vocab of this size from the inputs into --vocab_file."
 )
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0, "Tokenizing processes (0: one per core); the dataset does not depend on it."
+)
+_WORD_SEGMENTER = flags.DEFINE_string(
+    "word_segmenter",
+    "none",
+    "Record whole-word boundaries for whole-word masking: none, jieba (bert_jax[zh]) or "
+    "module:callable (a function str -> list[str], e.g. wrapping LTP or pkuseg).",
+)
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options",
+    "",
+    "Run on Apache Beam (bert_jax[beam]) with these options, e.g. runner=DataflowRunner,"
+    "project=P,region=R,temp_location=gs://B/tmp (see docs/pretraining.md).",
+)
+_ALLOW_DIRTY_CORPUS = flags.DEFINE_bool(
+    "allow_dirty_corpus",
+    False,
+    "Keep a corpus with over 1% invalid UTF-8 bytes or over 5% [UNK] tokens (else: an error).",
+)
 flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)  # TFDS logs every custom config at WARNING.
+    logging.set_verbosity(logging.ERROR)
     from bert_jax.data import corpus
     from bert_jax.data.tokenization import WordPieceTokenizer
 
@@ -46,24 +70,26 @@ def main(argv):
             )
             tokenizer.save_vocab(_VOCAB_FILE.value)
             print(f"vocab: {tokenizer.vocab_size} tokens written to {_VOCAB_FILE.value}")
-        builder = corpus.corpus_builder(
+        spec = corpus.corpus_spec(
             _INPUT_FILES.value,
             _VOCAB_FILE.value,
-            data_dir=_DATA_DIR.value,
             lowercase=_LOWERCASE.value,
             validation_fraction=_VALIDATION_FRACTION.value,
             max_line_chars=_MAX_LINE_CHARS.value,
+            word_segmenter=_WORD_SEGMENTER.value,
         )
-        info = corpus.prepare_corpus(builder)
+        prepared = corpus.prepare(
+            spec,
+            _DATA_DIR.value,
+            num_workers=_NUM_WORKERS.value,
+            beam_pipeline_options=_BEAM_PIPELINE_OPTIONS.value,
+            allow_dirty_corpus=_ALLOW_DIRTY_CORPUS.value,
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    state = "built" if info["built_now"] else "already prepared, reused"
-    print(f"dataset {state}: {info['dataset_dir']}")
-    report = corpus.CorpusReport(
-        **{f: info[f] for f in corpus.CorpusReport.__dataclass_fields__ if f in info}
-    )
-    print(report.summary())
+    print(corpus.describe(prepared.info()))
+    print(f"pretrain on it: --config.data.dataset_dir={prepared.directory}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ Reference: `create_instances_from_document`, `truncate_seq_pair` and
   than [CLS]/[SEP] are chosen uniformly; each becomes [MASK] (80%), a random vocabulary id (10%)
   or stays (10%). With whole-word masking the positions come in whole words (a word that would
   overflow the budget is skipped, as the reference) and the 80/10/10 choice is made once per
-  word (the reference draws it per piece, google-research/bert issue 910).
+  word (the reference draws it per piece, google-research/bert issue 910). Words are given per
+  token by `word_starts` (`bert_jax.data.corpus.word_starts`): the "##" groups of word pieces,
+  or, in a dataset prepared with a word segmenter, the segmenter's words with "##" groups kept
+  inside them -- HFL's Chinese whole-word masking (Cui et al., Chinese-BERT-wwm): all characters
+  of a word masked together, the budget and the per-character loss unchanged.
 
 Deliberate differences:
 * A chunk of a single sentence cannot be split into A and B, so the reference always pairs it
@@ -24,14 +28,20 @@ Deliberate differences:
   sentence instead gets an actual neighbour half of the time (the preceding sentences as A,
   or the following ones when it opens the document), which keeps labels at 50/50.
   `balanced_nsp=False` restores the reference rule.
-* Random B comes from another document of the same chunk of documents (`plan_segments` sees
-  one chunk at a time); chunks are random samples of the corpus, so each document is as
-  likely as in the reference.
-* A "##" piece at the start of a segment starts its own word for whole-word masking (the
-  reference glues it to the last word of the previous segment, across [SEP]).
+* Random B comes from another of the documents passed in (the pipeline passes a window of
+  `documents_per_window` documents, a fresh random sample every epoch), where the reference
+  draws from the whole corpus. With no other document no random B is made: the pair becomes an
+  actual-next one (a lone one-sentence document gives no example) and
+  `SegmentPlan.random_next_unavailable` counts it; the reference, after ten draws of A's own
+  document, would take it and label the pair "random".
+* The first token kept of a segment starts a word for whole-word masking, also when the
+  segment's start or truncation cut a word (the reference glues a leading "##" piece to the
+  last word of the previous segment, across [SEP]).
 
 Only the planning loop runs per chunk of sentences in Python; truncation, assembly and masking
-are vectorised over all examples of a chunk.
+are vectorised over all examples. `pair_tokens` plans a set of documents once (token ranges,
+shuffled); `build_examples` assembles and masks any subset of those, so a pipeline can deliver a
+large shuffled set a piece at a time: `create_examples` is the two in one.
 """
 
 from __future__ import annotations
@@ -42,6 +52,19 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+
+from bert_jax.data.corpus import word_starts as document_word_starts
+
+# The arrays of a set of examples (the pipeline's batch fields), leading dimension n.
+EXAMPLE_FIELDS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "masked_lm_weights",
+    "next_sentence_labels",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +118,10 @@ class Vocabulary:
 
 @dataclasses.dataclass
 class SegmentPlan:
-    """Segments as half-open sentence ranges into the chunk's flat sentence list, int64 [n] each.
+    """Segments as half-open sentence ranges into the flat sentence list, int64 [n] each.
 
     short_target: bool [num_documents], whether the document drew a short target length.
+    random_next_unavailable: random B segments drawn but not made, for want of another document.
     """
 
     a_start: np.ndarray
@@ -106,6 +130,7 @@ class SegmentPlan:
     b_end: np.ndarray
     is_random_next: np.ndarray
     short_target: np.ndarray
+    random_next_unavailable: int = 0
 
     def __len__(self) -> int:
         return len(self.a_start)
@@ -117,10 +142,11 @@ def plan_segments(
     rng: random.Random,
     options: ExampleOptions,
 ) -> SegmentPlan:
-    """Chooses segments A and B for every example of a chunk of documents (the reference loop).
+    """Chooses segments A and B for every example of a set of documents (the reference loop).
 
     sentence_lengths: tokens per sentence, all documents back to back.
     document_sizes: sentences per document (each >= 1).
+    A random B comes from any other of these documents, never from A's own.
     """
     cumulative = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]).tolist()
     doc_starts = np.concatenate([[0], np.cumsum(document_sizes, dtype=np.int64)]).tolist()
@@ -128,6 +154,7 @@ def plan_segments(
     uniform = rng.random
     rows = []  # (a_start, a_end, b_start, b_end, is_random_next), sentence indices.
     short = []
+    unavailable = 0
 
     def run_end(start: int, stop: int, tokens: int) -> int:
         """End of the shortest run of sentences from `start` with >= `tokens` tokens (or `stop`)."""
@@ -136,10 +163,8 @@ def plan_segments(
         )
 
     def random_next(doc: int, chunk_start: int, split: int, target: int) -> None:
-        other = doc
-        if num_docs >= 2:
-            other = int(uniform() * (num_docs - 1))
-            other += other >= doc
+        other = int(uniform() * (num_docs - 1))
+        other += other >= doc
         first, stop = doc_starts[other], doc_starts[other + 1]
         start = first + int(uniform() * (stop - first))
         b_tokens = target - (cumulative[split] - cumulative[chunk_start])
@@ -147,6 +172,7 @@ def plan_segments(
 
     for doc in range(num_docs):
         first, stop = doc_starts[doc], doc_starts[doc + 1]
+        several_sentences = stop - first >= 2
         target = max_tokens
         short.append(uniform() < options.short_seq_prob)
         if short[-1]:
@@ -158,24 +184,30 @@ def plan_segments(
             split = chunk_start + 1
             if num_segments >= 2:
                 split += int(uniform() * (num_segments - 1))
-            if num_segments == 1 and options.balanced_nsp and stop - first >= 2:
-                if uniform() < 0.5:
-                    random_next(doc, chunk_start, split, target)
-                elif chunk_start > first:  # The preceding sentences become A, this one B.
-                    bound = cumulative[end] - target
-                    a_start = max(
-                        bisect.bisect_right(cumulative, bound, first, chunk_start) - 1, first
-                    )
-                    rows.append((a_start, chunk_start, chunk_start, end, False))
-                else:  # The document's first sentence: the following ones become B.
-                    b_tokens = target - (cumulative[end] - cumulative[chunk_start])
-                    rows.append((chunk_start, end, end, run_end(end, stop, b_tokens), False))
-                chunk_start = end
-            elif num_segments == 1 or uniform() < 0.5:
+            lone = num_segments == 1  # A takes the whole chunk: B must come from elsewhere.
+            if lone and options.balanced_nsp and several_sentences:
+                random_b = uniform() < 0.5
+            else:
+                random_b = lone or uniform() < 0.5
+            if random_b and num_docs < 2:  # Never a B from A's own document labelled random.
+                unavailable += 1
+                random_b = False
+            if random_b:
                 random_next(doc, chunk_start, split, target)
                 chunk_start = split  # The unused sentences are put back.
-            else:
+            elif not lone:
                 rows.append((chunk_start, split, split, end, False))
+                chunk_start = end
+            elif several_sentences and chunk_start > first:  # The preceding ones become A.
+                bound = cumulative[end] - target
+                a_start = max(bisect.bisect_right(cumulative, bound, first, chunk_start) - 1, first)
+                rows.append((a_start, chunk_start, chunk_start, end, False))
+                chunk_start = end
+            elif several_sentences:  # The document's first sentence: the following become B.
+                b_tokens = target - (cumulative[end] - cumulative[chunk_start])
+                rows.append((chunk_start, end, end, run_end(end, stop, b_tokens), False))
+                chunk_start = end
+            else:  # A one-sentence document with no other document: nothing to pair it with.
                 chunk_start = end
 
     table = np.array(rows, np.int64).reshape(-1, 5)
@@ -186,6 +218,7 @@ def plan_segments(
         b_end=table[:, 3],
         is_random_next=table[:, 4].astype(bool),
         short_target=np.array(short, bool),
+        random_next_unavailable=unavailable,
     )
 
 
@@ -209,6 +242,104 @@ def truncate_pairs(
     return a_front, a_length - a_removed, b_front, b_length - b_removed
 
 
+@dataclasses.dataclass
+class Pairs:
+    """Examples as token ranges: [CLS] tokens[a_start : a_start + a_length] [SEP]
+    tokens[b_start : b_start + b_length] [SEP], int64 [n] each; is_random_next bool [n]."""
+
+    a_start: np.ndarray
+    a_length: np.ndarray
+    b_start: np.ndarray
+    b_length: np.ndarray
+    is_random_next: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a_start)
+
+    def __getitem__(self, rows) -> Pairs:
+        return Pairs(
+            self.a_start[rows],
+            self.a_length[rows],
+            self.b_start[rows],
+            self.b_length[rows],
+            self.is_random_next[rows],
+        )
+
+
+def pair_tokens(
+    sentence_lengths: np.ndarray,
+    document_sizes: np.ndarray,
+    seed: Sequence[int],
+    options: ExampleOptions,
+    *,
+    shuffle: bool = True,
+) -> Pairs:
+    """Every example of a set of documents as token ranges: segments planned (`plan_segments`),
+    truncated (`truncate_pairs`) and, if `shuffle`, in random order.
+
+    sentence_lengths: int [S], all documents back to back; document_sizes: int [D]. Token
+    offsets count from the first token of the first document. `seed` fixes every choice.
+    """
+    planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
+    plan = plan_segments(
+        sentence_lengths,
+        document_sizes,
+        random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
+        options,
+    )
+    rng = np.random.default_rng(numpy_seed)
+    token_offsets = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
+    a_start, b_start = token_offsets[plan.a_start], token_offsets[plan.b_start]
+    a_length = token_offsets[plan.a_end] - a_start
+    b_length = token_offsets[plan.b_end] - b_start
+    a_front, a_length, b_front, b_length = truncate_pairs(
+        a_length, b_length, options.max_num_tokens, rng
+    )
+    pairs = Pairs(a_start + a_front, a_length, b_start + b_front, b_length, plan.is_random_next)
+    return pairs[rng.permutation(len(pairs))] if shuffle else pairs
+
+
+class TokenSource:
+    """The flat tokens of a set of documents (and their word starts), followed by [CLS], [SEP]
+    and [PAD] at T, T + 1, T + 2, from which rows are gathered.
+
+    tokens: int32 [T]; word_starts: uint8 or bool [T], 1 where a token starts a whole word, or
+    None (no whole words).
+    """
+
+    def __init__(self, tokens: np.ndarray, vocab: Vocabulary, word_starts=None):
+        self.num_tokens = len(tokens)
+        specials = np.array([vocab.cls_id, vocab.sep_id, vocab.pad_id], np.int32)
+        self.tokens = np.concatenate([np.asarray(tokens, np.int32), specials])
+        self.word_starts = None
+        if word_starts is not None:
+            self.word_starts = np.concatenate([np.asarray(word_starts, bool), np.zeros(3, bool)])
+
+    def rows(self, pairs: Pairs, max_seq_length: int) -> dict[str, np.ndarray]:
+        """[CLS] A [SEP] B [SEP] [PAD]... rows: input_ids, token_type_ids, attention_mask int32
+        [n, L] (lengths >= 1, a_length + b_length <= L - 3); with word starts also word_starts
+        bool [n, L]: those of the kept tokens, plus the first token of each segment (which
+        starts a word even where the segment's start or truncation cut one); 0 on specials."""
+        index = np.int32 if self.num_tokens < 2**31 - 3 else np.int64
+        j = np.arange(max_seq_length, dtype=index)[None, :]
+        a_len = pairs.a_length.astype(index)[:, None]
+        end = a_len + 2 + pairs.b_length.astype(index)[:, None]  # Position of the final [SEP].
+        in_a = (j >= 1) & (j <= a_len)
+        in_b = (j > a_len + 1) & (j < end)
+        special = np.where(j == 0, self.num_tokens, self.num_tokens + 2)
+        special = np.where((j == a_len + 1) | (j == end), self.num_tokens + 1, special)
+        source = np.where(in_b, pairs.b_start.astype(index)[:, None] - a_len - 2 + j, special)
+        source = np.where(in_a, pairs.a_start.astype(index)[:, None] - 1 + j, source)
+        rows = {
+            "input_ids": self.tokens[source],
+            "token_type_ids": ((j > a_len + 1) & (j <= end)).astype(np.int32),
+            "attention_mask": (j <= end).astype(np.int32),
+        }
+        if self.word_starts is not None:
+            rows["word_starts"] = self.word_starts[source] | (j == 1) | (j == a_len + 2)
+        return rows
+
+
 def assemble(
     tokens: np.ndarray,
     a_start: np.ndarray,
@@ -217,30 +348,12 @@ def assemble(
     b_length: np.ndarray,
     max_seq_length: int,
     vocab: Vocabulary,
+    word_starts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """[CLS] A [SEP] B [SEP] [PAD]... rows from token ranges of a flat token array.
-
-    tokens: int32 [T]; a_start, a_length, b_start, b_length: int64 [n] (lengths >= 1, sum of the
-    two <= max_seq_length - 3). Returns input_ids, token_type_ids, attention_mask: int32 [n, L].
-    """
-    index = np.int32 if len(tokens) < 2**31 - 3 else np.int64
-    j = np.arange(max_seq_length, dtype=index)[None, :]
-    a_len = a_length.astype(index)[:, None]
-    end = a_len + 2 + b_length.astype(index)[:, None]  # Position of the final [SEP].
-    # Gather from the tokens followed by [CLS], [SEP], [PAD] at indices T, T + 1, T + 2.
-    num_tokens = len(tokens)
-    extended = np.concatenate([tokens, [vocab.cls_id, vocab.sep_id, vocab.pad_id]]).astype(np.int32)
-    in_a = (j >= 1) & (j <= a_len)
-    in_b = (j > a_len + 1) & (j < end)
-    special = np.where(j == 0, num_tokens, num_tokens + 2)
-    special = np.where((j == a_len + 1) | (j == end), num_tokens + 1, special)
-    source = np.where(in_b, b_start.astype(index)[:, None] - a_len - 2 + j, special)
-    source = np.where(in_a, a_start.astype(index)[:, None] - 1 + j, source)
-    return {
-        "input_ids": extended[source],
-        "token_type_ids": ((j > a_len + 1) & (j <= end)).astype(np.int32),
-        "attention_mask": (j <= end).astype(np.int32),
-    }
+    """[CLS] A [SEP] B [SEP] [PAD]... rows from token ranges of a flat token array
+    (`TokenSource.rows`); a_start, a_length, b_start, b_length: int64 [n]."""
+    pairs = Pairs(a_start, a_length, b_start, b_length, np.zeros(len(a_start), bool))
+    return TokenSource(tokens, vocab, word_starts).rows(pairs, max_seq_length)
 
 
 def mask_tokens(
@@ -250,10 +363,13 @@ def mask_tokens(
     rng: np.random.Generator,
     options: ExampleOptions,
     vocab: Vocabulary,
+    word_starts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Masked-LM corruption of assembled rows (see the module docstring).
 
-    input_ids: int32 [n, L] from `assemble`; a_length, b_length: int64 [n].
+    input_ids: int32 [n, L] from `assemble`; a_length, b_length: int64 [n]; word_starts: bool
+    [n, L] from `assemble` (the first token of each segment marked), needed with
+    `options.whole_word_masking`.
     Returns input_ids (corrupted copy) int32 [n, L], masked_lm_positions int32 [n, P] (ascending,
     padded with 0), masked_lm_ids int32 [n, P] (original ids, padded with 0) and
     masked_lm_weights float32 [n, P] (1 for real predictions).
@@ -268,8 +384,10 @@ def mask_tokens(
     budget = np.minimum(np.clip(budget, 1, budget_cap), a_length + b_length)
 
     width = min(budget_cap, length)
-    if options.whole_word_masking and vocab.subword_mask is not None:
-        chosen, word_draw, word_of = _choose_whole_words(input_ids, candidate, budget, rng, vocab)
+    if options.whole_word_masking:
+        if word_starts is None:
+            raise ValueError("whole_word_masking needs word_starts (from assemble)")
+        chosen, word_draw, word_of = _choose_whole_words(word_starts, candidate, budget, rng)
         positions = np.sort(np.where(chosen, j, length), axis=1)[:, :width]
     else:  # The `budget` candidates with the smallest random keys: a uniform random subset.
         keys = np.where(candidate, rng.random((n, length), np.float32), np.float32(2))
@@ -306,15 +424,14 @@ def mask_tokens(
     }
 
 
-def _choose_whole_words(input_ids, candidate, budget, rng, vocab):
+def _choose_whole_words(word_starts, candidate, budget, rng):
     """Whole words in random order, each taken if it still fits the budget (else skipped).
 
     Returns chosen bool [n, L], one uniform draw per word float [n, L] and the word index of each
     position int [n, L]. Words never span [CLS]/[SEP].
     """
-    n, length = input_ids.shape
-    continues = vocab.subword_mask[input_ids] & candidate & np.roll(candidate, 1, axis=1)
-    starts = candidate & ~continues
+    n, length = candidate.shape
+    starts = candidate & word_starts
     word_of = np.cumsum(starts, axis=1) - 1  # Word index per position (valid on candidates).
     word_of = np.where(candidate, word_of, length - 1)
     rows = np.repeat(np.arange(n), length).reshape(n, length)
@@ -338,6 +455,42 @@ def _choose_whole_words(input_ids, candidate, budget, rng, vocab):
     return chosen, rng.random((n, length)), word_of
 
 
+def build_examples(
+    source: TokenSource,
+    pairs: Pairs,
+    seed: Sequence[int] | np.random.SeedSequence,
+    options: ExampleOptions,
+    vocab: Vocabulary,
+) -> dict[str, np.ndarray]:
+    """The examples `pairs` describe, assembled from `source` and masked (`seed` fixes the
+    masks): the batch fields of `bert_jax.data.pipeline` with a leading dimension of len(pairs).
+    With `options.whole_word_masking` the source must have word starts."""
+    rows = source.rows(pairs, options.max_seq_length)
+    masked = mask_tokens(
+        rows.pop("input_ids"),
+        pairs.a_length,
+        pairs.b_length,
+        np.random.default_rng(seed),
+        options,
+        vocab,
+        rows.pop("word_starts", None),
+    )
+    examples = {**rows, **masked, "next_sentence_labels": pairs.is_random_next.astype(np.int32)}
+    return {name: examples[name] for name in EXAMPLE_FIELDS}
+
+
+def token_source(
+    tokens: np.ndarray, options: ExampleOptions, vocab: Vocabulary, word_starts=None
+) -> TokenSource:
+    """The TokenSource of these tokens with the word starts whole-word masking reads (`word_starts`
+    if given, else the tokens that are not "##" pieces), or none without it."""
+    if not options.whole_word_masking:
+        word_starts = None
+    elif word_starts is None:
+        word_starts = document_word_starts({"tokens": tokens}, vocab.subword_mask)
+    return TokenSource(tokens, vocab, word_starts)
+
+
 def create_examples(
     tokens: np.ndarray,
     sentence_lengths: np.ndarray,
@@ -346,52 +499,25 @@ def create_examples(
     options: ExampleOptions,
     vocab: Vocabulary,
     *,
+    word_starts: np.ndarray | None = None,
     shuffle: bool = True,
 ) -> dict[str, np.ndarray]:
-    """All examples of a chunk of documents, as fixed-shape arrays (rows shuffled if `shuffle`).
+    """All examples of a set of documents, as fixed-shape arrays (rows shuffled if `shuffle`).
 
     tokens: int32 [T], sentences back to back; sentence_lengths: int [S]; document_sizes: int [D].
-    `seed` (a sequence of ints) fixes every random choice. Returns the batch fields of
-    `bert_jax.data.pipeline` with a leading dimension of the number of examples.
+    A random B comes from any other of the D documents. word_starts: uint8 [T] (1 where a token
+    starts a whole word), read with `options.whole_word_masking`; by default the tokens that are
+    not "##" pieces. `seed` (a sequence of ints) fixes every random choice. Returns the batch
+    fields of `bert_jax.data.pipeline` with a leading dimension of the number of examples.
     """
-    planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
-    plan = plan_segments(
-        sentence_lengths,
-        document_sizes,
-        random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
-        options,
-    )
-    rng = np.random.default_rng(numpy_seed)
-    token_offsets = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
-    a_start, b_start = token_offsets[plan.a_start], token_offsets[plan.b_start]
-    a_length = token_offsets[plan.a_end] - a_start
-    b_length = token_offsets[plan.b_end] - b_start
-    a_front, a_length, b_front, b_length = truncate_pairs(
-        a_length, b_length, options.max_num_tokens, rng
-    )
-    if shuffle:
-        order = rng.permutation(len(plan))
-        a_start, a_front, a_length = a_start[order], a_front[order], a_length[order]
-        b_start, b_front, b_length = b_start[order], b_front[order], b_length[order]
-        is_random_next = plan.is_random_next[order]
-    else:
-        is_random_next = plan.is_random_next
-    rows = assemble(
-        np.asarray(tokens),
-        a_start + a_front,
-        a_length,
-        b_start + b_front,
-        b_length,
-        options.max_seq_length,
-        vocab,
-    )
-    masked = mask_tokens(rows["input_ids"], a_length, b_length, rng, options, vocab)
-    return {
-        "input_ids": masked["input_ids"],
-        "attention_mask": rows["attention_mask"],
-        "token_type_ids": rows["token_type_ids"],
-        "masked_lm_positions": masked["masked_lm_positions"],
-        "masked_lm_ids": masked["masked_lm_ids"],
-        "masked_lm_weights": masked["masked_lm_weights"],
-        "next_sentence_labels": is_random_next.astype(np.int32),
-    }
+    pairs = pair_tokens(sentence_lengths, document_sizes, [*seed, 0], options, shuffle=shuffle)
+    source = token_source(tokens, options, vocab, word_starts)
+    return build_examples(source, pairs, [*seed, 1], options, vocab)
+
+
+def original_ids(examples: dict[str, np.ndarray]) -> np.ndarray:
+    """input_ids [n, L] of examples (or a batch) with the masked positions restored."""
+    ids = examples["input_ids"].copy()
+    rows, cols = np.nonzero(examples["masked_lm_weights"])
+    ids[rows, examples["masked_lm_positions"][rows, cols]] = examples["masked_lm_ids"][rows, cols]
+    return ids

@@ -35,6 +35,12 @@ from etils import epath
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from bert_jax.errors import UserError
+from bert_jax.untrusted import (
+    MAX_VOCAB_BYTES,
+    MAX_VOCAB_LINE_CHARS,
+    MAX_VOCAB_SIZE,
+    check_file_size,
+)
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -101,9 +107,26 @@ def _read_lines(path: str) -> Iterator[str]:
 def _load_tokenizer(cls, path, mtime_ns, size, lowercase, max_input_chars_per_word):
     """Tokenizers are immutable, so one instance serves every caller of an unchanged vocab file."""
     del mtime_ns, size  # Part of the cache key only.
-    with open(path, encoding="utf-8", errors="replace") as f:
-        vocab = [line.strip() for line in f]
+    vocab = _read_vocab(path)
     return cls(vocab, lowercase=lowercase, max_input_chars_per_word=max_input_chars_per_word)
+
+
+def _read_vocab(path: str) -> list[str]:
+    """One token per line, stripped; the file may be untrusted, so size, line length and line
+    count are bounded before they are read."""
+    check_file_size(path, MAX_VOCAB_BYTES, "a vocabulary file")
+    vocab = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while line := f.readline(MAX_VOCAB_LINE_CHARS + 2):
+            if len(line.rstrip("\n")) > MAX_VOCAB_LINE_CHARS:
+                raise UserError(
+                    f"{path}: line {len(vocab) + 1} is longer than {MAX_VOCAB_LINE_CHARS} "
+                    "characters; a vocabulary file holds one token per line"
+                )
+            if len(vocab) == MAX_VOCAB_SIZE:
+                raise UserError(f"{path}: more than {MAX_VOCAB_SIZE} lines (tokens)")
+            vocab.append(line.strip())
+    return vocab
 
 
 class WordPieceTokenizer:
@@ -305,6 +328,13 @@ class WordPieceTokenizer:
         """Ids and, per token, the [start, end) character span in the original `text`."""
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         return encoding.ids, encoding.offsets
+
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` for many texts at once."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, e.offsets) for e in encodings]
 
     def tokenize(self, text: str) -> list[str]:
         return self._tokenizer.encode(text, add_special_tokens=False).tokens

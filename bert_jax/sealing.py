@@ -1,0 +1,450 @@
+"""Checkpoint integrity that scales to pods and gs://: manifests, array fingerprints, markers.
+
+Orbax restores flipped bytes in array data silently, and a save killed mid-write must never be
+loaded. Every step a `SealedManager` writes gets `bert_jax_manifest.json`, written by the primary
+process inside Orbax's commit (after every process wrote its shards, before the step is renamed
+or marked committed), holding
+
+  arrays  a fingerprint of every saved array: two uint32 sums of its bits, one weighted by
+          position, computed where the array lives (sharded over the devices of every process,
+          no file read back) when the save starts;
+  files   size and CRC32 of the small files (the JSON items), which every process reads anyway.
+
+A step without a manifest never completed. Restoring verifies what it reads and nothing else:
+the small files' CRCs, then the fingerprints of the arrays actually restored (only the parameters
+for `checkpointing.load_params_for_init`), computed again on the devices that now hold them, so
+the cost is split over the devices and never grows with the number of hosts. A read error or a
+mismatch marks the step damaged with one small object, `bert_jax_damaged.json` (a single write:
+atomic on gs://, unlike a directory rename); marked steps are skipped from then on, and a later
+save of the same step number replaces a damaged one.
+
+Old steps are deleted (Orbax's max_to_keep) only after a newer one is committed, so the last good
+checkpoint survives an interrupted save. Format 1 manifests (bert_jax before issue 13: a CRC32 of
+every file) are still read and checked file by file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from bert_jax import distributed
+from bert_jax.errors import UserError
+from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, is_int
+
+MANIFEST_NAME = "bert_jax_manifest.json"
+DAMAGED_NAME = "bert_jax_damaged.json"
+FORMAT = 2
+# Orbax bookkeeping written or rewritten after the manifest; array values never depend on them.
+_UNSEALED_FILES = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_NAME})
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_READ_CHUNK = 1 << 22
+
+
+class DamagedCheckpoint(Exception):
+    """A step failed its checks; str() says why (one line)."""
+
+
+def as_path(path) -> epath.Path:
+    """Local paths made absolute (Orbax requires it); gs:// and other URLs as they are."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Array fingerprints
+
+
+def _bits(x) -> jax.Array:
+    """The array's bits as uint32 (narrower types widened), same shape (+2 for 8-byte types)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    if x.dtype.itemsize == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _fingerprint(x) -> jax.Array:
+    """[sum of the words, sum of word x (2 x flat index + 1)], uint32 with wrap-around.
+
+    Integer sums do not depend on the reduction order, so any mesh gives the same numbers; a
+    flipped bit always changes the first, swapped words change the second. No reshape: the
+    array stays sharded as it is.
+    """
+    bits = _bits(x)
+    index = jnp.zeros(bits.shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(bits.ndim)):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim)
+        index = index + iota * jnp.uint32(stride % 2**32)
+        stride *= bits.shape[dim]
+    weighted = bits * (index * jnp.uint32(2) + jnp.uint32(1))
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(weighted, dtype=jnp.uint32)])
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_fn(out_sharding):
+    return jax.jit(
+        lambda leaves: jnp.stack([_fingerprint(x) for x in leaves]), out_shardings=out_sharding
+    )
+
+
+def key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def fingerprints(tree, prefix: str = "") -> dict[str, str]:
+    """'prefix/a/b' -> hex fingerprint of every array leaf of tree (a collective when the arrays
+    span processes: call on every process)."""
+    flat = [
+        (path, leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(leaf, "dtype") and hasattr(leaf, "shape")
+    ]
+    if not flat:
+        return {}
+    shardings = [getattr(leaf, "sharding", None) for _, leaf in flat]
+    mesh = next((s.mesh for s in shardings if isinstance(s, jax.sharding.NamedSharding)), None)
+    replicated = None
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    leaves = [leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf) for _, leaf in flat]
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        values = np.asarray(jax.device_get(_fingerprint_fn(replicated)(leaves)))
+    names = ["/".join([prefix] * bool(prefix) + [key_name(k) for k in path]) for path, _ in flat]
+    return {name: f"{int(a):08x}{int(b):08x}" for name, (a, b) in zip(names, values, strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, markers, checks
+
+
+def _digest(path: epath.Path, limit: int | None = None) -> tuple[int, str]:
+    """(size, CRC32) of a file; with `limit`, reads no more than that many bytes."""
+    crc, size = 0, 0
+    with path.open("rb") as f:
+        while chunk := f.read(_READ_CHUNK if limit is None else min(_READ_CHUNK, limit - size)):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return size, f"{crc:08x}"
+
+
+def _small_files(step_dir: epath.Path, array_items) -> list[str]:
+    """Relative paths of the files to CRC: all but the array items' directories and Orbax's
+    late bookkeeping (an explicit walk: epath has no rglob)."""
+    found, pending = [], [step_dir]
+    while pending:
+        for path in pending.pop().iterdir():
+            if path.is_dir():
+                if not (path.parent == step_dir and path.name in array_items):
+                    pending.append(path)
+            elif path.name not in _UNSEALED_FILES and path.name != DAMAGED_NAME:
+                found.append(str(path.relative_to(step_dir)))
+    return sorted(found)
+
+
+def write_manifest(step_dir, step: int, arrays: dict[str, str] | None, array_items=()) -> None:
+    """Seals a finished (not yet committed) step: array fingerprints and small-file CRCs.
+
+    arrays None: no fingerprints; every file is CRC'd whole instead (as format 1)."""
+    step_dir = as_path(step_dir)
+    files = {}
+    for name in _small_files(step_dir, frozenset(array_items)):
+        size, crc = _digest(step_dir / name)
+        files[name] = {"size": size, "crc32": crc}
+    manifest = {"format": FORMAT, "step": int(step), "files": files, "arrays": arrays}
+    (step_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+
+
+def read_manifest(step_dir) -> tuple[dict | None, str | None]:
+    """(manifest, None) or (None, why the step cannot be trusted)."""
+    step_dir = as_path(step_dir)
+    marker = step_dir / DAMAGED_NAME
+    if marker.exists():
+        try:
+            reason = json.loads(marker.read_text()).get("reason", "")
+        except ValueError:
+            reason = ""
+        return None, f"marked damaged ({reason or DAMAGED_NAME})"
+    path = step_dir / MANIFEST_NAME
+    if not path.exists():
+        return None, f"no {MANIFEST_NAME} (the save never completed)"
+    try:  # bounded in size first: a checkpoint may come from elsewhere
+        check_file_size(path, MAX_JSON_BYTES, MANIFEST_NAME)
+        manifest = json.loads(path.read_text())
+    except (UserError, ValueError, UnicodeDecodeError, RecursionError) as err:
+        return None, f"{MANIFEST_NAME} is unreadable ({err})"
+    # A checkpoint may come from elsewhere: the manifest's form is checked before it is used.
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None, f"{MANIFEST_NAME} is malformed (no 'files' object)"
+    arrays = manifest.get("arrays")
+    if arrays is not None and not (
+        isinstance(arrays, dict) and all(isinstance(v, str) for v in arrays.values())
+    ):
+        return None, f"{MANIFEST_NAME} is malformed ('arrays' is not names -> fingerprints)"
+    return manifest, None
+
+
+def checkpoint_problem(step_dir) -> str | None:
+    """None if the step is sealed, not marked damaged, and the files its manifest lists (the
+    small ones; every file for format 1) are present with their size and CRC32. The arrays are
+    checked when restored (`verify_arrays`)."""
+    step_dir = as_path(step_dir)
+    manifest, problem = read_manifest(step_dir)
+    if problem is not None:
+        return problem
+    for name, expected in manifest["files"].items():
+        problem = _file_problem(step_dir, name, expected)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _file_problem(step_dir: epath.Path, name: str, expected) -> str | None:
+    parts = name.split("/")
+    valid = (
+        not any(part in ("", ".", "..") for part in parts)
+        and isinstance(expected, dict)
+        and is_int(expected.get("size"))
+        and expected["size"] >= 0
+        and isinstance(expected.get("crc32"), str)
+    )
+    if not valid:  # names outside the step, or nonsense
+        return f"{MANIFEST_NAME} has a malformed entry for {name[:100]!r}"
+    path = step_dir / name
+    if not path.exists():
+        return f"{name} is missing"
+    local = "://" not in str(path)  # epath calls a device such as /dev/zero a file
+    if not (os.path.isfile(path) if local else path.is_file()):
+        return f"{name} is not a regular file"
+    size, crc = _digest(path, limit=expected["size"] + 1)
+    if size < expected["size"]:
+        return f"{name} is truncated ({size} of {expected['size']} bytes)"
+    if size > expected["size"]:
+        return f"{name} is longer than the {expected['size']} bytes recorded"
+    if crc != expected["crc32"]:
+        return f"{name} is corrupted (CRC32 {crc}, expected {expected['crc32']})"
+    return None
+
+
+def verify_arrays(step_dir, restored: dict[str, Any], manifest: dict | None = None) -> str | None:
+    """None if every array restored matches its fingerprint in the manifest.
+
+    restored: item name -> the tree restored from it (a subtree for a partial restore: only the
+    arrays read are checked). A collective when the arrays span processes.
+    """
+    if manifest is None:
+        manifest, problem = read_manifest(step_dir)
+        if problem is not None:
+            return problem
+    saved = manifest.get("arrays")
+    if saved is None:  # format 1: the files were checked whole
+        return None
+    for item, tree in restored.items():
+        for name, value in fingerprints(tree, prefix=item).items():
+            if name not in saved:
+                return f"array {name} is not in {MANIFEST_NAME}"
+            if saved[name] != value:
+                return f"array {name} is corrupted (fingerprint {value}, saved {saved[name]})"
+    return None
+
+
+def mark_damaged(step_dir, reason: str) -> str:
+    """Writes the marker (primary process; one object); returns what happened, for a message."""
+    step_dir = as_path(step_dir)
+    result = f"marked damaged ({step_dir / DAMAGED_NAME})"
+    if jax.process_index() == 0:
+        try:
+            (step_dir / DAMAGED_NAME).write_text(json.dumps({"reason": reason}) + "\n")
+        except OSError as err:
+            result = f"could not be marked damaged ({err}); it is skipped all the same"
+    distributed.barrier("bert_jax_mark_damaged")
+    return result
+
+
+def agreed_problem(problem: str | None) -> str | None:
+    """Every process's verdict combined: damaged for all if damaged for one."""
+    if distributed.all_processes(problem is None):
+        return None
+    return problem or "another process found it damaged"
+
+
+def error_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A sealed Orbax CheckpointManager
+
+
+@dataclasses.dataclass
+class _Sealing:
+    step: int
+    arrays: dict[str, str]
+
+
+class SealedManager:
+    """An Orbax CheckpointManager whose steps are sealed and verified (module docstring).
+
+    items: item name -> Orbax handler; StandardCheckpointHandler items are the array items
+    (fingerprinted), the others are small files (CRC32). Call every method on every process.
+    The manager is asynchronous: `save` returns once the arrays are copied off the devices;
+    `wait()` blocks until the step is committed.
+    """
+
+    def __init__(
+        self,
+        directory,
+        items: dict[str, Any],
+        *,
+        max_to_keep: int | None = 1,
+        best_fn=None,
+        best_mode: str = "max",
+        keep_checkpoints_without_metrics: bool = True,
+        create: bool = True,
+    ):
+        self.directory = as_path(directory)
+        self.array_items = frozenset(
+            name for name, h in items.items() if isinstance(h, ocp.StandardCheckpointHandler)
+        )
+        self._sealing: _Sealing | None = None
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            best_fn=best_fn,
+            best_mode=best_mode,
+            keep_checkpoints_without_metrics=keep_checkpoints_without_metrics,
+            enable_async_checkpointing=True,  # post_finalization_callback needs it
+            cleanup_tmp_directories=True,  # leftovers of saves that were killed mid-write
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal),
+            create=create,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=items)
+
+    def _seal(self) -> None:
+        """Runs on the primary process after every process wrote its files, before the commit."""
+        sealing = self._sealing
+        tmp_dir = self.directory / f"{sealing.step}{_TMP_SUFFIX}"
+        step_dir = tmp_dir if tmp_dir.exists() else self.directory / str(sealing.step)
+        write_manifest(step_dir, sealing.step, sealing.arrays, self.array_items)
+
+    def step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def problem(self, step: int) -> str | None:
+        """The cheap checks (marker, manifest, small files), agreed by every process."""
+        return agreed_problem(checkpoint_problem(self.step_dir(step)))
+
+    def save(self, step: int, items: dict[str, Any], metrics=None) -> bool:
+        """Starts an asynchronous save of ocp.args per item; False if `step` is already saved
+        intact. A step marked damaged or never sealed is deleted and written anew."""
+        self.manager.wait_until_finished()  # _seal must see the step it belongs to
+        if step in self.manager.all_steps():
+            if self.problem(step) is None:
+                return False
+            self._delete(step)
+        arrays = {}
+        for name, arg in items.items():
+            if name in self.array_items:
+                arrays.update(fingerprints(arg.item, prefix=name))
+        self._sealing = _Sealing(int(step), arrays)
+        # force: Orbax's own policy would skip a step while a previous save is in flight.
+        return self.manager.save(
+            step, args=ocp.args.Composite(**items), metrics=metrics, force=True
+        )
+
+    def _delete(self, step: int) -> None:
+        """Removes a damaged step; the manifest goes first, so an interrupted delete leaves a step
+        that reads as never completed, not one that looks intact."""
+        if jax.process_index() == 0:
+            (self.step_dir(step) / MANIFEST_NAME).unlink(missing_ok=True)
+        distributed.barrier("bert_jax_unseal")
+        self.manager.delete(step)
+
+    def restore(self, step: int, items) -> dict:
+        """The step's items, verified; raises DamagedCheckpoint.
+
+        items: ocp.args per item, or a function of the step returning them (called only once
+        the cheap checks passed, e.g. to compare the saved shapes with the model's first).
+        """
+        problem = self.problem(step)
+        if problem is not None:
+            raise DamagedCheckpoint(problem)
+        restored = None
+        try:
+            args = items(step) if callable(items) else items
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 (tensorstore/Orbax raise many kinds)
+            problem = f"it could not be read ({error_line(err)})"
+        # Agreed before fingerprinting: that is a collective every process must join.
+        problem = agreed_problem(problem)
+        if problem is None:
+            arrays = {name: restored[name] for name in args if name in self.array_items}
+            problem = agreed_problem(verify_arrays(self.step_dir(step), arrays))
+        if problem is not None:
+            raise DamagedCheckpoint(problem)
+        return restored
+
+    def mark_damaged(self, step: int, reason: str) -> str:
+        return mark_damaged(self.step_dir(step), reason)
+
+    def restore_newest(self, items, step: int | None = None):
+        """(step, restored items) of the newest intact step, or None when there is none.
+
+        items: as for `restore`. Damaged steps are marked and reported with one printed line
+        each; an explicit `step` that is damaged is a UserError.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise UserError(f"{self.directory}: no checkpoint at step {step}; have {steps}")
+            steps = [step]
+        for candidate in steps:
+            try:
+                return candidate, self.restore(candidate, items)
+            except DamagedCheckpoint as damaged:
+                where = self.step_dir(candidate)
+                if step is not None:
+                    raise UserError(f"checkpoint {where} is damaged: {damaged}") from None
+                note = "" if str(damaged).startswith("marked damaged") else "; "
+                if note:
+                    note += self.mark_damaged(candidate, str(damaged))
+                if jax.process_index() == 0:
+                    print(
+                        f"checkpoint {where} not loaded: {damaged}{note}; "
+                        "falling back to an older checkpoint",
+                        flush=True,
+                    )
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,249 @@
+"""Issue 13: the Cloud TPU path end to end against a real GCS API.
+
+gcp-storage-emulator serves the GCS JSON API on 127.0.0.1 (tests/conftest.py `gcs_emulator`);
+gcsfs/etils.epath and tensorstore/Orbax talk to it with no credentials. The README's cloud
+recipe runs here with every path on gs:// and a tiny config: prepare from gs:// text, pretrain
+into a gs:// workdir (SIGTERM mid-run, then the same command resumes exactly: compared with an
+unbroken run), fine-tune from the gs:// run into a gs:// workdir, export and plot from gs://.
+
+Stages that wait for another part of issue 13 are marked xfail (strict=False) with the
+dependency named; they run for real and turn into XPASS once it lands.
+"""
+
+import gzip
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, demo_config
+from etils import epath
+
+from bert_jax.data import pipeline
+
+STEPS = 16
+# A preemption inside a log window must still log what an unbroken run logs.
+RUN_FLAGS = [
+    f"--config.num_train_steps={STEPS}",
+    "--config.checkpoint_every_steps=8",
+    "--config.log_every_steps=4",
+    "--config.eval_every_steps=8",
+    "--config.data.show_progress=False",
+]
+TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "examples_per_sec", "mfu"}
+
+
+@pytest.fixture(scope="module")
+def cloud(gcs_emulator, tmp_path_factory):
+    """The bucket with the corpus as two text files, a compilation cache shared by the runs,
+    and the bundled corpus prepared locally (what pretraining reads until it reads gs://)."""
+    bucket, _ = gcs_emulator
+    started = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    half = len(lines) // 2
+    while lines[half].strip():  # split at a document boundary (an empty line)
+        half += 1
+    corpus = epath.Path(f"gs://{bucket}/corpus")
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "part-0.txt").write_text("".join(lines[:half]))
+    (corpus / "part-1.txt").write_text("".join(lines[half:]))
+    local = tmp_path_factory.mktemp("cloud")
+    data = demo_config("test").data
+    data.data_dir, data.show_progress = str(local / "data"), False
+    pipeline.prepare_data(data)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(local / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    state = {"bucket": bucket, "env": env, "local": local, "data_dir": data.data_dir}
+    state["seconds"] = {"setup": time.perf_counter() - started}
+    yield state
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
+    seconds = {k: round(v, 1) for k, v in state["seconds"].items()}
+    print(
+        f"gs:// end to end: {time.perf_counter() - started:.0f} s wall, {cpu:.0f} s CPU in the "
+        f"commands (machine load {os.getloadavg()[0]:.1f}); wall seconds per stage: {seconds}"
+    )
+
+
+def _run(cloud, args, timeout=180, stage=None):
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=cloud["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if stage:
+        cloud["seconds"][stage] = cloud["seconds"].get(stage, 0) + time.perf_counter() - started
+    return result
+
+
+def _pretrain_args(cloud, workdir, data_dir=None):
+    return [
+        "-m",
+        "bert_jax.pretrain",
+        "--config",
+        "configs/demo.py:test",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir or cloud['data_dir']}",
+        *RUN_FLAGS,
+    ]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs the corpus-preparation helper (issue 13 point 3): prepare reading gs:// text",
+)
+def test_prepare_reads_text_on_gs(cloud):
+    bucket = cloud["bucket"]
+    result = _run(
+        cloud,
+        [
+            "-m",
+            "bert_jax.data.prepare",
+            f"--input_files=gs://{bucket}/corpus/*.txt",
+            f"--vocab_file={pipeline.BUNDLED_VOCAB}",
+            f"--data_dir=gs://{bucket}/data",
+        ],
+        timeout=120,
+        stage="prepare",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert list(epath.Path(f"gs://{bucket}/data").iterdir())
+
+
+def test_pretrain_on_gs_is_preempted_and_resumes_exactly(cloud):
+    """The same command three times into gs:// workdirs: an unbroken run, and one stopped by
+    SIGTERM and started again, which must log exactly what the unbroken one logged."""
+    bucket = cloud["bucket"]
+    unbroken = f"gs://{bucket}/unbroken"
+    result = _run(cloud, _pretrain_args(cloud, unbroken), stage="pretrain_unbroken")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run = f"gs://{bucket}/run"
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, *_pretrain_args(cloud, run)],
+        cwd=REPO_ROOT,
+        env=cloud["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in process.stdout:  # preempted right after the first step
+            if "compiled and ran the first train step" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        out, err = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    cloud["seconds"]["pretrain_preempted"] = time.perf_counter() - started
+    assert process.returncode == 0, err[-3000:]
+    stopped = int(out.split("preempted: saved step ")[1].split()[0])
+    assert 0 < stopped < STEPS, out
+
+    result = _run(cloud, _pretrain_args(cloud, run), stage="pretrain_resumed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from gs://{bucket}/run/checkpoints/{stopped}" in result.stdout
+
+    from bert_jax.metrics import read_metrics
+
+    want, got = read_metrics(unbroken), read_metrics(run)
+    assert [r["step"] for r in got] == [r["step"] for r in want] and len(want) == 6
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == set(w)
+        for key in set(w) - TIMING_KEYS:
+            assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-9), (w["step"], key)
+    final = json.loads(epath.Path(run, "final_step.json").read_text())
+    assert final == {"step": STEPS}
+    steps = sorted(int(p.name) for p in epath.Path(run, "checkpoints").iterdir())
+    assert steps[-1] == STEPS
+    assert epath.Path(run, "checkpoints", str(STEPS), "bert_jax_manifest.json").exists()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs the corpus-preparation helper (issue 13 point 3): training reads the prepared "
+    "dataset on gs:// (ArrayRecord's reader hangs on gs:// through the emulator today)",
+)
+def test_pretrain_reads_prepared_data_on_gs(cloud):
+    bucket = cloud["bucket"]
+    data_dir = epath.Path(f"gs://{bucket}/data")
+    if not (data_dir.exists() and list(data_dir.iterdir())):
+        pytest.xfail("no prepared data on gs:// (test_prepare_reads_text_on_gs did not pass)")
+    args = _pretrain_args(cloud, f"gs://{bucket}/from_gs_data", data_dir=str(data_dir))
+    args += [f"--config.data.input_files=gs://{bucket}/corpus/*.txt", "--config.num_train_steps=4"]
+    result = _run(cloud, args, timeout=120, stage="pretrain_from_gs_data")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs the fine-tuning helper (issue 13 point 4): finetune_lib/pretrained on epath "
+    "(a gs:// init_checkpoint and workdir)",
+)
+def test_finetune_from_gs_run_into_gs_workdir(cloud):
+    bucket = cloud["bucket"]
+    if not epath.Path(f"gs://{bucket}/run/final_step.json").exists():
+        pytest.skip("needs the pretraining run of test_pretrain_on_gs_is_preempted_and_resumes")
+    tasks = REPO_ROOT / "tests" / "data" / "tasks" / "sentiment"
+    result = _run(
+        cloud,
+        [
+            "-m",
+            "bert_jax.finetune",
+            "--config",
+            "configs/finetune/classification.py:test",
+            f"--config.init_checkpoint=gs://{bucket}/run",
+            f"--workdir=gs://{bucket}/ft",
+            f"--config.task.train_file={tasks / 'train.tsv'}",
+            f"--config.task.dev_file={tasks / 'dev.tsv'}",
+            "--config.num_train_steps=4",
+        ],
+        timeout=120,
+        stage="finetune",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert epath.Path(f"gs://{bucket}/ft/eval_results.json").exists()
+
+
+def test_export_and_plot_read_a_gs_run(cloud, tmp_path):
+    bucket = cloud["bucket"]
+    run = f"gs://{bucket}/run"
+    if not epath.Path(run, "final_step.json").exists():
+        pytest.skip("needs the pretraining run of test_pretrain_on_gs_is_preempted_and_resumes")
+    out = tmp_path / "exported"
+    result = _run(cloud, ["-m", "bert_jax.export", run, f"--out={out}"], stage="export")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in out.iterdir()}
+    from safetensors.numpy import load_file
+
+    from bert_jax import pretrained
+
+    exported = load_file(out / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
+    # The gs:// run's last checkpoint, read (and its arrays verified) from this process.
+    params = pretrained.load_pretraining_params(pretrained.inspect_checkpoint(run))
+    table = np.asarray(params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+    np.testing.assert_array_equal(exported, table)
+
+    png = tmp_path / "curves.png"
+    result = _run(cloud, ["-m", "bert_jax.plot", run, f"--out={png}"], stage="plot")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    result = _run(cloud, ["-m", "bert_jax.plot", run, f"--out={run}/curves.png"], stage="plot")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert epath.Path(run, "curves.png").read_bytes()[:4] == b"\x89PNG"
