@@ -3,8 +3,6 @@
 The slices are tests/data/zh (the layout of ../shared/data/zh), placed at ../shared/data/zh
 relative to a scratch working directory, so the README's paths work unchanged; configs get their
 tiny `:test` mode and the benchmark command small data flags. Nothing else in a command changes.
-A command that needs a feature not merged yet (PENDING) is run without that part and the test
-is reported as xfail with the reason; once the feature exists the command runs as written.
 """
 
 from __future__ import annotations
@@ -23,10 +21,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.zh-CN.md"
 SLICES = REPO / "tests" / "data" / "zh"
 
-# README text that needs a feature other work is adding -> the reason, shown while it is missing.
-PENDING = {
-    "--word_segmenter=jieba": "jieba word boundaries in prepared datasets (issue 17 point 1)",
-}
 TINY = [
     (r"configs/zh_small\.py(?!:)", "configs/zh_small.py:test"),
     (r"(configs/finetune/\w+\.py)(?!:)", r"\1:test"),
@@ -93,7 +87,7 @@ def test_walkthrough_runs_on_slices(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 
-    pending, ran = set(), []
+    ran = []
     for language, body in fenced_blocks(README.read_text(encoding="utf-8"))[1:]:
         if language == "python":
             script = work / f"block{len(ran)}.py"
@@ -109,12 +103,6 @@ def test_walkthrough_runs_on_slices(tmp_path):
                 command += f" --shared={shared}" + BENCHMARK_SLICE
             start = time.perf_counter()
             result = _run(command, work, env)
-            for text, reason in PENDING.items():
-                flag = text.split("=")[0].lstrip("-")
-                if result.returncode and text in command and flag in result.stderr:
-                    pending.add(reason)
-                    command = command.replace(text, "")
-                    result = _run(command, work, env)
             assert result.returncode == 0, (
                 f"{command}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
             )
@@ -132,5 +120,4 @@ def test_walkthrough_runs_on_slices(tmp_path):
     assert "'entity_group': '" in pipeline_output or "[[]]" in pipeline_output  # a tiny model
     table = next(out for command, out in outputs.items() if "zh_end_to_end" in command)
     assert "(b) character masking" in table and "character CRF" in table
-    if pending:
-        pytest.xfail("ran without features not merged yet: " + "; ".join(sorted(pending)))
+    assert "(c) whole-word masking" in table and "n/a" not in table
