@@ -152,19 +152,81 @@ def _text_columns(header: list[str]) -> tuple[int, int | None]:
     return header.index("sentence1"), header.index("sentence2")
 
 
-def bert_jax_initial_head(num_labels: int, seed: int) -> dict[str, np.ndarray]:
-    """The classifier a bert_jax run with this seed starts from (finetune_lib.run_rngs)."""
+def bert_jax_initial_head(
+    num_labels: int, seed: int, bert_config=None, kind: str = "classification"
+) -> dict[str, np.ndarray]:
+    """The classifier a bert_jax run with this seed starts from (finetune_lib.run_rngs);
+    bert_config defaults to MiniLM's."""
     from flax.core import meta
 
     from bert_jax import finetune_lib
     from bert_jax.convert.hf import read_hf_config
     from bert_jax.finetune_step import make_task_model
 
-    model = make_task_model("classification", read_hf_config(minilm_dir()), num_labels)
+    bert_config = bert_config or read_hf_config(minilm_dir())
+    model = make_task_model(kind, bert_config, num_labels)
     ids = np.zeros((1, 8), np.int32)
     params = model.init(finetune_lib.run_rngs(seed)[0], ids, ids, ids)["params"]
     head = meta.unbox(params["classifier"]["dense"])
     return {"kernel": np.asarray(head["kernel"]), "bias": np.asarray(head["bias"])}
+
+
+def ordered_trainer_class(seed: int):
+    """A transformers.Trainer whose epochs visit the rows in bert_jax's order
+    (task_batches.train_indices: np.random.default_rng((seed, epoch)).permutation(n)); the
+    instance's `epoch_sampler.epoch` counts the epochs it drew."""
+    import torch
+    from transformers import Trainer
+
+    class EpochPermutations(torch.utils.data.Sampler):
+        def __init__(self, n: int):
+            self.n, self.epoch = n, 0
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            order = np.random.default_rng((seed, self.epoch)).permutation(self.n)
+            self.epoch += 1
+            return iter(order.tolist())
+
+    class OrderedTrainer(Trainer):
+        def _get_train_sampler(self, *unused):
+            self.epoch_sampler = EpochPermutations(len(self.train_dataset))
+            return self.epoch_sampler
+
+    return OrderedTrainer
+
+
+def hf_training_arguments(args, workdir: pathlib.Path, steps: int, group_by_length=False):
+    """transformers.TrainingArguments with bert_jax's fine-tuning optimizer (AdamW b1 0.9, b2
+    0.999, eps 1e-6, weight decay 0.01 off biases and LayerNorm, clipping at 1.0, linear warmup
+    over args.warmup_proportion of `steps` then linear decay), on the CPU, saving nothing;
+    group_by_length: the Trainer's sampler of batches of similar lengths."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(workdir),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        warmup_steps=math.ceil(args.warmup_proportion * steps),
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-6,
+        max_grad_norm=1.0,
+        seed=args.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        group_by_length=group_by_length,
+    )
 
 
 def run_hf_trainer(
@@ -185,27 +247,7 @@ def run_hf_trainer(
         BertTokenizerFast,
         DataCollatorWithPadding,
         Trainer,
-        TrainingArguments,
     )
-
-    class EpochPermutations(torch.utils.data.Sampler):
-        """Epoch e visits rows in np.random.default_rng((seed, e)).permutation(n), as bert_jax."""
-
-        def __init__(self, n: int, seed: int):
-            self.n, self.seed, self.epoch = n, seed, 0
-
-        def __len__(self):
-            return self.n
-
-        def __iter__(self):
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
-            self.epoch += 1
-            return iter(order.tolist())
-
-    class OrderedTrainer(Trainer):
-        def _get_train_sampler(self, *unused):
-            self.epoch_sampler = EpochPermutations(len(self.train_dataset), args.seed)
-            return self.epoch_sampler
 
     torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     tokenizer = BertTokenizerFast(vocab_file=str(VOCAB), do_lower_case=True)
@@ -229,28 +271,7 @@ def run_hf_trainer(
         ]
 
     steps = math.ceil(math.ceil(len(train_rows) / args.batch_size) * args.epochs)
-    training_args = TrainingArguments(
-        output_dir=str(workdir),
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size,
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.epochs,
-        warmup_steps=math.ceil(args.warmup_proportion * steps),
-        lr_scheduler_type="linear",
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-6,
-        max_grad_norm=1.0,
-        seed=args.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-        group_by_length=group_by_length,
-    )
+    training_args = hf_training_arguments(args, workdir, steps, group_by_length)
     model = BertForSequenceClassification.from_pretrained(
         str(minilm_dir()), num_labels=len(labels), hidden_dropout_prob=args.dropout,
         attention_probs_dropout_prob=args.dropout,
@@ -261,7 +282,7 @@ def run_hf_trainer(
         with torch.no_grad():
             model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
             model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
-    trainer = (OrderedTrainer if matched else Trainer)(
+    trainer = (ordered_trainer_class(args.seed) if matched else Trainer)(
         model=model,
         args=training_args,
         train_dataset=encode(train_rows),

@@ -58,6 +58,26 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     return c
 
 
+def use_test_mode(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a pretraining config to the seconds-long setup the test suite runs (an L1 / H32
+    model, sequence 64, batch 8, 6 steps with an evaluation and a checkpoint every 3)."""
+    c.model.num_hidden_layers = 1
+    c.model.hidden_size = 32
+    c.model.num_attention_heads = 2
+    c.model.intermediate_size = 64
+    c.model.max_position_embeddings = 64
+    c.data.max_seq_length = 64
+    c.data.max_predictions_per_seq = 10
+    c.batch_size = 8
+    c.num_train_steps = 6
+    c.warmup_steps = 2
+    c.log_every_steps = 2
+    c.eval_every_steps = 3
+    c.eval_steps = 2
+    c.checkpoint_every_steps = 3
+    c.progress_bar = False
+
+
 def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
     """The optimizer keys pretraining and fine-tuning share (see bert_jax.optim)."""
     c.optimizer = "adamw"  # bias-corrected (PyTorch/HF); "adamw_bert" is google's, or "lamb"

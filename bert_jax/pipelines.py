@@ -6,15 +6,19 @@
     classify = pipeline("text-classification", "runs/sentiment")  # a fine-tuned workdir
     classify(["great flight!", ("a premise", "a hypothesis")])  # [{"label", "score"}, ...]
 
+    ner = pipeline("token-classification", "runs/ner")  # a token_classification workdir
+    ner(["江泽民在北京会见了客人。"])  # per text: [{"entity_group", "word", "start", "end", ...}]
+
     embed = pipeline("sentence-embedding", path)  # any of the three kinds of path
     embed(["a sentence", "another"])  # float32 [n, H], mean of the last layer over real tokens
 
-"feature-extraction" is the same as "sentence-embedding". Short texts never pay for padding:
-text-classification and sentence-embedding pack several texts into each row (each attends only
-to itself, as in fine-tuning), fill-mask sorts texts by length into batches cut to a length
-bucket (32, 64, 128, ... tokens); the rows of a call have one of a few shapes, so repeated
-calls reuse their compilations. Texts longer than max_seq_length word pieces are truncated and
-counted in a warning.
+"feature-extraction" is the same as "sentence-embedding", "ner" as "token-classification".
+Short texts never pay for padding: text-classification and sentence-embedding pack several
+texts into each row (each attends only to itself, as in fine-tuning), fill-mask sorts texts
+by length into batches cut to a length bucket (32, 64, 128, ... tokens); the rows of a call
+have one of a few shapes, so repeated calls reuse their compilations. Texts longer than
+max_seq_length word pieces are truncated and counted in a warning (token classification
+continues them in further windows instead).
 """
 
 from __future__ import annotations
@@ -30,12 +34,20 @@ from flax.core import meta
 from bert_jax import pretrained
 from bert_jax.data import packing, tasks
 from bert_jax.data.task_batches import length_buckets
-from bert_jax.data.tasks_readers import SentenceExample
+from bert_jax.data.tasks_readers import SentenceExample, TokenExample
 from bert_jax.errors import UserError
+from bert_jax.eval import metrics
 from bert_jax.finetune_step import make_task_model
 from bert_jax.modeling import BertForPreTraining, BertModel
 
-TASKS = ("fill-mask", "text-classification", "sentence-embedding", "feature-extraction")
+TASKS = (
+    "fill-mask",
+    "text-classification",
+    "token-classification",
+    "ner",
+    "sentence-embedding",
+    "feature-extraction",
+)
 MASK_TEXT = "[MASK]"
 _SEQUENCE_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 MAX_TEXTS_PER_ROW = 16
@@ -53,6 +65,8 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
     info = pretrained.inspect_checkpoint(path)
     if task == "text-classification":
         return TextClassificationPipeline(pretrained.load_finetuned(path), **options)
+    if task in ("token-classification", "ner"):
+        return TokenClassificationPipeline(pretrained.load_finetuned(path), **options)
     tokenizer = pretrained.load_tokenizer(info, vocab_file, lowercase)
     if task == "fill-mask":
         params = pretrained.load_pretraining_params(info)
@@ -210,6 +224,104 @@ class TextClassificationPipeline:
             order = np.argsort(-probabilities, kind="stable")[: top_k or len(probabilities)]
             ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in order]
             results.append(ranked[0] if top_k == 1 else ranked)
+        return results
+
+
+class TokenClassificationPipeline:
+    """A fine-tuned token_classification workdir (NER, tagging): texts -> entities or tags.
+
+    Each text is split into words as the tokenizer splits it before WordPiece (whitespace,
+    punctuation, and every CJK character on its own, as in character-level Chinese CoNLL
+    files); each word is tagged on its first word piece, as in fine-tuning, and texts longer than
+    max_seq_length continue in further windows. With BIO / IOBES tags the words are grouped
+    into entities as the dev evaluation groups them (seqeval's rules).
+    """
+
+    def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
+                 max_seq_length: int | None = None):  # fmt: skip
+        if model.kind != "token_classification":
+            raise UserError(
+                f"{model.info.path} was fine-tuned for {model.kind}, not token classification"
+            )
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
+        self.is_entities = metrics.is_bio_tagset(model.label_list)
+        task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list))
+
+        def probabilities(params, input_ids, token_type_ids, attention_mask):
+            logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
+            return jax.nn.softmax(logits.astype(jnp.float32), -1)  # [B, L, C]
+
+        self._probabilities = jax.jit(probabilities)
+
+    def _words(self, text: str) -> list[tuple[int, int]]:
+        """[start, end) character spans of the words of `text`: a word piece that is not a "##"
+        continuation starts a word."""
+        ids, offsets = self.model.tokenizer.encode_with_offsets(text)
+        spans = []
+        for token_id, (start, end) in zip(ids, offsets, strict=True):
+            if spans and self.model.tokenizer.is_subword(token_id):
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+        return spans
+
+    def __call__(self, texts: Sequence[str]) -> list[list[dict]]:
+        """Per text, with BIO / IOBES tags: its entities, each {"entity_group", "word", "start",
+        "end", "score"} (character span [start, end) of the text; score = the mean probability of
+        the entity's word tags); other tag sets: every word {"word", "tag", "start", "end",
+        "score"}."""
+        if isinstance(texts, str):
+            raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
+        spans, examples = [], []
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise UserError(f"input {index} is not a string: {text!r}")
+            spans.append(self._words(text))
+            words = [text[start:end] for start, end in spans[-1]] or [""]
+            examples.append(TokenExample(str(index), words, None, f"input {index}"))
+        arrays, info, _ = tasks.featurise_tokens(
+            examples, self.model.tokenizer, self.max_seq_length, {}, labeled=False
+        )
+        tag_ids = [np.zeros(len(e.words), np.int64) for e in examples]
+        scores = [np.zeros(len(e.words), np.float32) for e in examples]
+        for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
+            probabilities = np.asarray(
+                self._probabilities(
+                    self.model.params,
+                    batch["input_ids"],
+                    batch["token_type_ids"],
+                    batch["attention_mask"],
+                )
+            )
+            for row, feature in enumerate(rows):
+                example = info["example_index"][feature]
+                for position in np.flatnonzero(info["word_index"][feature] >= 0):
+                    word = info["word_index"][feature, position]
+                    tag_ids[example][word] = probabilities[row, position].argmax()
+                    scores[example][word] = probabilities[row, position].max()
+        labels = self.model.label_list
+        results = []
+        for text, text_spans, ids, word_scores in zip(texts, spans, tag_ids, scores, strict=True):
+            tags = [labels[i] for i in ids[: len(text_spans)]]
+            if not self.is_entities:
+                results.append([
+                    {"word": text[a:b], "tag": tag, "start": a, "end": b, "score": float(p)}
+                    for (a, b), tag, p in zip(text_spans, tags, word_scores, strict=False)
+                ])  # fmt: skip
+                continue
+            entities = []
+            for entity_type, first, last in metrics.bio_entities(tags):
+                start, end = text_spans[first][0], text_spans[last][1]
+                entities.append({
+                    "entity_group": entity_type,
+                    "word": text[start:end],
+                    "start": start,
+                    "end": end,
+                    "score": float(np.mean(word_scores[first : last + 1])),
+                })  # fmt: skip
+            results.append(entities)
         return results
 
 

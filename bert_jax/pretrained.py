@@ -184,10 +184,12 @@ def load_tokenizer(
         )
     casing = lowercase if info.lowercase is None else bool(info.lowercase)
     tokenizer = WordPieceTokenizer.from_vocab(info.vocab_file, lowercase=casing)
-    if tokenizer.vocab_size != info.bert_config.vocab_size:
+    # Fewer tokens than embedding rows is fine (pretraining allows padding the table, e.g. to a
+    # multiple of 128); more would give ids past the table.
+    if tokenizer.vocab_size > info.bert_config.vocab_size:
         raise UserError(
             f"{info.vocab_file} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-            f"{info.bert_config.vocab_size}; pass the matching vocabulary"
+            f"only {info.bert_config.vocab_size}; pass the matching vocabulary"
         )
     return tokenizer
 

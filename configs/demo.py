@@ -7,7 +7,7 @@ A few minutes on a 2-core laptop CPU; what `make demo` runs:
 `get_config("test")` is the same setup shrunk for the test suite.
 """
 
-from bert_jax.config_lib import check_mode, pretraining_config, vocab_size
+from bert_jax.config_lib import check_mode, pretraining_config, use_test_mode, vocab_size
 from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
 
 
@@ -40,19 +40,5 @@ def get_config(mode: str = "demo"):
     c.keep_checkpoints = 2
     c.mesh.data = 1  # one CPU device; -1 would use every device
     if mode == "test":
-        c.model.num_hidden_layers = 1
-        c.model.hidden_size = 32
-        c.model.num_attention_heads = 2
-        c.model.intermediate_size = 64
-        c.model.max_position_embeddings = 64
-        c.data.max_seq_length = 64
-        c.data.max_predictions_per_seq = 10
-        c.batch_size = 8
-        c.num_train_steps = 6
-        c.warmup_steps = 2
-        c.log_every_steps = 2
-        c.eval_every_steps = 3
-        c.eval_steps = 2
-        c.checkpoint_every_steps = 3
-        c.progress_bar = False
+        use_test_mode(c)
     return c

@@ -1,5 +1,7 @@
 """Metrics against hand-computed values and sklearn / scipy references."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -111,3 +113,47 @@ def test_squad_normalisation_and_scores():
         {"q1": ["eiffel tower"], "q2": ["a cat sat on"], "q3": ["missing"]},
     )
     assert scores == pytest.approx({"exact_match": 1 / 3, "f1": (1 + 0.8 + 0) / 3})
+
+
+def test_entity_chunking_equals_seqeval_on_ill_formed_sequences():
+    """Random tag sequences, with I- after O, I- of another type, E-/S- (IOBES) and M- (BMES):
+    the same entities as seqeval's default mode, and the same per-type report."""
+    seqeval_metrics = pytest.importorskip("seqeval.metrics")
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rng = np.random.default_rng(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "E-LOC", "S-PER", "M-ORG", "E-PER"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns about M- tags
+        for _ in range(3000):
+            sequence = [str(t) for t in rng.choice(tags, rng.integers(0, 12))]
+            assert sorted(metrics.bio_entities(sequence)) == sorted(get_entities(sequence))
+    gold = [[str(t) for t in rng.choice(tags[:6], rng.integers(1, 12))] for _ in range(200)]
+    predicted = [[str(t) for t in rng.choice(tags[:8], len(g))] for g in gold]
+    report = seqeval_metrics.classification_report(
+        gold, predicted, output_dict=True, zero_division=0
+    )
+    ours = metrics.entity_scores_by_type(gold, predicted)
+    assert set(ours) == {"PER", "LOC", "ORG", "overall"}
+    for name, row in ours.items():
+        expected = report["micro avg" if name == "overall" else name]
+        assert row["f1"] == pytest.approx(expected["f1-score"], abs=1e-12)
+        assert row["precision"] == pytest.approx(expected["precision"], abs=1e-12)
+        assert row["recall"] == pytest.approx(expected["recall"], abs=1e-12)
+        assert row["support"] == expected["support"]
+
+
+def test_iobes_tags_get_entity_scores():
+    assert metrics.is_bio_tagset(["O", "B-PER", "E-PER", "S-LOC"])
+    assert metrics.bio_entities(["B-PER", "E-PER", "S-LOC", "S-LOC"]) == [
+        ("PER", 0, 1),
+        ("LOC", 2, 2),
+        ("LOC", 3, 3),  # S- always closes
+    ]
+    assert metrics.entity_types(["O", "B-PER", "I-PER", "S-LOC"]) == ["LOC", "PER"]
+    flat = metrics.entity_metrics([["B-PER", "E-PER"]], [["S-PER", "O"]], ["LOC", "PER"])
+    assert flat == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "f1_LOC": 0.0, "f1_PER": 0.0}
+    flat = metrics.entity_metrics([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "B-ORG"]])
+    assert flat == pytest.approx(
+        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "f1_ORG": 0.0, "f1_PER": 1.0}
+    )

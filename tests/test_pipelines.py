@@ -137,6 +137,8 @@ def test_text_classification_agrees_with_the_runs_evaluation(model_dirs, tmp_pat
     assert ranked[0]["label"] == classify(TEXTS[:1])[0]["label"]
     with pytest.raises(UserError, match="not a fine-tuned workdir"):
         bert_jax.pipeline("text-classification", hf_dir)
+    with pytest.raises(UserError, match="not token classification"):
+        bert_jax.pipeline("ner", tmp_path)
 
 
 def test_minilm_embeddings_match_transformers(shared_data):
@@ -155,3 +157,85 @@ def test_minilm_embeddings_match_transformers(shared_data):
     mask = batch["attention_mask"][..., None].float()
     expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_vocabulary_smaller_than_the_embedding_table_loads(model_dirs, tmp_path):
+    """Pretraining accepts a vocab with fewer tokens than model.vocab_size (a padded table):
+    fine-tuning and pipelines must load such a checkpoint too; a larger vocab is refused."""
+    from bert_jax import pretrained
+
+    hf_dir, _, config, _, tokenizer = model_dirs
+    info = pretrained.inspect_checkpoint(hf_dir)
+    padded = info.__class__(**{**vars(info), "bert_config": config.replace(vocab_size=512)})
+    assert pretrained.load_tokenizer(padded).vocab_size == tokenizer.vocab_size
+    small = info.__class__(**{**vars(info), "bert_config": config.replace(vocab_size=100)})
+    with pytest.raises(UserError, match="vocab_size is only 100"):
+        pretrained.load_tokenizer(small)
+
+
+def _chinese_ner_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Character-level BIO CoNLL files (as ../shared/data/zh/ner) from templates."""
+    rng = np.random.default_rng(0)
+    people, places = ["江泽民", "李鹏", "王小明", "张华"], ["北京", "上海", "香港", "广州市"]
+    orgs = ["新华社", "国务院", "人民日报社"]
+    templates = ["{p}在{l}会见了{o}的代表。", "{o}记者{p}报道：{l}今天下雪。", "{p}说，{l}很好。"]
+
+    def write(path, n):
+        lines = []
+        for _ in range(n):
+            template = templates[rng.integers(len(templates))]
+            parts = {"p": ("PER", people), "l": ("LOC", places), "o": ("ORG", orgs)}
+            for piece in template.replace("{", "|{").replace("}", "}|").split("|"):
+                if piece.startswith("{"):
+                    kind, names = parts[piece[1]]
+                    name = names[rng.integers(len(names))]
+                    tags = [f"B-{kind}"] + [f"I-{kind}"] * (len(name) - 1)
+                    lines += [f"{c}\t{t}" for c, t in zip(name, tags, strict=True)]
+                else:
+                    lines += [f"{c}\tO" for c in piece]
+            lines.append("")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return write(root / "train.conll", 96), write(root / "dev.conll", 24)
+
+
+def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path):
+    from bert_jax.data.tasks_readers import read_conll
+    from bert_jax.eval.metrics import bio_entities
+
+    train, dev = _chinese_ner_files(tmp_path)
+    tokenizer = WordPieceTokenizer.train([train], vocab_size=200)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    hf_dir = hf.save_hf_checkpoint(config, hf.init_params(config, jax.random.key(1)), tmp_path)
+    tokenizer.save_vocab(hf_dir / "vocab.txt")
+    run = tmp_path / "ner"
+    finetune = finetuning_config("token_classification")
+    finetune.init_checkpoint = str(hf_dir)
+    finetune.task.train_file, finetune.task.dev_file = str(train), str(dev)
+    finetune.max_seq_length, finetune.batch_size, finetune.eval_batch_size = 32, 8, 8
+    finetune.learning_rate, finetune.num_train_epochs = 3e-3, 4.0
+    finetune.eval_every_steps, finetune.progress_bar = 0, False
+    finetune_lib.train_and_evaluate(finetune, run)
+    scores = json.loads((run / "eval_results.json").read_text())
+    assert scores["f1"] > 0.5 and {"f1_PER", "f1_LOC", "f1_ORG"} <= set(scores)
+
+    ner = bert_jax.pipeline("ner", run, batch_size=4)
+    examples = read_conll(dev, labeled=True).examples
+    texts = ["".join(e.words) for e in examples]
+    found = ner(texts)
+    gold = {(i, t, a, b + 1) for i, e in enumerate(examples) for t, a, b in bio_entities(e.tags)}
+    predicted = {(i, x["entity_group"], x["start"], x["end"]) for i, f in enumerate(found)
+                 for x in f}  # fmt: skip
+    for i, entities in enumerate(found):
+        assert all(texts[i][x["start"] : x["end"]] == x["word"] for x in entities)
+        assert all(0 < x["score"] <= 1 for x in entities)
+    correct = len(gold & predicted)
+    f1 = 2 * correct / (len(gold) + len(predicted))
+    assert f1 == pytest.approx(scores["f1"])  # the same decisions as the run's evaluation
+    # A text longer than max_seq_length (30 pieces) continues in further windows.
+    long_text = "".join(texts[:6])
+    assert len(long_text) > 60 and max(x["end"] for x in ner([long_text])[0]) > 60

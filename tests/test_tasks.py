@@ -217,12 +217,19 @@ def test_conll_first_piece_labels_and_long_sentence_split(tmp_path, tokenizer):
     gold_ids = np.where(labels >= 0, labels, 0)
     assert tasks.compute_metrics("token_classification", gold_ids, data) == {
         "token_accuracy": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
         "f1": 1.0,
+        "f1_LOC": 1.0,
+        "f1_PER": 1.0,
     }
     logits = np.eye(3)[gold_ids]
     logits[2, 2] = [0, 0, 5]  # "cat" B-PER -> O: 4/5 words right, 1 of 2 entities found
     scores = tasks.compute_metrics("token_classification", logits, data)
-    assert scores == pytest.approx({"token_accuracy": 0.8, "f1": 2 / 3})
+    assert scores == pytest.approx(  # PER keeps its key though no PER entity is left
+        {"token_accuracy": 0.8, "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "f1_LOC": 1.0,
+         "f1_PER": 0.0}
+    )  # fmt: skip
     path = tasks.write_predictions("token_classification", logits, data, tmp_path / "p.conll")
     assert path.read_text() == "Paris\tB-LOC\nis\tO\nbeautiful\tO\n\nthe\tO\ncat\tO\n\n"
 

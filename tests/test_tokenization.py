@@ -1,5 +1,6 @@
 """WordPieceTokenizer gives the ids of google-research/bert FullTokenizer and transformers."""
 
+import collections
 import pickle
 import random
 
@@ -171,7 +172,7 @@ def test_train_save_and_reload(tmp_path, shared_data):
     sample = text[:20_000].splitlines()
     ids = np.concatenate([trained.encode(line) for line in sample if line])
     assert np.mean(ids == trained.unk_id) < 0.001
-    path = tmp_path / "vocab.txt"
+    path = tmp_path / "runs" / "new" / "vocab.txt"  # folders that do not exist yet
     trained.save_vocab(path)
     reloaded = WordPieceTokenizer.from_vocab(path)
     assert reloaded.fingerprint() == trained.fingerprint()
@@ -200,3 +201,77 @@ def test_bad_vocab_files_raise_user_errors(tmp_path):
         WordPieceTokenizer.from_vocab(partial)
     with pytest.raises(UserError, match="training file not found"):
         WordPieceTokenizer.train([tmp_path / "nope.txt"], vocab_size=100)
+
+
+# --- Chinese ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zh_lines(shared_data):
+    """Every 20th line of the Chinese pretraining corpus, the sentiment reviews and NER text."""
+    zh = shared_data / "zh"
+    lines = (zh / "corpus" / "pretrain.txt").read_text(encoding="utf-8").splitlines()[::20]
+    reviews = (zh / "sentiment" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1::4]
+    return [line for line in lines + [r.split("\t")[0] for r in reviews] if line.strip()]
+
+
+def test_chinese_vocab_keeps_the_most_frequent_characters(tmp_path, zh_lines):
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join(zh_lines) + "\n", encoding="utf-8")
+    trained = WordPieceTokenizer.train([corpus], vocab_size=1500)
+    # The corpus has far more distinct characters than the budget: the vocabulary stays within
+    # it (the stock trainer kept every character, whatever vocab_size said).
+    assert trained.vocab_size == 1500
+    assert WordPieceTokenizer.train([corpus], vocab_size=1500).vocab == trained.vocab  # stable
+    counts = collections.Counter(c for line in zh_lines for c in line.lower() if not c.isspace())
+    frequent = [c for c, n in counts.most_common(1000) if c.isascii() or c >= "\u3000"]
+    assert len(counts) > 2000 and set(frequent) <= set(trained.vocab)  # each has its own id
+    # CJK ideographs never take "##" forms (the tokenizer splits them before WordPiece) ...
+    ideographs = [t for t in trained.vocab if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
+    assert len(ideographs) > 1000
+    assert not any(t.startswith("##") and "\u4e00" <= t[-1] <= "\u9fff" for t in trained.vocab)
+    # ... but characters that occur inside words do: full-width digits in "１９９８年".
+    assert "##９" in trained.vocab and trained.tokenize("１９９８年")[-1] == "年"
+    ids = np.concatenate([trained.encode(line) for line in zh_lines])
+    assert np.mean(ids == trained.unk_id) < 0.05  # only the rarest characters are [UNK]
+
+
+def test_chinese_vocab_with_reference_style_continuations(tmp_path, zh_lines):
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join(zh_lines[:2000]) + "\n", encoding="utf-8")
+    trained = WordPieceTokenizer.train([corpus], vocab_size=6000, cjk_continuations=True)
+    assert trained.vocab_size <= 6000
+    vocab = set(trained.vocab)
+    ideographs = [t for t in vocab if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
+    assert ideographs and all("##" + t in vocab for t in ideographs)  # as bert-base-chinese
+    assert trained.tokenize("中文") == ["中", "文"]  # never produced, though
+
+
+def _bert_base_chinese_style_vocab(path, lines) -> None:
+    """A vocab laid out as bert-base-chinese's: [PAD], [unused1..99], [UNK], [CLS], [SEP],
+    [MASK], <S>, <T>, single characters, some words, then "##" + every single character."""
+    chars, words = set(), set()
+    for line in lines[::3]:  # characters of the other lines stay out: [UNK]
+        chars.update(c for c in line.lower() if not c.isspace())
+        words.update(w for w in line.lower().split() if w.isascii() and w.isalnum())
+    singles = sorted(chars)
+    tokens = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]"]
+    tokens += ["[MASK]", "<S>", "<T>", *singles, *sorted(w for w in words if len(w) > 1)]
+    tokens += ["##" + c for c in singles]
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+
+
+def test_bert_base_chinese_style_vocab_matches_transformers(tmp_path, zh_lines):
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / "vocab.txt"
+    _bert_base_chinese_style_vocab(path, zh_lines)
+    ours = WordPieceTokenizer.from_vocab(path, lowercase=True)
+    assert (ours.pad_id, ours.unk_id, ours.cls_id, ours.sep_id, ours.mask_id) == (
+        0, 100, 101, 102, 103,
+    )  # fmt: skip
+    hf = transformers.BertTokenizer(str(path), do_lower_case=True)
+    lines = zh_lines[:3000]
+    expected = [_hf_ids(hf, line) for line in lines]
+    assert ours.encode_batch(lines) == expected
+    assert sum(ours.unk_id in ids for ids in expected) > 100  # unseen characters were tested
+    assert ours.tokenize("ＡＢＣ公司的iPhone") == hf.tokenize("ＡＢＣ公司的iPhone")

@@ -460,7 +460,8 @@ def compute_metrics(kind: str, predictions, task_data: TaskData) -> dict[str, fl
     """Scores predictions (see decode_predictions for shapes) against the split's labels.
 
     classification: accuracy, macro_f1, mcc; regression: pearson, spearman;
-    token_classification: token_accuracy (+ f1, seqeval entity F1, when the tags are BIO);
+    token_classification: token_accuracy (+ seqeval's entity f1, precision, recall and f1_TYPE per
+    entity type when the tags are BIO / IOBES);
     squad: exact_match, f1 (official v1.1 normalisation, as fractions, not percent).
     """
     if not task_data.labeled:
@@ -473,8 +474,9 @@ def compute_metrics(kind: str, predictions, task_data: TaskData) -> dict[str, fl
     if kind == "token_classification":
         gold = [e.tags for e in examples]
         scores = {"token_accuracy": metrics.token_accuracy(gold, outputs)}
-        if task_data.is_bio:
-            scores["f1"] = metrics.entity_precision_recall_f1(gold, outputs)["f1"]
+        if task_data.is_bio:  # seqeval's entity scores: f1, precision, recall, f1_TYPE
+            types = metrics.entity_types(task_data.label_list)
+            scores.update(metrics.entity_metrics(gold, outputs, types))
         return scores
     gold = [e.label for e in examples]
     if kind == "regression":

@@ -19,6 +19,7 @@ Oniguruma's (newer) ones; the reference's own output depends on the Python versi
 
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
 import hashlib
@@ -60,6 +61,7 @@ _CJK_RANGES = (
     (0x2F800, 0x2FA1F),
 )
 _CJK_CLASS = "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in _CJK_RANGES) + "]"
+_CJK_CHAR = re.compile("[" + "".join(f"\\U{lo:08X}-\\U{hi:08X}" for lo, hi in _CJK_RANGES) + "]")
 _REMOVED_CHARS = r"[\x00\x{FFFD}\p{Cc}\p{Cf}&&[^\t\n\r]]"
 # Python's str.lower() maps a capital sigma that ends a word to the final form; per-character
 # lower-casing does not, so do it first. The look-behind is fixed-width in Oniguruma.
@@ -89,6 +91,10 @@ def _build_pipeline(tokenizer: tokenizers.Tokenizer, lowercase: bool) -> None:
         ]
     )
     tokenizer.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX)
+
+
+def _is_continuation(token: str) -> bool:
+    return token.startswith(SUBWORD_PREFIX) and len(token) > len(SUBWORD_PREFIX)
 
 
 def _read_lines(path: str) -> Iterator[str]:
@@ -187,38 +193,85 @@ class WordPieceTokenizer:
         lowercase: bool = True,
         min_frequency: int = 2,
         show_progress: bool = False,
+        cjk_continuations: bool = False,
     ) -> WordPieceTokenizer:
         """Learns a new WordPiece vocabulary of at most `vocab_size` tokens from text files.
 
         Files may be gzip-compressed (*.gz). The special tokens take ids 0..4 in the order
-        [PAD], [UNK], [CLS], [SEP], [MASK]; every character seen gets a token, so little is [UNK].
+        [PAD], [UNK], [CLS], [SEP], [MASK]. Then come the characters, most frequent first, each
+        with its "##" continuation form when it occurs inside a word: as many as the budget holds
+        (all of them on most corpora), so only the rarest characters of a corpus whose alphabet
+        exceeds the budget become [UNK] (google-research/bert's Chinese vocabulary likewise
+        keeps its most frequent characters). Whatever budget is left goes to word pieces merged
+        from frequent pairs (`min_frequency` occurrences at least; merges are those of
+        `tokenizers`' WordPiece trainer). The result is the same on every run.
+
+        CJK ideographs are always split into single characters before WordPiece (as in the
+        reference), so "##" + ideograph pieces are never produced and take no id by default.
+        cjk_continuations=True adds one for every kept ideograph anyway, laid out as
+        bert-base-chinese has them (within the budget), for tools that look such pieces up.
         """
         files = [os.fspath(f) for f in files]
         for path in files:
             if not os.path.isfile(path):
                 raise UserError(f"training file not found: {path}")
+        budget = int(vocab_size) - len(SPECIAL_TOKENS)
+        if budget < 1:
+            raise UserError(f"vocab_size {vocab_size} leaves no room beside the special tokens")
         scratch = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
         _build_pipeline(scratch, lowercase)
+
+        def lines():
+            return (line for path in files for line in _read_lines(path))
+
+        counts = collections.Counter()
+        text = lines()
+        while block := "".join(itertools.islice(text, 4096)):
+            counts.update(scratch.normalizer.normalize_str(block))
+        for space in [c for c in counts if c.isspace()]:
+            del counts[space]
+        if not counts:
+            raise UserError(f"no text to learn a vocabulary from in {files}")
+        # Which characters occur inside a word (and so need a "##" form): the trainer itself
+        # says, run once without merges.
+        probe = trainers.WordPieceTrainer(
+            vocab_size=1,
+            special_tokens=[],
+            continuing_subword_prefix=SUBWORD_PREFIX,
+            show_progress=False,
+        )
+        scratch.train_from_iterator(lines(), trainer=probe)
+        inside = {t[len(SUBWORD_PREFIX) :] for t in scratch.get_vocab() if _is_continuation(t)}
+        kept, continuations = [], []
+        for char in sorted(counts, key=lambda c: (-counts[c], c)):
+            needs_form = char in inside or (cjk_continuations and _CJK_CHAR.match(char))
+            cost = 1 + bool(needs_form)
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(char)
+            if needs_form:
+                continuations.append(SUBWORD_PREFIX + char)
+        # Registering the "##" forms up front fixes their ids: created on the fly, they get ids
+        # in hash-map order, which breaks merge ties differently on every run (tokenizers#1794).
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=[*SPECIAL_TOKENS, *continuations],
+            initial_alphabet=kept,
+            limit_alphabet=len(kept),
             continuing_subword_prefix=SUBWORD_PREFIX,
             show_progress=show_progress,
         )
-        lines = (line for path in files for line in _read_lines(path))
-        scratch.train_from_iterator(lines, trainer=trainer)
+        scratch.train_from_iterator(lines(), trainer=trainer)
         learned = scratch.get_vocab()
-        if len(learned) <= len(SPECIAL_TOKENS):
-            raise UserError(f"no text to learn a vocabulary from in {files}")
-        vocab = sorted(learned, key=learned.__getitem__)
-        return cls(vocab, lowercase=lowercase)
+        return cls(sorted(learned, key=learned.__getitem__), lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
-        # etils.epath: the path may be on gs:// (a fine-tuning workdir); e.g. a new runs/ folder.
+        """One token per line (line i = id i); missing parent folders are created (gs:// too)."""
         path = epath.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(token + "\n" for token in self._vocab))
+        path.write_text("".join(token + "\n" for token in self._vocab), encoding="utf-8")
 
     # -- encoding -----------------------------------------------------------------------------
 

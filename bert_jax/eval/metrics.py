@@ -140,55 +140,128 @@ def token_accuracy(labels: Sequence[Sequence], predictions: Sequence[Sequence]) 
     return correct / total
 
 
+_CHUNK_PREFIXES = ("B", "I", "E", "S", "M")  # IOB1, IOB2, IOBES/BIOES and BMES
+
+
 def is_bio_tagset(tags: Sequence[str]) -> bool:
-    """True when every tag is O or B-TYPE / I-TYPE (IOB2 or IOB1), so entity F1 is meaningful."""
+    """True when every tag is O or PREFIX-TYPE with PREFIX one of B, I, E, S, M (IOB1, IOB2,
+    IOBES/BIOES, BMES) and at least one entity tag occurs, so entity F1 is meaningful."""
     has_entity = False
     for tag in tags:
         if tag == "O":
             continue
-        if len(tag) < 3 or tag[:2] not in ("B-", "I-"):
+        if len(tag) < 3 or tag[0] not in _CHUNK_PREFIXES or tag[1] != "-":
             return False
         has_entity = True
     return has_entity
 
 
-def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Entity spans (type, first word, last word inclusive) of one sentence's BIO tags.
+def _split_tag(tag: str) -> tuple[str, str]:
+    """(prefix, type) as seqeval reads a tag: the first character, and what follows the first
+    "-" after it ("_" when nothing does, so "O" has type "_")."""
+    return tag[:1], tag[1:].split("-", maxsplit=1)[-1] or "_"
 
-    Chunking follows conlleval / seqeval's default mode: an entity starts at B-X, or at I-X that
-    follows O or a tag of another type (so IOB1 and sloppy IOB2 are read leniently), and ends
-    before the next O, B-* or I-Y of another type.
+
+def _ends_chunk(prev: str, prev_type: str, tag: str, entity_type: str) -> bool:
+    if prev in ("E", "S"):
+        return True
+    if prev in ("B", "I") and tag in ("B", "S", "O"):
+        return True
+    return prev not in ("O", ".") and prev_type != entity_type
+
+
+def _starts_chunk(prev: str, prev_type: str, tag: str, entity_type: str) -> bool:
+    if tag in ("B", "S"):
+        return True
+    if prev in ("E", "S", "O") and tag in ("E", "I"):
+        return True
+    return tag not in ("O", ".") and prev_type != entity_type
+
+
+def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Entity spans (type, first word, last word inclusive) of one sentence's tags.
+
+    Exactly seqeval's default (conlleval) mode, also on ill-formed sequences: an entity starts
+    at B-X or S-X, and at I-X / E-X that follows O, E-*, S-* or a tag of another type (so IOB1
+    and sloppy IOB2 are read leniently); it ends after E-X or S-X and before O, B-*, S-* or a tag
+    of another type. M-X (BMES) continues like I-X.
     """
     entities = []
-    current_type, start = None, 0
-    for position, tag in enumerate(list(tags) + ["O"]):
-        prefix, entity_type = (tag[0], tag[2:]) if tag != "O" else ("O", None)
-        continues = prefix == "I" and entity_type == current_type
-        if current_type is not None and not continues:
-            entities.append((current_type, start, position - 1))
-            current_type = None
-        if prefix in ("B", "I") and not continues:
-            current_type, start = entity_type, position
+    prev, prev_type, start = "O", "_", 0
+    for position, tag in enumerate([*tags, "O"]):
+        prefix, entity_type = _split_tag(tag)
+        if _ends_chunk(prev, prev_type, prefix, entity_type):
+            entities.append((prev_type, start, position - 1))
+        if _starts_chunk(prev, prev_type, prefix, entity_type):
+            start = position
+        prev, prev_type = prefix, entity_type
     return entities
+
+
+def _precision_recall_f1(correct: int, predicted: int, gold: int) -> dict[str, float]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def entity_scores_by_type(
+    labels: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """Exact-span entity precision, recall, F1 and gold count (support) per entity type and
+    micro-averaged over all types ("overall"): seqeval's classification_report, with 0.0 where
+    seqeval's zero_division would apply. Types seen only in predictions get a row too."""
+    if len(labels) != len(predictions):
+        raise ValueError(f"{len(labels)} gold sentences but {len(predictions)} predicted")
+    counts = collections.defaultdict(lambda: [0, 0, 0])  # type -> [correct, predicted, gold]
+    for index, (gold_tags, predicted_tags) in enumerate(zip(labels, predictions, strict=True)):
+        if len(gold_tags) != len(predicted_tags):
+            raise ValueError(
+                f"sentence {index}: {len(gold_tags)} gold tags, {len(predicted_tags)} predicted"
+            )
+        gold = set(bio_entities(gold_tags))
+        predicted = set(bio_entities(predicted_tags))
+        for entity in gold & predicted:
+            counts[entity[0]][0] += 1
+        for entity in predicted:
+            counts[entity[0]][1] += 1
+        for entity in gold:
+            counts[entity[0]][2] += 1
+    scores = {}
+    for entity_type in sorted(counts):
+        correct, predicted, gold = counts[entity_type]
+        scores[entity_type] = dict(_precision_recall_f1(correct, predicted, gold), support=gold)
+    totals = [sum(c[i] for c in counts.values()) for i in range(3)]
+    scores["overall"] = dict(_precision_recall_f1(*totals), support=totals[2])
+    return scores
+
+
+def entity_metrics(
+    labels: Sequence[Sequence[str]],
+    predictions: Sequence[Sequence[str]],
+    entity_types: Sequence[str] = (),
+) -> dict[str, float]:
+    """Flat entity scores for metrics.jsonl / eval_results.json: overall precision, recall, f1,
+    then f1_TYPE for every type in entity_types and every type gold or predictions hold (so the
+    keys stay the same from one evaluation to the next when entity_types lists the label set's)."""
+    table = entity_scores_by_type(labels, predictions)
+    flat = {k: table["overall"][k] for k in ("precision", "recall", "f1")}
+    for entity_type in sorted(set(entity_types) | (set(table) - {"overall"})):
+        flat[f"f1_{entity_type}"] = table.get(entity_type, {"f1": 0.0})["f1"]
+    return flat
+
+
+def entity_types(tags: Sequence[str]) -> list[str]:
+    """The entity types of a tag set (B-PER, I-PER, O -> [PER]), as bio_entities names them."""
+    return sorted({_split_tag(tag)[1] for tag in tags if tag != "O"})
 
 
 def entity_precision_recall_f1(
     labels: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
 ) -> dict[str, float]:
-    """Micro-averaged exact-span entity precision, recall and F1 over sentences (seqeval style)."""
-    if len(labels) != len(predictions):
-        raise ValueError(f"{len(labels)} gold sentences but {len(predictions)} predicted")
-    num_gold = num_predicted = num_correct = 0
-    for gold_tags, predicted_tags in zip(labels, predictions, strict=True):
-        gold = set(bio_entities(gold_tags))
-        predicted = set(bio_entities(predicted_tags))
-        num_gold += len(gold)
-        num_predicted += len(predicted)
-        num_correct += len(gold & predicted)
-    precision = num_correct / num_predicted if num_predicted else 0.0
-    recall = num_correct / num_gold if num_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    """Micro-averaged exact-span entity precision, recall and F1 over sentences (seqeval)."""
+    overall = entity_scores_by_type(labels, predictions)["overall"]
+    return {k: overall[k] for k in ("precision", "recall", "f1")}
 
 
 # --- SQuAD v1.1 -----------------------------------------------------------------------------------

@@ -1,0 +1,379 @@
+r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese BERT pay off?
+
+  nice -n 5 python -m benchmarks.zh_end_to_end --workdir runs/zh_e2e \
+      [--variants=random,char,wwm] [--seeds=0,1] [--sections=pretrain,finetune,crf,trainer]
+
+1. Data: --ner_train_sentences seeded random sentences of zh/ner/train.conll (8,000) and
+   --sentiment_train_examples reviews of zh/sentiment/train.tsv (6,000, stratified), written to
+   WORKDIR/data; dev is always the whole dev file. A vocabulary of --vocab_size (8,000) is
+   learned from zh/corpus/pretrain.txt (WORKDIR/vocab.txt).
+2. pretrain: configs/zh_small.py on zh/corpus/pretrain.txt, once per pretrained variant:
+   (b) `char`, character masking (every CJK character is its own token, so plain MLM masks
+   characters); (c) `wwm`, whole-word masking over jieba words (HFL's Chinese-BERT-wwm
+   semantics) over the word starts `data.word_segmenter=jieba` stored in the prepared dataset
+   (both variants read the same dataset; only the masking differs). CPU seconds and wall time
+   of each pretraining run are recorded (the 15-minute budget is ~1,800 CPU-seconds of this
+   2-core machine).
+3. finetune: NER (configs/finetune/token_classification.py) and sentiment
+   (configs/finetune/classification.py) from (a) `random`: the same architecture and vocabulary,
+   randomly initialised, and from each pretrained variant, for every fine-tuning seed; the
+   hyperparameters are the --ner_* / --sentiment_* flags (defaults: the recipe README.zh-CN.md
+   teaches).
+4. crf: the character CRF (benchmarks/zh_crf.py) on the same NER training rows.
+5. trainer: the `char` model exported with `python -m bert_jax.export` and fine-tuned by the
+   transformers Trainer (PyTorch) with the same inputs (bert_jax's featurisation), optimizer,
+   schedule, data order and initial head (only dropout masks differ), first seed only.
+
+Runs already finished in WORKDIR are reused (delete a run's directory to repeat it). Prints a
+Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
+deviation over seeds) and writes WORKDIR/results.json. Wall times are those of a machine that
+may be shared; CPU seconds are the comparable figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
+PRETRAINED = ("char", "wwm")
+TASKS = ("ner", "sentiment")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def prepare_inputs(args, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    from benchmarks.finetune_vs_hf import subsample_tsv
+    from benchmarks.zh_crf import subsample_conll
+    from bert_jax.data.tokenization import WordPieceTokenizer
+
+    data, shared = workdir / "data", pathlib.Path(args.shared)
+    files = {
+        "ner_train": data / "ner_train.conll",
+        "ner_dev": data / "ner_dev.conll",
+        "sentiment_train": data / "sentiment_train.tsv",
+        "sentiment_dev": data / "sentiment_dev.tsv",
+        "corpus": pathlib.Path(args.corpus or shared / "corpus" / "pretrain.txt"),
+        "vocab": workdir / "vocab.txt",
+    }
+    counts = {"train": (args.ner_train_sentences, args.sentiment_train_examples),
+              "dev": (args.dev_examples, args.dev_examples)}  # fmt: skip
+    for split, (ner_count, sentiment_count) in counts.items():
+        seed = args.data_seed + (split == "dev")
+        if not files[f"ner_{split}"].exists():
+            source = shared / "ner" / f"{split}.conll"
+            subsample_conll(source, files[f"ner_{split}"], ner_count, seed)
+        if not files[f"sentiment_{split}"].exists():
+            source = shared / "sentiment" / f"{split}.tsv"
+            subsample_tsv(source, files[f"sentiment_{split}"], sentiment_count, seed)
+    if not files["vocab"].exists():
+        tokenizer = WordPieceTokenizer.train([files["corpus"]], args.vocab_size)
+        tokenizer.save_vocab(files["vocab"])
+    return files
+
+
+# --- pretraining -------------------------------------------------------------------------------
+
+
+def pretraining_config(args, files, workdir: pathlib.Path, variant: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zh_config", REPO / args.pretrain_config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(args.pretrain_mode) if args.pretrain_mode else module.get_config()
+    config.data.input_files = str(files["corpus"])
+    config.data.vocab_file = str(files["vocab"])
+    config.data.data_dir = str(workdir / "pretraining_data")
+    config.model.vocab_size = max(config.model.vocab_size, args.vocab_size)
+    config.progress_bar = False
+    if args.pretrain_steps:
+        config.num_train_steps = args.pretrain_steps
+        config.warmup_steps = min(config.warmup_steps, args.pretrain_steps // 10)
+        config.eval_every_steps = config.checkpoint_every_steps = args.pretrain_steps
+    config.data.word_segmenter = "jieba"
+    config.data.whole_word_masking = variant == "wwm"
+    return config
+
+
+def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) -> pathlib.Path:
+    from bert_jax import train_lib
+
+    target = workdir / f"pretrain_{variant}"
+    config = pretraining_config(args, files, workdir, variant)
+    row = results["pretrain"].get(variant, {})
+    if row.get("steps") == config.num_train_steps and (target / "checkpoints").exists():
+        return target
+    print(f"== pretraining {variant}: {config.num_train_steps} steps into {target}", flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    state = train_lib.train_and_evaluate(config, target)
+    if int(state.step) < config.num_train_steps:  # preempted (SIGTERM): the checkpoint resumes
+        raise SystemExit(f"pretraining {variant} stopped at step {int(state.step)}; rerun")
+    evals = [json.loads(line) for line in open(target / "metrics.jsonl") if '"eval_' in line]
+    results["pretrain"][variant] = {
+        "steps": int(config.num_train_steps),
+        "cpu_seconds": time.process_time() - cpu,
+        "wall_seconds": time.perf_counter() - wall,
+        "eval_mlm_accuracy": evals[-1].get("eval_mlm_accuracy") if evals else None,
+        "model": {k: config.model[k] for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
+    }
+    return target
+
+
+# --- fine-tuning ------------------------------------------------------------------------------
+
+
+def finetune_config(args, files, task: str, init: pathlib.Path, seed: int, random_init: bool):
+    sys.path.insert(0, str(REPO))
+    from configs.finetune import classification, token_classification
+
+    module = token_classification if task == "ner" else classification
+    config = module.get_config()
+    config.init_checkpoint = str(init)
+    config.random_init = random_init
+    config.task.train_file = str(files[f"{task}_train"])
+    config.task.dev_file = str(files[f"{task}_dev"])
+    config.learning_rate = getattr(args, f"{task}_learning_rate")
+    config.num_train_epochs = getattr(args, f"{task}_epochs")
+    config.batch_size = args.batch_size
+    config.max_seq_length = args.max_seq_length
+    config.seed = seed
+    config.eval_every_steps = 0
+    config.progress_bar = False
+    config.mesh.data = 1
+    return config
+
+
+def finetune(args, files, task, init, seed, random_init, target: pathlib.Path) -> dict:
+    from bert_jax import finetune_lib
+
+    if (target / "run.json").exists():
+        return json.loads((target / "run.json").read_text())
+    shutil.rmtree(target, ignore_errors=True)
+    config = finetune_config(args, files, task, init, seed, random_init)
+    print(f"== fine-tuning {target.name}", flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = finetune_lib.train_and_evaluate(config, target)
+    row = dict(result.eval_metrics, cpu_seconds=time.process_time() - cpu,
+               wall_seconds=time.perf_counter() - wall)  # fmt: skip
+    (target / "run.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -> dict:
+    """The transformers Trainer on the exported weights, fed bert_jax's own features."""
+    import torch
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+
+    from benchmarks.finetune_vs_hf import (
+        bert_jax_initial_head,
+        hf_training_arguments,
+        ordered_trainer_class,
+    )
+    from bert_jax import pretrained
+    from bert_jax.data import tasks
+    from bert_jax.finetune_step import INPUT_KEYS
+
+    if (target / "run.json").exists():
+        return json.loads((target / "run.json").read_text())
+    hf_dir = target.parent / f"{init.name}_hf"
+    if not (hf_dir / "config.json").exists():
+        command = [sys.executable, "-m", "bert_jax.export", str(init.absolute()), "--out",
+                   str(hf_dir.absolute())]  # fmt: skip
+        subprocess.run(command, check=True, cwd=REPO)
+    config = finetune_config(args, files, task, init, seed, random_init=False)
+    kind = config.task.kind
+    tokenizer = pretrained.load_tokenizer(pretrained.inspect_checkpoint(init))
+    train = tasks.load_task(config, "train", tokenizer)
+    dev = tasks.load_task(config, "dev", tokenizer, label_list=train.label_list)
+
+    def rows(data):
+        labels = np.where(data.arrays["labels"] < 0, -100, data.arrays["labels"])
+        return [
+            {k: torch.tensor(data.arrays[k][i], dtype=torch.long) for k in INPUT_KEYS}
+            | {"labels": torch.tensor(labels[i], dtype=torch.long)}
+            for i in range(data.num_features)
+        ]
+
+    model_class = BertForTokenClassification if task == "ner" else BertForSequenceClassification
+    model = model_class.from_pretrained(
+        str(hf_dir), num_labels=train.num_labels, hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )  # fmt: skip
+    head = bert_jax_initial_head(
+        train.num_labels, seed, pretrained.inspect_checkpoint(init).bert_config, kind
+    )
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
+        model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
+    settings = argparse.Namespace(
+        batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rate, epochs=config.num_train_epochs,
+        warmup_proportion=config.warmup_proportion, seed=seed,
+    )  # fmt: skip
+    steps = math.ceil(math.ceil(train.num_features / config.batch_size) * settings.epochs)
+    torch.set_num_threads(args.torch_threads)
+    trainer = ordered_trainer_class(seed)(
+        model=model, args=hf_training_arguments(settings, target, steps), train_dataset=rows(train)
+    )
+    print(f"== transformers Trainer {target.name}", flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.train()
+    logits = trainer.predict(rows(dev)).predictions
+    row = dict(tasks.compute_metrics(kind, logits, dev), cpu_seconds=time.process_time() - cpu,
+               wall_seconds=time.perf_counter() - wall, steps=steps)  # fmt: skip
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "run.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def markdown(results: dict) -> str:
+    types = ("PER", "LOC", "ORG")
+    lines = [
+        "| model | NER F1 | " + " | ".join(f"F1 {t}" for t in types) + " | sentiment acc | "
+        "pretraining CPU-s (wall s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"random": "(a) random init", "char": "(b) character masking",
+             "wwm": "(c) whole-word masking (jieba)"}  # fmt: skip
+    for variant, label in names.items():
+        runs = results["finetune"].get(variant)
+        if not runs:
+            continue
+        ner, sentiment = runs.get("ner", {}), runs.get("sentiment", {})
+        pre = results["pretrain"].get(variant)
+        cost = f"{pre['cpu_seconds']:.0f} ({pre['wall_seconds']:.0f})" if pre else "-"
+        cells = [_mean_sd([r["f1"] for r in ner.values()])]
+        cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
+        cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), cost]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    crf = results.get("crf")
+    if crf:
+        scores = crf["scores"]
+        cells = [f"{100 * scores['overall']['f1']:.1f}"]
+        cells += [f"{100 * scores.get(t, {'f1': 0.0})['f1']:.1f}" for t in types]
+        lines.append("| character CRF (same NER rows) | " + " | ".join(cells) + " | - | - |")
+    for variant, runs in results.get("trainer", {}).items():
+        ner = runs.get("ner", {})
+        sentiment = runs.get("sentiment", {})
+        cells = [_mean_sd([r["f1"] for r in ner.values()])]
+        cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
+        cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), "-"]
+        label = f"transformers Trainer on exported ({variant})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for variant, runs in results.get("trainer", {}).items():
+        for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
+            for seed, row in runs.get(task, {}).items():
+                ours = results["finetune"].get(variant, {}).get(task, {}).get(seed)
+                if ours:
+                    difference = 100 * (ours[metric] - row[metric])
+                    lines.append(f"\n{task} {metric}, {variant}, seed {seed}: bert_jax "
+                                 f"{100 * ours[metric]:.2f}, Trainer {100 * row[metric]:.2f}, "
+                                 f"difference {difference:+.2f} points")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="runs/zh_e2e")
+    parser.add_argument("--shared", default=str(SHARED_ZH), help="the zh/ data folder")
+    parser.add_argument("--sections", default="pretrain,finetune,crf,trainer")
+    parser.add_argument("--variants", default="random,char,wwm")
+    parser.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
+    parser.add_argument("--data_seed", type=int, default=0, help="which training rows")
+    parser.add_argument("--ner_train_sentences", type=int, default=8000, help="0 = all")
+    parser.add_argument("--sentiment_train_examples", type=int, default=6000, help="0 = all")
+    parser.add_argument("--dev_examples", type=int, default=0, help="0 = the whole dev files")
+    parser.add_argument("--corpus", default="", help="pretraining text (default zh/corpus)")
+    parser.add_argument("--vocab_size", type=int, default=8000)
+    parser.add_argument("--pretrain_config", default="configs/zh_small.py")
+    parser.add_argument("--pretrain_mode", default="", help="get_config argument, e.g. test")
+    parser.add_argument("--pretrain_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--ner_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--ner_epochs", type=float, default=5.0)
+    parser.add_argument("--sentiment_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--sentiment_epochs", type=float, default=2.0)
+    parser.add_argument("--torch_threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if not pathlib.Path(args.shared).is_dir():
+        print(f"{args.shared} not found: this benchmark needs the shared Chinese data",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    sys.path.insert(0, str(REPO))
+    workdir = pathlib.Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_file = workdir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for key in ("pretrain", "finetune", "trainer"):
+        results.setdefault(key, {})
+    results["settings"] = vars(args)
+    sections = args.sections.split(",")
+    variants = args.variants.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    files = prepare_inputs(args, workdir)
+
+    def save():
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+
+    inits = {}
+    for variant in [v for v in PRETRAINED if v in variants or v == "char"]:
+        if "pretrain" not in sections and not (workdir / f"pretrain_{variant}").exists():
+            continue
+        inits[variant] = pretrain(args, files, workdir, variant, results)
+        save()
+    if "finetune" in sections:
+        for variant in variants:
+            init = inits.get("char" if variant == "random" else variant)
+            if init is None:
+                continue
+            for task in TASKS:
+                for seed in seeds:
+                    target = workdir / f"{task}_{variant}_seed{seed}"
+                    row = finetune(args, files, task, init, seed, variant == "random", target)
+                    results["finetune"].setdefault(variant, {}).setdefault(task, {})[str(seed)] = (
+                        row
+                    )
+                    save()
+    if "crf" in sections:
+        from benchmarks.zh_crf import run_crf
+
+        if "crf" not in results:
+            print("== character CRF", flush=True)
+            results["crf"] = run_crf(files["ner_train"], files["ner_dev"], workdir / "crf")
+            save()
+    if "trainer" in sections and "char" in inits:
+        for task in TASKS:
+            target = workdir / f"trainer_{task}_char_seed{seeds[0]}"
+            row = trainer_finetune(args, files, task, inits["char"], seeds[0], target)
+            results["trainer"].setdefault("char", {}).setdefault(task, {})[str(seeds[0])] = row
+            save()
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
