@@ -53,6 +53,9 @@ TASKS = ("ner", "sentiment")
 # --- data --------------------------------------------------------------------------------------
 
 
+TORCH_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # BertModel.forward's
+
+
 def prepare_inputs(args, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
     from benchmarks.finetune_vs_hf import subsample_tsv
     from benchmarks.zh_crf import subsample_conll
@@ -183,7 +186,6 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     )
     from bert_jax import pretrained
     from bert_jax.data import tasks
-    from bert_jax.finetune_step import INPUT_KEYS
 
     if (target / "run.json").exists():
         return json.loads((target / "run.json").read_text())
@@ -201,7 +203,7 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     def rows(data):
         labels = np.where(data.arrays["labels"] < 0, -100, data.arrays["labels"])
         return [
-            {k: torch.tensor(data.arrays[k][i], dtype=torch.long) for k in INPUT_KEYS}
+            {k: torch.tensor(data.arrays[k][i], dtype=torch.long) for k in TORCH_INPUTS}
             | {"labels": torch.tensor(labels[i], dtype=torch.long)}
             for i in range(data.num_features)
         ]
