@@ -16,7 +16,13 @@ from flax import traverse_util
 from bert_jax.convert.hf import init_params
 from bert_jax.convert.tf1 import load_tf1_checkpoint, save_tf1_checkpoint
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.modeling import (
+    BertConfig,
+    BertForPreTraining,
+    is_vocab_param,
+    pad_vocab_rows,
+    trim_vocab_rows,
+)
 
 CONFIG = BertConfig(
     vocab_size=61,
@@ -89,9 +95,13 @@ def random_params(config: BertConfig, seed: int = 0) -> dict:
     """Every parameter random, LayerNorms and biases too, so any mix-up changes the outputs."""
     params = init_params(config, jax.random.key(seed))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(
-        lambda x: np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(x.dtype), params
-    )
+    flat = {
+        path: np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(x.dtype)
+        for path, x in traverse_util.flatten_dict(params).items()
+    }
+    for path in filter(is_vocab_param, flat):  # bert_jax's padding rows stay zero
+        flat[path] = pad_vocab_rows(config, trim_vocab_rows(config, flat[path]))
+    return traverse_util.unflatten_dict(flat)
 
 
 def write_google_checkpoint(tf, directory, variables: dict[str, np.ndarray], config: dict) -> None:
@@ -115,7 +125,8 @@ def google_variables(params: dict, with_training_state: bool) -> dict[str, np.nd
     assert flat.keys() == names.keys()
     variables = {}
     for path, (name, transposed) in names.items():
-        variables[name] = np.ascontiguousarray(flat[path].T if transposed else flat[path])
+        value = trim_vocab_rows(CONFIG, flat[path]) if is_vocab_param(path) else flat[path]
+        variables[name] = np.ascontiguousarray(value.T if transposed else value)  # google's rows
         if with_training_state:
             variables[f"{name}/adam_m"] = np.full_like(variables[name], 0.5)
             variables[f"{name}/adam_v"] = np.full_like(variables[name], 0.25)
