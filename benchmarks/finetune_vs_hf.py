@@ -291,10 +291,11 @@ def run_hf_trainer(
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
-    gold = [label_ids.get(row[label], -1) for row in dev_rows]
-    predictions = trainer.predict(encode(dev_rows)).predictions.argmax(-1)
+    # Gold labels from the prediction output itself: with group_by_length the Trainer also
+    # predicts in length-grouped order (transformers 4.57), not in the order of dev_rows.
+    output = trainer.predict(encode(dev_rows))
     result = {
-        "accuracy": float(np.mean(np.asarray(gold) == predictions)),
+        "accuracy": float(np.mean(output.label_ids == output.predictions.argmax(-1))),
         "steps": steps,
         "seconds": time.perf_counter() - start,
         "train_seconds": train_seconds,
