@@ -34,7 +34,7 @@ from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
 from bert_jax.finetune_step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
-from bert_jax.metrics import MetricWriter
+from bert_jax.metrics import MetricWriter, throughput
 from bert_jax.modeling import BertConfig, BertModel
 from bert_jax.optim import learning_rate_schedule
 
@@ -334,19 +334,6 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
     )
 
 
-def throughput(steps: int, counts: dict[str, float], seconds: float) -> dict[str, float]:
-    """Rates of `steps` steps that fed counts["examples"] features, counts["real_tokens"] real
-    tokens in counts["tokens"] positions (rows x row length, padding included)."""
-    seconds = max(seconds, 1e-9)
-    return {
-        "steps_per_sec": steps / seconds,
-        "examples_per_sec": counts["examples"] / seconds,
-        "tokens_per_sec": counts["tokens"] / seconds,
-        "real_tokens_per_sec": counts["real_tokens"] / seconds,
-        "padding_fraction": 1.0 - counts["real_tokens"] / max(counts["tokens"], 1.0),
-    }
-
-
 def _run_loop(
     config, finetuner, state, frozen, batches, dev_data, start_step, total_steps, workdir,
     state_manager, best_manager, pending_metrics,
@@ -397,7 +384,8 @@ def _run_loop(
                     scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
                 if timed_steps:
                     elapsed = time.perf_counter() - last_time - excluded
-                    scalars.update(throughput(timed_steps, counts, elapsed))
+                    steps_per_sec = timed_steps / max(elapsed, 1e-9)
+                    scalars.update(throughput(steps_per_sec, timed_steps, counts))
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}")
                 pending, last_time, excluded, timed_steps = [], time.perf_counter(), 0.0, 0

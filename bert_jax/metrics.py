@@ -71,6 +71,20 @@ def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predicti
     return 3.0 * (encoder + heads)
 
 
+def throughput(steps_per_sec: float, steps: int, counts: dict[str, float]) -> dict[str, float]:
+    """Rates at `steps_per_sec` from counts summed over `steps` steps: counts["examples"] (several
+    per packed row), counts["tokens"] (rows x row length, padding included) and
+    counts["real_tokens"]; padding_fraction is the share of positions that are padding."""
+    per_second = steps_per_sec / max(steps, 1)
+    return {
+        "steps_per_sec": steps_per_sec,
+        "examples_per_sec": counts["examples"] * per_second,
+        "tokens_per_sec": counts["tokens"] * per_second,
+        "real_tokens_per_sec": counts["real_tokens"] * per_second,
+        "padding_fraction": 1.0 - counts["real_tokens"] / max(counts["tokens"], 1.0),
+    }
+
+
 def _is_local(path) -> bool:
     return "://" not in str(path)
 

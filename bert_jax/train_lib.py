@@ -19,7 +19,12 @@ from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
 from bert_jax.data import pipeline
 from bert_jax.data.corpus import describe
 from bert_jax.data.packed_examples import batch_predictions
-from bert_jax.metrics import MetricWriter, peak_flops_per_device, pretraining_flops_per_example
+from bert_jax.metrics import (
+    MetricWriter,
+    peak_flops_per_device,
+    pretraining_flops_per_example,
+    throughput,
+)
 from bert_jax.train_step import (
     SUM_METRICS,
     Pretrainer,
@@ -139,21 +144,6 @@ def train_and_evaluate(config, workdir) -> TrainState:
     return state
 
 
-def throughput(steps_per_sec: float, tokens_per_step: int, sums: dict, steps: int) -> dict:
-    """Rates from steps/s and the summed metrics of `steps` steps: tokens_per_sec counts every
-    position (padding included), real_tokens_per_sec the tokens of examples, padding_fraction
-    the share of positions that are padding, examples_per_sec the examples (several per packed
-    row)."""
-    padding = 1.0 - sums["real_tokens"] / max(steps * tokens_per_step, 1)
-    return {
-        "steps_per_sec": steps_per_sec,
-        "tokens_per_sec": steps_per_sec * tokens_per_step,
-        "real_tokens_per_sec": steps_per_sec * tokens_per_step * (1.0 - padding),
-        "padding_fraction": padding,
-        "examples_per_sec": steps_per_sec * sums["nsp_count"] / max(steps, 1),
-    }
-
-
 def _run_loop(
     config,
     pretrainer,
@@ -212,7 +202,12 @@ def _run_loop(
                 scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
                 scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
                 steps_per_sec = steps_done / max(elapsed, 1e-9) if steps_done else float("nan")
-                scalars.update(throughput(steps_per_sec, tokens_per_step, sums, len(fetched)))
+                summed = {
+                    "examples": sums["nsp_count"],
+                    "tokens": len(fetched) * tokens_per_step,
+                    "real_tokens": sums["real_tokens"],
+                }
+                scalars.update(throughput(steps_per_sec, len(fetched), summed))
                 scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
                 writer.write(step, scalars)
                 bar.set_postfix(

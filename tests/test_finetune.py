@@ -24,6 +24,7 @@ from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
 from bert_jax.finetune_step import layerwise_lr_multipliers, scale_updates
+from bert_jax.metrics import throughput
 from bert_jax.modeling import BertConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -313,7 +314,7 @@ def test_sigterm_saves_and_the_rerun_finishes_like_an_unbroken_run(setup, tmp_pa
         by_step = {}
         for record in _read_jsonl(workdir / "metrics.jsonl"):
             by_step.setdefault(record["step"], {}).update(record)
-        timing = tuple(finetune_lib.throughput(1, dict(examples=1, tokens=1, real_tokens=1), 1))
+        timing = tuple(throughput(1.0, 1, dict(examples=1, tokens=1, real_tokens=1)))
         return {
             step: {k: v for k, v in r.items() if k not in timing} for step, r in by_step.items()
         }
