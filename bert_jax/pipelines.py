@@ -33,7 +33,7 @@ from flax.core import meta
 
 from bert_jax import pretrained
 from bert_jax.data import packing, tasks
-from bert_jax.data.task_batches import length_buckets
+from bert_jax.data.task_batches import bucket_length
 from bert_jax.data.tasks_readers import SentenceExample, TokenExample
 from bert_jax.errors import UserError
 from bert_jax.eval import metrics
@@ -74,11 +74,6 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
     return SentenceEmbeddingPipeline(info, tokenizer, **options)
 
 
-def _bucket(length: int, max_seq_length: int) -> int:
-    buckets = length_buckets(max_seq_length)
-    return buckets[int(np.searchsorted(buckets, length))]
-
-
 def _batches(arrays: dict[str, np.ndarray], batch_size: int, max_seq_length: int):
     """(texts, arrays of batch_size rows): texts sorted by length, token arrays cut to the
     batch's length bucket; rows past the texts repeat the batch's first text."""
@@ -87,7 +82,7 @@ def _batches(arrays: dict[str, np.ndarray], batch_size: int, max_seq_length: int
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-        length = _bucket(int(lengths[rows].max()), max_seq_length)
+        length = bucket_length(int(lengths[rows].max()), max_seq_length)
         batch = {k: v[padded] for k, v in arrays.items()}
         yield rows, batch | {k: batch[k][:, :length] for k in _SEQUENCE_KEYS}
 
@@ -98,7 +93,7 @@ def _packed_batches(arrays: dict[str, np.ndarray], rows: int, max_seq_length: in
     lengths = arrays["attention_mask"].sum(axis=1)
     if not len(lengths):
         return
-    length = _bucket(int(lengths.max()), max_seq_length)
+    length = bucket_length(int(lengths.max()), max_seq_length)
     slots = packing.pack(lengths, length, MAX_TEXTS_PER_ROW)
     slots = np.concatenate([slots, np.full((-len(slots) % rows, slots.shape[1]), -1)])
     tokens = {k: arrays[k] for k in ("input_ids", "token_type_ids")}

@@ -51,6 +51,12 @@ def length_buckets(max_length: int) -> list[int]:
     return [*buckets, max_length]
 
 
+def bucket_length(length: int, max_length: int) -> int:
+    """The shortest of `length_buckets(max_length)` that holds `length` tokens."""
+    buckets = length_buckets(max_length)
+    return buckets[int(np.searchsorted(buckets, length))]
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     slots: np.ndarray  # int [R, S]: features of each row, -1 = empty (S = 1 unpacked)
@@ -172,11 +178,10 @@ def eval_batches(data: TaskData, rows_per_batch: int, packed: bool,
             for start in range(0, len(slots), rows_per_batch)
         ]
     order = np.argsort(lengths, kind="stable")
-    buckets = np.array(length_buckets(data.max_seq_length))
     batches = []
     for start in range(0, len(order), rows_per_batch):
         chunk = order[start : start + rows_per_batch]
-        length = int(buckets[np.searchsorted(buckets, lengths[chunk].max())])
+        length = bucket_length(int(lengths[chunk].max()), data.max_seq_length)
         batches.append(Batch(_pad_rows(chunk[:, None], rows_per_batch), length, False))
     return batches
 
