@@ -7,7 +7,9 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
    --sentiment_train_examples reviews of zh/sentiment/train.tsv (6,000, stratified), written to
    WORKDIR/data; dev is always the whole dev file. A vocabulary of --vocab_size (8,000) is
    learned from zh/corpus/pretrain.txt (WORKDIR/vocab.txt).
-2. pretrain: configs/zh_small.py on zh/corpus/pretrain.txt, once per pretrained variant:
+2. pretrain: configs/zh_small.py on zh/corpus/pretrain.txt, its two phases (sequence 32, then
+   128 from phase 1's parameters; --pretrain_steps / --pretrain_phase2_steps shorten them), once
+   per pretrained variant:
    (b) `char`, character masking (every CJK character is its own token, so plain MLM masks
    characters); (c) `wwm`, whole-word masking over jieba words (HFL's Chinese-BERT-wwm
    semantics) over the word starts `data.word_segmenter=jieba` stored in the prepared dataset
@@ -89,49 +91,63 @@ def prepare_inputs(args, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
 # --- pretraining -------------------------------------------------------------------------------
 
 
-def pretraining_config(args, files, workdir: pathlib.Path, variant: str):
+PHASES = ("phase1", "phase2")  # the config's modes, google-research/bert's two lengths
+
+
+def pretraining_config(args, files, workdir: pathlib.Path, variant: str, phase: str = "phase1"):
+    """The pretraining config of one phase (--pretrain_mode, e.g. test, replaces both)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("zh_config", REPO / args.pretrain_config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(args.pretrain_mode) if args.pretrain_mode else module.get_config()
+    config = module.get_config(args.pretrain_mode or phase)
     config.data.input_files = str(files["corpus"])
     config.data.vocab_file = str(files["vocab"])
     config.data.data_dir = str(workdir / "pretraining_data")
     config.model.vocab_size = max(config.model.vocab_size, args.vocab_size)
     config.progress_bar = False
-    if args.pretrain_steps:
-        config.num_train_steps = args.pretrain_steps
-        config.warmup_steps = min(config.warmup_steps, args.pretrain_steps // 10)
-        config.eval_every_steps = config.checkpoint_every_steps = args.pretrain_steps
+    steps = args.pretrain_steps if phase == "phase1" else args.pretrain_phase2_steps
+    if steps:
+        config.num_train_steps = steps
+        config.warmup_steps = min(config.warmup_steps, steps // 10)
+        config.eval_every_steps = config.checkpoint_every_steps = steps
     config.data.word_segmenter = "jieba"
     config.data.whole_word_masking = variant == "wwm"
     return config
 
 
 def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) -> pathlib.Path:
+    """Both phases of one variant; the second starts from the first's parameters. Returns the
+    phase-2 workdir (WORKDIR/pretrain_VARIANT; phase 1 is WORKDIR/pretrain_VARIANT_phase1)."""
     from bert_jax import train_lib
 
-    target = workdir / f"pretrain_{variant}"
-    config = pretraining_config(args, files, workdir, variant)
+    targets = {"phase1": workdir / f"pretrain_{variant}_phase1",
+               "phase2": workdir / f"pretrain_{variant}"}  # fmt: skip
+    configs = {phase: pretraining_config(args, files, workdir, variant, phase) for phase in PHASES}
+    configs["phase2"].init_checkpoint = str(targets["phase1"])
+    steps = [int(configs[phase].num_train_steps) for phase in PHASES]
     row = results["pretrain"].get(variant, {})
-    if row.get("steps") == config.num_train_steps and (target / "checkpoints").exists():
-        return target
-    print(f"== pretraining {variant}: {config.num_train_steps} steps into {target}", flush=True)
-    wall, cpu = time.perf_counter(), time.process_time()
-    state = train_lib.train_and_evaluate(config, target)
-    if int(state.step) < config.num_train_steps:  # preempted (SIGTERM): the checkpoint resumes
-        raise SystemExit(f"pretraining {variant} stopped at step {int(state.step)}; rerun")
-    evals = [json.loads(line) for line in open(target / "metrics.jsonl") if '"eval_' in line]
-    results["pretrain"][variant] = {
-        "steps": int(config.num_train_steps),
-        "cpu_seconds": time.process_time() - cpu,
-        "wall_seconds": time.perf_counter() - wall,
-        "eval_mlm_accuracy": evals[-1].get("eval_mlm_accuracy") if evals else None,
-        "model": {k: config.model[k] for k in ("num_hidden_layers", "hidden_size", "vocab_size")},
-    }
-    return target
+    if row.get("steps") == steps and (targets["phase2"] / "checkpoints").exists():
+        return targets["phase2"]
+    row = {"steps": steps, "cpu_seconds": 0.0, "wall_seconds": 0.0}
+    for phase in PHASES:
+        config, target = configs[phase], targets[phase]
+        print(f"== pretraining {variant} {phase}: {config.num_train_steps} steps at "
+              f"{config.data.max_seq_length} into {target}", flush=True)  # fmt: skip
+        wall, cpu = time.perf_counter(), time.process_time()
+        state = train_lib.train_and_evaluate(config, target)
+        if int(state.step) < config.num_train_steps:  # preempted (SIGTERM): checkpoints resume
+            raise SystemExit(f"pretraining {variant} stopped at step {int(state.step)}; rerun")
+        row["cpu_seconds"] += time.process_time() - cpu
+        row["wall_seconds"] += time.perf_counter() - wall
+        evals = [json.loads(line) for line in open(target / "metrics.jsonl") if '"eval_' in line]
+        row[f"{phase}_eval_mlm_accuracy"] = evals[-1].get("eval_mlm_accuracy") if evals else None
+    row["eval_mlm_accuracy"] = row["phase2_eval_mlm_accuracy"]
+    model = configs["phase2"].model
+    row["model"] = {k: model[k] for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
+    results["pretrain"][variant] = row
+    return targets["phase2"]
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
@@ -255,8 +271,8 @@ def markdown(results: dict) -> str:
     types = ("PER", "LOC", "ORG")
     lines = [
         "| model | NER F1 | " + " | ".join(f"F1 {t}" for t in types) + " | sentiment acc | "
-        "pretraining CPU-s (wall s) |",
-        "|---|---|---|---|---|---|---|",
+        "pretraining CPU-s (wall s) | held-out MLM acc |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     names = {"random": "(a) random init", "char": "(b) character masking",
              "wwm": "(c) whole-word masking (jieba)"}  # fmt: skip
@@ -267,22 +283,24 @@ def markdown(results: dict) -> str:
         ner, sentiment = runs.get("ner", {}), runs.get("sentiment", {})
         pre = results["pretrain"].get(variant)
         cost = f"{pre['cpu_seconds']:.0f} ({pre['wall_seconds']:.0f})" if pre else "-"
+        mlm = pre.get("eval_mlm_accuracy") if pre else None
         cells = [_mean_sd([r["f1"] for r in ner.values()])]
         cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
         cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), cost]
+        cells.append(f"{100 * mlm:.1f}" if mlm is not None else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     crf = results.get("crf")
     if crf:
         scores = crf["scores"]
         cells = [f"{100 * scores['overall']['f1']:.1f}"]
         cells += [f"{100 * scores.get(t, {'f1': 0.0})['f1']:.1f}" for t in types]
-        lines.append("| character CRF (same NER rows) | " + " | ".join(cells) + " | - | - |")
+        lines.append("| character CRF (same NER rows) | " + " | ".join(cells) + " | - | - | - |")
     for variant, runs in results.get("trainer", {}).items():
         ner = runs.get("ner", {})
         sentiment = runs.get("sentiment", {})
         cells = [_mean_sd([r["f1"] for r in ner.values()])]
         cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
-        cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), "-"]
+        cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), "-", "-"]
         label = f"transformers Trainer on exported ({variant})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for variant, runs in results.get("trainer", {}).items():
@@ -312,11 +330,12 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--pretrain_config", default="configs/zh_small.py")
     parser.add_argument("--pretrain_mode", default="", help="get_config argument, e.g. test")
-    parser.add_argument("--pretrain_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--pretrain_steps", type=int, default=0, help="phase 1; 0: the config's")
+    parser.add_argument("--pretrain_phase2_steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--ner_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--ner_epochs", type=float, default=5.0)
+    parser.add_argument("--ner_epochs", type=float, default=10.0)
     parser.add_argument("--sentiment_learning_rate", type=float, default=1e-3)
     parser.add_argument("--sentiment_epochs", type=float, default=2.0)
     parser.add_argument("--torch_threads", type=int, default=2)

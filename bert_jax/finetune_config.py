@@ -75,6 +75,10 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; parameters stay float32
     c.remat_policy = "none"
 
+    # token_classification with BIO / IOBES tags: each sentence's tags are the most probable
+    # sequence the scheme allows (no I-X after O or another type; eval.tag_decoding) instead of
+    # each word's argmax, in evaluation, do_predict and bert_jax.pipeline.
+    c.constrained_decoding = True
     c.do_predict = False  # write test predictions (task.test_file) with the best checkpoint
     c.log_every_steps = 50
     c.eval_every_steps = 1000  # 0 = evaluate only at the end

@@ -32,6 +32,7 @@ from bert_jax.data import task_batches, tasks
 from bert_jax.data.task_batches import Batch, TrainBatches
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.eval import tag_decoding
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
 from bert_jax.finetune_step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
 from bert_jax.metrics import MetricWriter, throughput
@@ -151,7 +152,9 @@ def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, confi
         is_packed(config, finetuner.kind),
         int(config.max_sequences_per_row),
     )
-    buffers = task_batches.predictions_buffers(finetuner.kind, data, data.num_labels)
+    buffers = task_batches.predictions_buffers(
+        finetuner.kind, data, data.num_labels, finetuner.token_scores
+    )
     totals = None
     for batch in batches:
         arrays = finetuner.shard_batch(local_batch(finetuner, data, batch))
@@ -229,6 +232,22 @@ def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder):
     return state, (encoder_params if finetuner.freeze_encoder else {})
 
 
+def constrained_decoding(config, train_data: tasks.TaskData) -> bool:
+    """Whether tags are decoded as whole sequences that obey their BIO / IOBES scheme
+    (eval.tag_decoding): config.constrained_decoding, for entity tag sets whose training
+    sentences all obey the scheme (IOB1 data, where I-X may open an entity, does not)."""
+    if not (config.get("constrained_decoding", True) and train_data.is_bio):
+        return False
+    gold = [example.tags for example in train_data.examples]
+    breaks = tag_decoding.scheme_breaks(gold, train_data.label_list)
+    if breaks:
+        print(
+            f"constrained_decoding: {breaks} of {len(gold)} training sentences break the "
+            "IOB2 / IOBES rules (IOB1 tags?), so tags are decoded word by word (argmax)"
+        )
+    return not breaks
+
+
 def _check_layout(encoder_params, finetuner: Finetuner):
     """The encoder as this run's mesh lays it out (a copy only if it was loaded for another)."""
     wanted = finetuner.param_shardings["bert"]
@@ -266,6 +285,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             train_data.num_labels,
             mesh,
             _schedule(config, total_steps, warmup_steps),
+            token_scores=constrained_decoding(config, train_data),
         )
         if encoder.params is not None:
             encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
@@ -283,6 +303,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 main_metric=main_metric,
                 columns=train_data.columns,
                 init_checkpoint=str(config.init_checkpoint),
+                constrained_decoding=finetuner.token_scores,
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
         distributed.barrier("finetune_workdir")

@@ -113,12 +113,15 @@ def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
     return {"loss_sum": loss_sum, "count": jnp.sum(valid), "correct": correct}
 
 
-def host_predictions(kind: str, outputs):
-    """What evaluation brings back to the host, per feature (see tasks.decode_predictions)."""
+def host_predictions(kind: str, outputs, token_scores: bool = False):
+    """What evaluation brings back to the host, per feature (see tasks.decode_predictions);
+    token_scores: tag log-probabilities [B, L, C] instead of ids, for constrained decoding."""
     if kind == "squad":
         return {"start_logits": outputs[0], "end_logits": outputs[1]}  # [B, L] each
     if kind == "regression":
         return outputs[..., 0]  # [B] or packed [B, S]
+    if kind == "token_classification" and token_scores:
+        return jax.nn.log_softmax(outputs.astype(jnp.float32), -1)  # [B, L, C]
     if kind == "token_classification":
         return jnp.argmax(outputs, -1).astype(jnp.int32)  # [B, L] tag ids
     return outputs  # [B, C] logits, packed [B, S, C]
@@ -181,6 +184,7 @@ class Finetuner:
     start: Callable  # (encoder, head) -> state; the encoder stays valid and unchanged
     train_step: Callable  # (state, frozen, batch, rng) -> (state, metrics)
     eval_step: Callable  # (trainable, frozen, batch) -> (predictions, sums)
+    token_scores: bool = False  # eval_step returns tag log-probabilities, not ids
 
     def shard_batch(self, local_batch: dict) -> dict:
         return sharding.global_batch_from_local(local_batch, self.mesh)
@@ -203,8 +207,10 @@ def build_finetuner(
     num_labels: int,
     mesh: Mesh,
     schedule: optax.Schedule,
+    token_scores: bool = False,
 ) -> Finetuner:
-    """config: the fine-tuning config (optimizer keys, freeze_encoder, layerwise_lr_decay)."""
+    """config: the fine-tuning config (optimizer keys, freeze_encoder, layerwise_lr_decay);
+    token_scores: evaluation returns tag log-probabilities (host_predictions)."""
     model = make_task_model(kind, model_config, num_labels)
     head_name = HEADS[kind]
     rules = sharding.rules_from_config(config)
@@ -289,7 +295,7 @@ def build_finetuner(
     def eval_step(trainable, frozen, batch: dict):
         params = {**trainable, ENCODER: frozen} if freeze else trainable
         outputs = apply(params, batch, True)
-        return host_predictions(kind, outputs), task_sums(kind, outputs, batch)
+        return host_predictions(kind, outputs, token_scores), task_sums(kind, outputs, batch)
 
     head_shardings = {head_name: param_shardings[head_name]}
     return Finetuner(
@@ -326,4 +332,5 @@ def build_finetuner(
             in_shardings=(trainable_shardings, frozen_shardings, batch_shardings),
             out_shardings=rep,
         ),
+        token_scores=token_scores,
     )

@@ -242,6 +242,9 @@ class TokenClassificationPipeline:
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
         self.is_entities = metrics.is_bio_tagset(model.label_list)
+        self.constrained = self.is_entities and bool(
+            model.info.task_info.get("constrained_decoding", False)
+        )
         task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list))
 
         def probabilities(params, input_ids, token_type_ids, attention_mask):
@@ -265,8 +268,9 @@ class TokenClassificationPipeline:
     def __call__(self, texts: Sequence[str]) -> list[list[dict]]:
         """Per text, with BIO / IOBES tags: its entities, each {"entity_group", "word", "start",
         "end", "score"} (character span [start, end) of the text; score = the mean probability of
-        the entity's word tags); other tag sets: every word {"word", "tag", "start", "end",
-        "score"}."""
+        the entity's word tags, decoded as the fine-tuning evaluation decodes them: with
+        constrained_decoding, the best tag sequence the scheme allows); other tag sets: every
+        word {"word", "tag", "start", "end", "score"}."""
         if isinstance(texts, str):
             raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
         spans, examples = [], []
@@ -290,12 +294,20 @@ class TokenClassificationPipeline:
                     batch["attention_mask"],
                 )
             )
+            word_index = info["word_index"][rows, : probabilities.shape[1]]  # the batch's bucket
+            if self.constrained:  # the fine-tuning evaluation's decoding (eval.tag_decoding)
+                log_probabilities = np.log(np.maximum(probabilities[: len(rows)], 1e-38))
+                best = tasks.constrained_tag_ids(
+                    log_probabilities, word_index, self.model.label_list
+                )
+            else:
+                best = probabilities.argmax(-1)
             for row, feature in enumerate(rows):
                 example = info["example_index"][feature]
-                for position in np.flatnonzero(info["word_index"][feature] >= 0):
-                    word = info["word_index"][feature, position]
-                    tag_ids[example][word] = probabilities[row, position].argmax()
-                    scores[example][word] = probabilities[row, position].max()
+                for position in np.flatnonzero(word_index[row] >= 0):
+                    word = word_index[row, position]
+                    tag_ids[example][word] = best[row, position]
+                    scores[example][word] = probabilities[row, position, best[row, position]]
         labels = self.model.label_list
         results = []
         for text, text_spans, ids, word_scores in zip(texts, spans, tag_ids, scores, strict=True):
@@ -331,12 +343,14 @@ class FillMaskPipeline:
         self.max_seq_length = int(max_seq_length or info.bert_config.max_position_embeddings)
         self.top_k = int(top_k)
         model = BertForPreTraining(info.bert_config)
+        vocab_size = tokenizer.vocab_size  # the table may have more rows than the vocab has tokens
 
         def top_tokens(params, input_ids, token_type_ids, attention_mask, positions, k):
             output = model.apply(
                 {"params": params}, input_ids, token_type_ids, attention_mask, positions
             )
-            probabilities = jax.nn.softmax(output.mlm_logits, axis=-1)  # [B, P, V]
+            logits = output.mlm_logits[..., :vocab_size]
+            probabilities = jax.nn.softmax(logits, axis=-1)  # [B, P, V]
             return jax.lax.top_k(probabilities, k)
 
         self._top_tokens = jax.jit(top_tokens, static_argnums=(5,))

@@ -245,10 +245,23 @@ def test_bio_tagging_is_learned_and_predicted(setup, tmp_path):
     assert result.label_list == ["B-PER", "I-PER", "O"]
     assert result.eval_metrics["token_accuracy"] >= 0.9
     assert result.eval_metrics["f1"] >= 0.8  # BIO tags: entity F1 is reported and is the main one
-    assert json.loads((tmp_path / "task_info.json").read_text())["main_metric"] == "f1"
+    task_info = json.loads((tmp_path / "task_info.json").read_text())
+    assert task_info["main_metric"] == "f1" and task_info["constrained_decoding"]
     predicted = (tmp_path / "test_predictions.conll").read_text().split("\n\n")
     gold = files["tags_dev"].read_text().split("\n\n")
     assert [len(s.split("\n")) for s in predicted] == [len(s.split("\n")) for s in gold]
+
+
+def test_iob1_tags_are_decoded_word_by_word(setup, tmp_path, capsys):
+    """Training tags where I-X opens an entity (IOB1) break the IOB2 rules that constrained
+    decoding enforces: the run says so and keeps the per-word argmax."""
+    model_dir, files = setup
+    iob1 = tmp_path / "iob1.conll"
+    iob1.write_text(files["tags_train"].read_text().replace("B-PER", "I-PER"))
+    config = _config("token_classification", model_dir, iob1, iob1, num_train_steps=1)
+    finetune_lib.train_and_evaluate(config, tmp_path / "run")
+    assert "training sentences break the IOB2 / IOBES rules" in capsys.readouterr().out
+    assert not json.loads((tmp_path / "run" / "task_info.json").read_text())["constrained_decoding"]
 
 
 def test_pos_tagging_and_squad_run_on_real_slices(setup, tmp_path):
@@ -489,6 +502,7 @@ def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setu
             finetuner = finetune_step.build_finetuner(
                 config, kind, encoder.info.bert_config, data.num_labels,
                 sharding.make_mesh(config.mesh), lambda step: 1e-3,
+                token_scores=kind == "token_classification",  # tag log-probabilities [n, L, C]
             )  # fmt: skip
             params = _spread_params(finetuner)
             head = {finetuner.head_name: params[finetuner.head_name]}
@@ -508,7 +522,9 @@ def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setu
                         np.testing.assert_allclose(got_real, want_real, atol=atol)
                 elif kind == "token_classification":
                     real = data.arrays["attention_mask"] == 1
-                    np.testing.assert_array_equal(got[real], want[real])
+                    assert got.shape == (*real.shape, data.num_labels)
+                    scale = np.abs(want[real]).max()  # float32 rounding of log-probabilities
+                    np.testing.assert_allclose(got[real], want[real], atol=2e-5 * scale)
                 else:
                     scale = np.abs(want).max()  # float32 rounding of logits of this size
                     np.testing.assert_allclose(got, want, atol=2e-5 * scale, err_msg=str(packed))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax import checkpointing, finetune_lib
+from bert_jax import checkpointing, finetune_lib, pipelines
 from bert_jax.convert import hf
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -171,6 +171,15 @@ def test_vocabulary_smaller_than_the_embedding_table_loads(model_dirs, tmp_path)
     small = info.__class__(**{**vars(info), "bert_config": config.replace(vocab_size=100)})
     with pytest.raises(UserError, match="vocab_size is only 100"):
         pretrained.load_tokenizer(small)
+    # Fill-mask predicts tokens of the vocabulary only, never a row past it (however large
+    # that row's logit: an untrained row of a padded table, or one pushed up here).
+    params = hf.init_params(padded.bert_config, jax.random.key(4))
+    bias = params["mlm_output_bias"]
+    params["mlm_output_bias"] = bias.at[tokenizer.vocab_size :].set(50.0)
+    fill = pipelines.FillMaskPipeline(padded, tokenizer, params, top_k=10)
+    candidates = fill(["the flight was [MASK] again"])[0]
+    assert len(candidates) == 10 and all(c["token"] < tokenizer.vocab_size for c in candidates)
+    assert sum(c["score"] for c in candidates) < 1.0  # a softmax over the vocabulary's tokens
 
 
 def _chinese_ner_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -22,7 +22,7 @@ README = REPO / "README.zh-CN.md"
 SLICES = REPO / "tests" / "data" / "zh"
 
 TINY = [
-    (r"configs/zh_small\.py(?!:)", "configs/zh_small.py:test"),
+    (r"configs/zh_small\.py(:phase\d)?", "configs/zh_small.py:test"),  # both phases
     (r"(configs/finetune/\w+\.py)(?!:)", r"\1:test"),
 ]
 BENCHMARK_SLICE = (

@@ -234,6 +234,36 @@ def test_conll_first_piece_labels_and_long_sentence_split(tmp_path, tokenizer):
     assert path.read_text() == "Paris\tB-LOC\nis\tO\nbeautiful\tO\n\nthe\tO\ncat\tO\n\n"
 
 
+def test_evaluation_decodes_whole_sentences(tmp_path, tokenizer):
+    """Per-word argmax says B-LOC I-LOC I-PER: a LOC cut short and a PER nobody wrote. The
+    constrained decoding keeps the sentence one LOC entity, the best sequence IOB2 allows."""
+    text = "the\tB-LOC\ncat\tI-LOC\nsat\tI-LOC\n\nthe\tO\ncat\tB-PER\nsat\tI-PER\n"
+    train = write(tmp_path / "train.conll", text)
+    data = tasks.load_task(
+        make_config("token_classification", max_seq_length=8, train_file=train), "train", tokenizer
+    )
+    iob2 = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    assert data.label_list == iob2
+    log_probs = np.full((data.num_features, 8, 5), np.log(0.01))
+    words = data.feature_info["word_index"]
+    first = {(f, int(w)): p for f in range(data.num_features) for p, w in enumerate(words[f])
+             if w >= 0}  # fmt: skip
+    sentence = {(0, 0): "B-LOC", (0, 1): "I-LOC", (1, 0): "O", (1, 1): "B-PER", (1, 2): "I-PER"}
+    for (feature, word), tag in sentence.items():
+        log_probs[feature, first[feature, word], iob2.index(tag)] = np.log(0.9)
+    log_probs[0, first[0, 2], [iob2.index("I-PER"), iob2.index("I-LOC")]] = np.log([0.5, 0.45])
+    argmax = tasks.decode_predictions("token_classification", log_probs, data, constrained=False)
+    assert argmax[0] == ["B-LOC", "I-LOC", "I-PER"]
+    assert tasks.decode_predictions("token_classification", log_probs, data) == [
+        ["B-LOC", "I-LOC", "I-LOC"],
+        ["O", "B-PER", "I-PER"],
+    ]
+    assert tasks.compute_metrics("token_classification", log_probs, data)["f1"] == 1.0
+    # Tag ids (not scores) are taken as they are: seqeval reads LOC 0-1 and PER 2-2.
+    ids = log_probs.argmax(-1)
+    assert tasks.compute_metrics("token_classification", ids, data)["f1"] == pytest.approx(0.4)
+
+
 def test_conll_errors_and_unknown_tags(tmp_path, tokenizer):
     mixed = write(tmp_path / "mixed.conll", "a\tO\nb\n")
     with pytest.raises(UserError, match="mixed.conll:2: expected `token<TAB>tag`"):

@@ -218,11 +218,16 @@ def _scatter_rows(values, slots: np.ndarray, out: np.ndarray, per_token: bool) -
         out[slots[real, 0]] = values
 
 
-def predictions_buffers(kind: str, data: TaskData, num_labels: int) -> dict[str, np.ndarray]:
-    """Empty per-feature prediction arrays for scatter_predictions."""
+def predictions_buffers(
+    kind: str, data: TaskData, num_labels: int, token_scores: bool = False
+) -> dict[str, np.ndarray]:
+    """Empty per-feature prediction arrays for scatter_predictions (token_scores: tag scores
+    [n, L, C] rather than ids [n, L])."""
     n, length = data.num_features, data.max_seq_length
     if kind == "squad":
         return {k: np.zeros((n, length), np.float32) for k in ("start_logits", "end_logits")}
+    if kind == "token_classification" and token_scores:
+        return {"predictions": np.zeros((n, length, num_labels), np.float32)}
     if kind == "token_classification":
         return {"predictions": np.zeros((n, length), np.int32)}
     if kind == "regression":

@@ -27,7 +27,7 @@ from etils import epath
 from bert_jax.data import tasks_readers, tasks_squad
 from bert_jax.data.tasks_readers import SentenceExample, TokenExample
 from bert_jax.errors import UserError
-from bert_jax.eval import metrics
+from bert_jax.eval import metrics, tag_decoding
 
 KINDS = ("classification", "regression", "token_classification", "squad")
 SPLITS = ("train", "dev", "test")
@@ -419,13 +419,30 @@ def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
 
 
-def decode_predictions(kind: str, predictions, task_data: TaskData):
+def constrained_tag_ids(scores: np.ndarray, word_index: np.ndarray, label_list) -> np.ndarray:
+    """Tag ids [n, L] from log-probabilities [n, L, C]: each feature's words (the positions
+    word_index marks) decoded together by tag_decoding.viterbi."""
+    is_word = word_index >= 0  # [n, L]
+    order = np.argsort(~is_word, axis=1, kind="stable")  # each feature's word positions first
+    lengths = is_word.sum(axis=1)
+    width = int(lengths.max(initial=0))
+    rows = np.arange(len(scores))[:, None]
+    word_ids = tag_decoding.viterbi(
+        scores[rows, order[:, :width]], lengths, tag_decoding.transition_rules(label_list)
+    )
+    ids = np.zeros(is_word.shape, np.int64)
+    ids[rows, order[:, :width]] = np.where(np.arange(width) < lengths[:, None], word_ids, 0)
+    return ids
+
+
+def decode_predictions(kind: str, predictions, task_data: TaskData, constrained: bool = True):
     """Model outputs per feature -> one prediction per example in the task's own terms.
 
     predictions: classification [n] ids or [n, C] logits -> list of label strings;
     regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
-    logits -> list of per-word tag lists; squad {"start_logits", "end_logits"} [n, L] (or a
-    pair, or [n, L, 2]) -> {question id: answer text}.
+    logits -> list of per-word tag lists (BIO / IOBES tags from logits: the best sequence the
+    scheme allows per feature, eval.tag_decoding, unless constrained=False); squad
+    {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.
     """
     _check_kind(kind, task_data)
     n = task_data.num_features
@@ -447,9 +464,14 @@ def decode_predictions(kind: str, predictions, task_data: TaskData):
     if kind == "classification":
         return [task_data.label_list[i] for i in _class_ids(predictions, (n,))]
 
-    ids = _class_ids(predictions, (n, task_data.max_seq_length))
-    tags = [[None] * len(example.words) for example in task_data.examples]
     word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
+    scores = np.asarray(predictions)
+    if scores.ndim == 3 and task_data.is_bio and constrained:
+        _class_ids(scores[..., 0], (n, task_data.max_seq_length))  # checks the shape
+        ids = constrained_tag_ids(scores, word_index, label_list)
+    else:
+        ids = _class_ids(scores, (n, task_data.max_seq_length))
+    tags = [[None] * len(example.words) for example in task_data.examples]
     for feature, example in enumerate(task_data.feature_info["example_index"]):
         for position in np.flatnonzero(word_index[feature] >= 0):
             tags[example][word_index[feature, position]] = label_list[ids[feature, position]]

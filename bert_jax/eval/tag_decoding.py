@@ -1,0 +1,107 @@
+"""Tag sequences that obey their chunk scheme: constrained Viterbi decoding for BIO / IOBES tags.
+
+A token classifier scores every word on its own, so its per-word argmax can say `O I-PER I-PER`
+or `B-LOC I-ORG`: tags no gold sentence holds, which seqeval then reads as extra or split
+entities. Decoding instead picks, per sentence, the tag sequence with the highest total
+log-probability among those the scheme allows (AllenNLP's `allowed_transitions` + Viterbi; a
+CRF layer learns transition scores on top of the same rules, here they are 0 or forbidden):
+
+  IOB2:          I-X only after B-X or I-X, and never first.
+  IOBES / BMES:  I-X, M-X, E-X only after B-X, I-X or M-X; B-X, I-X, M-X only before I-X, M-X
+                 or E-X, and never last.
+
+IOB1 data (I-X may open an entity) breaks the IOB2 rule; `scheme_breaks` counts gold sentences
+that break it, and fine-tuning then keeps the per-word argmax.
+
+    rules = transition_rules(["B-PER", "I-PER", "O"])
+    ids = viterbi(log_probs, lengths, rules)  # log_probs [n, W, C], lengths [n] -> ids [n, W]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+_CONTINUE = ("I", "M", "E")  # prefixes that continue the entity of the word before
+_OPEN = ("B", "I", "M")  # prefixes after which an IOBES / BMES entity must go on
+_FORBIDDEN = -1e30  # log-space score of a transition the scheme rules out
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionRules:
+    """Which tags may start or end a sentence and follow each other (bool arrays over C tags)."""
+
+    start: np.ndarray  # [C]
+    end: np.ndarray  # [C]
+    allowed: np.ndarray  # [C, C]: allowed[previous, next]
+
+
+def _split(tag: str) -> tuple[str, str]:
+    return (tag[0], tag[2:]) if tag != "O" else ("O", "")
+
+
+def transition_rules(label_list: Sequence[str]) -> TransitionRules:
+    """The scheme's rules for a BIO / IOBES / BMES tag set (metrics.is_bio_tagset); IOBES rules
+    apply when some tag is E-X or S-X."""
+    split = [_split(tag) for tag in label_list]
+    closes = any(prefix in ("E", "S") for prefix, _ in split)
+    start = np.array([prefix not in _CONTINUE for prefix, _ in split])
+    end = np.array([not (closes and prefix in _OPEN) for prefix, _ in split])
+    allowed = np.ones((len(split), len(split)), bool)
+    for i, (prev, prev_type) in enumerate(split):
+        for j, (tag, tag_type) in enumerate(split):
+            if tag in _CONTINUE:
+                allowed[i, j] = prev in _OPEN and prev_type == tag_type
+            elif closes and prev in _OPEN:
+                allowed[i, j] = False
+    return TransitionRules(start=start, end=end, allowed=allowed)
+
+
+def breaks_rules(tags: Sequence[str], rules: TransitionRules, index: dict[str, int]) -> bool:
+    """Whether one sentence's tags break the rules (index: tag -> position in the label list)."""
+    ids = [index[tag] for tag in tags]
+    if not ids:
+        return False
+    if not rules.start[ids[0]] or not rules.end[ids[-1]]:
+        return True
+    return any(not rules.allowed[a, b] for a, b in zip(ids, ids[1:], strict=False))
+
+
+def scheme_breaks(sentences: Sequence[Sequence[str]], label_list: Sequence[str]) -> int:
+    """How many sentences' gold tags break the scheme's rules (IOB1 data, or sloppy labels)."""
+    rules = transition_rules(label_list)
+    index = {tag: i for i, tag in enumerate(label_list)}
+    return sum(breaks_rules(tags, rules, index) for tags in sentences)
+
+
+def viterbi(log_probs: np.ndarray, lengths: np.ndarray, rules: TransitionRules) -> np.ndarray:
+    """The best allowed tag ids [n, W] for n sentences of word scores [n, W, C] (the first
+    lengths[i] words of sentence i are real; ids past them are 0)."""
+    log_probs = np.asarray(log_probs, np.float64)
+    n, width, _ = log_probs.shape
+    lengths = np.asarray(lengths)
+    ids = np.zeros((n, width), np.int64)
+    if width == 0 or n == 0:
+        return ids
+    transitions = np.where(rules.allowed, 0.0, _FORBIDDEN)  # [C, C]
+    last_penalty = np.where(rules.end, 0.0, _FORBIDDEN)  # [C]
+    best = log_probs[:, 0] + np.where(rules.start, 0.0, _FORBIDDEN)  # [n, C]
+    best = np.where((lengths == 1)[:, None], best + last_penalty, best)
+    backpointers = np.zeros((n, width, best.shape[1]), np.int64)
+    for t in range(1, width):
+        candidates = best[:, :, None] + transitions  # [n, C_prev, C]
+        previous = candidates.argmax(axis=1)  # [n, C]
+        score = np.take_along_axis(candidates, previous[:, None], axis=1)[:, 0] + log_probs[:, t]
+        score = np.where((lengths == t + 1)[:, None], score + last_penalty, score)
+        live = (t < lengths)[:, None]
+        best = np.where(live, score, best)
+        backpointers[:, t] = previous
+    tag = best.argmax(axis=1)  # [n]
+    for t in range(width - 1, -1, -1):
+        live = t < lengths
+        ids[live, t] = tag[live]
+        if t:
+            tag = np.where(live, backpointers[np.arange(n), t, tag], tag)
+    return ids
