@@ -247,11 +247,11 @@ class TokenClassificationPipeline:
         )
         task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list))
 
-        def probabilities(params, input_ids, token_type_ids, attention_mask):
+        def log_probabilities(params, input_ids, token_type_ids, attention_mask):
             logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
-            return jax.nn.softmax(logits.astype(jnp.float32), -1)  # [B, L, C]
+            return jax.nn.log_softmax(logits.astype(jnp.float32), -1)  # [B, L, C]
 
-        self._probabilities = jax.jit(probabilities)
+        self._log_probabilities = jax.jit(log_probabilities)
 
     def _words(self, text: str) -> list[tuple[int, int]]:
         """[start, end) character spans of the words of `text`: a word piece that is not a "##"
@@ -286,28 +286,29 @@ class TokenClassificationPipeline:
         tag_ids = [np.zeros(len(e.words), np.int64) for e in examples]
         scores = [np.zeros(len(e.words), np.float32) for e in examples]
         for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
-            probabilities = np.asarray(
-                self._probabilities(
+            log_probabilities = np.asarray(
+                self._log_probabilities(
                     self.model.params,
                     batch["input_ids"],
                     batch["token_type_ids"],
                     batch["attention_mask"],
                 )
-            )
-            word_index = info["word_index"][rows, : probabilities.shape[1]]  # the batch's bucket
+            )[: len(rows)]
+            word_index = info["word_index"][rows, : log_probabilities.shape[1]]  # the bucket
             if self.constrained:  # the fine-tuning evaluation's decoding (eval.tag_decoding)
-                log_probabilities = np.log(np.maximum(probabilities[: len(rows)], 1e-38))
                 best = tasks.constrained_tag_ids(
                     log_probabilities, word_index, self.model.label_list
                 )
             else:
-                best = probabilities.argmax(-1)
+                best = log_probabilities.argmax(-1)
             for row, feature in enumerate(rows):
                 example = info["example_index"][feature]
                 for position in np.flatnonzero(word_index[row] >= 0):
                     word = word_index[row, position]
                     tag_ids[example][word] = best[row, position]
-                    scores[example][word] = probabilities[row, position, best[row, position]]
+                    scores[example][word] = np.exp(
+                        log_probabilities[row, position, best[row, position]]
+                    )
         labels = self.model.label_list
         results = []
         for text, text_spans, ids, word_scores in zip(texts, spans, tag_ids, scores, strict=True):

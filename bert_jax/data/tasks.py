@@ -395,16 +395,24 @@ def _check_kind(kind: str, task_data: TaskData) -> None:
         raise ValueError(f"kind {kind!r} does not match the task data's kind {task_data.kind!r}")
 
 
-def _class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
-    """Class ids from ids shaped leading_shape or logits shaped leading_shape + (classes,)."""
-    predictions = np.asarray(predictions)
+def _are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool:
+    """True for logits shaped leading_shape + (classes,), False for ids shaped leading_shape;
+    anything else is an error."""
     if predictions.ndim == len(leading_shape) + 1 and predictions.shape[:-1] == leading_shape:
-        return predictions.argmax(axis=-1)
+        return True
     if predictions.shape != leading_shape:
         raise ValueError(
             f"predictions have shape {predictions.shape}; expected ids {leading_shape} or "
             f"logits {leading_shape + ('classes',)}, one row per feature"
         )
+    return False
+
+
+def _class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
+    """Class ids from ids shaped leading_shape or logits shaped leading_shape + (classes,)."""
+    predictions = np.asarray(predictions)
+    if _are_logits(predictions, leading_shape):
+        return predictions.argmax(axis=-1)
     return predictions.astype(np.int64)
 
 
@@ -431,7 +439,7 @@ def constrained_tag_ids(scores: np.ndarray, word_index: np.ndarray, label_list) 
         scores[rows, order[:, :width]], lengths, tag_decoding.transition_rules(label_list)
     )
     ids = np.zeros(is_word.shape, np.int64)
-    ids[rows, order[:, :width]] = np.where(np.arange(width) < lengths[:, None], word_ids, 0)
+    ids[rows, order[:, :width]] = word_ids  # 0 past each feature's words, where ids are unread
     return ids
 
 
@@ -466,8 +474,7 @@ def decode_predictions(kind: str, predictions, task_data: TaskData, constrained:
 
     word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
     scores = np.asarray(predictions)
-    if scores.ndim == 3 and task_data.is_bio and constrained:
-        _class_ids(scores[..., 0], (n, task_data.max_seq_length))  # checks the shape
+    if _are_logits(scores, (n, task_data.max_seq_length)) and task_data.is_bio and constrained:
         ids = constrained_tag_ids(scores, word_index, label_list)
     else:
         ids = _class_ids(scores, (n, task_data.max_seq_length))

@@ -156,7 +156,7 @@ def is_bio_tagset(tags: Sequence[str]) -> bool:
     return has_entity
 
 
-def _split_tag(tag: str) -> tuple[str, str]:
+def split_tag(tag: str) -> tuple[str, str]:
     """(prefix, type) as seqeval reads a tag: the first character, and what follows the first
     "-" after it ("_" when nothing does, so "O" has type "_")."""
     return tag[:1], tag[1:].split("-", maxsplit=1)[-1] or "_"
@@ -189,7 +189,7 @@ def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     entities = []
     prev, prev_type, start = "O", "_", 0
     for position, tag in enumerate([*tags, "O"]):
-        prefix, entity_type = _split_tag(tag)
+        prefix, entity_type = split_tag(tag)
         if _ends_chunk(prev, prev_type, prefix, entity_type):
             entities.append((prev_type, start, position - 1))
         if _starts_chunk(prev, prev_type, prefix, entity_type):
@@ -253,7 +253,7 @@ def entity_metrics(
 
 def entity_types(tags: Sequence[str]) -> list[str]:
     """The entity types of a tag set (B-PER, I-PER, O -> [PER]), as bio_entities names them."""
-    return sorted({_split_tag(tag)[1] for tag in tags if tag != "O"})
+    return sorted({split_tag(tag)[1] for tag in tags if tag != "O"})
 
 
 def entity_precision_recall_f1(

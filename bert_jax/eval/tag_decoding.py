@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bert_jax.eval.metrics import split_tag
+
 _CONTINUE = ("I", "M", "E")  # prefixes that continue the entity of the word before
 _OPEN = ("B", "I", "M")  # prefixes after which an IOBES / BMES entity must go on
 _FORBIDDEN = -1e30  # log-space score of a transition the scheme rules out
@@ -38,14 +40,10 @@ class TransitionRules:
     allowed: np.ndarray  # [C, C]: allowed[previous, next]
 
 
-def _split(tag: str) -> tuple[str, str]:
-    return (tag[0], tag[2:]) if tag != "O" else ("O", "")
-
-
 def transition_rules(label_list: Sequence[str]) -> TransitionRules:
     """The scheme's rules for a BIO / IOBES / BMES tag set (metrics.is_bio_tagset); IOBES rules
     apply when some tag is E-X or S-X."""
-    split = [_split(tag) for tag in label_list]
+    split = [split_tag(tag) for tag in label_list]  # (prefix, type) as seqeval reads them
     closes = any(prefix in ("E", "S") for prefix, _ in split)
     start = np.array([prefix not in _CONTINUE for prefix, _ in split])
     end = np.array([not (closes and prefix in _OPEN) for prefix, _ in split])
