@@ -20,13 +20,15 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
    (configs/finetune/classification.py) from (a) `random`: the same architecture and vocabulary,
    randomly initialised, and from each pretrained variant, for every fine-tuning seed; the
    hyperparameters are the --ner_* / --sentiment_* flags (defaults: the recipe README.zh-CN.md
-   teaches).
+   teaches; NER with a CRF layer, config `crf`, unless --no-ner_crf).
 4. crf: the character CRF (benchmarks/zh_crf.py) on the same NER training rows.
 5. trainer: the `char` model exported with `python -m bert_jax.export` and fine-tuned by the
    transformers Trainer (PyTorch) with the same inputs (bert_jax's featurisation), optimizer,
-   schedule, data order and initial head (only dropout masks differ), first seed only.
+   schedule, data order and initial head (only dropout masks differ), first seed only; its NER
+   is compared with bert_jax's NER without the CRF (the Trainer's BertForTokenClassification
+   has none), run for that purpose when the NER recipe has one.
 
-Runs already finished in WORKDIR are reused (delete a run's directory to repeat it). Prints a
+Runs already finished in WORKDIR with the same settings are reused (others run again). Prints a
 Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
 deviation over seeds) and writes WORKDIR/results.json. Wall times are those of a machine that
 may be shared; CPU seconds are the comparable figure.
@@ -168,19 +170,30 @@ def finetune_config(args, files, task: str, init: pathlib.Path, seed: int, rando
     config.batch_size = args.batch_size
     config.max_seq_length = args.max_seq_length
     config.seed = seed
+    config.crf = task == "ner" and args.ner_crf
     config.eval_every_steps = 0
     config.progress_bar = False
     config.mesh.data = 1
     return config
 
 
+def run_name(args, task: str, variant: str, seed: int) -> str:
+    crf = "_crf" if task == "ner" and args.ner_crf else ""
+    return f"{task}{crf}_{variant}_seed{seed}"
+
+
+def _same_config(path: pathlib.Path, config) -> bool:
+    """Whether a finished run was made with this config (else it is run again)."""
+    return path.exists() and json.loads(path.read_text()) == json.loads(config.to_json())
+
+
 def finetune(args, files, task, init, seed, random_init, target: pathlib.Path) -> dict:
     from bert_jax import finetune_lib
 
-    if (target / "run.json").exists():
+    config = finetune_config(args, files, task, init, seed, random_init)
+    if (target / "run.json").exists() and _same_config(target / "config.json", config):
         return json.loads((target / "run.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
-    config = finetune_config(args, files, task, init, seed, random_init)
     print(f"== fine-tuning {target.name}", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
     result = finetune_lib.train_and_evaluate(config, target)
@@ -203,14 +216,21 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     from bert_jax import pretrained
     from bert_jax.data import tasks
 
+    config = finetune_config(args, files, task, init, seed, random_init=False)
+    settings = argparse.Namespace(
+        batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rate, epochs=config.num_train_epochs,
+        warmup_proportion=config.warmup_proportion, seed=seed,
+    )  # fmt: skip
     if (target / "run.json").exists():
-        return json.loads((target / "run.json").read_text())
+        row = json.loads((target / "run.json").read_text())
+        if row.get("settings") == vars(settings):
+            return row
     hf_dir = target.parent / f"{init.name}_hf"
     if not (hf_dir / "config.json").exists():
         command = [sys.executable, "-m", "bert_jax.export", str(init.absolute()), "--out",
                    str(hf_dir.absolute())]  # fmt: skip
         subprocess.run(command, check=True, cwd=REPO)
-    config = finetune_config(args, files, task, init, seed, random_init=False)
     kind = config.task.kind
     tokenizer = pretrained.load_tokenizer(pretrained.inspect_checkpoint(init))
     train = tasks.load_task(config, "train", tokenizer)
@@ -235,11 +255,6 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     with torch.no_grad():
         model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
         model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
-    settings = argparse.Namespace(
-        batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate, epochs=config.num_train_epochs,
-        warmup_proportion=config.warmup_proportion, seed=seed,
-    )  # fmt: skip
     steps = math.ceil(math.ceil(train.num_features / config.batch_size) * settings.epochs)
     torch.set_num_threads(args.torch_threads)
     trainer = ordered_trainer_class(seed)(
@@ -250,7 +265,8 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     trainer.train()
     logits = trainer.predict(rows(dev)).predictions
     row = dict(tasks.compute_metrics(kind, logits, dev), cpu_seconds=time.process_time() - cpu,
-               wall_seconds=time.perf_counter() - wall, steps=steps)  # fmt: skip
+               wall_seconds=time.perf_counter() - wall, steps=steps,
+               settings=vars(settings))  # fmt: skip
     target.mkdir(parents=True, exist_ok=True)
     (target / "run.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -306,12 +322,15 @@ def markdown(results: dict) -> str:
     for variant, runs in results.get("trainer", {}).items():
         for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
             for seed, row in runs.get(task, {}).items():
-                ours = results["finetune"].get(variant, {}).get(task, {}).get(seed)
+                ours = results.get("trainer_reference", results["finetune"])
+                ours = ours.get(variant, {}).get(task, {}).get(seed)
                 if ours:
                     difference = 100 * (ours[metric] - row[metric])
-                    lines.append(f"\n{task} {metric}, {variant}, seed {seed}: bert_jax "
-                                 f"{100 * ours[metric]:.2f}, Trainer {100 * row[metric]:.2f}, "
-                                 f"difference {difference:+.2f} points")  # fmt: skip
+                    lines.append(
+                        f"\n{task} {metric}, {variant}, seed {seed}: bert_jax (same head) "
+                        f"{100 * ours[metric]:.2f}, Trainer {100 * row[metric]:.2f}, "
+                        f"difference {difference:+.2f} points"
+                    )
     return "\n".join(lines)
 
 
@@ -334,10 +353,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain_phase2_steps", type=int, default=0, help="0: the config's")
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--ner_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--ner_epochs", type=float, default=10.0)
-    parser.add_argument("--sentiment_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--sentiment_epochs", type=float, default=2.0)
+    parser.add_argument("--ner_learning_rate", type=float, default=3e-3)
+    parser.add_argument("--ner_epochs", type=float, default=30.0)
+    parser.add_argument("--ner_crf", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--sentiment_learning_rate", type=float, default=3e-4)
+    parser.add_argument("--sentiment_epochs", type=float, default=5.0)
     parser.add_argument("--torch_threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not pathlib.Path(args.shared).is_dir():
@@ -373,7 +393,7 @@ def main(argv=None) -> int:
                 continue
             for task in TASKS:
                 for seed in seeds:
-                    target = workdir / f"{task}_{variant}_seed{seed}"
+                    target = workdir / run_name(args, task, variant, seed)
                     row = finetune(args, files, task, init, seed, variant == "random", target)
                     results["finetune"].setdefault(variant, {}).setdefault(task, {})[str(seed)] = (
                         row
@@ -387,10 +407,15 @@ def main(argv=None) -> int:
             results["crf"] = run_crf(files["ner_train"], files["ner_dev"], workdir / "crf")
             save()
     if "trainer" in sections and "char" in inits:
+        plain = argparse.Namespace(**{**vars(args), "ner_crf": False})  # the Trainer's heads
         for task in TASKS:
             target = workdir / f"trainer_{task}_char_seed{seeds[0]}"
-            row = trainer_finetune(args, files, task, inits["char"], seeds[0], target)
+            row = trainer_finetune(plain, files, task, inits["char"], seeds[0], target)
             results["trainer"].setdefault("char", {}).setdefault(task, {})[str(seeds[0])] = row
+            target = workdir / run_name(plain, task, "char", seeds[0])
+            row = finetune(plain, files, task, inits["char"], seeds[0], False, target)
+            reference = results.setdefault("trainer_reference", {}).setdefault("char", {})
+            reference.setdefault(task, {})[str(seeds[0])] = row
             save()
     print(markdown(results))
     return 0

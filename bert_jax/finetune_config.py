@@ -79,6 +79,9 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # sequence the scheme allows (no I-X after O or another type; eval.tag_decoding) instead of
     # each word's argmax, in evaluation, do_predict and bert_jax.pipeline.
     c.constrained_decoding = True
+    # token_classification: a linear-chain CRF on the classifier ("BERT-CRF", bert_jax.crf):
+    # tag transition scores trained on whole gold sentences and used when decoding.
+    c.crf = False
     c.do_predict = False  # write test predictions (task.test_file) with the best checkpoint
     c.log_every_steps = 50
     c.eval_every_steps = 1000  # 0 = evaluate only at the end
@@ -161,6 +164,8 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(
             f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
         )
+    if config.get("crf", False) and task.kind != "token_classification":
+        raise UserError(f"crf applies to token_classification, not {task.kind}: unset it")
     if config.packing and task.kind == "squad":
         raise UserError("packing does not apply to squad (its windows fill their rows): unset it")
     if int(config.max_sequences_per_row) < 1:

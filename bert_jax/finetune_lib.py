@@ -168,7 +168,9 @@ def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, confi
 def evaluate(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, config):
     """Dev metrics by their compute_metrics names, plus `loss`."""
     predictions, sums = predict(finetuner, trainable, frozen, data, config)
-    metrics = tasks.compute_metrics(finetuner.kind, predictions, data)
+    metrics = tasks.compute_metrics(
+        finetuner.kind, predictions, data, **finetuner.decoding(trainable)
+    )
     metrics["loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
     return metrics
 
@@ -225,7 +227,7 @@ def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder):
     init_rng, _ = run_rngs(config.seed)
     if config.random_init:
         params = finetuner.init_params(init_rng)
-        encoder_params, head = params["bert"], {finetuner.head_name: params[finetuner.head_name]}
+        encoder_params, head = params["bert"], finetuner.head(params)
     else:
         encoder_params, head = encoder.params, finetuner.init_head(init_rng)
     state = finetuner.start(encoder_params, head)
@@ -285,7 +287,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             train_data.num_labels,
             mesh,
             _schedule(config, total_steps, warmup_steps),
-            token_scores=constrained_decoding(config, train_data),
+            constrained=constrained_decoding(config, train_data),
+            crf=bool(config.get("crf", False)),
         )
         if encoder.params is not None:
             encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
@@ -303,7 +306,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 main_metric=main_metric,
                 columns=train_data.columns,
                 init_checkpoint=str(config.init_checkpoint),
-                constrained_decoding=finetuner.token_scores,
+                constrained_decoding=finetuner.constrained,
+                crf=finetuner.crf,
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
         distributed.barrier("finetune_workdir")
@@ -463,5 +467,7 @@ def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdi
     predictions, _ = predict(finetuner, trainable, frozen, test_data, config)
     if jax.process_index() == 0:
         path = workdir / PREDICTION_FILES[finetuner.kind]
-        tasks.write_predictions(finetuner.kind, predictions, test_data, path)
+        tasks.write_predictions(
+            finetuner.kind, predictions, test_data, path, **finetuner.decoding(trainable)
+        )
         print(f"test predictions of step {step} ({test_data.num_features} features): {path}")

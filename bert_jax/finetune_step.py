@@ -29,6 +29,7 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
 from bert_jax import sharding
+from bert_jax.crf import sequence_nll
 from bert_jax.data.task_batches import PACKING_KEYS
 from bert_jax.gradients import accumulated_gradients, apply_gradients
 from bert_jax.modeling import (
@@ -56,14 +57,15 @@ class FinetuneState:
     opt_state: Any
 
 
-def make_task_model(kind: str, config: BertConfig, num_labels: int) -> nn.Module:
-    """The encoder (under 'bert') plus the head of `kind`; regression is one output."""
+def make_task_model(kind: str, config: BertConfig, num_labels: int, crf: bool = False) -> nn.Module:
+    """The encoder (under 'bert') plus the head of `kind`; regression is one output; crf: token
+    classification also learns tag transition scores (under 'crf', bert_jax.crf)."""
     if kind == "classification":
         return BertForSequenceClassification(config, num_labels)
     if kind == "regression":
         return BertForSequenceClassification(config, 1)
     if kind == "token_classification":
-        return BertForTokenClassification(config, num_labels)
+        return BertForTokenClassification(config, num_labels, crf=crf)
     return BertForQuestionAnswering(config)
 
 
@@ -90,10 +92,21 @@ def target_weights(kind: str, batch: dict) -> jax.Array:
     return weights * (labels >= 0)
 
 
+def head_names(kind: str, crf: bool = False) -> tuple[str, ...]:
+    """The top-level parameter subtrees a pretrained encoder lacks."""
+    return (HEADS[kind], "crf") if crf else (HEADS[kind],)
+
+
 def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
     """Loss sum, the number of scored targets (target_weights) and how many the argmax got
-    right; float32 scalars."""
+    right; float32 scalars. A CRF's loss is each sentence's negative log-likelihood (summed
+    over sentences, counted per word as the classifier's is)."""
     valid = target_weights(kind, batch)
+    if kind == "token_classification" and isinstance(outputs, tuple):
+        emissions, transitions = outputs  # [B, L, C], {'transitions', 'start', 'end'}
+        nll = sequence_nll(emissions, batch["labels"], valid, transitions, batch.get("segment_ids"))
+        correct = jnp.sum((jnp.argmax(emissions, -1) == batch["labels"]) * valid)
+        return {"loss_sum": jnp.sum(nll), "count": jnp.sum(valid), "correct": correct}
     if kind == "squad":
         start_logits, end_logits = outputs  # [B, L] each
         nll = 0.5 * (
@@ -118,6 +131,8 @@ def host_predictions(kind: str, outputs, token_scores: bool = False):
     token_scores: tag log-probabilities [B, L, C] instead of ids, for constrained decoding."""
     if kind == "squad":
         return {"start_logits": outputs[0], "end_logits": outputs[1]}  # [B, L] each
+    if kind == "token_classification" and isinstance(outputs, tuple):
+        outputs = outputs[0]  # a CRF's emissions; its transitions are parameters, read on the host
     if kind == "regression":
         return outputs[..., 0]  # [B] or packed [B, S]
     if kind == "token_classification" and token_scores:
@@ -170,7 +185,8 @@ class Finetuner:
     mesh: Mesh
     rules: tuple
     freeze_encoder: bool
-    head_name: str
+    head_name: str  # the classifier (task_info's "head")
+    head_names: tuple[str, ...]  # every subtree besides the encoder: the classifier, "crf"
     schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     param_shardings: Any  # the whole task tree
@@ -180,11 +196,22 @@ class Finetuner:
     abstract_state: Any
     batch_sharding: NamedSharding  # every batch array: rows over the data-parallel axes
     init_params: Callable  # rng -> every parameter fresh (the random-init baseline)
-    init_head: Callable  # rng -> {head_name: ...}, the only part a pretrained model lacks
+    init_head: Callable  # rng -> {each of head_names: ...}, what a pretrained model lacks
     start: Callable  # (encoder, head) -> state; the encoder stays valid and unchanged
     train_step: Callable  # (state, frozen, batch, rng) -> (state, metrics)
     eval_step: Callable  # (trainable, frozen, batch) -> (predictions, sums)
     token_scores: bool = False  # eval_step returns tag log-probabilities, not ids
+    constrained: bool = False  # tags decoded under their BIO / IOBES rules (eval.tag_decoding)
+    crf: bool = False  # ... and a CRF's learned scores (the 'crf' subtree)
+
+    def head(self, params: dict) -> dict:
+        """The head subtrees of a whole task tree (or of the trainable part)."""
+        return {name: params[name] for name in self.head_names}
+
+    def decoding(self, trainable: dict) -> dict:
+        """How the host decodes eval_step's tag scores: tasks.decode_predictions' keywords."""
+        crf = jax.device_get(trainable["crf"]) if self.crf else None
+        return {"constrained": self.constrained, "crf": crf}
 
     def shard_batch(self, local_batch: dict) -> dict:
         return sharding.global_batch_from_local(local_batch, self.mesh)
@@ -196,7 +223,7 @@ class Finetuner:
     def split_params(self, params: dict) -> tuple[dict, dict]:
         """Whole task tree -> (trainable, frozen), the inverse of full_params."""
         if self.freeze_encoder:
-            return {self.head_name: params[self.head_name]}, params[ENCODER]
+            return self.head(params), params[ENCODER]
         return params, {}
 
 
@@ -207,12 +234,16 @@ def build_finetuner(
     num_labels: int,
     mesh: Mesh,
     schedule: optax.Schedule,
-    token_scores: bool = False,
+    constrained: bool = False,
+    crf: bool = False,
 ) -> Finetuner:
     """config: the fine-tuning config (optimizer keys, freeze_encoder, layerwise_lr_decay);
-    token_scores: evaluation returns tag log-probabilities (host_predictions)."""
-    model = make_task_model(kind, model_config, num_labels)
-    head_name = HEADS[kind]
+    constrained: tags are decoded under their BIO / IOBES rules, crf: a token classifier with
+    learned tag transitions (bert_jax.crf); either way evaluation returns tag log-probabilities
+    (host_predictions) for the host's Viterbi."""
+    token_scores = constrained or crf
+    model = make_task_model(kind, model_config, num_labels, crf)
+    head_name, heads = HEADS[kind], head_names(kind, crf)
     rules = sharding.rules_from_config(config)
     freeze = bool(config.freeze_encoder)
     seq_len = int(config.max_seq_length)
@@ -223,7 +254,7 @@ def build_finetuner(
         return model.init(rng, ids, ids, ids)["params"]
 
     def trainable_part(params):
-        return {head_name: params[head_name]} if freeze else params
+        return {name: params[name] for name in heads} if freeze else params
 
     abstract_params, param_shardings = sharding.sharded_abstract(init_boxed, mesh, rules)
     trainable_shardings = trainable_part(param_shardings)
@@ -255,7 +286,8 @@ def build_finetuner(
 
     def init_head(rng):
         # Only the head is returned, so XLA drops the encoder's initialisation.
-        return {head_name: init_params(rng)[head_name]}
+        params = init_params(rng)
+        return {name: params[name] for name in heads}
 
     def start(encoder, head):
         trainable = trainable_part({ENCODER: encoder, **head})
@@ -297,7 +329,7 @@ def build_finetuner(
         outputs = apply(params, batch, True)
         return host_predictions(kind, outputs, token_scores), task_sums(kind, outputs, batch)
 
-    head_shardings = {head_name: param_shardings[head_name]}
+    head_shardings = {name: param_shardings[name] for name in heads}
     return Finetuner(
         kind=kind,
         model=model,
@@ -306,6 +338,7 @@ def build_finetuner(
         rules=rules,
         freeze_encoder=freeze,
         head_name=head_name,
+        head_names=heads,
         schedule=schedule,
         optimizer=optimizer,
         param_shardings=param_shardings,
@@ -333,4 +366,6 @@ def build_finetuner(
             out_shardings=rep,
         ),
         token_scores=token_scores,
+        constrained=constrained,
+        crf=crf,
     )

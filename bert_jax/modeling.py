@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bert_jax.crf import TagTransitions
 from bert_jax.errors import UserError
 from bert_jax.untrusted import (
     CONFIG_REAL_RANGES,
@@ -764,10 +765,12 @@ class BertForSequenceClassification(nn.Module):
 
 
 class BertForTokenClassification(nn.Module):
-    """Every position -> dropout -> dense. Returns [B, T, num_labels] (packed rows too)."""
+    """Every position -> dropout -> dense. Returns [B, T, num_labels] (packed rows too); with
+    crf, (those scores, the CRF's transition scores {'transitions', 'start', 'end'}: crf.py)."""
 
     config: BertConfig
     num_labels: int
+    crf: bool = False
 
     @nn.compact
     def __call__(
@@ -780,6 +783,8 @@ class BertForTokenClassification(nn.Module):
         )
         sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
+        if self.crf:
+            return logits.astype(jnp.float32), TagTransitions(self.num_labels, name="crf")()
         return logits.astype(jnp.float32)
 
 

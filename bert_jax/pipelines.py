@@ -245,10 +245,13 @@ class TokenClassificationPipeline:
         self.constrained = self.is_entities and bool(
             model.info.task_info.get("constrained_decoding", False)
         )
-        task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list))
+        crf = bool(model.info.task_info.get("crf", False))
+        self.crf = jax.device_get(model.params["crf"]) if crf else None  # learned tag scores
+        task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list), crf)
 
         def log_probabilities(params, input_ids, token_type_ids, attention_mask):
             logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
+            logits = logits[0] if crf else logits  # a CRF's emissions
             return jax.nn.log_softmax(logits.astype(jnp.float32), -1)  # [B, L, C]
 
         self._log_probabilities = jax.jit(log_probabilities)
@@ -269,8 +272,8 @@ class TokenClassificationPipeline:
         """Per text, with BIO / IOBES tags: its entities, each {"entity_group", "word", "start",
         "end", "score"} (character span [start, end) of the text; score = the mean probability of
         the entity's word tags, decoded as the fine-tuning evaluation decodes them: with
-        constrained_decoding, the best tag sequence the scheme allows); other tag sets: every
-        word {"word", "tag", "start", "end", "score"}."""
+        constrained_decoding, the best tag sequence the scheme allows; with crf, under its learned
+        scores too); other tag sets: every word {"word", "tag", "start", "end", "score"}."""
         if isinstance(texts, str):
             raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
         spans, examples = [], []
@@ -295,9 +298,9 @@ class TokenClassificationPipeline:
                 )
             )[: len(rows)]
             word_index = info["word_index"][rows, : log_probabilities.shape[1]]  # the bucket
-            if self.constrained:  # the fine-tuning evaluation's decoding (eval.tag_decoding)
+            if self.constrained or self.crf is not None:  # as the fine-tuning evaluation does
                 best = tasks.constrained_tag_ids(
-                    log_probabilities, word_index, self.model.label_list
+                    log_probabilities, word_index, self.model.label_list, self.crf, self.constrained
                 )
             else:
                 best = log_probabilities.argmax(-1)

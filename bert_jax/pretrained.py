@@ -235,7 +235,6 @@ def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
         _, params = hf.load_hf_checkpoint(info.path, verbose=False)
         return _place(params["bert"], abstract_encoder)
     if info.format == FINETUNED:
-        head = info.task_info["head"]
         sharding = getattr(jax.tree.leaves(abstract_encoder)[0], "sharding", None)
         if isinstance(sharding, jax.sharding.NamedSharding):  # the head is tiny: replicate it
             sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -243,7 +242,7 @@ def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
             finetuned_head_abstract(info),
         )
-        abstract = {"bert": abstract_encoder, head: head_abstract}
+        abstract = {"bert": abstract_encoder, **head_abstract}
         return _restore_params(info.path / BEST_DIR, abstract)["bert"]
     from bert_jax import checkpointing
 
@@ -271,13 +270,15 @@ def load_pretraining_params(info: CheckpointInfo) -> dict:
 
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:
+    """The abstract head subtrees of a fine-tuned workdir: {classifier, and "crf" if any}."""
     from bert_jax.finetune_step import make_task_model
 
     task = info.task_info
-    model = make_task_model(task["kind"], info.bert_config, task["num_labels"])
+    crf = bool(task.get("crf", False))
+    model = make_task_model(task["kind"], info.bert_config, task["num_labels"], crf)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     abstract = jax.eval_shape(lambda i: model.init(jax.random.key(0), i, i, i), ids)["params"]
-    return meta.unbox(abstract)[task["head"]]
+    return {name: tree for name, tree in meta.unbox(abstract).items() if name != "bert"}
 
 
 def write_finetuned_files(workdir, task_info: dict, bert_config: BertConfig, tokenizer) -> None:
@@ -317,7 +318,7 @@ def load_finetuned(workdir) -> FinetunedModel:
         "params"
     ]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = {"bert": meta.unbox(encoder), info.task_info["head"]: finetuned_head_abstract(info)}
+    abstract = {"bert": meta.unbox(encoder), **finetuned_head_abstract(info)}
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract
     )

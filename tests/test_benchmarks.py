@@ -96,3 +96,37 @@ def test_recorded_results_hold_no_absolute_local_paths():
         text = path.read_text(encoding="utf-8")
         for prefix in ("/work/", "/home/", "/root/", "/tmp/", "/Users/"):
             assert prefix not in text, f"{path} records a local path ({prefix}...)"
+
+
+def test_zh_benchmark_reruns_a_finished_run_whose_settings_changed(tmp_path, monkeypatch):
+    """benchmarks/zh_end_to_end reuses a finished fine-tuning run only if it was made with the
+    same config: a changed recipe (say a new --sentiment_learning_rate) runs again instead of
+    reporting the old run's numbers under the new settings."""
+    import argparse
+
+    from benchmarks import zh_end_to_end
+    from bert_jax import finetune_lib
+
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append(config.learning_rate)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=2))
+        return argparse.Namespace(eval_metrics={"accuracy": config.learning_rate})
+
+    monkeypatch.setattr(finetune_lib, "train_and_evaluate", fake_train)
+    data = tmp_path / "data"
+    data.mkdir()
+    files = {"sentiment_train": data / "train.tsv", "sentiment_dev": data / "dev.tsv"}
+    init = tmp_path / "pretrain_char"
+    target = tmp_path / "sentiment_char_seed0"
+
+    def run(learning_rate):
+        args = argparse.Namespace(sentiment_learning_rate=learning_rate, sentiment_epochs=2.0,
+                                  batch_size=32, max_seq_length=128, ner_crf=True)  # fmt: skip
+        return zh_end_to_end.finetune(args, files, "sentiment", init, 0, False, target)
+
+    assert run(1e-3)["accuracy"] == 1e-3
+    assert run(1e-3)["accuracy"] == 1e-3 and calls == [1e-3]  # the same settings: reused
+    assert run(3e-4)["accuracy"] == 3e-4 and calls == [1e-3, 3e-4]  # changed: run again

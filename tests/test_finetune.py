@@ -252,6 +252,24 @@ def test_bio_tagging_is_learned_and_predicted(setup, tmp_path):
     assert [len(s.split("\n")) for s in predicted] == [len(s.split("\n")) for s in gold]
 
 
+def test_a_crf_head_trains_beside_a_frozen_encoder_and_reloads(setup, tmp_path):
+    """crf=True: the head is the classifier and the CRF's scores; with the encoder frozen both
+    train (and only they have optimizer state), and the fine-tuned workdir loads with them."""
+    model_dir, files = setup
+    config = _config(
+        "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+        crf=True, freeze_encoder=True, num_train_steps=4, learning_rate=1e-2,
+    )  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert set(result.state.params) == {"classifier", "crf"}
+    _assert_trees_equal(jax.device_get(result.params["bert"]), _hf_encoder(model_dir))
+    transitions = np.asarray(result.params["crf"]["transitions"])
+    assert transitions.shape == (3, 3) and np.abs(transitions).max() > 1e-3  # zero at start
+    saved = pretrained.load_finetuned(tmp_path)
+    assert saved.info.task_info["crf"] and set(saved.params) == {"bert", "classifier", "crf"}
+    np.testing.assert_array_equal(np.asarray(saved.params["crf"]["transitions"]), transitions)
+
+
 def test_iob1_tags_are_decoded_word_by_word(setup, tmp_path, capsys):
     """Training tags where I-X opens an entity (IOB1) break the IOB2 rules that constrained
     decoding enforces: the run says so and keeps the per-word argmax."""
@@ -417,6 +435,9 @@ def test_config_errors_name_the_setting(setup, tmp_path):
     with pytest.raises(UserError, match="task.dev_file .* not found"):
         validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
                                            tmp_path / "missing.tsv"), 8)  # fmt: skip
+    with pytest.raises(UserError, match="crf applies to token_classification, not classif"):
+        validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
+                                           files["pairs_dev"], crf=True), 8)  # fmt: skip
     with pytest.raises(UserError, match="max_seq_length 128 exceeds"):
         bad = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"],
                       max_seq_length=128)  # fmt: skip
@@ -502,11 +523,10 @@ def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setu
             finetuner = finetune_step.build_finetuner(
                 config, kind, encoder.info.bert_config, data.num_labels,
                 sharding.make_mesh(config.mesh), lambda step: 1e-3,
-                token_scores=kind == "token_classification",  # tag log-probabilities [n, L, C]
+                constrained=kind == "token_classification",  # tag log-probabilities [n, L, C]
             )  # fmt: skip
             params = _spread_params(finetuner)
-            head = {finetuner.head_name: params[finetuner.head_name]}
-            state = finetuner.start(params["bert"], head)
+            state = finetuner.start(params["bert"], finetuner.head(params))
             want = _predictions_one_per_row(finetuner, state.params, {}, data)
             spread = jax.tree.map(lambda x: np.asarray(x).std(0).max(), want)
             assert min(jax.tree.leaves(spread)) > 0.01, (kind, spread)

@@ -427,29 +427,37 @@ def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
 
 
-def constrained_tag_ids(scores: np.ndarray, word_index: np.ndarray, label_list) -> np.ndarray:
+def constrained_tag_ids(
+    scores: np.ndarray, word_index: np.ndarray, label_list, crf=None, rules: bool = True
+) -> np.ndarray:
     """Tag ids [n, L] from log-probabilities [n, L, C]: each feature's words (the positions
-    word_index marks) decoded together by tag_decoding.viterbi."""
+    word_index marks) decoded together by tag_decoding.viterbi, under the BIO / IOBES rules
+    (unless rules=False) plus a CRF's learned scores (crf: its parameters, bert_jax.crf)."""
     is_word = word_index >= 0  # [n, L]
     order = np.argsort(~is_word, axis=1, kind="stable")  # each feature's word positions first
     lengths = is_word.sum(axis=1)
     width = int(lengths.max(initial=0))
     rows = np.arange(len(scores))[:, None]
-    word_ids = tag_decoding.viterbi(
-        scores[rows, order[:, :width]], lengths, tag_decoding.transition_rules(label_list)
-    )
+    if rules:
+        scheme = tag_decoding.transition_rules(label_list)
+    else:
+        scheme = tag_decoding.no_rules(len(label_list))
+    word_ids = tag_decoding.viterbi(scores[rows, order[:, :width]], lengths, scheme, crf)
     ids = np.zeros(is_word.shape, np.int64)
     ids[rows, order[:, :width]] = word_ids  # 0 past each feature's words, where ids are unread
     return ids
 
 
-def decode_predictions(kind: str, predictions, task_data: TaskData, constrained: bool = True):
+def decode_predictions(
+    kind: str, predictions, task_data: TaskData, constrained: bool = True, crf=None
+):
     """Model outputs per feature -> one prediction per example in the task's own terms.
 
     predictions: classification [n] ids or [n, C] logits -> list of label strings;
     regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
     logits -> list of per-word tag lists (BIO / IOBES tags from logits: the best sequence the
-    scheme allows per feature, eval.tag_decoding, unless constrained=False); squad
+    scheme allows per feature, eval.tag_decoding, unless constrained=False; with crf, a CRF's
+    parameters, the best sequence under its scores too); squad
     {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.
     """
     _check_kind(kind, task_data)
@@ -474,8 +482,9 @@ def decode_predictions(kind: str, predictions, task_data: TaskData, constrained:
 
     word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
     scores = np.asarray(predictions)
-    if _are_logits(scores, (n, task_data.max_seq_length)) and task_data.is_bio and constrained:
-        ids = constrained_tag_ids(scores, word_index, label_list)
+    rules = task_data.is_bio and constrained
+    if _are_logits(scores, (n, task_data.max_seq_length)) and (rules or crf is not None):
+        ids = constrained_tag_ids(scores, word_index, label_list, crf, rules)
     else:
         ids = _class_ids(scores, (n, task_data.max_seq_length))
     tags = [[None] * len(example.words) for example in task_data.examples]
@@ -485,17 +494,20 @@ def decode_predictions(kind: str, predictions, task_data: TaskData, constrained:
     return tags
 
 
-def compute_metrics(kind: str, predictions, task_data: TaskData) -> dict[str, float]:
+def compute_metrics(
+    kind: str, predictions, task_data: TaskData, constrained: bool = True, crf=None
+) -> dict[str, float]:
     """Scores predictions (see decode_predictions for shapes) against the split's labels.
 
     classification: accuracy, macro_f1, mcc; regression: pearson, spearman;
     token_classification: token_accuracy (+ seqeval's entity f1, precision, recall and f1_TYPE per
     entity type when the tags are BIO / IOBES);
     squad: exact_match, f1 (official v1.1 normalisation, as fractions, not percent).
+    constrained, crf: how tags are decoded (decode_predictions).
     """
     if not task_data.labeled:
         raise UserError(f"{task_data.source} has no labels, so it cannot be scored")
-    outputs = decode_predictions(kind, predictions, task_data)
+    outputs = decode_predictions(kind, predictions, task_data, constrained, crf)
     examples = task_data.examples
     if kind == "squad":
         gold = {e.qas_id: list(e.answers) for e in examples}
@@ -531,14 +543,16 @@ def _tsv_field(text: str) -> str:
     return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def write_predictions(kind: str, predictions, task_data: TaskData, path) -> epath.Path:
+def write_predictions(
+    kind: str, predictions, task_data: TaskData, path, constrained: bool = True, crf=None
+) -> epath.Path:
     """Writes predictions in the input's own format (do_predict) and returns the path.
 
     classification / regression: TSV, the input's columns then `label` with the prediction;
     token_classification: CoNLL `word<TAB>tag`, a blank line after each sentence;
     squad: JSON {question id: answer text}, as the official evaluation script reads it.
     """
-    outputs = decode_predictions(kind, predictions, task_data)
+    outputs = decode_predictions(kind, predictions, task_data, constrained, crf)
     path = epath.Path(path)  # the workdir may be on gs://
     path.parent.mkdir(parents=True, exist_ok=True)
     with io.StringIO(newline="\n") as f:

@@ -11,10 +11,12 @@ CRF layer learns transition scores on top of the same rules, here they are 0 or 
                  or E-X, and never last.
 
 IOB1 data (I-X may open an entity) breaks the IOB2 rule; `scheme_breaks` counts gold sentences
-that break it, and fine-tuning then keeps the per-word argmax.
+that break it, and fine-tuning then keeps the per-word argmax (or, with a CRF, decodes with its
+learned scores alone: `no_rules`).
 
     rules = transition_rules(["B-PER", "I-PER", "O"])
     ids = viterbi(log_probs, lengths, rules)  # log_probs [n, W, C], lengths [n] -> ids [n, W]
+    ids = viterbi(log_probs, lengths, rules, learned)  # + a CRF's scores (bert_jax.crf)
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def transition_rules(label_list: Sequence[str]) -> TransitionRules:
     return TransitionRules(start=start, end=end, allowed=allowed)
 
 
+def no_rules(num_labels: int) -> TransitionRules:
+    """Every tag may start, end and follow every tag (a CRF's own scores decide)."""
+    every = np.ones(num_labels, bool)
+    return TransitionRules(start=every, end=every, allowed=np.ones((num_labels,) * 2, bool))
+
+
 def breaks_rules(tags: Sequence[str], rules: TransitionRules, index: dict[str, int]) -> bool:
     """Whether one sentence's tags break the rules (index: tag -> position in the label list)."""
     ids = [index[tag] for tag in tags]
@@ -74,18 +82,24 @@ def scheme_breaks(sentences: Sequence[Sequence[str]], label_list: Sequence[str])
     return sum(breaks_rules(tags, rules, index) for tags in sentences)
 
 
-def viterbi(log_probs: np.ndarray, lengths: np.ndarray, rules: TransitionRules) -> np.ndarray:
+def viterbi(
+    log_probs: np.ndarray, lengths: np.ndarray, rules: TransitionRules, learned=None
+) -> np.ndarray:
     """The best allowed tag ids [n, W] for n sentences of word scores [n, W, C] (the first
-    lengths[i] words of sentence i are real; ids past them are 0)."""
+    lengths[i] words of sentence i are real; ids past them are 0). learned: a CRF's
+    {'transitions' [C, C], 'start' [C], 'end' [C]} added to the scores (bert_jax.crf)."""
     log_probs = np.asarray(log_probs, np.float64)
-    n, width, _ = log_probs.shape
+    n, width, num_labels = log_probs.shape
     lengths = np.asarray(lengths)
     ids = np.zeros((n, width), np.int64)
     if width == 0 or n == 0:
         return ids
-    transitions = np.where(rules.allowed, 0.0, _FORBIDDEN)  # [C, C]
-    last_penalty = np.where(rules.end, 0.0, _FORBIDDEN)  # [C]
-    best = log_probs[:, 0] + np.where(rules.start, 0.0, _FORBIDDEN)  # [n, C]
+    if learned is None:
+        learned = {"transitions": np.zeros((num_labels,) * 2), "start": 0.0, "end": 0.0}
+    learned = {k: np.asarray(v, np.float64) for k, v in learned.items()}
+    transitions = np.where(rules.allowed, learned["transitions"], _FORBIDDEN)  # [C, C]
+    last_penalty = np.where(rules.end, learned["end"], _FORBIDDEN)  # [C]
+    best = log_probs[:, 0] + np.where(rules.start, learned["start"], _FORBIDDEN)  # [n, C]
     best = np.where((lengths == 1)[:, None], best + last_penalty, best)
     backpointers = np.zeros((n, width, best.shape[1]), np.int64)
     for t in range(1, width):

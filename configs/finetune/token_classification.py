@@ -7,7 +7,8 @@ sentences. The tag is predicted on each word's first word piece.
       --config.task.dev_file=../shared/data/tasks/pos/dev.conll
 
 Reports token_accuracy, and seqeval-style entity f1 when the tags are BIO (then the best
-checkpoint is kept by f1, else by token_accuracy). Sentences longer than max_seq_length continue
+checkpoint is kept by f1, else by token_accuracy). `--config.crf=True` adds a CRF layer (tag
+transition scores learned on whole sentences and used when decoding; bert_jax/crf.py). Sentences longer than max_seq_length continue
 in further windows, so every word gets a prediction.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
