@@ -322,7 +322,7 @@ def markdown(results: dict) -> str:
     for variant, runs in results.get("trainer", {}).items():
         for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
             for seed, row in runs.get(task, {}).items():
-                ours = results.get("trainer_reference", results["finetune"])
+                ours = results.get("trainer_reference") or results["finetune"]
                 ours = ours.get(variant, {}).get(task, {}).get(seed)
                 if ours:
                     difference = 100 * (ours[metric] - row[metric])
@@ -332,6 +332,16 @@ def markdown(results: dict) -> str:
                         f"difference {difference:+.2f} points"
                     )
     return "\n".join(lines)
+
+
+def fresh_results(previous: dict, args) -> dict:
+    """This run's results, starting from WORKDIR/results.json: pretraining and CRF rows are kept
+    (pretraining is reused from them); fine-tuning rows are collected afresh (finished runs with
+    the same settings are reused from their directories), so no row of a seed or recipe not asked
+    for now enters the table."""
+    kept = {key: previous[key] for key in ("pretrain", "crf") if key in previous}
+    return {"pretrain": {}, **kept, "finetune": {}, "trainer": {}, "trainer_reference": {},
+            "settings": vars(args)}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -368,10 +378,8 @@ def main(argv=None) -> int:
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results_file = workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    for key in ("pretrain", "finetune", "trainer"):
-        results.setdefault(key, {})
-    results["settings"] = vars(args)
+    previous = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results = fresh_results(previous, args)
     sections = args.sections.split(",")
     variants = args.variants.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

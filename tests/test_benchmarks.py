@@ -130,3 +130,22 @@ def test_zh_benchmark_reruns_a_finished_run_whose_settings_changed(tmp_path, mon
     assert run(1e-3)["accuracy"] == 1e-3
     assert run(1e-3)["accuracy"] == 1e-3 and calls == [1e-3]  # the same settings: reused
     assert run(3e-4)["accuracy"] == 3e-4 and calls == [1e-3, 3e-4]  # changed: run again
+
+
+def test_zh_benchmark_table_holds_only_the_seeds_asked_for():
+    """A results.json from an earlier run with more seeds (or another recipe) must not leak its
+    fine-tuning rows into this run's table; its pretraining rows are kept for reuse."""
+    import argparse
+
+    from benchmarks import zh_end_to_end
+
+    previous = {
+        "pretrain": {"char": {"steps": [10, 5]}},
+        "crf": {"scores": {}},
+        "finetune": {"char": {"ner": {"0": {"f1": 0.7}, "3": {"f1": 0.1}}}},
+        "trainer": {"char": {"ner": {"0": {"f1": 0.7}}}},
+    }
+    results = zh_end_to_end.fresh_results(previous, argparse.Namespace(seeds="0,1,2"))
+    assert results["pretrain"] == previous["pretrain"] and results["crf"] == previous["crf"]
+    assert results["finetune"] == {} and results["trainer"] == {}
+    assert results["settings"] == {"seeds": "0,1,2"}
