@@ -317,7 +317,8 @@ def markdown(results: dict) -> str:
         cells = [_mean_sd([r["f1"] for r in ner.values()])]
         cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
         cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), "-", "-"]
-        label = f"transformers Trainer on exported ({variant})"
+        plain = ", NER without CRF" if results.get("settings", {}).get("ner_crf") else ""
+        label = f"transformers Trainer on exported ({variant}{plain})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for variant, runs in results.get("trainer", {}).items():
         for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
