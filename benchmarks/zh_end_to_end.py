@@ -170,15 +170,19 @@ def finetune_config(args, files, task: str, init: pathlib.Path, seed: int, rando
     config.batch_size = args.batch_size
     config.max_seq_length = args.max_seq_length
     config.seed = seed
-    config.crf = task == "ner" and args.ner_crf
+    config.crf = _uses_crf(args, task)
     config.eval_every_steps = 0
     config.progress_bar = False
     config.mesh.data = 1
     return config
 
 
+def _uses_crf(args, task: str) -> bool:
+    return task == "ner" and args.ner_crf
+
+
 def run_name(args, task: str, variant: str, seed: int) -> str:
-    crf = "_crf" if task == "ner" and args.ner_crf else ""
+    crf = "_crf" if _uses_crf(args, task) else ""
     return f"{task}{crf}_{variant}_seed{seed}"
 
 
@@ -423,7 +427,7 @@ def main(argv=None) -> int:
             results["trainer"].setdefault("char", {}).setdefault(task, {})[str(seeds[0])] = row
             target = workdir / run_name(plain, task, "char", seeds[0])
             row = finetune(plain, files, task, inits["char"], seeds[0], False, target)
-            reference = results.setdefault("trainer_reference", {}).setdefault("char", {})
+            reference = results["trainer_reference"].setdefault("char", {})
             reference.setdefault(task, {})[str(seeds[0])] = row
             save()
     print(markdown(results))

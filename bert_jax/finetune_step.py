@@ -97,6 +97,10 @@ def head_names(kind: str, crf: bool = False) -> tuple[str, ...]:
     return (HEADS[kind], "crf") if crf else (HEADS[kind],)
 
 
+def _subtrees(tree: dict, names: tuple[str, ...]) -> dict:
+    return {name: tree[name] for name in names}
+
+
 def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
     """Loss sum, the number of scored targets (target_weights) and how many the argmax got
     right; float32 scalars. A CRF's loss is each sentence's negative log-likelihood (summed
@@ -200,13 +204,17 @@ class Finetuner:
     start: Callable  # (encoder, head) -> state; the encoder stays valid and unchanged
     train_step: Callable  # (state, frozen, batch, rng) -> (state, metrics)
     eval_step: Callable  # (trainable, frozen, batch) -> (predictions, sums)
-    token_scores: bool = False  # eval_step returns tag log-probabilities, not ids
     constrained: bool = False  # tags decoded under their BIO / IOBES rules (eval.tag_decoding)
     crf: bool = False  # ... and a CRF's learned scores (the 'crf' subtree)
 
+    @property
+    def token_scores(self) -> bool:
+        """eval_step returns tag log-probabilities (for the host's Viterbi), not ids."""
+        return self.constrained or self.crf
+
     def head(self, params: dict) -> dict:
         """The head subtrees of a whole task tree (or of the trainable part)."""
-        return {name: params[name] for name in self.head_names}
+        return _subtrees(params, self.head_names)
 
     def decoding(self, trainable: dict) -> dict:
         """How the host decodes eval_step's tag scores: tasks.decode_predictions' keywords."""
@@ -241,7 +249,7 @@ def build_finetuner(
     constrained: tags are decoded under their BIO / IOBES rules, crf: a token classifier with
     learned tag transitions (bert_jax.crf); either way evaluation returns tag log-probabilities
     (host_predictions) for the host's Viterbi."""
-    token_scores = constrained or crf
+    token_scores = constrained or crf  # as Finetuner.token_scores
     model = make_task_model(kind, model_config, num_labels, crf)
     head_name, heads = HEADS[kind], head_names(kind, crf)
     rules = sharding.rules_from_config(config)
@@ -254,7 +262,7 @@ def build_finetuner(
         return model.init(rng, ids, ids, ids)["params"]
 
     def trainable_part(params):
-        return {name: params[name] for name in heads} if freeze else params
+        return _subtrees(params, heads) if freeze else params
 
     abstract_params, param_shardings = sharding.sharded_abstract(init_boxed, mesh, rules)
     trainable_shardings = trainable_part(param_shardings)
@@ -286,8 +294,7 @@ def build_finetuner(
 
     def init_head(rng):
         # Only the head is returned, so XLA drops the encoder's initialisation.
-        params = init_params(rng)
-        return {name: params[name] for name in heads}
+        return _subtrees(init_params(rng), heads)
 
     def start(encoder, head):
         trainable = trainable_part({ENCODER: encoder, **head})
@@ -329,7 +336,7 @@ def build_finetuner(
         outputs = apply(params, batch, True)
         return host_predictions(kind, outputs, token_scores), task_sums(kind, outputs, batch)
 
-    head_shardings = {name: param_shardings[name] for name in heads}
+    head_shardings = _subtrees(param_shardings, heads)
     return Finetuner(
         kind=kind,
         model=model,
@@ -365,7 +372,6 @@ def build_finetuner(
             in_shardings=(trainable_shardings, frozen_shardings, batch_shardings),
             out_shardings=rep,
         ),
-        token_scores=token_scores,
         constrained=constrained,
         crf=crf,
     )

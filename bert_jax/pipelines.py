@@ -298,12 +298,9 @@ class TokenClassificationPipeline:
                 )
             )[: len(rows)]
             word_index = info["word_index"][rows, : log_probabilities.shape[1]]  # the bucket
-            if self.constrained or self.crf is not None:  # as the fine-tuning evaluation does
-                best = tasks.constrained_tag_ids(
-                    log_probabilities, word_index, self.model.label_list, self.crf, self.constrained
-                )
-            else:
-                best = log_probabilities.argmax(-1)
+            best = tasks.tag_ids(  # as the fine-tuning evaluation decodes
+                log_probabilities, word_index, self.model.label_list, self.constrained, self.crf
+            )
             for row, feature in enumerate(rows):
                 example = info["example_index"][feature]
                 for position in np.flatnonzero(word_index[row] >= 0):

@@ -448,6 +448,15 @@ def constrained_tag_ids(
     return ids
 
 
+def tag_ids(scores: np.ndarray, word_index: np.ndarray, label_list, rules: bool, crf=None):
+    """Tag ids [n, L] from tag log-probabilities [n, L, C]: decoded per feature under the
+    scheme's rules (rules=True) and / or a CRF's scores (constrained_tag_ids), else each word's
+    argmax. Fine-tuning evaluation and the ner pipeline both decode here."""
+    if rules or crf is not None:
+        return constrained_tag_ids(scores, word_index, label_list, crf, rules)
+    return scores.argmax(axis=-1)
+
+
 def decode_predictions(
     kind: str, predictions, task_data: TaskData, constrained: bool = True, crf=None
 ):
@@ -482,9 +491,8 @@ def decode_predictions(
 
     word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
     scores = np.asarray(predictions)
-    rules = task_data.is_bio and constrained
-    if _are_logits(scores, (n, task_data.max_seq_length)) and (rules or crf is not None):
-        ids = constrained_tag_ids(scores, word_index, label_list, crf, rules)
+    if _are_logits(scores, (n, task_data.max_seq_length)):
+        ids = tag_ids(scores, word_index, label_list, task_data.is_bio and constrained, crf)
     else:
         ids = _class_ids(scores, (n, task_data.max_seq_length))
     tags = [[None] * len(example.words) for example in task_data.examples]
