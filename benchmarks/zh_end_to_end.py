@@ -20,13 +20,16 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
    (configs/finetune/classification.py) from (a) `random`: the same architecture and vocabulary,
    randomly initialised, and from each pretrained variant, for every fine-tuning seed; the
    hyperparameters are the --ner_* / --sentiment_* flags (defaults: the recipe README.zh-CN.md
-   teaches; NER with a CRF layer, config `crf`, unless --no-ner_crf).
+   teaches; NER with a CRF layer, config `crf`, unless --no-ner_crf, a classifier over each
+   character and its neighbours, `head_window` (--ner_head_window), and FGM adversarial
+   training, `adversarial_epsilon` (--ner_adversarial_epsilon).
 4. crf: the character CRF (benchmarks/zh_crf.py) on the same NER training rows.
 5. trainer: the `char` model exported with `python -m bert_jax.export` and fine-tuned by the
    transformers Trainer (PyTorch) with the same inputs (bert_jax's featurisation), optimizer,
    schedule, data order and initial head (only dropout masks differ), first seed only; its NER
-   is compared with bert_jax's NER without the CRF (the Trainer's BertForTokenClassification
-   has none), run for that purpose when the NER recipe has one.
+   is compared with bert_jax's NER with a plain linear head (the Trainer's
+   BertForTokenClassification has no CRF, window or FGM), run for that purpose; --trainer_seeds
+   runs it for more seeds.
 
 Runs already finished in WORKDIR with the same settings are reused (others run again). Prints a
 Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
@@ -171,6 +174,8 @@ def finetune_config(args, files, task: str, init: pathlib.Path, seed: int, rando
     config.max_seq_length = args.max_seq_length
     config.seed = seed
     config.crf = _uses_crf(args, task)
+    config.adversarial_epsilon = _adversarial_epsilon(args, task)
+    config.head_window = _head_window(args, task)
     config.eval_every_steps = 0
     config.progress_bar = False
     config.mesh.data = 1
@@ -181,9 +186,19 @@ def _uses_crf(args, task: str) -> bool:
     return task == "ner" and args.ner_crf
 
 
+def _adversarial_epsilon(args, task: str) -> float:
+    return float(args.ner_adversarial_epsilon) if task == "ner" else 0.0
+
+
+def _head_window(args, task: str) -> int:
+    return int(args.ner_head_window) if task == "ner" else 0
+
+
 def run_name(args, task: str, variant: str, seed: int) -> str:
     crf = "_crf" if _uses_crf(args, task) else ""
-    return f"{task}{crf}_{variant}_seed{seed}"
+    window = f"_window{_head_window(args, task)}" if _head_window(args, task) else ""
+    fgm = "_fgm" if _adversarial_epsilon(args, task) > 0 else ""
+    return f"{task}{crf}{window}{fgm}_{variant}_seed{seed}"
 
 
 def _same_config(path: pathlib.Path, config) -> bool:
@@ -321,21 +336,27 @@ def markdown(results: dict) -> str:
         cells = [_mean_sd([r["f1"] for r in ner.values()])]
         cells += [_mean_sd([r.get(f"f1_{t}", 0.0) for r in ner.values()]) for t in types]
         cells += [_mean_sd([r["accuracy"] for r in sentiment.values()]), "-", "-"]
-        plain = ", NER without CRF" if results.get("settings", {}).get("ner_crf") else ""
+        plain = ", NER: linear head" if results.get("settings", {}).get("ner_crf") else ""
         label = f"transformers Trainer on exported ({variant}{plain})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for variant, runs in results.get("trainer", {}).items():
         for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
+            differences = []
             for seed, row in runs.get(task, {}).items():
                 ours = results.get("trainer_reference") or results["finetune"]
                 ours = ours.get(variant, {}).get(task, {}).get(seed)
                 if ours:
-                    difference = 100 * (ours[metric] - row[metric])
+                    differences.append(100 * (ours[metric] - row[metric]))
                     lines.append(
                         f"\n{task} {metric}, {variant}, seed {seed}: bert_jax (same head) "
                         f"{100 * ours[metric]:.2f}, Trainer {100 * row[metric]:.2f}, "
-                        f"difference {difference:+.2f} points"
+                        f"difference {differences[-1]:+.2f} points"
                     )
+            if len(differences) > 1:
+                lines.append(
+                    f"\n{task} {metric}, {variant}: mean difference over {len(differences)} "
+                    f"seeds {statistics.mean(differences):+.2f} points"
+                )
     return "\n".join(lines)
 
 
@@ -356,6 +377,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="pretrain,finetune,crf,trainer")
     parser.add_argument("--variants", default="random,char,wwm")
     parser.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
+    parser.add_argument("--trainer_seeds", default="", help="the Trainer's; default: the first")
     parser.add_argument("--data_seed", type=int, default=0, help="which training rows")
     parser.add_argument("--ner_train_sentences", type=int, default=8000, help="0 = all")
     parser.add_argument("--sentiment_train_examples", type=int, default=6000, help="0 = all")
@@ -371,6 +393,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ner_learning_rate", type=float, default=3e-3)
     parser.add_argument("--ner_epochs", type=float, default=30.0)
     parser.add_argument("--ner_crf", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ner_head_window", type=int, default=1, help="neighbours; 0: off")
+    parser.add_argument("--ner_adversarial_epsilon", type=float, default=2.0, help="FGM; 0: off")
     parser.add_argument("--sentiment_learning_rate", type=float, default=3e-4)
     parser.add_argument("--sentiment_epochs", type=float, default=5.0)
     parser.add_argument("--torch_threads", type=int, default=2)
@@ -420,16 +444,23 @@ def main(argv=None) -> int:
             results["crf"] = run_crf(files["ner_train"], files["ner_dev"], workdir / "crf")
             save()
     if "trainer" in sections and "char" in inits:
-        plain = argparse.Namespace(**{**vars(args), "ner_crf": False})  # the Trainer's heads
+        # The Trainer's recipe: BertForTokenClassification has no CRF, window or FGM
+        plain = argparse.Namespace(
+            **{**vars(args), "ner_crf": False, "ner_head_window": 0, "ner_adversarial_epsilon": 0}
+        )
+        trainer_seeds = (
+            [int(s) for s in args.trainer_seeds.split(",")] if args.trainer_seeds else seeds[:1]
+        )
         for task in TASKS:
-            target = workdir / f"trainer_{task}_char_seed{seeds[0]}"
-            row = trainer_finetune(plain, files, task, inits["char"], seeds[0], target)
-            results["trainer"].setdefault("char", {}).setdefault(task, {})[str(seeds[0])] = row
-            target = workdir / run_name(plain, task, "char", seeds[0])
-            row = finetune(plain, files, task, inits["char"], seeds[0], False, target)
-            reference = results["trainer_reference"].setdefault("char", {})
-            reference.setdefault(task, {})[str(seeds[0])] = row
-            save()
+            for seed in trainer_seeds:
+                target = workdir / f"trainer_{task}_char_seed{seed}"
+                row = trainer_finetune(plain, files, task, inits["char"], seed, target)
+                results["trainer"].setdefault("char", {}).setdefault(task, {})[str(seed)] = row
+                target = workdir / run_name(plain, task, "char", seed)
+                row = finetune(plain, files, task, inits["char"], seed, False, target)
+                reference = results["trainer_reference"].setdefault("char", {})
+                reference.setdefault(task, {})[str(seed)] = row
+                save()
     print(markdown(results))
     return 0
 

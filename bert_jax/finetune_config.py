@@ -67,6 +67,9 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     add_optimizer_defaults(c)
     c.layerwise_lr_decay = 1.0  # < 1: layer i of L gets lr * decay^(L - i), embeddings decay^(L+1)
     c.freeze_encoder = False  # linear probe: only the head trains; encoder has no optimizer state
+    # > 0: FGM adversarial training (gradients.with_adversarial_embeddings): every step also
+    # trains on word embeddings moved this far (L2) in the direction that raises the loss.
+    c.adversarial_epsilon = 0.0
     c.seed = 42
 
     # Applied on top of the checkpoint's architecture.
@@ -82,6 +85,10 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # token_classification: a linear-chain CRF on the classifier ("BERT-CRF", bert_jax.crf):
     # tag transition scores trained on whole gold sentences and used when decoding.
     c.crf = False
+    # token_classification: > 0, the classifier reads each word piece's last-layer vector beside
+    # those of this many neighbours on each side within its sentence (a convolution of width
+    # 2 * head_window + 1; zeros beyond the sentence); 0: each piece's own vector, as BERT.
+    c.head_window = 0
     c.do_predict = False  # write test predictions (task.test_file) with the best checkpoint
     c.log_every_steps = 50
     c.eval_every_steps = 1000  # 0 = evaluate only at the end
@@ -158,6 +165,12 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(f"layerwise_lr_decay {config.layerwise_lr_decay} is not in (0, 1]")
     if config.freeze_encoder and config.layerwise_lr_decay != 1.0:
         raise UserError("layerwise_lr_decay needs a trained encoder; unset it or freeze_encoder")
+    epsilon = float(config.get("adversarial_epsilon", 0.0))
+    if epsilon < 0:
+        raise UserError(f"adversarial_epsilon {epsilon} is negative: use 0 (off) or a length > 0")
+    if epsilon > 0 and config.freeze_encoder:
+        raise UserError("adversarial_epsilon moves the word embeddings, which freeze_encoder "
+                        "freezes: unset one")  # fmt: skip
     if config.freeze_encoder and config.random_init:
         raise UserError("freeze_encoder with random_init would probe a random encoder; pick one")
     if config.remat_policy not in REMAT_POLICIES:
@@ -166,6 +179,10 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         )
     if config.get("crf", False) and task.kind != "token_classification":
         raise UserError(f"crf applies to token_classification, not {task.kind}: unset it")
+    if int(config.get("head_window", 0)) < 0:
+        raise UserError(f"head_window {config.head_window} is negative: use 0 (off) or more")
+    if int(config.get("head_window", 0)) and task.kind != "token_classification":
+        raise UserError(f"head_window applies to token_classification, not {task.kind}: unset it")
     if config.packing and task.kind == "squad":
         raise UserError("packing does not apply to squad (its windows fill their rows): unset it")
     if int(config.max_sequences_per_row) < 1:

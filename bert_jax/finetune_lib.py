@@ -308,6 +308,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 init_checkpoint=str(config.init_checkpoint),
                 constrained_decoding=finetuner.constrained,
                 crf=finetuner.crf,
+                head_window=int(config.get("head_window", 0)),
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
         distributed.barrier("finetune_workdir")

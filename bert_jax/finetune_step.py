@@ -31,12 +31,17 @@ from jax.sharding import Mesh, NamedSharding
 from bert_jax import sharding
 from bert_jax.crf import sequence_nll
 from bert_jax.data.task_batches import PACKING_KEYS
-from bert_jax.gradients import accumulated_gradients, apply_gradients
+from bert_jax.gradients import (
+    accumulated_gradients,
+    apply_gradients,
+    with_adversarial_embeddings,
+)
 from bert_jax.modeling import (
     BertConfig,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
+    is_vocab_param,
 )
 from bert_jax.optim import make_optimizer
 
@@ -57,16 +62,30 @@ class FinetuneState:
     opt_state: Any
 
 
-def make_task_model(kind: str, config: BertConfig, num_labels: int, crf: bool = False) -> nn.Module:
+def make_task_model(
+    kind: str, config: BertConfig, num_labels: int, crf: bool = False, window: int = 0
+) -> nn.Module:
     """The encoder (under 'bert') plus the head of `kind`; regression is one output; crf: token
-    classification also learns tag transition scores (under 'crf', bert_jax.crf)."""
+    classification also learns tag transition scores (under 'crf', bert_jax.crf); window: its
+    classifier reads that many neighbours on each side (BertForTokenClassification)."""
     if kind == "classification":
         return BertForSequenceClassification(config, num_labels)
     if kind == "regression":
         return BertForSequenceClassification(config, 1)
     if kind == "token_classification":
-        return BertForTokenClassification(config, num_labels, crf=crf)
+        return BertForTokenClassification(config, num_labels, crf=crf, window=window)
     return BertForQuestionAnswering(config)
+
+
+def task_model_for(task_info: dict, config: BertConfig) -> nn.Module:
+    """The task model a fine-tuned workdir's task_info.json describes."""
+    return make_task_model(
+        task_info["kind"],
+        config,
+        task_info["num_labels"],
+        bool(task_info.get("crf", False)),
+        int(task_info.get("head_window", 0)),
+    )
 
 
 def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -95,6 +114,10 @@ def target_weights(kind: str, batch: dict) -> jax.Array:
 def head_names(kind: str, crf: bool = False) -> tuple[str, ...]:
     """The top-level parameter subtrees a pretrained encoder lacks."""
     return (HEADS[kind], "crf") if crf else (HEADS[kind],)
+
+
+def _is_word_embedding(path: tuple[str, ...]) -> bool:
+    return is_vocab_param(path) and path[-1] == "embedding"
 
 
 def _subtrees(tree: dict, names: tuple[str, ...]) -> dict:
@@ -250,12 +273,14 @@ def build_finetuner(
     learned tag transitions (bert_jax.crf); either way evaluation returns tag log-probabilities
     (host_predictions) for the host's Viterbi."""
     token_scores = constrained or crf  # as Finetuner.token_scores
-    model = make_task_model(kind, model_config, num_labels, crf)
+    window = int(config.get("head_window", 0))
+    model = make_task_model(kind, model_config, num_labels, crf, window)
     head_name, heads = HEADS[kind], head_names(kind, crf)
     rules = sharding.rules_from_config(config)
     freeze = bool(config.freeze_encoder)
     seq_len = int(config.max_seq_length)
     accum = int(config.get("grad_accum_steps", 1))
+    adversarial_epsilon = float(config.get("adversarial_epsilon", 0.0))
 
     def init_boxed(rng):
         ids = jnp.zeros((1, seq_len), jnp.int32)
@@ -326,7 +351,9 @@ def build_finetuner(
             sums = task_sums(kind, apply(params, micro, False, dropout_rng), micro)
             return sums["loss_sum"] / total, sums
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        grad_fn = with_adversarial_embeddings(
+            jax.value_and_grad(loss_fn, has_aux=True), adversarial_epsilon, _is_word_embedding
+        )
         step_rng = jax.random.fold_in(rng, state.step)
         sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
         return apply_gradients(state, grads, sums, optimizer, schedule)

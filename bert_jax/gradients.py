@@ -71,3 +71,32 @@ def apply_gradients(
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def with_adversarial_embeddings(grad_fn: GradFn, epsilon: float, is_embedding) -> GradFn:
+    """FGM (Miyato et al., 2017): each (micro)batch also trains on inputs moved against the model.
+
+    After the clean gradient g, the embedding table E (the leaves where is_embedding(path)) is
+    moved to E + epsilon * g_E / ||g_E|| (the direction that raises the loss most, for a step
+    of L2 length epsilon over the whole table: only the rows of the batch's tokens move), the
+    loss is differentiated again there (a fresh dropout mask), and the two gradients are added.
+    The sums (metrics) are the clean pass's. epsilon 0 returns grad_fn itself.
+    """
+    if epsilon <= 0:
+        return grad_fn
+
+    def moved(params, grads):
+        def move(path, p, g):
+            if not is_embedding(tuple(k.key for k in path)):
+                return p
+            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            return p + (epsilon * g / jnp.maximum(norm, 1e-12)).astype(p.dtype)
+
+        return jax.tree_util.tree_map_with_path(move, params, grads)
+
+    def adversarial_grad_fn(params, batch, rng):
+        (loss, sums), grads = grad_fn(params, batch, rng)
+        _, adversarial = grad_fn(moved(params, grads), batch, jax.random.fold_in(rng, 1 << 30))
+        return (loss, sums), jax.tree.map(jnp.add, grads, adversarial)
+
+    return adversarial_grad_fn

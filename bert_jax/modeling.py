@@ -766,11 +766,15 @@ class BertForSequenceClassification(nn.Module):
 
 class BertForTokenClassification(nn.Module):
     """Every position -> dropout -> dense. Returns [B, T, num_labels] (packed rows too); with
-    crf, (those scores, the CRF's transition scores {'transitions', 'start', 'end'}: crf.py)."""
+    crf, (those scores, the CRF's transition scores {'transitions', 'start', 'end'}: crf.py).
+    window w > 0: the dense layer reads each position's vector beside those of the w positions
+    on either side within its sequence (zeros beyond it: padding, another packed sequence), a
+    convolution of width 2w + 1 over the last layer."""
 
     config: BertConfig
     num_labels: int
     crf: bool = False
+    window: int = 0
 
     @nn.compact
     def __call__(
@@ -781,11 +785,30 @@ class BertForTokenClassification(nn.Module):
         sequence, _ = BertModel(cfg, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, **packed
         )
+        if self.window:
+            segments = packed.get("segment_ids", attention_mask)  # [B, T], 0 = padding
+            if segments is None:
+                segments = jnp.ones_like(input_ids)
+            sequence = neighbourhood(sequence, segments, self.window)  # [B, T, (2w + 1) H]
         sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
         if self.crf:
             return logits.astype(jnp.float32), TagTransitions(self.num_labels, name="crf")()
         return logits.astype(jnp.float32)
+
+
+def neighbourhood(x: Array, segments: Array, window: int) -> Array:
+    """x [B, T, H], segments [B, T] -> [B, T, (2 * window + 1) * H]: at t, x[t - window] ..
+    x[t + window] side by side, each zero where it lies outside the row or in another segment."""
+    t = x.shape[1]
+    parts = []
+    for offset in range(-window, window + 1):
+        source = jnp.arange(t) + offset  # [T]
+        inside = (source >= 0) & (source < t)
+        source = jnp.clip(source, 0, t - 1)
+        same = (segments[:, source] == segments) & inside  # [B, T]
+        parts.append(jnp.where(same[..., None], x[:, source], jnp.zeros((), x.dtype)))
+    return jnp.concatenate(parts, axis=-1)
 
 
 class BertForQuestionAnswering(nn.Module):

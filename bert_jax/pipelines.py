@@ -37,7 +37,7 @@ from bert_jax.data.task_batches import bucket_length
 from bert_jax.data.tasks_readers import SentenceExample, TokenExample
 from bert_jax.errors import UserError
 from bert_jax.eval import metrics
-from bert_jax.finetune_step import make_task_model
+from bert_jax.finetune_step import task_model_for
 from bert_jax.modeling import BertForPreTraining, BertModel
 
 TASKS = (
@@ -184,9 +184,7 @@ class TextClassificationPipeline:
         self.model = model
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
-        task_model = make_task_model(
-            model.kind, model.info.bert_config, model.info.task_info["num_labels"]
-        )
+        task_model = task_model_for(model.info.task_info, model.info.bert_config)
 
         def scores(params, batch):
             logits = task_model.apply(
@@ -247,7 +245,7 @@ class TokenClassificationPipeline:
         )
         crf = bool(model.info.task_info.get("crf", False))
         self.crf = jax.device_get(model.params["crf"]) if crf else None  # learned tag scores
-        task_model = make_task_model(model.kind, model.info.bert_config, len(model.label_list), crf)
+        task_model = task_model_for(model.info.task_info, model.info.bert_config)
 
         def log_probabilities(params, input_ids, token_type_ids, attention_mask):
             logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)

@@ -271,11 +271,9 @@ def load_pretraining_params(info: CheckpointInfo) -> dict:
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:
     """The abstract head subtrees of a fine-tuned workdir: {classifier, and "crf" if any}."""
-    from bert_jax.finetune_step import make_task_model
+    from bert_jax.finetune_step import task_model_for
 
-    task = info.task_info
-    crf = bool(task.get("crf", False))
-    model = make_task_model(task["kind"], info.bert_config, task["num_labels"], crf)
+    model = task_model_for(info.task_info, info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     abstract = jax.eval_shape(lambda i: model.init(jax.random.key(0), i, i, i), ids)["params"]
     return {name: tree for name, tree in meta.unbox(abstract).items() if name != "bert"}

@@ -149,3 +149,43 @@ def test_zh_benchmark_table_holds_only_the_seeds_asked_for():
     assert results["pretrain"] == previous["pretrain"] and results["crf"] == previous["crf"]
     assert results["finetune"] == {} and results["trainer"] == {}
     assert results["settings"] == {"seeds": "0,1,2"}
+
+
+def test_zh_benchmark_recipes_reach_the_configs():
+    """The NER recipe's CRF, head window and FGM reach the fine-tuning config (sentiment gets
+    none); the Trainer's reference run drops them, since BertForTokenClassification has none,
+    and is kept apart from the recipe's runs by its name."""
+    import argparse
+
+    from benchmarks import zh_end_to_end
+
+    args = argparse.Namespace(ner_learning_rate=3e-3, ner_epochs=30.0, sentiment_learning_rate=3e-4,
+                              sentiment_epochs=5.0, batch_size=32, max_seq_length=128,
+                              ner_crf=True, ner_head_window=1,
+                              ner_adversarial_epsilon=1.0)  # fmt: skip
+    plain = argparse.Namespace(**{**vars(args), "ner_crf": False, "ner_head_window": 0,
+                                  "ner_adversarial_epsilon": 0})  # fmt: skip
+    files = {k: f"/data/{k}" for k in ("ner_train", "ner_dev", "sentiment_train", "sentiment_dev")}
+    init = zh_end_to_end.pathlib.Path("/runs/pretrain_char")
+    ner = zh_end_to_end.finetune_config(args, files, "ner", init, 0, False)
+    assert ner.crf and ner.head_window == 1 and ner.adversarial_epsilon == 1.0
+    assert ner.learning_rate == 3e-3
+    sentiment = zh_end_to_end.finetune_config(args, files, "sentiment", init, 0, False)
+    assert not sentiment.crf and sentiment.adversarial_epsilon == 0.0 and not sentiment.head_window
+    reference = zh_end_to_end.finetune_config(plain, files, "ner", init, 0, False)
+    assert not reference.crf and reference.adversarial_epsilon == 0.0 and not reference.head_window
+    names = {zh_end_to_end.run_name(a, "ner", "char", 0) for a in (args, plain)}
+    assert names == {"ner_crf_window1_fgm_char_seed0", "ner_char_seed0"}
+
+
+def test_zh_benchmark_reports_the_mean_trainer_difference_over_seeds():
+    from benchmarks import zh_end_to_end
+
+    rows = {"0": {"f1": 0.80}, "1": {"f1": 0.78}}
+    ours = {"0": {"f1": 0.79}, "1": {"f1": 0.785}}
+    results = {"pretrain": {}, "finetune": {}, "trainer": {"char": {"ner": rows}},
+               "trainer_reference": {"char": {"ner": ours}}, "settings": {}}  # fmt: skip
+    table = zh_end_to_end.markdown(results)
+    assert "seed 0: bert_jax (same head) 79.00, Trainer 80.00, difference -1.00 points" in table
+    assert "seed 1: bert_jax (same head) 78.50, Trainer 78.00, difference +0.50 points" in table
+    assert "ner f1, char: mean difference over 2 seeds -0.25 points" in table

@@ -12,6 +12,7 @@ import sys
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -24,6 +25,7 @@ from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import training_steps, validate_finetuning_config
 from bert_jax.finetune_step import layerwise_lr_multipliers, scale_updates
+from bert_jax.gradients import with_adversarial_embeddings
 from bert_jax.metrics import throughput
 from bert_jax.modeling import BertConfig
 
@@ -422,6 +424,51 @@ def test_layerwise_lr_decay_scales_updates_per_layer():
     assert float(updates["classifier"]["w"][0]) == -1.0
 
 
+def test_adversarial_gradient_is_the_clean_plus_the_moved_embeddings_gradient():
+    """FGM: g(E) + g(E + eps * g_E / ||g_E||), only the embedding table moved, clean sums."""
+    table = np.array([[1.0, 2.0], [0.5, -1.0]], np.float32)
+    params = {"embeddings": {"word_embeddings": {"embedding": table}},
+              "dense": {"kernel": np.array([3.0, -2.0], np.float32)}}  # fmt: skip
+
+    def loss_fn(p, batch, rng):
+        del rng
+        table, w = p["embeddings"]["word_embeddings"]["embedding"], p["dense"]["kernel"]
+        loss = jnp.sum(jnp.square(table[batch["ids"]] @ w - batch["y"]))
+        return loss, {"loss_sum": loss}
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    batch, rng = {"ids": jnp.array([0, 0, 1]), "y": jnp.array([1.0, 0.0, 2.0])}, jax.random.key(0)
+    is_table = lambda path: path[-2:] == ("word_embeddings", "embedding")  # noqa: E731
+    assert with_adversarial_embeddings(grad_fn, 0.0, is_table) is grad_fn
+    (loss, sums), grads = with_adversarial_embeddings(grad_fn, 0.5, is_table)(params, batch, rng)
+    (clean_loss, clean_sums), clean = grad_fn(params, batch, rng)
+    g = np.asarray(clean["embeddings"]["word_embeddings"]["embedding"])
+    moved = jax.tree.map(np.array, params)
+    moved["embeddings"]["word_embeddings"]["embedding"] += 0.5 * g / np.linalg.norm(g)
+    _, adversarial = grad_fn(moved, batch, rng)
+    assert float(loss) == float(clean_loss) and float(sums["loss_sum"]) == float(clean_loss)
+    assert float(grad_fn(moved, batch, rng)[0][0]) > float(clean_loss)  # the loss goes up there
+    for got, a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(clean),
+                         jax.tree.leaves(adversarial), strict=True):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(got), np.asarray(a) + np.asarray(b), rtol=1e-6)
+
+
+def test_adversarial_training_reaches_the_step(setup, tmp_path):
+    """adversarial_epsilon > 0 changes what a tagging run learns (same seed, data, steps)."""
+    model_dir, files = setup
+    params = {}
+    for epsilon in (0.0, 1.0):
+        config = _config(
+            "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+            num_train_steps=3, adversarial_epsilon=epsilon, crf=True,
+        )  # fmt: skip
+        result = finetune_lib.train_and_evaluate(config, tmp_path / str(epsilon))
+        params[epsilon] = traverse_util.flatten_dict(jax.device_get(result.params))
+    changed = [k for k in params[0.0] if not np.array_equal(params[0.0][k], params[1.0][k])]
+    assert ("bert", "embeddings", "word_embeddings", "embedding") in changed
+    assert ("crf", "transitions") in changed
+
+
 def test_config_errors_name_the_setting(setup, tmp_path):
     model_dir, files = setup
     config = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"])
@@ -438,6 +485,17 @@ def test_config_errors_name_the_setting(setup, tmp_path):
     with pytest.raises(UserError, match="crf applies to token_classification, not classif"):
         validate_finetuning_config(_config("classification", model_dir, files["pairs_train"],
                                            files["pairs_dev"], crf=True), 8)  # fmt: skip
+    pairs = (model_dir, files["pairs_train"], files["pairs_dev"])
+    with pytest.raises(UserError, match="head_window applies to token_classification, not cl"):
+        validate_finetuning_config(_config("classification", *pairs, head_window=1), 8)
+    with pytest.raises(UserError, match="head_window -1 is negative"):
+        tags = (model_dir, files["tags_train"], files["tags_dev"])
+        validate_finetuning_config(_config("token_classification", *tags, head_window=-1), 8)
+    with pytest.raises(UserError, match="adversarial_epsilon -1.0 is negative"):
+        validate_finetuning_config(_config("classification", *pairs, adversarial_epsilon=-1.0), 8)
+    with pytest.raises(UserError, match="adversarial_epsilon moves the word embeddings"):
+        frozen = _config("classification", *pairs, adversarial_epsilon=1.0, freeze_encoder=True)
+        validate_finetuning_config(frozen, 8)
     with pytest.raises(UserError, match="max_seq_length 128 exceeds"):
         bad = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"],
                       max_seq_length=128)  # fmt: skip

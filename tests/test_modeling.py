@@ -18,6 +18,7 @@ from bert_jax.modeling import (
     BertModel,
     BertSelfAttention,
     gather_positions,
+    neighbourhood,
     segment_attention_mask,
     segment_positions,
 )
@@ -425,7 +426,11 @@ def test_packed_sequences_equal_each_alone(pre_layer_norm):
     is_real = alone["attention_mask"] == 1
     np.testing.assert_allclose(unpacked[is_real], one.sequence_output[is_real], **tolerance)
 
-    heads = (BertForSequenceClassification(config, 3), BertForTokenClassification(config, 5))
+    heads = (
+        BertForSequenceClassification(config, 3),
+        BertForTokenClassification(config, 5),
+        BertForTokenClassification(config, 5, window=2),  # neighbours stay within a sequence
+    )
     for head in heads:
         head_params = nn.meta.unbox(head.init(jax.random.key(1), alone["input_ids"])["params"])
         head_params["bert"] = params["bert"]
@@ -442,6 +447,17 @@ def test_packed_sequences_equal_each_alone(pre_layer_norm):
             tokens = np.zeros_like(one)
             packing.unpack_tokens(many, lengths, slots, tokens)
             np.testing.assert_allclose(tokens[is_real], one[is_real], **tolerance)
+
+
+def test_neighbourhood_stops_at_its_sequence():
+    """Each position's window holds its own sequence's vectors only: zeros past a packed
+    sequence's ends, in padding, and outside the row."""
+    x = jnp.arange(1.0, 7.0)[None, :, None]  # [1, 6, 1]: values 1..6
+    segments = jnp.array([[1, 1, 1, 2, 2, 0]])  # two packed sequences and a padding slot
+    window = np.asarray(neighbourhood(x, segments, 1))[0]  # [6, 3]: left, self, right
+    np.testing.assert_array_equal(
+        window, [[0, 1, 2], [1, 2, 3], [2, 3, 0], [0, 4, 5], [4, 5, 0], [0, 6, 0]]
+    )
 
 
 def test_segment_positions_restart_per_sequence():

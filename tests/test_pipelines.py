@@ -209,9 +209,12 @@ def _chinese_ner_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     return write(root / "train.conll", 96), write(root / "dev.conll", 24)
 
 
-@pytest.mark.parametrize("crf", [False, True], ids=["softmax", "crf"])
-def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path, crf):
-    """The pipeline decodes as the run's evaluation did: with a CRF, under its learned scores."""
+@pytest.mark.parametrize(
+    "crf, window", [(False, 0), (True, 0), (True, 1)], ids=["softmax", "crf", "crf_window"]
+)
+def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path, crf, window):
+    """The pipeline decodes as the run's evaluation did: with a CRF, under its learned scores;
+    with head_window, from the same neighbourhood classifier."""
     from bert_jax.data.tasks_readers import read_conll
     from bert_jax.eval.metrics import bio_entities
 
@@ -230,11 +233,12 @@ def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path, crf)
     finetune.max_seq_length, finetune.batch_size, finetune.eval_batch_size = 32, 8, 8
     finetune.learning_rate, finetune.num_train_epochs = 3e-3, 4.0
     finetune.eval_every_steps, finetune.progress_bar = 0, False
-    finetune.crf = crf
+    finetune.crf, finetune.head_window = crf, window
     finetune_lib.train_and_evaluate(finetune, run)
     scores = json.loads((run / "eval_results.json").read_text())
     assert scores["f1"] > 0.5 and {"f1_PER", "f1_LOC", "f1_ORG"} <= set(scores)
-    assert json.loads((run / "task_info.json").read_text())["crf"] == crf
+    task_info = json.loads((run / "task_info.json").read_text())
+    assert task_info["crf"] == crf and task_info["head_window"] == window
 
     ner = bert_jax.pipeline("ner", run, batch_size=4)
     if crf:  # trained on whole sentences, the CRF learned that I-X follows B-X, not O
