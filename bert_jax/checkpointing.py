@@ -156,14 +156,11 @@ class Checkpointer:
         )
 
     def _check_fits(self, step: int, abstract_state) -> None:
-        saved = _saved_state_tree(self.directory / str(step))
-        mismatch = describe_mismatch(_shapes_by_path(saved), _shapes_by_path(abstract_state))
-        if mismatch:
-            raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this run's model and "
-                f"optimizer: {mismatch}. Resume with the config saved beside it "
-                f"({self.directory / str(step) / 'config'}) or use a new workdir"
-            )
+        step_dir = self.directory / str(step)
+        check_fits(
+            step_dir, "state", abstract_state, "this run's model and optimizer",
+            f"Resume with the config saved beside it ({step_dir / 'config'}) or use a new workdir",
+        )  # fmt: skip
 
     def wait(self) -> None:
         self.sealed.wait()
@@ -301,10 +298,20 @@ def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
     return "; ".join(parts)
 
 
-def _saved_state_tree(step_dir: epath.Path):
-    """The saved train state's tree of Orbax array metadata (shapes, dtypes), reading no arrays."""
-    metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / "state")
+def _saved_tree(step_dir: epath.Path, item: str = "state"):
+    """A saved item's tree of Orbax array metadata (shapes, dtypes), reading no arrays."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(step_dir / item)
     return metadata.tree if hasattr(metadata, "tree") else metadata
+
+
+def check_fits(step_dir: epath.Path, item: str, abstract, what: str, advice: str) -> None:
+    """A UserError when the arrays saved as `item` at step_dir lack abstract's paths and shapes:
+    the reader's model differs from the writer's. Raised before Orbax reads anything, so the
+    sealed manager reports it instead of marking an intact checkpoint damaged."""
+    saved = _saved_tree(step_dir, item)
+    mismatch = describe_mismatch(_shapes_by_path(saved), _shapes_by_path(abstract))
+    if mismatch:
+        raise UserError(f"checkpoint {step_dir} does not fit {what}: {mismatch}. {advice}")
 
 
 def _select(tree, subtree: tuple[str, ...], source) -> Any:
@@ -460,7 +467,7 @@ def _refuse_links(step_dir: epath.Path) -> None:
 def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str, ...]):
     _refuse_links(step_dir)
     try:
-        saved = _saved_state_tree(step_dir)
+        saved = _saved_tree(step_dir)
         if not isinstance(saved, dict) or "params" not in saved:
             raise UserError(f"checkpoint {step_dir} holds no 'params' tree")
         selected = _select(saved["params"], subtree, step_dir)

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from bert_jax import distributed, pretrained, sealing, sharding
+from bert_jax import checkpointing, distributed, pretrained, sealing, sharding
 from bert_jax.data import task_batches, tasks
 from bert_jax.data.task_batches import Batch, TrainBatches
 from bert_jax.data.tokenization import WordPieceTokenizer
@@ -201,6 +201,23 @@ def _managers(workdir, main_metric: str):
     return state_manager, best_manager
 
 
+def _fitting_state(state_manager: sealing.SealedManager, finetuner, workdir):
+    """restore_newest's items for the train state, checked against this run's model first."""
+
+    def items(step: int) -> dict:
+        checkpointing.check_fits(
+            state_manager.step_dir(step), "state", finetuner.abstract_state,
+            "this fine-tuning config",
+            f"Use a new workdir, or the settings in {workdir / 'config.json'}",
+        )  # fmt: skip
+        return {
+            "state": ocp.args.StandardRestore(finetuner.abstract_state),
+            "pending_metrics": ocp.args.JsonRestore(),
+        }
+
+    return items
+
+
 def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict | None]:
     step = best_manager.manager.best_step()
     if step is None:
@@ -293,6 +310,10 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         if encoder.params is not None:
             encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
         main_metric = tasks.main_metric(train_data)
+        state_manager, best_manager = _managers(workdir, main_metric)
+        # Before this run's config.json replaces the old one: a checkpoint of other settings
+        # (another head, CRF or label set) is an error, not a damaged checkpoint to replace.
+        newest = state_manager.restore_newest(_fitting_state(state_manager, finetuner, workdir))
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -312,14 +333,6 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
         distributed.barrier("finetune_workdir")
-
-        state_manager, best_manager = _managers(workdir, main_metric)
-        newest = state_manager.restore_newest(
-            {
-                "state": ocp.args.StandardRestore(finetuner.abstract_state),
-                "pending_metrics": ocp.args.JsonRestore(),
-            }
-        )
         if newest is not None:
             start_step, restored = newest
             state, pending_metrics = restored["state"], restored["pending_metrics"]["steps"]

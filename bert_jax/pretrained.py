@@ -214,9 +214,19 @@ def _place(tree, abstract):
 def _restore_params(directory: epath.Path, abstract) -> Any:
     """The 'params' item of the newest intact step under directory (a fine-tuning run's sealed
     best/ manager: its arrays are verified against the step's manifest)."""
+    from bert_jax import checkpointing
+
     manager = SealedManager(directory, {"params": ocp.StandardCheckpointHandler()}, create=False)
+
+    def items(step: int) -> dict:
+        checkpointing.check_fits(
+            manager.step_dir(step), "params", abstract, f"the model {TASK_INFO} describes",
+            f"Was {TASK_INFO} edited, or written by another version of bert_jax?",
+        )  # fmt: skip
+        return {"params": ocp.args.StandardRestore(abstract)}
+
     try:
-        newest = manager.restore_newest({"params": ocp.args.StandardRestore(abstract)})
+        newest = manager.restore_newest(items)
     finally:
         manager.close()
     if newest is None:
