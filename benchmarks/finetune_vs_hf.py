@@ -171,6 +171,18 @@ def bert_jax_initial_head(
     return {"kernel": np.asarray(head["kernel"]), "bias": np.asarray(head["bias"])}
 
 
+def start_from_bert_jax_head(
+    model, num_labels: int, seed: int, bert_config=None, kind: str = "classification"
+) -> None:
+    """Copies bert_jax_initial_head into a transformers model's `classifier` (in place)."""
+    import torch
+
+    head = bert_jax_initial_head(num_labels, seed, bert_config, kind)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(np.array(head["kernel"].T)))
+        model.classifier.bias.copy_(torch.from_numpy(np.array(head["bias"])))
+
+
 def ordered_trainer_class(seed: int):
     """A transformers.Trainer whose epochs visit the rows in bert_jax's order
     (task_batches.train_indices: np.random.default_rng((seed, epoch)).permutation(n)); the
@@ -278,10 +290,7 @@ def run_hf_trainer(
     )  # fmt: skip
     matched = args.match_order_and_head and not group_by_length
     if matched:
-        head = bert_jax_initial_head(len(labels), args.seed)
-        with torch.no_grad():
-            model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
-            model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
+        start_from_bert_jax_head(model, len(labels), args.seed)
     trainer = (ordered_trainer_class(args.seed) if matched else Trainer)(
         model=model,
         args=training_args,

@@ -26,10 +26,12 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
 4. crf: the character CRF (benchmarks/zh_crf.py) on the same NER training rows.
 5. trainer: the `char` model exported with `python -m bert_jax.export` and fine-tuned by the
    transformers Trainer (PyTorch) with the same inputs (bert_jax's featurisation), optimizer,
-   schedule, data order and initial head (only dropout masks differ), first seed only; its NER
+   schedule, epoch order and initial head, first seed only (--trainer_seeds: more). Against
+   bert_jax unpacked (one sentence per row) only the dropout masks differ: without dropout the
+   two take the same steps, loss and gradient norm equal at every step
+   (tests/test_trainer_parity.py); bert_jax's own run packs its rows, as users run it. Its NER
    is compared with bert_jax's NER with a plain linear head (the Trainer's
-   BertForTokenClassification has no CRF, window or FGM), run for that purpose; --trainer_seeds
-   runs it for more seeds.
+   BertForTokenClassification has no CRF, window or FGM), run for that purpose.
 
 Runs already finished in WORKDIR with the same settings are reused (others run again). Prints a
 Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
@@ -222,25 +224,72 @@ def finetune(args, files, task, init, seed, random_init, target: pathlib.Path) -
     return row
 
 
-def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -> dict:
-    """The transformers Trainer on the exported weights, fed bert_jax's own features."""
+def trainer_rows(data) -> list[dict]:
+    """A TaskData's features as the Trainer's dataset: torch tensors, ignored labels -100."""
     import torch
+
+    labels = np.where(data.arrays["labels"] < 0, -100, data.arrays["labels"])
+    return [
+        {k: torch.tensor(data.arrays[k][i], dtype=torch.long) for k in TORCH_INPUTS}
+        | {"labels": torch.tensor(labels[i], dtype=torch.long)}
+        for i in range(data.num_features)
+    ]
+
+
+def matched_trainer(config, hf_dir: pathlib.Path, train, target: pathlib.Path, dropout=0.1):
+    """A transformers Trainer that takes the steps bert_jax's unpacked run of `config` takes:
+    the model in hf_dir (BertForTokenClassification or BertForSequenceClassification, by
+    config.task.kind) with bert_jax's initial head for config.seed, bert_jax's optimizer and
+    schedule (hf_training_arguments) and its batches in its order (ordered_trainer_class) over
+    `train` (bert_jax's features); `dropout` (hidden and attention) is the only other setting.
+    Returns (trainer, steps)."""
     from transformers import BertForSequenceClassification, BertForTokenClassification
 
     from benchmarks.finetune_vs_hf import (
-        bert_jax_initial_head,
         hf_training_arguments,
         ordered_trainer_class,
+        start_from_bert_jax_head,
     )
+    from bert_jax import pretrained
+
+    kind = config.task.kind
+    model_class = (
+        BertForTokenClassification if kind == "token_classification"
+        else BertForSequenceClassification
+    )  # fmt: skip
+    model = model_class.from_pretrained(
+        str(hf_dir), num_labels=train.num_labels, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    bert_config = pretrained.inspect_checkpoint(config.init_checkpoint).bert_config
+    start_from_bert_jax_head(model, train.num_labels, config.seed, bert_config, kind)
+    settings = trainer_settings(config)
+    steps = math.ceil(math.ceil(train.num_features / config.batch_size) * settings.epochs)
+    arguments = hf_training_arguments(settings, target, steps)
+    trainer = ordered_trainer_class(config.seed)(
+        model=model, args=arguments, train_dataset=trainer_rows(train)
+    )
+    return trainer, steps
+
+
+def trainer_settings(config) -> argparse.Namespace:
+    """The fine-tuning settings hf_training_arguments reads, from a bert_jax config."""
+    return argparse.Namespace(
+        batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rate, epochs=config.num_train_epochs,
+        warmup_proportion=config.warmup_proportion, seed=config.seed,
+    )  # fmt: skip
+
+
+def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -> dict:
+    """The transformers Trainer on the exported weights, fed bert_jax's own features."""
+    import torch
+
     from bert_jax import pretrained
     from bert_jax.data import tasks
 
     config = finetune_config(args, files, task, init, seed, random_init=False)
-    settings = argparse.Namespace(
-        batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate, epochs=config.num_train_epochs,
-        warmup_proportion=config.warmup_proportion, seed=seed,
-    )  # fmt: skip
+    settings = trainer_settings(config)
     if (target / "run.json").exists():
         row = json.loads((target / "run.json").read_text())
         if row.get("settings") == vars(settings):
@@ -250,42 +299,18 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
         command = [sys.executable, "-m", "bert_jax.export", str(init.absolute()), "--out",
                    str(hf_dir.absolute())]  # fmt: skip
         subprocess.run(command, check=True, cwd=REPO)
-    kind = config.task.kind
     tokenizer = pretrained.load_tokenizer(pretrained.inspect_checkpoint(init))
     train = tasks.load_task(config, "train", tokenizer)
     dev = tasks.load_task(config, "dev", tokenizer, label_list=train.label_list)
-
-    def rows(data):
-        labels = np.where(data.arrays["labels"] < 0, -100, data.arrays["labels"])
-        return [
-            {k: torch.tensor(data.arrays[k][i], dtype=torch.long) for k in TORCH_INPUTS}
-            | {"labels": torch.tensor(labels[i], dtype=torch.long)}
-            for i in range(data.num_features)
-        ]
-
-    model_class = BertForTokenClassification if task == "ner" else BertForSequenceClassification
-    model = model_class.from_pretrained(
-        str(hf_dir), num_labels=train.num_labels, hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    )  # fmt: skip
-    head = bert_jax_initial_head(
-        train.num_labels, seed, pretrained.inspect_checkpoint(init).bert_config, kind
-    )
-    with torch.no_grad():
-        model.classifier.weight.copy_(torch.from_numpy(head["kernel"].T))
-        model.classifier.bias.copy_(torch.from_numpy(head["bias"]))
-    steps = math.ceil(math.ceil(train.num_features / config.batch_size) * settings.epochs)
     torch.set_num_threads(args.torch_threads)
-    trainer = ordered_trainer_class(seed)(
-        model=model, args=hf_training_arguments(settings, target, steps), train_dataset=rows(train)
-    )
+    trainer, steps = matched_trainer(config, hf_dir, train, target)
     print(f"== transformers Trainer {target.name}", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    logits = trainer.predict(rows(dev)).predictions
-    row = dict(tasks.compute_metrics(kind, logits, dev), cpu_seconds=time.process_time() - cpu,
-               wall_seconds=time.perf_counter() - wall, steps=steps,
-               settings=vars(settings))  # fmt: skip
+    logits = trainer.predict(trainer_rows(dev)).predictions
+    row = dict(tasks.compute_metrics(config.task.kind, logits, dev),
+               cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall,
+               steps=steps, settings=vars(settings))  # fmt: skip
     target.mkdir(parents=True, exist_ok=True)
     (target / "run.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
