@@ -204,14 +204,26 @@ def run_name(args, task: str, variant: str, seed: int) -> str:
 
 
 def _same_config(path: pathlib.Path, config) -> bool:
-    """Whether a finished run was made with this config (else it is run again)."""
-    return path.exists() and json.loads(path.read_text()) == json.loads(config.to_json())
+    """Whether a finished run was made with this config (else it is run again). A key the saved
+    config lacks counts as the same when this config has it at its default (a setting added to
+    bert_jax later, whose default is the old behaviour)."""
+    from bert_jax.finetune_config import finetuning_config
+
+    if not path.exists():
+        return False
+    saved, wanted = json.loads(path.read_text()), json.loads(config.to_json())
+    defaults = json.loads(finetuning_config(config.task.kind).to_json())
+    added = {k for k in wanted.keys() - saved.keys() if k in defaults and wanted[k] == defaults[k]}
+    return saved == {k: v for k, v in wanted.items() if k not in added}
 
 
-def finetune(args, files, task, init, seed, random_init, target: pathlib.Path) -> dict:
+def finetune(args, files, task, init, seed, random_init, target: pathlib.Path, **overrides):
+    """One fine-tuning run (config keys in `overrides` on top of finetune_config's) -> its dev
+    metrics with CPU and wall seconds; reused from `target` if it ran with this config."""
     from bert_jax import finetune_lib
 
     config = finetune_config(args, files, task, init, seed, random_init)
+    config.update(overrides)
     if (target / "run.json").exists() and _same_config(target / "config.json", config):
         return json.loads((target / "run.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
@@ -382,7 +394,27 @@ def markdown(results: dict) -> str:
                     f"\n{task} {metric}, {variant}: mean difference over {len(differences)} "
                     f"seeds {statistics.mean(differences):+.2f} points"
                 )
+    lines += dropout_only_lines(results)
     return "\n".join(lines)
+
+
+def dropout_only_lines(results: dict) -> list[str]:
+    """The Trainer's reference NER run (first seed) beside its reruns with other dropout masks
+    alone (same head and batches): how far dropout's chance moves one seed's F1."""
+    lines = []
+    for variant, runs in results.get("dropout_only", {}).items():
+        ner = results.get("trainer_reference", {}).get(variant, {}).get("ner", {})
+        if not runs or not ner:
+            continue
+        seed, own = next(iter(ner.items()))
+        values = [own["f1"], *(row["f1"] for row in runs.values())]
+        masks = ", ".join(f"{100 * row['f1']:.2f} (dropout_seed {d})" for d, row in runs.items())
+        lines.append(
+            f"\nner f1, {variant}, seed {seed}, bert_jax (same head) with other dropout masks "
+            f"alone: {100 * own['f1']:.2f} (its own), {masks}; {_mean_sd(values)}, range "
+            f"{100 * (max(values) - min(values)):.2f} points"
+        )
+    return lines
 
 
 def fresh_results(previous: dict, args) -> dict:
@@ -392,7 +424,7 @@ def fresh_results(previous: dict, args) -> dict:
     for now enters the table."""
     kept = {key: previous[key] for key in ("pretrain", "crf") if key in previous}
     return {"pretrain": {}, **kept, "finetune": {}, "trainer": {}, "trainer_reference": {},
-            "settings": vars(args)}  # fmt: skip
+            "dropout_only": {}, "settings": vars(args)}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -403,6 +435,12 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="random,char,wwm")
     parser.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
     parser.add_argument("--trainer_seeds", default="", help="the Trainer's; default: the first")
+    parser.add_argument(
+        "--dropout_seeds",
+        default="",
+        help="the Trainer's reference NER again, "
+        "first Trainer seed, with these dropout_seed: dropout masks alone",
+    )
     parser.add_argument("--data_seed", type=int, default=0, help="which training rows")
     parser.add_argument("--ner_train_sentences", type=int, default=8000, help="0 = all")
     parser.add_argument("--sentiment_train_examples", type=int, default=6000, help="0 = all")
@@ -486,6 +524,13 @@ def main(argv=None) -> int:
                 reference = results["trainer_reference"].setdefault("char", {})
                 reference.setdefault(task, {})[str(seed)] = row
                 save()
+        for dropout_seed in [int(s) for s in args.dropout_seeds.split(",") if s]:
+            seed = trainer_seeds[0]
+            name = f"{run_name(plain, 'ner', 'char', seed)}_dropout{dropout_seed}"
+            row = finetune(plain, files, "ner", inits["char"], seed, False, workdir / name,
+                           dropout_seed=dropout_seed)  # fmt: skip
+            results["dropout_only"].setdefault("char", {})[str(dropout_seed)] = row
+            save()
     print(markdown(results))
     return 0
 

@@ -71,6 +71,10 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # trains on word embeddings moved this far (L2) in the direction that raises the loss.
     c.adversarial_epsilon = 0.0
     c.seed = 42
+    # >= 0: the dropout masks' own seed, while the head's initialisation and the data order keep
+    # `seed`: reruns that differ in their dropout masks alone show how much of a difference
+    # between two runs is that chance. -1: the masks follow `seed`.
+    c.dropout_seed = -1
 
     # Applied on top of the checkpoint's architecture.
     c.hidden_dropout_prob = 0.1
@@ -171,6 +175,8 @@ def validate_finetuning_config(config, num_devices: int) -> None:
     if epsilon > 0 and config.freeze_encoder:
         raise UserError("adversarial_epsilon moves the word embeddings, which freeze_encoder "
                         "freezes: unset one")  # fmt: skip
+    if int(config.get("dropout_seed", -1)) < -1:
+        raise UserError(f"dropout_seed {config.dropout_seed} must be >= 0, or -1 (from seed)")
     if config.freeze_encoder and config.random_init:
         raise UserError("freeze_encoder with random_init would probe a random encoder; pick one")
     if config.remat_policy not in REMAT_POLICIES:

@@ -239,6 +239,12 @@ def run_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
+def dropout_rng_of(config) -> jax.Array:
+    """The run's dropout key: run_rngs(seed)'s, or run_rngs(dropout_seed)'s when that is set."""
+    seed = int(config.get("dropout_seed", -1))
+    return run_rngs(int(config.seed) if seed < 0 else seed)[1]
+
+
 def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder):
     """(state, frozen) at step 0: the pretrained encoder plus a fresh head, or all fresh."""
     init_rng, _ = run_rngs(config.seed)
@@ -380,7 +386,7 @@ def _run_loop(
     """Trains from start_step; returns (state, final dev metrics), or (state, None) when SIGTERM
     stopped it after saving the state."""
     writer = MetricWriter(workdir)
-    _, dropout_rng = run_rngs(config.seed)
+    dropout_rng = dropout_rng_of(config)
     train_data = batches.data
     # Step metrics since the last log; a resumed run starts with the saved ones, so its logs
     # average the same steps as an unbroken run's.

@@ -189,3 +189,37 @@ def test_zh_benchmark_reports_the_mean_trainer_difference_over_seeds():
     assert "seed 0: bert_jax (same head) 79.00, Trainer 80.00, difference -1.00 points" in table
     assert "seed 1: bert_jax (same head) 78.50, Trainer 78.00, difference +0.50 points" in table
     assert "ner f1, char: mean difference over 2 seeds -0.25 points" in table
+
+
+def test_zh_benchmark_reuses_runs_from_before_a_setting_existed(tmp_path):
+    """A finished run whose config.json predates a fine-tuning setting is reused while that
+    setting is at its default, and run again when it is not."""
+    import argparse
+    import json
+
+    from benchmarks import zh_end_to_end
+
+    args = argparse.Namespace(ner_learning_rate=3e-3, ner_epochs=30.0, batch_size=32,
+                              max_seq_length=128, ner_crf=False, ner_head_window=0,
+                              ner_adversarial_epsilon=0.0)  # fmt: skip
+    files = {"ner_train": "/data/train.conll", "ner_dev": "/data/dev.conll"}
+    config = zh_end_to_end.finetune_config(args, files, "ner", tmp_path / "init", 0, False)
+    saved = json.loads(config.to_json())
+    del saved["dropout_seed"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert zh_end_to_end._same_config(tmp_path / "config.json", config)
+    config.dropout_seed = 5
+    assert not zh_end_to_end._same_config(tmp_path / "config.json", config)
+    config.dropout_seed, config.learning_rate = -1, 1e-3
+    assert not zh_end_to_end._same_config(tmp_path / "config.json", config)
+
+
+def test_zh_benchmark_reports_what_dropout_alone_changes():
+    from benchmarks import zh_end_to_end
+
+    reruns = {"1001": {"f1": 0.7906}, "1002": {"f1": 0.7973}}
+    results = {"trainer_reference": {"char": {"ner": {"0": {"f1": 0.7834}}}},
+               "dropout_only": {"char": reruns}}  # fmt: skip
+    (line,) = zh_end_to_end.dropout_only_lines(results)
+    assert "seed 0, bert_jax (same head) with other dropout masks alone: 78.34 (its own), " in line
+    assert "79.06 (dropout_seed 1001), 79.73 (dropout_seed 1002); 79.0 ± 0.7, range 1.39" in line

@@ -498,6 +498,28 @@ def test_adversarial_training_reaches_the_step(setup, tmp_path):
     assert ("crf", "transitions") in changed
 
 
+def test_dropout_seed_changes_the_masks_alone(setup, tmp_path):
+    """dropout_seed draws other dropout masks and nothing else: without dropout a run with
+    another dropout_seed is bit-identical (same head, same batches); with dropout it learns other
+    parameters; dropout_seed = seed is the default run, bit for bit."""
+    model_dir, files = setup
+    tags = (model_dir, files["tags_train"], files["tags_dev"])
+
+    def run(name, dropout_seed, dropout=0.1):
+        config = _config(
+            "token_classification", *tags, num_train_steps=4, seed=7, dropout_seed=dropout_seed,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        )  # fmt: skip
+        return finetune_lib.train_and_evaluate(config, tmp_path / name).params
+
+    default = run("default", -1)
+    _assert_trees_equal(default, run("same", 7))
+    _assert_trees_equal(run("no_dropout", -1, 0.0), run("no_dropout_other", 8, 0.0))
+    other = traverse_util.flatten_dict(run("other", 8))
+    default = traverse_util.flatten_dict(default)
+    assert [k for k in default if not np.array_equal(default[k], other[k])]
+
+
 def test_config_errors_name_the_setting(setup, tmp_path):
     model_dir, files = setup
     config = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"])
@@ -522,6 +544,8 @@ def test_config_errors_name_the_setting(setup, tmp_path):
         validate_finetuning_config(_config("token_classification", *tags, head_window=-1), 8)
     with pytest.raises(UserError, match="adversarial_epsilon -1.0 is negative"):
         validate_finetuning_config(_config("classification", *pairs, adversarial_epsilon=-1.0), 8)
+    with pytest.raises(UserError, match="dropout_seed -2 must be >= 0, or -1"):
+        validate_finetuning_config(_config("classification", *pairs, dropout_seed=-2), 8)
     with pytest.raises(UserError, match="adversarial_epsilon moves the word embeddings"):
         frozen = _config("classification", *pairs, adversarial_epsilon=1.0, freeze_encoder=True)
         validate_finetuning_config(frozen, 8)
