@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from tiny_models import save_tiny_hf_bert
 
 from bert_jax import finetune_lib, finetune_step, pretrained, sharding
 from bert_jax.convert import hf
@@ -27,7 +28,6 @@ from bert_jax.finetune_config import training_steps, validate_finetuning_config
 from bert_jax.finetune_step import layerwise_lr_multipliers, scale_updates
 from bert_jax.gradients import with_adversarial_embeddings
 from bert_jax.metrics import throughput
-from bert_jax.modeling import BertConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "data" / "tasks"
@@ -79,18 +79,7 @@ def setup(tmp_path_factory):
         with open(qa_text, "a", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
     tokenizer = WordPieceTokenizer.train([*corpus, qa_text], vocab_size=400)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    model_dir = root / "tiny_hf"
-    hf.save_hf_checkpoint(config, hf.init_params(config, jax.random.key(0)), model_dir)
-    tokenizer.save_vocab(model_dir / "vocab.txt")
-    return model_dir, files
+    return save_tiny_hf_bert(root / "tiny_hf", tokenizer)[0], files
 
 
 def _config(kind: str, model_dir, train, dev, **overrides):

@@ -8,6 +8,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from tiny_models import save_tiny_hf_bert
 
 import bert_jax
 from bert_jax import checkpointing, finetune_lib, pipelines
@@ -27,17 +28,7 @@ def model_dirs(tmp_path_factory):
     """(Hugging Face dir, bert_jax pretraining workdir) holding the same tiny random model."""
     root = tmp_path_factory.mktemp("pipelines")
     tokenizer = WordPieceTokenizer.train(sorted(TASKS.glob("*/train.tsv")), vocab_size=300)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    params = hf.init_params(config, jax.random.key(3))
-    hf_dir = hf.save_hf_checkpoint(config, params, root / "hf")
-    tokenizer.save_vocab(hf_dir / "vocab.txt")
+    hf_dir, config, params = save_tiny_hf_bert(root / "hf", tokenizer, seed=3)
 
     workdir = root / "pretrained"
     workdir.mkdir()

@@ -11,19 +11,18 @@ scores at the end.
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from tiny_models import save_tiny_hf_bert  # noqa: E402
+
 from benchmarks import zh_end_to_end  # noqa: E402
 from bert_jax import finetune_lib, pretrained  # noqa: E402
-from bert_jax.convert import hf  # noqa: E402
 from bert_jax.data import tasks  # noqa: E402
 from bert_jax.data.tokenization import WordPieceTokenizer  # noqa: E402
-from bert_jax.modeling import BertConfig  # noqa: E402
 
 WORDS = "北京 上海 张三 李四 公司 银行 今天 我们 去 了 很 好 不 喜欢 the river stone".split()
 NAMES = {"张三": "PER", "李四": "PER", "北京": "LOC", "上海": "LOC", "银行": "ORG"}
@@ -61,18 +60,8 @@ def setup(tmp_path_factory):
     tokenizer = WordPieceTokenizer.train(
         [p for pair in files.values() for p in pair], vocab_size=120
     )
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    model_dir = root / "tiny_hf"
-    hf.save_hf_checkpoint(config, hf.init_params(config, jax.random.key(0)), model_dir)
-    tokenizer.save_vocab(model_dir / "vocab.txt")
-    return model_dir, files
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return save_tiny_hf_bert(root / "tiny_hf", tokenizer, **sizes)[0], files
 
 
 def _config(kind: str, model_dir, train, dev):
