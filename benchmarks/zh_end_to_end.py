@@ -31,7 +31,9 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
    two take the same steps, loss and gradient norm equal at every step
    (tests/test_trainer_parity.py); bert_jax's own run packs its rows, as users run it. Its NER
    is compared with bert_jax's NER with a plain linear head (the Trainer's
-   BertForTokenClassification has no CRF, window or FGM), run for that purpose.
+   BertForTokenClassification has no CRF, window or FGM), run for that purpose. --dropout_seeds
+   reruns the reference runs of the first Trainer seed with other dropout masks alone (config
+   `dropout_seed`: same head, same batches), to show how far that chance moves one seed's score.
 
 Runs already finished in WORKDIR with the same settings are reused (others run again). Prints a
 Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
@@ -399,21 +401,25 @@ def markdown(results: dict) -> str:
 
 
 def dropout_only_lines(results: dict) -> list[str]:
-    """The Trainer's reference NER run (first seed) beside its reruns with other dropout masks
-    alone (same head and batches): how far dropout's chance moves one seed's F1."""
+    """The Trainer's reference runs (first seed) beside their reruns with other dropout masks
+    alone (same head and batches): how far dropout's chance moves one seed's score."""
     lines = []
-    for variant, runs in results.get("dropout_only", {}).items():
-        ner = results.get("trainer_reference", {}).get(variant, {}).get("ner", {})
-        if not runs or not ner:
-            continue
-        seed, own = next(iter(ner.items()))
-        values = [own["f1"], *(row["f1"] for row in runs.values())]
-        masks = ", ".join(f"{100 * row['f1']:.2f} (dropout_seed {d})" for d, row in runs.items())
-        lines.append(
-            f"\nner f1, {variant}, seed {seed}, bert_jax (same head) with other dropout masks "
-            f"alone: {100 * own['f1']:.2f} (its own), {masks}; {_mean_sd(values)}, range "
-            f"{100 * (max(values) - min(values)):.2f} points"
-        )
+    for variant, by_task in results.get("dropout_only", {}).items():
+        for task, runs in by_task.items():
+            metric = "f1" if task == "ner" else "accuracy"
+            reference = results.get("trainer_reference", {}).get(variant, {}).get(task, {})
+            if not runs or not reference:
+                continue
+            seed, own = next(iter(reference.items()))
+            values = [own[metric], *(row[metric] for row in runs.values())]
+            masks = ", ".join(
+                f"{100 * row[metric]:.2f} (dropout_seed {d})" for d, row in runs.items()
+            )
+            lines.append(
+                f"\n{task} {metric}, {variant}, seed {seed}, bert_jax (same head) with other "
+                f"dropout masks alone: {100 * own[metric]:.2f} (its own), {masks}; "
+                f"{_mean_sd(values)}, range {100 * (max(values) - min(values)):.2f} points"
+            )
     return lines
 
 
@@ -438,8 +444,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--dropout_seeds",
         default="",
-        help="the Trainer's reference NER again, "
-        "first Trainer seed, with these dropout_seed: dropout masks alone",
+        help="the Trainer's reference runs again (first Trainer seed) with these "
+        "dropout_seed: dropout masks alone",
     )
     parser.add_argument("--data_seed", type=int, default=0, help="which training rows")
     parser.add_argument("--ner_train_sentences", type=int, default=8000, help="0 = all")
@@ -524,13 +530,15 @@ def main(argv=None) -> int:
                 reference = results["trainer_reference"].setdefault("char", {})
                 reference.setdefault(task, {})[str(seed)] = row
                 save()
-        for dropout_seed in [int(s) for s in args.dropout_seeds.split(",") if s]:
-            seed = trainer_seeds[0]
-            name = f"{run_name(plain, 'ner', 'char', seed)}_dropout{dropout_seed}"
-            row = finetune(plain, files, "ner", inits["char"], seed, False, workdir / name,
-                           dropout_seed=dropout_seed)  # fmt: skip
-            results["dropout_only"].setdefault("char", {})[str(dropout_seed)] = row
-            save()
+        for task in TASKS:
+            for dropout_seed in [int(s) for s in args.dropout_seeds.split(",") if s]:
+                seed = trainer_seeds[0]
+                name = f"{run_name(plain, task, 'char', seed)}_dropout{dropout_seed}"
+                row = finetune(plain, files, task, inits["char"], seed, False, workdir / name,
+                               dropout_seed=dropout_seed)  # fmt: skip
+                runs = results["dropout_only"].setdefault("char", {}).setdefault(task, {})
+                runs[str(dropout_seed)] = row
+                save()
     print(markdown(results))
     return 0
 

@@ -219,7 +219,8 @@ def test_zh_benchmark_reports_what_dropout_alone_changes():
 
     reruns = {"1001": {"f1": 0.7906}, "1002": {"f1": 0.7973}}
     results = {"trainer_reference": {"char": {"ner": {"0": {"f1": 0.7834}}}},
-               "dropout_only": {"char": reruns}}  # fmt: skip
+               "dropout_only": {"char": {"ner": reruns}}}  # fmt: skip
     (line,) = zh_end_to_end.dropout_only_lines(results)
-    assert "seed 0, bert_jax (same head) with other dropout masks alone: 78.34 (its own), " in line
+    assert "ner f1, char, seed 0, bert_jax (same head) with other dropout masks alone: " in line
+    assert "alone: 78.34 (its own), " in line
     assert "79.06 (dropout_seed 1001), 79.73 (dropout_seed 1002); 79.0 ± 0.7, range 1.39" in line
