@@ -2,7 +2,8 @@
 
 The slices are tests/data/zh (the layout of ../shared/data/zh), placed at ../shared/data/zh
 relative to a scratch working directory, so the README's paths work unchanged; configs get their
-tiny `:test` mode and the benchmark command small data flags. Nothing else in a command changes.
+tiny `:test` mode and the benchmark command small data flags (one Trainer seed, one dropout rerun).
+Nothing else in a command changes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ TINY = [
 BENCHMARK_SLICE = (
     " --pretrain_mode=test --max_seq_length=64 --seeds=0 --ner_train_sentences=64"
     " --sentiment_train_examples=64 --dev_examples=32 --vocab_size=3000"
+    " --trainer_seeds=0 --dropout_seeds=7"  # one of each: the last flag given wins
 )
 
 
@@ -121,3 +123,5 @@ def test_walkthrough_runs_on_slices(tmp_path):
     table = next(out for command, out in outputs.items() if "zh_end_to_end" in command)
     assert "(b) character masking" in table and "character CRF" in table
     assert "(c) whole-word masking" in table and "n/a" not in table
+    assert "ner f1, char, seed 0: bert_jax (same head)" in table
+    assert "sentiment accuracy, char, seed 0, bert_jax (same head) with other dropout" in table
