@@ -314,6 +314,17 @@ def check_fits(step_dir: epath.Path, item: str, abstract, what: str, advice: str
         raise UserError(f"checkpoint {step_dir} does not fit {what}: {mismatch}. {advice}")
 
 
+def fitting_items(step_dir_of, item: str, abstract, what: str, advice: str, **others):
+    """SealedManager.restore_newest's `items` for a step: `item` restored into `abstract` once
+    check_fits passed for step_dir_of(step), beside the restore args in `others`."""
+
+    def items(step: int) -> dict:
+        check_fits(step_dir_of(step), item, abstract, what, advice)
+        return {item: ocp.args.StandardRestore(abstract), **others}
+
+    return items
+
+
 def _select(tree, subtree: tuple[str, ...], source) -> Any:
     for name in subtree:
         if not isinstance(tree, dict) or name not in tree:

@@ -201,23 +201,6 @@ def _managers(workdir, main_metric: str):
     return state_manager, best_manager
 
 
-def _fitting_state(state_manager: sealing.SealedManager, finetuner, workdir):
-    """restore_newest's items for the train state, checked against this run's model first."""
-
-    def items(step: int) -> dict:
-        checkpointing.check_fits(
-            state_manager.step_dir(step), "state", finetuner.abstract_state,
-            "this fine-tuning config",
-            f"Use a new workdir, or the settings in {workdir / 'config.json'}",
-        )  # fmt: skip
-        return {
-            "state": ocp.args.StandardRestore(finetuner.abstract_state),
-            "pending_metrics": ocp.args.JsonRestore(),
-        }
-
-    return items
-
-
 def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict | None]:
     step = best_manager.manager.best_step()
     if step is None:
@@ -319,7 +302,12 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         state_manager, best_manager = _managers(workdir, main_metric)
         # Before this run's config.json replaces the old one: a checkpoint of other settings
         # (another head, CRF or label set) is an error, not a damaged checkpoint to replace.
-        newest = state_manager.restore_newest(_fitting_state(state_manager, finetuner, workdir))
+        items = checkpointing.fitting_items(
+            state_manager.step_dir, "state", finetuner.abstract_state, "this fine-tuning config",
+            f"Use a new workdir, or the settings in {workdir / 'config.json'}",
+            pending_metrics=ocp.args.JsonRestore(),
+        )  # fmt: skip
+        newest = state_manager.restore_newest(items)
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config.to_json(indent=2))

@@ -217,14 +217,10 @@ def _restore_params(directory: epath.Path, abstract) -> Any:
     from bert_jax import checkpointing
 
     manager = SealedManager(directory, {"params": ocp.StandardCheckpointHandler()}, create=False)
-
-    def items(step: int) -> dict:
-        checkpointing.check_fits(
-            manager.step_dir(step), "params", abstract, f"the model {TASK_INFO} describes",
-            f"Was {TASK_INFO} edited, or written by another version of bert_jax?",
-        )  # fmt: skip
-        return {"params": ocp.args.StandardRestore(abstract)}
-
+    items = checkpointing.fitting_items(
+        manager.step_dir, "params", abstract, f"the model {TASK_INFO} describes",
+        f"Was {TASK_INFO} edited, or written by another version of bert_jax?",
+    )  # fmt: skip
     try:
         newest = manager.restore_newest(items)
     finally:
