@@ -59,6 +59,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
 PRETRAINED = ("char", "wwm")
 TASKS = ("ner", "sentiment")
+METRICS = {"ner": "f1", "sentiment": "accuracy"}  # each task's score in the report
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def markdown(results: dict) -> str:
         label = f"transformers Trainer on exported ({variant}{plain})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for variant, runs in results.get("trainer", {}).items():
-        for task, metric in (("ner", "f1"), ("sentiment", "accuracy")):
+        for task, metric in METRICS.items():
             differences = []
             for seed, row in runs.get(task, {}).items():
                 ours = results.get("trainer_reference") or results["finetune"]
@@ -406,7 +407,7 @@ def dropout_only_lines(results: dict) -> list[str]:
     lines = []
     for variant, by_task in results.get("dropout_only", {}).items():
         for task, runs in by_task.items():
-            metric = "f1" if task == "ner" else "accuracy"
+            metric = METRICS[task]
             reference = results.get("trainer_reference", {}).get(variant, {}).get(task, {})
             if not runs or not reference:
                 continue
@@ -530,8 +531,9 @@ def main(argv=None) -> int:
                 reference = results["trainer_reference"].setdefault("char", {})
                 reference.setdefault(task, {})[str(seed)] = row
                 save()
+        dropout_seeds = [int(s) for s in args.dropout_seeds.split(",") if s]
         for task in TASKS:
-            for dropout_seed in [int(s) for s in args.dropout_seeds.split(",") if s]:
+            for dropout_seed in dropout_seeds:
                 seed = trainer_seeds[0]
                 name = f"{run_name(plain, task, 'char', seed)}_dropout{dropout_seed}"
                 row = finetune(plain, files, task, inits["char"], seed, False, workdir / name,
