@@ -263,7 +263,7 @@ def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
 def load_pretraining_params(info: CheckpointInfo) -> dict:
     """The whole BertForPreTraining tree (encoder and MLM/NSP heads) on the default device."""
     if info.format == HUGGINGFACE:
-        return jax.device_put(hf.load_hf_checkpoint(info.path, verbose=True)[1])
+        return jax.device_put(hf.load_hf_checkpoint(info.path, need_mlm_head=True)[1])
     if info.format != BERT_JAX:
         raise UserError(f"{info.path}: a fine-tuned workdir has no masked-LM head")
     from bert_jax import checkpointing

@@ -78,6 +78,25 @@ def test_fill_mask_matches_the_model_and_reads_both_formats(model_dirs):
         fill("the [MASK]")
 
 
+def test_fill_mask_refuses_an_encoder_without_a_masked_lm_head(model_dirs, tmp_path):
+    """An encoder-only checkpoint (BertModel, as all-MiniLM-L6-v2) has no masked-LM head: fill-mask
+    says so instead of predicting from a freshly initialised one; embeddings still load."""
+    from safetensors.numpy import load_file, save_file
+
+    hf_dir, *_ = model_dirs
+    encoder_only = tmp_path / "encoder_only"
+    encoder_only.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        (encoder_only / name).write_bytes((hf_dir / name).read_bytes())
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    encoder = {k: v for k, v in tensors.items() if not k.startswith("cls.predictions")}
+    assert len(encoder) < len(tensors)  # the MLM head was there, and now is not
+    save_file(encoder, str(encoder_only / "model.safetensors"))
+    with pytest.raises(UserError, match="no masked-LM head .*encoder and a next-sentence head"):
+        bert_jax.pipeline("fill-mask", encoder_only)
+    assert bert_jax.pipeline("sentence-embedding", encoder_only)(TEXTS).shape == (3, 16)
+
+
 def test_sentence_embeddings_are_masked_means(model_dirs):
     hf_dir, workdir, config, params, tokenizer = model_dirs
     embed = bert_jax.pipeline("sentence-embedding", hf_dir, batch_size=2)

@@ -92,6 +92,7 @@ def pretraining_mappings(config: BertConfig) -> list[Mapping]:
 
 
 HEAD_PATHS = ("mlm_transform", "mlm_layer_norm", "mlm_output_bias", "nsp")
+MLM_HEAD_PATHS = HEAD_PATHS[:3]
 
 
 # safetensors dtype codes -> numpy names; parameters must be stored in one of _FLOAT_DTYPES.
@@ -252,12 +253,14 @@ def params_from_hf_tensors(
     *,
     verbose: bool = True,
     source_names: dict[str, str] | None = None,
+    need_mlm_head: bool = False,
 ) -> dict:
     """Hugging Face named tensors (Linear weights [out, in]) -> BertForPreTraining params.
 
-    The whole encoder must be present; absent heads are initialised freshly. What was initialised
-    and which tensors were ignored are printed when `verbose`. `source` names the checkpoint in
-    messages, and `source_names` (HF name -> name in that checkpoint) how it spells parameters.
+    The whole encoder must be present; absent heads are initialised freshly (with need_mlm_head,
+    an absent masked-LM head is a UserError instead). What was initialised and which tensors were
+    ignored are printed when `verbose`. `source` names the checkpoint in messages, and
+    `source_names` (HF name -> name in that checkpoint) how it spells parameters.
     """
     check_hf_tensors(
         config,
@@ -287,6 +290,13 @@ def params_from_hf_tensors(
         )
     shapes = _model_shapes(config)
     initialised = [k for k in shapes if k not in flat]
+    if need_mlm_head and any(k[0] in MLM_HEAD_PATHS for k in initialised):
+        held = "an encoder and a next-sentence head" if ("nsp", "dense", "kernel") in flat else "an encoder"
+        raise UserError(
+            f"{source}: no masked-LM head (the checkpoint holds {held} only); fill-mask needs a "
+            "BertForMaskedLM / BertForPreTraining checkpoint or a bert_jax pretraining run "
+            "(for sentence vectors use pipeline('sentence-embedding', ...))"
+        )
     used = set(names.values())
     ignored = sorted(n for n in weights if n not in used and not n.endswith(_DERIVED_NAMES))
     if initialised:
@@ -300,19 +310,23 @@ def params_from_hf_tensors(
     return traverse_util.unflatten_dict(flat)
 
 
-def load_hf_checkpoint(path, *, verbose: bool = True) -> tuple[BertConfig, dict]:
+def load_hf_checkpoint(
+    path, *, verbose: bool = True, need_mlm_head: bool = False
+) -> tuple[BertConfig, dict]:
     """A Hugging Face BERT directory -> (BertConfig, BertForPreTraining params).
 
     Names are accepted with or without the `bert.` prefix. Heads absent from the checkpoint (a
     BertModel-only checkpoint has no MLM/NSP heads) are initialised freshly and reported, as are
-    tensors that are ignored (e.g. a fine-tuned classifier).
+    tensors that are ignored (e.g. a fine-tuned classifier); need_mlm_head refuses a checkpoint
+    without a masked-LM head instead.
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory; expected a Hugging Face BERT checkpoint")
     config = read_hf_config(directory)
+    weights = read_hf_weights(directory, config)
     return config, params_from_hf_tensors(
-        config, read_hf_weights(directory, config), str(directory), verbose=verbose
+        config, weights, str(directory), verbose=verbose, need_mlm_head=need_mlm_head
     )
 
 
