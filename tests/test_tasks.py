@@ -276,6 +276,19 @@ def test_conll_errors_and_unknown_tags(tmp_path, tokenizer):
     assert not tasks.load_task(config, "train", tokenizer).is_bio  # POS tags: accuracy only
 
 
+def test_a_sentence_per_line_tsv_is_not_read_as_one_conll_sentence(tmp_path, tokenizer):
+    """A classification TSV given to token classification would be one 'sentence' of every row
+    (its sentences as tokens, its labels as tags); it stops with one line instead."""
+    tsv = write(tmp_path / "train.tsv", "sentence\tlabel\nthe flight was late\tnegative\n")
+    config = make_config("token_classification", train_file=tsv)
+    with pytest.raises(UserError, match=r"train.tsv:2: 'the flight was late' is several words"):
+        tasks.load_task(config, "train", tokenizer)
+    one_word_rows = write(tmp_path / "words.tsv", "".join(f"w{i}\tO\n" for i in range(10_001)))
+    config = make_config("token_classification", train_file=one_word_rows)
+    with pytest.raises(UserError, match="words.tsv:1: a sentence of over 10000 tokens"):
+        tasks.load_task(config, "train", tokenizer)
+
+
 # --- SQuAD ---------------------------------------------------------------------------------------
 
 

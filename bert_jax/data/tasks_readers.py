@@ -147,6 +147,13 @@ def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadR
     return ReadResult(examples, has_label, columns, str(path), num_skipped=blank)
 
 
+MAX_SENTENCE_WORDS = 10_000  # no sentence is this long: a file without blank lines
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def read_conll(path: str | pathlib.Path, labeled: bool) -> ReadResult:
     """Reads CoNLL: one `token<TAB>tag` per line, a blank line between sentences.
 
@@ -185,6 +192,13 @@ def read_conll(path: str | pathlib.Path, labeled: bool) -> ReadResult:
             continue
         columns = line.split("\t") if "\t" in line else line.split()
         token = columns[0].strip()
+        if len(token.split()) > 1:  # a sentence, not a token: a sentence-per-line TSV
+            raise UserError(
+                f"{path}:{line_number}: {_shorten(token)!r} is several words, not one token; "
+                "token classification reads CoNLL (one `token<TAB>tag` per line, a blank line "
+                "between sentences); for a sentence<TAB>label TSV use "
+                "configs/finetune/classification.py"
+            )
         has_tag = len(columns) > 1
         if file_labeled is None:
             file_labeled = has_tag
@@ -199,6 +213,11 @@ def read_conll(path: str | pathlib.Path, labeled: bool) -> ReadResult:
             raise UserError(f"{path}:{line_number}: empty token or tag in {line!r}")
         if not words:
             first_line = line_number
+        elif len(words) >= MAX_SENTENCE_WORDS:
+            raise UserError(
+                f"{path}:{first_line}: a sentence of over {MAX_SENTENCE_WORDS} tokens; CoNLL "
+                "needs a blank line between sentences"
+            )
         words.append(token)
         tags.append(tag)
     end_sentence()
