@@ -170,8 +170,9 @@ def host_predictions(kind: str, outputs, token_scores: bool = False):
 
 
 def layerwise_lr_multipliers(params, num_layers: int, decay: float):
-    """Per-parameter learning-rate factors: head and pooler 1, layer i decay^(L - i),
-    embeddings decay^(L + 1) (ELECTRA / BEiT layer-wise decay); a tree like params."""
+    """Per-parameter learning-rate factors, BEiT's layer-wise decay: head and pooler 1, layer i
+    (0-based) decay^(L - i), embeddings decay^(L + 1); a tree like params. (ELECTRA's exponents
+    are one larger: its head sits at depth L + 2.)"""
 
     def depth(path: tuple[str, ...]) -> int:
         if path[0] != ENCODER or path[1] == "pooler":

@@ -33,7 +33,7 @@ from bert_jax.metrics import METRICS_FILE, load_metrics, metrics_files
 
 OTHER_EVAL_SCORES = "eval_*"  # a panel key: every eval_ metric that no other panel shows
 MAIN_METRIC = "eval_<main>"  # a panel key: each fine-tuning run's own main dev metric
-_NOT_SCORES = {"eval_batches"}
+_NOT_SCORES = {"eval_batches", "eval_rows"}
 
 
 @dataclasses.dataclass(frozen=True)

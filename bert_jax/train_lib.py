@@ -74,7 +74,20 @@ def evaluate(pretrainer: Pretrainer, params, config, batches=None) -> dict[str, 
         return {}
     result = metrics_from_sums(jax.device_get(totals), prefix="eval_")
     result["eval_batches"] = count
+    result["eval_rows"] = count * eval_batch_size(config)
+    shares = sharding.batch_share(pretrainer.mesh)[1]
+    if shares > 1 and jax.process_index() == 0 and shares not in _EVAL_SIZE_EXPLAINED:
+        _EVAL_SIZE_EXPLAINED.add(shares)
+        print(
+            f"evaluation: {result['eval_rows']} held-out rows; each of the {shares} data shares "
+            "reads its own validation documents and evaluation stops at the smallest share's "
+            "last full batch, so the eval size depends on the number of hosts",
+            flush=True,
+        )
     return result
+
+
+_EVAL_SIZE_EXPLAINED: set[int] = set()  # share counts whose eval size was explained once
 
 
 def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> TrainState:

@@ -67,3 +67,31 @@ def test_eval_batch_size_must_split_over_the_data_parallel_devices(setup):
     config.eval_batch_size = 3
     with pytest.raises(UserError, match="eval_batch_size 3 must be a positive multiple of the"):
         validate_pretraining_config(config, 2, check_files=False)
+
+
+def test_a_validation_share_without_documents_yields_no_batches(setup):
+    """More data shares than held-out documents: the empty share reads nothing (no 0 // 0), and
+    the processes' agreement in `evaluate` stops evaluation with its one line."""
+    import warnings
+
+    config = setup[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = pipeline.make_example_chunks(
+            config.data, split="validation", seed=0, process_index=9_999, process_count=10_000
+        )
+        assert len(empty) == 0
+        batches = pipeline.make_pretraining_iterator(
+            config.data,
+            split="validation",
+            global_batch_size=10_000,
+            seed=0,
+            process_index=9_999,
+            process_count=10_000,
+        )
+        assert next(batches, None) is None
+
+
+def test_eval_reports_its_size(setup):
+    metrics, _ = _evaluate(setup, grad_accum_steps=4, eval_steps=3)
+    assert (metrics["eval_batches"], metrics["eval_rows"]) == (3, 6)

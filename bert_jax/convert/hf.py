@@ -291,7 +291,8 @@ def params_from_hf_tensors(
     shapes = _model_shapes(config)
     initialised = [k for k in shapes if k not in flat]
     if need_mlm_head and any(k[0] in MLM_HEAD_PATHS for k in initialised):
-        held = "an encoder and a next-sentence head" if ("nsp", "dense", "kernel") in flat else "an encoder"
+        has_nsp = ("nsp", "dense", "kernel") in flat
+        held = "an encoder and a next-sentence head" if has_nsp else "an encoder"
         raise UserError(
             f"{source}: no masked-LM head (the checkpoint holds {held} only); fill-mask needs a "
             "BertForMaskedLM / BertForPreTraining checkpoint or a bert_jax pretraining run "

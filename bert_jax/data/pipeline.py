@@ -314,7 +314,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     def __post_init__(self):
         count = len(self.documents)
         windows = -(-count // self.window_size)
-        self.window_bounds = np.arange(windows + 1) * count // windows
+        self.window_bounds = np.arange(windows + 1) * count // max(windows, 1)  # [0]: no documents
         chunks = -(-np.diff(self.window_bounds) // self.chunk_size)
         self.first_chunks = np.concatenate([[0], np.cumsum(chunks)])  # Per window, and the end.
 
