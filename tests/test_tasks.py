@@ -206,6 +206,8 @@ def test_conll_first_piece_labels_and_long_sentence_split(tmp_path, tokenizer):
     # so sentence 0 continues in a second feature and is cut to 6 pieces there.
     assert data.num_features == 3
     np.testing.assert_array_equal(data.feature_info["example_index"], [0, 0, 1])
+    np.testing.assert_array_equal(data.arrays["starts_sentence"], [1, 0, 1])  # CRF start scores
+    np.testing.assert_array_equal(data.arrays["ends_sentence"], [0, 1, 1])  # ... and end scores
     assert data.stats == {**data.stats, "split_sentences": 1, "cut_words": 1}
     labels, word_index = data.arrays["labels"], data.feature_info["word_index"]
     np.testing.assert_array_equal(labels[0], [-1, 0, 2, -1, -1, -1, -1, -1])

@@ -43,7 +43,10 @@ class TaskData:
       classification:       labels int32 [n], index into label_list (-1 when unlabeled)
       regression:           labels float32 [n] (NaN when unlabeled)
       token_classification: labels int32 [n, L], the word's tag id on its first word piece and
-                            IGNORE_LABEL (-1) on every other position (pieces, specials, padding)
+                            IGNORE_LABEL (-1) on every other position (pieces, specials, padding);
+                            starts_sentence, ends_sentence int32 [n], 1 where the feature holds
+                            its sentence's first / last word (0 at a cut of a long sentence:
+                            a CRF scores the sentence's start and end there, not at the cut)
       squad:                start_positions, end_positions int32 [n], answer token span in the
                             window, 0 ([CLS]) when the window lacks the answer
     feature_info (post-processing only, leading dimension n):
@@ -258,7 +261,7 @@ def featurise_tokens(
     """
     budget = max_seq_length - 2
     word_pieces = _encode(tokenizer, [word for e in examples for word in e.words])
-    rows, labels, word_index, example_index = [], [], [], []
+    rows, labels, word_index, example_index, ends = [], [], [], [], []
     unknown_words = split_sentences = cut_words = 0
     next_word = 0
     for index, example in enumerate(examples):
@@ -274,6 +277,7 @@ def featurise_tokens(
                 labels.append(row_labels + [IGNORE_LABEL])
                 word_index.append(row_words + [-1])
                 example_index.append(index)
+                ends.append(0)
                 row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
                 split_sentences += 1
             tag = label_to_id[example.tags[position]] if labeled else IGNORE_LABEL
@@ -285,6 +289,7 @@ def featurise_tokens(
         labels.append(row_labels + [IGNORE_LABEL])
         word_index.append(row_words + [-1])
         example_index.append(index)
+        ends.append(1)
     input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
     attention_mask = np.arange(max_seq_length) < np.array([len(r) for r in rows])[:, None]
     arrays = {
@@ -292,6 +297,8 @@ def featurise_tokens(
         "token_type_ids": np.zeros_like(input_ids),
         "attention_mask": attention_mask.astype(np.int32),
         "labels": _pad_rows(labels, max_seq_length, IGNORE_LABEL),
+        "starts_sentence": (np.diff(example_index, prepend=-1) > 0).astype(np.int32),
+        "ends_sentence": np.array(ends, np.int32),
     }
     feature_info = {
         "example_index": np.array(example_index, np.int32),
