@@ -124,14 +124,29 @@ def _subtrees(tree: dict, names: tuple[str, ...]) -> dict:
     return {name: tree[name] for name in names}
 
 
+def _per_token(batch: dict, key: str) -> jax.Array | None:
+    """A per-feature value of the batch ([B] one feature per row, packed [B, S]) at every token
+    of its feature, [B, L]; None when the batch lacks it."""
+    if key not in batch:
+        return None
+    values = batch[key]
+    if "segment_ids" in batch:  # segment s > 0 is slot s - 1; padding (0) reads slot 0, unscored
+        slots = jnp.maximum(batch["segment_ids"] - 1, 0)
+        return jnp.take_along_axis(values, slots, axis=1)
+    return jnp.broadcast_to(values[:, None], batch["labels"].shape)
+
+
 def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
     """Loss sum, the number of scored targets (target_weights) and how many the argmax got
-    right; float32 scalars. A CRF's loss is each sentence's negative log-likelihood (summed
-    over sentences, counted per word as the classifier's is)."""
+    right; float32 scalars. A CRF's loss is each feature's negative log-likelihood (summed
+    over features, counted per word as the classifier's is), with the start / end scores where
+    its sentence starts / ends (starts_sentence, ends_sentence), not at the cut of a long one."""
     valid = target_weights(kind, batch)
     if kind == "token_classification" and isinstance(outputs, tuple):
         emissions, transitions = outputs  # [B, L, C], {'transitions', 'start', 'end'}
-        nll = sequence_nll(emissions, batch["labels"], valid, transitions, batch.get("segment_ids"))
+        starts, ends = (_per_token(batch, key) for key in ("starts_sentence", "ends_sentence"))
+        nll = sequence_nll(emissions, batch["labels"], valid, transitions,
+                           batch.get("segment_ids"), starts, ends)  # fmt: skip
         correct = jnp.sum((jnp.argmax(emissions, -1) == batch["labels"]) * valid)
         return {"loss_sum": jnp.sum(nll), "count": jnp.sum(valid), "correct": correct}
     if kind == "squad":

@@ -769,7 +769,8 @@ class BertForTokenClassification(nn.Module):
     crf, (those scores, the CRF's transition scores {'transitions', 'start', 'end'}: crf.py).
     window w > 0: the dense layer reads each position's vector beside those of the w positions
     on either side within its sequence (zeros beyond it: padding, another packed sequence), a
-    convolution of width 2w + 1 over the last layer."""
+    convolution of width 2w + 1 over the last layer after its dropout (one mask per position,
+    which every window holding that position sees)."""
 
     config: BertConfig
     num_labels: int
@@ -785,12 +786,12 @@ class BertForTokenClassification(nn.Module):
         sequence, _ = BertModel(cfg, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, **packed
         )
+        sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         if self.window:
             segments = packed.get("segment_ids", attention_mask)  # [B, T], 0 = padding
             if segments is None:
                 segments = jnp.ones_like(input_ids)
             sequence = neighbourhood(sequence, segments, self.window)  # [B, T, (2w + 1) H]
-        sequence = Dropout(cfg.hidden_dropout_prob)(sequence, deterministic=deterministic)
         logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
         if self.crf:
             return logits.astype(jnp.float32), TagTransitions(self.num_labels, name="crf")()

@@ -226,8 +226,9 @@ class TokenClassificationPipeline:
     Each text is split into words as the tokenizer splits it before WordPiece (whitespace,
     punctuation, and every CJK character on its own, as in character-level Chinese CoNLL
     files); each word is tagged on its first word piece, as in fine-tuning, and texts longer than
-    max_seq_length continue in further windows. With BIO / IOBES tags the words are grouped
-    into entities as the dev evaluation groups them (seqeval's rules).
+    max_seq_length continue in further windows (each text still decoded as one sequence). With
+    BIO / IOBES tags the words are grouped into entities as the dev evaluation groups them
+    (seqeval's rules).
     """
 
     def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
@@ -284,8 +285,9 @@ class TokenClassificationPipeline:
         arrays, info, _ = tasks.featurise_tokens(
             examples, self.model.tokenizer, self.max_seq_length, {}, labeled=False
         )
-        tag_ids = [np.zeros(len(e.words), np.int64) for e in examples]
-        scores = [np.zeros(len(e.words), np.float32) for e in examples]
+        num_words = np.array([len(e.words) for e in examples], np.int64)
+        first_word = np.cumsum(num_words) - num_words
+        word_log_probs = np.zeros((num_words.sum(), len(self.model.label_list)), np.float32)
         for rows, batch in _batches(arrays, self.batch_size, self.max_seq_length):
             log_probabilities = np.asarray(
                 self._log_probabilities(
@@ -296,17 +298,17 @@ class TokenClassificationPipeline:
                 )
             )[: len(rows)]
             word_index = info["word_index"][rows, : log_probabilities.shape[1]]  # the bucket
-            best = tasks.tag_ids(  # as the fine-tuning evaluation decodes
-                log_probabilities, word_index, self.model.label_list, self.constrained, self.crf
-            )
-            for row, feature in enumerate(rows):
-                example = info["example_index"][feature]
-                for position in np.flatnonzero(word_index[row] >= 0):
-                    word = word_index[row, position]
-                    tag_ids[example][word] = best[row, position]
-                    scores[example][word] = np.exp(
-                        log_probabilities[row, position, best[row, position]]
-                    )
+            tasks.scatter_word_scores(
+                log_probabilities, info["example_index"][rows], word_index, first_word,
+                word_log_probs,
+            )  # fmt: skip
+        # Each text once, across its windows, as the fine-tuning evaluation decodes.
+        best = tasks.sentence_tag_ids(
+            word_log_probs, num_words, self.model.label_list, self.constrained, self.crf
+        )
+        probabilities = np.exp(np.take_along_axis(word_log_probs, best[:, None], axis=1)[:, 0])
+        tag_ids = np.split(best, first_word[1:])
+        scores = np.split(probabilities, first_word[1:])
         labels = self.model.label_list
         results = []
         for text, text_spans, ids, word_scores in zip(texts, spans, tag_ids, scores, strict=True):

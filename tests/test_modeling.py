@@ -460,6 +460,31 @@ def test_neighbourhood_stops_at_its_sequence():
     )
 
 
+def test_the_window_head_is_a_convolution_over_the_dropped_last_layer():
+    """With dropout on, the classifier's input at t holds the same dropped vectors as the
+    windows of t's neighbours: one mask per position, not one per copy of it."""
+    config = BertConfig(**{**SMALL, "hidden_dropout_prob": 0.5})
+    head = BertForTokenClassification(config, 3, window=1)
+    input_ids, token_type_ids, attention_mask, _ = make_inputs(config)
+    params = head.init(jax.random.key(0), input_ids)["params"]
+    seen = []
+
+    def capture(next_fun, args, kwargs, context):
+        if context.module.name == "classifier" and context.method_name == "__call__":
+            seen.append(np.asarray(args[0]))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture):
+        head.apply({"params": params}, input_ids, token_type_ids, attention_mask,
+                   deterministic=False, rngs={"dropout": jax.random.key(1)})  # fmt: skip
+    left, centre, right = np.split(seen[0], 3, axis=-1)  # [B, T, H] each
+    assert (centre == 0).mean() > 0.3  # dropout is on
+    real = np.asarray(attention_mask, bool)
+    both = real[:, 1:] & real[:, :-1]  # t and t - 1 in the same sentence
+    np.testing.assert_array_equal(left[:, 1:][both], centre[:, :-1][both])
+    np.testing.assert_array_equal(right[:, :-1][both], centre[:, 1:][both])
+
+
 def test_segment_positions_restart_per_sequence():
     segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
     np.testing.assert_array_equal(

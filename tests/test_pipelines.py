@@ -13,7 +13,7 @@ from tiny_models import save_tiny_hf_bert
 import bert_jax
 from bert_jax import checkpointing, finetune_lib, pipelines
 from bert_jax.convert import hf
-from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetune_config import finetuning_config
 from bert_jax.modeling import BertConfig, BertForPreTraining, BertModel
@@ -270,3 +270,62 @@ def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path, crf,
     # A text longer than max_seq_length (30 pieces) continues in further windows.
     long_text = "".join(texts[:6])
     assert len(long_text) > 60 and max(x["end"] for x in ner([long_text])[0]) > 60
+
+
+def _tagger_by_character(tmp_path, crf: bool) -> pipelines.TokenClassificationPipeline:
+    """A token classifier whose every character's tag is its own: the attention and
+    feed-forward outputs, position and type embeddings are zero, so each position's last-layer
+    vector is its character's normalised embedding, and 甲 -> B-PER, 乙 -> I-PER, 丙 -> O with
+    probability about 0.995. With crf (and no scheme rules, as for IOB1 data), the CRF's start and
+    end scores forbid a sentence to open or close inside an entity."""
+    from flax import traverse_util
+    from flax.core import meta
+
+    from bert_jax.finetune_step import task_model_for
+    from bert_jax.pretrained import FINETUNED, CheckpointInfo, FinetunedModel
+
+    labels = ["B-PER", "I-PER", "O"]
+    characters = {"甲": "B-PER", "乙": "I-PER", "丙": "O"}
+    tokenizer = WordPieceTokenizer([*SPECIAL_TOKENS, *characters], lowercase=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=8, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=16, max_position_embeddings=16,
+    )  # fmt: skip
+    task_info = dict(
+        kind="token_classification", label_list=labels, num_labels=3, max_seq_length=6,
+        constrained_decoding=not crf, crf=crf, head_window=0,
+    )  # fmt: skip
+    model = task_model_for(task_info, config)
+    ids = np.zeros((1, 6), np.int32)
+    initial = meta.unbox(model.init(jax.random.key(0), ids)["params"])
+    params = {k: np.array(v) for k, v in traverse_util.flatten_dict(initial).items()}
+    for path in params:
+        muted = {"position_embeddings", "token_type_embeddings", "output"} & set(path)
+        if muted and "dense" in path or muted and "embedding" in path:
+            params[path] = np.zeros_like(params[path])
+    embeddings = params["bert", "embeddings", "word_embeddings", "embedding"]
+    for character, tag in characters.items():
+        embeddings[tokenizer.encode(character)[0]] = 10.0 * np.eye(8)[labels.index(tag)]
+    params["classifier", "dense", "kernel"] = 2.0 * np.eye(8, 3)
+    params["classifier", "dense", "bias"] = np.zeros(3, np.float32)
+    if crf:
+        params["crf", "start"] = np.array([0.0, -10.0, 0.0], np.float32)
+        params["crf", "end"] = np.array([0.0, -10.0, 0.0], np.float32)
+    info = CheckpointInfo(tmp_path, FINETUNED, config, None, True, task_info)
+    finetuned = FinetunedModel(info, tokenizer, traverse_util.unflatten_dict(params))
+    return pipelines.TokenClassificationPipeline(finetuned, batch_size=2)
+
+
+@pytest.mark.parametrize("crf", [False, True], ids=["constrained", "crf"])
+def test_an_entity_across_the_window_cut_stays_one_entity(tmp_path, crf):
+    """Seven characters, four per window of max_seq_length 6: the person (characters 1-5)
+    crosses the cut. Each window decoded as a sentence opened a second entity after the cut; the
+    text is decoded as one sequence."""
+    ner = _tagger_by_character(tmp_path, crf)
+    text = "丙甲乙乙乙乙丙"
+    found = ner([text, "甲乙丙"])
+    assert [(x["entity_group"], x["start"], x["end"], x["word"]) for x in found[0]] == [
+        ("PER", 1, 6, "甲乙乙乙乙")
+    ]
+    assert found[0][0]["score"] > 0.99
+    assert [(x["start"], x["end"]) for x in found[1]] == [(0, 2)]

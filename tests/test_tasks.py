@@ -206,6 +206,8 @@ def test_conll_first_piece_labels_and_long_sentence_split(tmp_path, tokenizer):
     # so sentence 0 continues in a second feature and is cut to 6 pieces there.
     assert data.num_features == 3
     np.testing.assert_array_equal(data.feature_info["example_index"], [0, 0, 1])
+    np.testing.assert_array_equal(data.arrays["starts_sentence"], [1, 0, 1])  # CRF start scores
+    np.testing.assert_array_equal(data.arrays["ends_sentence"], [0, 1, 1])  # ... and end scores
     assert data.stats == {**data.stats, "split_sentences": 1, "cut_words": 1}
     labels, word_index = data.arrays["labels"], data.feature_info["word_index"]
     np.testing.assert_array_equal(labels[0], [-1, 0, 2, -1, -1, -1, -1, -1])
@@ -262,6 +264,91 @@ def test_evaluation_decodes_whole_sentences(tmp_path, tokenizer):
     # Tag ids (not scores) are taken as they are: seqeval reads LOC 0-1 and PER 2-2.
     ids = log_probs.argmax(-1)
     assert tasks.compute_metrics("token_classification", ids, data)["f1"] == pytest.approx(0.4)
+
+
+def _perfect_word_scores(data: tasks.TaskData, gold: list[list[str]]) -> np.ndarray:
+    """Log-probabilities [n, L, C] that give each word its gold tag 0.9 and the rest 0.01."""
+    label_list = data.label_list
+    scores = np.full((data.num_features, data.max_seq_length, len(label_list)), np.log(0.01))
+    info = data.feature_info
+    for feature, position in zip(*np.nonzero(info["word_index"] >= 0), strict=True):
+        tags = gold[info["example_index"][feature]]
+        tag = tags[info["word_index"][feature, position]]
+        scores[feature, position, label_list.index(tag)] = np.log(0.9)
+    return scores
+
+
+def _split_sentence_task(tmp_path, tags: list[str], max_seq_length: int) -> tasks.TaskData:
+    """One sentence of one-piece words, longer than one feature; its tags are the label set."""
+    words = "the lord god of israel and moses".split()[: len(tags)]
+    vocab = [*SPECIAL_TOKENS, *words]
+    tokenizer = WordPieceTokenizer(vocab, lowercase=True)
+    lines = "".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True))
+    train = write(tmp_path / "split.conll", lines)
+    config = make_config("token_classification", max_seq_length=max_seq_length, train_file=train)
+    return tasks.load_task(config, "train", tokenizer)
+
+
+def test_a_sentence_split_into_features_is_decoded_as_one_sequence(tmp_path):
+    """Seven words, four per feature: the PER entity crosses the cut. Decoding each feature as a
+    sentence forced its I-PER after the cut to B-PER; the sentence is decoded once, in evaluation
+    and prediction files alike."""
+    gold = ["O", "B-PER", "I-PER", "I-PER", "I-PER", "I-PER", "O"]
+    data = _split_sentence_task(tmp_path, gold, max_seq_length=6)
+    assert data.num_features == 2 and data.stats["split_sentences"] == 1
+    scores = _perfect_word_scores(data, [gold])
+    argmax = tasks.compute_metrics("token_classification", scores, data, constrained=False)
+    assert argmax["f1"] == 1.0
+    assert tasks.decode_predictions("token_classification", scores, data) == [gold]
+    assert tasks.compute_metrics("token_classification", scores, data)["f1"] == 1.0
+    path = tasks.write_predictions("token_classification", scores, data, tmp_path / "p.conll")
+    assert [line.split("\t")[1] for line in path.read_text().split("\n") if line] == gold
+
+
+def _set_word_scores(scores, data, word: int, probabilities: dict[str, float]) -> None:
+    """Gives word `word` of example 0 these tag probabilities (0.01 for the other tags)."""
+    info = data.feature_info
+    feature, position = np.argwhere(
+        (info["word_index"] == word) & (info["example_index"] == 0)[:, None]
+    )[0]
+    scores[feature, position] = np.log(0.01)
+    for tag, p in probabilities.items():
+        scores[feature, position, data.label_list.index(tag)] = np.log(p)
+
+
+def test_iobes_entities_stay_open_across_the_cut(tmp_path):
+    """IOBES: an entity must close with E-X, but a feature's last word is not the sentence's."""
+    gold = ["O", "B-X", "I-X", "I-X", "E-X", "S-X", "O"]
+    data = _split_sentence_task(tmp_path, gold, max_seq_length=5)  # three words per feature
+    assert data.num_features == 3
+    scores = _perfect_word_scores(data, [gold])
+    assert tasks.decode_predictions("token_classification", scores, data) == [gold]
+    # Where the scores leave an entity open at the sentence's real end, it is closed there.
+    _set_word_scores(scores, data, 6, {"I-X": 0.95, "O": 0.001})
+    decoded = tasks.decode_predictions("token_classification", scores, data)[0]
+    assert decoded == [*gold[:5], "S-X", "S-X"]
+
+
+def test_a_crf_decodes_the_split_sentence_as_one_chain(tmp_path):
+    """A CRF's start and end scores belong to the sentence's first and last word, not to the
+    words beside the cut (here without the scheme's rules, as for IOB1 data: the learned scores
+    alone decide), and its transitions join the words on either side of the cut."""
+    gold = ["O", "B-PER", "I-PER", "I-PER", "I-PER", "I-PER", "O"]
+    data = _split_sentence_task(tmp_path, gold, max_seq_length=6)  # the cut: words 0-3, 4-6
+    labels = data.label_list
+    scores = _perfect_word_scores(data, [gold])
+    _set_word_scores(scores, data, 6, {"I-PER": 0.5, "O": 0.45})
+    crf = {"transitions": np.zeros((3, 3)), "start": np.zeros(3), "end": np.zeros(3)}
+    zero = tasks.decode_predictions("token_classification", scores, data, False, crf)[0]
+    assert zero == [*gold[:-1], "I-PER"]  # a zero CRF is each word's argmax
+    crf["start"][labels.index("I-PER")] = -10.0  # no sentence opens inside an entity
+    crf["end"][labels.index("I-PER")] = -10.0  # ... nor ends inside one
+    assert tasks.decode_predictions("token_classification", scores, data, False, crf) == [gold]
+    # A transition that joins I-PER to I-PER dearly splits the entity wherever it falls.
+    crf["transitions"][labels.index("I-PER"), labels.index("I-PER")] = -10.0
+    decoded = tasks.decode_predictions("token_classification", scores, data, False, crf)[0]
+    assert all(a != "I-PER" or b != "I-PER" for a, b in zip(decoded, decoded[1:], strict=False))
+    assert decoded != gold
 
 
 def test_conll_errors_and_unknown_tags(tmp_path, tokenizer):

@@ -31,7 +31,7 @@ PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")
 TARGET_KEYS = {
     "classification": ("labels",),
     "regression": ("labels",),
-    "token_classification": ("labels",),
+    "token_classification": ("labels", "starts_sentence", "ends_sentence"),
     "squad": ("start_positions", "end_positions"),
 }
 SMALLEST_BUCKET = 32

@@ -43,7 +43,10 @@ class TaskData:
       classification:       labels int32 [n], index into label_list (-1 when unlabeled)
       regression:           labels float32 [n] (NaN when unlabeled)
       token_classification: labels int32 [n, L], the word's tag id on its first word piece and
-                            IGNORE_LABEL (-1) on every other position (pieces, specials, padding)
+                            IGNORE_LABEL (-1) on every other position (pieces, specials, padding);
+                            starts_sentence, ends_sentence int32 [n], 1 where the feature holds
+                            its sentence's first / last word (0 at a cut of a long sentence:
+                            a CRF scores the sentence's start and end there, not at the cut)
       squad:                start_positions, end_positions int32 [n], answer token span in the
                             window, 0 ([CLS]) when the window lacks the answer
     feature_info (post-processing only, leading dimension n):
@@ -258,7 +261,7 @@ def featurise_tokens(
     """
     budget = max_seq_length - 2
     word_pieces = _encode(tokenizer, [word for e in examples for word in e.words])
-    rows, labels, word_index, example_index = [], [], [], []
+    rows, labels, word_index, example_index, ends = [], [], [], [], []
     unknown_words = split_sentences = cut_words = 0
     next_word = 0
     for index, example in enumerate(examples):
@@ -274,6 +277,7 @@ def featurise_tokens(
                 labels.append(row_labels + [IGNORE_LABEL])
                 word_index.append(row_words + [-1])
                 example_index.append(index)
+                ends.append(0)
                 row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
                 split_sentences += 1
             tag = label_to_id[example.tags[position]] if labeled else IGNORE_LABEL
@@ -285,6 +289,7 @@ def featurise_tokens(
         labels.append(row_labels + [IGNORE_LABEL])
         word_index.append(row_words + [-1])
         example_index.append(index)
+        ends.append(1)
     input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
     attention_mask = np.arange(max_seq_length) < np.array([len(r) for r in rows])[:, None]
     arrays = {
@@ -292,6 +297,8 @@ def featurise_tokens(
         "token_type_ids": np.zeros_like(input_ids),
         "attention_mask": attention_mask.astype(np.int32),
         "labels": _pad_rows(labels, max_seq_length, IGNORE_LABEL),
+        "starts_sentence": (np.diff(example_index, prepend=-1) > 0).astype(np.int32),
+        "ends_sentence": np.array(ends, np.int32),
     }
     feature_info = {
         "example_index": np.array(example_index, np.int32),
@@ -427,34 +434,42 @@ def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
 
 
-def constrained_tag_ids(
-    scores: np.ndarray, word_index: np.ndarray, label_list, crf=None, rules: bool = True
+def scatter_word_scores(values, example_index, word_index, first_word, out) -> None:
+    """Per-feature values at first word pieces ([m, L] ids or [m, L, C] scores; example_index
+    [m], word_index [m, L]) into `out`, one row per word of every example: word w of example e
+    is row first_word[e] + w, whichever feature (window of a long sentence) holds it."""
+    features, positions = np.nonzero(word_index >= 0)
+    rows = first_word[example_index[features]] + word_index[features, positions]
+    out[rows] = np.asarray(values)[features, positions]
+
+
+def sentence_tag_ids(
+    word_scores: np.ndarray, num_words, label_list, rules: bool, crf=None, chunk: int = 256
 ) -> np.ndarray:
-    """Tag ids [n, L] from log-probabilities [n, L, C]: each feature's words (the positions
-    word_index marks) decoded together by tag_decoding.viterbi, under the BIO / IOBES rules
-    (unless rules=False) plus a CRF's learned scores (crf: its parameters, bert_jax.crf)."""
-    is_word = word_index >= 0  # [n, L]
-    order = np.argsort(~is_word, axis=1, kind="stable")  # each feature's word positions first
-    lengths = is_word.sum(axis=1)
-    width = int(lengths.max(initial=0))
-    rows = np.arange(len(scores))[:, None]
+    """Tag ids [total words] from tag log-probabilities [total words, C] (each example's words
+    in a row, num_words per example): each example decoded once, across every feature its
+    sentence was split into, by tag_decoding.viterbi under the BIO / IOBES rules (rules=True)
+    and / or a CRF's scores (crf: its parameters, bert_jax.crf); else each word's argmax.
+    Fine-tuning evaluation, do_predict and the ner pipeline all decode here."""
+    if not rules and crf is None:
+        return word_scores.argmax(axis=-1)
     if rules:
         scheme = tag_decoding.transition_rules(label_list)
     else:
         scheme = tag_decoding.no_rules(len(label_list))
-    word_ids = tag_decoding.viterbi(scores[rows, order[:, :width]], lengths, scheme, crf)
-    ids = np.zeros(is_word.shape, np.int64)
-    ids[rows, order[:, :width]] = word_ids  # 0 past each feature's words, where ids are unread
+    num_words = np.asarray(num_words, np.int64)
+    first_word = np.cumsum(num_words) - num_words
+    ids = np.zeros(len(word_scores), np.int64)
+    order = np.argsort(num_words, kind="stable")  # similar lengths share a padded chunk
+    for start in range(0, len(order), chunk):
+        examples = order[start : start + chunk]
+        lengths = num_words[examples]
+        width = int(lengths.max(initial=0))
+        real = np.arange(width) < lengths[:, None]  # [k, W]
+        rows = np.where(real, first_word[examples, None] + np.arange(width), 0)
+        decoded = tag_decoding.viterbi(word_scores[rows], lengths, scheme, crf)
+        ids[rows[real]] = decoded[real]
     return ids
-
-
-def tag_ids(scores: np.ndarray, word_index: np.ndarray, label_list, rules: bool, crf=None):
-    """Tag ids [n, L] from tag log-probabilities [n, L, C]: decoded per feature under the
-    scheme's rules (rules=True) and / or a CRF's scores (constrained_tag_ids), else each word's
-    argmax. Fine-tuning evaluation and the ner pipeline both decode here."""
-    if rules or crf is not None:
-        return constrained_tag_ids(scores, word_index, label_list, crf, rules)
-    return scores.argmax(axis=-1)
 
 
 def decode_predictions(
@@ -465,8 +480,9 @@ def decode_predictions(
     predictions: classification [n] ids or [n, C] logits -> list of label strings;
     regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
     logits -> list of per-word tag lists (BIO / IOBES tags from logits: the best sequence the
-    scheme allows per feature, eval.tag_decoding, unless constrained=False; with crf, a CRF's
-    parameters, the best sequence under its scores too); squad
+    scheme allows per sentence, however many features it spans, eval.tag_decoding, unless
+    constrained=False; with crf, a CRF's parameters, the best sequence under its scores too);
+    squad
     {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.
     """
     _check_kind(kind, task_data)
@@ -489,17 +505,24 @@ def decode_predictions(
     if kind == "classification":
         return [task_data.label_list[i] for i in _class_ids(predictions, (n,))]
 
-    word_index, label_list = task_data.feature_info["word_index"], task_data.label_list
+    info, label_list = task_data.feature_info, task_data.label_list
+    num_words = np.array([len(example.words) for example in task_data.examples], np.int64)
+    first_word = np.cumsum(num_words) - num_words
     scores = np.asarray(predictions)
-    if _are_logits(scores, (n, task_data.max_seq_length)):
-        ids = tag_ids(scores, word_index, label_list, task_data.is_bio and constrained, crf)
+    length = task_data.max_seq_length
+    if _are_logits(scores, (n, length)):
+        word_scores = np.zeros((num_words.sum(), scores.shape[-1]), np.float64)
+        scatter_word_scores(scores, info["example_index"], info["word_index"], first_word,
+                            word_scores)  # fmt: skip
+        rules = task_data.is_bio and constrained
+        ids = sentence_tag_ids(word_scores, num_words, label_list, rules, crf)
     else:
-        ids = _class_ids(scores, (n, task_data.max_seq_length))
-    tags = [[None] * len(example.words) for example in task_data.examples]
-    for feature, example in enumerate(task_data.feature_info["example_index"]):
-        for position in np.flatnonzero(word_index[feature] >= 0):
-            tags[example][word_index[feature, position]] = label_list[ids[feature, position]]
-    return tags
+        ids = np.zeros(num_words.sum(), np.int64)
+        class_ids = _class_ids(scores, (n, length))
+        scatter_word_scores(class_ids, info["example_index"], info["word_index"], first_word, ids)
+    return [
+        [label_list[i] for i in ids[a : a + k]] for a, k in zip(first_word, num_words, strict=True)
+    ]
 
 
 def compute_metrics(
