@@ -85,6 +85,7 @@ def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-6
+    c.nvlamb = False  # lamb: the trust ratio on every parameter (apex's use_nvlamb)
     c.max_grad_norm = 1.0
     c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
 
