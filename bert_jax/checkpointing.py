@@ -76,8 +76,11 @@ class Checkpointer:
     """Saves and restores pretraining runs under WORKDIR/checkpoints; call every method on every
     process (saves and restores are collective)."""
 
-    def __init__(self, workdir, every_steps: int, keep: int, config=None):
+    def __init__(self, workdir, every_steps: int, keep: int, config=None, data_share=None):
         self.directory = as_path(workdir) / "checkpoints"
+        # (index, count): the share of each batch this process feeds (`sharding.batch_share`),
+        # which its data-iterator state belongs to; None: its process index and count.
+        self.data_share = data_share
         self.every_steps = int(every_steps)
         self.config_json = json.loads(config.to_json()) if config is not None else {}
         self.sealed = SealedManager(
@@ -112,11 +115,17 @@ class Checkpointer:
         is accepted for call-site symmetry: an explicit call always saves.
         """
         del force
-        data_states = _gather_from_processes(_encode_json(data_state))
+        shares, data_states = zip(
+            *_gather_from_processes([self._data_share(), _encode_json(data_state)]), strict=True
+        )
         items = {
             "state": ocp.args.StandardSave(state),
             "data_iterator": ocp.args.JsonSave(
-                {"process_count": jax.process_count(), "states": data_states}
+                {
+                    "process_count": jax.process_count(),
+                    "states": list(data_states),
+                    "shares": list(shares),
+                }
             ),
             "loop": ocp.args.JsonSave(
                 {"rng": _rng_to_json(rng), "pending_metrics": _metrics_to_json(pending_metrics)}
@@ -150,10 +159,14 @@ class Checkpointer:
         return Restored(
             step=step,
             state=restored["state"],
-            data_state=_data_state_for_this_process(restored["data_iterator"]),
+            data_state=_data_state_for_this_process(restored["data_iterator"], self._data_share()),
             rng=_rng_from_json(loop.get("rng")),
             pending_metrics=_metrics_from_json(loop.get("pending_metrics")),
         )
+
+    def _data_share(self) -> list[int]:
+        share = self.data_share or (jax.process_index(), jax.process_count())
+        return [int(n) for n in share]
 
     def _check_fits(self, step: int, abstract_state) -> None:
         step_dir = self.directory / str(step)
@@ -208,18 +221,23 @@ def _gather_from_processes(value) -> list:
     ]
 
 
-def _data_state_for_this_process(saved) -> Any:
-    """This process's saved iterator state; None (a fresh stream) if the process count changed."""
+def _data_state_for_this_process(saved, share: list[int]) -> Any:
+    """The saved iterator state of the batch share (index, count) this process feeds, whichever
+    process fed it; None (a fresh stream) if the batch was cut into another number of shares."""
     if not isinstance(saved, dict) or "states" not in saved:  # a bare state
         return _decode_json(saved)
     states = saved["states"] or []
-    if len(states) == jax.process_count():
-        return _decode_json(states[jax.process_index()])
-    # Each process reads its own share of the documents, so positions in N shares do not map
-    # onto M shares.
+    # Checkpoints that name no shares were written when process i fed share i of the count.
+    shares = saved.get("shares") or [[i, len(states)] for i in range(len(states))]
+    by_share = {tuple(s): state for s, state in zip(shares, states, strict=True)}
+    counts = {count for _, count in by_share}
+    if counts == {share[1]} and tuple(share) in by_share:
+        return _decode_json(by_share[tuple(share)])
+    # Each share reads its own part of the documents, so positions in N shares do not map onto
+    # M shares.
     _print_main(
-        f"data iterator: the checkpoint was written by {len(states)} processes, this run has "
-        f"{jax.process_count()}; the data stream starts afresh (model and optimizer restored)"
+        f"data iterator: the checkpoint's batches were fed in {max(counts, default=0)} shares, "
+        f"this run in {share[1]}; the data stream starts afresh (model and optimizer restored)"
     )
     return None
 

@@ -85,6 +85,7 @@ def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-6
+    c.nvlamb = False  # lamb: the trust ratio on every parameter (apex's use_nvlamb)
     c.max_grad_norm = 1.0
     c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
 
@@ -199,7 +200,10 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"data.max_seq_length {data.max_seq_length} exceeds model.max_position_embeddings "
             f"{model.max_position_embeddings}"
         )
-    needed = max(1, int(round((data.max_seq_length - 3) * data.masked_lm_prob)))
+    # Masks of a full row (`pretraining.mask_tokens`, as google's create_pretraining_data.py,
+    # counting [CLS] and both [SEP]): round(L * p), at least 1, at most its L - 3 other tokens.
+    length = data.max_seq_length
+    needed = min(max(1, int(round(length * data.masked_lm_prob))), length - 3)
     if data.max_predictions_per_seq < needed:
         raise UserError(
             f"data.max_predictions_per_seq {data.max_predictions_per_seq} is below what "

@@ -8,9 +8,10 @@ weight decay masked off biases and LayerNorm (`decay_mask`):
   adamw_bert  google-research/bert's AdamWeightDecayOptimizer (optimization.py): Adam *without*
               bias correction, update = m / (sqrt(v) + eps) + weight_decay * param, times lr.
               The BERT-Base/Large pretraining recipe.
-  lamb        LAMB (You et al. 2019) as NVIDIA apex FusedLAMB and TF-Addons LAMB compute it:
-              bias-corrected Adam, plus weight decay, then the layer-wise trust ratio
-              ||param|| / ||update||, which like the weight decay skips biases and LayerNorm.
+  lamb        LAMB (You et al. 2019) as NVIDIA apex FusedLAMB computes it: bias-corrected Adam,
+              plus weight decay, then the layer-wise trust ratio ||param|| / ||update|| on the
+              parameters whose weight decay is not 0 (none at weight_decay 0); `nvlamb=True`
+              (apex's use_nvlamb) puts it on every parameter, biases and LayerNorm included.
 
 Schedules (`config.schedule`):
 
@@ -38,8 +39,9 @@ SCHEDULES = ("bert", "trainer")
 
 
 def decay_mask(params):
-    """True for parameters that get weight decay (and, in LAMB, the trust ratio): every kernel
-    and embedding table; False for biases and LayerNorm (google's and NVIDIA's exclusions)."""
+    """True for parameters that get weight decay (and, in LAMB with weight decay, the trust
+    ratio): every kernel and embedding table; False for biases and LayerNorm (google's and
+    NVIDIA's exclusions)."""
     flat = traverse_util.flatten_dict(params)
     mask = {path: path[-1] not in NO_DECAY_LEAVES for path in flat}
     return traverse_util.unflatten_dict(mask)
@@ -138,12 +140,17 @@ def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.Grad
             optax.scale_by_learning_rate(schedule),
         )
     elif name == "lamb":
-        # optax.lamb gates only the weight decay with its mask; apex and TF-Addons also leave
-        # biases and LayerNorm out of the layer adaptation (their exclude lists / no-decay group).
+        # optax.lamb gates only the weight decay with its mask. apex applies the trust ratio
+        # per parameter group where `use_nvlamb or decay != 0` (multi_tensor_lamb.cu, stage 2).
+        nvlamb = bool(config.get("nvlamb", False))
+
+        def adapted(params):
+            return jax.tree.map(lambda d: nvlamb or (d and weight_decay != 0), decay_mask(params))
+
         update = optax.chain(
             optax.scale_by_adam(b1, b2, eps),
             optax.add_decayed_weights(weight_decay, decay_mask),
-            optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+            optax.masked(optax.scale_by_trust_ratio(), adapted),
             optax.scale_by_learning_rate(schedule),
         )
     else:

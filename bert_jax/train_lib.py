@@ -113,10 +113,14 @@ def train_and_evaluate(config, workdir) -> TrainState:
 
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
-        checkpointer = checkpointing.Checkpointer(
-            workdir, config.checkpoint_every_steps, config.keep_checkpoints, config
-        )
         share, shares = sharding.batch_share(mesh)  # hosts holding the same rows feed the same
+        checkpointer = checkpointing.Checkpointer(
+            workdir,
+            config.checkpoint_every_steps,
+            config.keep_checkpoints,
+            config,
+            data_share=(share, shares),
+        )
         train_iter = pipeline.make_pretraining_iterator(
             config.data,
             split="train",

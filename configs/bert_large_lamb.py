@@ -22,6 +22,7 @@ def get_config(phase: str = "phase1"):
     c.schedule = "bert"  # decay over all num_train_steps, as PolyWarmUpScheduler
     c.decay_power = 0.5  # NVIDIA's polynomial decay
     c.weight_decay = 0.01
+    c.nvlamb = False  # apex FusedLAMB's default: no trust ratio where weight decay is 0
     c.model.dtype = "bfloat16"
     c.log_every_steps = 10
     c.eval_every_steps = 1_000

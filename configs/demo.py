@@ -24,7 +24,7 @@ def get_config(mode: str = "demo"):
     # steps underfits, it does not overfit); a wider initialisation (std 0.06 instead of BERT's
     # 0.02) for a model this narrow. The position table keeps 128 rows for longer prompts.
     c.data.max_seq_length = 32
-    c.data.max_predictions_per_seq = 5  # 15% of the 29 word pieces a 32-token pair holds
+    c.data.max_predictions_per_seq = 5  # 15% of a full 32-token row, rounded
     c.model.hidden_dropout_prob = 0.0
     c.model.attention_probs_dropout_prob = 0.0
     c.model.initializer_range = 0.06

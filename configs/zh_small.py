@@ -64,7 +64,7 @@ def get_config(mode: str = "phase1"):
         c.num_train_steps = 1500
     else:
         c.data.max_seq_length = 32
-        c.data.max_predictions_per_seq = 5  # 15% of the 29 characters a 32-token pair holds
+        c.data.max_predictions_per_seq = 5  # 15% of a full 32-token row, rounded
         c.batch_size = 64
         c.learning_rate = 1e-3
         c.warmup_steps = 100

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
@@ -123,6 +124,54 @@ def test_values_out_of_range_are_named(tmp_path):
         with pytest.raises(UserError) as raised:
             check(**overrides)
         assert str(raised.value).startswith(message), (overrides, str(raised.value))
+
+
+@pytest.mark.parametrize(
+    "length, prob", [(512, 0.15), (128, 0.15), (64, 0.15), (32, 0.15), (6, 0.9)]
+)
+def test_max_predictions_check_is_what_masking_a_full_row_takes(length, prob):
+    """The config check asks for the most masks `mask_tokens` puts in a row ([CLS] and both
+    [SEP] counted, as google's create_pretraining_data.py): 77 at 512 x 0.15, not 76."""
+    from bert_jax.data.pretraining import ExampleOptions, Vocabulary, mask_tokens
+
+    rows, rng = 64, np.random.default_rng(0)
+    a_length = rng.integers(1, length - 3, rows)  # full rows: A + B = L - 3 tokens
+    options = ExampleOptions(max_seq_length=length, max_predictions_per_seq=length,
+                             masked_lm_prob=prob)  # fmt: skip
+    vocab = Vocabulary(size=100, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
+    ids = rng.integers(4, 100, (rows, length)).astype(np.int32)
+    masked = mask_tokens(ids, a_length, length - 3 - a_length, rng, options, vocab)
+    most = int(masked["masked_lm_weights"].sum(axis=1).max())
+
+    config = load_config("configs/demo.py", "test")
+    config.model.max_position_embeddings = config.data.max_seq_length = length
+    config.data.masked_lm_prob = prob
+    config.data.max_predictions_per_seq = most
+    validate_pretraining_config(config, 1, check_files=False)
+    config.data.max_predictions_per_seq = most - 1
+    with pytest.raises(UserError) as raised:
+        validate_pretraining_config(config, 1, check_files=False)
+    assert str(raised.value) == (
+        f"data.max_predictions_per_seq {most - 1} is below what masked_lm_prob {prob} needs at "
+        f"max_seq_length {length} ({most}); raise it to at least {most}"
+    )
+
+
+def _pretraining_configs():
+    """(file, mode) of every shipped pretraining config, the modes as its mode check lists them."""
+    for path in sorted((REPO_ROOT / "configs").glob("*.py")):
+        name = f"configs/{path.name}"
+        with pytest.raises(UserError) as raised:
+            load_config(name, "no such mode")
+        yield from (
+            (name, mode) for mode in re.findall(rf"{re.escape(name)}:(\w+)", str(raised.value))
+        )
+
+
+@pytest.mark.parametrize("path, mode", list(_pretraining_configs()))
+def test_shipped_pretraining_configs_pass_the_checks(path, mode):
+    config = load_config(path, mode)
+    validate_pretraining_config(config, 1, check_files=False)
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,12 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO_ROOT, demo_config
 
 from bert_jax import sharding
-from bert_jax.checkpointing import Checkpointer
+from bert_jax.checkpointing import Checkpointer, _data_state_for_this_process
 from bert_jax.data import pipeline
 from bert_jax.metrics import read_metrics
 from bert_jax.train_lib import evaluate
@@ -161,7 +162,7 @@ def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
     shutil.copytree(two_dir / "checkpoints" / "4", one_dir / "checkpoints" / "4")
     out = _run([sys.executable, *_cli_flags(config, one_dir)])
     assert re.search(rf"resumed from {re.escape(str(one_dir))}/checkpoints/4\b", out), out
-    assert "written by 2 processes, this run has 1; the data stream starts afresh" in out
+    assert "fed in 2 shares, this run in 1; the data stream starts afresh" in out
     resumed = [{k: r[k] for k in COMPARED} for r in read_metrics(one_dir) if "loss" in r]
     assert len(resumed) == STEPS - CHECKPOINT_STEP
 
@@ -181,6 +182,86 @@ def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
         f" 1-process resume from step {CHECKPOINT_STEP}: worst rel diff {worst_resume:.2e};"
         f" losses 2x2 {[round(r['loss'], 6) for r in two_train]}"
     )
+
+
+def _resume_config(data_dir):
+    """`_config` with chunks of one document: the shares' chunks hold unequal numbers of
+    examples, so after CHECKPOINT_STEP steps the two shares' iterator positions differ."""
+    config = _config(data_dir)
+    config.batch_size = 16
+    config.data.documents_per_chunk = 1
+    config.eval_steps = 1
+    return config
+
+
+def _pretrain_on_device_order(config, workdir, order):
+    """A 2-process x 2-device pretraining run of `config` on a mesh in device `order`."""
+    config_file = workdir.parent / f"{workdir.name}_config.json"
+    config_file.write_text(config.to_json())
+    launcher = str(REPO_ROOT / "launch" / "local_multiprocess.sh")
+    script = str(REPO_ROOT / "tests" / "helpers" / "pretrain_device_order.py")
+    return _run(
+        [launcher, "-n", "2", "-d", "2", "--", sys.executable, script, str(config_file)]
+        + [str(workdir), order]
+    )
+
+
+def _train_records(workdir):
+    return [{k: r[k] for k in COMPARED} for r in read_metrics(workdir) if "loss" in r]
+
+
+def test_resume_on_another_mesh_restores_each_share_position(tmp_path, data_dir):
+    """A data iterator position belongs to a batch share, not to a process index: resumed on a
+    mesh where process 1 feeds share 0, each process continues the stream of the share it now
+    feeds (the losses of an unbroken run); with a tensor axis across both processes (one share
+    for two) the stream starts afresh on both, the same rows on both."""
+    config = _resume_config(data_dir)
+    unbroken = tmp_path / "unbroken"
+    out = _pretrain_on_device_order(config, unbroken, "default")
+    assert "process 1 fed batch share (1, 2)" in out, out[-3000:]
+    saved = Checkpointer(unbroken, CHECKPOINT_STEP, 2).sealed.manager.restore(
+        CHECKPOINT_STEP, args=ocp.args.Composite(data_iterator=ocp.args.JsonRestore())
+    )["data_iterator"]["states"]
+    assert saved[0] != saved[1], saved  # else a swapped restore could not show
+    want = _train_records(unbroken)[CHECKPOINT_STEP:]
+    assert len(want) == STEPS - CHECKPOINT_STEP
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(unbroken / "checkpoints" / "4", swapped / "checkpoints" / "4")
+    out = _pretrain_on_device_order(config, swapped, "swapped")
+    assert "process 1 fed batch share (0, 2)" in out, out[-3000:]
+    worst_swapped = _assert_same(_train_records(swapped), want, 1e-5, "swapped shares")
+
+    across = tmp_path / "across"
+    shutil.copytree(unbroken / "checkpoints" / "4", across / "checkpoints" / "4")
+    config.mesh.data, config.mesh.tensor = 2, 2
+    out = _pretrain_on_device_order(config, across, "interleaved")
+    assert out.count("fed batch share (0, 1)") == 2, out[-3000:]
+    assert "fed in 2 shares, this run in 1; the data stream starts afresh" in out, out[-3000:]
+    # Expected: the step-4 state stepped over the one share's fresh stream, on the same mesh.
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:4])
+    with jax.set_mesh(mesh):
+        pretrainer = build_pretrainer(config, mesh)
+        restored = Checkpointer(unbroken, CHECKPOINT_STEP, 2).restore(
+            pretrainer.abstract_state, step=CHECKPOINT_STEP
+        )
+        fresh = pipeline.make_pretraining_iterator(
+            config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
+        )
+        batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))
+        _, expected = _step_metrics(pretrainer, restored.state, batches, restored.rng)
+    worst_across = _assert_same(_train_records(across), expected, 1e-5, "tensor across")
+    print(
+        f"saved positions {saved}; resumed swapped worst rel diff {worst_swapped:.2e}, "
+        f"tensor across {worst_across:.2e}"
+    )
+
+
+def test_checkpoint_naming_no_shares_resumes_each_process_share():
+    """Checkpoints written before the shares were recorded: process i fed share i."""
+    saved = {"process_count": 2, "states": [{"position": 3}, {"position": 4}]}
+    assert _data_state_for_this_process(saved, [1, 2]) == {"position": 4}
+    assert _data_state_for_this_process(saved, [0, 1]) is None  # another number of shares
 
 
 def _finetuning_setup(tmp_path):

@@ -2,7 +2,7 @@
 
 The references are written out here from their published algorithms, in float64:
 google-research/bert optimization.py (create_optimizer, AdamWeightDecayOptimizer), NVIDIA apex
-FusedLAMB / TF-Addons LAMB, and the transformers Trainer's linear schedule with warmup.
+FusedLAMB (use_nvlamb off and on), and the transformers Trainer's linear schedule with warmup.
 """
 
 import importlib.util
@@ -24,8 +24,8 @@ from bert_jax.optim import learning_rate_schedule, make_optimizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# google's exclude_from_weight_decay; TF-Addons LAMB uses the same list for layer adaptation,
-# NVIDIA's BERT puts the same parameters in its no-decay group (which FusedLAMB does not adapt).
+# google's exclude_from_weight_decay; NVIDIA's BERT puts the same parameters in its no-decay
+# group (which FusedLAMB does not adapt unless use_nvlamb).
 GOOGLE_EXCLUDE = ("LayerNorm", "layer_norm", "bias")
 
 
@@ -199,24 +199,29 @@ def numpy_google_adamw(params, grads, lrs, wd, b1=0.9, b2=0.999, eps=1e-6) -> di
     return p
 
 
-def numpy_lamb(params, grads, lrs, wd, b1=0.9, b2=0.999, eps=1e-6) -> dict:
-    """apex multi_tensor_lamb (adam_w_mode, bias correction, grad averaging, max_grad_norm 1,
-    no-decay group = excluded names) / TF-Addons LAMB (exclude_from_layer_adaptation = the
-    weight-decay exclusions): trust ratio ||p|| / ||update|| where both are non-zero, else 1."""
+def numpy_lamb(params, grads, lrs, wd, nvlamb=False, b1=0.9, b2=0.999, eps=1e-6) -> dict:
+    """apex FusedLAMB.step with its defaults (adam_w_mode, bias_correction, grad_averaging,
+    max_grad_norm 1) and NVIDIA's two parameter groups (weight decay `wd`, and 0 for the excluded
+    names), written out from multi_tensor_lamb.cu: the gradients divided by
+    max(global norm, 1) / 1 (the norm of all of them, both groups); stage 1 the bias-corrected
+    Adam direction plus decay * p; stage 2 p -= lr * ratio * update with ratio ||p|| / ||update||
+    where both are non-zero and `use_nvlamb or decay != 0`, else 1."""
     p = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
-    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+    for step, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
         g = clip_by_global_norm(g, 1.0)
+        correction1, correction2 = 1.0 - b1**step, 1.0 - b2**step
         for k in p:
+            decay = 0.0 if excluded(k) else wd  # the group's weight_decay
             m[k] = b1 * m[k] + (1.0 - b1) * g[k]
             v[k] = b2 * v[k] + (1.0 - b2) * np.square(g[k])
-            update = (m[k] / (1.0 - b1**t)) / (np.sqrt(v[k] / (1.0 - b2**t)) + eps)
+            update = (m[k] / correction1) / (np.sqrt(v[k] / correction2) + eps) + decay * p[k]
             ratio = 1.0
-            if not excluded(k):
-                update = update + wd * p[k]
-                w_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(update)
-                ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+            if nvlamb or decay != 0:
+                param_norm, update_norm = np.linalg.norm(p[k]), np.linalg.norm(update)
+                if param_norm != 0 and update_norm != 0:
+                    ratio = param_norm / update_norm
             p[k] = p[k] - lr * ratio * update
     return p
 
@@ -236,14 +241,22 @@ def assert_params_close(ours: dict, want: dict, params: dict):
 
 
 @pytest.mark.parametrize("steps", [1, 4])
-def test_lamb_matches_apex_and_tf_addons(steps):
+@pytest.mark.parametrize("wd, nvlamb", [(0.01, False), (0.0, False), (0.01, True), (0.0, True)])
+def test_lamb_matches_apex(steps, wd, nvlamb):
+    """Without weight decay apex's default LAMB is Adam (no trust ratio anywhere); nvlamb puts
+    the trust ratio on biases and LayerNorm too, with or without weight decay."""
     params, grads = bert_tree_and_grads(steps)
     lr = 1e-2
-    ours = run_ours(optimizer_config("lamb"), params, grads, lambda _: lr)
-    assert_params_close(ours, numpy_lamb(params, grads, [lr] * steps, 0.01), params)
+    config = optimizer_config("lamb", wd)
+    config.nvlamb = nvlamb
+    ours = run_ours(config, params, grads, lambda _: lr)
+    assert_params_close(ours, numpy_lamb(params, grads, [lr] * steps, wd, nvlamb), params)
     # The exclusions really are exercised: biases, LayerNorm and the MLM output bias.
     assert any(excluded(k) and k.endswith("bias") for k in params)
     assert any("LayerNorm" in k for k in params) and "mlm_output_bias" in params
+    # ... and the two rules for the trust ratio differ here.
+    other = numpy_lamb(params, grads, [lr] * steps, wd, not nvlamb)
+    assert max(np.abs(other[k] - ours[k]).max() for k in ours) > 1e-3
 
 
 def test_adamw_bert_matches_googles_optimizer_with_its_schedule():

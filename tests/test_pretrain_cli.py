@@ -36,7 +36,13 @@ def run_pretrain(workdir, *overrides, devices: int = 1, timeout: int = 300):
             "not divisible by data-parallel size 2",
         ),
         (["--config.data.max_seq_length=128"], 1, "exceeds model.max_position_embeddings"),
-        (["--config.data.max_predictions_per_seq=2"], 1, "max_predictions_per_seq 2 is below"),
+        (
+            [f"--config.{k}=512" for k in ("data.max_seq_length", "model.max_position_embeddings")]
+            + ["--config.data.max_predictions_per_seq=76"],  # a full row of 512 masks 77
+            1,
+            "max_predictions_per_seq 76 is below what masked_lm_prob 0.15 needs at "
+            "max_seq_length 512 (77); raise it to at least 77",
+        ),
         (["--config.mesh.data=3"], 1, "needs 3 devices but 1"),
         (["--config.data.input_files=/nonexistent/corpus.txt"], 1, "matches no file"),
     ],
