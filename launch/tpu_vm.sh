@@ -253,17 +253,27 @@ delete() {
   fi
 }
 
-vm_state() {  # READY, PREEMPTED, CREATING, ...; nothing when there is no such VM
-  gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone "$ZONE" --format='value(state)' \
-    2>/dev/null || true
+vm_state() {  # READY, PREEMPTED, CREATING, ... (a queued resource's state until its VM exists)
+  local state
+  state="$(gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone "$ZONE" \
+    --format='value(state)' 2>/dev/null || true)"
+  if [[ -z "$state" && "${QUEUED:-0}" == 1 ]]; then
+    state="$(gcloud compute tpus queued-resources describe "$TPU_NAME" --zone "$ZONE" \
+      --format='value(state.state)' 2>/dev/null || true)"
+  fi
+  echo "$state"
 }
 
 keepalive() {  # train; whenever the VM is preempted or the job stopped, bring it back and resume
-  local state progress
+  local state progress fresh=0
   while true; do
     state="$(vm_state)"
     case "$state" in
       READY)
+        if ((fresh)); then
+          echo "keepalive: setting up the new TPU VM"
+          setup && fresh=0
+        fi
         progress="$(on_workers all "$(worker_verb worker-status progress)" 2>&1 || true)"
         echo "$progress"
         if grep -q "^run .*: complete$" <<<"$progress"; then
@@ -272,20 +282,24 @@ keepalive() {  # train; whenever the VM is preempted or the job stopped, bring i
         fi
         if ! grep -q " running (pid" <<<"$progress"; then
           echo "keepalive: no job running; starting it (it resumes from its last checkpoint)"
-          on_workers all "$(worker_verb worker-start "$@")"
+          on_workers all "$(worker_verb worker-start "$@")" || true
         elif grep -q -E " (not running|exited with status)" <<<"$progress"; then
           echo "keepalive: a worker's job ended while others run; restarting all of them"
           on_workers all "$(worker_verb worker-stop)" || true
-          on_workers all "$(worker_verb worker-start "$@")"
+          on_workers all "$(worker_verb worker-start "$@")" || true
         fi
         ;;
-      CREATING | STARTING | RESTARTING | REPAIRING | PROVISIONING | WAITING_FOR_RESOURCES)
+      CREATING | STARTING | RESTARTING | REPAIRING | PROVISIONING | WAITING_FOR_RESOURCES | \
+        ACCEPTED | DELETING | SUSPENDING)
         echo "keepalive: the TPU VM is $state"
         ;;
-      *)
+      *)  # PREEMPTED, TERMINATED, SUSPENDED, FAILED or gone
         echo "keepalive: the TPU VM is ${state:-gone}; creating it again"
         if [[ -n "$state" ]]; then delete || true; fi
-        if create && setup; then on_workers all "$(worker_verb worker-start "$@")" || true; fi
+        if create; then
+          fresh=1
+          continue
+        fi
         ;;
     esac
     sleep "$POLL_SECONDS"
