@@ -21,7 +21,8 @@
 # v2-alpha-tpuv5, v2-alpha-tpuv6e], SPOT [0], QUEUED [0], CONFIG [configs/demo.py], RUN [bert],
 # MESH [data=-1] (e.g. "data=-1 fsdp=4"), INPUT_FILES and VOCAB_FILE [the bundled KJV corpus and
 # vocabulary], VOCAB_SIZE [0: VOCAB_FILE exists], PYTHON_VERSION [3.11], INSTALL_ARGS [] (extra
-# `uv pip install` arguments, e.g. --index-url=...), POLL_SECONDS [300] (keepalive's interval).
+# `uv pip install` arguments, e.g. --index-url=...), CREATE_ARGS [] (extra gcloud create flags,
+# e.g. --service-account=...), POLL_SECONDS [300] (keepalive's interval).
 # Preemption: the job saves at its next step on SIGTERM and exits 0; `train` again resumes.
 set -euo pipefail
 
@@ -109,7 +110,12 @@ pretrain_args() {  # the pretraining command line every worker runs (after .venv
 worker_install() {
   # The image's python3 (3.10 on Ubuntu 22.04) is too old for jax; it only installs uv, which
   # provides Python $PYTHON_VERSION (found on the machine or downloaded) for the venv.
-  local uv_dir="$HOME/.bert_jax_uv"
+  local uv_dir="$HOME/.bert_jax_uv" pid_file
+  for pid_file in logs/*.pid; do  # a running job keeps its venv
+    if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+      fail "$(hostname): the job of $pid_file is running; launch/tpu_vm.sh stop it first"
+    fi
+  done
   if ! "$uv_dir/bin/uv" --version >/dev/null 2>&1; then
     python3 -m pip install -q --disable-pip-version-check --target "$uv_dir" 'uv>=0.8' ||
       fail "$(hostname): could not install uv with python3 -m pip (sudo apt-get install -y python3-pip)"
@@ -169,19 +175,25 @@ worker_start() {
   echo "$(hostname): started $RUN (pid $!), log ~/$REMOTE_DIR/logs/$RUN.log"
 }
 
-run_progress() {  # "complete" or "at step N of M" or "not started", from the workdir
+run_progress() {  # the run's last logged step, and "complete" once it has reached the end
   .venv/bin/python - "$(workdir)" <<'EOF'
 import json, sys
 from etils import epath
 
 workdir = epath.Path(sys.argv[1])
 if not (workdir / "config.json").exists():
-    print("not started")
-    sys.exit()
+    sys.exit(print("not started"))
 total = json.loads((workdir / "config.json").read_text())["num_train_steps"]
+metrics = workdir / "metrics.jsonl"
+lines = metrics.read_text().splitlines() if metrics.exists() else []
+logged = max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
 final = workdir / "final_step.json"
-step = json.loads(final.read_text())["step"] if final.exists() else None
-print("complete" if step is not None and step >= total else f"last stopped at step {step} of {total}")
+saved = json.loads(final.read_text())["step"] if final.exists() else None
+if saved is not None and saved >= total:
+    print("complete")
+else:
+    stop = f"; the last stop saved step {saved}" if saved else ""
+    print(f"step {logged} of {total} logged{stop}")
 EOF
 }
 
@@ -219,18 +231,20 @@ worker_stop() {  # SIGTERM to the job's process group; waits until it has saved 
 
 gcloud_accelerator="$(accelerator_type "$ACCELERATOR")"
 RUNTIME="${RUNTIME:-$(default_runtime "$gcloud_accelerator")}"
-spot_flag=()
-[[ "${SPOT:-0}" == 1 ]] && spot_flag=(--spot)
+create_flags=()
+[[ "${SPOT:-0}" == 1 ]] && create_flags=(--spot)
+read -r -a extra_create_flags <<<"${CREATE_ARGS:-}"
+create_flags+=("${extra_create_flags[@]}")
 
 create() {
   if [[ "${QUEUED:-0}" == 1 ]]; then
     gcloud compute tpus queued-resources create "$TPU_NAME" --node-id "$TPU_NAME" \
       --zone "$ZONE" --accelerator-type "$gcloud_accelerator" --runtime-version "$RUNTIME" \
-      "${spot_flag[@]}"
+      "${create_flags[@]}"
     echo "queued; watch: gcloud compute tpus queued-resources describe $TPU_NAME --zone $ZONE"
   else
     gcloud compute tpus tpu-vm create "$TPU_NAME" --zone "$ZONE" \
-      --accelerator-type "$gcloud_accelerator" --version "$RUNTIME" "${spot_flag[@]}"
+      --accelerator-type "$gcloud_accelerator" --version "$RUNTIME" "${create_flags[@]}"
   fi
 }
 
@@ -325,7 +339,10 @@ case "$verb" in
     echo "watch: launch/tpu_vm.sh status | logs; stop: launch/tpu_vm.sh stop"
     ;;
   status) require_bucket && on_workers all "$(worker_verb worker-status progress)" ;;
-  logs) on_workers 0 "tail -n ${1:-50} $REMOTE_DIR/logs/$RUN.log" ;;
+  logs)
+    [[ "${1:-50}" =~ ^[0-9]+$ ]] || fail "usage: launch/tpu_vm.sh logs [LINES]"
+    on_workers 0 "tail -n ${1:-50} $REMOTE_DIR/logs/$(printf '%q' "$RUN").log"
+    ;;
   stop) on_workers all "$(worker_verb worker-stop)" ;;
   keepalive) require_bucket && keepalive "$@" ;;
   delete) delete ;;
@@ -335,7 +352,7 @@ case "$verb" in
   worker-status) worker_status "$@" ;;
   worker-stop) worker_stop ;;
   *)
-    sed -n '2,25p' "$0" >&2
+    sed -n '2,26p' "$0" >&2
     exit 2
     ;;
 esac

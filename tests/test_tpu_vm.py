@@ -165,6 +165,7 @@ def _image_python3(bin_dir):
 def cloud(gcs_emulator, tmp_path_factory):
     """The fake cloud: gcloud and python3 stand-ins, wheels instead of the index, the bucket
     with a corpus of two text files on gs://, and the environment the script runs with."""
+    pytest.importorskip("uv", reason="uv not installed (pip install -e '.[dev]')")
     bucket, gcs_env = gcs_emulator
     root = tmp_path_factory.mktemp("tpu")
     bin_dir, wheels = root / "bin", root / "wheels"
@@ -195,7 +196,8 @@ def cloud(gcs_emulator, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(gcs_env)
     env.update(
-        PATH=f"{bin_dir}:{env['PATH']}",
+        # uv finds a Python 3.11 on PATH; this one's base interpreter is the last resort.
+        PATH=f"{bin_dir}:{env['PATH']}:{pathlib.Path(sys._base_executable).parent}",
         FAKE_TPU_CLOUD=str(root),
         PIP_NO_INDEX="1",
         PIP_ROOT_USER_ACTION="ignore",
@@ -346,6 +348,7 @@ def test_a_vocabulary_learned_from_gs_text_is_read_from_gs(cloud, tmp_path):
 )
 def test_create_takes_the_planners_names(tmp_path, accelerator, gcloud_type, runtime):
     env = dict(os.environ, FAKE_TPU_CLOUD=str(tmp_path), ACCELERATOR=accelerator, SPOT="1")
+    env["CREATE_ARGS"] = "--service-account=sa@p.iam.gserviceaccount.com"
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "gcloud").write_text(f"#!{sys.executable}\n{FAKE_GCLOUD}")
     (tmp_path / "bin" / "gcloud").chmod(0o755)
@@ -355,6 +358,7 @@ def test_create_takes_the_planners_names(tmp_path, accelerator, gcloud_type, run
     created = json.loads((tmp_path / "vm.json").read_text())
     assert (created["accelerator-type"], created["version"]) == (gcloud_type, runtime)
     assert "spot" in created and created["zone"] == "us-west4-a"
+    assert created["service-account"] == "sa@p.iam.gserviceaccount.com"
     result = subprocess.run(
         [str(SCRIPT), "create"], env=dict(env, ACCELERATOR="v9-8"), capture_output=True, text=True
     )
@@ -416,7 +420,7 @@ def test_the_documented_sequence_survives_a_preemption(vm):
     assert 0 < stopped < STEPS
     status = _verb(vm, "status")
     assert status.count("bert exited with status 0") == 2, status
-    assert f"last stopped at step {stopped} of {STEPS}" in status, status
+    assert f"of {STEPS} logged; the last stop saved step {stopped}" in status, status
 
     # Then the VM itself is taken back (spot): keepalive recreates it, sets it up and resumes
     # (`train` on a VM that is still there resumes the same way).
