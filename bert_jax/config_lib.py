@@ -6,9 +6,8 @@ tests use the same function with a tiny model.
 
 from __future__ import annotations
 
-import pathlib
-
 import ml_collections
+from etils import epath
 
 from bert_jax import sharding
 from bert_jax.data.packed_examples import sequences_per_row
@@ -177,7 +176,7 @@ PRETRAINING_RANGES = {
 
 def vocab_size(vocab_file) -> int:
     """Entries of a WordPiece vocab file (one token per line)."""
-    with open(vocab_file, encoding="utf-8") as f:
+    with epath.Path(vocab_file).open(encoding="utf-8") as f:  # gs:// too
         return sum(1 for line in f if line.rstrip("\n"))
 
 
@@ -232,7 +231,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     # pipeline.prepare_data: they may be on gs://, or gone once prepared.
     if check_files:
         if data.vocab_file:
-            if not pathlib.Path(data.vocab_file).exists():
+            if not epath.Path(data.vocab_file).exists():
                 raise UserError(f"data.vocab_file {data.vocab_file} not found")
             entries = vocab_size(data.vocab_file)
             if entries > model.vocab_size:

@@ -99,9 +99,9 @@ def _is_continuation(token: str) -> bool:
 
 def _read_lines(path: str) -> Iterator[str]:
     """Lines of a UTF-8 text file (gzip when named *.gz); undecodable bytes become U+FFFD."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        yield from f
+    with epath.Path(path).open("rb") as raw:  # gs:// too
+        binary = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        yield from io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,7 +213,7 @@ class WordPieceTokenizer:
         """
         files = [os.fspath(f) for f in files]
         for path in files:
-            if not os.path.isfile(path):
+            if not epath.Path(path).is_file():
                 raise UserError(f"training file not found: {path}")
         budget = int(vocab_size) - len(SPECIAL_TOKENS)
         if budget < 1:
