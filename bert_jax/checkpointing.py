@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bert_jax import hub
 from bert_jax.errors import UserError
 from bert_jax.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
     DAMAGED_NAME,
@@ -393,7 +394,7 @@ def load_params_for_init(path, abstract_params, subtree: tuple[str, ...] = ()) -
     itself or nested under `subtree` ({'bert': ...}); the result has the same form. Raises
     UserError listing missing and unexpected parameter paths when the structures differ.
     """
-    source = as_path(path)
+    source = as_path(hub.resolve(path))  # a Hugging Face hub name: its cached snapshot
     if not source.exists():
         raise UserError(f"init_checkpoint {source} not found")
     if not source.is_dir():

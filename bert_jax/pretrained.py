@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax.core import meta
 
+from bert_jax import hub
 from bert_jax.convert import hf
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -113,8 +114,9 @@ def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
 
 
 def inspect_checkpoint(path) -> CheckpointInfo:
-    """Classifies `path` and reads its BertConfig, vocabulary file and casing."""
-    path = as_path(path)
+    """Classifies `path` (or a Hugging Face hub name, `hub.resolve`) and reads its BertConfig,
+    vocabulary file and casing."""
+    path = as_path(hub.resolve(path))
     if not path.exists():
         raise UserError(
             f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
