@@ -69,7 +69,7 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
         return TokenClassificationPipeline(pretrained.load_finetuned(path), **options)
     tokenizer = pretrained.load_tokenizer(info, vocab_file, lowercase)
     if task == "fill-mask":
-        params = pretrained.load_pretraining_params(info)
+        params = pretrained.load_pretraining_params(info, announce=False)
         return FillMaskPipeline(info, tokenizer, params, **options)
     return SentenceEmbeddingPipeline(info, tokenizer, **options)
 
@@ -147,7 +147,7 @@ class SentenceEmbeddingPipeline:
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), meta.unbox(abstract)
         )
-        self.params = pretrained.load_encoder(info, abstract)
+        self.params = pretrained.load_encoder(info, abstract, announce=False)
 
         def embed(params, batch):
             sequence, _ = model.apply(

@@ -234,10 +234,11 @@ def _restore_params(directory: epath.Path, abstract) -> Any:
     return newest[1]["params"]
 
 
-def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
+def load_encoder(info: CheckpointInfo, abstract_encoder, *, announce: bool = True) -> dict:
     """The 'bert' subtree of any checkpoint format, placed like abstract_encoder.
 
     abstract_encoder: BertModel parameters as ShapeDtypeStructs (with shardings for a mesh).
+    announce: say where the parameters came from (training runs; pipelines pass False).
     """
     if info.format == HUGGINGFACE:
         _, params = hf.load_hf_checkpoint(info.path, verbose=False)
@@ -257,12 +258,12 @@ def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
     if not hasattr(checkpointing, "load_params_for_init"):
         raise UserError(f"{info.path}: this bert_jax version cannot read pretraining checkpoints")
     loaded = checkpointing.load_params_for_init(
-        str(info.path), {"bert": abstract_encoder}, subtree=("bert",)
+        str(info.path), {"bert": abstract_encoder}, subtree=("bert",), announce=announce
     )
     return loaded["bert"]
 
 
-def load_pretraining_params(info: CheckpointInfo) -> dict:
+def load_pretraining_params(info: CheckpointInfo, *, announce: bool = True) -> dict:
     """The whole BertForPreTraining tree (encoder and MLM/NSP heads) on the default device."""
     if info.format == HUGGINGFACE:
         return jax.device_put(hf.load_hf_checkpoint(info.path, need_mlm_head=True)[1])
@@ -274,7 +275,9 @@ def load_pretraining_params(info: CheckpointInfo) -> dict:
     model = BertForPreTraining(info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     abstract = meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"])
-    return checkpointing.load_params_for_init(str(info.path), abstract, subtree=())
+    return checkpointing.load_params_for_init(
+        str(info.path), abstract, subtree=(), announce=announce
+    )
 
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:
