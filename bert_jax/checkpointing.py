@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bert_jax import hub
 from bert_jax.errors import UserError
 from bert_jax.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
     DAMAGED_NAME,
@@ -400,7 +401,9 @@ def resolve_checkpoint_dir(path) -> epath.Path | None:
     return None
 
 
-def load_params_for_init(path, abstract_params, subtree: tuple[str, ...] = ()) -> Any:
+def load_params_for_init(
+    path, abstract_params, subtree: tuple[str, ...] = (), *, announce: bool = True
+) -> Any:
     """Parameters (no optimizer state) from a checkpoint, placed like abstract_params.
 
     path: a bert_jax workdir, its checkpoints/ dir or one step dir (the newest intact step is
@@ -410,8 +413,10 @@ def load_params_for_init(path, abstract_params, subtree: tuple[str, ...] = ()) -
     .sharding; None means the first local device) for that part, given either as the part
     itself or nested under `subtree` ({'bert': ...}); the result has the same form. Raises
     UserError listing missing and unexpected parameter paths when the structures differ.
+    announce: print which step or directory the parameters came from (training runs do; the
+    pipelines load quietly).
     """
-    source = as_path(path)
+    source = as_path(hub.resolve(path))  # a Hugging Face hub name: its cached snapshot
     if not source.exists():
         raise UserError(f"init_checkpoint {source} not found")
     if not source.is_dir():
@@ -422,9 +427,9 @@ def load_params_for_init(path, abstract_params, subtree: tuple[str, ...] = ()) -
     wanted = _select(abstract_params, subtree, "abstract_params") if nested else abstract_params
     step_dir = resolve_checkpoint_dir(source)
     if step_dir is not None:
-        loaded = _load_orbax_params(step_dir, wanted, subtree)
+        loaded = _load_orbax_params(step_dir, wanted, subtree, announce)
     elif (source / "config.json").exists():
-        loaded = _load_hf_params(source, wanted, subtree)
+        loaded = _load_hf_params(source, wanted, subtree, announce)
     else:
         raise UserError(
             f"init_checkpoint {source} is neither a bert_jax workdir or checkpoint nor a Hugging "
@@ -493,7 +498,9 @@ def _refuse_links(step_dir: epath.Path) -> None:
                 )
 
 
-def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str, ...]):
+def _load_orbax_params(
+    step_dir: epath.Path, abstract_params, subtree: tuple[str, ...], announce: bool = True
+):
     _refuse_links(step_dir)
     try:
         saved = _saved_tree(step_dir)
@@ -535,7 +542,8 @@ def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str
         problem = agreed_problem(verify_arrays(step_dir, params))
     if problem is not None:
         raise UserError(f"checkpoint {step_dir} cannot be used: {problem}; pick another step")
-    _print_main(f"init_checkpoint: parameters from {step_dir}")
+    if announce:
+        _print_main(f"init_checkpoint: parameters from {step_dir}")
     loaded = jax.tree.map(
         lambda x, a: x.astype(a.dtype),
         _select(restored["params"], subtree, step_dir),
@@ -545,7 +553,9 @@ def _load_orbax_params(step_dir: epath.Path, abstract_params, subtree: tuple[str
     return loaded
 
 
-def _load_hf_params(directory: epath.Path, abstract_params, subtree: tuple[str, ...]):
+def _load_hf_params(
+    directory: epath.Path, abstract_params, subtree: tuple[str, ...], announce: bool = True
+):
     from bert_jax.convert.hf import load_hf_checkpoint
 
     _, params = load_hf_checkpoint(directory)
@@ -556,5 +566,6 @@ def _load_hf_params(directory: epath.Path, abstract_params, subtree: tuple[str, 
         value = np.asarray(value, dtype=abstract.dtype)
         return jax.make_array_from_callback(abstract.shape, abstract.sharding, lambda i: value[i])
 
-    _print_main(f"init_checkpoint: parameters from Hugging Face directory {directory}")
+    if announce:
+        _print_main(f"init_checkpoint: parameters from Hugging Face directory {directory}")
     return jax.tree.map(place, abstract_params, selected)

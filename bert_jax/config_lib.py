@@ -211,8 +211,11 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
         )
     sequences_per_row(data)  # raises on a packed row of no sequences
     if config.warmup_steps > config.num_train_steps:
+        # Named, not scaled: a silently shortened warmup would change the run's schedule.
         raise UserError(
-            f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}"
+            f"warmup_steps {config.warmup_steps} exceeds num_train_steps {config.num_train_steps}: "
+            f"pass --config.warmup_steps=N with N <= {config.num_train_steps} (e.g. "
+            f"{config.num_train_steps // 10}, a tenth of the run)"
         )
     sizes = {
         "heads": model.num_attention_heads,

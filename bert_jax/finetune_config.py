@@ -13,7 +13,7 @@ import pathlib
 
 import ml_collections
 
-from bert_jax import sharding
+from bert_jax import hub, sharding
 from bert_jax.config_lib import add_optimizer_defaults, check_ranges, validate_optimizer_and_batch
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
@@ -141,7 +141,7 @@ def validate_finetuning_config(config, num_devices: int) -> None:
             "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a Hugging Face BERT "
             "directory or a bert_jax pretraining workdir)"
         )
-    if not as_path(config.init_checkpoint).exists():
+    if not as_path(hub.resolve(config.init_checkpoint)).exists():
         raise UserError(f"init_checkpoint {config.init_checkpoint} not found")
     for split in ("train", "dev") + (("test",) if config.do_predict else ()):
         path = task.get(f"{split}_file")

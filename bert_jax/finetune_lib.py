@@ -65,6 +65,20 @@ class FinetuneResult:
     best_metrics: dict[str, float] | None
     label_list: list[str] | None
     preempted: bool = False  # stopped by SIGTERM after saving; run again to continue
+    workdir: str | None = None
+
+    def __repr__(self) -> str:
+        """One line: the parameter tree itself would print megabytes."""
+        count = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(self.params))
+        metrics = {
+            k: round(float(v), 4) if np.ndim(v) == 0 and np.isreal(v) else v
+            for k, v in self.eval_metrics.items()
+        }
+        return (
+            f"FinetuneResult(step={int(self.state.step)}, eval_metrics={metrics}, "
+            f"best_step={self.best_step}, preempted={self.preempted}, "
+            f"workdir={self.workdir!r}, parameters={count:,})"
+        )
 
 
 def _abstract_encoder(bert_config: BertConfig, mesh, rules):
@@ -364,6 +378,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         best_metrics=best_metrics,
         label_list=train_data.label_list,
         preempted=preempted,
+        workdir=str(workdir),
     )
 
 

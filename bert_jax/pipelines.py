@@ -23,6 +23,7 @@ continues them in further windows instead).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import jax
@@ -62,6 +63,7 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
     """
     if task not in TASKS:
         raise UserError(f"unknown pipeline task {task!r}; choose one of {TASKS}")
+    _check_options(task, options)
     info = pretrained.inspect_checkpoint(path)
     if task == "text-classification":
         return TextClassificationPipeline(pretrained.load_finetuned(path), **options)
@@ -69,9 +71,29 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
         return TokenClassificationPipeline(pretrained.load_finetuned(path), **options)
     tokenizer = pretrained.load_tokenizer(info, vocab_file, lowercase)
     if task == "fill-mask":
-        params = pretrained.load_pretraining_params(info)
+        params = pretrained.load_pretraining_params(info, announce=False)
         return FillMaskPipeline(info, tokenizer, params, **options)
     return SentenceEmbeddingPipeline(info, tokenizer, **options)
+
+
+def _check_options(task: str, options: dict) -> None:
+    """A UserError naming the options `task`'s pipeline does not take, before anything loads."""
+    kind = {
+        "fill-mask": FillMaskPipeline,
+        "text-classification": TextClassificationPipeline,
+        "token-classification": TokenClassificationPipeline,
+        "ner": TokenClassificationPipeline,
+    }.get(task, SentenceEmbeddingPipeline)
+    parameters = inspect.signature(kind).parameters.values()
+    valid = ["vocab_file", "lowercase"] + [
+        p.name for p in parameters if p.default is not inspect.Parameter.empty
+    ]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserError(
+            f"the {task} pipeline has no option {', '.join(unknown)}; its options: "
+            + ", ".join(valid)
+        )
 
 
 def _batches(arrays: dict[str, np.ndarray], batch_size: int, max_seq_length: int):
@@ -147,7 +169,7 @@ class SentenceEmbeddingPipeline:
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), meta.unbox(abstract)
         )
-        self.params = pretrained.load_encoder(info, abstract)
+        self.params = pretrained.load_encoder(info, abstract, announce=False)
 
         def embed(params, batch):
             sequence, _ = model.apply(

@@ -239,7 +239,9 @@ def _draw_panel(
             if steps:
                 label = f"{run.label} train" if run_eval_keys else run.label
                 curve = _ema(values, smooth if panel.smoothable else 0.0)
-                ax.plot(steps, curve, color=color, lw=1.4, label=label)
+                # A line through one point is invisible: a single record gets a marker.
+                marker = "o" if len(steps) == 1 else None
+                ax.plot(steps, curve, color=color, lw=1.4, marker=marker, ms=5, label=label)
                 drawn += values
         for j, key in enumerate(run_eval_keys):
             steps, values = run.series(key, evaluation=True)

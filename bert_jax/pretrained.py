@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax.core import meta
 
+from bert_jax import hub
 from bert_jax.convert import hf
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -113,8 +114,9 @@ def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
 
 
 def inspect_checkpoint(path) -> CheckpointInfo:
-    """Classifies `path` and reads its BertConfig, vocabulary file and casing."""
-    path = as_path(path)
+    """Classifies `path` (or a Hugging Face hub name, `hub.resolve`) and reads its BertConfig,
+    vocabulary file and casing."""
+    path = as_path(hub.resolve(path))
     if not path.exists():
         raise UserError(
             f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
@@ -232,10 +234,11 @@ def _restore_params(directory: epath.Path, abstract) -> Any:
     return newest[1]["params"]
 
 
-def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
+def load_encoder(info: CheckpointInfo, abstract_encoder, *, announce: bool = True) -> dict:
     """The 'bert' subtree of any checkpoint format, placed like abstract_encoder.
 
     abstract_encoder: BertModel parameters as ShapeDtypeStructs (with shardings for a mesh).
+    announce: say where the parameters came from (training runs; pipelines pass False).
     """
     if info.format == HUGGINGFACE:
         _, params = hf.load_hf_checkpoint(info.path, verbose=False)
@@ -255,12 +258,12 @@ def load_encoder(info: CheckpointInfo, abstract_encoder) -> dict:
     if not hasattr(checkpointing, "load_params_for_init"):
         raise UserError(f"{info.path}: this bert_jax version cannot read pretraining checkpoints")
     loaded = checkpointing.load_params_for_init(
-        str(info.path), {"bert": abstract_encoder}, subtree=("bert",)
+        str(info.path), {"bert": abstract_encoder}, subtree=("bert",), announce=announce
     )
     return loaded["bert"]
 
 
-def load_pretraining_params(info: CheckpointInfo) -> dict:
+def load_pretraining_params(info: CheckpointInfo, *, announce: bool = True) -> dict:
     """The whole BertForPreTraining tree (encoder and MLM/NSP heads) on the default device."""
     if info.format == HUGGINGFACE:
         return jax.device_put(hf.load_hf_checkpoint(info.path, need_mlm_head=True)[1])
@@ -272,7 +275,9 @@ def load_pretraining_params(info: CheckpointInfo) -> dict:
     model = BertForPreTraining(info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     abstract = meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"])
-    return checkpointing.load_params_for_init(str(info.path), abstract, subtree=())
+    return checkpointing.load_params_for_init(
+        str(info.path), abstract, subtree=(), announce=announce
+    )
 
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:

@@ -126,6 +126,20 @@ def test_values_out_of_range_are_named(tmp_path):
         assert str(raised.value).startswith(message), (overrides, str(raised.value))
 
 
+def test_a_shortened_run_names_the_warmup_flag():
+    """demo.py warms up for 50 steps; --config.num_train_steps=40 gets the flag to change."""
+    config = load_config("configs/demo.py", "demo")
+    config.num_train_steps = 40
+    with pytest.raises(UserError) as raised:
+        validate_pretraining_config(config, 1, check_files=False)
+    assert str(raised.value) == (
+        "warmup_steps 50 exceeds num_train_steps 40: pass --config.warmup_steps=N with N <= 40 "
+        "(e.g. 4, a tenth of the run)"
+    )
+    config.warmup_steps = 4  # the suggestion is valid
+    validate_pretraining_config(config, 1, check_files=False)
+
+
 @pytest.mark.parametrize(
     "length, prob", [(512, 0.15), (128, 0.15), (64, 0.15), (32, 0.15), (6, 0.9)]
 )

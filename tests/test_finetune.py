@@ -228,6 +228,14 @@ def test_regression_is_learned(setup, tmp_path):
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert {"pearson", "spearman", "loss", "best_pearson"} <= set(results)
     assert result.eval_metrics["pearson"] >= 0.9
+    # Its repr is one short line (the parameter tree would print megabytes).
+    count = sum(leaf.size for leaf in jax.tree.leaves(result.params))
+    assert repr(result) == (
+        f"FinetuneResult(step={int(result.state.step)}, eval_metrics="
+        f"{ {k: round(float(v), 4) for k, v in result.eval_metrics.items()} }, best_step="
+        f"{result.best_step}, preempted=False, workdir={str(tmp_path)!r}, parameters={count:,})"
+    )
+    assert len(repr(result)) < 400 and count > 10_000
 
 
 def test_bio_tagging_is_learned_and_predicted(setup, tmp_path):

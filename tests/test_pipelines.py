@@ -78,6 +78,29 @@ def test_fill_mask_matches_the_model_and_reads_both_formats(model_dirs):
         fill("the [MASK]")
 
 
+def test_pipelines_load_quietly(model_dirs, capsys):
+    """The "init_checkpoint: parameters from ..." line is for training runs, not notebooks."""
+    _, workdir, *_ = model_dirs
+    capsys.readouterr()
+    bert_jax.pipeline("fill-mask", workdir)
+    bert_jax.pipeline("sentence-embedding", workdir)
+    printed = capsys.readouterr()
+    assert "init_checkpoint" not in printed.out + printed.err, printed
+
+
+def test_unknown_pipeline_options_are_named_with_the_valid_ones(model_dirs):
+    hf_dir, *_ = model_dirs
+    with pytest.raises(UserError) as raised:
+        bert_jax.pipeline("fill-mask", hf_dir, topk=3)
+    assert str(raised.value) == (
+        "the fill-mask pipeline has no option topk; its options: vocab_file, lowercase, "
+        "batch_size, max_seq_length, top_k"
+    )
+    with pytest.raises(UserError, match="sentence-embedding pipeline has no option top_k; .*"
+                       "lowercase, batch_size, max_seq_length$"):  # fmt: skip
+        bert_jax.pipeline("sentence-embedding", hf_dir, top_k=3)
+
+
 def test_fill_mask_refuses_an_encoder_without_a_masked_lm_head(model_dirs, tmp_path):
     """An encoder-only checkpoint (BertModel, as all-MiniLM-L6-v2) has no masked-LM head: fill-mask
     says so instead of predicting from a freshly initialised one; embeddings still load."""

@@ -176,6 +176,23 @@ def test_panel_without_metrics_says_not_logged(tmp_path):
         plt.close(fig)
 
 
+def test_a_one_record_series_is_drawn_as_a_point(tmp_path):
+    """A line through a single point draws nothing: one record gets a marker, longer series
+    stay plain lines."""
+    for name, steps in (("one", [5]), ("two", [5, 10])):
+        (tmp_path / name).mkdir()
+        records = [json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in steps]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(records))
+    fig = plot.plot_runs([tmp_path / "one", tmp_path / "two"])
+    try:
+        one, long = fig.axes[0].get_lines()[:2]
+        assert list(one.get_xdata()) == [5] and one.get_marker() == "o"
+        assert one.get_markersize() > 0
+        assert len(long.get_xdata()) == 2 and long.get_marker() in (None, "None", "")
+    finally:
+        plt.close(fig)
+
+
 def test_missing_metrics_raises_user_error(tmp_path):
     write_run(tmp_path / "good")
     (tmp_path / "empty").mkdir()
