@@ -558,6 +558,32 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     )
 
 
+def test_a_vocabulary_larger_than_the_model_is_refused_before_training(setup, tmp_path):
+    """vocab_file with more tokens than the model's embedding table trained with loss NaN and
+    exited 0: now one line from Python (UserError) and from the CLI (exit status 2)."""
+    model_dir, files = setup
+    own = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    larger = _write(tmp_path / "vocab.txt", own + [f"extra{i}" for i in range(20)])
+    message = (
+        f"{larger} has {len(own) + 20} tokens but the model's vocab_size is only {len(own)}; "
+        "pass the matching vocabulary"
+    )
+    train, dev = files["pairs_train"], files["pairs_dev"]
+    config = _config("classification", model_dir, train, dev, vocab_file=str(larger))
+    with pytest.raises(UserError, match=message):
+        finetune_lib.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    command = [
+        sys.executable, "-m", "bert_jax.finetune", "--workdir", str(tmp_path / "cli"),
+        "--config", f"{REPO / 'configs' / 'finetune' / 'classification.py'}:test",
+        f"--config.init_checkpoint={model_dir}", f"--config.vocab_file={larger}",
+        f"--config.task.train_file={train}", f"--config.task.dev_file={dev}",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == f"error: {message}"
+
+
 def _varied_pairs(directory: pathlib.Path, n: int, seed: int) -> pathlib.Path:
     """Sentence pairs of shuffled lengths (1-25 words each side), labels by a keyword."""
     rng = np.random.default_rng(seed)
