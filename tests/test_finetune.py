@@ -281,10 +281,13 @@ def test_a_checkpoint_of_another_head_is_an_error_not_damage(setup, tmp_path):
         pretrained.load_finetuned(run)
     (run / "task_info.json").write_text(json.dumps(task_info))
     config_json = (run / "config.json").read_text()
+    other = _config("token_classification", *tags, num_train_steps=2, head_window=1)
+    with pytest.raises(UserError, match=r"other settings \(head_window 0 -> 1\)"):
+        finetune_lib.train_and_evaluate(other, run)
+    # Asked to continue under the new settings: the checkpoint does not fit the new head.
+    other.resume_with_changes = True
     with pytest.raises(UserError, match="does not fit this fine-tuning config"):
-        finetune_lib.train_and_evaluate(
-            _config("token_classification", *tags, num_train_steps=2, head_window=1), run
-        )
+        finetune_lib.train_and_evaluate(other, run)
     assert (run / "config.json").read_text() == config_json
     assert not list(run.rglob("bert_jax_damaged.json"))
     assert set(pretrained.load_finetuned(run).params) == {"bert", "classifier"}
