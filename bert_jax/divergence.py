@@ -17,7 +17,7 @@ def non_finite(fetched: list[dict], last_step: int, keys) -> str | None:
     value under one of `keys` is NaN or infinite; None when all are finite."""
     first = last_step - len(fetched) + 1
     for offset, metrics in enumerate(fetched):
-        for key in keys:
+        for key in [k for k in keys if k in metrics]:
             value = float(metrics[key])
             if not math.isfinite(value):
                 name = "loss" if key.endswith("loss_sum") else key.replace("_", " ")

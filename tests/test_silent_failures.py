@@ -16,7 +16,7 @@ import pytest
 from conftest import demo_config
 from tiny_models import save_tiny_hf_bert
 
-from bert_jax import finetune_lib, pretrained, rerun, train_lib
+from bert_jax import divergence, finetune_lib, pretrained, rerun, train_lib
 from bert_jax.data import pipeline
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -52,6 +52,19 @@ def test_differences_skip_free_keys_and_compare_paths_resolved(tmp_path, monkeyp
         "learning_rate",
         "data.vocab_file",
     }
+
+
+def test_the_first_non_finite_step_is_named():
+    """Fetched metrics end at the given step; the first NaN or infinite loss or gradient norm."""
+    keys = ("mlm_loss_sum", "nsp_loss_sum", "grad_norm")
+    fine = {"mlm_loss_sum": np.float32(9.1), "nsp_loss_sum": np.float32(0.7), "grad_norm": 1.5}
+    assert divergence.non_finite([fine, fine], 8, keys) is None
+    inf_norm = {**fine, "grad_norm": np.float32("inf")}
+    nan_loss = {**fine, "nsp_loss_sum": np.float32("nan"), "grad_norm": np.float32("nan")}
+    assert (
+        divergence.non_finite([fine, inf_norm, nan_loss], 8, keys) == "grad norm is inf at step 7"
+    )
+    assert divergence.non_finite([fine, nan_loss], 8, keys) == "loss is nan at step 8"
 
 
 @pytest.fixture(scope="module")
