@@ -510,6 +510,7 @@ def _stop_if_diverged(fetched, done, bar, writer, state_manager, best_manager) -
         bar.close()
         writer.close()
         state_manager.wait()
+        best_manager.wait()
         raise divergence.diverged(problem, state_manager.directory, state_manager.latest_step())
 
 
