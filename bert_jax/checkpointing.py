@@ -371,33 +371,26 @@ def _is_step_name(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def _newest_intact_step_dir(checkpoints_dir: epath.Path) -> epath.Path:
+def _step_dirs(checkpoints_dir: epath.Path) -> list[epath.Path]:
+    """The step directories under checkpoints_dir, newest first."""
     steps = sorted(
         (int(p.name) for p in checkpoints_dir.iterdir() if _is_step_name(p.name) and p.is_dir()),
         reverse=True,
     )
-    for step in steps:
-        problem = checkpoint_problem(checkpoints_dir / str(step))
-        if problem is None:
-            return checkpoints_dir / str(step)
-        _print_main(
-            f"checkpoint {checkpoints_dir / str(step)} not loaded: {problem}; trying an older one"
-        )
-    raise UserError(f"{checkpoints_dir}: no intact checkpoint (steps found: {steps or 'none'})")
+    return [checkpoints_dir / str(step) for step in steps]
 
 
-def resolve_checkpoint_dir(path) -> epath.Path | None:
-    """A bert_jax workdir, checkpoints dir or step dir -> an intact step dir; None for others."""
+def candidate_step_dirs(path) -> tuple[list[epath.Path], bool] | None:
+    """A bert_jax workdir, checkpoints dir or step dir -> (its step dirs to try, newest first;
+    whether older ones may stand in for a damaged one: not for a step named explicitly); None
+    for other directories."""
     path = as_path(path)
     if (path / "state").is_dir():
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            raise UserError(f"checkpoint {path} cannot be used: {problem}; pick another step")
-        return path
+        return [path], False
     if (path / "checkpoints").is_dir():
-        return _newest_intact_step_dir(path / "checkpoints")
+        return _step_dirs(path / "checkpoints"), True
     if any(_is_step_name(p.name) and (p / "state").is_dir() for p in path.iterdir()):
-        return _newest_intact_step_dir(path)
+        return _step_dirs(path), True
     return None
 
 
@@ -425,9 +418,9 @@ def load_params_for_init(
     abstract_params = _with_default_sharding(_plain(abstract_params))
     nested = bool(subtree) and _has_path(abstract_params, subtree)
     wanted = _select(abstract_params, subtree, "abstract_params") if nested else abstract_params
-    step_dir = resolve_checkpoint_dir(source)
-    if step_dir is not None:
-        loaded = _load_orbax_params(step_dir, wanted, subtree, announce)
+    candidates = candidate_step_dirs(source)
+    if candidates is not None:
+        loaded = _load_newest_intact(source, *candidates, wanted, subtree, announce)
     elif (source / "config.json").exists():
         loaded = _load_hf_params(source, wanted, subtree, announce)
     else:
@@ -498,9 +491,31 @@ def _refuse_links(step_dir: epath.Path) -> None:
                 )
 
 
+def _load_newest_intact(
+    source, step_dirs, fall_back: bool, abstract_params, subtree, announce: bool = True
+):
+    """The parameters of the newest step that passes its checks; a damaged step (truncated or
+    corrupted files, an unfinished save) is skipped with one line when an older one may stand
+    in. Nothing is written into the source (it may be another run's, or read-only)."""
+    for step_dir in step_dirs:
+        problem = checkpoint_problem(step_dir)
+        if problem is None:
+            try:
+                return _load_orbax_params(step_dir, abstract_params, subtree, announce)
+            except DamagedCheckpoint as damaged:
+                problem = str(damaged)
+        if not fall_back:
+            raise UserError(f"checkpoint {step_dir} cannot be used: {problem}; pick another step")
+        _print_main(f"checkpoint {step_dir} not loaded: {problem}; trying an older one")
+    steps = [int(d.name) for d in step_dirs] or "none"
+    raise UserError(f"{source}: no intact checkpoint (steps found: {steps})")
+
+
 def _load_orbax_params(
     step_dir: epath.Path, abstract_params, subtree: tuple[str, ...], announce: bool = True
 ):
+    """The step's parameters; raises DamagedCheckpoint when its files cannot be read or verified,
+    UserError when they do not fit the model."""
     _refuse_links(step_dir)
     try:
         saved = _saved_tree(step_dir)
@@ -512,8 +527,8 @@ def _load_orbax_params(
     except UserError:
         raise
     except Exception as err:  # Orbax's metadata readers raise many types on damaged files
-        raise UserError(
-            f"checkpoint {step_dir}: unreadable metadata ({type(err).__name__}: {shown(str(err))})"
+        raise DamagedCheckpoint(
+            f"unreadable metadata ({type(err).__name__}: {shown(str(err))})"
         ) from err
     # Read in the saved dtypes: the fingerprints are of the stored bits; cast afterwards.
     saved_dtypes = {p: leaf.dtype for p, leaf in _leaves_by_path(selected).items()}
@@ -541,7 +556,7 @@ def _load_orbax_params(
         params = {"state": {"params": restored["params"]}}
         problem = agreed_problem(verify_arrays(step_dir, params))
     if problem is not None:
-        raise UserError(f"checkpoint {step_dir} cannot be used: {problem}; pick another step")
+        raise DamagedCheckpoint(problem)
     if announce:
         _print_main(f"init_checkpoint: parameters from {step_dir}")
     loaded = jax.tree.map(

@@ -54,7 +54,27 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
+    add_rerun_keys(c)
     return c
+
+
+def add_rerun_keys(c: ml_collections.ConfigDict) -> None:
+    """Rerunning a workdir whose run had other settings (bert_jax.rerun): one of them set."""
+    c.overwrite = False  # start over: delete the earlier run's checkpoints and logs
+    c.resume_with_changes = False  # continue its checkpoint with these settings (recorded)
+
+
+# Keys a rerun of a pretraining workdir may change without resume_with_changes: how the run is
+# laid out, logged and saved, not what it computes. The data paths too: the dataset the workdir
+# recorded (dataset.json) is compared with the one they name when the data is located.
+PRETRAINING_RERUN_FREE = frozenset({
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "progress_bar", "peak_flops_per_device", "cpu_peak_flops", "mesh", "logical_axis_rules",
+    "model.remat_policy", "model.attention_implementation", "data.input_files", "data.vocab_file",
+    "data.data_dir", "data.dataset_dir", "data.num_workers", "data.allow_dirty_corpus",
+    "data.prefetch_chunks", "data.cache_max_tokens", "data.show_progress", "overwrite",
+    "resume_with_changes",
+})  # fmt: skip
 
 
 def use_test_mode(c: ml_collections.ConfigDict) -> None:

@@ -14,7 +14,12 @@ import pathlib
 import ml_collections
 
 from bert_jax import hub, sharding
-from bert_jax.config_lib import add_optimizer_defaults, check_ranges, validate_optimizer_and_batch
+from bert_jax.config_lib import (
+    add_optimizer_defaults,
+    add_rerun_keys,
+    check_ranges,
+    validate_optimizer_and_batch,
+)
 from bert_jax.data.tasks import KINDS
 from bert_jax.errors import UserError
 from bert_jax.modeling import REMAT_POLICIES
@@ -100,7 +105,19 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.mesh = sharding.default_mesh_config()
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
     c.progress_bar = True
+    add_rerun_keys(c)
     return c
+
+
+# Keys a rerun of a fine-tuning workdir may change without resume_with_changes (bert_jax.rerun):
+# how the run is laid out, logged and saved, not what it computes (evaluation covers every dev
+# feature whatever its batch size). The data files too: the run records its labels and a
+# fingerprint of the featurised train and dev data in task_info.json, compared instead.
+FINETUNING_RERUN_FREE = frozenset({
+    "log_every_steps", "checkpoint_every_steps", "progress_bar", "eval_batch_size", "do_predict",
+    "task.train_file", "task.dev_file", "task.test_file", "task.tfds_name", "task.tfds_data_dir",
+    "mesh", "logical_axis_rules", "remat_policy", "overwrite", "resume_with_changes",
+})  # fmt: skip
 
 
 def training_steps(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 
 import jax
 import ml_collections
@@ -27,13 +28,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from bert_jax import checkpointing, distributed, pretrained, sealing, sharding
+from bert_jax import checkpointing, distributed, divergence, pretrained, rerun, sealing, sharding
 from bert_jax.data import task_batches, tasks
 from bert_jax.data.task_batches import Batch, TrainBatches
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.eval import tag_decoding
-from bert_jax.finetune_config import training_steps, validate_finetuning_config
+from bert_jax.finetune_config import (
+    FINETUNING_RERUN_FREE,
+    training_steps,
+    validate_finetuning_config,
+)
 from bert_jax.finetune_step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
 from bert_jax.metrics import MetricWriter, throughput
 from bert_jax.modeling import BertConfig, BertModel
@@ -45,6 +50,12 @@ PREDICTION_FILES = {
     "token_classification": "test_predictions.conll",
     "squad": "test_predictions.json",
 }
+# What --config.overwrite=True deletes of an earlier run in the workdir (the files the run
+# describes itself with are rewritten).
+RUN_OUTPUTS = (
+    "checkpoints", pretrained.BEST_DIR, "metrics.jsonl", "metrics", "tensorboard",
+    "eval_results.json", *sorted(set(PREDICTION_FILES.values())), rerun.HISTORY,
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -196,6 +207,15 @@ def _load_split(config, split: str, tokenizer, label_list=None) -> tasks.TaskDat
     return data
 
 
+def data_fingerprint(data: tasks.TaskData) -> dict:
+    """{"features", "crc32"} of a split's featurised arrays: another file, an edited one or another
+    tokenization gives another CRC."""
+    crc = 0
+    for name in sorted(data.arrays):
+        crc = zlib.crc32(np.ascontiguousarray(data.arrays[name]), crc)
+    return {"features": data.num_features, "crc32": f"{crc:08x}"}
+
+
 def _managers(workdir, main_metric: str):
     """(latest train state, best whole model) sealed Orbax managers (sealing.SealedManager: each
     step carries a manifest and is verified when restored)."""
@@ -313,6 +333,16 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         if encoder.params is not None:
             encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
         main_metric = tasks.main_metric(train_data)
+        # A rerun of this workdir with settings or data that change the result stops here, before
+        # anything is written (bert_jax.rerun); the labels and data are compared by fingerprint.
+        data_record = dict(
+            train_data=data_fingerprint(train_data), dev_data=data_fingerprint(dev_data)
+        )
+        records = {
+            "config.json": json.loads(config.to_json()),
+            pretrained.TASK_INFO: dict(label_list=train_data.label_list, **data_record),
+        }
+        changes = rerun.check(workdir, config, records, FINETUNING_RERUN_FREE, RUN_OUTPUTS)
         state_manager, best_manager = _managers(workdir, main_metric)
         # Before this run's config.json replaces the old one: a checkpoint of other settings
         # (another head, CRF or label set) is an error, not a damaged checkpoint to replace.
@@ -338,8 +368,10 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 constrained_decoding=finetuner.constrained,
                 crf=finetuner.crf,
                 head_window=int(config.get("head_window", 0)),
+                **data_record,
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
+            rerun.record(workdir, changes, newest[0] if newest else 0)
         distributed.barrier("finetune_workdir")
         if newest is not None:
             start_step, restored = newest
@@ -422,6 +454,7 @@ def _run_loop(
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps:
                 fetched = jax.device_get(pending)
+                _stop_if_diverged(fetched, done, bar, writer, state_manager, best_manager)
                 sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
                 scalars = {
                     "loss": sums["loss_sum"] / max(sums["count"], 1.0),
@@ -442,6 +475,8 @@ def _run_loop(
                 config.eval_every_steps > 0 and done % config.eval_every_steps == 0
             )
             if evaluate_now:
+                pending = jax.device_get(pending)  # no diverged step is evaluated into best/
+                _stop_if_diverged(pending, done, bar, writer, state_manager, best_manager)
                 eval_start = time.perf_counter()
                 eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
                 writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
@@ -458,6 +493,8 @@ def _run_loop(
             every = config.checkpoint_every_steps
             stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
             if evaluate_now or (every > 0 and done % every == 0) or stop:
+                pending = jax.device_get(pending)  # no diverged step is saved
+                _stop_if_diverged(pending, done, bar, writer, state_manager, best_manager)
                 steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
                 state_manager.save(
                     done,
@@ -478,6 +515,18 @@ def _run_loop(
         eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
     writer.close()
     return state, eval_metrics
+
+
+def _stop_if_diverged(fetched, done, bar, writer, state_manager, best_manager) -> None:
+    """A UserError when a fetched step's loss or gradient norm is NaN or infinite (before it is
+    logged, evaluated or saved), once the saves in flight (of good steps) are complete."""
+    problem = divergence.non_finite(fetched, done, ("loss_sum", "grad_norm"))
+    if problem is not None:
+        bar.close()
+        writer.close()
+        state_manager.wait()
+        best_manager.wait()
+        raise divergence.diverged(problem, state_manager.directory, state_manager.latest_step())
 
 
 def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:

@@ -155,6 +155,7 @@ class SentenceEmbeddingPipeline:
     up to MAX_TEXTS_PER_ROW texts per model call."""
 
     def __init__(self, info, tokenizer, batch_size: int = 32, max_seq_length: int | None = None):
+        pretrained.check_vocab_fits(tokenizer, info.bert_config, "the tokenizer")
         self.tokenizer = tokenizer
         self.hidden_size = info.bert_config.hidden_size
         self.batch_size = int(batch_size)
@@ -360,6 +361,7 @@ class FillMaskPipeline:
 
     def __init__(self, info, tokenizer, params, batch_size: int = 32,
                  max_seq_length: int | None = None, top_k: int = 5):  # fmt: skip
+        pretrained.check_vocab_fits(tokenizer, info.bert_config, "the tokenizer")
         self.tokenizer = tokenizer
         self.params = params
         self.batch_size = int(batch_size)

@@ -176,9 +176,12 @@ def inspect_checkpoint(path) -> CheckpointInfo:
 def load_tokenizer(
     info: CheckpointInfo, vocab_file="", lowercase: bool = True
 ) -> WordPieceTokenizer:
-    """vocab_file when given (with `lowercase`), else the checkpoint's own vocabulary and casing."""
+    """vocab_file when given (with `lowercase`), else the checkpoint's own vocabulary and casing;
+    either must fit the model's embedding table (check_vocab_fits)."""
     if vocab_file:
-        return WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
+        tokenizer = WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
+        check_vocab_fits(tokenizer, info.bert_config, vocab_file)
+        return tokenizer
     if info.vocab_file is None:
         raise UserError(
             f"{info.path} has no vocabulary ({VOCAB}); pass the one the model was trained with "
@@ -186,14 +189,19 @@ def load_tokenizer(
         )
     casing = lowercase if info.lowercase is None else bool(info.lowercase)
     tokenizer = WordPieceTokenizer.from_vocab(info.vocab_file, lowercase=casing)
-    # Fewer tokens than embedding rows is fine (pretraining allows padding the table, e.g. to a
-    # multiple of 128); more would give ids past the table.
-    if tokenizer.vocab_size > info.bert_config.vocab_size:
-        raise UserError(
-            f"{info.vocab_file} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-            f"only {info.bert_config.vocab_size}; pass the matching vocabulary"
-        )
+    check_vocab_fits(tokenizer, info.bert_config, info.vocab_file)
     return tokenizer
+
+
+def check_vocab_fits(tokenizer, bert_config: BertConfig, source) -> None:
+    """A UserError when the tokenizer has more tokens than the model's vocab_size: ids past the
+    embedding table read NaN (fine-tuning's loss, every embedding). Fewer is fine (pretraining
+    allows padding the table, e.g. to a multiple of 128)."""
+    if tokenizer.vocab_size > bert_config.vocab_size:
+        raise UserError(
+            f"{source} has {tokenizer.vocab_size} tokens but the model's vocab_size is only "
+            f"{bert_config.vocab_size}; pass the matching vocabulary"
+        )
 
 
 def _place(tree, abstract):

@@ -14,8 +14,12 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from bert_jax import checkpointing, distributed, sharding
-from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
+from bert_jax import checkpointing, distributed, divergence, rerun, sharding
+from bert_jax.config_lib import (
+    PRETRAINING_RERUN_FREE,
+    eval_batch_size,
+    validate_pretraining_config,
+)
 from bert_jax.data import pipeline
 from bert_jax.data.corpus import describe
 from bert_jax.data.packed_examples import batch_predictions
@@ -32,6 +36,13 @@ from bert_jax.train_step import (
     build_pretrainer,
     metrics_from_sums,
 )
+
+DIVERGENCE_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "grad_norm")  # per step, NaN/inf stops the run
+# What --config.overwrite=True deletes of an earlier run in the workdir (config.json is rewritten).
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.jsonl", "metrics", "tensorboard", "final_step.json",
+    "dataset.json", rerun.HISTORY,
+)  # fmt: skip
 
 
 def evaluate(pretrainer: Pretrainer, params, config, batches=None) -> dict[str, float]:
@@ -104,9 +115,13 @@ def train_and_evaluate(config, workdir) -> TrainState:
     validate_pretraining_config(config, jax.device_count())
     mesh = sharding.make_mesh(config.mesh)
     is_main = jax.process_index() == 0
+    config_json = config.to_json(indent=2)
+    records = {"config.json": json.loads(config_json)}
+    changes = rerun.check(workdir, config, records, PRETRAINING_RERUN_FREE, RUN_OUTPUTS)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json(indent=2))
+        if not changes:  # else written once the run has resumed, with the changes recorded
+            (workdir / "config.json").write_text(config_json)
         print(describe(pipeline.prepare_data(config.data, workdir)))
     distributed.barrier("data_prepared")
     config = pipeline.with_prepared_dataset(config, workdir)  # no raw text is read from here on
@@ -146,6 +161,9 @@ def train_and_evaluate(config, workdir) -> TrainState:
             start_step = 0
             if config.init_checkpoint:
                 state = _load_init_params(config, pretrainer, state)
+        if changes and is_main:
+            (workdir / "config.json").write_text(config_json)
+            rerun.record(workdir, changes, start_step)
         state = _run_loop(
             config,
             pretrainer,
@@ -212,6 +230,7 @@ def _run_loop(
             bar.update(1)
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
                 fetched = jax.device_get(pending)
+                _stop_if_diverged(fetched, step, checkpointer, bar, writer)
                 elapsed = time.perf_counter() - last_log_time - excluded_time
                 steps_done = step - last_log_step
                 sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
@@ -243,6 +262,8 @@ def _run_loop(
                 excluded_time += time.perf_counter() - eval_start
             stop = distributed.stop_requested(step, preemption.requested)
             if checkpointer.should_save(step) or step == config.num_train_steps or stop:
+                pending = jax.device_get(pending)  # the save fetches them anyway
+                _stop_if_diverged(pending, step, checkpointer, bar, writer)
                 checkpointer.save(
                     step,
                     state,
@@ -262,3 +283,14 @@ def _run_loop(
     if jax.process_index() == 0:
         (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
     return state
+
+
+def _stop_if_diverged(fetched, step, checkpointer, bar, writer) -> None:
+    """A UserError when a fetched step's loss or gradient norm is NaN or infinite (before it is
+    logged or saved), once the saves in flight (of good steps) are complete."""
+    problem = divergence.non_finite(fetched, step, DIVERGENCE_KEYS)
+    if problem is not None:
+        bar.close()
+        writer.close()
+        checkpointer.wait()
+        raise divergence.diverged(problem, checkpointer.directory, checkpointer.latest_step())

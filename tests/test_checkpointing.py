@@ -149,6 +149,25 @@ def _corrupt_json_item(step_dir):
     path.write_text(path.read_text().replace("4", "5"))
 
 
+def _truncate_array_files(step_dir):
+    """Every array data file cut to half (so the parameters are hit, as _flip_array_bytes)."""
+    for path in step_dir.rglob("*"):
+        if path.is_file() and "ocdbt.process" in str(path) and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_array_bytes(step_dir):
+    """One byte in every 4 KiB of every array data file: a data file holds several arrays (which
+    ones depends on how the asynchronous writes were batched), so one byte each could miss
+    the parameters."""
+    for path in step_dir.rglob("*"):
+        if path.is_file() and "ocdbt.process" in str(path) and path.stat().st_size > 4096:
+            data = bytearray(path.read_bytes())
+            for offset in range(2048, len(data), 4096):
+                data[offset] ^= 0x01
+            path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     "damage, reason",
     [
@@ -372,14 +391,7 @@ def test_load_params_for_init_refuses_damaged_and_unknown_paths(saved_run, tmp_p
         load_params_for_init(tmp_path, abstract)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
-    # One byte in every 4 KiB of every array file: a data file holds several arrays (which ones
-    # depends on how the asynchronous writes were batched), so one byte each could miss params.
-    for path in copy.rglob("*"):
-        if path.is_file() and "ocdbt.process" in str(path) and path.stat().st_size > 4096:
-            data = bytearray(path.read_bytes())
-            for offset in range(2048, len(data), 4096):
-                data[offset] ^= 0x01
-            path.write_bytes(bytes(data))
+    _flip_array_bytes(copy)
     damaged = r"cannot be used: (array state/params/\S+ is corrupted|it could not be read)"
     with pytest.raises(UserError, match=damaged):
         load_params_for_init(copy, abstract)
@@ -450,3 +462,35 @@ def test_a_malformed_manifest_is_a_damaged_step(saved_run, tmp_path, manifest, r
     subprocess.run(["cp", "-r", str(saved_run / "checkpoints" / "2"), str(copy)], check=True)
     (copy / checkpointing.MANIFEST_NAME).write_text(manifest)
     assert reason in checkpoint_problem(copy)
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate_array_files, _flip_array_bytes], ids=["truncated", "flipped_bytes"]
+)
+def test_init_checkpoint_falls_back_past_a_damaged_newest_step(tmp_path, run, capsys, damage):
+    """A workdir whose newest step has damaged array files: init_checkpoint (pretraining's, and
+    fine-tuning's encoder through pretrained.load_encoder) loads the previous intact step with one
+    line naming the step skipped and why, as a resumed run does; the source is left as it was. A
+    damaged step named explicitly stays an error."""
+    checkpointer = Checkpointer(tmp_path, every_steps=2, keep=3, config=run[0])
+    _save(checkpointer, run, 2)
+    _save(checkpointer, run, 4)
+    checkpointer.close()
+    damage(tmp_path / "checkpoints" / "4")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+
+    abstract = run[2].abstract_state.params
+    encoder = load_params_for_init(tmp_path, abstract["bert"], subtree=("bert",))
+    _assert_trees_equal(encoder, run[3].params["bert"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"checkpoint {tmp_path}/checkpoints/4 not loaded: ")
+    assert re.search(r"could not be read|is corrupted", lines[0]) and "older" in lines[0]
+    assert lines[1] == f"init_checkpoint: parameters from {tmp_path}/checkpoints/2"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    with pytest.raises(UserError, match=r"checkpoints/4 cannot be used: .*pick another step"):
+        load_params_for_init(tmp_path / "checkpoints" / "4", abstract)
+    damage(tmp_path / "checkpoints" / "2")
+    with pytest.raises(UserError, match=r"no intact checkpoint \(steps found: \[4, 2\]\)"):
+        load_params_for_init(tmp_path, abstract)

@@ -289,10 +289,13 @@ def test_a_checkpoint_of_another_head_is_an_error_not_damage(setup, tmp_path):
         pretrained.load_finetuned(run)
     (run / "task_info.json").write_text(json.dumps(task_info))
     config_json = (run / "config.json").read_text()
+    other = _config("token_classification", *tags, num_train_steps=2, head_window=1)
+    with pytest.raises(UserError, match=r"other settings \(head_window 0 -> 1\)"):
+        finetune_lib.train_and_evaluate(other, run)
+    # Asked to continue under the new settings: the checkpoint does not fit the new head.
+    other.resume_with_changes = True
     with pytest.raises(UserError, match="does not fit this fine-tuning config"):
-        finetune_lib.train_and_evaluate(
-            _config("token_classification", *tags, num_train_steps=2, head_window=1), run
-        )
+        finetune_lib.train_and_evaluate(other, run)
     assert (run / "config.json").read_text() == config_json
     assert not list(run.rglob("bert_jax_damaged.json"))
     assert set(pretrained.load_finetuned(run).params) == {"bert", "classifier"}
@@ -564,6 +567,32 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         run.stderr.strip().splitlines()[-1]
         == f"error: init_checkpoint {tmp_path / 'nowhere'} not found"
     )
+
+
+def test_a_vocabulary_larger_than_the_model_is_refused_before_training(setup, tmp_path):
+    """vocab_file with more tokens than the model's embedding table trained with loss NaN and
+    exited 0: now one line from Python (UserError) and from the CLI (exit status 2)."""
+    model_dir, files = setup
+    own = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    larger = _write(tmp_path / "vocab.txt", own + [f"extra{i}" for i in range(20)])
+    message = (
+        f"{larger} has {len(own) + 20} tokens but the model's vocab_size is only {len(own)}; "
+        "pass the matching vocabulary"
+    )
+    train, dev = files["pairs_train"], files["pairs_dev"]
+    config = _config("classification", model_dir, train, dev, vocab_file=str(larger))
+    with pytest.raises(UserError, match=message):
+        finetune_lib.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    command = [
+        sys.executable, "-m", "bert_jax.finetune", "--workdir", str(tmp_path / "cli"),
+        "--config", f"{REPO / 'configs' / 'finetune' / 'classification.py'}:test",
+        f"--config.init_checkpoint={model_dir}", f"--config.vocab_file={larger}",
+        f"--config.task.train_file={train}", f"--config.task.dev_file={dev}",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == f"error: {message}"
 
 
 def _varied_pairs(directory: pathlib.Path, n: int, seed: int) -> pathlib.Path:

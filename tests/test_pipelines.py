@@ -352,3 +352,26 @@ def test_an_entity_across_the_window_cut_stays_one_entity(tmp_path, crf):
     ]
     assert found[0][0]["score"] > 0.99
     assert [(x["start"], x["end"]) for x in found[1]] == [(0, 2)]
+
+
+def test_a_vocabulary_larger_than_the_embedding_table_is_refused(model_dirs, tmp_path):
+    """vocab_file= with more tokens than the model's vocab_size would feed ids past the embedding
+    table (all-NaN vectors): one line naming both sizes, for every way to give a tokenizer."""
+    from bert_jax import pretrained
+
+    hf_dir, workdir, config, _, tokenizer = model_dirs
+    own = (hf_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    larger = tmp_path / "vocab.txt"
+    larger.write_text("\n".join(own + [f"extra{i}" for i in range(20)]) + "\n", encoding="utf-8")
+    message = f"vocab.txt has {len(own) + 20} tokens but the model's vocab_size is only {len(own)}"
+    assert len(own) == config.vocab_size
+    for task, path in (("sentence-embedding", hf_dir), ("fill-mask", workdir)):
+        with pytest.raises(UserError, match=message):
+            bert_jax.pipeline(task, path, vocab_file=str(larger))
+    info = pretrained.inspect_checkpoint(hf_dir)
+    bigger = WordPieceTokenizer.from_vocab(larger)
+    with pytest.raises(UserError, match=f"the tokenizer has {len(own) + 20} tokens"):
+        pipelines.SentenceEmbeddingPipeline(info, bigger)
+    # The model's own vocabulary, passed the same way, gives finite vectors.
+    same = bert_jax.pipeline("sentence-embedding", hf_dir, vocab_file=str(hf_dir / "vocab.txt"))
+    assert np.isfinite(same(TEXTS)).all() and tokenizer.vocab_size == len(own)
