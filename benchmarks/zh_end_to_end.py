@@ -140,9 +140,11 @@ def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) ->
     row = results["pretrain"].get(variant, {})
     if row.get("steps") == steps and (targets["phase2"] / "checkpoints").exists():
         return targets["phase2"]
+    finished_otherwise = row.get("steps") not in (None, steps)  # a finished run of other steps
     row = {"steps": steps, "cpu_seconds": 0.0, "wall_seconds": 0.0}
     for phase in PHASES:
         config, target = configs[phase], targets[phase]
+        config.overwrite = finished_otherwise  # start over; else resume a preempted run
         print(f"== pretraining {variant} {phase}: {config.num_train_steps} steps at "
               f"{config.data.max_seq_length} into {target}", flush=True)  # fmt: skip
         wall, cpu = time.perf_counter(), time.process_time()
