@@ -1,6 +1,7 @@
 """Fine-tuning end to end on tiny slices (tests/data/tasks) and tiny synthetic tasks a tiny random
 model can learn, with a Hugging Face directory written by the test; sharded over 8 CPU devices."""
 
+import collections
 import importlib.util
 import json
 import logging
@@ -387,7 +388,7 @@ def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path, packed):
         data = tasks.load_task(
             config, "train", finetune_lib.load_pretrained_encoder(config).tokenizer
         )
-        rows = len(packing.pack(task_batches.feature_lengths(data), data.max_seq_length,
+        rows = len(packing.pack(data.lengths, data.max_seq_length,
                                 config.max_sequences_per_row))  # fmt: skip
         batch_size = 16 * round(data.num_features / rows)  # a multiple of 4 shards x 4 micro
         for accum in (1, 4):  # data x fsdp = 4 data-parallel shards
@@ -617,7 +618,7 @@ def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setu
                          max_sequences_per_row=5)  # fmt: skip
         encoder = finetune_lib.load_pretrained_encoder(config)
         data = tasks.load_task(config, "dev", encoder.tokenizer)
-        lengths = task_batches.feature_lengths(data)
+        lengths = data.lengths
         assert lengths.min() < 32 < lengths.max() or kind == "squad", (kind, lengths)
         with jax.set_mesh(sharding.make_mesh(config.mesh)):
             finetuner = finetune_step.build_finetuner(
@@ -672,3 +673,34 @@ def test_a_run_compiles_one_train_step_and_one_eval_step_per_bucket(setup, tmp_p
         True: {"train_step": 1, "eval_step": 1},
         False: {"train_step": 1, "eval_step": 2},
     }
+
+
+def test_a_run_computes_each_splits_feature_lengths_once(setup, tmp_path, monkeypatch):
+    """Batches, token counts and the prediction scatter read every split's lengths at every step:
+    computed from the whole attention mask each time, host time would grow with the dataset."""
+    model_dir, files = setup
+    sums, originals = collections.Counter(), {}
+
+    class CountedMask(np.ndarray):
+        def sum(self, *args, **kwargs):
+            if id(self) in originals:
+                sums[originals[id(self)]] += 1
+            return super().sum(*args, **kwargs)
+
+    def load_task(config, split, *args, **kwargs):
+        data = load_original(config, split, *args, **kwargs)
+        mask = data.arrays["attention_mask"].view(CountedMask)
+        data.arrays["attention_mask"], originals[id(mask)] = mask, split
+        return data
+
+    load_original = tasks.load_task
+    monkeypatch.setattr(tasks, "load_task", load_task)
+    config = _config(
+        "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+        num_train_steps=8, eval_every_steps=3, log_every_steps=2, do_predict=True,
+        **{"task.test_file": str(files["tags_dev"])},
+    )  # fmt: skip
+    assert config.packing  # lengths place the features in rows, and their predictions back
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert result.eval_metrics["token_accuracy"] > 0
+    assert dict(sums) == {"train": 1, "dev": 1, "test": 1}
