@@ -20,7 +20,7 @@ import pytest
 from flax import traverse_util
 from tiny_models import save_tiny_hf_bert
 
-from bert_jax import finetune_lib, finetune_step, pretrained, sharding
+from bert_jax import finetune_lib, finetune_step, pretrained, sealing, sharding
 from bert_jax.convert import hf
 from bert_jax.data import packing, task_batches, tasks
 from bert_jax.data.tokenization import WordPieceTokenizer
@@ -157,6 +157,31 @@ def test_classification_end_to_end_keeps_best_and_predicts(setup, tmp_path):
     again = finetune_lib.train_and_evaluate(config, tmp_path, encoder=encoder)
     assert again.eval_metrics["accuracy"] == pytest.approx(result.eval_metrics["accuracy"])
     assert int(again.state.step) == 38
+
+
+def test_best_is_saved_only_when_it_would_be_kept(setup, tmp_path, monkeypatch):
+    """best/ keeps one step, the newer of equal scores: an evaluation that scores lower than the
+    kept one is not written there (it would only be deleted); the kept step is the same."""
+    model_dir, files = setup
+    scores, saved = iter([0.5, 0.75, 0.625, 0.75]), []
+    evaluate, save = finetune_lib.evaluate, sealing.SealedManager.save
+
+    def scripted_evaluate(*args, **kwargs):  # the real evaluation, with these accuracies
+        return dict(evaluate(*args, **kwargs), accuracy=next(scores))
+
+    def counted_save(manager, step, *args, **kwargs):
+        saved.append((manager.directory.name, step))
+        return save(manager, step, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_lib, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(sealing.SealedManager, "save", counted_save)
+    config = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"],
+                     num_train_steps=8, eval_every_steps=2)  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert [step for name, step in saved if name == "best"] == [2, 4, 8]
+    assert [step for name, step in saved if name == "checkpoints"] == [2, 4, 6, 8]
+    assert result.best_step == 8 and result.best_metrics["accuracy"] == 0.75
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == ["8"]
 
 
 def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_path):
