@@ -243,6 +243,13 @@ def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict
     return step, dict(metrics) if metrics else None
 
 
+def _best_score(best_manager: sealing.SealedManager, main_metric: str) -> float | None:
+    """The main metric of the step best/ keeps. It keeps one, the newer of equal scores, so an
+    evaluation that scores lower is not saved there: that whole model would only be deleted."""
+    metrics = _best_metrics(best_manager)[1]
+    return None if metrics is None else float(metrics[main_metric])
+
+
 def _write_json(path, values: dict) -> None:
     if jax.process_index() == 0:
         path.write_text(json.dumps(values, indent=2) + "\n")
@@ -426,6 +433,8 @@ def _run_loop(
     # Step metrics since the last log; a resumed run starts with the saved ones, so its logs
     # average the same steps as an unbroken run's.
     pending, eval_metrics = list(pending_metrics), {}
+    main_metric = tasks.main_metric(train_data)
+    best_score = _best_score(best_manager, main_metric)
     # Throughput counts training only: the first step (compilation) and evaluations are left out.
     last_time, excluded, timed_steps, compiled = time.perf_counter(), 0.0, 0, False
     counts = dict.fromkeys(("examples", "tokens", "real_tokens"), 0.0)
@@ -483,12 +492,15 @@ def _run_loop(
                 bar.write(
                     f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
                 )
-                params = finetuner.full_params(state, frozen)
-                best_manager.save(
-                    done,
-                    {"params": ocp.args.StandardSave(params)},
-                    metrics={k: float(v) for k, v in eval_metrics.items()},
-                )
+                score = float(eval_metrics[main_metric])
+                if best_score is None or not score < best_score:  # else best/ would delete it
+                    params = finetuner.full_params(state, frozen)
+                    best_manager.save(
+                        done,
+                        {"params": ocp.args.StandardSave(params)},
+                        metrics={k: float(v) for k, v in eval_metrics.items()},
+                    )
+                    best_score = score
                 excluded += time.perf_counter() - eval_start  # not training time
             every = config.checkpoint_every_steps
             stop = distributed.stop_requested(done, preemption.requested) and done < total_steps

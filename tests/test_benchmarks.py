@@ -1,7 +1,9 @@
 """Smoke test of the side-by-side benchmark harness: bert-tiny, one block of one step each."""
 
+import argparse
 import json
 import math
+import time
 
 import pytest
 
@@ -224,3 +226,27 @@ def test_zh_benchmark_reports_what_dropout_alone_changes():
     assert "ner f1, char, seed 0, bert_jax (same head) with other dropout masks alone: " in line
     assert "alone: 78.34 (its own), " in line
     assert "79.06 (dropout_seed 1001), 79.73 (dropout_seed 1002); 79.0 ± 0.7, range 1.39" in line
+
+
+def test_overheads_benchmark_times_each_phase_once_and_compares_host_times():
+    """finetune_overheads: a nested phase's time is its own, not also its caller's; the host
+    section reports both sizes and their ratio."""
+    from benchmarks import finetune_overheads
+
+    timer = finetune_overheads.PhaseTimer()
+    with timer.phase("eval"):
+        time.sleep(0.02)
+        with timer.phase("eval compile"):
+            time.sleep(0.1)
+        timer.set_part("epoch 2")
+        with timer.phase("best save"):
+            time.sleep(0.05)
+    assert 0.02 <= timer.wall["setup"]["eval"] < 0.1 <= timer.wall["setup"]["eval compile"]
+    assert timer.wall["epoch 2"]["best save"] >= 0.05 > timer.wall["epoch 2"]["eval"]
+    results = {}
+    args = argparse.Namespace(rows="500,2000", host_steps=3)
+    finetune_overheads.section_host(args, results)
+    runs = results["host"]["runs"]
+    assert [r["rows"] for r in runs] == [500, 2000] and all(r["step_ms"] > 0 for r in runs)
+    assert results["host"]["step_ratio"] == pytest.approx(runs[1]["step_ms"] / runs[0]["step_ms"])
+    assert "| **ratio** |" in finetune_overheads.markdown(results)

@@ -1,6 +1,7 @@
 """Fine-tuning end to end on tiny slices (tests/data/tasks) and tiny synthetic tasks a tiny random
 model can learn, with a Hugging Face directory written by the test; sharded over 8 CPU devices."""
 
+import collections
 import importlib.util
 import json
 import logging
@@ -19,7 +20,7 @@ import pytest
 from flax import traverse_util
 from tiny_models import save_tiny_hf_bert
 
-from bert_jax import finetune_lib, finetune_step, pretrained, sharding
+from bert_jax import finetune_lib, finetune_step, pretrained, sealing, sharding
 from bert_jax.convert import hf
 from bert_jax.data import packing, task_batches, tasks
 from bert_jax.data.tokenization import WordPieceTokenizer
@@ -156,6 +157,31 @@ def test_classification_end_to_end_keeps_best_and_predicts(setup, tmp_path):
     again = finetune_lib.train_and_evaluate(config, tmp_path, encoder=encoder)
     assert again.eval_metrics["accuracy"] == pytest.approx(result.eval_metrics["accuracy"])
     assert int(again.state.step) == 38
+
+
+def test_best_is_saved_only_when_it_would_be_kept(setup, tmp_path, monkeypatch):
+    """best/ keeps one step, the newer of equal scores: an evaluation that scores lower than the
+    kept one is not written there (it would only be deleted); the kept step is the same."""
+    model_dir, files = setup
+    scores, saved = iter([0.5, 0.75, 0.625, 0.75]), []
+    evaluate, save = finetune_lib.evaluate, sealing.SealedManager.save
+
+    def scripted_evaluate(*args, **kwargs):  # the real evaluation, with these accuracies
+        return dict(evaluate(*args, **kwargs), accuracy=next(scores))
+
+    def counted_save(manager, step, *args, **kwargs):
+        saved.append((manager.directory.name, step))
+        return save(manager, step, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_lib, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(sealing.SealedManager, "save", counted_save)
+    config = _config("classification", model_dir, files["pairs_train"], files["pairs_dev"],
+                     num_train_steps=8, eval_every_steps=2)  # fmt: skip
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert [step for name, step in saved if name == "best"] == [2, 4, 8]
+    assert [step for name, step in saved if name == "checkpoints"] == [2, 4, 6, 8]
+    assert result.best_step == 8 and result.best_metrics["accuracy"] == 0.75
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == ["8"]
 
 
 def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_path):
@@ -398,7 +424,7 @@ def test_gradient_accumulation_matches_the_whole_batch(setup, tmp_path, packed):
         data = tasks.load_task(
             config, "train", finetune_lib.load_pretrained_encoder(config).tokenizer
         )
-        rows = len(packing.pack(task_batches.feature_lengths(data), data.max_seq_length,
+        rows = len(packing.pack(data.lengths, data.max_seq_length,
                                 config.max_sequences_per_row))  # fmt: skip
         batch_size = 16 * round(data.num_features / rows)  # a multiple of 4 shards x 4 micro
         for accum in (1, 4):  # data x fsdp = 4 data-parallel shards
@@ -654,7 +680,7 @@ def test_packed_and_bucketed_evaluation_map_every_prediction_to_its_feature(setu
                          max_sequences_per_row=5)  # fmt: skip
         encoder = finetune_lib.load_pretrained_encoder(config)
         data = tasks.load_task(config, "dev", encoder.tokenizer)
-        lengths = task_batches.feature_lengths(data)
+        lengths = data.lengths
         assert lengths.min() < 32 < lengths.max() or kind == "squad", (kind, lengths)
         with jax.set_mesh(sharding.make_mesh(config.mesh)):
             finetuner = finetune_step.build_finetuner(
@@ -709,3 +735,34 @@ def test_a_run_compiles_one_train_step_and_one_eval_step_per_bucket(setup, tmp_p
         True: {"train_step": 1, "eval_step": 1},
         False: {"train_step": 1, "eval_step": 2},
     }
+
+
+def test_a_run_computes_each_splits_feature_lengths_once(setup, tmp_path, monkeypatch):
+    """Batches, token counts and the prediction scatter read every split's lengths at every step:
+    computed from the whole attention mask each time, host time would grow with the dataset."""
+    model_dir, files = setup
+    sums, originals = collections.Counter(), {}
+
+    class CountedMask(np.ndarray):
+        def sum(self, *args, **kwargs):
+            if id(self) in originals:
+                sums[originals[id(self)]] += 1
+            return super().sum(*args, **kwargs)
+
+    def load_task(config, split, *args, **kwargs):
+        data = load_original(config, split, *args, **kwargs)
+        mask = data.arrays["attention_mask"].view(CountedMask)
+        data.arrays["attention_mask"], originals[id(mask)] = mask, split
+        return data
+
+    load_original = tasks.load_task
+    monkeypatch.setattr(tasks, "load_task", load_task)
+    config = _config(
+        "token_classification", model_dir, files["tags_train"], files["tags_dev"],
+        num_train_steps=8, eval_every_steps=3, log_every_steps=2, do_predict=True,
+        **{"task.test_file": str(files["tags_dev"])},
+    )  # fmt: skip
+    assert config.packing  # lengths place the features in rows, and their predictions back
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert result.eval_metrics["token_accuracy"] > 0
+    assert dict(sums) == {"train": 1, "dev": 1, "test": 1}

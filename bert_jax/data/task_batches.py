@@ -37,11 +37,6 @@ TARGET_KEYS = {
 SMALLEST_BUCKET = 32
 
 
-def feature_lengths(data: TaskData) -> np.ndarray:
-    """Real tokens of every feature, int64 [n]."""
-    return data.arrays["attention_mask"].sum(axis=1).astype(np.int64)
-
-
 def length_buckets(max_length: int) -> list[int]:
     """Evaluation row lengths: 32, 64, 128, ... below max_length, and max_length."""
     buckets, length = [], SMALLEST_BUCKET
@@ -79,9 +74,7 @@ def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None
             token_keys.append("labels")
         arrays = {k: data.arrays[k] for k in keys}
         fill = {"labels": np.nan if kind == "regression" else IGNORE_LABEL}
-        out = packing.packed_rows(
-            arrays, feature_lengths(data), slots, batch.length, token_keys, fill
-        )
+        out = packing.packed_rows(arrays, data.lengths, slots, batch.length, token_keys, fill)
         if kind == "token_classification":
             del out["weights"]  # tokens are weighted by their labels (and segment_ids)
         return out
@@ -97,7 +90,7 @@ def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None
 def real_tokens(data: TaskData, batch: Batch) -> int:
     """Tokens of the real features in `batch` (the rest of its rows x length is padding)."""
     used = batch.slots[batch.slots >= 0]
-    return int(feature_lengths(data)[used].sum())
+    return int(data.lengths[used].sum())
 
 
 def train_indices(num_features: int, seed: int, epoch: int) -> np.ndarray:
@@ -113,7 +106,7 @@ class TrainBatches:
         """row_multiple: rows per step must divide over data-parallel devices x microbatches."""
         self.data, self.seed, self.packed = data, seed, packed
         self.max_per_row = max_sequences_per_row if packed else 1
-        self.lengths = feature_lengths(data)
+        self.lengths = data.lengths
         n = data.num_features
         if packed:
             rows = len(packing.pack(self.lengths, data.max_seq_length, self.max_per_row))
@@ -166,7 +159,7 @@ def eval_batches(data: TaskData, rows_per_batch: int, packed: bool,
                  max_sequences_per_row: int = 1) -> list[Batch]:  # fmt: skip
     """Every feature once: packed in file order into batches of rows_per_batch rows, or one per
     row sorted by length, each batch cut to the shortest length bucket that holds it."""
-    lengths = feature_lengths(data)
+    lengths = data.lengths
     if packed:
         slots = packing.pack(lengths, data.max_seq_length, max_sequences_per_row)
         return [
@@ -199,7 +192,7 @@ def scatter_predictions(kind: str, data: TaskData, batch: Batch, outputs, into: 
         for key in ("start_logits", "end_logits"):
             _scatter_rows(outputs[key], slots, into[key], per_token=True)
     elif kind == "token_classification" and batch.packed:
-        packing.unpack_tokens(outputs, feature_lengths(data), slots, into["predictions"])
+        packing.unpack_tokens(outputs, data.lengths, slots, into["predictions"])
     elif batch.packed:
         packing.unpack_sequences(outputs, slots, into["predictions"])
     else:

@@ -15,6 +15,7 @@ The label set comes from the training data (sorted; numerically when every label
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -74,6 +75,12 @@ class TaskData:
     @property
     def num_features(self) -> int:
         return len(self.arrays["input_ids"])
+
+    @functools.cached_property
+    def lengths(self) -> np.ndarray:
+        """Real tokens of every feature, int64 [n]: computed once, at first use (batches, token
+        counts and prediction scatter read it at every step)."""
+        return self.arrays["attention_mask"].sum(axis=1).astype(np.int64)
 
     @property
     def num_labels(self) -> int:
