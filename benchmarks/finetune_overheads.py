@@ -15,9 +15,7 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import pathlib
-import resource
 import shutil
 import statistics
 import sys
@@ -26,24 +24,15 @@ import time
 import numpy as np
 
 from benchmarks.finetune_vs_hf import (
-    SHARED,
     VOCAB,
     add_run_arguments,
     bert_jax_config,
+    cpu_seconds,
+    load_average,
     minilm_dir,
-    open_workdir,
+    run_sections,
     task_subsample,
 )
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
 
 # --- host ------------------------------------------------------------------------------------
 
@@ -376,20 +365,11 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_every_steps", type=int, default=-1, help="-1: once per epoch")
     add_run_arguments(parser, train_examples=6000, max_seq_length=128)
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",")]
-    if "phases" in sections and not SHARED.is_dir():
-        print(f"{SHARED} not found: the phases section needs the shared task data", file=sys.stderr)
-        return 2
-    workdir, results_file, results = open_workdir(args, "phases")
-    results["machine"] = {"cpus": os.cpu_count(), "load_at_start": load_average()}
-    if "host" in sections:
-        section_host(args, results)
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
-    if "phases" in sections:
-        section_phases(args, workdir, results)
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    return 0
+    sections = {
+        "host": lambda args, workdir, results: section_host(args, results),
+        "phases": section_phases,
+    }
+    return run_sections(args, "phases", sections, "phases", markdown)
 
 
 if __name__ == "__main__":

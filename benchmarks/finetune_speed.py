@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import shutil
 import statistics
 import sys
@@ -35,25 +34,16 @@ import time
 import numpy as np
 
 from benchmarks.finetune_vs_hf import (
-    SHARED,
     VOCAB,
     add_run_arguments,
     bert_jax_config,
+    cpu_seconds,
+    load_average,
     minilm_dir,
-    open_workdir,
     run_hf_trainer,
+    run_sections,
     task_subsample,
 )
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
 
 # --- step ------------------------------------------------------------------------------------
 
@@ -309,20 +299,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks per framework")
     args = parser.parse_args(argv)
     args.match_order_and_head = False  # run_hf_trainer: the Trainer's own length-grouped order
-    sections = [s.strip() for s in args.sections.split(",")]
-    if "epoch" in sections and not SHARED.is_dir():
-        print(f"{SHARED} not found: the epoch section needs the shared task data", file=sys.stderr)
-        return 2
-    workdir, results_file, results = open_workdir(args, "epoch")
-    results["machine"] = {"cpus": os.cpu_count(), "load_at_start": load_average()}
-    if "step" in sections:
-        section_step(args, results)
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
-    if "epoch" in sections:
-        section_epoch(args, workdir, results)
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    return 0
+    sections = {
+        "step": lambda args, workdir, results: section_step(args, results),
+        "epoch": section_epoch,
+    }
+    return run_sections(args, "epoch", sections, "epoch", markdown)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import pathlib
+import resource
 import shutil
 import sys
 import time
@@ -504,6 +505,34 @@ def open_workdir(args, section: str) -> tuple[pathlib.Path, pathlib.Path, dict]:
     results.setdefault(section, {})
     results["settings"] = vars(args)
     return workdir, results_file, results
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_sections(args, record: str, sections: dict, needs_shared: str, markdown) -> int:
+    """Runs the asked-for `args.sections` in `sections`' order ({name: fn(args, workdir, results)}),
+    saving WORKDIR/results.json (its `record` entry kept) after each; prints markdown(results).
+    The `needs_shared` section stops with exit status 2 when the shared task data is absent."""
+    asked = [s.strip() for s in args.sections.split(",")]
+    if needs_shared in asked and not SHARED.is_dir():
+        print(f"{SHARED} not found: the {needs_shared} section needs the shared task data",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    workdir, results_file, results = open_workdir(args, record)
+    results["machine"] = {"cpus": os.cpu_count(), "load_at_start": load_average()}
+    for name, section in sections.items():
+        if name in asked:
+            section(args, workdir, results)
+            results_file.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return 0
 
 
 def main(argv=None) -> int:
