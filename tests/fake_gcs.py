@@ -45,6 +45,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """The server stops when the process that started it dies, however it dies (Linux)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def client_env(url: str, gcloud_config: str) -> dict[str, str]:
     """What points gcsfs/etils.epath and tensorstore/Orbax at `url`, with no credentials."""
     return {
@@ -75,6 +84,7 @@ class FakeGcs:
             + ["-public-host", f"127.0.0.1:{self.port}", "-log-level", "warn"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 30
         while True:
