@@ -360,22 +360,30 @@ def _operation_id() -> str | None:
 
 
 def _release_waiters(operation_id: str | None) -> None:
-    """A save that failed before its directory existed leaves Orbax threads waiting 300 s for a
-    signal that never comes, and the interpreter waits for them at exit: they are cancelled and
-    signalled, so they return without writing. One process only (in a multi-process job the
-    signal would reach the other processes' threads before they are cancelled)."""
+    """A failed save leaves Orbax threads waiting 300 s for a signal that never comes (and the
+    interpreter waits for them at exit), and may leave one still creating the step's directory
+    (which empties it): they are cancelled, signalled and joined. One process only (in a
+    multi-process job the signal would reach the other processes' threads before they are
+    cancelled: they time out instead)."""
     if operation_id is None or jax.process_count() > 1:
         return
     try:
         from orbax.checkpoint._src.futures import future as orbax_future
 
-        for thread in threading.enumerate():
-            waiting = isinstance(thread, orbax_future._SignalingThread) and thread.is_alive()
-            if waiting and thread._operation_id == operation_id:
-                thread.cancel()
-                orbax_future.set_signals(thread._receive_signals, operation_id=operation_id)
+        threads = [
+            thread
+            for thread in threading.enumerate()
+            if isinstance(thread, orbax_future._SignalingThread)
+            and thread._operation_id == operation_id
+        ]
+        for thread in threads:
+            thread.cancel()
+            orbax_future.set_signals(thread._receive_signals, operation_id=operation_id)
     except (ImportError, AttributeError):  # another Orbax: its threads time out by themselves
-        pass
+        return
+    # Those still writing (the step's directory) finish before the step is written again.
+    for thread in threads:
+        threading.Thread.join(thread, timeout=120)
 
 
 def _arrays_alive(items: dict[str, Any]) -> bool:
@@ -529,9 +537,9 @@ class SealedManager:
             problem = self._start(step, items, metrics)
             if problem is None:
                 failed = self._settle()
-                if failed is None:
+                problem = failed[1] if failed else self._unsealed(step)
+                if problem is None:
                     return True
-                problem = failed[1]
             else:
                 self._drain_errors()
                 _release_waiters(self._operation)
@@ -540,6 +548,19 @@ class SealedManager:
                 self._report(step, problem, f"attempt {attempts} of {SAVE_ATTEMPTS}; retrying")
         self._in_flight = None
         raise SaveFailed(self._failure_line(step, problem, attempts))
+
+    def _unsealed(self, step: int) -> str | None:
+        """None if the committed step is sealed too (a step without its manifest is never
+        restored); else why not, and the step is deleted, to be written again."""
+        problem = None
+        try:
+            problem = self.problem(step)
+            if problem is not None:
+                self._delete(step)
+        except Exception as err:  # noqa: BLE001
+            problem = problem or error_line(err)
+            self._stale = True
+        return problem
 
     def _renew(self) -> bool:
         """After a failed save, a fresh Orbax manager: the old one keeps failed metadata writes
