@@ -94,7 +94,10 @@ class Checkpointer:
             },
             max_to_keep=max(int(keep), 1),
         )
-        self.manager = self.sealed.manager
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        return self.sealed.manager  # renewed after a failed save
 
     def latest_step(self) -> int | None:
         return self.sealed.latest_step()

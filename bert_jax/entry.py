@@ -1,6 +1,7 @@
 """What the command-line tools share: the --config and --workdir flags of `pretrain` and
 `finetune`, quiet logging, checks of the directories a run will write, and one line plus exit
-status 2 for a mistake the user can fix (130 for Ctrl-C), never a traceback."""
+status 2 for a mistake the user can fix (130 for Ctrl-C, 75 for a checkpoint the storage would not
+take), never a traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax.errors import UserError
+from bert_jax.errors import SAVE_FAILED_STATUS, SaveFailed, UserError
 
 
 def define_config_and_workdir(workdir_help: str):
@@ -103,11 +104,14 @@ _USER_ERRNOS = {
 @contextlib.contextmanager
 def user_errors():
     """Turns what the user can act on into one line on stderr: UserError and filesystem errors
-    (a path that is a file, read-only, missing, a full disk) exit 2, Ctrl-C exits 130."""
+    (a path that is a file, read-only, missing, a full disk) exit 2, Ctrl-C exits 130, a
+    checkpoint that could not be saved exits 75."""
     try:
         yield
     except UserError as err:
         _fail(str(err), 2)
+    except SaveFailed as err:
+        _fail(str(err), SAVE_FAILED_STATUS)
     except OSError as err:
         if err.errno not in _USER_ERRNOS:
             raise
@@ -120,7 +124,7 @@ def user_errors():
 
 def _fail(message: str, status: int) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if status == 130:  # Ctrl-C: now, not after background threads (prefetch, async saves)
+    if status in (130, SAVE_FAILED_STATUS):  # now, not after background threads (prefetch, saves)
         sys.stdout.flush()
         os._exit(status)
     sys.exit(status)

@@ -19,8 +19,10 @@ atomic on gs://, unlike a directory rename); marked steps are skipped from then 
 save of the same step number replaces a damaged one.
 
 Old steps are deleted (Orbax's max_to_keep) only after a newer one is committed, so the last good
-checkpoint survives an interrupted save. Format 1 manifests (bert_jax before issue 13: a CRC32 of
-every file) are still read and checked file by file.
+checkpoint survives an interrupted or failed save. A failed save (the storage's own retries gave
+up) is reported in one line and saved again, up to SAVE_ATTEMPTS times, then raises `SaveFailed`
+(docs/pretraining.md, "Checkpoints on unreliable storage"). Format 1 manifests (a CRC32 of every
+file) are still read and checked file by file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
+import sys
+import threading
+import time
+import traceback
 import zlib
 from typing import Any
 
@@ -40,7 +47,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bert_jax import distributed
-from bert_jax.errors import UserError
+from bert_jax.errors import SaveFailed, UserError
 from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, is_int
 
 MANIFEST_NAME = "bert_jax_manifest.json"
@@ -50,6 +57,8 @@ FORMAT = 2
 _UNSEALED_FILES = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_NAME})
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _READ_CHUNK = 1 << 22
+SAVE_ATTEMPTS = 4  # of one step, when a save fails after the storage client's own retries
+_RETRY_DELAYS = (1.0, 4.0, 16.0)  # seconds before the second, third and fourth attempt
 
 
 class DamagedCheckpoint(Exception):
@@ -301,13 +310,97 @@ class _Sealing:
     arrays: dict[str, str]
 
 
+class _NoTracebacks(logging.Filter):
+    """Drops the tracebacks Orbax, gcsfs and fsspec log for a failed save or read: SealedManager
+    reports each failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        source = record.name.split(".")[0] in ("gcsfs", "fsspec")
+        source = source or f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (source and record.exc_info)
+
+
+def _quiet_save_tracebacks() -> None:
+    from absl import logging as absl_logging
+
+    # Orbax logs through absl; fsspec's records come from child loggers: the handler sees them.
+    handler = absl_logging.get_absl_handler()
+    for where in (logging.getLogger("absl"), logging.getLogger("gcsfs"), handler):
+        if not any(isinstance(f, _NoTracebacks) for f in where.filters):
+            where.addFilter(_NoTracebacks())
+
+
+def _quiet_stray_completions() -> None:
+    """After a failed save, tensorstore completes the writes it still had in flight and reports
+    each to an asyncio loop Orbax has closed; Python prints the error as a traceback (an
+    unraisable exception). Those are dropped; everything else reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "bert_jax_stray_completions", False):
+        return
+
+    def hook(unraisable) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        stray = isinstance(unraisable.exc_value, RuntimeError) and frames
+        stray = stray and str(unraisable.exc_value) == "Event loop is closed"
+        if not (stray and frames[0].name == "call_soon_threadsafe"):
+            previous(unraisable)
+
+    hook.bert_jax_stray_completions = True
+    sys.unraisablehook = hook
+
+
+def _operation_id() -> str | None:
+    """The id Orbax gave the save just started (its threads wait for signals under it)."""
+    try:
+        from orbax.checkpoint._src.futures import synchronization
+
+        return synchronization.OperationIdGenerator.get_current_operation_id()
+    except (ImportError, AttributeError):
+        return None
+
+
+def _release_waiters(operation_id: str | None) -> None:
+    """A failed save leaves Orbax threads waiting 300 s for a signal that never comes (and the
+    interpreter waits for them at exit), and may leave one still creating the step's directory
+    (which empties it): they are cancelled, signalled and joined. One process only (in a
+    multi-process job the signal would reach the other processes' threads before they are
+    cancelled: they time out instead)."""
+    if operation_id is None or jax.process_count() > 1:
+        return
+    try:
+        from orbax.checkpoint._src.futures import future as orbax_future
+
+        threads = [
+            thread
+            for thread in threading.enumerate()
+            if isinstance(thread, orbax_future._SignalingThread)
+            and thread._operation_id == operation_id
+        ]
+        for thread in threads:
+            thread.cancel()
+            orbax_future.set_signals(thread._receive_signals, operation_id=operation_id)
+    except (ImportError, AttributeError):  # another Orbax: its threads time out by themselves
+        return
+    # Those still writing (the step's directory) finish before the step is written again.
+    for thread in threads:
+        threading.Thread.join(thread, timeout=120)
+
+
+def _arrays_alive(items: dict[str, Any]) -> bool:
+    """False once any array of a save's items was deleted (donated to a later train step)."""
+    leaves = jax.tree.leaves([getattr(arg, "item", None) for arg in items.values()])
+    return not any(isinstance(x, jax.Array) and x.is_deleted() for x in leaves)
+
+
 class SealedManager:
     """An Orbax CheckpointManager whose steps are sealed and verified (module docstring).
 
     items: item name -> Orbax handler; StandardCheckpointHandler items are the array items
     (fingerprinted), the others are small files (CRC32). Call every method on every process.
     The manager is asynchronous: `save` returns once the arrays are copied off the devices;
-    `wait()` blocks until the step is committed.
+    `wait()` blocks until the step is committed. A save found failed is saved again: by `wait`
+    with the same arrays, by the next `save` with its own (then waiting for it), up to
+    SAVE_ATTEMPTS times; then SaveFailed.
     """
 
     def __init__(
@@ -326,6 +419,9 @@ class SealedManager:
             name for name, h in items.items() if isinstance(h, ocp.StandardCheckpointHandler)
         )
         self._sealing: _Sealing | None = None
+        self._in_flight = None  # (step, items, metrics) of the save not yet known committed
+        _quiet_save_tracebacks()
+        _quiet_stray_completions()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             best_fn=best_fn,
@@ -336,7 +432,10 @@ class SealedManager:
             async_options=ocp.AsyncOptions(post_finalization_callback=self._seal),
             create=create,
         )
+        self._options, self._handlers, self._stale = options, items, False
+        self._operation = None  # Orbax's id of the last save started
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=items)
+        self._committed = list(self.manager.all_steps())  # as of the last save that committed
 
     def _seal(self) -> None:
         """Runs on the primary process after every process wrote its files, before the commit."""
@@ -360,21 +459,141 @@ class SealedManager:
 
     def save(self, step: int, items: dict[str, Any], metrics=None) -> bool:
         """Starts an asynchronous save of ocp.args per item; False if `step` is already saved
-        intact. A step marked damaged or never sealed is deleted and written anew."""
-        self.manager.wait_until_finished()  # _seal must see the step it belongs to
+        intact. A step marked damaged or never sealed is deleted and written anew. When the
+        previous save failed, this one is waited for (and retried); raises SaveFailed."""
+        failed = self._settle()  # _seal must see the step it belongs to
+        if failed is not None:
+            self._report(failed[0], failed[1], f"saving step {step} now and waiting for it")
+            self._renew()
         if step in self.manager.all_steps():
             if self.problem(step) is None:
                 return False
             self._delete(step)
+        if failed is not None:
+            return self._save_until_committed(step, items, metrics)
+        problem = self._start(step, items, metrics)
+        if problem is not None:
+            self._drain_errors()
+            _release_waiters(self._operation)
+            self._stale = True
+            self._report(step, problem, "retrying")
+            return self._save_until_committed(step, items, metrics, attempts=1)
+        return True
+
+    def _start(self, step: int, items: dict[str, Any], metrics) -> str | None:
+        """Starts the save; None, or why it failed at once (agreed by every process)."""
         arrays = {}
         for name, arg in items.items():
             if name in self.array_items:
                 arrays.update(fingerprints(arg.item, prefix=name))
         self._sealing = _Sealing(int(step), arrays)
-        # force: Orbax's own policy would skip a step while a previous save is in flight.
-        return self.manager.save(
-            step, args=ocp.args.Composite(**items), metrics=metrics, force=True
+        self._in_flight = (int(step), items, metrics)
+        problem = None
+        try:  # force: Orbax's own policy would skip a step while a previous save is in flight.
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        except Exception as err:  # noqa: BLE001 (tensorstore, gcsfs and Orbax raise many kinds)
+            problem = error_line(err)
+        self._operation = _operation_id()
+        return _agreed_failure(problem)
+
+    def _settle(self) -> tuple[int, str] | None:
+        """Waits for the save in flight: None if it committed (or none was), else (its step,
+        why it failed), agreed by every process."""
+        in_flight, self._in_flight = self._in_flight, None
+        problem = _agreed_failure(self._drain_errors())
+        if problem is None:
+            self._committed = list(self.manager.all_steps())
+            return None
+        _release_waiters(self._operation)
+        self._stale = True
+        self._in_flight = in_flight
+        return (in_flight[0] if in_flight else -1), problem
+
+    def _drain_errors(self) -> str | None:
+        """Waits for Orbax's background work; the first of its errors, each raised once (one per
+        failed metadata write: all are drained, or the next save would raise them)."""
+        problem = None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 (tensorstore, gcsfs and Orbax raise many kinds)
+            problem = error_line(err)
+        for _ in range(1000):
+            try:
+                self.manager.check_for_errors()
+                break
+            except Exception as err:  # noqa: BLE001
+                problem = problem or error_line(err)
+        return problem
+
+    def _save_until_committed(self, step: int, items, metrics, attempts: int = 0) -> bool:
+        """Saves `step` and waits, again after each failure (`attempts` already made), up to
+        SAVE_ATTEMPTS in all; raises SaveFailed naming the step and the last error."""
+        problem = None
+        while attempts < SAVE_ATTEMPTS:
+            if attempts:
+                time.sleep(_RETRY_DELAYS[min(attempts, len(_RETRY_DELAYS)) - 1])
+            attempts += 1
+            self._renew()
+            problem = self._start(step, items, metrics)
+            if problem is None:
+                failed = self._settle()
+                problem = failed[1] if failed else self._unsealed(step)
+                if problem is None:
+                    return True
+            else:
+                self._drain_errors()
+                _release_waiters(self._operation)
+                self._stale = True
+            if attempts < SAVE_ATTEMPTS:
+                self._report(step, problem, f"attempt {attempts} of {SAVE_ATTEMPTS}; retrying")
+        self._in_flight = None
+        raise SaveFailed(self._failure_line(step, problem, attempts))
+
+    def _unsealed(self, step: int) -> str | None:
+        """None if the committed step is sealed too (a step without its manifest is never
+        restored); else why not, and the step is deleted, to be written again."""
+        problem = None
+        try:
+            problem = self.problem(step)
+            if problem is not None:
+                self._delete(step)
+        except Exception as err:  # noqa: BLE001
+            problem = problem or error_line(err)
+            self._stale = True
+        return problem
+
+    def _renew(self) -> bool:
+        """After a failed save, a fresh Orbax manager: the old one keeps failed metadata writes
+        to raise at later saves, and has dropped from its list the steps the failed save was to
+        replace (they are still there). False while the storage does not answer."""
+        if not self._stale:
+            return True
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=self._options, item_handlers=self._handlers
+            )
+        except Exception:  # noqa: BLE001
+            return False
+        self._stale = False
+        return True
+
+    def _failure_line(self, step: int, problem: str, attempts: int) -> str:
+        listed = self.manager.all_steps() if self._renew() else self._committed
+        intact = [s for s in listed if s != step]
+        kept = (
+            f"the newest checkpoint, {self.step_dir(max(intact))}, is intact: run the same "
+            "command to resume from it"
+            if intact
+            else "no earlier checkpoint: a new run starts from step 0"
         )
+        return (
+            f"checkpoint {self.step_dir(step)} could not be saved ({attempts} attempts; "
+            f"last: {problem}); the run stopped; {kept}"
+        )
+
+    def _report(self, step: int, problem: str, what: str) -> None:
+        if jax.process_index() == 0:
+            print(f"checkpoint {self.step_dir(step)} not saved: {problem}; {what}", flush=True)
 
     def _delete(self, step: int) -> None:
         """Removes a damaged step; the manifest goes first, so an interrupted delete leaves a step
@@ -443,8 +662,26 @@ class SealedManager:
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the last save is committed; a failed one is saved again with the same
+        arrays (they are still alive: no train step ran since). Raises SaveFailed."""
+        failed = self._settle()
+        if failed is None:
+            return
+        step, problem = failed
+        items, metrics = self._in_flight[1:] if self._in_flight else (None, None)
+        if items is None or not _arrays_alive(items):
+            self._in_flight = None
+            raise SaveFailed(self._failure_line(step, problem, 1))
+        self._report(step, problem, f"attempt 1 of {SAVE_ATTEMPTS}; retrying")
+        self._save_until_committed(step, items, metrics, attempts=1)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+def _agreed_failure(problem: str | None) -> str | None:
+    """Every process's outcome of a save combined: failed for all if failed for one."""
+    if distributed.all_processes(problem is None):
+        return None
+    return problem or "it failed on another process"

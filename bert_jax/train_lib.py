@@ -280,6 +280,7 @@ def _run_loop(
                 break
     bar.close()
     writer.close()
+    checkpointer.wait()  # the last step is saved before the run says it finished
     if jax.process_index() == 0:
         (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
     return state

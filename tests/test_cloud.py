@@ -1,15 +1,16 @@
-"""Issue 13: the Cloud TPU path end to end against a real GCS API.
+"""The Cloud TPU path end to end against a GCS API: fake-gcs-server on 127.0.0.1 (tests/conftest.py
+`gcs`), an implementation independent of bert_jax, with object generations and preconditions;
+gcsfs/etils.epath and tensorstore/Orbax talk to it with no credentials. The README's cloud recipe
+runs here with every path on gs:// and a tiny config: prepare from gs:// text, pretrain into a
+gs:// workdir (SIGTERM mid-run, then the same command resumes exactly: compared with an unbroken
+run), fine-tune from the gs:// run into a gs:// workdir, export and plot from gs://.
 
-gcp-storage-emulator serves the GCS JSON API on 127.0.0.1 (tests/conftest.py `gcs_emulator`);
-gcsfs/etils.epath and tensorstore/Orbax talk to it with no credentials. The README's cloud
-recipe runs here with every path on gs:// and a tiny config: prepare from gs:// text, pretrain
-into a gs:// workdir (SIGTERM mid-run, then the same command resumes exactly: compared with an
-unbroken run), fine-tune from the gs:// run into a gs:// workdir, export and plot from gs://.
-
-Stages that wait for another part of issue 13 are marked xfail (strict=False) with the
-dependency named; they run for real and turn into XPASS once it lands.
+Then the same run through a proxy that fails requests (tests/fake_gcs.py `FaultProxy`): saves
+that fail now and then are retried, one that keeps failing stops the run with one line and exit
+status 75, the previous checkpoint intact, and the same command resumes it to the same losses.
 """
 
+import contextlib
 import gzip
 import json
 import os
@@ -23,8 +24,11 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, demo_config
 from etils import epath
+from fake_gcs import FaultProxy
 
+from bert_jax import sealing
 from bert_jax.data import pipeline
+from bert_jax.errors import SAVE_FAILED_STATUS
 
 STEPS = 16
 # A preemption inside a log window must still log what an unbroken run logs.
@@ -39,10 +43,10 @@ TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "exampl
 
 
 @pytest.fixture(scope="module")
-def cloud(gcs_emulator, tmp_path_factory):
+def cloud(gcs, tmp_path_factory):
     """The bucket with the corpus as two text files, a compilation cache shared by the runs,
     and the bundled corpus prepared locally (what pretraining reads until it reads gs://)."""
-    bucket, _ = gcs_emulator
+    bucket, _ = gcs
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
@@ -76,12 +80,12 @@ def cloud(gcs_emulator, tmp_path_factory):
     )
 
 
-def _run(cloud, args, timeout=180, stage=None):
+def _run(cloud, args, timeout=180, stage=None, env=None):
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, *args],
         cwd=REPO_ROOT,
-        env=cloud["env"],
+        env=env or cloud["env"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -156,6 +160,15 @@ def test_pretrain_on_gs_is_preempted_and_resumes_exactly(cloud):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from gs://{bucket}/run/checkpoints/{stopped}" in result.stdout
 
+    _assert_same_metrics(run, unbroken)
+    final = json.loads(epath.Path(run, "final_step.json").read_text())
+    assert final == {"step": STEPS}
+    steps = sorted(int(p.name) for p in epath.Path(run, "checkpoints").iterdir())
+    assert steps[-1] == STEPS
+    assert epath.Path(run, "checkpoints", str(STEPS), "bert_jax_manifest.json").exists()
+
+
+def _assert_same_metrics(run, unbroken) -> None:
     from bert_jax.metrics import read_metrics
 
     want, got = read_metrics(unbroken), read_metrics(run)
@@ -164,11 +177,60 @@ def test_pretrain_on_gs_is_preempted_and_resumes_exactly(cloud):
         assert set(g) == set(w)
         for key in set(w) - TIMING_KEYS:
             assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-9), (w["step"], key)
-    final = json.loads(epath.Path(run, "final_step.json").read_text())
-    assert final == {"step": STEPS}
-    steps = sorted(int(p.name) for p in epath.Path(run, "checkpoints").iterdir())
-    assert steps[-1] == STEPS
-    assert epath.Path(run, "checkpoints", str(STEPS), "bert_jax_manifest.json").exists()
+
+
+@contextlib.contextmanager
+def _faulty(cloud, *refusals):
+    """A FaultProxy in front of the bucket failing a few requests at random (503, 429, cut
+    connections) and, for each (seconds, match) of `refusals`, every checkpoint request with 403
+    for that long from the first whose URL contains `match`; yields (proxy, env for it)."""
+    server = cloud["env"]["STORAGE_EMULATOR_HOST"]
+    with FaultProxy(server, rate=0.05, max_faults=4, lifetime=600) as proxy:
+        for seconds, match in refusals:
+            within = match[: match.index("checkpoints/") + len("checkpoints/")]
+            proxy.outage(seconds, match, status=403, within=within)
+        url = {"STORAGE_EMULATOR_HOST": proxy.url, "TENSORSTORE_GCS_HTTP_URL": proxy.url}
+        yield proxy, dict(cloud["env"], **url)
+
+
+def test_failing_saves_are_retried_then_stop_the_run_and_it_resumes(cloud):
+    """Through a proxy failing a few requests at random (503, 429, cut connections: the storage
+    clients retry those) and refusing the checkpoints' requests with 403 (no client retries
+    that): a save refused for 2 s is saved again; one refused for good stops the run (one line,
+    exit 75) with the previous step intact and no later step a resume takes; the same command
+    then resumes and logs what an unbroken run logged."""
+    bucket = cloud["bucket"]
+    unbroken, run = f"gs://{bucket}/unbroken", f"gs://{bucket}/faults"
+    if not epath.Path(unbroken, "final_step.json").exists():
+        pytest.skip("needs the unbroken run of test_pretrain_on_gs_is_preempted_and_resumes")
+    args = _pretrain_args(cloud, run) + ["--config.checkpoint_every_steps=4"]
+    refusals = (2, "faults/checkpoints/4/"), (600, "faults/checkpoints/16/")
+    with _faulty(cloud, *refusals) as (proxy, env):
+        result = _run(cloud, args, env=env, stage="pretrain_save_fails")
+        stopped = proxy.tally()
+    assert result.returncode == SAVE_FAILED_STATUS, (result.stdout + result.stderr)[-3000:]
+    assert f"checkpoint {run}/checkpoints/4 not saved: " in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: checkpoint {run}/checkpoints/16 could not be saved (4 ")
+    assert "403" in line and f"the newest checkpoint, {run}/checkpoints/12, is intact" in line
+    assert not epath.Path(run, "final_step.json").exists()
+    steps = {int(p.name): p for p in epath.Path(run, "checkpoints").iterdir() if p.name.isdigit()}
+    intact = {step for step, path in steps.items() if sealing.checkpoint_problem(path) is None}
+    assert 12 in intact and intact <= {8, 12}, (sorted(steps), sorted(intact), stopped)
+
+    with _faulty(cloud, (2, "faults/checkpoints/16/")) as (proxy, env):
+        result = _run(cloud, args, env=env, stage="pretrain_save_resumed")
+        resumed = proxy.tally()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"resumed from {run}/checkpoints/12" in result.stdout, result.stdout
+    assert f"checkpoint {run}/checkpoints/16 not saved: " in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    print(f"fault proxy: stopped run {stopped}; resumed run {resumed}")
+    _assert_same_metrics(run, unbroken)
+    # This process listed step 16 before the resumed run saved it: gcsfs would answer from that.
+    epath.backend.fsspec_backend.fs(run).invalidate_cache()
+    assert sealing.checkpoint_problem(epath.Path(run, "checkpoints", str(STEPS))) is None
 
 
 def test_pretrain_reads_prepared_data_on_gs(cloud):
@@ -183,8 +245,8 @@ def test_pretrain_reads_prepared_data_on_gs(cloud):
 
 
 def test_finetune_from_gs_run_into_gs_workdir(cloud):
-    """Issue 13, point 4: fine-tuning reads a gs:// pretraining run and writes a gs:// workdir
-    whose sealed checkpoints (a manifest per step) load back for inference."""
+    """Fine-tuning reads a gs:// pretraining run and writes a gs:// workdir whose sealed
+    checkpoints (a manifest per step) load back for inference."""
     bucket = cloud["bucket"]
     if not epath.Path(f"gs://{bucket}/run/final_step.json").exists():
         pytest.skip("needs the pretraining run of test_pretrain_on_gs_is_preempted_and_resumes")
