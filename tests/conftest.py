@@ -88,9 +88,3 @@ def gcs(tmp_path_factory):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator(gcs):
-    """`gcs` under its former name."""
-    return gcs

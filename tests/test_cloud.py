@@ -42,6 +42,20 @@ RUN_FLAGS = [
 TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "examples_per_sec", "mfu"}
 
 
+def write_corpus(bucket: str, lines: list[str]) -> list[str]:
+    """The corpus lines as gs://BUCKET/corpus/part-{0,1}.txt, split at a document boundary;
+    returns the two texts."""
+    half = len(lines) // 2
+    while lines[half].strip():  # split at a document boundary (an empty line)
+        half += 1
+    corpus = epath.Path(f"gs://{bucket}/corpus")
+    corpus.mkdir(parents=True, exist_ok=True)
+    texts = ["".join(lines[:half]), "".join(lines[half:])]
+    for i, text in enumerate(texts):
+        (corpus / f"part-{i}.txt").write_text(text)
+    return texts
+
+
 @pytest.fixture(scope="module")
 def cloud(gcs, tmp_path_factory):
     """The bucket with the corpus as two text files, a compilation cache shared by the runs,
@@ -51,13 +65,7 @@ def cloud(gcs, tmp_path_factory):
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
-    half = len(lines) // 2
-    while lines[half].strip():  # split at a document boundary (an empty line)
-        half += 1
-    corpus = epath.Path(f"gs://{bucket}/corpus")
-    corpus.mkdir(parents=True, exist_ok=True)
-    (corpus / "part-0.txt").write_text("".join(lines[:half]))
-    (corpus / "part-1.txt").write_text("".join(lines[half:]))
+    write_corpus(bucket, lines)
     local = tmp_path_factory.mktemp("cloud")
     data = demo_config("test").data
     data.data_dir, data.show_progress = str(local / "data"), False

@@ -1,16 +1,14 @@
 """Issue 13 point 3: once prepared, pretraining reads only the prepared dataset. It finds it from
 the workdir's record, data.dataset_dir or the inputs' names/sizes/mtimes (never their bytes),
 survives the raw text being deleted, and says in one line what is missing or ambiguous. The
-cloud path (gs:// text, gs:// data_dir) runs against gcp-storage-emulator on 127.0.0.1."""
+cloud path (gs:// text, gs:// data_dir) runs against the suite's fake-gcs-server on 127.0.0.1."""
 
 import gzip
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import REPO_ROOT
@@ -114,56 +112,39 @@ def test_finding_a_dataset_is_explicit_or_one_clear_error(tmp_path):
 
 
 @pytest.fixture
-def gcs(monkeypatch, tmp_path):
-    """gcp-storage-emulator on a free loopback port, bucket `b`; gcsfs/epath pointed at it."""
-    pytest.importorskip("gcp_storage_emulator")
+def gcs_dir(gcs, monkeypatch, tmp_path):
+    """A folder of its own in the suite's GCS bucket (tests/conftest.py `gcs`), gcsfs/epath
+    pointed at it, and a local data cache for this test."""
     gcsfs = pytest.importorskip("gcsfs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-         f"--port={port}", "--in-memory", "--default-bucket=b"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    bucket, _ = gcs
+    monkeypatch.setenv("BERT_JAX_DATA_CACHE", str(tmp_path / "mirror"))
+    gcsfs.GCSFileSystem.clear_instance_cache()
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("BERT_JAX_DATA_CACHE", str(tmp_path / "mirror"))
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        yield "gs://b"
+        yield f"gs://{bucket}/{tmp_path.name}"
     finally:
         gcsfs.GCSFileSystem.clear_instance_cache()
-        server.terminate()
-        server.wait()
 
 
-def test_prepare_and_read_on_gcs(gcs, tmp_path):
+def test_prepare_and_read_on_gcs(gcs_dir, tmp_path):
     from etils import epath
 
     for name, chapters in (("a.txt", _chapters(0, 15)), ("b.txt", _chapters(15, 15))):
-        (epath.Path(gcs) / "corpus" / name).write_bytes(chapters)
+        (epath.Path(gcs_dir) / "corpus" / name).write_bytes(chapters)
     result = subprocess.run(
-        [sys.executable, "-m", "bert_jax.data.prepare", f"--input_files={gcs}/corpus/*.txt",
-         f"--vocab_file={pipeline.BUNDLED_VOCAB}", f"--data_dir={gcs}/data", "--num_workers=2"],
+        [sys.executable, "-m", "bert_jax.data.prepare", f"--input_files={gcs_dir}/corpus/*.txt",
+         f"--vocab_file={pipeline.BUNDLED_VOCAB}", f"--data_dir={gcs_dir}/data", "--num_workers=2"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "documents               30" in result.stdout
 
     config = _demo_test_config()
-    config.data.update(input_files=f"{gcs}/corpus/*.txt", data_dir=f"{gcs}/data")
+    config.data.update(input_files=f"{gcs_dir}/corpus/*.txt", data_dir=f"{gcs_dir}/data")
     validate_pretraining_config(config, num_devices=1)  # gs:// input_files are fine
     prepared = pipeline.open_dataset(config.data)  # found by name, size and mtime
-    assert prepared.directory.startswith(f"{gcs}/data/pretraining_corpus/a_")
+    assert prepared.directory.startswith(f"{gcs_dir}/data/pretraining_corpus/a_")
     assert not prepared.built_now and prepared.report["documents"] == 30
-    local = corpus.list_prepared(f"{gcs}/data")[0]
+    local = corpus.list_prepared(f"{gcs_dir}/data")[0]
     assert local.directory == prepared.directory
     batch = next(
         pipeline.make_pretraining_iterator(config.data, split="train", global_batch_size=4, seed=0)

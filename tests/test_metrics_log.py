@@ -1,7 +1,7 @@
 """metrics.jsonl and its object-store form: writes that scale, and crashes that corrupt nothing.
 
 Local workdirs append one line per record; gs:// workdirs write bounded part files, checked here
-against a real GCS API (the suite's gcp-storage-emulator on 127.0.0.1, tests/conftest.py).
+against a real GCS API (the suite's fake-gcs-server on 127.0.0.1, tests/conftest.py).
 """
 
 import gc
@@ -93,9 +93,9 @@ def test_object_store_writes_are_bounded_parts(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def gcs_bucket(gcs_emulator, tmp_path):
+def gcs_bucket(gcs, tmp_path):
     """A folder of its own in the suite's GCS emulator bucket (tests/conftest.py)."""
-    bucket, _ = gcs_emulator
+    bucket, _ = gcs
     yield f"gs://{bucket}/{tmp_path.name}"
     gc.collect()  # tensorboardX's GCS writers upload again when collected: while it runs
 

@@ -128,6 +128,19 @@ def data_dir(tmp_path_factory):
     return config.data.data_dir
 
 
+def _resumed_on_a_fresh_stream(pretrainer, config, workdir) -> list[dict]:
+    """Metrics of the workdir's CHECKPOINT_STEP state stepped to STEPS over a fresh one-share
+    stream (what a resume whose share count changed must log)."""
+    restored = Checkpointer(workdir, CHECKPOINT_STEP, 2).restore(
+        pretrainer.abstract_state, step=CHECKPOINT_STEP
+    )
+    fresh = pipeline.make_pretraining_iterator(
+        config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
+    )
+    batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))
+    return _step_metrics(pretrainer, restored.state, batches, restored.rng)[1]
+
+
 def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
     config = _config(data_dir)
     two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
@@ -168,14 +181,7 @@ def test_two_processes_match_one_and_one_resumes(tmp_path, data_dir):
 
     # Expected: the restored step-4 state stepped over a fresh 1-process stream.
     with jax.set_mesh(mesh):
-        restored = Checkpointer(two_dir, CHECKPOINT_STEP, 2).restore(
-            pretrainer.abstract_state, step=CHECKPOINT_STEP
-        )
-        fresh = pipeline.make_pretraining_iterator(
-            config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
-        )
-        batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))
-        _, expected = _step_metrics(pretrainer, restored.state, batches, restored.rng)
+        expected = _resumed_on_a_fresh_stream(pretrainer, config, two_dir)
     worst_resume = _assert_same(resumed, expected, 1e-5, "1-process resume")
     print(
         f"2x2 vs 1x4: {STEPS} train steps worst rel diff {worst_train:.2e}, eval {worst_eval:.2e};"
@@ -241,15 +247,7 @@ def test_resume_on_another_mesh_restores_each_share_position(tmp_path, data_dir)
     # Expected: the step-4 state stepped over the one share's fresh stream, on the same mesh.
     mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:4])
     with jax.set_mesh(mesh):
-        pretrainer = build_pretrainer(config, mesh)
-        restored = Checkpointer(unbroken, CHECKPOINT_STEP, 2).restore(
-            pretrainer.abstract_state, step=CHECKPOINT_STEP
-        )
-        fresh = pipeline.make_pretraining_iterator(
-            config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
-        )
-        batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))
-        _, expected = _step_metrics(pretrainer, restored.state, batches, restored.rng)
+        expected = _resumed_on_a_fresh_stream(build_pretrainer(config, mesh), config, unbroken)
     worst_across = _assert_same(_train_records(across), expected, 1e-5, "tensor across")
     print(
         f"saved positions {saved}; resumed swapped worst rel diff {worst_swapped:.2e}, "

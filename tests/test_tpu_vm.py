@@ -6,7 +6,7 @@ coordinator on 127.0.0.1), scp copies into each HOME. Each worker's `python3` is
 as on the Ubuntu 22.04 runtime images. Nothing is downloaded: uv, setuptools and the test's
 site-packages (jax, flax, ...) come from wheels made here of what this Python has installed,
 offered to pip and uv offline (PIP_NO_INDEX / PIP_FIND_LINKS and the script's INSTALL_ARGS).
-The bucket is the GCS emulator (tests/conftest.py `gcs_emulator`).
+The bucket is the suite's GCS, fake-gcs-server (tests/conftest.py `gcs`).
 """
 
 import base64
@@ -28,19 +28,12 @@ import zipfile
 import pytest
 from conftest import REPO_ROOT
 from etils import epath
+from test_cloud import RUN_FLAGS as TRAIN_FLAGS  # the cloud test's short run
+from test_cloud import STEPS, TIMING_KEYS, write_corpus
 
 from bert_jax.errors import UserError
 
 SCRIPT = REPO_ROOT / "launch" / "tpu_vm.sh"
-STEPS = 16
-TRAIN_FLAGS = [
-    f"--config.num_train_steps={STEPS}",
-    "--config.checkpoint_every_steps=8",
-    "--config.log_every_steps=4",
-    "--config.eval_every_steps=8",
-    "--config.data.show_progress=False",
-]
-TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "examples_per_sec", "mfu"}
 
 FAKE_GCLOUD = r"""
 import json, os, pathlib, shutil, socket, subprocess, sys
@@ -162,11 +155,11 @@ def _image_python3(bin_dir):
 
 
 @pytest.fixture(scope="module")
-def cloud(gcs_emulator, tmp_path_factory):
+def cloud(gcs, tmp_path_factory):
     """The fake cloud: gcloud and python3 stand-ins, wheels instead of the index, the bucket
     with a corpus of two text files on gs://, and the environment the script runs with."""
     pytest.importorskip("uv", reason="uv not installed (pip install -e '.[dev]')")
-    bucket, gcs_env = gcs_emulator
+    bucket, gcs_env = gcs
     root = tmp_path_factory.mktemp("tpu")
     bin_dir, wheels = root / "bin", root / "wheels"
     bin_dir.mkdir()
@@ -185,13 +178,7 @@ def cloud(gcs_emulator, tmp_path_factory):
 
     with gzip.open(REPO_ROOT / "bert_jax" / "assets" / "kjv.txt.gz", "rt") as f:
         lines = f.read().splitlines(keepends=True)[:6000]
-    half = len(lines) // 2
-    while lines[half].strip():  # split at a document boundary (an empty line)
-        half += 1
-    corpus = epath.Path(f"gs://{bucket}/corpus")
-    corpus.mkdir(parents=True, exist_ok=True)
-    (corpus / "part-0.txt").write_text("".join(lines[:half]))
-    (corpus / "part-1.txt").write_text("".join(lines[half:]))
+    texts = write_corpus(bucket, lines)
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(gcs_env)
@@ -219,7 +206,7 @@ def cloud(gcs_emulator, tmp_path_factory):
     )
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     state = {"root": root, "env": env, "bucket": bucket, "image_python": image_python}
-    state["corpus"] = ["".join(lines[:half]), "".join(lines[half:])]
+    state["corpus"] = texts
     started = time.monotonic()
     yield state
     print(
