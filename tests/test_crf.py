@@ -108,8 +108,7 @@ def test_the_loss_of_a_split_sentence_leaves_the_cut_open(tmp_path, packed):
     assert data.num_features == 3
     np.testing.assert_array_equal(data.arrays["starts_sentence"], [1, 0, 1])
     np.testing.assert_array_equal(data.arrays["ends_sentence"], [0, 1, 1])
-    lengths = task_batches.feature_lengths(data)
-    slots = packing.pack(lengths, 8, 2) if packed else np.arange(3)[:, None]
+    slots = packing.pack(data.lengths, 8, 2) if packed else np.arange(3)[:, None]
     assert len(slots) == (2 if packed else 3)  # packed: the 1-word sentence beside a feature
     batch = task_batches.build_batch(
         "token_classification", data, task_batches.Batch(slots, 8, packed)
@@ -125,7 +124,7 @@ def test_the_loss_of_a_split_sentence_leaves_the_cut_open(tmp_path, packed):
     sums = task_sums("token_classification", (emissions, crf), batch)
     if packed:  # each feature's emissions as one feature per row
         per_feature = np.zeros((3, 8, num_labels), np.float32)
-        packing.unpack_tokens(emissions, lengths, slots, per_feature)
+        packing.unpack_tokens(emissions, data.lengths, slots, per_feature)
     else:
         per_feature = emissions
     labels = data.arrays["labels"]
