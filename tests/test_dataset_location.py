@@ -150,4 +150,4 @@ def test_prepare_and_read_on_gcs(gcs_dir, tmp_path):
         pipeline.make_pretraining_iterator(config.data, split="train", global_batch_size=4, seed=0)
     )  # read from a local mirror: ArrayRecord reads local files only
     assert batch["input_ids"].shape == (4, 64)
-    assert (tmp_path / "mirror" / "gs" / "b" / "data").is_dir()
+    assert (tmp_path / "mirror" / "gs" / gcs_dir.removeprefix("gs://") / "data").is_dir()
