@@ -374,7 +374,7 @@ def _is_step_name(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def _step_dirs(checkpoints_dir: epath.Path) -> list[epath.Path]:
+def step_dirs(checkpoints_dir: epath.Path) -> list[epath.Path]:
     """The step directories under checkpoints_dir, newest first."""
     steps = sorted(
         (int(p.name) for p in checkpoints_dir.iterdir() if _is_step_name(p.name) and p.is_dir()),
@@ -391,9 +391,9 @@ def candidate_step_dirs(path) -> tuple[list[epath.Path], bool] | None:
     if (path / "state").is_dir():
         return [path], False
     if (path / "checkpoints").is_dir():
-        return _step_dirs(path / "checkpoints"), True
+        return step_dirs(path / "checkpoints"), True
     if any(_is_step_name(p.name) and (p / "state").is_dir() for p in path.iterdir()):
-        return _step_dirs(path), True
+        return step_dirs(path), True
     return None
 
 

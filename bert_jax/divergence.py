@@ -25,15 +25,29 @@ def non_finite(fetched: list[dict], last_step: int, keys) -> str | None:
     return None
 
 
-def diverged(problem: str, checkpoints, last_good: int | None) -> UserError:
-    """The one line a diverged run stops with (`problem` from non_finite)."""
+def stop_if_diverged(
+    fetched: list[dict], last_step: int, keys, checkpoints, close=(), wait=()
+) -> None:
+    """Raises the one line a diverged run stops with when a fetched step's value under `keys` is
+    NaN or infinite (non_finite), after closing `close` (progress bar, writer) and completing the
+    saves in flight (of good steps) of `checkpoints` (the run's manager: `directory`,
+    `latest_step()`, `wait()`) and of the managers in `wait`."""
+    problem = non_finite(fetched, last_step, keys)
+    if problem is None:
+        return
+    for thing in close:
+        thing.close()
+    for manager in (checkpoints, *wait):
+        manager.wait()
+    last_good = checkpoints.latest_step()
     if last_good is None:
-        return UserError(
+        raise UserError(
             f"training diverged: {problem}, before any checkpoint was saved. Lower learning_rate "
             "(or check the data) and run again"
         )
-    return UserError(
+    raise UserError(
         f"training diverged: {problem}; nothing from that step on was saved, the last good "
-        f"checkpoint is {checkpoints}/{last_good}. Lower learning_rate (or check the data), then "
-        "rerun with --config.resume_with_changes=True to continue from it, or use a new workdir"
+        f"checkpoint is {checkpoints.directory}/{last_good}. Lower learning_rate (or check the "
+        "data), then rerun with --config.resume_with_changes=True to continue from it, or use a "
+        "new workdir"
     )

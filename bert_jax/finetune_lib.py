@@ -52,6 +52,7 @@ PREDICTION_FILES = {
 }
 # What --config.overwrite=True deletes of an earlier run in the workdir (the files the run
 # describes itself with are rewritten).
+DIVERGENCE_KEYS = ("loss_sum", "grad_norm")  # per step, NaN/inf stops the run
 RUN_OUTPUTS = (
     "checkpoints", pretrained.BEST_DIR, "metrics.jsonl", "metrics", "tensorboard",
     "eval_results.json", *sorted(set(PREDICTION_FILES.values())), rerun.HISTORY,
@@ -463,7 +464,9 @@ def _run_loop(
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps:
                 fetched = jax.device_get(pending)
-                _stop_if_diverged(fetched, done, bar, writer, state_manager, best_manager)
+                divergence.stop_if_diverged(
+                    fetched, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
+                )
                 sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
                 scalars = {
                     "loss": sums["loss_sum"] / max(sums["count"], 1.0),
@@ -485,7 +488,9 @@ def _run_loop(
             )
             if evaluate_now:
                 pending = jax.device_get(pending)  # no diverged step is evaluated into best/
-                _stop_if_diverged(pending, done, bar, writer, state_manager, best_manager)
+                divergence.stop_if_diverged(
+                    pending, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
+                )
                 eval_start = time.perf_counter()
                 eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
                 writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
@@ -506,8 +511,10 @@ def _run_loop(
             stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
             if evaluate_now or (every > 0 and done % every == 0) or stop:
                 pending = jax.device_get(pending)  # no diverged step is saved
-                _stop_if_diverged(pending, done, bar, writer, state_manager, best_manager)
-                steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+                divergence.stop_if_diverged(
+                    pending, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
+                )
+                steps = [{k: float(v) for k, v in m.items()} for m in pending]
                 state_manager.save(
                     done,
                     {
@@ -527,18 +534,6 @@ def _run_loop(
         eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
     writer.close()
     return state, eval_metrics
-
-
-def _stop_if_diverged(fetched, done, bar, writer, state_manager, best_manager) -> None:
-    """A UserError when a fetched step's loss or gradient norm is NaN or infinite (before it is
-    logged, evaluated or saved), once the saves in flight (of good steps) are complete."""
-    problem = divergence.non_finite(fetched, done, ("loss_sum", "grad_norm"))
-    if problem is not None:
-        bar.close()
-        writer.close()
-        state_manager.wait()
-        best_manager.wait()
-        raise divergence.diverged(problem, state_manager.directory, state_manager.latest_step())
 
 
 def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:

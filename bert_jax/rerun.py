@@ -17,26 +17,16 @@ from typing import Any
 
 import jax
 from etils import epath
+from flax import traverse_util
 
 from bert_jax import distributed
+from bert_jax.checkpointing import step_dirs
 from bert_jax.errors import UserError
 from bert_jax.untrusted import read_json_object, shown
 
 HISTORY = "config_history.jsonl"
 PATH_KEYS = ("init_checkpoint", "vocab_file")  # compared as the paths they resolve to
 _LISTED = 6
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are values."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _normalized(key: str, value):
@@ -53,7 +43,7 @@ def _is_free(key: str, free) -> bool:
 def differences(saved: dict, new: dict, free=frozenset()) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (saved, new) for the keys both records hold whose values differ, except
     those under a key in `free`. Keys only one side has (another bert_jax version) are skipped."""
-    saved, new = flatten(saved), flatten(new)
+    saved, new = (traverse_util.flatten_dict(t, sep=".") for t in (saved, new))
     return {
         key: (saved[key], new[key])
         for key in sorted(saved.keys() & new.keys())
@@ -64,7 +54,7 @@ def differences(saved: dict, new: dict, free=frozenset()) -> dict[str, tuple[Any
 def has_run(workdir) -> bool:
     """Whether WORKDIR/checkpoints holds a step (intact or not) of an earlier run."""
     checkpoints = epath.Path(workdir) / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    return checkpoints.is_dir() and bool(step_dirs(checkpoints))
 
 
 def check(workdir, config, records: dict[str, dict], free, outputs) -> dict[str, tuple]:

@@ -230,7 +230,9 @@ def _run_loop(
             bar.update(1)
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
                 fetched = jax.device_get(pending)
-                _stop_if_diverged(fetched, step, checkpointer, bar, writer)
+                divergence.stop_if_diverged(
+                    fetched, step, DIVERGENCE_KEYS, checkpointer, close=(bar, writer)
+                )
                 elapsed = time.perf_counter() - last_log_time - excluded_time
                 steps_done = step - last_log_step
                 sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
@@ -263,7 +265,9 @@ def _run_loop(
             stop = distributed.stop_requested(step, preemption.requested)
             if checkpointer.should_save(step) or step == config.num_train_steps or stop:
                 pending = jax.device_get(pending)  # the save fetches them anyway
-                _stop_if_diverged(pending, step, checkpointer, bar, writer)
+                divergence.stop_if_diverged(
+                    pending, step, DIVERGENCE_KEYS, checkpointer, close=(bar, writer)
+                )
                 checkpointer.save(
                     step,
                     state,
@@ -284,14 +288,3 @@ def _run_loop(
     if jax.process_index() == 0:
         (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
     return state
-
-
-def _stop_if_diverged(fetched, step, checkpointer, bar, writer) -> None:
-    """A UserError when a fetched step's loss or gradient norm is NaN or infinite (before it is
-    logged or saved), once the saves in flight (of good steps) are complete."""
-    problem = divergence.non_finite(fetched, step, DIVERGENCE_KEYS)
-    if problem is not None:
-        bar.close()
-        writer.close()
-        checkpointer.wait()
-        raise divergence.diverged(problem, checkpointer.directory, checkpointer.latest_step())
