@@ -473,9 +473,7 @@ class SealedManager:
             return self._save_until_committed(step, items, metrics)
         problem = self._start(step, items, metrics)
         if problem is not None:
-            self._drain_errors()
-            _release_waiters(self._operation)
-            self._stale = True
+            self._abandon()
             self._report(step, problem, "retrying")
             return self._save_until_committed(step, items, metrics, attempts=1)
         return True
@@ -525,6 +523,13 @@ class SealedManager:
                 problem = problem or error_line(err)
         return problem
 
+    def _abandon(self) -> None:
+        """After a save that failed as it started: its background work drained, Orbax's waiting
+        threads released, and a fresh manager for the next attempt (`_renew`)."""
+        self._drain_errors()
+        _release_waiters(self._operation)
+        self._stale = True
+
     def _save_until_committed(self, step: int, items, metrics, attempts: int = 0) -> bool:
         """Saves `step` and waits, again after each failure (`attempts` already made), up to
         SAVE_ATTEMPTS in all; raises SaveFailed naming the step and the last error."""
@@ -541,9 +546,7 @@ class SealedManager:
                 if problem is None:
                     return True
             else:
-                self._drain_errors()
-                _release_waiters(self._operation)
-                self._stale = True
+                self._abandon()
             if attempts < SAVE_ATTEMPTS:
                 self._report(step, problem, f"attempt {attempts} of {SAVE_ATTEMPTS}; retrying")
         self._in_flight = None
