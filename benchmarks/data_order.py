@@ -129,7 +129,7 @@ def row_documents(batch: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _original_ids(batch: dict) -> np.ndarray:
     """input_ids with the masked positions restored (the library's helper where it has one)."""
-    from bert_jax.data import pretraining
+    from bert_jax.data import examples as pretraining
 
     if hasattr(pretraining, "original_ids"):
         return pretraining.original_ids(batch)

@@ -151,7 +151,7 @@ def build_config(overrides: dict, data_dir: str):
     config = get_config("demo")
     for key, value in overrides.items():
         if key == "data.vocab_file":
-            from bert_jax.config_lib import vocab_size
+            from bert_jax.pretraining.config import vocab_size
 
             config.data.vocab_file = _vocab(value, data_dir)
             config.model.vocab_size = vocab_size(config.data.vocab_file)
@@ -173,11 +173,11 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
     import jax
     import numpy as np
 
-    from bert_jax import sharding
-    from bert_jax.config_lib import validate_pretraining_config
     from bert_jax.data import pipeline
-    from bert_jax.train_lib import evaluate
-    from bert_jax.train_step import build_pretrainer
+    from bert_jax.pretraining.config import validate_pretraining_config
+    from bert_jax.pretraining.step import build_pretrainer
+    from bert_jax.pretraining.train import evaluate
+    from bert_jax.training import sharding
 
     config = build_config(overrides, data_dir)
     config.data.data_dir = data_dir
@@ -350,7 +350,7 @@ def end_to_end(args) -> dict:
         timings.append({"command": " ".join(cmd[1:4]), "wall_s": wall, "cpu_s": cpu,
                         "returncode": proc.returncode,
                         "stdout_tail": proc.stdout[-2500:]})  # fmt: skip
-    from bert_jax.metrics import read_metrics
+    from bert_jax.training.metrics import read_metrics
 
     curve = [
         (r["step"], r["eval_mlm_accuracy"], r.get("eval_nsp_accuracy"))

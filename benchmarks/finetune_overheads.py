@@ -39,7 +39,7 @@ from benchmarks.finetune_vs_hf import (
 
 def synthetic_task(rows: int, max_seq_length: int = 128, seed: int = 0):
     """A classification TaskData of `rows` features, 8 to max_seq_length / 2 real tokens each."""
-    from bert_jax.data.tasks import TaskData
+    from bert_jax.finetuning.tasks.features import TaskData
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(8, max_seq_length // 2 + 1, rows)
@@ -71,7 +71,7 @@ def _median_seconds(calls, repeats: int) -> tuple[float, float]:
 
 def host_times(rows: int, steps: int, batch_size: int = 32, eval_rows: int = 64) -> dict:
     """Host seconds per training step and per evaluation batch, packed, on `rows` rows."""
-    from bert_jax.data import task_batches
+    from bert_jax.finetuning import batches as task_batches
 
     data = synthetic_task(rows)
     start = time.perf_counter()
@@ -191,9 +191,11 @@ def patched(timer: PhaseTimer):
     """finetune_lib's phases timed. Each patched function is one finetune_lib looks up by name at
     every call (module attributes, methods), so the run is unchanged, except that every train and
     eval step is waited for: its time is its own, not the next synchronisation's."""
-    from bert_jax import finetune_lib, sealing
-    from bert_jax.data import task_batches, tasks
-    from bert_jax.metrics import MetricWriter
+    from bert_jax.checkpoints import sealing
+    from bert_jax.finetuning import batches as task_batches
+    from bert_jax.finetuning import train as finetune_lib
+    from bert_jax.finetuning.tasks import features as tasks
+    from bert_jax.training.metrics import MetricWriter
 
     compiled: set = set()
 
@@ -255,15 +257,16 @@ def patched(timer: PhaseTimer):
 
 
 def steps_per_epoch(config, encoder) -> int:
-    from bert_jax import finetune_lib, sharding
-    from bert_jax.data import tasks
+    from bert_jax.finetuning import train as finetune_lib
+    from bert_jax.finetuning.tasks import features as tasks
+    from bert_jax.training import sharding
 
     data = tasks.load_task(config, "train", encoder.tokenizer)
     return finetune_lib.train_batches(config, data, sharding.make_mesh(config.mesh)).steps_per_epoch
 
 
 def run_phases(config, workdir: pathlib.Path, encoder) -> dict:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     shutil.rmtree(workdir, ignore_errors=True)
     timer = PhaseTimer()
@@ -282,7 +285,7 @@ def run_phases(config, workdir: pathlib.Path, encoder) -> dict:
 
 
 def section_phases(args, workdir: pathlib.Path, results: dict) -> None:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     task = args.tasks.split(",")[0]
     train, dev, n_train, n_dev = task_subsample(args, workdir, task)

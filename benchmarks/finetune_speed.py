@@ -63,8 +63,9 @@ class BertJaxStep:
     def __init__(self, args):
         import jax
 
-        from bert_jax import finetune_lib, sharding
-        from bert_jax.finetune_step import build_finetuner
+        from bert_jax.finetuning import train as finetune_lib
+        from bert_jax.finetuning.step import build_finetuner
+        from bert_jax.training import sharding
 
         config = bert_jax_config("classification", args, "", "", minilm_dir())
         config.batch_size = args.step_batch
@@ -181,7 +182,7 @@ def _bert_jax_train_seconds(workdir: pathlib.Path) -> float:
 
 
 def run_bert_jax_timed(config, workdir: pathlib.Path, encoder) -> dict:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     shutil.rmtree(workdir, ignore_errors=True)
     load, wall, cpu = load_average(), time.perf_counter(), cpu_seconds()
@@ -201,7 +202,7 @@ def run_bert_jax_timed(config, workdir: pathlib.Path, encoder) -> dict:
 
 
 def section_epoch(args, workdir: pathlib.Path, results: dict) -> None:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     encoder = None
     for task in args.tasks.split(","):

@@ -129,7 +129,7 @@ def bert_jax_config(kind: str, args, train_file, dev_file, init_checkpoint, **ov
 
 
 def run_bert_jax(config, workdir: pathlib.Path, encoder=None) -> dict:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     shutil.rmtree(workdir, ignore_errors=True)  # a stale run would be resumed, not repeated
     start = time.perf_counter()
@@ -160,9 +160,9 @@ def bert_jax_initial_head(
     bert_config defaults to MiniLM's."""
     from flax.core import meta
 
-    from bert_jax import finetune_lib
     from bert_jax.convert.hf import read_hf_config
-    from bert_jax.finetune_step import make_task_model
+    from bert_jax.finetuning import train as finetune_lib
+    from bert_jax.finetuning.step import make_task_model
 
     bert_config = bert_config or read_hf_config(minilm_dir())
     model = make_task_model(kind, bert_config, num_labels)
@@ -328,7 +328,7 @@ def task_subsample(args, workdir: pathlib.Path, task: str):
 
 
 def section_compare(args, workdir: pathlib.Path, results: dict) -> None:
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     encoder = None
     for task in args.tasks.split(","):
@@ -362,7 +362,7 @@ def section_compare(args, workdir: pathlib.Path, results: dict) -> None:
 
 
 def first_word_baseline(dev_file: pathlib.Path) -> dict:
-    from bert_jax.eval.metrics import squad_scores
+    from bert_jax.finetuning.scores import squad_scores
 
     document = json.loads(dev_file.read_text(encoding="utf-8"))
     predictions, gold = {}, {}
@@ -396,7 +396,7 @@ def section_qa(args, workdir: pathlib.Path, results: dict) -> None:
 
 
 def pretrain_small_model(args, workdir: pathlib.Path) -> pathlib.Path:
-    from bert_jax import train_lib
+    from bert_jax.pretraining import train as train_lib
     from configs import demo
 
     config = demo.get_config()

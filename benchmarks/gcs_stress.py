@@ -85,7 +85,7 @@ def _outcome(prefix: str) -> dict:
     """What a flow produced: the pretraining run's metrics and the fine-tuning results."""
     from etils import epath
 
-    from bert_jax.metrics import read_metrics
+    from bert_jax.training.metrics import read_metrics
 
     records = [
         {k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(f"{prefix}/run")
@@ -124,7 +124,7 @@ def _flow(name: str, env: dict, local: pathlib.Path, proxy, args, log) -> dict:
             report["failed"] = f"{stage}: a traceback on stderr"
             return report
         if stage in FINAL:  # the run said it finished: its last checkpoint must be intact
-            from bert_jax.sealing import checkpoint_problem
+            from bert_jax.checkpoints.sealing import checkpoint_problem
 
             problem = checkpoint_problem(f"{prefix}/{FINAL[stage]}")
             if problem is not None:

@@ -41,7 +41,7 @@ def available_gib() -> float:
 
 def _config(preset: str, batch_size: int, seq_len: int, dtype: str, remat: str):
     from benchmarks.run_all import predictions_per_seq
-    from bert_jax.config_lib import pretraining_config
+    from bert_jax.pretraining.config import pretraining_config
 
     config = pretraining_config(
         preset, dtype=dtype, remat_policy=remat, max_position_embeddings=max(512, seq_len)
@@ -59,8 +59,8 @@ def step_memory(
     """Compiled buffer sizes (bytes) of one train step on the first local device."""
     import jax
 
-    from bert_jax import sharding
-    from bert_jax.train_step import batch_shapes, build_pretrainer
+    from bert_jax.pretraining.step import batch_shapes, build_pretrainer
+    from bert_jax.training import sharding
 
     config = _config(preset, batch_size, seq_len, dtype, remat)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

@@ -1,6 +1,6 @@
 """The trainers benchmarked side by side, each served from its own process.
 
-  bert_jax  `bert_jax.train_step.build_pretrainer`: sparse MLM head, jitted, donated state.
+  bert_jax  `bert_jax.pretraining.step.build_pretrainer`: sparse MLM head, jitted, donated state.
   hf_flax   transformers' FlaxBertForPreTraining in a jitted optax step (dense MLM logits).
   hf_torch  transformers' BertForPreTraining (PyTorch, eager) with torch.optim.AdamW.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 FRAMEWORKS = ("bert_jax", "hf_flax", "hf_torch")
 
-# AdamW as bert_jax.config_lib.pretraining_config sets it, for every trainer.
+# AdamW as bert_jax.pretraining.config.pretraining_config sets it, for every trainer.
 DEFAULT_OPTIMIZER = dict(
     schedule="trainer",  # the schedule HFTorchTrainer's LambdaLR computes
     learning_rate=1e-4,
@@ -102,14 +102,14 @@ def _optimizer_config(spec: dict[str, Any]):
 
 
 class BertJaxTrainer:
-    """bert_jax's own pretraining step, as `bert_jax.train_lib` runs it."""
+    """bert_jax's own pretraining step, as `bert_jax.pretraining.train` runs it."""
 
     def __init__(self, spec: dict[str, Any]):
         import jax
 
-        from bert_jax import sharding
-        from bert_jax.config_lib import pretraining_config
-        from bert_jax.train_step import build_pretrainer
+        from bert_jax.pretraining.config import pretraining_config
+        from bert_jax.pretraining.step import build_pretrainer
+        from bert_jax.training import sharding
 
         config = pretraining_config(spec["preset"], **spec["model_overrides"])
         config.update(spec["optimizer"])
@@ -149,7 +149,7 @@ class HFFlaxTrainer:
         import optax
         import transformers
 
-        from bert_jax.optim import make_optimizer
+        from bert_jax.training.optim import make_optimizer
 
         hf_config = transformers.BertConfig(**_hf_config_kwargs(spec["model"]))
         dtype = jnp.dtype(spec["model"]["dtype"])

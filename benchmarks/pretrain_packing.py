@@ -80,7 +80,7 @@ def prepare(args) -> tuple[str, str]:
 
 
 def make_config(args, vocab: str, dataset_dir: str, packed: bool, rows: int, steps: int):
-    from bert_jax.config_lib import pretraining_config, vocab_size
+    from bert_jax.pretraining.config import pretraining_config, vocab_size
 
     c = pretraining_config(args.preset, vocab_size=vocab_size(vocab), max_position_embeddings=512)
     c.data.update(
@@ -122,7 +122,7 @@ class Run:
         import jax
 
         from bert_jax.data import pipeline
-        from bert_jax.train_step import build_pretrainer
+        from bert_jax.pretraining.step import build_pretrainer
 
         self.name, self.config, self.mesh = name, config, mesh
         with jax.set_mesh(mesh):
@@ -172,7 +172,7 @@ class Run:
     def evaluate(self, eval_trainer, batches) -> dict:
         import jax
 
-        from bert_jax.train_step import metrics_from_sums
+        from bert_jax.pretraining.step import metrics_from_sums
 
         totals = None
         with jax.set_mesh(self.mesh):
@@ -202,8 +202,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
 
-    from bert_jax import sharding
     from bert_jax.data import pipeline
+    from bert_jax.training import sharding
 
     load_start = os.getloadavg()
     vocab, dataset_dir = prepare(args)

@@ -19,8 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax.modeling import BertConfig, BertEmbeddings, _mix32, dropout_keep_mask
-from bert_jax.optim import decay_mask, learning_rate_schedule, make_optimizer, trainer_schedule
+from bert_jax.model.modeling import BertConfig, BertEmbeddings, _mix32, dropout_keep_mask
+from bert_jax.training.optim import (
+    decay_mask,
+    learning_rate_schedule,
+    make_optimizer,
+    trainer_schedule,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from test_optim import (  # noqa: E402

@@ -8,8 +8,8 @@ Every trainer (`benchmarks.peers`) runs in its own process, so each peak RSS is 
 them are built and compiled first, then timed in alternation -- block k runs `--steps` steps of
 each trainer in a rotated order -- for `--reps` blocks; each figure is the median over the blocks
 and compilation is reported apart (first step minus the median step). MFU counts the model FLOPs
-that each trainer performs (`bert_jax.metrics.pretraining_flops_per_example`; the Hugging Face
-heads compute vocabulary logits at all T positions, bert_jax's at the P masked ones).
+that each trainer performs (`bert_jax.training.metrics.pretraining_flops_per_example`; the
+Hugging Face heads compute vocabulary logits at all T positions, bert_jax's at the P masked ones).
 
 Writes benchmarks/results/{results.json, results.md, throughput.png} (with --mfu: mfu.json and
 mfu.md), and, when
@@ -107,7 +107,7 @@ class Worker:
 
 
 def make_spec(framework: str, preset: str, batch_size: int, seq_len: int, args) -> dict[str, Any]:
-    from bert_jax.modeling import BertConfig
+    from bert_jax.model.modeling import BertConfig
 
     overrides = dict(max_position_embeddings=max(512, seq_len), dtype=args.dtype)
     if args.remat != "none":
@@ -128,8 +128,8 @@ def make_spec(framework: str, preset: str, batch_size: int, seq_len: int, args) 
 
 
 def _flops_per_example(spec: dict[str, Any]) -> float:
-    from bert_jax.metrics import pretraining_flops_per_example
-    from bert_jax.modeling import BertConfig
+    from bert_jax.model.modeling import BertConfig
+    from bert_jax.training.metrics import pretraining_flops_per_example
 
     predicted = spec["num_predictions"] if spec["framework"] == "bert_jax" else spec["seq_len"]
     config = BertConfig.from_dict(spec["model"])
@@ -348,7 +348,7 @@ def mfu_table(report: dict[str, Any]) -> str:
 _DEVICE_PROBE = """
 import json
 import jax
-from bert_jax.metrics import measured_cpu_matmul_flops, peak_flops_per_device
+from bert_jax.training.metrics import measured_cpu_matmul_flops, peak_flops_per_device
 d = jax.devices()
 matmul = measured_cpu_matmul_flops() if d[0].platform == "cpu" else None
 print(json.dumps([f"{len(d)} x {d[0].device_kind}", d[0].platform,
@@ -358,8 +358,8 @@ print(json.dumps([f"{len(d)} x {d[0].device_kind}", d[0].platform,
 
 def _device_description(platform_name: str | None) -> tuple[str, float]:
     """(device name, peak FLOP/s of all devices) as JAX sees them, in a child process: an
-    accelerator's bf16 peak from bert_jax.chips, or on a CPU the fp32 matmul rate measured now
-    (a 2048^3 JAX matmul, best of 10), since CPU peaks differ by machine and vector width."""
+    accelerator's bf16 peak from bert_jax.planning.chips, or on a CPU the fp32 matmul rate measured
+    now (a 2048^3 JAX matmul, best of 10), since CPU peaks differ by machine and vector width."""
     done = subprocess.run(
         [sys.executable, "-c", _DEVICE_PROBE],
         capture_output=True,

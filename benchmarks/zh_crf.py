@@ -6,7 +6,7 @@ A linear-chain CRF (python-crfsuite, L-BFGS with L1 + L2) over character feature
 character itself and its neighbours at -2..+2 (unigrams) and the bigrams over that window, plus
 whether the character is a CJK ideograph, a digit or punctuation. Trained on
 `--train_sentences` seeded random sentences of ../shared/data/zh/ner/train.conll (0 = all
-37,657) and scored on the whole dev.conll with bert_jax.eval.metrics (seqeval's default-mode
+37,657) and scored on the whole dev.conll with bert_jax.finetuning.scores (seqeval's default-mode
 chunking; cross-checked against seqeval here when it is installed). Prints entity precision,
 recall and F1 per type (PER, LOC, ORG) and overall, and the training time (wall and process CPU;
 the machine may be shared). python-crfsuite is a benchmark dependency only.
@@ -28,7 +28,7 @@ SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
 
 def read_sentences(path: pathlib.Path) -> list[tuple[list[str], list[str]]]:
     """(characters, tags) per sentence of a `char<TAB>tag` CoNLL file (bert_jax's reader)."""
-    from bert_jax.data.tasks_readers import read_conll
+    from bert_jax.finetuning.tasks.readers import read_conll
 
     return [(e.words, e.tags) for e in read_conll(path, labeled=True).examples]
 
@@ -92,7 +92,7 @@ def train_crf(sentences, model_path: pathlib.Path, c1: float, c2: float, iterati
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     """{"overall": {precision, recall, f1}, "PER": {...}, ...} from bert_jax's metrics."""
-    from bert_jax.eval.metrics import entity_scores_by_type
+    from bert_jax.finetuning.scores import entity_scores_by_type
 
     return entity_scores_by_type(gold, predicted)
 

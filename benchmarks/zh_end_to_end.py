@@ -130,7 +130,7 @@ def pretraining_config(args, files, workdir: pathlib.Path, variant: str, phase: 
 def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) -> pathlib.Path:
     """Both phases of one variant; the second starts from the first's parameters. Returns the
     phase-2 workdir (WORKDIR/pretrain_VARIANT; phase 1 is WORKDIR/pretrain_VARIANT_phase1)."""
-    from bert_jax import train_lib
+    from bert_jax.pretraining import train as train_lib
 
     targets = {"phase1": workdir / f"pretrain_{variant}_phase1",
                "phase2": workdir / f"pretrain_{variant}"}  # fmt: skip
@@ -212,7 +212,7 @@ def _same_config(path: pathlib.Path, config) -> bool:
     """Whether a finished run was made with this config (else it is run again). A key the saved
     config lacks counts as the same when this config has it at its default (a setting added to
     bert_jax later, whose default is the old behaviour)."""
-    from bert_jax.finetune_config import finetuning_config
+    from bert_jax.finetuning.config import finetuning_config
 
     if not path.exists():
         return False
@@ -225,7 +225,7 @@ def _same_config(path: pathlib.Path, config) -> bool:
 def finetune(args, files, task, init, seed, random_init, target: pathlib.Path, **overrides):
     """One fine-tuning run (config keys in `overrides` on top of finetune_config's) -> its dev
     metrics with CPU and wall seconds; reused from `target` if it ran with this config."""
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     config = finetune_config(args, files, task, init, seed, random_init)
     config.update(overrides)
@@ -267,7 +267,7 @@ def matched_trainer(config, hf_dir: pathlib.Path, train, target: pathlib.Path, d
         ordered_trainer_class,
         start_from_bert_jax_head,
     )
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
 
     kind = config.task.kind
     model_class = (
@@ -302,8 +302,8 @@ def trainer_finetune(args, files, task, init: pathlib.Path, seed: int, target) -
     """The transformers Trainer on the exported weights, fed bert_jax's own features."""
     import torch
 
-    from bert_jax import pretrained
-    from bert_jax.data import tasks
+    from bert_jax.checkpoints import pretrained
+    from bert_jax.finetuning.tasks import features as tasks
 
     config = finetune_config(args, files, task, init, seed, random_init=False)
     settings = trainer_settings(config)

@@ -2,29 +2,29 @@
 
 Public API (imported lazily, so `import bert_jax` stays cheap):
     BertConfig, BertModel, BertForPreTraining, BertForSequenceClassification,
-    BertForTokenClassification, BertForQuestionAnswering      (bert_jax.modeling)
+    BertForTokenClassification, BertForQuestionAnswering      (bert_jax.model.modeling)
     load_hf_checkpoint, save_hf_checkpoint                     (bert_jax.convert.hf)
     load_tf1_checkpoint, save_tf1_checkpoint                   (bert_jax.convert.tf1, tf extra)
     WordPieceTokenizer                                         (bert_jax.data.tokenization)
-    pipeline                                                   (bert_jax.pipelines)
+    pipeline                                                   (bert_jax.inference.pipelines)
     UserError                                                  (bert_jax.errors)
 """
 
 import importlib
 
 _EXPORTS = {
-    "BertConfig": "bert_jax.modeling",
-    "BertModel": "bert_jax.modeling",
-    "BertForPreTraining": "bert_jax.modeling",
-    "BertForSequenceClassification": "bert_jax.modeling",
-    "BertForTokenClassification": "bert_jax.modeling",
-    "BertForQuestionAnswering": "bert_jax.modeling",
+    "BertConfig": "bert_jax.model.modeling",
+    "BertModel": "bert_jax.model.modeling",
+    "BertForPreTraining": "bert_jax.model.modeling",
+    "BertForSequenceClassification": "bert_jax.model.modeling",
+    "BertForTokenClassification": "bert_jax.model.modeling",
+    "BertForQuestionAnswering": "bert_jax.model.modeling",
     "load_hf_checkpoint": "bert_jax.convert.hf",
     "save_hf_checkpoint": "bert_jax.convert.hf",
     "load_tf1_checkpoint": "bert_jax.convert.tf1",
     "save_tf1_checkpoint": "bert_jax.convert.tf1",
     "WordPieceTokenizer": "bert_jax.data.tokenization",
-    "pipeline": "bert_jax.pipelines",
+    "pipeline": "bert_jax.inference.pipelines",
     "UserError": "bert_jax.errors",
 }
 

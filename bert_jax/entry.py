@@ -186,7 +186,7 @@ def run(argv: list[str], library: str, config_flag, workdir_flag, output_dirs=()
             value = value[part]
         check_output_dir(value, f"config.{key}")
     train_and_evaluate = importlib.import_module(library).train_and_evaluate
-    from bert_jax import distributed
+    from bert_jax.training import distributed
 
     train_and_evaluate(config, workdir)
     if distributed.interrupted_by_user():

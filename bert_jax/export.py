@@ -26,7 +26,7 @@ flags.mark_flag_as_required("out")
 def export(path, out, fmt: str = "hf") -> pathlib.Path:
     """Loads the BertForPreTraining parameters at `path` (local or gs://) and writes them to the
     local directory `out` in `fmt`."""
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
     from bert_jax.convert import hf
 
     info = pretrained.inspect_checkpoint(path)

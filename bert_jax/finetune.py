@@ -17,7 +17,9 @@ flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.finetune_lib", _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",))
+    entry.run(
+        argv, "bert_jax.finetuning.train", _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",)
+    )
 
 
 if __name__ == "__main__":

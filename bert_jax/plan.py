@@ -110,7 +110,7 @@ def format_plan(plan) -> str:
         "FLOPs per step (all chips)",
         f"  compiler cost analysis                         {plan.flops_per_step:.3e}",
         f"  6 * N * tokens (N = non-embedding parameters)  {plan.flops_6nt:.3e}",
-        f"  model FLOPs (bert_jax.metrics, used for MFU)   {plan.model_flops_per_step:.3e}",
+        f"  model FLOPs (training.metrics, for MFU)          {plan.model_flops_per_step:.3e}",
         f"  HBM traffic per chip (compiler)                {_si(plan.hbm_traffic_per_device, 'B')}",
         "",
         f"{'collectives per step':<30}{'ops':>6}{'buffers':>14}{'sent per chip':>16}",
@@ -213,7 +213,7 @@ def main(argv):
     entry.check_output_file(_OUT.value, "--out")  # before minutes of compiling, not after
     import jax
 
-    from bert_jax import plan_lib
+    from bert_jax.planning import planner as plan_lib
 
     if not os.environ.get("JAX_PLATFORMS"):
         # Planning needs the host CPU and libtpu's compiler only: local accelerators stay closed.

@@ -29,7 +29,7 @@ from etils import epath
 
 from bert_jax import entry
 from bert_jax.errors import UserError
-from bert_jax.metrics import METRICS_FILE, load_metrics, metrics_files
+from bert_jax.training.metrics import METRICS_FILE, load_metrics, metrics_files
 
 OTHER_EVAL_SCORES = "eval_*"  # a panel key: every eval_ metric that no other panel shows
 MAIN_METRIC = "eval_<main>"  # a panel key: each fine-tuning run's own main dev metric

@@ -15,7 +15,7 @@ flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.train_lib", _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
+    entry.run(argv, "bert_jax.pretraining.train", _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ weight decay 0.01 off LayerNorm and biases, clipping at global norm 1), learning
 10k warmup steps, then linear decay to 0 over the whole run (`schedule='bert'`), batch 256.
 """
 
-from bert_jax.config_lib import check_mode, pretraining_config
+from bert_jax.pretraining.config import check_mode, pretraining_config
 
 PRESET = "base"
 TOTAL_STEPS = 1_000_000

@@ -12,7 +12,7 @@ PolyWarmUpScheduler curve: linear warmup, then peak * (1 - step / T)^0.5 over th
       --config.init_checkpoint=gs://BUCKET/lamb_p1
 """
 
-from bert_jax.config_lib import check_mode, pretraining_config
+from bert_jax.pretraining.config import check_mode, pretraining_config
 
 
 def get_config(phase: str = "phase1"):

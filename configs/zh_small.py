@@ -37,7 +37,7 @@ random initialisation and a character CRF.
 phase).
 """
 
-from bert_jax.config_lib import check_mode, pretraining_config, use_test_mode
+from bert_jax.pretraining.config import check_mode, pretraining_config, use_test_mode
 
 VOCAB_SIZE = 8000  # --train_vocab_size of the prepare command
 

@@ -107,7 +107,7 @@ def test_zh_benchmark_reruns_a_finished_run_whose_settings_changed(tmp_path, mon
     import argparse
 
     from benchmarks import zh_end_to_end
-    from bert_jax import finetune_lib
+    from bert_jax.finetuning import train as finetune_lib
 
     calls = []
 

@@ -19,10 +19,15 @@ import pytest
 from conftest import REPO_ROOT
 from flax import traverse_util
 
-from bert_jax import checkpointing, sealing, sharding
-from bert_jax.checkpointing import Checkpointer, checkpoint_problem, load_params_for_init
+from bert_jax.checkpoints import checkpointing, sealing
+from bert_jax.checkpoints.checkpointing import (
+    Checkpointer,
+    checkpoint_problem,
+    load_params_for_init,
+)
 from bert_jax.errors import SaveFailed, UserError
-from bert_jax.train_step import build_pretrainer
+from bert_jax.pretraining.step import build_pretrainer
+from bert_jax.training import sharding
 
 
 def _test_config(fsdp: int):
@@ -251,9 +256,9 @@ _RESTORE_ON_TWO_DEVICES = textwrap.dedent(
     """
     import importlib.util, json, sys
     import jax, numpy as np
-    from bert_jax import sharding
-    from bert_jax.checkpointing import Checkpointer
-    from bert_jax.train_step import build_pretrainer
+    from bert_jax.training import sharding
+    from bert_jax.checkpoints.checkpointing import Checkpointer
+    from bert_jax.pretraining.step import build_pretrainer
 
     spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
     demo = importlib.util.module_from_spec(spec)

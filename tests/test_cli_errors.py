@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from bert_jax.config_lib import validate_pretraining_config
 from bert_jax.errors import UserError
+from bert_jax.pretraining.config import validate_pretraining_config
 
 
 def load_config(path: str, mode: str):
@@ -146,7 +146,7 @@ def test_a_shortened_run_names_the_warmup_flag():
 def test_max_predictions_check_is_what_masking_a_full_row_takes(length, prob):
     """The config check asks for the most masks `mask_tokens` puts in a row ([CLS] and both
     [SEP] counted, as google's create_pretraining_data.py): 77 at 512 x 0.15, not 76."""
-    from bert_jax.data.pretraining import ExampleOptions, Vocabulary, mask_tokens
+    from bert_jax.data.examples import ExampleOptions, Vocabulary, mask_tokens
 
     rows, rng = 64, np.random.default_rng(0)
     a_length = rng.integers(1, length - 3, rows)  # full rows: A + B = L - 3 tokens
@@ -203,7 +203,7 @@ def test_every_config_with_modes_refuses_an_unknown_one(path, mode, valid):
 
 
 def test_finetuning_values_out_of_range_are_named():
-    from bert_jax.finetune_config import validate_finetuning_config
+    from bert_jax.finetuning.config import validate_finetuning_config
 
     for key, value, message in [
         ("learning_rate", -2e-5, "learning_rate must be > 0, got -2e-05"),

@@ -26,7 +26,7 @@ from conftest import REPO_ROOT, demo_config
 from etils import epath
 from fake_gcs import FaultProxy
 
-from bert_jax import sealing
+from bert_jax.checkpoints import sealing
 from bert_jax.data import pipeline
 from bert_jax.errors import SAVE_FAILED_STATUS
 
@@ -177,7 +177,7 @@ def test_pretrain_on_gs_is_preempted_and_resumes_exactly(cloud):
 
 
 def _assert_same_metrics(run, unbroken) -> None:
-    from bert_jax.metrics import read_metrics
+    from bert_jax.training.metrics import read_metrics
 
     want, got = read_metrics(unbroken), read_metrics(run)
     assert [r["step"] for r in got] == [r["step"] for r in want] and len(want) == 6
@@ -282,7 +282,7 @@ def test_finetune_from_gs_run_into_gs_workdir(cloud):
     for manager in ("checkpoints", "best"):
         (step,) = [p for p in (ft / manager).iterdir() if p.name.isdigit()]
         assert (step / "bert_jax_manifest.json").exists(), manager
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
 
     model = pretrained.load_finetuned(str(ft))  # the best step, verified, read from gs://
     assert model.kind == "classification" and model.tokenizer.vocab_size > 100
@@ -300,7 +300,7 @@ def test_export_and_plot_read_a_gs_run(cloud, tmp_path):
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in out.iterdir()}
     from safetensors.numpy import load_file
 
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
 
     exported = load_file(out / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
     # The gs:// run's last checkpoint, read (and its arrays verified) from this process.

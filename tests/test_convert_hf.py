@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from bert_jax.convert.hf import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
 from bert_jax.errors import UserError  # noqa: E402
-from bert_jax.modeling import BertForPreTraining, BertModel  # noqa: E402
+from bert_jax.model.modeling import BertForPreTraining, BertModel  # noqa: E402
 
 TOLERANCE = 1e-4
 

@@ -16,7 +16,7 @@ from flax import traverse_util
 from bert_jax.convert.hf import init_params
 from bert_jax.convert.tf1 import load_tf1_checkpoint, save_tf1_checkpoint
 from bert_jax.errors import UserError
-from bert_jax.modeling import (
+from bert_jax.model.modeling import (
     BertConfig,
     BertForPreTraining,
     is_vocab_param,

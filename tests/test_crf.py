@@ -1,4 +1,4 @@
-"""The linear-chain CRF (bert_jax.crf): its loss is the exact negative log-likelihood of the
+"""The linear-chain CRF (bert_jax.model.crf): its loss is the exact negative log-likelihood of the
 gold tags, over the positions and sentences a row holds, with the cut of a long sentence open."""
 
 import itertools
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from bert_jax.crf import TagTransitions, sequence_nll
-from bert_jax.data import packing, task_batches, tasks
+from bert_jax.data import packing
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
-from bert_jax.finetune_step import task_sums
+from bert_jax.finetuning import batches as task_batches
+from bert_jax.finetuning.step import task_sums
+from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.model.crf import TagTransitions, sequence_nll
 
 
 def _chain_nll(scores, gold, crf, start: bool = True, end: bool = True) -> float:

@@ -13,12 +13,12 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from bert_jax import train_lib
-from bert_jax.config_lib import validate_pretraining_config
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.corpus import dataset
 from bert_jax.errors import UserError
-from bert_jax.metrics import read_metrics
+from bert_jax.pretraining import train as train_lib
+from bert_jax.pretraining.config import validate_pretraining_config
+from bert_jax.training.metrics import read_metrics
 
 
 def _chapters(first: int, count: int) -> bytes:

@@ -5,12 +5,12 @@ import jax
 import pytest
 from conftest import demo_config
 
-from bert_jax import sharding
-from bert_jax.config_lib import validate_pretraining_config
 from bert_jax.data import pipeline
 from bert_jax.errors import UserError
-from bert_jax.train_lib import evaluate
-from bert_jax.train_step import build_pretrainer
+from bert_jax.pretraining.config import validate_pretraining_config
+from bert_jax.pretraining.step import build_pretrainer
+from bert_jax.pretraining.train import evaluate
+from bert_jax.training import sharding
 
 
 def _config(data_dir):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks.data_order import order_statistics, row_documents, write_tagged_corpus
-from bert_jax.data import pipeline, pretraining
+from bert_jax.data import examples as pretraining
+from bert_jax.data import pipeline
 from bert_jax.errors import UserError
 
 NUM_DOCUMENTS = 321

@@ -20,15 +20,20 @@ import pytest
 from flax import traverse_util
 from tiny_models import save_tiny_hf_bert
 
-from bert_jax import finetune_lib, finetune_step, pretrained, sealing, sharding
+from bert_jax.checkpoints import pretrained, sealing
 from bert_jax.convert import hf
-from bert_jax.data import packing, task_batches, tasks
+from bert_jax.data import packing
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.finetune_config import training_steps, validate_finetuning_config
-from bert_jax.finetune_step import layerwise_lr_multipliers, scale_updates
-from bert_jax.gradients import with_adversarial_embeddings
-from bert_jax.metrics import throughput
+from bert_jax.finetuning import batches as task_batches
+from bert_jax.finetuning import step as finetune_step
+from bert_jax.finetuning import train as finetune_lib
+from bert_jax.finetuning.config import training_steps, validate_finetuning_config
+from bert_jax.finetuning.step import layerwise_lr_multipliers, scale_updates
+from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.training import sharding
+from bert_jax.training.gradients import with_adversarial_embeddings
+from bert_jax.training.metrics import throughput
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "data" / "tasks"

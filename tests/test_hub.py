@@ -15,10 +15,12 @@ from conftest import REPO_ROOT
 from tiny_models import save_tiny_hf_bert
 
 import bert_jax
-from bert_jax import checkpointing, finetune_lib, hub, pretrained
+from bert_jax.checkpoints import checkpointing, pretrained
+from bert_jax.convert import hub
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.finetune_config import finetuning_config, use_test_mode, validate_finetuning_config
+from bert_jax.finetuning import train as finetune_lib
+from bert_jax.finetuning.config import finetuning_config, use_test_mode, validate_finetuning_config
 
 TASKS = REPO_ROOT / "tests" / "data" / "tasks"
 REVISION = "86b5e0934494bd15c9632b12f734a8a67f723594"

@@ -15,7 +15,7 @@ import jax
 import pytest
 from conftest import REPO_ROOT
 
-from bert_jax import distributed
+from bert_jax.training import distributed
 
 TASKS = REPO_ROOT / "tests" / "data" / "tasks"
 
@@ -99,7 +99,7 @@ def test_ctrl_c_saves_pretraining_and_exits_with_one_line(tmp_path):
 def test_ctrl_c_saves_finetuning_and_exits_with_one_line(tmp_path):
     from bert_jax.convert import hf
     from bert_jax.data.tokenization import WordPieceTokenizer
-    from bert_jax.modeling import BertConfig
+    from bert_jax.model.modeling import BertConfig
 
     tokenizer = WordPieceTokenizer.train([TASKS / "sentiment" / "train.tsv"], vocab_size=300)
     config = BertConfig(

@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from bert_jax.eval import metrics
+from bert_jax.finetuning import scores as metrics
 
 
 def test_accuracy_hand_computed():

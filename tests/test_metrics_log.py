@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from bert_jax import metrics
-from bert_jax.metrics import MetricWriter, load_metrics, read_metrics
+from bert_jax.training import metrics
+from bert_jax.training.metrics import MetricWriter, load_metrics, read_metrics
 
 
 def _records(n, start=1, eval_every=0):

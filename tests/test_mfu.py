@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bert_jax.metrics import (
+from bert_jax.model.modeling import BertConfig, BertForPreTraining
+from bert_jax.training.metrics import (
     measured_cpu_matmul_flops,
     peak_flops_per_device,
     pretraining_flops_per_example,
 )
-from bert_jax.modeling import BertConfig, BertForPreTraining
 
 
 @pytest.mark.parametrize("preset, seq_len", [("mini", 128), ("small", 64)])

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from bert_jax.data import packing
 from bert_jax.errors import UserError
-from bert_jax.modeling import (
+from bert_jax.model.modeling import (
     BertConfig,
     BertForPreTraining,
     BertForQuestionAnswering,

@@ -23,12 +23,12 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO_ROOT, demo_config
 
-from bert_jax import sharding
-from bert_jax.checkpointing import Checkpointer, _data_state_for_this_process
+from bert_jax.checkpoints.checkpointing import Checkpointer, _data_state_for_this_process
 from bert_jax.data import pipeline
-from bert_jax.metrics import read_metrics
-from bert_jax.train_lib import evaluate
-from bert_jax.train_step import build_pretrainer, metrics_from_sums
+from bert_jax.pretraining.step import build_pretrainer, metrics_from_sums
+from bert_jax.pretraining.train import evaluate
+from bert_jax.training import sharding
+from bert_jax.training.metrics import read_metrics
 
 STEPS = 8
 CHECKPOINT_STEP = 4
@@ -266,8 +266,8 @@ def _finetuning_setup(tmp_path):
     """A tiny random Hugging Face BERT and a regression task (its outputs differ per example)."""
     from bert_jax.convert import hf
     from bert_jax.data.tokenization import WordPieceTokenizer
-    from bert_jax.finetune_config import finetuning_config, use_test_mode
-    from bert_jax.modeling import BertConfig
+    from bert_jax.finetuning.config import finetuning_config, use_test_mode
+    from bert_jax.model.modeling import BertConfig
 
     sentiment = REPO_ROOT / "tests" / "data" / "tasks" / "sentiment"
     tokenizer = WordPieceTokenizer.train([sentiment / "train.tsv"], vocab_size=300)
@@ -329,8 +329,10 @@ TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "exampl
 _TENSOR_ACROSS_PROCESSES = """
 import sys
 import jax
-from bert_jax import distributed, sharding, train_lib
-from bert_jax.config_lib import pretraining_config
+from bert_jax.training import distributed
+from bert_jax.training import sharding
+from bert_jax.pretraining import train as train_lib
+from bert_jax.pretraining.config import pretraining_config
 
 distributed.initialize_if_needed()
 make_mesh = sharding.make_mesh

@@ -12,9 +12,7 @@ import optax
 from test_modeling import SMALL  # the tests folder is on sys.path under pytest
 from test_optim import load_config
 
-from bert_jax import sharding
-from bert_jax.config_lib import validate_pretraining_config
-from bert_jax.modeling import (
+from bert_jax.model.modeling import (
     BertConfig,
     BertEmbeddings,
     BertForPreTraining,
@@ -22,13 +20,15 @@ from bert_jax.modeling import (
     Dropout,
     dropout_keep_mask,
 )
-from bert_jax.optim import make_optimizer
-from bert_jax.train_step import (
+from bert_jax.pretraining.config import validate_pretraining_config
+from bert_jax.pretraining.step import (
     build_pretrainer,
     metrics_from_sums,
     pretraining_forward,
     pretraining_sums,
 )
+from bert_jax.training import sharding
+from bert_jax.training.optim import make_optimizer
 
 CONFIGS = [
     ("bert_base", "phase1"),
@@ -339,7 +339,7 @@ def test_gelu_names_match_their_formulas_and_the_tf1_mapping():
     from math import erf
 
     from bert_jax.convert.tf1 import config_from_tf1_dict, tf1_config_dict
-    from bert_jax.modeling import ACTIVATIONS
+    from bert_jax.model.modeling import ACTIVATIONS
 
     x = np.linspace(-6.0, 6.0, 2001)
     exact = 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))

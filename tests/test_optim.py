@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bert_jax import finetune_config
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig, BertForPreTraining
-from bert_jax.optim import learning_rate_schedule, make_optimizer
+from bert_jax.finetuning import config as finetune_config
+from bert_jax.model.modeling import BertConfig, BertForPreTraining
+from bert_jax.training.optim import learning_rate_schedule, make_optimizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

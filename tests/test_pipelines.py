@@ -11,12 +11,14 @@ import pytest
 from tiny_models import save_tiny_hf_bert
 
 import bert_jax
-from bert_jax import checkpointing, finetune_lib, pipelines
+from bert_jax.checkpoints import checkpointing
 from bert_jax.convert import hf
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.finetune_config import finetuning_config
-from bert_jax.modeling import BertConfig, BertForPreTraining, BertModel
+from bert_jax.finetuning import train as finetune_lib
+from bert_jax.finetuning.config import finetuning_config
+from bert_jax.inference import pipelines
+from bert_jax.model.modeling import BertConfig, BertForPreTraining, BertModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "data" / "tasks"
@@ -195,7 +197,7 @@ def test_minilm_embeddings_match_transformers(shared_data):
 def test_vocabulary_smaller_than_the_embedding_table_loads(model_dirs, tmp_path):
     """Pretraining accepts a vocab with fewer tokens than model.vocab_size (a padded table):
     fine-tuning and pipelines must load such a checkpoint too; a larger vocab is refused."""
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
 
     hf_dir, _, config, _, tokenizer = model_dirs
     info = pretrained.inspect_checkpoint(hf_dir)
@@ -248,8 +250,8 @@ def _chinese_ner_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 def test_token_classification_finds_the_runs_entities_in_raw_text(tmp_path, crf, window):
     """The pipeline decodes as the run's evaluation did: with a CRF, under its learned scores;
     with head_window, from the same neighbourhood classifier."""
-    from bert_jax.data.tasks_readers import read_conll
-    from bert_jax.eval.metrics import bio_entities
+    from bert_jax.finetuning.scores import bio_entities
+    from bert_jax.finetuning.tasks.readers import read_conll
 
     train, dev = _chinese_ner_files(tmp_path)
     tokenizer = WordPieceTokenizer.train([train], vocab_size=200)
@@ -304,8 +306,8 @@ def _tagger_by_character(tmp_path, crf: bool) -> pipelines.TokenClassificationPi
     from flax import traverse_util
     from flax.core import meta
 
-    from bert_jax.finetune_step import task_model_for
-    from bert_jax.pretrained import FINETUNED, CheckpointInfo, FinetunedModel
+    from bert_jax.checkpoints.pretrained import FINETUNED, CheckpointInfo, FinetunedModel
+    from bert_jax.finetuning.step import task_model_for
 
     labels = ["B-PER", "I-PER", "O"]
     characters = {"甲": "B-PER", "乙": "I-PER", "丙": "O"}
@@ -357,7 +359,7 @@ def test_an_entity_across_the_window_cut_stays_one_entity(tmp_path, crf):
 def test_a_vocabulary_larger_than_the_embedding_table_is_refused(model_dirs, tmp_path):
     """vocab_file= with more tokens than the model's vocab_size would feed ids past the embedding
     table (all-NaN vectors): one line naming both sizes, for every way to give a tokenizer."""
-    from bert_jax import pretrained
+    from bert_jax.checkpoints import pretrained
 
     hf_dir, workdir, config, _, tokenizer = model_dirs
     own = (hf_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()

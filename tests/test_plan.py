@@ -14,9 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import chips, hlo_collectives, plan_lib, sharding
 from bert_jax.errors import UserError
-from bert_jax.metrics import PEAK_FLOPS_BY_DEVICE_KIND
+from bert_jax.planning import chips, hlo_collectives
+from bert_jax.planning import planner as plan_lib
+from bert_jax.training import sharding
+from bert_jax.training.metrics import PEAK_FLOPS_BY_DEVICE_KIND
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = {
@@ -64,7 +66,7 @@ def _run_plan(args, tmp_path, preamble=""):
 
 def _tiny_param_count() -> int:
     """Parameters of the model the CLI plans: configs/demo.py:test with TINY_MODEL."""
-    from bert_jax.train_step import build_pretrainer
+    from bert_jax.pretraining.step import build_pretrainer
 
     spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
@@ -266,7 +268,8 @@ import json
 import jax
 import numpy as np
 jax.config.update("jax_platforms", "cpu")
-from bert_jax import plan_lib, sharding
+from bert_jax.planning import planner as plan_lib
+from bert_jax.training import sharding
 
 result = {}
 topology = plan_lib.load_topology("v5e:4x4")  # 16 chips, 4 hosts of 4

@@ -134,8 +134,8 @@ def test_pretrained_workdir_exports_to_hugging_face(tiny_run, tmp_path):
     import torch
     import transformers
 
-    from bert_jax import pretrained
-    from bert_jax.modeling import BertForPreTraining
+    from bert_jax.checkpoints import pretrained
+    from bert_jax.model.modeling import BertForPreTraining
 
     out = tmp_path / "hf"
     result = subprocess.run(

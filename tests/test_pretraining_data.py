@@ -6,7 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, packed_examples, pipeline, pretraining
+from bert_jax.data import corpus, packed_examples, pipeline
+from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 

@@ -15,21 +15,24 @@ import numpy as np
 import pytest
 from conftest import demo_config, write_short_documents
 
-from bert_jax import chips, plan_lib, sharding
-from bert_jax.config_lib import add_optimizer_defaults, vocab_size
-from bert_jax.data import packed_examples, pipeline, pretraining
+from bert_jax.data import examples as pretraining
+from bert_jax.data import packed_examples, pipeline
 from bert_jax.errors import UserError
-from bert_jax.metrics import pretraining_flops_per_example
-from bert_jax.modeling import BertConfig, BertForPreTraining
+from bert_jax.model.modeling import BertConfig, BertForPreTraining
 from bert_jax.plan import format_plan
-from bert_jax.train_lib import evaluate
-from bert_jax.train_step import (
+from bert_jax.planning import chips
+from bert_jax.planning import planner as plan_lib
+from bert_jax.pretraining.config import add_optimizer_defaults, vocab_size
+from bert_jax.pretraining.step import (
     SUM_METRICS,
     batch_shapes,
     build_pretrainer,
     pretraining_forward,
     pretraining_sums,
 )
+from bert_jax.pretraining.train import evaluate
+from bert_jax.training import sharding
+from bert_jax.training.metrics import pretraining_flops_per_example
 
 SUBWORDS = np.arange(64) % 3 == 2  # every third id a "##" piece, for whole-word masking
 SUBWORDS[:4] = False

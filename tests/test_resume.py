@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, write_short_documents
 
-from bert_jax.checkpointing import load_params_for_init
-from bert_jax.metrics import read_metrics
+from bert_jax.checkpoints.checkpointing import load_params_for_init
+from bert_jax.training.metrics import read_metrics
 
 STEPS = 30
 CHECKPOINT_EVERY = 5
@@ -212,7 +212,7 @@ def test_sigkill_and_sigterm_resume_exactly(tmp_path, data_dir, compile_cache, p
 def _params(workdir):
     """Abstract BertForPreTraining parameters of the run's model (shapes only)."""
     from bert_jax.convert.hf import init_params
-    from bert_jax.modeling import BertConfig
+    from bert_jax.model.modeling import BertConfig
 
     model = json.loads((workdir / "config.json").read_text())["model"]
     return init_params(BertConfig.from_dict(model), jax.random.key(0))

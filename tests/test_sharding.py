@@ -5,10 +5,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax import sharding
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig
-from bert_jax.train_step import build_pretrainer, metrics_from_sums
+from bert_jax.model.modeling import BertConfig
+from bert_jax.pretraining.step import build_pretrainer, metrics_from_sums
+from bert_jax.training import sharding
 
 VOCAB, SEQ, PRED, BATCH = 128, 32, 5, 16
 
@@ -146,7 +146,7 @@ def test_bad_mesh_is_a_user_error(mesh_axes, message):
 
 
 def test_fsdp_must_divide_hidden_size():
-    from bert_jax.config_lib import pretraining_config, validate_pretraining_config
+    from bert_jax.pretraining.config import pretraining_config, validate_pretraining_config
 
     config = pretraining_config("tiny")
     config.mesh.data, config.mesh.fsdp = 2, 3  # hidden_size 128 does not split 3 ways
@@ -159,7 +159,7 @@ def test_a_parameter_the_mesh_cannot_split_is_one_line():
     """Fine-tuning builds its parameter shardings with sharded_abstract too: an intermediate size
     of 510 over tensor=4 is a one-line UserError naming the config key, not XLA's tiling message
     at jit. (The vocabulary is padded to a multiple of 128, so it always splits.)"""
-    from bert_jax.modeling import BertModel
+    from bert_jax.model.modeling import BertModel
 
     model = BertModel(BertConfig.preset("tiny", vocab_size=30522, intermediate_size=510))
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=4)))

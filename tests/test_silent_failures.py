@@ -16,11 +16,14 @@ import pytest
 from conftest import demo_config
 from tiny_models import save_tiny_hf_bert
 
-from bert_jax import divergence, finetune_lib, pretrained, rerun, train_lib
+from bert_jax.checkpoints import pretrained
 from bert_jax.data import pipeline
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.finetune_config import finetuning_config, use_test_mode
+from bert_jax.finetuning import train as finetune_lib
+from bert_jax.finetuning.config import finetuning_config, use_test_mode
+from bert_jax.pretraining import train as train_lib
+from bert_jax.training import divergence, rerun
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "data" / "tasks"

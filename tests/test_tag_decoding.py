@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from bert_jax.eval import tag_decoding
-from bert_jax.eval.tag_decoding import breaks_rules, transition_rules, viterbi
+from bert_jax.finetuning.tasks import tag_decoding
+from bert_jax.finetuning.tasks.tag_decoding import breaks_rules, transition_rules, viterbi
 
 IOB2 = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
 IOBES = ["B-X", "E-X", "I-X", "O", "S-X", "B-Y", "E-Y", "I-Y", "S-Y"]

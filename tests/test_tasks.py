@@ -8,9 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax.data import tasks, tasks_readers, tasks_squad
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.finetuning.tasks import readers as tasks_readers
+from bert_jax.finetuning.tasks import squad as tasks_squad
 
 SLICES = pathlib.Path(__file__).parent / "data" / "tasks"
 

@@ -298,8 +298,8 @@ def test_a_vocabulary_learned_from_gs_text_is_read_from_gs(cloud, tmp_path):
     text on disk), written there, and accepted by pretraining's config check."""
     from conftest import demo_config
 
-    from bert_jax.config_lib import validate_pretraining_config, vocab_size
     from bert_jax.data.tokenization import WordPieceTokenizer
+    from bert_jax.pretraining.config import validate_pretraining_config, vocab_size
 
     bucket = cloud["bucket"]
     on_gs = [f"gs://{bucket}/corpus/part-{i}.txt" for i in (0, 1)]
@@ -431,7 +431,7 @@ def test_the_documented_sequence_survives_a_preemption(vm):
     assert status.count("unbroken exited with status 0") == 2, status
     assert f"run gs://{bucket}/runs/unbroken: complete" in status, status
 
-    from bert_jax.metrics import read_metrics
+    from bert_jax.training.metrics import read_metrics
 
     want = read_metrics(f"gs://{bucket}/runs/unbroken")
     got = read_metrics(f"gs://{bucket}/runs/bert")

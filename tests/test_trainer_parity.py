@@ -20,9 +20,10 @@ pytest.importorskip("transformers")
 from tiny_models import save_tiny_hf_bert  # noqa: E402
 
 from benchmarks import zh_end_to_end  # noqa: E402
-from bert_jax import finetune_lib, pretrained  # noqa: E402
-from bert_jax.data import tasks  # noqa: E402
+from bert_jax.checkpoints import pretrained  # noqa: E402
 from bert_jax.data.tokenization import WordPieceTokenizer  # noqa: E402
+from bert_jax.finetuning import train as finetune_lib  # noqa: E402
+from bert_jax.finetuning.tasks import features as tasks  # noqa: E402
 
 WORDS = "北京 上海 张三 李四 公司 银行 今天 我们 去 了 很 好 不 喜欢 the river stone".split()
 NAMES = {"张三": "PER", "李四": "PER", "北京": "LOC", "上海": "LOC", "银行": "ORG"}

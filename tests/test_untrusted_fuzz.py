@@ -47,13 +47,13 @@ from untrusted_files import (
     truncate,
 )
 
-from bert_jax import checkpointing, pretrained, untrusted
-from bert_jax.checkpointing import load_params_for_init
+from bert_jax.checkpoints import checkpointing, pretrained, untrusted
+from bert_jax.checkpoints.checkpointing import load_params_for_init
 from bert_jax.convert import hf, tf1
 from bert_jax.convert.torch_pickle import load_torch_state_dict
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig
+from bert_jax.model.modeling import BertConfig
 
 
 class Tally:

@@ -10,7 +10,8 @@ corpus segmented by jieba (../shared/data), where each segment is found again in
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, pipeline, pretraining
+from bert_jax.data import corpus, pipeline
+from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -5,7 +5,7 @@ import pathlib
 import jax
 
 from bert_jax.convert import hf
-from bert_jax.modeling import BertConfig
+from bert_jax.model.modeling import BertConfig
 
 
 def save_tiny_hf_bert(

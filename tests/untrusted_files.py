@@ -25,8 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bert_jax import checkpointing, sealing
-from bert_jax.modeling import BertConfig
+from bert_jax.checkpoints import checkpointing, sealing
+from bert_jax.model.modeling import BertConfig
 
 # Written out here rather than imported, so that the reference decoding shares nothing with
 # bert_jax.convert.torch_pickle.

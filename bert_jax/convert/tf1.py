@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from bert_jax.checkpoints.untrusted import MAX_JSON_BYTES, check_file_size, read_json_object
 from bert_jax.convert.hf import (
     architecture_fields,
     check_hf_tensors,
@@ -26,8 +27,7 @@ from bert_jax.convert.hf import (
     pretraining_mappings,
 )
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig
-from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, read_json_object
+from bert_jax.model.modeling import BertConfig
 
 CONFIG_FILE = "bert_config.json"
 CHECKPOINT_PREFIX = "bert_model.ckpt"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bert_jax.data import packing
-from bert_jax.data.pretraining import (
+from bert_jax.data.examples import (
     EXAMPLE_FIELDS,
     ExampleOptions,
     Pairs,

@@ -8,7 +8,7 @@ sentences. The tag is predicted on each word's first word piece.
 
 Reports token_accuracy, and seqeval-style entity f1 when the tags are BIO (then the best
 checkpoint is kept by f1, else by token_accuracy). `--config.crf=True` adds a CRF layer (tag
-transition scores learned on whole sentences and used when decoding; bert_jax/crf.py);
+transition scores learned on whole sentences and used when decoding; bert_jax/model/crf.py);
 `--config.head_window=1` lets the classifier read each piece's neighbours too, and
 `--config.adversarial_epsilon=2.0` trains with FGM (the Chinese NER recipe of README.zh-CN.md
 uses all three). Sentences longer than max_seq_length continue in further windows, so every
@@ -16,8 +16,8 @@ word gets a prediction.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.config_lib import check_mode
-from bert_jax.finetune_config import finetuning_config, use_test_mode
+from bert_jax.finetuning.config import finetuning_config, use_test_mode
+from bert_jax.pretraining.config import check_mode
 
 
 def get_config(mode: str = "default"):

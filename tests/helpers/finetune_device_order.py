@@ -16,7 +16,11 @@ import jax
 import ml_collections
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # this checkout's bert_jax
-from bert_jax import distributed, finetune_lib, sharding  # noqa: E402
+from bert_jax.finetuning import train as finetune_lib
+from bert_jax.training import (
+    distributed,  # noqa: E402
+    sharding,
+)
 
 
 def _by_process(devices) -> list[list]:

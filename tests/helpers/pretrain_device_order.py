@@ -11,7 +11,8 @@ import jax
 import ml_collections
 from finetune_device_order import use_device_order  # also puts this checkout on sys.path
 
-from bert_jax import distributed, sharding, train_lib
+from bert_jax.pretraining import train as train_lib
+from bert_jax.training import distributed, sharding
 
 
 def main(config_file: str, workdir: str, order: str = "default") -> None:

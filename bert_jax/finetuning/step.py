@@ -5,7 +5,7 @@ train state holds only the head (a linear probe: the optimizer never sees the en
 no state for it); the encoder is a separate argument of every step that is never donated,
 differentiated or updated, so it stays bit-identical.
 
-Batches are those of `bert_jax.data.task_batches`: one feature per row (input_ids,
+Batches are those of `bert_jax.finetuning.batches`: one feature per row (input_ids,
 token_type_ids, attention_mask [B, L], targets per row, `weights` float32 [B]: 1 for a real
 feature, 0 for the rows that pad the last batch of an epoch or of an evaluation), or packed rows
 (segment_ids, position_ids [B, L], cls_positions [B, S]; targets and `weights` per sequence
@@ -28,22 +28,22 @@ from flax import traverse_util
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
-from bert_jax import sharding
-from bert_jax.crf import sequence_nll
-from bert_jax.data.task_batches import PACKING_KEYS
-from bert_jax.gradients import (
-    accumulated_gradients,
-    apply_gradients,
-    with_adversarial_embeddings,
-)
-from bert_jax.modeling import (
+from bert_jax.finetuning.batches import PACKING_KEYS
+from bert_jax.model.crf import sequence_nll
+from bert_jax.model.modeling import (
     BertConfig,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     is_vocab_param,
 )
-from bert_jax.optim import make_optimizer
+from bert_jax.training import sharding
+from bert_jax.training.gradients import (
+    accumulated_gradients,
+    apply_gradients,
+    with_adversarial_embeddings,
+)
+from bert_jax.training.optim import make_optimizer
 
 ENCODER = "bert"
 HEADS = {
@@ -66,7 +66,7 @@ def make_task_model(
     kind: str, config: BertConfig, num_labels: int, crf: bool = False, window: int = 0
 ) -> nn.Module:
     """The encoder (under 'bert') plus the head of `kind`; regression is one output; crf: token
-    classification also learns tag transition scores (under 'crf', bert_jax.crf); window: its
+    classification also learns tag transition scores (under 'crf', bert_jax.model.crf); window: its
     classifier reads that many neighbours on each side (BertForTokenClassification)."""
     if kind == "classification":
         return BertForSequenceClassification(config, num_labels)
@@ -286,8 +286,8 @@ def build_finetuner(
 ) -> Finetuner:
     """config: the fine-tuning config (optimizer keys, freeze_encoder, layerwise_lr_decay);
     constrained: tags are decoded under their BIO / IOBES rules, crf: a token classifier with
-    learned tag transitions (bert_jax.crf); either way evaluation returns tag log-probabilities
-    (host_predictions) for the host's Viterbi."""
+    learned tag transitions (bert_jax.model.crf); either way evaluation returns tag
+    log-probabilities (host_predictions) for the host's Viterbi."""
     token_scores = constrained or crf  # as Finetuner.token_scores
     window = int(config.get("head_window", 0))
     model = make_task_model(kind, model_config, num_labels, crf, window)

@@ -8,7 +8,7 @@ Packed rows (several sequences per row, Krell et al. 2021) pass segment_ids [B, 
 1..S = sequence), optionally position_ids [B, T] and, for per-sequence pooled outputs,
 cls_positions [B, S]: see BertModel. Without them a row is one sequence, as in the original.
 
-The model speaks logical axis names only (see `bert_jax.sharding` for the mesh mapping):
+The model speaks logical axis names only (see `bert_jax.training.sharding` for the mesh mapping):
 parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes`; activations use
 `act_batch, act_length, act_embed, act_heads, act_mlp`.
 
@@ -46,9 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.crf import TagTransitions
-from bert_jax.errors import UserError
-from bert_jax.untrusted import (
+from bert_jax.checkpoints.untrusted import (
     CONFIG_REAL_RANGES,
     CONFIG_SIZE_BOUNDS,
     MAX_PARAMETERS,
@@ -57,6 +55,8 @@ from bert_jax.untrusted import (
     read_json_object,
     shown,
 )
+from bert_jax.errors import UserError
+from bert_jax.model.crf import TagTransitions
 
 Array = jax.Array
 
@@ -197,7 +197,8 @@ class BertConfig:
     def from_dict(cls, values: dict[str, Any], source=None) -> BertConfig:
         """Builds from a bert_config.json / config.json dict; unknown keys are ignored.
 
-        Every field is checked for its type and range (`bert_jax.untrusted` holds the bounds), so
+        Every field is checked for its type and range (`bert_jax.checkpoints.untrusted` holds the
+        bounds), so
         a config read from a downloaded file cannot size an absurd model. `source`, the file the
         dict was read from, is named in the error.
         """

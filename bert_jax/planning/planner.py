@@ -23,19 +23,20 @@ from typing import Any
 import jax
 from jax.extend.core import Literal
 
-from bert_jax import chips, sharding
-from bert_jax.config_lib import eval_batch_size, validate_pretraining_config
 from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.errors import UserError
-from bert_jax.hlo_collectives import parse_collectives, summarize_collectives
-from bert_jax.metrics import pretraining_flops_per_example
-from bert_jax.train_step import (
+from bert_jax.planning import chips
+from bert_jax.planning.hlo_collectives import parse_collectives, summarize_collectives
+from bert_jax.pretraining.config import eval_batch_size, validate_pretraining_config
+from bert_jax.pretraining.step import (
     Pretrainer,
     batch_shapes,
     build_pretrainer,
     pretraining_forward,
     pretraining_sums,
 )
+from bert_jax.training import sharding
+from bert_jax.training.metrics import pretraining_flops_per_example
 
 _SLICE = re.compile(r"^(?P<gen>v4|v5e|v5litepod|v5p|v6e)-(?P<count>\d+)$")
 _TOPOLOGY = re.compile(r"^(?P<gen>v4|v5e|v5p|v6e):(?P<shape>\d+(?:x\d+){1,2})$")
@@ -157,7 +158,9 @@ class Plan:
     hbm_bytes: float
     memory: dict[str, float]
     flops_6nt: float  # 6 x non-embedding parameters x tokens
-    model_flops_per_step: float  # bert_jax.metrics' count, which the training loop's MFU uses
+    model_flops_per_step: (
+        float  # bert_jax.training.metrics' count, which the training loop's MFU uses
+    )
     fits: bool = False
     flops_per_step: float = math.nan  # the compiler's cost analysis
     hbm_traffic_per_device: float = math.nan

@@ -14,27 +14,28 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from bert_jax import checkpointing, distributed, divergence, rerun, sharding
-from bert_jax.config_lib import (
+from bert_jax.checkpoints import checkpointing
+from bert_jax.data import pipeline
+from bert_jax.data.corpus import describe
+from bert_jax.data.packed_examples import batch_predictions
+from bert_jax.pretraining.config import (
     PRETRAINING_RERUN_FREE,
     eval_batch_size,
     validate_pretraining_config,
 )
-from bert_jax.data import pipeline
-from bert_jax.data.corpus import describe
-from bert_jax.data.packed_examples import batch_predictions
-from bert_jax.metrics import (
-    MetricWriter,
-    peak_flops_per_device,
-    pretraining_flops_per_example,
-    throughput,
-)
-from bert_jax.train_step import (
+from bert_jax.pretraining.step import (
     SUM_METRICS,
     Pretrainer,
     TrainState,
     build_pretrainer,
     metrics_from_sums,
+)
+from bert_jax.training import distributed, divergence, rerun, sharding
+from bert_jax.training.metrics import (
+    MetricWriter,
+    peak_flops_per_device,
+    pretraining_flops_per_example,
+    throughput,
 )
 
 DIVERGENCE_KEYS = ("mlm_loss_sum", "nsp_loss_sum", "grad_norm")  # per step, NaN/inf stops the run
@@ -102,7 +103,7 @@ _EVAL_SIZE_EXPLAINED: set[int] = set()  # share counts whose eval size was expla
 
 
 def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> TrainState:
-    from bert_jax.checkpointing import load_params_for_init
+    from bert_jax.checkpoints.checkpointing import load_params_for_init
 
     params = load_params_for_init(config.init_checkpoint, pretrainer.abstract_state.params)
     return state.replace(params=params)

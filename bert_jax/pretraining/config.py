@@ -9,11 +9,11 @@ from __future__ import annotations
 import ml_collections
 from etils import epath
 
-from bert_jax import sharding
 from bert_jax.data.packed_examples import sequences_per_row
 from bert_jax.errors import UserError
-from bert_jax.modeling import PRESETS, BertConfig
-from bert_jax.optim import OPTIMIZERS, SCHEDULES
+from bert_jax.model.modeling import PRESETS, BertConfig
+from bert_jax.training import sharding
+from bert_jax.training.optim import OPTIMIZERS, SCHEDULES
 
 
 def model_config_dict(preset: str = "base", **overrides) -> ml_collections.ConfigDict:
@@ -59,7 +59,7 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
 
 
 def add_rerun_keys(c: ml_collections.ConfigDict) -> None:
-    """Rerunning a workdir whose run had other settings (bert_jax.rerun): one of them set."""
+    """Rerunning a workdir whose run had other settings (training.rerun): one of them set."""
     c.overwrite = False  # start over: delete the earlier run's checkpoints and logs
     c.resume_with_changes = False  # continue its checkpoint with these settings (recorded)
 
@@ -98,7 +98,7 @@ def use_test_mode(c: ml_collections.ConfigDict) -> None:
 
 
 def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
-    """The optimizer keys pretraining and fine-tuning share (see bert_jax.optim)."""
+    """The optimizer keys pretraining and fine-tuning share (see bert_jax.training.optim)."""
     c.optimizer = "adamw"  # bias-corrected (PyTorch/HF); "adamw_bert" is google's, or "lamb"
     c.weight_decay = 0.01
     c.adam_b1 = 0.9

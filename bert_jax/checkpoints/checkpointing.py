@@ -5,7 +5,7 @@ WORKDIR/checkpoints/<step>/
   data_iterator/  JSON: every process's iterator state, in process order
   loop/           JSON: the base dropout rng and the per-step metrics not yet logged
   config/         JSON: the run's config
-  bert_jax_manifest.json   array fingerprints and small-file CRCs (`bert_jax.sealing`)
+  bert_jax_manifest.json   array fingerprints and small-file CRCs (`bert_jax.checkpoints.sealing`)
   bert_jax_damaged.json    only on a step found damaged
 
 Saves are asynchronous and sealed (`sealing.SealedManager`): a step without a manifest never
@@ -38,9 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bert_jax import hub
-from bert_jax.errors import UserError
-from bert_jax.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
+from bert_jax.checkpoints.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
     DAMAGED_NAME,
     MANIFEST_NAME,
     DamagedCheckpoint,
@@ -53,7 +51,9 @@ from bert_jax.sealing import (  # noqa: F401 (re-exported: the checkpoint API)
     verify_arrays,
     write_manifest,
 )
-from bert_jax.untrusted import shown
+from bert_jax.checkpoints.untrusted import shown
+from bert_jax.convert import hub
+from bert_jax.errors import UserError
 
 _MAX_LISTED_PATHS = 20
 

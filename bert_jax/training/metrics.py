@@ -15,11 +15,12 @@ import jax
 import numpy as np
 from etils import epath
 
-from bert_jax import chips
-from bert_jax.modeling import BertConfig
+from bert_jax.model.modeling import BertConfig
+from bert_jax.planning import chips
 
-# Dense bf16 peak FLOP/s per device kind: derived from the planner's chip table (bert_jax.chips),
-# so the training loop's MFU and the planner's estimates use the same figures.
+# Dense bf16 peak FLOP/s per device kind: derived from the planner's chip table
+# (bert_jax.planning.chips), so the training loop's MFU and the planner's estimates use the
+# same figures.
 PEAK_FLOPS_BY_DEVICE_KIND = {
     kind: chip.peak_flops for chip in chips.CHIPS.values() for kind in chip.device_kinds
 }

@@ -11,7 +11,8 @@ the same call on the same workdir continues from there.
 WORKDIR gets config.json, metrics.jsonl (+ TensorBoard), checkpoints/ (the latest train state, to
 resume), best/ (the whole model of the best dev evaluation by the task's main metric),
 eval_results.json (final dev metrics), test_predictions.* with do_predict, and the files
-`bert_jax.pretrained.load_finetuned` and the pipelines read (task_info.json, model_config.json,
+`bert_jax.checkpoints.pretrained.load_finetuned` and the pipelines
+read (task_info.json, model_config.json,
 vocab.txt).
 """
 
@@ -28,21 +29,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from bert_jax import checkpointing, distributed, divergence, pretrained, rerun, sealing, sharding
-from bert_jax.data import task_batches, tasks
-from bert_jax.data.task_batches import Batch, TrainBatches
+from bert_jax.checkpoints import checkpointing, pretrained, sealing
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.eval import tag_decoding
-from bert_jax.finetune_config import (
+from bert_jax.finetuning import batches as task_batches
+from bert_jax.finetuning.batches import Batch, TrainBatches
+from bert_jax.finetuning.config import (
     FINETUNING_RERUN_FREE,
     training_steps,
     validate_finetuning_config,
 )
-from bert_jax.finetune_step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
-from bert_jax.metrics import MetricWriter, throughput
-from bert_jax.modeling import BertConfig, BertModel
-from bert_jax.optim import learning_rate_schedule
+from bert_jax.finetuning.step import SUM_METRICS, Finetuner, FinetuneState, build_finetuner
+from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.finetuning.tasks import tag_decoding
+from bert_jax.model.modeling import BertConfig, BertModel
+from bert_jax.training import distributed, divergence, rerun, sharding
+from bert_jax.training.metrics import MetricWriter, throughput
+from bert_jax.training.optim import learning_rate_schedule
 
 PREDICTION_FILES = {
     "classification": "test_predictions.tsv",
@@ -342,7 +345,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             encoder = dataclasses.replace(encoder, params=_check_layout(encoder.params, finetuner))
         main_metric = tasks.main_metric(train_data)
         # A rerun of this workdir with settings or data that change the result stops here, before
-        # anything is written (bert_jax.rerun); the labels and data are compared by fingerprint.
+        # anything is written (bert_jax.training.rerun); the labels and data are compared by
+        # fingerprint.
         data_record = dict(
             train_data=data_fingerprint(train_data), dev_data=data_fingerprint(dev_data)
         )

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from bert_jax.data import packing
-from bert_jax.data.tasks import IGNORE_LABEL, TaskData
+from bert_jax.finetuning.tasks.features import IGNORE_LABEL, TaskData
 
 PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")
 TARGET_KEYS = {

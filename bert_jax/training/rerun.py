@@ -19,10 +19,10 @@ import jax
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import distributed
-from bert_jax.checkpointing import step_dirs
+from bert_jax.checkpoints.checkpointing import step_dirs
+from bert_jax.checkpoints.untrusted import read_json_object, shown
 from bert_jax.errors import UserError
-from bert_jax.untrusted import read_json_object, shown
+from bert_jax.training import distributed
 
 HISTORY = "config_history.jsonl"
 PATH_KEYS = ("init_checkpoint", "vocab_file")  # compared as the paths they resolve to

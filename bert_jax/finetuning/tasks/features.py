@@ -25,10 +25,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from bert_jax.data import tasks_readers, tasks_squad
-from bert_jax.data.tasks_readers import SentenceExample, TokenExample
 from bert_jax.errors import UserError
-from bert_jax.eval import metrics, tag_decoding
+from bert_jax.finetuning import scores as metrics
+from bert_jax.finetuning.tasks import readers as tasks_readers
+from bert_jax.finetuning.tasks import squad as tasks_squad
+from bert_jax.finetuning.tasks import tag_decoding
+from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 
 KINDS = ("classification", "regression", "token_classification", "squad")
 SPLITS = ("train", "dev", "test")
@@ -456,7 +458,7 @@ def sentence_tag_ids(
     """Tag ids [total words] from tag log-probabilities [total words, C] (each example's words
     in a row, num_words per example): each example decoded once, across every feature its
     sentence was split into, by tag_decoding.viterbi under the BIO / IOBES rules (rules=True)
-    and / or a CRF's scores (crf: its parameters, bert_jax.crf); else each word's argmax.
+    and / or a CRF's scores (crf: its parameters, bert_jax.model.crf); else each word's argmax.
     Fine-tuning evaluation, do_predict and the ner pipeline all decode here."""
     if not rules and crf is None:
         return word_scores.argmax(axis=-1)

@@ -14,8 +14,8 @@ import pathlib
 import tqdm
 from absl import logging
 
-from bert_jax.data.tasks_squad import SquadExample
 from bert_jax.errors import UserError
+from bert_jax.finetuning.tasks.squad import SquadExample
 
 LABEL_COLUMN = "label"
 

@@ -32,14 +32,15 @@ import numpy as np
 from absl import logging
 from flax.core import meta
 
-from bert_jax import pretrained
-from bert_jax.data import packing, tasks
-from bert_jax.data.task_batches import bucket_length
-from bert_jax.data.tasks_readers import SentenceExample, TokenExample
+from bert_jax.checkpoints import pretrained
+from bert_jax.data import packing
 from bert_jax.errors import UserError
-from bert_jax.eval import metrics
-from bert_jax.finetune_step import task_model_for
-from bert_jax.modeling import BertForPreTraining, BertModel
+from bert_jax.finetuning import scores as metrics
+from bert_jax.finetuning.batches import bucket_length
+from bert_jax.finetuning.step import task_model_for
+from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
+from bert_jax.model.modeling import BertForPreTraining, BertModel
 
 TASKS = (
     "fill-mask",

@@ -18,11 +18,11 @@ import optax
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
-from bert_jax import sharding
 from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
-from bert_jax.gradients import accumulated_gradients, apply_gradients
-from bert_jax.modeling import BertConfig, BertForPreTraining
-from bert_jax.optim import learning_rate_schedule, make_optimizer
+from bert_jax.model.modeling import BertConfig, BertForPreTraining
+from bert_jax.training import sharding
+from bert_jax.training.gradients import accumulated_gradients, apply_gradients
+from bert_jax.training.optim import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS_2D = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_KEYS_P = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")

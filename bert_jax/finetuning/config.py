@@ -13,17 +13,20 @@ import pathlib
 
 import ml_collections
 
-from bert_jax import hub, sharding
-from bert_jax.config_lib import (
+from bert_jax.checkpoints.pretrained import (
+    as_path,  # init_checkpoint and vocab_file may be on gs://
+)
+from bert_jax.convert import hub
+from bert_jax.errors import UserError
+from bert_jax.finetuning.tasks.features import KINDS
+from bert_jax.model.modeling import REMAT_POLICIES
+from bert_jax.pretraining.config import (
     add_optimizer_defaults,
     add_rerun_keys,
     check_ranges,
     validate_optimizer_and_batch,
 )
-from bert_jax.data.tasks import KINDS
-from bert_jax.errors import UserError
-from bert_jax.modeling import REMAT_POLICIES
-from bert_jax.pretrained import as_path  # init_checkpoint and vocab_file may be on gs://
+from bert_jax.training import sharding
 
 
 def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> None:
@@ -91,7 +94,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # sequence the scheme allows (no I-X after O or another type; eval.tag_decoding) instead of
     # each word's argmax, in evaluation, do_predict and bert_jax.pipeline.
     c.constrained_decoding = True
-    # token_classification: a linear-chain CRF on the classifier ("BERT-CRF", bert_jax.crf):
+    # token_classification: a linear-chain CRF on the classifier ("BERT-CRF", bert_jax.model.crf):
     # tag transition scores trained on whole gold sentences and used when decoding.
     c.crf = False
     # token_classification: > 0, the classifier reads each word piece's last-layer vector beside
@@ -109,10 +112,11 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-# Keys a rerun of a fine-tuning workdir may change without resume_with_changes (bert_jax.rerun):
-# how the run is laid out, logged and saved, not what it computes (evaluation covers every dev
-# feature whatever its batch size). The data files too: the run records its labels and a
-# fingerprint of the featurised train and dev data in task_info.json, compared instead.
+# Keys a rerun of a fine-tuning workdir may change without resume_with_changes
+# (bert_jax.training.rerun): how the run is laid out, logged and saved, not what it computes
+# (evaluation covers every dev feature whatever its batch size). The data files too: the run
+# records its labels and a fingerprint of the featurised train and dev data in task_info.json,
+# compared instead.
 FINETUNING_RERUN_FREE = frozenset({
     "log_every_steps", "checkpoint_every_steps", "progress_bar", "eval_batch_size", "do_predict",
     "task.train_file", "task.dev_file", "task.test_file", "task.tfds_name", "task.tfds_data_dir",

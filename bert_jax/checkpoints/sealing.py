@@ -46,9 +46,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bert_jax import distributed
+from bert_jax.checkpoints.untrusted import MAX_JSON_BYTES, check_file_size, is_int
 from bert_jax.errors import SaveFailed, UserError
-from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, is_int
+from bert_jax.training import distributed
 
 MANIFEST_NAME = "bert_jax_manifest.json"
 DAMAGED_NAME = "bert_jax_damaged.json"

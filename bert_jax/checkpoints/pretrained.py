@@ -4,7 +4,7 @@
 vocabulary without loading weights; `load_encoder` / `load_pretraining_params` /
 `load_finetuned` then read the weights into the requested (sharded) layout.
 
-A fine-tuned workdir (written by `bert_jax.finetune_lib`) is self-contained:
+A fine-tuned workdir (written by `bert_jax.finetuning.train`) is self-contained:
   task_info.json     kind, label_list, lowercase, max_seq_length, main_metric
   model_config.json  the BertConfig
   vocab.txt          the vocabulary the model was trained with
@@ -24,13 +24,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax.core import meta
 
-from bert_jax import hub
-from bert_jax.convert import hf
+from bert_jax.checkpoints.sealing import SealedManager
+from bert_jax.checkpoints.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
+from bert_jax.convert import hf, hub
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
-from bert_jax.modeling import BertConfig
-from bert_jax.sealing import SealedManager
-from bert_jax.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
+from bert_jax.model.modeling import BertConfig
 
 HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
 TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
@@ -65,7 +64,7 @@ def _optional(values: dict, key: str, kind: type, path) -> Any:
 
 def _check_task_info(info: dict, path) -> dict:
     """task_info.json of a fine-tuned workdir, which may come from anywhere: types and ranges."""
-    from bert_jax.data.tasks import KINDS
+    from bert_jax.finetuning.tasks.features import KINDS
 
     kind = info.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
@@ -224,7 +223,7 @@ def _place(tree, abstract):
 def _restore_params(directory: epath.Path, abstract) -> Any:
     """The 'params' item of the newest intact step under directory (a fine-tuning run's sealed
     best/ manager: its arrays are verified against the step's manifest)."""
-    from bert_jax import checkpointing
+    from bert_jax.checkpoints import checkpointing
 
     manager = SealedManager(directory, {"params": ocp.StandardCheckpointHandler()}, create=False)
     items = checkpointing.fitting_items(
@@ -261,7 +260,7 @@ def load_encoder(info: CheckpointInfo, abstract_encoder, *, announce: bool = Tru
         )
         abstract = {"bert": abstract_encoder, **head_abstract}
         return _restore_params(info.path / BEST_DIR, abstract)["bert"]
-    from bert_jax import checkpointing
+    from bert_jax.checkpoints import checkpointing
 
     if not hasattr(checkpointing, "load_params_for_init"):
         raise UserError(f"{info.path}: this bert_jax version cannot read pretraining checkpoints")
@@ -277,8 +276,8 @@ def load_pretraining_params(info: CheckpointInfo, *, announce: bool = True) -> d
         return jax.device_put(hf.load_hf_checkpoint(info.path, need_mlm_head=True)[1])
     if info.format != BERT_JAX:
         raise UserError(f"{info.path}: a fine-tuned workdir has no masked-LM head")
-    from bert_jax import checkpointing
-    from bert_jax.modeling import BertForPreTraining
+    from bert_jax.checkpoints import checkpointing
+    from bert_jax.model.modeling import BertForPreTraining
 
     model = BertForPreTraining(info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
@@ -290,7 +289,7 @@ def load_pretraining_params(info: CheckpointInfo, *, announce: bool = True) -> d
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:
     """The abstract head subtrees of a fine-tuned workdir: {classifier, and "crf" if any}."""
-    from bert_jax.finetune_step import task_model_for
+    from bert_jax.finetuning.step import task_model_for
 
     model = task_model_for(info.task_info, info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
@@ -328,7 +327,7 @@ def load_finetuned(workdir) -> FinetunedModel:
     info = inspect_checkpoint(workdir)
     if info.format != FINETUNED:
         raise UserError(f"{workdir}: not a fine-tuned workdir (no {TASK_INFO})")
-    from bert_jax.modeling import BertModel
+    from bert_jax.model.modeling import BertModel
 
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     encoder = jax.eval_shape(lambda i: BertModel(info.bert_config).init(jax.random.key(0), i), ids)[

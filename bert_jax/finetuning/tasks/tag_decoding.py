@@ -16,7 +16,7 @@ learned scores alone: `no_rules`).
 
     rules = transition_rules(["B-PER", "I-PER", "O"])
     ids = viterbi(log_probs, lengths, rules)  # log_probs [n, W, C], lengths [n] -> ids [n, W]
-    ids = viterbi(log_probs, lengths, rules, learned)  # + a CRF's scores (bert_jax.crf)
+    ids = viterbi(log_probs, lengths, rules, learned)  # + a CRF's scores (bert_jax.model.crf)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bert_jax.eval.metrics import split_tag
+from bert_jax.finetuning.scores import split_tag
 
 _CONTINUE = ("I", "M", "E")  # prefixes that continue the entity of the word before
 _OPEN = ("B", "I", "M")  # prefixes after which an IOBES / BMES entity must go on
@@ -87,7 +87,7 @@ def viterbi(
 ) -> np.ndarray:
     """The best allowed tag ids [n, W] for n sentences of word scores [n, W, C] (the first
     lengths[i] words of sentence i are real; ids past them are 0). learned: a CRF's
-    {'transitions' [C, C], 'start' [C], 'end' [C]} added to the scores (bert_jax.crf)."""
+    {'transitions' [C, C], 'start' [C], 'end' [C]} added to the scores (bert_jax.model.crf)."""
     log_probs = np.asarray(log_probs, np.float64)
     n, width, num_labels = log_probs.shape
     lengths = np.asarray(lengths)
