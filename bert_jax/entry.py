@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import os
 import re
 import sys
@@ -169,8 +168,9 @@ def check_output_file(path, what: str) -> None:
     check_output_dir(os.path.dirname(full), f"{what} {path}: its directory")
 
 
-def run(argv: list[str], library: str, config_flag, workdir_flag, output_dirs=()) -> None:
-    """Calls `library`.train_and_evaluate(config, workdir), imported only now so --help is fast.
+def run(argv: list[str], train_and_evaluate, config_flag, workdir_flag, output_dirs=()) -> None:
+    """Checks the flags and the directories the run writes, then calls
+    `train_and_evaluate(config, workdir)`.
 
     `output_dirs`: config keys (e.g. "data.data_dir") of directories the run writes, checked
     with --workdir before anything starts. Ctrl-C stops the run after a save (one line, exit
@@ -185,7 +185,6 @@ def run(argv: list[str], library: str, config_flag, workdir_flag, output_dirs=()
         for part in key.split("."):
             value = value[part]
         check_output_dir(value, f"config.{key}")
-    train_and_evaluate = importlib.import_module(library).train_and_evaluate
     from bert_jax.training import distributed
 
     train_and_evaluate(config, workdir)

@@ -17,9 +17,9 @@ flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(
-        argv, "bert_jax.finetuning.train", _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",)
-    )
+    from bert_jax.finetuning.train import train_and_evaluate  # imported here: --help stays fast
+
+    entry.run(argv, train_and_evaluate, _CONFIG, _WORKDIR, output_dirs=("task.tfds_data_dir",))
 
 
 if __name__ == "__main__":

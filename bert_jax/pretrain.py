@@ -15,7 +15,9 @@ flags.adopt_module_key_flags(entry)  # --help lists --config and --workdir
 
 
 def main(argv):
-    entry.run(argv, "bert_jax.pretraining.train", _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
+    from bert_jax.pretraining.train import train_and_evaluate  # imported here: --help stays fast
+
+    entry.run(argv, train_and_evaluate, _CONFIG, _WORKDIR, output_dirs=("data.data_dir",))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from bert_jax import report
+from bert_jax.pretraining import report
 from bert_jax.training.metrics import read_metrics
 
 SHRUNK_STEPS = 400  # of the demo's 1500, its schedule shrunk to them

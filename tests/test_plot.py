@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from bert_jax import plot  # noqa: E402
 from bert_jax.errors import UserError  # noqa: E402
+from bert_jax.training import plots as plot  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ from bert_jax.data import examples as pretraining
 from bert_jax.data import packed_examples, pipeline
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig, BertForPreTraining
-from bert_jax.plan import format_plan
 from bert_jax.planning import chips
 from bert_jax.planning import planner as plan_lib
+from bert_jax.planning.cli import format_plan
 from bert_jax.pretraining.config import add_optimizer_defaults, vocab_size
 from bert_jax.pretraining.step import (
     SUM_METRICS,

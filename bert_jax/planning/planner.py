@@ -8,7 +8,7 @@ bandwidth turns those into a step-time and MFU estimate.
 
   topology = load_topology("v5e:4x4")
   plan = plan_pretraining(config, topology)
-  print(bert_jax.plan.format_plan(plan))  # the CLI's table; plan.to_json() for the numbers
+  print(bert_jax.planning.cli.format_plan(plan))  # the CLI's table; plan.to_json() for the numbers
 """
 
 from __future__ import annotations
