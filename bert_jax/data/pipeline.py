@@ -11,11 +11,11 @@ Per process and epoch (one pass over the documents):
     -> shuffled, a new order every epoch
     -> windows: the order cut into ceil(documents / documents_per_window) windows of nearly
        equal size (at most documents_per_window documents, more than half as many)
-    -> all MLM+NSP pairs of a window planned at once (`pretraining.pair_tokens`), seeded by
+    -> all MLM+NSP pairs of a window planned at once (`examples.pair_tokens`), seeded by
        (seed, epoch, window, process): a random-next B comes from any other document of the
        window, and the window's examples are shuffled together
     -> chunks: the shuffled examples cut into one slice per documents_per_chunk documents,
-       each assembled and masked on its own (`pretraining.build_examples`, vectorised numpy)
+       each assembled and masked on its own (`examples.build_examples`, vectorised numpy)
     -> fixed batches of global_batch_size // process_count rows.
 
 The window is the pool of random-next segments and the shuffle buffer at once. google-research/
@@ -64,7 +64,7 @@ from absl import flags, logging
 from etils import epath
 
 from bert_jax.data import corpus, packed_examples
-from bert_jax.data import examples as pretraining
+from bert_jax.data import examples
 from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
@@ -72,7 +72,7 @@ _ASSETS = importlib.resources.files("bert_jax") / "assets"
 BUNDLED_CORPUS = os.fspath(_ASSETS / "kjv.txt.gz")
 BUNDLED_VOCAB = os.fspath(_ASSETS / "kjv_vocab.txt")
 
-BATCH_FIELDS = pretraining.EXAMPLE_FIELDS
+BATCH_FIELDS = examples.EXAMPLE_FIELDS
 PACKED_FIELDS = packed_examples.PACKED_FIELDS
 
 
@@ -110,8 +110,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     return config
 
 
-def example_options(data_config) -> pretraining.ExampleOptions:
-    return pretraining.ExampleOptions.from_data_config(data_config)
+def example_options(data_config) -> examples.ExampleOptions:
+    return examples.ExampleOptions.from_data_config(data_config)
 
 
 def batch_fields(data_config) -> tuple[str, ...]:
@@ -290,7 +290,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     over this process's documents in an order drawn from (seed, pass, process); with static
     masking pass = epoch % dupe_factor, so epochs repeat exactly every dupe_factor epochs. The
     order is cut into windows of nearly equal size (`window_bounds`); a window of d documents is
-    planned once (`pretraining.pair_tokens`, seeded by (seed, pass, window, process): segments,
+    planned once (`examples.pair_tokens`, seeded by (seed, pass, window, process): segments,
     truncation, order), and its ceil(d / chunk_size) chunks are equal slices of its examples,
     each assembled and masked on its own (seeded by the chunk too). Packed, the window's examples
     are packed into rows once (`packed_examples.pack_pairs`, seeded likewise) and the chunks are
@@ -304,8 +304,8 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     passes: int | None  # dupe_factor for static masking, None for dynamic.
     seed: int
     process_index: int
-    options: pretraining.ExampleOptions
-    vocab: pretraining.Vocabulary
+    options: examples.ExampleOptions
+    vocab: examples.Vocabulary
     cache_documents: bool
     sequences_per_row: int | None = None  # Packed rows of up to this many examples, or None.
     _cache: dict[int, dict] | None = dataclasses.field(default=None, repr=False)
@@ -340,13 +340,13 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
             if self.options.whole_word_masking:
                 subword = self.vocab.subword_mask
                 word_starts = np.concatenate([corpus.word_starts(d, subword) for d in documents])
-            source = pretraining.token_source(
+            source = examples.token_source(
                 np.concatenate([d["tokens"] for d in documents]),
                 self.options,
                 self.vocab,
                 word_starts,
             )
-            pairs = pretraining.pair_tokens(
+            pairs = examples.pair_tokens(
                 np.concatenate([d["sentence_lengths"] for d in documents]),
                 np.array([len(d["sentence_lengths"]) for d in documents], np.int64),
                 [self.seed, pass_index, window, self.process_index, 0],
@@ -377,7 +377,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
                 source, pairs, rows, seed, self.options, self.vocab
             )
         rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
-        return pretraining.build_examples(source, pairs[rows], seed, self.options, self.vocab)
+        return examples.build_examples(source, pairs[rows], seed, self.options, self.vocab)
 
     def _read(self, keys: list[int]) -> list[dict]:
         if not self.cache_documents:
@@ -441,7 +441,7 @@ def make_example_chunks(
         seed=seed,
         process_index=process_index,
         options=example_options(data_config),
-        vocab=pretraining.Vocabulary.from_tokenizer(tokenizer),
+        vocab=examples.Vocabulary.from_tokenizer(tokenizer),
         cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
         sequences_per_row=packed_examples.sequences_per_row(data_config),
     )

@@ -202,23 +202,23 @@ def main(argv):
     entry.check_output_file(_OUT.value, "--out")  # before minutes of compiling, not after
     import jax
 
-    from bert_jax.planning import planner as plan_lib
+    from bert_jax.planning import planner
 
     if not os.environ.get("JAX_PLATFORMS"):
         # Planning needs the host CPU and libtpu's compiler only: local accelerators stay closed.
         jax.config.update("jax_platforms", "cpu")
 
     try:
-        topology = plan_lib.load_topology(_TOPOLOGY.value, _NUM_SLICES.value)
+        topology = planner.load_topology(_TOPOLOGY.value, _NUM_SLICES.value)
         hbm = _HBM_GIB.value * GIB if _HBM_GIB.value else None
         config = _CONFIG.value
         if _SWEEP.value:
-            layouts = [plan_lib.parse_layout(x) for x in _LAYOUTS.value or []] or None
+            layouts = [planner.parse_layout(x) for x in _LAYOUTS.value or []] or None
             try:
                 microbatches = [int(x) for x in _MICROBATCHES.value or []] or None
             except ValueError as err:
                 raise UserError(f"--sweep_microbatches takes integers: {err}") from err
-            sweep = plan_lib.sweep_pretraining(
+            sweep = planner.sweep_pretraining(
                 config, topology, layouts, microbatches, hbm, progress=_progress
             )
             print(format_sweep(sweep))
@@ -231,7 +231,7 @@ def main(argv):
             result["sweep_skipped"] = [{"layout": a, "why": b} for a, b in sweep.skipped]
         else:
             _progress(f"{topology.name} for the config's mesh")
-            plan = plan_lib.plan_pretraining(config, topology, hbm)
+            plan = planner.plan_pretraining(config, topology, hbm)
             print(format_plan(plan))
             result = plan.to_json()
     except UserError as err:

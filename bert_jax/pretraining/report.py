@@ -28,9 +28,9 @@ def _seconds(records: list[dict]) -> float:
 
 def learned(workdir) -> list[str]:
     """Lines on the run's held-out accuracies, from its metrics."""
-    from bert_jax.training import plots as plot
+    from bert_jax.training import plots
 
-    run = plot.load_run(workdir)
+    run = plots.load_run(workdir)
     evals = [r for r in run.eval if "eval_mlm_accuracy" in r]
     if not evals:
         raise UserError(f"{workdir} has no held-out evaluation yet (config.eval_every_steps)")
