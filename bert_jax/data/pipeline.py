@@ -63,8 +63,7 @@ import numpy as np
 from absl import flags, logging
 from etils import epath
 
-from bert_jax.data import corpus, packed_examples
-from bert_jax.data import examples
+from bert_jax.data import corpus, examples, packed_examples
 from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
