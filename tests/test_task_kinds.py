@@ -60,7 +60,8 @@ def test_kind_names_are_compared_nowhere_but_the_registry():
     """Code asks the Task (task.per_token, task.prediction_file, ...), never the kind's name."""
     package = pathlib.Path(bert_jax.__file__).parent
     registry = package / "finetuning" / "tasks" / "__init__.py"
-    quoted = re.compile(r"""["'](%s)["']""" % "|".join(map(re.escape, tasks.KINDS)))
+    names = "|".join(map(re.escape, tasks.KINDS))
+    quoted = re.compile(rf"""["']({names})["']""")
     found = [
         f"{path.relative_to(package)}:{number}"
         for path in sorted(package.rglob("*.py"))
