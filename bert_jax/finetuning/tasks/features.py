@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -26,13 +25,11 @@ from absl import logging
 from etils import epath
 
 from bert_jax.errors import UserError
-from bert_jax.finetuning import scores as metrics
+from bert_jax.finetuning import tasks as registry
 from bert_jax.finetuning.tasks import readers as tasks_readers
-from bert_jax.finetuning.tasks import squad as tasks_squad
-from bert_jax.finetuning.tasks import tag_decoding
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 
-KINDS = ("classification", "regression", "token_classification", "squad")
+KINDS = registry.KINDS
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -1  # token_classification labels on positions that carry no word's tag
 
@@ -85,19 +82,24 @@ class TaskData:
         return self.arrays["attention_mask"].sum(axis=1).astype(np.int64)
 
     @property
+    def task(self):
+        """The kind's base.Task (registry.get)."""
+        return registry.get(self.kind)
+
+    @property
     def num_labels(self) -> int:
         """Output width of the head: classes, 1 for regression, 2 (start, end) for squad."""
-        return {"regression": 1, "squad": 2}.get(self.kind) or len(self.label_list)
+        return self.task.num_labels(self.label_list)
 
     @property
     def is_bio(self) -> bool:
-        return self.kind == "token_classification" and metrics.is_bio_tagset(self.label_list)
+        return self.task.is_bio(self.label_list)
 
     def __len__(self) -> int:
         return self.num_features
 
 
-def _option(config, name: str, default: int, minimum: int = 1) -> int:
+def option(config, name: str, default: int, minimum: int = 1) -> int:
     """config.NAME, else config.task.NAME, else default; a UserError below minimum."""
     value = default
     for holder in (getattr(config, "task", None), config):
@@ -111,16 +113,8 @@ def _option(config, name: str, default: int, minimum: int = 1) -> int:
 def _read_split(task, kind: str, split: str) -> tasks_readers.ReadResult:
     path = getattr(task, f"{split}_file", None)
     tfds_name = getattr(task, "tfds_name", None)
-    labeled = split != "test"
     if path:
-        path = pathlib.Path(path).expanduser()
-        if kind == "squad":
-            examples, skipped = tasks_squad.read_squad_json(path, labeled=labeled)
-            has_answers = labeled or any(e.answers for e in examples)
-            return tasks_readers.ReadResult(examples, has_answers, [], str(path), skipped)
-        if kind == "token_classification":
-            return tasks_readers.read_conll(path, labeled=labeled)
-        return tasks_readers.read_tsv(path, regression=kind == "regression", labeled=labeled)
+        return registry.get(kind).read_file(pathlib.Path(path).expanduser(), split != "test")
     if tfds_name:
         data_dir = getattr(task, "tfds_data_dir", None) or None
         return tasks_readers.read_tfds(tfds_name, split, kind, data_dir=data_dir)
@@ -168,14 +162,14 @@ def _check_known_labels(result: tasks_readers.ReadResult, label_list: list[str])
             )
 
 
-def _encode(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+def encode(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
     encoded = []
     for start in range(0, len(texts), chunk):
         encoded.extend(tokenizer.encode_batch(texts[start : start + chunk]))
     return encoded
 
 
-def _pad_rows(rows: list[list[int]], length: int, fill: int) -> np.ndarray:
+def pad_rows(rows: list[list[int]], length: int, fill: int) -> np.ndarray:
     array = np.full((len(rows), length), fill, np.int32)
     for row, values in enumerate(rows):
         array[row, : len(values)] = values
@@ -196,9 +190,9 @@ def featurise_sentences(
     was longer). label_to_id None means regression (float labels).
     Returns (arrays, number of examples truncated).
     """
-    pieces_a = _encode(tokenizer, [e.text_a for e in examples])
+    pieces_a = encode(tokenizer, [e.text_a for e in examples])
     is_pair = [e.text_b is not None for e in examples]
-    pieces_b = iter(_encode(tokenizer, [e.text_b for e in examples if e.text_b is not None]))
+    pieces_b = iter(encode(tokenizer, [e.text_b for e in examples if e.text_b is not None]))
     rows, segment_b_start, truncated = [], [], 0
     for a, pair in zip(pieces_a, is_pair, strict=True):
         b = next(pieces_b) if pair else []
@@ -216,7 +210,7 @@ def featurise_sentences(
             row += [*b[:keep_b], tokenizer.sep_id]
         rows.append(row)
     n = len(rows)
-    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
+    input_ids = pad_rows(rows, max_seq_length, tokenizer.pad_id)
     positions = np.arange(max_seq_length)
     lengths = np.array([len(row) for row in rows], np.int32).reshape(n, 1)
     attention_mask = positions < lengths
@@ -256,78 +250,6 @@ def featurise_texts(
     return arrays
 
 
-def featurise_tokens(
-    examples: list[TokenExample],
-    tokenizer,
-    max_seq_length: int,
-    label_to_id: Mapping[str, int],
-    labeled: bool,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
-    """Word pieces per word, tag on the first piece; long sentences continue in further features.
-
-    A word the tokenizer turns into nothing (e.g. a lone control character) becomes [UNK] so it
-    still gets a prediction; a word longer than the whole window keeps its first pieces.
-    """
-    budget = max_seq_length - 2
-    word_pieces = _encode(tokenizer, [word for e in examples for word in e.words])
-    rows, labels, word_index, example_index, ends = [], [], [], [], []
-    unknown_words = split_sentences = cut_words = 0
-    next_word = 0
-    for index, example in enumerate(examples):
-        row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
-        for position in range(len(example.words)):
-            pieces = word_pieces[next_word + position]
-            if not pieces:
-                pieces, unknown_words = [tokenizer.unk_id], unknown_words + 1
-            if len(pieces) > budget:
-                pieces, cut_words = pieces[:budget], cut_words + 1
-            if len(row) + len(pieces) > budget + 1:  # room for [SEP]
-                rows.append(row + [tokenizer.sep_id])
-                labels.append(row_labels + [IGNORE_LABEL])
-                word_index.append(row_words + [-1])
-                example_index.append(index)
-                ends.append(0)
-                row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
-                split_sentences += 1
-            tag = label_to_id[example.tags[position]] if labeled else IGNORE_LABEL
-            row += pieces
-            row_labels += [tag] + [IGNORE_LABEL] * (len(pieces) - 1)
-            row_words += [position] + [-1] * (len(pieces) - 1)
-        next_word += len(example.words)
-        rows.append(row + [tokenizer.sep_id])
-        labels.append(row_labels + [IGNORE_LABEL])
-        word_index.append(row_words + [-1])
-        example_index.append(index)
-        ends.append(1)
-    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
-    attention_mask = np.arange(max_seq_length) < np.array([len(r) for r in rows])[:, None]
-    arrays = {
-        "input_ids": input_ids,
-        "token_type_ids": np.zeros_like(input_ids),
-        "attention_mask": attention_mask.astype(np.int32),
-        "labels": _pad_rows(labels, max_seq_length, IGNORE_LABEL),
-        "starts_sentence": (np.diff(example_index, prepend=-1) > 0).astype(np.int32),
-        "ends_sentence": np.array(ends, np.int32),
-    }
-    feature_info = {
-        "example_index": np.array(example_index, np.int32),
-        "word_index": _pad_rows(word_index, max_seq_length, -1),
-    }
-    if unknown_words or cut_words:
-        logging.warning(
-            "%d words had no word piece (now [UNK]); %d words were cut to %d pieces",
-            unknown_words,
-            cut_words,
-            budget,
-        )
-    stats = {
-        "unknown_words": unknown_words,
-        "cut_words": cut_words,
-        "split_sentences": split_sentences,
-    }
-    return arrays, feature_info, stats
-
-
 def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | None = None):
     """Reads and featurises one split of the task described by task_config -> TaskData.
 
@@ -341,9 +263,10 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     kind = task.kind
     if kind not in KINDS:
         raise UserError(f"task.kind={kind!r} is not one of {KINDS}")
+    kind_task = registry.get(kind)
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of {SPLITS}")
-    max_seq_length = _option(task_config, "max_seq_length", 128, minimum=4)
+    max_seq_length = option(task_config, "max_seq_length", 128, minimum=4)
     result = _read_split(task, kind, split)
     if not result.examples:
         raise UserError(f"{result.source}: no examples in the {split} split")
@@ -354,36 +277,16 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     stats = {"num_examples": len(result.examples), "num_skipped": result.num_skipped}
 
     resolved_labels = None
-    if kind in ("classification", "token_classification"):
+    if kind_task.uses_label_list:
         resolved_labels = _resolve_label_list(task, kind, split, result, label_list)
         if result.labeled:
             _check_known_labels(result, resolved_labels)
     label_to_id = {label: i for i, label in enumerate(resolved_labels or [])}
 
-    feature_info = {}
-    if kind == "squad":
-        arrays, feature_info, squad_stats = tasks_squad.featurise_squad(
-            result.examples,
-            tokenizer,
-            max_seq_length,
-            doc_stride=_option(task_config, "doc_stride", 128),
-            max_query_length=_option(task_config, "max_query_length", 64),
-            training=split == "train",
-        )
-        stats.update(squad_stats)
-    elif kind == "token_classification":
-        arrays, feature_info, token_stats = featurise_tokens(
-            result.examples, tokenizer, max_seq_length, label_to_id, result.labeled
-        )
-        stats.update(token_stats)
-    else:
-        arrays, stats["num_truncated"] = featurise_sentences(
-            result.examples,
-            tokenizer,
-            max_seq_length,
-            label_to_id if kind == "classification" else None,
-            result.labeled,
-        )
+    arrays, feature_info, kind_stats = kind_task.featurise(
+        result.examples, tokenizer, task_config, split, max_seq_length, label_to_id, result.labeled
+    )
+    stats.update(kind_stats)
     stats["num_features"] = len(arrays["input_ids"])
     logging.info("%s (%s): %s", result.source, split, stats)
     return TaskData(
@@ -397,8 +300,8 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
         labeled=result.labeled,
         columns=result.columns,
         max_seq_length=max_seq_length,
-        n_best_size=_option(task_config, "n_best_size", 20),
-        max_answer_length=_option(task_config, "max_answer_length", 30),
+        n_best_size=option(task_config, "n_best_size", 20),
+        max_answer_length=option(task_config, "max_answer_length", 30),
         stats=stats,
     )
 
@@ -411,7 +314,7 @@ def _check_kind(kind: str, task_data: TaskData) -> None:
         raise ValueError(f"kind {kind!r} does not match the task data's kind {task_data.kind!r}")
 
 
-def _are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool:
+def are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool:
     """True for logits shaped leading_shape + (classes,), False for ids shaped leading_shape;
     anything else is an error."""
     if predictions.ndim == len(leading_shape) + 1 and predictions.shape[:-1] == leading_shape:
@@ -424,61 +327,12 @@ def _are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool
     return False
 
 
-def _class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
+def class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
     """Class ids from ids shaped leading_shape or logits shaped leading_shape + (classes,)."""
     predictions = np.asarray(predictions)
-    if _are_logits(predictions, leading_shape):
+    if are_logits(predictions, leading_shape):
         return predictions.argmax(axis=-1)
     return predictions.astype(np.int64)
-
-
-def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(predictions, Mapping):
-        return np.asarray(predictions["start_logits"]), np.asarray(predictions["end_logits"])
-    if isinstance(predictions, tuple | list) and len(predictions) == 2:
-        return np.asarray(predictions[0]), np.asarray(predictions[1])
-    predictions = np.asarray(predictions)
-    if predictions.ndim == 3 and predictions.shape[-1] == 2:
-        return predictions[..., 0], predictions[..., 1]
-    raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
-
-
-def scatter_word_scores(values, example_index, word_index, first_word, out) -> None:
-    """Per-feature values at first word pieces ([m, L] ids or [m, L, C] scores; example_index
-    [m], word_index [m, L]) into `out`, one row per word of every example: word w of example e
-    is row first_word[e] + w, whichever feature (window of a long sentence) holds it."""
-    features, positions = np.nonzero(word_index >= 0)
-    rows = first_word[example_index[features]] + word_index[features, positions]
-    out[rows] = np.asarray(values)[features, positions]
-
-
-def sentence_tag_ids(
-    word_scores: np.ndarray, num_words, label_list, rules: bool, crf=None, chunk: int = 256
-) -> np.ndarray:
-    """Tag ids [total words] from tag log-probabilities [total words, C] (each example's words
-    in a row, num_words per example): each example decoded once, across every feature its
-    sentence was split into, by tag_decoding.viterbi under the BIO / IOBES rules (rules=True)
-    and / or a CRF's scores (crf: its parameters, bert_jax.model.crf); else each word's argmax.
-    Fine-tuning evaluation, do_predict and the ner pipeline all decode here."""
-    if not rules and crf is None:
-        return word_scores.argmax(axis=-1)
-    if rules:
-        scheme = tag_decoding.transition_rules(label_list)
-    else:
-        scheme = tag_decoding.no_rules(len(label_list))
-    num_words = np.asarray(num_words, np.int64)
-    first_word = np.cumsum(num_words) - num_words
-    ids = np.zeros(len(word_scores), np.int64)
-    order = np.argsort(num_words, kind="stable")  # similar lengths share a padded chunk
-    for start in range(0, len(order), chunk):
-        examples = order[start : start + chunk]
-        lengths = num_words[examples]
-        width = int(lengths.max(initial=0))
-        real = np.arange(width) < lengths[:, None]  # [k, W]
-        rows = np.where(real, first_word[examples, None] + np.arange(width), 0)
-        decoded = tag_decoding.viterbi(word_scores[rows], lengths, scheme, crf)
-        ids[rows[real]] = decoded[real]
-    return ids
 
 
 def decode_predictions(
@@ -489,49 +343,13 @@ def decode_predictions(
     predictions: classification [n] ids or [n, C] logits -> list of label strings;
     regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
     logits -> list of per-word tag lists (BIO / IOBES tags from logits: the best sequence the
-    scheme allows per sentence, however many features it spans, eval.tag_decoding, unless
+    scheme allows per sentence, however many features it spans, tasks.tag_decoding, unless
     constrained=False; with crf, a CRF's parameters, the best sequence under its scores too);
     squad
     {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.
     """
     _check_kind(kind, task_data)
-    n = task_data.num_features
-    if kind == "squad":
-        start_logits, end_logits = _squad_logits(predictions)
-        return tasks_squad.decode_squad(
-            start_logits,
-            end_logits,
-            task_data.examples,
-            task_data.feature_info,
-            task_data.n_best_size,
-            task_data.max_answer_length,
-        )
-    if kind == "regression":
-        values = np.asarray(predictions, np.float64)
-        if values.shape not in ((n,), (n, 1)):
-            raise ValueError(f"regression predictions have shape {values.shape}, expected ({n},)")
-        return values.reshape(n).tolist()
-    if kind == "classification":
-        return [task_data.label_list[i] for i in _class_ids(predictions, (n,))]
-
-    info, label_list = task_data.feature_info, task_data.label_list
-    num_words = np.array([len(example.words) for example in task_data.examples], np.int64)
-    first_word = np.cumsum(num_words) - num_words
-    scores = np.asarray(predictions)
-    length = task_data.max_seq_length
-    if _are_logits(scores, (n, length)):
-        word_scores = np.zeros((num_words.sum(), scores.shape[-1]), np.float64)
-        scatter_word_scores(scores, info["example_index"], info["word_index"], first_word,
-                            word_scores)  # fmt: skip
-        rules = task_data.is_bio and constrained
-        ids = sentence_tag_ids(word_scores, num_words, label_list, rules, crf)
-    else:
-        ids = np.zeros(num_words.sum(), np.int64)
-        class_ids = _class_ids(scores, (n, length))
-        scatter_word_scores(class_ids, info["example_index"], info["word_index"], first_word, ids)
-    return [
-        [label_list[i] for i in ids[a : a + k]] for a, k in zip(first_word, num_words, strict=True)
-    ]
+    return task_data.task.decode(predictions, task_data, constrained, crf)
 
 
 def compute_metrics(
@@ -548,39 +366,12 @@ def compute_metrics(
     if not task_data.labeled:
         raise UserError(f"{task_data.source} has no labels, so it cannot be scored")
     outputs = decode_predictions(kind, predictions, task_data, constrained, crf)
-    examples = task_data.examples
-    if kind == "squad":
-        gold = {e.qas_id: list(e.answers) for e in examples}
-        return metrics.squad_scores(outputs, gold)
-    if kind == "token_classification":
-        gold = [e.tags for e in examples]
-        scores = {"token_accuracy": metrics.token_accuracy(gold, outputs)}
-        if task_data.is_bio:  # seqeval's entity scores: f1, precision, recall, f1_TYPE
-            types = metrics.entity_types(task_data.label_list)
-            scores.update(metrics.entity_metrics(gold, outputs, types))
-        return scores
-    gold = [e.label for e in examples]
-    if kind == "regression":
-        return {
-            "pearson": metrics.pearson(gold, outputs),
-            "spearman": metrics.spearman(gold, outputs),
-        }
-    return {
-        "accuracy": metrics.accuracy(gold, outputs),
-        "macro_f1": metrics.macro_f1(gold, outputs),
-        "mcc": metrics.matthews_corrcoef(gold, outputs),
-    }
+    return task_data.task.metrics(outputs, task_data)
 
 
 def main_metric(task_data: TaskData) -> str:
     """The compute_metrics key that picks the best checkpoint (higher is better)."""
-    if task_data.kind == "token_classification":
-        return "f1" if task_data.is_bio else "token_accuracy"
-    return {"classification": "accuracy", "regression": "pearson", "squad": "f1"}[task_data.kind]
-
-
-def _tsv_field(text: str) -> str:
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return task_data.task.main_metric(task_data)
 
 
 def write_predictions(
@@ -596,20 +387,6 @@ def write_predictions(
     path = epath.Path(path)  # the workdir may be on gs://
     path.parent.mkdir(parents=True, exist_ok=True)
     with io.StringIO(newline="\n") as f:
-        if kind == "squad":
-            json.dump(outputs, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        elif kind == "token_classification":
-            for example, tags in zip(task_data.examples, outputs, strict=True):
-                f.writelines(
-                    f"{word}\t{tag}\n" for word, tag in zip(example.words, tags, strict=True)
-                )
-                f.write("\n")
-        else:
-            f.write("\t".join([*task_data.columns, tasks_readers.LABEL_COLUMN]) + "\n")
-            for example, label in zip(task_data.examples, outputs, strict=True):
-                label = f"{label:.6g}" if kind == "regression" else label
-                values = [_tsv_field(example.fields[c]) for c in task_data.columns]
-                f.write("\t".join([*values, label]) + "\n")
+        task_data.task.write_predictions(outputs, task_data, f)
         path.write_text(f.getvalue(), encoding="utf-8")
     return path
