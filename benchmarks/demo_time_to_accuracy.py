@@ -34,7 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 THRESHOLDS = (0.15, 0.20, 0.25, 0.30, 0.35)
 
-# configs/demo.py before issue 19: post-LN, dropout 0.1, lr 1e-3, batch 32 x 128, 2000 steps.
+# configs/demo.py before its retune: post-LN, dropout 0.1, lr 1e-3, batch 32 x 128, 2000 steps.
 OLD_DEMO = {
     "model.hidden_dropout_prob": 0.1,
     "model.attention_probs_dropout_prob": 0.1,
@@ -74,7 +74,7 @@ def _r(what: str, **changes) -> tuple[dict, str]:
 
 VARIANTS: dict[str, tuple[dict, str]] = {
     "demo": ({}, "the shipped config"),
-    "old_demo": (OLD_DEMO, "configs/demo.py before issue 19"),
+    "old_demo": (OLD_DEMO, "configs/demo.py before its retune"),
     "r1_post_1e3": _r("post-LN, no dropout, lr 1e-3"),
     "r1_post_3e3": _r("lr 3e-3", learning_rate=3e-3),
     "r1_pre_3e3": _r("pre-LN, lr 3e-3", learning_rate=3e-3, model__pre_layer_norm=True),

@@ -1,4 +1,4 @@
-r"""Issue 16.3 target: pretraining at 512 on short documents, packed against one example per row.
+r"""Packed pretraining: pretraining at 512 on short documents, packed against one example per row.
 
   python -m benchmarks.pretrain_packing [--workdir /tmp/bert_jax_packing] [--preset mini] \
       [--seq 512] [--rows 24] [--steps 240] [--block 8] [--eval_batches 40]

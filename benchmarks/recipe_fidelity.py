@@ -1,5 +1,5 @@
 """How far the previous optimizer, schedule, dropout and precision code was from the references
-of issue 14, and how far the current code is: one table (numbers, not speed).
+(google-research/bert and LAMB), and how far the current code is: one table (numbers, not speed).
 
   python -m benchmarks.recipe_fidelity
 

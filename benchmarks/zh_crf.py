@@ -1,4 +1,4 @@
-r"""The character CRF baseline for Chinese NER (issue 17): what a fine-tuned BERT must beat.
+r"""The character CRF baseline for Chinese NER: what a fine-tuned BERT must beat.
 
   python -m benchmarks.zh_crf [--train_sentences=8000] [--seed=0] [--workdir=runs/zh_crf]
 

@@ -1,4 +1,4 @@
-r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese BERT pay off?
+r"""Chinese end to end on ../shared/data/zh: does pretraining a small Chinese BERT pay off?
 
   nice -n 5 python -m benchmarks.zh_end_to_end --workdir runs/zh_e2e \
       [--variants=random,char,wwm] [--seeds=0,1] [--sections=pretrain,finetune,crf,trainer]

@@ -1,4 +1,4 @@
-r"""A small Chinese BERT pretrained on a CPU in about 15 minutes (issue 17; README.zh-CN.md).
+r"""A small Chinese BERT pretrained on a CPU in about 15 minutes (README.zh-CN.md).
 
 Vocabulary and data first (jieba word boundaries for whole-word masking need `bert_jax[zh]`):
 

@@ -1,4 +1,4 @@
-"""Issue 14, point 6: examples mixed across a window of documents, random-next B never from A's
+"""Examples mixed across a window of documents, random-next B never from A's
 own document, exact resume anywhere.
 
 A tagged corpus makes every row's documents readable: each token of document d is the word

@@ -1,4 +1,4 @@
-"""bert_jax fine-tuning takes the transformers Trainer's steps (issue 17's Trainer comparison).
+"""bert_jax fine-tuning takes the transformers Trainer's steps (the Chinese study's check).
 
 benchmarks/zh_end_to_end.py compares bert_jax with the Trainer on exported weights and says the
 two runs differ only in their dropout masks: same features, batches in the same order, same

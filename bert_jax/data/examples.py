@@ -16,7 +16,7 @@ Reference: `create_instances_from_document`, `truncate_seq_pair` and
   than [CLS]/[SEP] are chosen uniformly; each becomes [MASK] (80%), a random vocabulary id (10%)
   or stays (10%). With whole-word masking the positions come in whole words (a word that would
   overflow the budget is skipped, as the reference) and the 80/10/10 choice is made once per
-  word (the reference draws it per piece, google-research/bert issue 910). Words are given per
+  word (the reference draws it per piece, google-research/bert#910). Words are given per
   token by `word_starts` (`bert_jax.data.corpus.word_starts`): the "##" groups of word pieces,
   or, in a dataset prepared with a word segmenter, the segmenter's words with "##" groups kept
   inside them -- HFL's Chinese whole-word masking (Cui et al., Chinese-BERT-wwm): all characters
