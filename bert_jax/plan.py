@@ -4,12 +4,9 @@ for the slice's topology and print memory per chip, FLOPs, collectives and a roo
   python -m bert_jax.plan --config configs/bert_base.py --topology=v5e:4x4 \
       [--config.batch_size=512 ...] [--out plan.json] [--sweep] [--num_slices=2]
 
---topology takes libtpu's names (v5e:4x4, v5p:2x2x4, v4:2x2x4, v6e:4x4) or Cloud accelerator
-types (v5e-16, v5p-32, v4-32). --num_slices=N plans N such slices joined by DCN (a multi-slice
-job: the data axis, or mesh.dcn_data x mesh.dcn_fsdp, spans the slices; the roofline counts DCN
-traffic at interconnect speed). --sweep tries the data/fsdp/tensor layouts and per-device
-microbatches (gradient accumulation keeps the global batch) and recommends the fastest that fits.
-Needs libtpu: `pip install -e ".[tpu]"` in the repository.
+--topology takes libtpu's names (v5e:4x4, v4:2x2x4) or Cloud accelerator types (v5e-16);
+--num_slices=N joins N slices by DCN; --sweep tries meshes and microbatches and recommends the
+fastest that fits. Needs libtpu: `pip install -e ".[tpu]"`. See docs/scaling.md.
 """
 
 import json

@@ -2,16 +2,10 @@ r"""Training curves of one or more runs, side by side, from their WORKDIR/metric
 
   python -m bert_jax.plot runs/demo [runs/other ...] --out curves.png [--smooth 0.6]
 
-Pretraining runs get six panels: loss, masked-LM accuracy, next-sentence accuracy (training
-solid, evaluation dashed with markers), learning rate, throughput (tokens/s) and gradient norm.
-Fine-tuning runs (no MLM metrics) get their own: loss, the task's main dev metric (accuracy,
-Pearson, F1, ...; task_info.json names it), the other dev scores, learning rate, examples/s and
-gradient norm. Given both kinds (`plot runs/base runs/sst`), the figure has a row of panels for
-each. Runs that log real (non-padding) tokens/s or the padding fraction get panels for those
-too. Each run has one colour; a panel whose metrics no run logged says so instead of staying
-blank. Workdirs may be on gs://. TensorBoard reads the same workdirs
-(`tensorboard --logdir runs`, from WORKDIR/tensorboard). In a notebook,
-`plot_runs(["runs/demo"])` returns the figure.
+Pretraining runs get loss, MLM/NSP accuracy (evaluation dashed), learning rate, throughput and
+gradient-norm panels; fine-tuning runs get loss, the task's dev metrics (task_info.json names the
+main one), learning rate, examples/s and gradient norm; given both kinds, a row each. Workdirs
+may be on gs://. In a notebook, `plot_runs(["runs/demo"])` returns the figure.
 """
 
 from __future__ import annotations

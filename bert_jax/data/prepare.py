@@ -4,13 +4,9 @@ r"""Tokenize a text corpus into the TFDS dataset that pretraining reads.
       --data_dir=DIR [--lowercase=false] [--validation_fraction=0.05] [--num_workers=N] \
       [--word_segmenter=jieba] [--beam_pipeline_options=runner=DataflowRunner,...]
 
-Input: one sentence per line, a blank line between documents (gzip files allowed; paths may be
-gs://). Streams in bounded memory on every core (--num_workers, default all), or on an Apache
-Beam runner. Prints a summary (documents, sentences, tokens, lines skipped or repaired and why,
-speed, memory) and the dataset's directory, which `--config.data.dataset_dir` takes. Running it
-again on unchanged inputs reuses the dataset. Errors a user can fix print one line and exit 2;
-so does a corpus that looks binary or read with the wrong vocabulary, unless
---allow_dirty_corpus. A new vocabulary can be learned first with --train_vocab_size.
+Input: one sentence per line, a blank line between documents (gzip, gs:// allowed). Prints a
+summary and the dataset's directory (for `--config.data.dataset_dir`); unchanged inputs reuse it.
+--train_vocab_size learns a vocabulary first. See docs/design/corpus_prep.md.
 """
 
 import sys

@@ -1,20 +1,9 @@
 """BERT WordPiece tokenizer on the Rust `tokenizers` library, id-for-id with google-research/bert.
 
-The stock `BertNormalizer`/`BertPreTokenizer` of `tokenizers` differ from the reference
-`FullTokenizer` on some text: they drop private-use characters (the reference keeps them, so they
-become [UNK]), use older Unicode tables for punctuation and combining marks, miss part of the CJK
-Extension E block and never produce a final sigma. The pipeline below rebuilds the reference
-steps from regex building blocks instead:
-
-  1. drop NUL, U+FFFD and control/format characters (Cc, Cf) except tab, newline, carriage return;
-  2. (lowercase only) final-sigma aware lower-casing, NFD, drop non-spacing marks (Mn);
-  3. split on whitespace, isolate punctuation (Unicode P* plus all non-alphanumeric ASCII) and
-     CJK ideographs (the reference's code-point ranges);
-  4. greedy longest-match-first WordPiece with "##" continuations; a word longer than
-     `max_input_chars_per_word` characters, or one that cannot be spelled, becomes [UNK].
-
-The one known difference left: characters unassigned in Python's Unicode tables but assigned in
-Oniguruma's (newer) ones; the reference's own output depends on the Python version there.
+`WordPieceTokenizer` rebuilds the reference `FullTokenizer`'s steps (clean, lowercase and strip
+accents, split punctuation and CJK ideographs, greedy WordPiece) from regex building blocks,
+because the stock `BertNormalizer`/`BertPreTokenizer` differ from it on some text; it can also
+learn a vocabulary. See docs/design/tokenizer.md.
 """
 
 from __future__ import annotations

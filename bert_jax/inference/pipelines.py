@@ -1,24 +1,10 @@
 """Inference for notebooks and scripts: `pipeline(task, path)` -> a callable on a list of texts.
 
     fill = pipeline("fill-mask", "runs/demo")  # HF BERT dir or bert_jax pretraining workdir
-    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", "sequence"}
+    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", ...}
 
-    classify = pipeline("text-classification", "runs/sentiment")  # a fine-tuned workdir
-    classify(["great flight!", ("a premise", "a hypothesis")])  # [{"label", "score"}, ...]
-
-    ner = pipeline("token-classification", "runs/ner")  # a token_classification workdir
-    ner(["江泽民在北京会见了客人。"])  # per text: [{"entity_group", "word", "start", "end", ...}]
-
-    embed = pipeline("sentence-embedding", path)  # any of the three kinds of path
-    embed(["a sentence", "another"])  # float32 [n, H], mean of the last layer over real tokens
-
-"feature-extraction" is the same as "sentence-embedding", "ner" as "token-classification".
-Short texts never pay for padding: text-classification and sentence-embedding pack several
-texts into each row (each attends only to itself, as in fine-tuning), fill-mask sorts texts
-by length into batches cut to a length bucket (32, 64, 128, ... tokens); the rows of a call
-have one of a few shapes, so repeated calls reuse their compilations. Texts longer than
-max_seq_length word pieces are truncated and counted in a warning (token classification
-continues them in further windows instead).
+Tasks: fill-mask, text-classification, token-classification (ner), sentence-embedding
+(feature-extraction). See docs/design/inference_pipelines.md.
 """
 
 from __future__ import annotations
