@@ -1,8 +1,8 @@
 r"""Time to accuracy of the `make demo` config and of the variants it was chosen against.
 
-  python -m benchmarks.demo_time_to_accuracy                      # every variant (~1 CPU-hour)
-  python -m benchmarks.demo_time_to_accuracy --variants demo,old_demo
-  python -m benchmarks.demo_time_to_accuracy --end_to_end         # + `make demo`'s commands, timed
+  python -m benchmarks.studies.demo_time_to_accuracy               # every variant (~1 CPU-hour)
+  python -m benchmarks.studies.demo_time_to_accuracy --variants demo,old_demo
+  python -m benchmarks.studies.demo_time_to_accuracy --end_to_end  # + `make demo`, timed
 
 Each variant is configs/demo.py with a few keys changed, trained in its own process for a budget
 of training CPU-seconds (process CPU time, all threads: the time axis that stays meaningful on a
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 THRESHOLDS = (0.15, 0.20, 0.25, 0.30, 0.35)
 
@@ -252,7 +252,7 @@ def run_variant(name: str, args) -> list[dict]:
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.demo_time_to_accuracy",
+        "benchmarks.studies.demo_time_to_accuracy",
         "--worker",
         name,
         "--budget_cpu_s",
@@ -361,7 +361,7 @@ def end_to_end(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_time_to_accuracy")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.demo_time_to_accuracy")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--budget_cpu_s", type=float, default=900.0)
     parser.add_argument("--evals", type=int, default=8)
