@@ -2,6 +2,7 @@
 meaningless on a user's clone) in code, tests, docs, configs or benchmarks. References into
 other projects stay allowed when they name the project (`transformers#9286`)."""
 
+import ast
 import re
 
 import pytest
@@ -63,3 +64,52 @@ def test_no_tracker_numbers_in_the_repository():
             for match in TRACKER_NUMBER.finditer(line):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {match.group(0)!r}")
     assert not found, "tracker numbers; say what is meant instead:\n" + "\n".join(found)
+
+
+# Module docstrings orient in at most this many lines (quotes included); the reasoning behind a
+# module goes to docs/design/. Modules being rewritten on other branches wait here until merged.
+MAX_DOCSTRING_LINES = 10
+DOCSTRINGS_BEING_REWRITTEN = {
+    "bert_jax/model/modeling.py",
+    "bert_jax/finetuning/batches.py",
+    "bert_jax/finetuning/step.py",
+    "bert_jax/finetuning/train.py",
+    "bert_jax/finetuning/tasks/features.py",
+    "bert_jax/finetuning/tasks/tag_decoding.py",
+}
+
+
+def _module_docstring_lines(path) -> int:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    first = tree.body[0] if tree.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        if isinstance(first.value.value, str):
+            return first.end_lineno - first.lineno + 1
+    return 0
+
+
+def test_module_docstrings_orient_in_ten_lines():
+    modules = sorted((REPO_ROOT / "bert_jax").rglob("*.py"))
+    assert len(modules) > 50
+    lengths = {m.relative_to(REPO_ROOT).as_posix(): _module_docstring_lines(m) for m in modules}
+    too_long = {
+        name: n
+        for name, n in lengths.items()
+        if n > MAX_DOCSTRING_LINES and name not in DOCSTRINGS_BEING_REWRITTEN
+    }
+    assert not too_long, f"module docstrings over {MAX_DOCSTRING_LINES} lines: {too_long}"
+
+
+def test_the_docs_a_module_or_design_page_points_to_exist():
+    missing = []
+    for path in sorted((REPO_ROOT / "bert_jax").rglob("*.py")):
+        for target in re.findall(r"\bdocs/[\w/.-]+\.md\b", path.read_text(encoding="utf-8")):
+            if not (REPO_ROOT / target).is_file():
+                missing.append(f"{path.relative_to(REPO_ROOT)}: {target}")
+    design = sorted((REPO_ROOT / "docs" / "design").glob("*.md"))
+    assert len(design) >= 5
+    for page in [*design, REPO_ROOT / "README.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text("utf-8")):
+            if "://" not in target and not (page.parent / target).is_file():
+                missing.append(f"{page.relative_to(REPO_ROOT)}: {target}")
+    assert not missing, "links to documents that do not exist:\n" + "\n".join(missing)
