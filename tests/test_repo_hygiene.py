@@ -113,3 +113,34 @@ def test_the_docs_a_module_or_design_page_points_to_exist():
             if "://" not in target and not (page.parent / target).is_file():
                 missing.append(f"{page.relative_to(REPO_ROOT)}: {target}")
     assert not missing, "links to documents that do not exist:\n" + "\n".join(missing)
+
+
+# The public functions of `bert_jax.*` (and WordPieceTokenizer's main methods) document their
+# arguments and results in Google style; the model classes document themselves in model/.
+PUBLIC_DOCSTRINGS = {
+    "load_hf_checkpoint": ("Args:", "Returns:", "Raises:"),
+    "save_hf_checkpoint": ("Args:", "Returns:"),
+    "load_tf1_checkpoint": ("Args:", "Returns:", "Raises:"),
+    "save_tf1_checkpoint": ("Args:", "Returns:"),
+    "pipeline": ("Args:", "Returns:", "Raises:"),
+    "UserError": ("Args:",),
+    "WordPieceTokenizer.__init__": ("Args:", "Raises:"),
+    "WordPieceTokenizer.from_vocab": ("Args:", "Returns:", "Raises:"),
+    "WordPieceTokenizer.train": ("Args:", "Returns:", "Raises:"),
+    "WordPieceTokenizer.save_vocab": ("Args:",),
+    "WordPieceTokenizer.encode": ("Args:", "Returns:"),
+    "WordPieceTokenizer.encode_batch": ("Args:", "Returns:"),
+    "WordPieceTokenizer.encode_with_offsets": ("Args:", "Returns:"),
+    "WordPieceTokenizer.decode": ("Args:", "Returns:"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_DOCSTRINGS))
+def test_public_functions_document_args_and_returns(name):
+    import bert_jax
+
+    owner, _, member = name.partition(".")
+    target = getattr(bert_jax, owner)
+    doc = (getattr(target, member) if member else target).__doc__ or ""
+    missing = [s for s in PUBLIC_DOCSTRINGS[name] if not re.search(rf"^\s*{s}$", doc, re.M)]
+    assert not missing, f"bert_jax.{name}'s docstring lacks {missing}"

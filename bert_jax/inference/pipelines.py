@@ -44,9 +44,27 @@ MAX_TEXTS_PER_ROW = 16
 def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **options):
     """A ready inference callable for `task` from the model at `path`.
 
-    vocab_file / lowercase: only for a checkpoint without its own vocab.txt (e.g. some Hugging
-    Face directories). options: batch_size (32), max_seq_length (the fine-tuning length, else the
-    model's max_position_embeddings); fill-mask also top_k (5).
+    Args:
+        task: "fill-mask", "text-classification", "token-classification" (or "ner"),
+            "sentence-embedding" (or "feature-extraction").
+        path: a Hugging Face BERT directory or a bert_jax pretraining workdir (fill-mask,
+            sentence-embedding), or a workdir fine-tuned for the task (text-classification,
+            token-classification; sentence-embedding takes one too).
+        vocab_file: only for a checkpoint without its own vocab.txt (e.g. some Hugging Face
+            directories).
+        lowercase: with vocab_file, whether the vocabulary is uncased.
+        **options: batch_size (32), max_seq_length (the fine-tuning length, else the model's
+            max_position_embeddings); fill-mask also top_k (5).
+
+    Returns:
+        A callable on a list of texts (see each pipeline's `__call__`): fill-mask gives top_k
+        candidates per text, text-classification {"label", "score"} per text,
+        token-classification a list of entities per text, sentence-embedding a float32 array
+        [n, hidden_size].
+
+    Raises:
+        UserError: an unknown task or option, a path that holds no loadable model, or a model
+            fine-tuned for another task.
     """
     if task not in TASKS:
         raise UserError(f"unknown pipeline task {task!r}; choose one of {TASKS}")
