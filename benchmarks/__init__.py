@@ -2,6 +2,7 @@
 
 `python -m benchmarks.run_all` runs them (see its docstring); `benchmarks/gpu.sh` measures MFU on
 an accelerator; `python -m benchmarks.memory` finds the largest batches that fit;
-`benchmarks.data_throughput`, `benchmarks.finetune_speed` and `benchmarks.finetune_vs_hf` time
-the data pipeline and fine-tuning. One-off studies behind documented figures: benchmarks/studies/.
+`benchmarks.data_throughput` times the data pipeline; `benchmarks.finetune_speed` and
+`benchmarks.finetune_vs_hf` compare fine-tuning's speed and accuracy with Hugging Face's.
+One-off studies behind documented figures: benchmarks/studies/.
 """
