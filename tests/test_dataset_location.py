@@ -1,4 +1,4 @@
-"""Issue 13 point 3: once prepared, pretraining reads only the prepared dataset. It finds it from
+"""Once prepared, pretraining reads only the prepared dataset. It finds it from
 the workdir's record, data.dataset_dir or the inputs' names/sizes/mtimes (never their bytes),
 survives the raw text being deleted, and says in one line what is missing or ambiguous. The
 cloud path (gs:// text, gs:// data_dir) runs against the suite's fake-gcs-server on 127.0.0.1."""

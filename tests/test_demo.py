@@ -1,7 +1,7 @@
 """The `make demo` config still learns language: a shrunk run of configs/demo.py (same model,
 data, batch and learning rate; fewer steps) leaves the commonest-token plateau on held-out text,
 and `python -m bert_jax.report` prints what it learned. Not timed: the time-to-accuracy figures
-are benchmarks/demo_time_to_accuracy.py's."""
+are benchmarks/studies/demo_time_to_accuracy.py's."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""Issue 13, point 2: pretraining evaluation in microbatches of eval_batch_size rows (by default
+"""Pretraining evaluation in microbatches of eval_batch_size rows (by default
 the training microbatch of gradient accumulation), each process building only its rows."""
 
 import jax

@@ -1,9 +1,10 @@
-"""Issue 14, point 6: examples mixed across a window of documents, random-next B never from A's
+"""Examples mixed across a window of documents, random-next B never from A's
 own document, exact resume anywhere.
 
 A tagged corpus makes every row's documents readable: each token of document d is the word
-"d<d>" (benchmarks/data_order.py). 321 documents = 5 x 64 + 1: examples built and shuffled per
-64-document chunk (the old pipeline) leave one document alone in a chunk every epoch.
+"d<d>" (benchmarks/studies/data_order.py). 321 documents = 5 x 64 + 1: examples built and
+shuffled per 64-document chunk (the old pipeline) leave one document alone in a chunk every
+epoch.
 """
 
 import json
@@ -12,7 +13,7 @@ import random
 import numpy as np
 import pytest
 
-from benchmarks.data_order import order_statistics, row_documents, write_tagged_corpus
+from benchmarks.studies.data_order import order_statistics, row_documents, write_tagged_corpus
 from bert_jax.data import examples as pretraining
 from bert_jax.data import pipeline
 from bert_jax.errors import UserError

@@ -209,7 +209,7 @@ def test_frozen_encoder_is_bit_identical_and_has_no_optimizer_state(setup, tmp_p
     kernel = np.asarray(result.params["classifier"]["dense"]["kernel"])
     assert np.abs(kernel).max() > 0.05
 
-    # Issue 13, point 4: fine-tuning checkpoints are sealed; flipped bytes are caught on load.
+    # Fine-tuning checkpoints are sealed; flipped bytes are caught on load.
     (best_step,) = [p for p in (tmp_path / "best").iterdir() if p.name.isdigit()]
     (state_step,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert (best_step / "bert_jax_manifest.json").is_file()

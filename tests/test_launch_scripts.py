@@ -1,4 +1,4 @@
-"""Issue 5: launch/ scripts: syntax, shellcheck, and their behaviour with stand-ins for gcloud,
+"""launch/ scripts: syntax, shellcheck, and their behaviour with stand-ins for gcloud,
 srun and scontrol (the cloud and the cluster are not reachable from CI)."""
 
 import json
@@ -184,7 +184,7 @@ def test_tpu_vm_runs_the_same_command_on_every_worker(tmp_path):
 
 
 def test_tpu_vm_setup_ships_tracked_files_only(tmp_path):
-    """Issue 13: an untracked corpus in the checkout is not copied to the workers (text lives on
+    """An untracked corpus in the checkout is not copied to the workers (text lives on
     gs://); the package's own files are."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

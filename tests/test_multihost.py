@@ -1,4 +1,4 @@
-"""Issue 5: a 2-process x 2-CPU-device run (jax.distributed over 127.0.0.1, gloo collectives,
+"""A 2-process x 2-CPU-device run (jax.distributed over 127.0.0.1, gloo collectives,
 launched by launch/local_multiprocess.sh) against 1 process x 4 devices, then 1 process resuming
 from the 2-process checkpoint.
 
@@ -297,7 +297,7 @@ def _finetuning_setup(tmp_path):
 
 
 def test_finetuning_on_an_interleaved_two_process_mesh_matches_one_process(tmp_path):
-    """Issue 13: each process supplies the rows its devices hold, wherever the mesh puts them,
+    """Each process supplies the rows its devices hold, wherever the mesh puts them,
     so dev metrics and test predictions are those of one process, row for row."""
     config_file = _finetuning_setup(tmp_path)
     script = str(REPO_ROOT / "tests" / "helpers" / "finetune_device_order.py")
@@ -361,7 +361,7 @@ print("batch share", sharding.batch_share(interleaved(config.mesh)), flush=True)
 
 
 def test_tensor_axis_across_processes_feeds_whole_shares(tmp_path, data_dir):
-    """Issue 13, point 5: with a tensor axis spanning the two processes, each process holds rows
+    """With a tensor axis spanning the two processes, each process holds rows
     of both data shards; both feed the same whole batch, and the run logs what one process
     with the same mesh sizes logs."""
     config = _config(data_dir)

@@ -233,7 +233,7 @@ def test_plan_and_sweep_tiny_model_on_v5e_2x2(tmp_path):
 
 @needs_libtpu
 def test_plan_compiles_the_eval_step_on_two_slices(tmp_path):
-    """Issue 13: the eval step is compiled and its memory counted in the verdict (here the train
+    """The eval step is compiled and its memory counted in the verdict (here the train
     step fits and an oversized eval batch does not); two v5e 2x2 slices joined by DCN."""
     out = tmp_path / "plan.json"
     result = _run_plan(
@@ -288,7 +288,7 @@ print(json.dumps(result))
 
 @needs_libtpu
 def test_meshes_on_tpu_topologies():
-    """Issue 13: on a v5e 4x4 (4 hosts) a tensor axis of 4 spans two hosts, which then feed the
+    """On a v5e 4x4 (4 hosts) a tensor axis of 4 spans two hosts, which then feed the
     same half of each batch; two slices get a hybrid mesh with data across the slices."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TPU_LIBRARY_PATH")}
     result = subprocess.run(

@@ -1,5 +1,5 @@
-"""Issue 15 (and 17.1, 19.7): streaming preparation in units, on N workers and on Apache Beam,
-whole-word boundaries from a word segmenter, and the check that stops a dirty corpus."""
+"""Streaming preparation in units, on N workers and on Apache Beam, whole-word boundaries from a
+word segmenter, and the check that stops a dirty corpus."""
 
 import gzip
 import os

@@ -1,4 +1,4 @@
-"""Issue 4: the CLI end to end on the tiny test config, and invalid configs stopping early."""
+"""The CLI end to end on the tiny test config, and invalid configs stopping early."""
 
 import json
 import os

@@ -326,7 +326,7 @@ def test_state_restores_the_exact_position(data_config):
 
 
 def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config, monkeypatch):
-    """Issue 13: each process reads its own share of the held-out documents and batches its own
+    """Each process reads its own share of the held-out documents and batches its own
     rows, instead of building every global batch to keep 1/P of it."""
 
     def batches(index, count):

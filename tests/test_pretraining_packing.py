@@ -1,4 +1,4 @@
-"""Issue 16.3: pretraining packs several MLM+NSP examples per row.
+"""Pretraining packs several MLM+NSP examples per row.
 
 Packed rows hold exactly the examples an unpacked run builds (same masks, per-example NSP,
 masked positions offset into the row); on the same examples the model gives the same loss sums,

@@ -101,7 +101,7 @@ def test_walkthrough_runs_on_slices(tmp_path):
         for command in commands:
             for pattern, replacement in TINY:
                 command = re.sub(pattern, replacement, command)
-            if "benchmarks.zh_end_to_end" in command:
+            if "benchmarks.studies.zh_end_to_end" in command:
                 command += f" --shared={shared}" + BENCHMARK_SLICE
             start = time.perf_counter()
             result = _run(command, work, env)

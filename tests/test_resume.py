@@ -1,4 +1,4 @@
-"""Issue 5: exact resume after SIGKILL and after SIGTERM (preemption), against an unbroken run.
+"""Exact resume after SIGKILL and after SIGTERM (preemption), against an unbroken run.
 
 One workdir goes through three processes: killed with SIGKILL after its step-10 checkpoint,
 resumed and stopped with SIGTERM at whatever step it reached, resumed again to the end. Every
@@ -28,7 +28,7 @@ STEPS = 30
 CHECKPOINT_EVERY = 5
 LOG_EVERY = 3  # checkpoints fall inside log windows: a resumed run must log the same averages
 TIMING_KEYS = {"steps_per_sec", "tokens_per_sec", "real_tokens_per_sec", "examples_per_sec", "mfu"}
-# Packed rows (issue 16): short documents, several examples per row of 256.
+# Packed rows: short documents, several examples per row of 256.
 PACKED = [
     "--config.data.packing=True",
     "--config.data.max_sequences_per_row=4",

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance: the same losses on one device and on several meshes of 8 fake devices."""
+"""The same losses on one device and on several meshes of 8 fake devices."""
 
 import jax
 import ml_collections
@@ -142,7 +142,7 @@ def test_bad_mesh_is_a_user_error(mesh_axes, message):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 13, point 5: mesh edge cases
+# Mesh edge cases
 
 
 def test_fsdp_must_divide_hidden_size():

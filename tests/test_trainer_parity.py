@@ -1,7 +1,7 @@
-"""bert_jax fine-tuning takes the transformers Trainer's steps (issue 17's Trainer comparison).
+"""bert_jax fine-tuning takes the transformers Trainer's steps (the Chinese study's check).
 
-benchmarks/zh_end_to_end.py compares bert_jax with the Trainer on exported weights and says the
-two runs differ only in their dropout masks: same features, batches in the same order, same
+benchmarks/studies/zh_end_to_end.py compares bert_jax with the Trainer on exported weights and says
+the two runs differ only in their dropout masks: same features, batches in the same order, same
 initial head, AdamW with the same decay mask, clipping and schedule, the same loss. Here, with
 dropout off, that is checked step by step on a tiny random model, for token classification and
 sequence classification: the loss, gradient norm and learning rate of every step, and the dev
@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 from tiny_models import save_tiny_hf_bert  # noqa: E402
 
-from benchmarks import zh_end_to_end  # noqa: E402
+from benchmarks.studies import zh_end_to_end  # noqa: E402
 from bert_jax.checkpoints import pretrained  # noqa: E402
 from bert_jax.data.tokenization import WordPieceTokenizer  # noqa: E402
 from bert_jax.finetuning import train as finetune_lib  # noqa: E402

@@ -1,6 +1,6 @@
-"""Issue 20: a checkpoint, config or vocabulary from the internet is read safely.
+"""A checkpoint, config or vocabulary from the internet is read safely.
 
-First the crafted files the issue names (tensor views outside their storage, a missing storage,
+First hand-crafted hostile files (tensor views outside their storage, a missing storage,
 a zip bomb, absurd configs, a 1 GB line, a hostile init_checkpoint), then seeded fuzzing of every
 reader: each mutated file must end in a UserError or a correct load, never in another exception,
 a hang, or an array read from outside the file (torch and safetensors results are compared byte

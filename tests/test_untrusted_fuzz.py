@@ -1,4 +1,4 @@
-"""Issue 20: seeded fuzzing of every reader of outside files.
+"""Seeded fuzzing of every reader of outside files.
 
 Each test mutates a valid tiny file a few hundred times (flipped bytes, truncation, numbers
 swapped for hostile ones, huge declared sizes) and reads every result. Each read must end in a

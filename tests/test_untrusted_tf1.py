@@ -1,4 +1,4 @@
-"""Issue 20 for google-research/bert TF1 checkpoints: names, shapes and dtypes are checked
+"""Untrusted google-research/bert TF1 checkpoints: names, shapes and dtypes are checked
 against bert_config.json before any variable is read, and a fuzzed checkpoint ends in a UserError
 or in exactly the saved parameters.
 

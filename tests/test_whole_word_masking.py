@@ -1,4 +1,4 @@
-"""Issue 17, point 2: Chinese whole-word masking with HFL Chinese-BERT-wwm's semantics.
+"""Chinese whole-word masking with HFL Chinese-BERT-wwm's semantics.
 
 With data.whole_word_masking=True on a dataset prepared with a word segmenter, all characters of
 a segmented word are masked together, 80/10/10 decided per word, the budget unchanged. Checked

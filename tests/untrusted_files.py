@@ -1,4 +1,4 @@
-"""Hand-made checkpoint files for the issue 20 tests, and the tests' own decoders.
+"""Hand-made checkpoint files for the untrusted-file tests, and the tests' own decoders.
 
 `torch_zip` writes a `pytorch_model.bin` whose pickle says exactly what it is told (any offset,
 size, stride, storage type or global), as a hostile file would. `reference_torch` and

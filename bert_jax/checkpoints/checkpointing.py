@@ -1,27 +1,10 @@
 """Orbax checkpoints: the train state, every process's data-iterator state, the rng and the config.
 
-WORKDIR/checkpoints/<step>/
-  state/          TrainState (step, params, opt_state), sharded arrays
-  data_iterator/  JSON: every process's iterator state, in process order
-  loop/           JSON: the base dropout rng and the per-step metrics not yet logged
-  config/         JSON: the run's config
-  bert_jax_manifest.json   array fingerprints and small-file CRCs (`bert_jax.checkpoints.sealing`)
-  bert_jax_damaged.json    only on a step found damaged
-
-Saves are asynchronous and sealed (`sealing.SealedManager`): a step without a manifest never
-completed; restoring verifies the arrays it reads on the devices that hold them, marks a damaged
-step with one small object, prints one line and falls back to the next older step; a later save
-of the same step number replaces the damaged one. Old steps are deleted only after a newer one
-is committed, so the last good checkpoint always survives an interrupted save.
-
-`load_params_for_init` reads only the parameter tree, from a bert_jax checkpoint or a Hugging
-Face BERT directory, for continued pretraining and fine-tuning (verifying just those arrays).
-Nothing here unpickles.
-
-Fine-tuning and other loops seal their own Orbax managers with `SealedManager` (re-exported
-here): `SealedManager(dir, {"state": ocp.StandardCheckpointHandler(), ...}, max_to_keep=1)`,
-`.save(step, {"state": ocp.args.StandardSave(state), ...})`,
-`.restore_newest({"state": ocp.args.StandardRestore(abstract), ...})` -> (step, items) or None.
+`Checkpointer` saves and restores pretraining runs in WORKDIR/checkpoints/<step>/,
+asynchronously and sealed (`sealing.SealedManager`, re-exported here): a damaged step is marked
+and skipped for the next older one. `load_params_for_init` reads only the parameter tree, from a
+bert_jax checkpoint or a Hugging Face BERT directory. Nothing here unpickles.
+See docs/design/checkpoints_and_sealing.md.
 """
 
 from __future__ import annotations

@@ -2,13 +2,8 @@
 
 `inspect_checkpoint(path)` tells which of the three a path is and reads its architecture and
 vocabulary without loading weights; `load_encoder` / `load_pretraining_params` /
-`load_finetuned` then read the weights into the requested (sharded) layout.
-
-A fine-tuned workdir (written by `bert_jax.finetuning.train`) is self-contained:
-  task_info.json     kind, label_list, lowercase, max_seq_length, main_metric
-  model_config.json  the BertConfig
-  vocab.txt          the vocabulary the model was trained with
-  best/<step>/params the whole task tree of the best evaluation (Orbax)
+`load_finetuned` then read the weights into the requested (sharded) layout. The fine-tuned
+workdir's files are listed in docs/design/checkpoints_and_sealing.md.
 """
 
 from __future__ import annotations

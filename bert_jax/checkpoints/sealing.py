@@ -1,28 +1,10 @@
 """Checkpoint integrity that scales to pods and gs://: manifests, array fingerprints, markers.
 
-Orbax restores flipped bytes in array data silently, and a save killed mid-write must never be
-loaded. Every step a `SealedManager` writes gets `bert_jax_manifest.json`, written by the primary
-process inside Orbax's commit (after every process wrote its shards, before the step is renamed
-or marked committed), holding
-
-  arrays  a fingerprint of every saved array: two uint32 sums of its bits, one weighted by
-          position, computed where the array lives (sharded over the devices of every process,
-          no file read back) when the save starts;
-  files   size and CRC32 of the small files (the JSON items), which every process reads anyway.
-
-A step without a manifest never completed. Restoring verifies what it reads and nothing else:
-the small files' CRCs, then the fingerprints of the arrays actually restored (only the parameters
-for `checkpointing.load_params_for_init`), computed again on the devices that now hold them, so
-the cost is split over the devices and never grows with the number of hosts. A read error or a
-mismatch marks the step damaged with one small object, `bert_jax_damaged.json` (a single write:
-atomic on gs://, unlike a directory rename); marked steps are skipped from then on, and a later
-save of the same step number replaces a damaged one.
-
-Old steps are deleted (Orbax's max_to_keep) only after a newer one is committed, so the last good
-checkpoint survives an interrupted or failed save. A failed save (the storage's own retries gave
-up) is reported in one line and saved again, up to SAVE_ATTEMPTS times, then raises `SaveFailed`
-(docs/pretraining.md, "Checkpoints on unreliable storage"). Format 1 manifests (a CRC32 of every
-file) are still read and checked file by file.
+`SealedManager` wraps an Orbax manager: each committed step gets `bert_jax_manifest.json`
+(fingerprints of the arrays computed on their devices, CRCs of the small files); restoring
+verifies only what it reads and marks a damaged step with `bert_jax_damaged.json`; old steps go
+only after a newer one is committed; a failed save is retried, then raises `SaveFailed`.
+See docs/design/checkpoints_and_sealing.md.
 """
 
 from __future__ import annotations

@@ -323,8 +323,21 @@ def load_hf_checkpoint(
 
     Names are accepted with or without the `bert.` prefix. Heads absent from the checkpoint (a
     BertModel-only checkpoint has no MLM/NSP heads) are initialised freshly and reported, as are
-    tensors that are ignored (e.g. a fine-tuned classifier); need_mlm_head refuses a checkpoint
-    without a masked-LM head instead.
+    tensors that are ignored (e.g. a fine-tuned classifier). Nothing is unpickled: a
+    pytorch_model.bin is read by bert_jax's own bounded reader.
+
+    Args:
+        path: a directory with config.json and model.safetensors or pytorch_model.bin.
+        verbose: print what was initialised freshly or ignored.
+        need_mlm_head: refuse a checkpoint without a masked-LM head instead of initialising one.
+
+    Returns:
+        (config, params): the model's BertConfig and its BertForPreTraining parameter tree of
+        float32 arrays (unsharded).
+
+    Raises:
+        UserError: not a directory, or a config or tensor that is missing, malformed or of the
+            wrong shape.
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
@@ -371,7 +384,16 @@ def hf_config_dict(config: BertConfig) -> dict:
 
 
 def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
-    """Writes config.json + model.safetensors loadable by transformers.BertForPreTraining."""
+    """Writes a checkpoint that transformers.BertForPreTraining loads.
+
+    Args:
+        config: the model's BertConfig.
+        params: a BertForPreTraining parameter tree (as `load_hf_checkpoint` returns it).
+        path: the directory to write (created if missing).
+
+    Returns:
+        The directory, now holding config.json and model.safetensors.
+    """
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(path)

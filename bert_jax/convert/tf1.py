@@ -156,10 +156,22 @@ def find_tf1_checkpoint(path) -> pathlib.Path:
 def load_tf1_checkpoint(path, config_file=None, *, verbose: bool = True) -> tuple[BertConfig, dict]:
     """A google-research/bert TF1 checkpoint -> (BertConfig, BertForPreTraining params).
 
-    path: the checkpoint folder or prefix; config_file: its bert_config.json (default: beside the
-    checkpoint). Adam slots and global_step are skipped, and counted; other variables that are no
-    BERT pretraining parameter (a fine-tuned classifier) are ignored and listed; missing heads are
-    initialised freshly and reported, as by `load_hf_checkpoint`.
+    Adam slots and global_step are skipped, and counted; other variables that are no BERT
+    pretraining parameter (a fine-tuned classifier) are ignored and listed; missing heads are
+    initialised freshly and reported, as by `load_hf_checkpoint`. Needs TensorFlow (the tf extra).
+
+    Args:
+        path: the checkpoint folder or prefix (`.../bert_model.ckpt`).
+        config_file: its bert_config.json (default: beside the checkpoint).
+        verbose: print what was skipped, ignored or initialised freshly.
+
+    Returns:
+        (config, params): the model's BertConfig and its BertForPreTraining parameter tree of
+        float32 arrays (unsharded).
+
+    Raises:
+        UserError: no checkpoint or config there, TensorFlow missing, or variables whose names,
+            shapes or dtypes do not match the config.
     """
     prefix = find_tf1_checkpoint(path)
     config_file = pathlib.Path(config_file) if config_file else prefix.parent / CONFIG_FILE
@@ -239,7 +251,15 @@ def save_tf1_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
 
     google-research/bert (`--init_checkpoint=path/bert_model.ckpt`) and `load_tf1_checkpoint` read
     it. Google's code computes "gelu" as the tanh approximation whatever the model was trained
-    with; a hidden_act it does not know (e.g. silu) is written as is.
+    with; a hidden_act it does not know (e.g. silu) is written as is. Needs TensorFlow.
+
+    Args:
+        config: the model's BertConfig.
+        params: a BertForPreTraining parameter tree.
+        path: the folder to write (created if missing).
+
+    Returns:
+        The folder.
     """
     tf = import_tensorflow()
     directory = pathlib.Path(path)

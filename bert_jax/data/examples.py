@@ -1,47 +1,10 @@
 """MLM + NSP training examples from tokenized documents, with google-research/bert semantics.
 
-Reference: `create_instances_from_document`, `truncate_seq_pair` and
-`create_masked_lm_predictions` of google-research/bert `create_pretraining_data.py`:
-
-* Per document a target length is drawn once: `max_seq_length - 3`, or with probability
-  `short_seq_prob` a uniform length in [2, max_seq_length - 3].
-* Sentences are gathered into a chunk until it reaches the target or the document ends; a random
-  number of leading sentences form segment A. With probability 1/2 segment B is the rest of the
-  chunk (IsNext, label 0); otherwise B is a run of sentences from a random place in another
-  document, long enough to fill the target (label 1), and the unused sentences of the chunk are
-  put back for the next chunk.
-* The pair is trimmed to `max_seq_length - 3` tokens by removing tokens from the longer segment,
-  each time from the front or the back at random.
-* `min(max_predictions_per_seq, max(1, round(num_tokens * masked_lm_prob)))` positions other
-  than [CLS]/[SEP] are chosen uniformly; each becomes [MASK] (80%), a random vocabulary id (10%)
-  or stays (10%). With whole-word masking the positions come in whole words (a word that would
-  overflow the budget is skipped, as the reference) and the 80/10/10 choice is made once per
-  word (the reference draws it per piece, google-research/bert issue 910). Words are given per
-  token by `word_starts` (`bert_jax.data.corpus.word_starts`): the "##" groups of word pieces,
-  or, in a dataset prepared with a word segmenter, the segmenter's words with "##" groups kept
-  inside them -- HFL's Chinese whole-word masking (Cui et al., Chinese-BERT-wwm): all characters
-  of a word masked together, the budget and the per-character loss unchanged.
-
-Deliberate differences:
-* A chunk of a single sentence cannot be split into A and B, so the reference always pairs it
-  with a random B; on KJV that makes 56% of the labels "random". With `balanced_nsp` such a
-  sentence instead gets an actual neighbour half of the time (the preceding sentences as A,
-  or the following ones when it opens the document), which keeps labels at 50/50.
-  `balanced_nsp=False` restores the reference rule.
-* Random B comes from another of the documents passed in (the pipeline passes a window of
-  `documents_per_window` documents, a fresh random sample every epoch), where the reference
-  draws from the whole corpus. With no other document no random B is made: the pair becomes an
-  actual-next one (a lone one-sentence document gives no example) and
-  `SegmentPlan.random_next_unavailable` counts it; the reference, after ten draws of A's own
-  document, would take it and label the pair "random".
-* The first token kept of a segment starts a word for whole-word masking, also when the
-  segment's start or truncation cut a word (the reference glues a leading "##" piece to the
-  last word of the previous segment, across [SEP]).
-
-Only the planning loop runs per chunk of sentences in Python; truncation, assembly and masking
-are vectorised over all examples. `pair_tokens` plans a set of documents once (token ranges,
-shuffled); `build_examples` assembles and masks any subset of those, so a pipeline can deliver a
-large shuffled set a piece at a time: `create_examples` is the two in one.
+`pair_tokens` plans the segment pairs of a set of documents (`create_instances_from_document`,
+`truncate_seq_pair`); `build_examples` assembles and masks any subset of them, vectorised
+(`create_masked_lm_predictions`, with optional whole-word masking); `create_examples` does both.
+Deliberate differences from the reference (balanced NSP, random B from a window) and the
+reasoning are in docs/design/pretraining_examples.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
 """Packed pretraining rows: several MLM+NSP examples per row of max_seq_length.
 
-Krell et al. 2021 ("Efficient sequence packing without cross-contamination"): the examples of a
-row attend only to themselves (segment_ids), their positions restart (position_ids) and each has
-its own [CLS] (cls_positions), so `BertForPreTraining` gives every example its own NSP logits and
-the masked positions index into the row. An example is built exactly as unpacked
-(`pretraining.build_examples`: google's masking budget per example); packing only places it.
+Each example is built exactly as unpacked (`examples.build_examples`); packing only places it,
+with its own segment id, positions and [CLS] (so its own NSP logits).
 
     slots = pack_pairs(pairs, seed, options, sequences_per_row)  # rows of a window's pairs
     rows = build_packed_examples(source, pairs, slots[:64], seed, options, vocab)
     examples = unpack_examples(rows, options.max_predictions_per_seq)  # back, one per row
+See docs/design/data_pipeline.md, "Packing".
 """
 
 from __future__ import annotations

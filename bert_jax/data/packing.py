@@ -1,11 +1,8 @@
 """Sequence packing: several short sequences per fixed-length row, without cross-contamination.
 
-Krell et al. 2021 ("Efficient sequence packing without cross-contamination"): rows of length L
-hold up to S sequences; the model keeps them apart with segment ids (block-diagonal attention),
-positions that restart per sequence, and one [CLS] per sequence (`BertModel`'s segment_ids,
-position_ids, cls_positions). A packing is an int array `slots` [R, S]: row r holds the
-sequences slots[r, 0], slots[r, 1], ... in that order, -1 marking an empty slot (empty slots
-come last in a row).
+Krell et al. 2021: a packing is an int array `slots` [R, S], row r holding the sequences
+slots[r, 0], slots[r, 1], ... (-1 marks an empty slot, last in a row); the model keeps them apart
+with segment ids, restarting positions and one [CLS] each.
 
     slots = pack(lengths, max_length=128, max_per_row=16)  # best-fit decreasing
     rows = packed_rows({"input_ids": ids, ...}, lengths, slots[:8], 128)  # arrays [8, 128] ...

@@ -1,51 +1,10 @@
-"""Pretraining input pipeline: Grain over the TFDS corpus of tokenized documents.
+"""Pretraining input pipeline: Grain over the prepared corpus of tokenized documents.
 
-The prepared dataset (bert_jax.data.corpus) is found by `open_dataset`: `data.dataset_dir`, or
-the one prepared from `data.input_files` with these settings in `data.data_dir` (built on first
-use); pretraining records it in the workdir (`prepare_data`, `with_prepared_dataset`), so later
-reads and every evaluation open it directly and never touch the raw text.
-
-Per process and epoch (one pass over the documents):
-
-  documents (TFDS ArrayRecord source; train: this process's 1/process_count share)
-    -> shuffled, a new order every epoch
-    -> windows: the order cut into ceil(documents / documents_per_window) windows of nearly
-       equal size (at most documents_per_window documents, more than half as many)
-    -> all MLM+NSP pairs of a window planned at once (`examples.pair_tokens`), seeded by
-       (seed, epoch, window, process): a random-next B comes from any other document of the
-       window, and the window's examples are shuffled together
-    -> chunks: the shuffled examples cut into one slice per documents_per_chunk documents,
-       each assembled and masked on its own (`examples.build_examples`, vectorised numpy)
-    -> fixed batches of global_batch_size // process_count rows.
-
-The window is the pool of random-next segments and the shuffle buffer at once. google-research/
-bert draws B from any other document of the corpus and shuffles all examples; a window is a
-fresh uniform sample of this process's documents every epoch, so B's document is, over the
-epoch's order, as likely to be any other document as in the reference, while each document is
-read once per epoch (drawing B from the whole share would read a whole random document for every
-second example: several times the reading on Wikipedia at 128, a book per example on books).
-Memory holds a window's tokens and plan, and a few chunks of examples. A batch of 256 rows at 128
-from a 1024-document window comes from about 230 documents (the reference: about 256; examples
-shuffled per 64-document chunk gave under 64 plus the chunks a batch straddles: 75 on KJV). A
-window of a single document (a share of one) makes no random-next pairs, and says so.
-
-With `packing` (Krell et al. 2021) a row holds several examples. A window's pairs are planned as
-above (the same examples as unpacked), then packed: best-fit decreasing over their lengths
-(a_length + b_length + 3) into rows of max_seq_length with at most max_sequences_per_row
-examples each, the rows shuffled (`packed_examples.pack_pairs`). A chunk is then a slice of the
-window's rows; its examples are assembled and masked as unpacked and packed into their rows
-(`packed_examples.build_packed_examples`), and a batch holds global_batch_size rows. The window is
-the packer's pool: a ~1000-document window fills rows to ~99% on short documents.
-
-Dynamic masking builds fresh segment pairs and masks every epoch. Static masking cycles through
-`dupe_factor` fixed passes, like the `dupe_factor` copies of google-research/bert: epoch e repeats
-epoch e - dupe_factor exactly. The validation split is deterministic and finite; each process
-reads its own share of its documents, as in training, in one order fixed by the seed, and builds
-and batches only its own rows (the last partial batch is dropped). Shares then hold different
-numbers of batches: the evaluation loop stops when any process runs out (`train_lib.evaluate`).
-
-The iterator is a grain `DatasetIterator`: `get_state()` returns a JSON-serialisable dict and
-`set_state(state)` resumes at exactly the next batch.
+`open_dataset` finds the prepared dataset (or prepares it); `make_pretraining_iterator` turns a
+split's documents into fixed batches of MLM+NSP rows, per process: a new document order each
+epoch, examples planned and shuffled per window of documents, optionally packed several to a
+row. The iterator's `get_state()`/`set_state()` resume at exactly the next batch.
+See docs/design/data_pipeline.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """BERT WordPiece tokenizer on the Rust `tokenizers` library, id-for-id with google-research/bert.
 
-The stock `BertNormalizer`/`BertPreTokenizer` of `tokenizers` differ from the reference
-`FullTokenizer` on some text: they drop private-use characters (the reference keeps them, so they
-become [UNK]), use older Unicode tables for punctuation and combining marks, miss part of the CJK
-Extension E block and never produce a final sigma. The pipeline below rebuilds the reference
-steps from regex building blocks instead:
-
-  1. drop NUL, U+FFFD and control/format characters (Cc, Cf) except tab, newline, carriage return;
-  2. (lowercase only) final-sigma aware lower-casing, NFD, drop non-spacing marks (Mn);
-  3. split on whitespace, isolate punctuation (Unicode P* plus all non-alphanumeric ASCII) and
-     CJK ideographs (the reference's code-point ranges);
-  4. greedy longest-match-first WordPiece with "##" continuations; a word longer than
-     `max_input_chars_per_word` characters, or one that cannot be spelled, becomes [UNK].
-
-The one known difference left: characters unassigned in Python's Unicode tables but assigned in
-Oniguruma's (newer) ones; the reference's own output depends on the Python version there.
+`WordPieceTokenizer` rebuilds the reference `FullTokenizer`'s steps (clean, lowercase and strip
+accents, split punctuation and CJK ideographs, greedy WordPiece) from regex building blocks,
+because the stock `BertNormalizer`/`BertPreTokenizer` differ from it on some text; it can also
+learn a vocabulary. See docs/design/tokenizer.md.
 """
 
 from __future__ import annotations
@@ -134,12 +123,27 @@ class WordPieceTokenizer:
     """BERT WordPiece tokenizer: `encode` gives the ids of google-research/bert `FullTokenizer`.
 
     No special tokens are added by any method; callers assemble [CLS] A [SEP] B [SEP] themselves.
+    Build one with `from_vocab` (a vocab.txt) or `train` (text files), or from a token list.
+
+    Example:
+        tokenizer = WordPieceTokenizer.from_vocab("vocab.txt", lowercase=True)
+        ids = tokenizer.encode("Hello, world!")  # [7592, 1010, 2088, 999] with bert-base-uncased
     """
 
     def __init__(
         self, vocab: Sequence[str], lowercase: bool = True, max_input_chars_per_word: int = 100
     ):
-        """`vocab[i]` is the token of id i; a repeated token keeps its last id, as in BERT."""
+        """A tokenizer over an in-memory vocabulary.
+
+        Args:
+            vocab: the tokens, `vocab[i]` being the token of id i; a repeated token keeps its
+                last id, as in BERT. Must hold [PAD], [UNK], [CLS], [SEP] and [MASK].
+            lowercase: lower-case and strip accents first (uncased models); False for cased.
+            max_input_chars_per_word: longer whitespace-separated words become [UNK].
+
+        Raises:
+            UserError: the vocabulary lacks one of the special tokens.
+        """
         self._vocab = list(vocab)
         missing = [t for t in SPECIAL_TOKENS if t not in set(self._vocab)]
         if missing:
@@ -167,7 +171,20 @@ class WordPieceTokenizer:
     def from_vocab(
         cls, vocab_file: str | os.PathLike, lowercase: bool = True, max_input_chars_per_word=100
     ) -> WordPieceTokenizer:
-        """Loads a one-token-per-line vocab file (BERT's vocab.txt); line i is id i."""
+        """Loads a one-token-per-line vocab file (BERT's vocab.txt); line i is id i.
+
+        Args:
+            vocab_file: local path or gs:// URL of the file. Its size and line lengths are
+                bounded before reading (it may come from the internet).
+            lowercase: as for the constructor; must match how the vocabulary was made.
+            max_input_chars_per_word: as for the constructor.
+
+        Returns:
+            The tokenizer; loading an unchanged file again returns the same (immutable) instance.
+
+        Raises:
+            UserError: the file is missing, too large, or lacks a special token.
+        """
         vocab_file = os.fspath(vocab_file)
         if "://" in vocab_file:  # gs:// and other object stores, through etils.epath
             path = epath.Path(vocab_file)
@@ -210,6 +227,20 @@ class WordPieceTokenizer:
         reference), so "##" + ideograph pieces are never produced and take no id by default.
         cjk_continuations=True adds one for every kept ideograph anyway, laid out as
         bert-base-chinese has them (within the budget), for tools that look such pieces up.
+
+        Args:
+            files: text files (local or gs://, *.gz allowed), read line by line.
+            vocab_size: the most tokens the vocabulary may hold, special tokens included.
+            lowercase: lower-case and strip accents before learning (an uncased vocabulary).
+            min_frequency: the fewest occurrences of a pair for it to be merged.
+            show_progress: show `tokenizers`' progress bar.
+            cjk_continuations: also add a "##" form of every kept CJK ideograph.
+
+        Returns:
+            A tokenizer over the learned vocabulary (write it out with `save_vocab`).
+
+        Raises:
+            UserError: a file is missing, or vocab_size leaves no room beside the special tokens.
         """
         files = [os.fspath(f) for f in files]
         for path in files:
@@ -268,7 +299,11 @@ class WordPieceTokenizer:
         return cls(sorted(learned, key=learned.__getitem__), lowercase=lowercase)
 
     def save_vocab(self, path: str | os.PathLike) -> None:
-        """One token per line (line i = id i); missing parent folders are created (gs:// too)."""
+        """Writes the vocabulary, one token per line (line i = id i).
+
+        Args:
+            path: local path or gs:// URL; missing parent folders are created.
+        """
         path = epath.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(token + "\n" for token in self._vocab), encoding="utf-8")
@@ -276,10 +311,25 @@ class WordPieceTokenizer:
     # -- encoding -----------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens.
+
+        Args:
+            text: any string; control characters are dropped as by the reference.
+
+        Returns:
+            The ids, as google-research/bert's `FullTokenizer` gives them.
+        """
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Encodes many texts at once on all cores (Rust threads); the fast path for corpora."""
+        """Encodes many texts at once on all cores (Rust threads); the fast path for corpora.
+
+        Args:
+            texts: the strings to encode.
+
+        Returns:
+            One list of ids per text, as `encode` gives them.
+        """
         encodings = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
         return [e.ids for e in encodings]
 
@@ -334,7 +384,15 @@ class WordPieceTokenizer:
         return np.concatenate(ids), np.bincount(np.concatenate(owners), minlength=len(words))
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and, per token, the [start, end) character span in the original `text`."""
+        """Token ids with the characters they come from.
+
+        Args:
+            text: the string to encode.
+
+        Returns:
+            (ids, offsets): the ids of `encode`, and per token its [start, end) character span in
+            the original `text`.
+        """
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         return encoding.ids, encoding.offsets
 
@@ -346,18 +404,29 @@ class WordPieceTokenizer:
         return [(e.ids, e.offsets) for e in encodings]
 
     def tokenize(self, text: str) -> list[str]:
+        """The word pieces of `text` as strings ("##" marks a continuation), without specials."""
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Readable text: word pieces joined, special tokens kept, no space before punctuation."""
+        """Readable text from ids.
+
+        Args:
+            ids: token ids.
+
+        Returns:
+            The word pieces joined ("##" pieces glued to their word), special tokens kept, no
+            space before punctuation.
+        """
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # -- vocabulary ---------------------------------------------------------------------------
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        """The token of each id (an IndexError for an id outside the vocabulary)."""
         return [self._vocab[int(i)] for i in ids]
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        """The id of each token; [UNK]'s id for a token not in the vocabulary."""
         return [self._token_to_id.get(t, self.unk_id) for t in tokens]
 
     def token_to_id(self, token: str) -> int | None:

@@ -1,24 +1,10 @@
 """Inference for notebooks and scripts: `pipeline(task, path)` -> a callable on a list of texts.
 
     fill = pipeline("fill-mask", "runs/demo")  # HF BERT dir or bert_jax pretraining workdir
-    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", "sequence"}
+    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", ...}
 
-    classify = pipeline("text-classification", "runs/sentiment")  # a fine-tuned workdir
-    classify(["great flight!", ("a premise", "a hypothesis")])  # [{"label", "score"}, ...]
-
-    ner = pipeline("token-classification", "runs/ner")  # a token_classification workdir
-    ner(["江泽民在北京会见了客人。"])  # per text: [{"entity_group", "word", "start", "end", ...}]
-
-    embed = pipeline("sentence-embedding", path)  # any of the three kinds of path
-    embed(["a sentence", "another"])  # float32 [n, H], mean of the last layer over real tokens
-
-"feature-extraction" is the same as "sentence-embedding", "ner" as "token-classification".
-Short texts never pay for padding: text-classification and sentence-embedding pack several
-texts into each row (each attends only to itself, as in fine-tuning), fill-mask sorts texts
-by length into batches cut to a length bucket (32, 64, 128, ... tokens); the rows of a call
-have one of a few shapes, so repeated calls reuse their compilations. Texts longer than
-max_seq_length word pieces are truncated and counted in a warning (token classification
-continues them in further windows instead).
+Tasks: fill-mask, text-classification, token-classification (ner), sentence-embedding
+(feature-extraction). See docs/design/inference_pipelines.md.
 """
 
 from __future__ import annotations
@@ -61,9 +47,27 @@ MAX_TEXTS_PER_ROW = 16
 def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **options):
     """A ready inference callable for `task` from the model at `path`.
 
-    vocab_file / lowercase: only for a checkpoint without its own vocab.txt (e.g. some Hugging
-    Face directories). options: batch_size (32), max_seq_length (the fine-tuning length, else the
-    model's max_position_embeddings); fill-mask also top_k (5).
+    Args:
+        task: "fill-mask", "text-classification", "token-classification" (or "ner"),
+            "sentence-embedding" (or "feature-extraction").
+        path: a Hugging Face BERT directory or a bert_jax pretraining workdir (fill-mask,
+            sentence-embedding), or a workdir fine-tuned for the task (text-classification,
+            token-classification; sentence-embedding takes one too).
+        vocab_file: only for a checkpoint without its own vocab.txt (e.g. some Hugging Face
+            directories).
+        lowercase: with vocab_file, whether the vocabulary is uncased.
+        **options: batch_size (32), max_seq_length (the fine-tuning length, else the model's
+            max_position_embeddings); fill-mask also top_k (5).
+
+    Returns:
+        A callable on a list of texts (see each pipeline's `__call__`): fill-mask gives top_k
+        candidates per text, text-classification {"label", "score"} per text,
+        token-classification a list of entities per text, sentence-embedding a float32 array
+        [n, hidden_size].
+
+    Raises:
+        UserError: an unknown task or option, a path that holds no loadable model, or a model
+            fine-tuned for another task.
     """
     if task not in TASKS:
         raise UserError(f"unknown pipeline task {task!r}; choose one of {TASKS}")

@@ -1,14 +1,11 @@
 """Plan a pretraining run on a TPU slice from a machine without one.
 
-With libtpu installed, `jax.experimental.topologies` describes a slice's devices; a mesh over them
-shards `build_pretrainer(config, mesh).train_step` (the step `bert_jax.pretrain` runs, not a copy)
-as it would run there, and compiling it ahead of time gives the per-chip memory, the FLOPs and the
-collectives the compiler chose. A roofline over the chip's peak FLOP/s, HBM and interconnect
-bandwidth turns those into a step-time and MFU estimate.
+Compiles `build_pretrainer(config, mesh).train_step` (the step `bert_jax.pretrain` runs) ahead of
+time for a libtpu topology and turns its memory, FLOPs and collectives into a roofline estimate.
 
-  topology = load_topology("v5e:4x4")
-  plan = plan_pretraining(config, topology)
-  print(bert_jax.planning.cli.format_plan(plan))  # the CLI's table; plan.to_json() for the numbers
+    plan = plan_pretraining(config, load_topology("v5e:4x4"))
+    print(planning.cli.format_plan(plan))  # the CLI table; plan.to_json() for the numbers
+See docs/scaling.md.
 """
 
 from __future__ import annotations

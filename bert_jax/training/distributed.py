@@ -1,18 +1,10 @@
 """Multi-process start-up: `jax.distributed.initialize()` when the job runs as several processes.
 
-A job is multi-process when it was launched so (explicit env vars, `srun` with several tasks, a
-multi-host Cloud TPU slice) and single-process otherwise, so the same command runs on a laptop,
-a SLURM cluster and a TPU pod:
-
-  BERT_JAX_COORDINATOR=host:port BERT_JAX_NUM_PROCESSES=N BERT_JAX_PROCESS_ID=i   explicit
-      (launch/local_multiprocess.sh; CPU processes then use gloo collectives)
-  BERT_JAX_DISTRIBUTED=1      let JAX detect the cluster (launch/tpu_vm.sh, launch/slurm.sbatch)
-  SLURM_STEP_NUM_TASKS > 1    inside `srun` with several tasks
-  TPU_WORKER_HOSTNAMES=a,b    a multi-host Cloud TPU VM slice
-
-Preemption (SIGTERM) in a multi-process job goes through JAX's preemption sync service, so
-every process stops at the same step: `stop_requested(step, local_flag)`. A single-process run
-also stops (and saves) on the first Ctrl-C: `PreemptionFlag`.
+A job is multi-process when launched so (BERT_JAX_* env vars, `srun` with several tasks, a
+multi-host Cloud TPU slice), single-process otherwise, so one command runs on a laptop, a SLURM
+cluster and a TPU pod. Preemption: `stop_requested` stops every process at the same step;
+`PreemptionFlag` stops (and saves) a single process on SIGTERM or the first Ctrl-C.
+See docs/design/multihost_and_sharding.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Optimizers and learning-rate schedules, each named after the reference it reproduces.
 
-Optimizers (`config.optimizer`), all after global-norm clipping (`max_grad_norm`), with decoupled
-weight decay masked off biases and LayerNorm (`decay_mask`):
-
-  adamw       optax.adamw: Adam *with* bias correction (PyTorch / Hugging Face AdamW, what the
-              transformers Trainer runs). The fine-tuning default.
-  adamw_bert  google-research/bert's AdamWeightDecayOptimizer (optimization.py): Adam *without*
-              bias correction, update = m / (sqrt(v) + eps) + weight_decay * param, times lr.
-              The BERT-Base/Large pretraining recipe.
-  lamb        LAMB (You et al. 2019) as NVIDIA apex FusedLAMB computes it: bias-corrected Adam,
-              plus weight decay, then the layer-wise trust ratio ||param|| / ||update|| on the
-              parameters whose weight decay is not 0 (none at weight_decay 0); `nvlamb=True`
-              (apex's use_nvlamb) puts it on every parameter, biases and LayerNorm included.
-
-Schedules (`config.schedule`):
-
-  bert     google-research/bert optimization.py (and NVIDIA's PolyWarmUpScheduler's shape): the
-           update at step s (0 for the first update) uses lr = peak * s / warmup while
-           s < warmup, then peak * (1 - s / T)^p, decaying over the *whole* run of T steps.
-  trainer  the transformers Trainer (get_linear / polynomial_decay_schedule_with_warmup): the
-           same warmup, then the decay runs from the peak over the T - warmup remaining steps.
+Optimizers (`config.optimizer`): adamw (PyTorch/HF AdamW), adamw_bert (google-research/bert's
+AdamWeightDecayOptimizer, no bias correction), lamb (NVIDIA apex FusedLAMB), all after
+global-norm clipping with weight decay masked off biases and LayerNorm. Schedules
+(`config.schedule`): bert (decay over the whole run), trainer (decay after warmup).
+See docs/design/optimizers.md.
 """
 
 from __future__ import annotations

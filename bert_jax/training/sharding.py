@@ -1,14 +1,9 @@
 """Device mesh from the config, logical-axis rules, and shardings for parameters and batches.
 
 The model names only logical axes; `config.logical_axis_rules` maps them to the mesh axes
-(data, fsdp, tensor). Data parallelism splits the batch over data x fsdp; FSDP additionally
-splits parameters and optimizer state over fsdp; tensor parallelism splits heads, mlp and vocab.
-
-The mesh follows the physical topology (`mesh_utils.create_device_mesh`); a job over several
-TPU slices (devices with distinct `slice_index`) gets a hybrid mesh whose `data` (and optionally
-`fsdp`) axis crosses the slow data-centre network (DCN) between slices, while `tensor` and the
-rest stay inside a slice. Each process feeds the rows of the global batch its devices hold
-(`batch_share`), which also holds when a `tensor` axis spans several hosts.
+(data, fsdp, tensor). The mesh follows the physical topology, hybrid over DCN across TPU slices;
+each process feeds the rows of the global batch its devices hold (`batch_share`).
+See docs/design/multihost_and_sharding.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """The prepared dataset: its name, building it (streaming, N workers or Beam), finding and opening
 it again without the raw text.
 
-Layout: DATA_DIR/pretraining_corpus/<stem>_<digest>/2.0.0/ holds the shards, TFDS's
-dataset_info.json and features.json (so `tfds.builder_from_directory` reads it), `vocab.txt` (the
-vocabulary it was tokenized with) and `corpus.json` (settings, inputs, counts; written last, so a
-directory without it is incomplete). The digest covers the format version, every input file's
-path, size and modification time (one stat per file: cheap for 20 GB on gs://, and any rewrite of
-a file changes it; an in-place edit that keeps size and mtime is not seen), and the settings that
-decide the content (tokenizer fingerprint, validation fraction, line limit, word segmenter and its
-version). The worker count, the unit size and the runner change nothing in the data.
+DATA_DIR/pretraining_corpus/<stem>_<digest>/2.0.0/ holds the shards, TFDS metadata, vocab.txt and
+corpus.json (written last); the digest covers the inputs' paths, sizes and mtimes and the
+settings that decide the content. `prepare`, `open_prepared`, `dataset_dir`, `list_prepared`.
+See docs/design/corpus_prep.md, "Layout, naming and finding it again".
 """
 
 from __future__ import annotations

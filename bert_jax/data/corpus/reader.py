@@ -1,13 +1,9 @@
 """Reading text into tokenized documents, unit by unit, with every repair counted.
 
-Input format (google-research/bert `create_pretraining_data.py`): UTF-8 text, one sentence per
-line, a blank line between documents; files may be gzip-compressed (*.gz). The end of a file also
-ends a document (the reference would run it into the next file's first document).
-
-A corpus is read in *units*: a whole file, or a byte range of a large uncompressed file cut just
-before a blank line (a document boundary). Reading units one after the other gives exactly the
-documents of reading the files whole; the units depend only on the files, never on the number
-of workers. Paths go through etils.epath, so inputs may be on gs://.
+Input: UTF-8 text (gzip allowed), one sentence per line, a blank line between documents; the end
+of a file ends a document. A corpus is read in units (a file, or a byte range cut before a blank
+line) that depend only on the files; paths go through etils.epath, so inputs may be on gs://.
+See docs/design/corpus_prep.md, "Input and units".
 """
 
 from __future__ import annotations

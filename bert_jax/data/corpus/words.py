@@ -1,16 +1,9 @@
 """Whole-word boundaries from a word segmenter (Chinese whole-word masking, as HFL's BERT-wwm).
 
-`--word_segmenter` names a function `str -> list[str]` that cuts a sentence into words:
-
-  none            no segmenter (default): whole words are the "##" groups of word pieces;
-  jieba           jieba.lcut (`pip install -e ".[zh]"`), dictionary shipped, offline;
-  module:callable any importable function, e.g. `mypkg.seg:ltp_words` wrapping LTP or pkuseg.
-
-The token ids never depend on the segmenter: each sentence is tokenized as without one, and the
-segmenter's words are laid over the tokens by character offset. A token starts a whole word when
-it is not a "##" continuation and its word differs from the previous token's; so Chinese
-characters of one segmented word form one whole word, and English word pieces keep their "##"
-grouping inside it (mixed text works).
+`--word_segmenter` names a function `str -> list[str]`: none (the default: "##" groups of word
+pieces), jieba, or any importable `module:callable`. Token ids never depend on the segmenter;
+its words are laid over the tokens by character offset to give `word_starts`.
+See docs/design/corpus_prep.md, "Word segmenters".
 """
 
 from __future__ import annotations

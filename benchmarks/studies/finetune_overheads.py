@@ -1,7 +1,7 @@
 r"""Fine-tuning's time outside the training step (docs/finetune_overheads.md).
 
-  python -m benchmarks.finetune_overheads --sections=host [--rows=10000,400000]
-  python -m benchmarks.finetune_overheads --sections=phases --workdir runs/overheads
+  python -m benchmarks.studies.finetune_overheads --sections=host [--rows=10000,400000]
+  python -m benchmarks.studies.finetune_overheads --sections=phases --workdir runs/overheads
 
 host    Host time per packed training step (batch, inputs, real-token count) and per packed
         evaluation batch (inputs, prediction scatter) on synthetic rows of 128, at each --rows.

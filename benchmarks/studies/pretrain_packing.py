@@ -1,6 +1,6 @@
-r"""Issue 16.3 target: pretraining at 512 on short documents, packed against one example per row.
+r"""Packed pretraining: pretraining at 512 on short documents, packed against one example per row.
 
-  python -m benchmarks.pretrain_packing [--workdir /tmp/bert_jax_packing] [--preset mini] \
+  python -m benchmarks.studies.pretrain_packing [--workdir /tmp/bert_jax_packing] [--preset mini] \
       [--seq 512] [--rows 24] [--steps 240] [--block 8] [--eval_batches 40]
 
 Corpus: ../shared/data/zh/corpus/pretrain.txt (People's Daily paragraphs and product reviews, a
@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "data" / "zh" / "corpus" / "pretrain.txt"
 
 
@@ -254,7 +254,8 @@ def main(argv=None) -> dict:
         "held_out_examples": len(held_out) * args.rows,
     }
     report = {
-        "command": "python -m benchmarks.pretrain_packing " + shlex.join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.studies.pretrain_packing "
+        + shlex.join(argv or sys.argv[1:]),
         "args": vars(args),
         "machine": {
             "cores": os.cpu_count(),

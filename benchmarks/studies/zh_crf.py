@@ -1,6 +1,6 @@
-r"""The character CRF baseline for Chinese NER (issue 17): what a fine-tuned BERT must beat.
+r"""The character CRF baseline for Chinese NER: what a fine-tuned BERT must beat.
 
-  python -m benchmarks.zh_crf [--train_sentences=8000] [--seed=0] [--workdir=runs/zh_crf]
+  python -m benchmarks.studies.zh_crf [--train_sentences=8000] [--seed=0] [--workdir=runs/zh_crf]
 
 A linear-chain CRF (python-crfsuite, L-BFGS with L1 + L2) over character features: the
 character itself and its neighbours at -2..+2 (unigrams) and the bigrams over that window, plus
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
 
 

@@ -1,6 +1,6 @@
 """The gs:// flow N times against a GCS that fails: does anything get lost?
 
-  python -m benchmarks.gcs_stress --runs 5
+  python -m benchmarks.studies.gcs_stress --runs 5
 
 fake-gcs-server on 127.0.0.1 (tests/fake_gcs.py) with `FaultProxy` in front: a share of requests
 answered 503 or 429 or cut off, and whole checkpoint saves refused (403) for a few seconds. Each
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 import fake_gcs  # noqa: E402
 

@@ -1,8 +1,8 @@
 r"""Time to accuracy of the `make demo` config and of the variants it was chosen against.
 
-  python -m benchmarks.demo_time_to_accuracy                      # every variant (~1 CPU-hour)
-  python -m benchmarks.demo_time_to_accuracy --variants demo,old_demo
-  python -m benchmarks.demo_time_to_accuracy --end_to_end         # + `make demo`'s commands, timed
+  python -m benchmarks.studies.demo_time_to_accuracy               # every variant (~1 CPU-hour)
+  python -m benchmarks.studies.demo_time_to_accuracy --variants demo,old_demo
+  python -m benchmarks.studies.demo_time_to_accuracy --end_to_end  # + `make demo`, timed
 
 Each variant is configs/demo.py with a few keys changed, trained in its own process for a budget
 of training CPU-seconds (process CPU time, all threads: the time axis that stays meaningful on a
@@ -30,11 +30,11 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 THRESHOLDS = (0.15, 0.20, 0.25, 0.30, 0.35)
 
-# configs/demo.py before issue 19: post-LN, dropout 0.1, lr 1e-3, batch 32 x 128, 2000 steps.
+# configs/demo.py before its retune: post-LN, dropout 0.1, lr 1e-3, batch 32 x 128, 2000 steps.
 OLD_DEMO = {
     "model.hidden_dropout_prob": 0.1,
     "model.attention_probs_dropout_prob": 0.1,
@@ -74,7 +74,7 @@ def _r(what: str, **changes) -> tuple[dict, str]:
 
 VARIANTS: dict[str, tuple[dict, str]] = {
     "demo": ({}, "the shipped config"),
-    "old_demo": (OLD_DEMO, "configs/demo.py before issue 19"),
+    "old_demo": (OLD_DEMO, "configs/demo.py before its retune"),
     "r1_post_1e3": _r("post-LN, no dropout, lr 1e-3"),
     "r1_post_3e3": _r("lr 3e-3", learning_rate=3e-3),
     "r1_pre_3e3": _r("pre-LN, lr 3e-3", learning_rate=3e-3, model__pre_layer_norm=True),
@@ -252,7 +252,7 @@ def run_variant(name: str, args) -> list[dict]:
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.demo_time_to_accuracy",
+        "benchmarks.studies.demo_time_to_accuracy",
         "--worker",
         name,
         "--budget_cpu_s",
@@ -361,7 +361,7 @@ def end_to_end(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_time_to_accuracy")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.demo_time_to_accuracy")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--budget_cpu_s", type=float, default=900.0)
     parser.add_argument("--evals", type=int, default=8)

@@ -1,7 +1,7 @@
 r"""Pretraining-data order and example throughput, one code tree or several side by side.
 
-  python benchmarks/data_order.py                        # this tree
-  python benchmarks/data_order.py --trees=/tmp/old,.     # an older checkout beside this one
+  python benchmarks/studies/data_order.py                        # this tree
+  python benchmarks/studies/data_order.py --trees=/tmp/old,.     # an older checkout beside this one
 
 Two tables, over the KJV corpus (../shared/data/corpora/kjv.txt with bert-base-uncased, or the
 bundled KJV and its vocabulary when ../shared/data is absent), batches of 256 at 128:
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 BATCH, LENGTH = 256, 128
 

@@ -1,7 +1,7 @@
 """How far the previous optimizer, schedule, dropout and precision code was from the references
-of issue 14, and how far the current code is: one table (numbers, not speed).
+(google-research/bert and LAMB), and how far the current code is: one table (numbers, not speed).
 
-  python -m benchmarks.recipe_fidelity
+  python -m benchmarks.studies.recipe_fidelity
 
 The references are the numpy transcriptions in tests/test_optim.py (google-research/bert
 optimization.py, apex FusedLAMB / TF-Addons LAMB). "previous" re-creates the replaced code in a
@@ -27,7 +27,7 @@ from bert_jax.training.optim import (
     trainer_schedule,
 )
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests"))
 from test_optim import (  # noqa: E402
     bert_tree_and_grads,
     excluded,

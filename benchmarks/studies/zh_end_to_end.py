@@ -1,6 +1,6 @@
-r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese BERT pay off?
+r"""Chinese end to end on ../shared/data/zh: does pretraining a small Chinese BERT pay off?
 
-  nice -n 5 python -m benchmarks.zh_end_to_end --workdir runs/zh_e2e \
+  nice -n 5 python -m benchmarks.studies.zh_end_to_end --workdir runs/zh_e2e \
       [--variants=random,char,wwm] [--seeds=0,1] [--sections=pretrain,finetune,crf,trainer]
 
 1. Data: --ner_train_sentences seeded random sentences of zh/ner/train.conll (8,000) and
@@ -23,7 +23,7 @@ r"""Issue 17, end to end on ../shared/data/zh: does pretraining a small Chinese 
    teaches; NER with a CRF layer, config `crf`, unless --no-ner_crf, a classifier over each
    character and its neighbours, `head_window` (--ner_head_window), and FGM adversarial
    training, `adversarial_epsilon` (--ner_adversarial_epsilon).
-4. crf: the character CRF (benchmarks/zh_crf.py) on the same NER training rows.
+4. crf: the character CRF (benchmarks/studies/zh_crf.py) on the same NER training rows.
 5. trainer: the `char` model exported with `python -m bert_jax.export` and fine-tuned by the
    transformers Trainer (PyTorch) with the same inputs (bert_jax's featurisation), optimizer,
    schedule, epoch order and initial head, first seed only (--trainer_seeds: more). Against
@@ -55,7 +55,7 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
 PRETRAINED = ("char", "wwm")
 TASKS = ("ner", "sentiment")
@@ -70,7 +70,7 @@ TORCH_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # BertModel.fo
 
 def prepare_inputs(args, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
     from benchmarks.finetune_vs_hf import subsample_tsv
-    from benchmarks.zh_crf import subsample_conll
+    from benchmarks.studies.zh_crf import subsample_conll
     from bert_jax.data.tokenization import WordPieceTokenizer
 
     data, shared = workdir / "data", pathlib.Path(args.shared)
@@ -509,7 +509,7 @@ def main(argv=None) -> int:
                     )
                     save()
     if "crf" in sections:
-        from benchmarks.zh_crf import run_crf
+        from benchmarks.studies.zh_crf import run_crf
 
         if "crf" not in results:
             print("== character CRF", flush=True)
