@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -25,11 +24,12 @@ from etils import epath
 from flax.core import meta
 
 from bert_jax.checkpoints.sealing import SealedManager
-from bert_jax.checkpoints.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 from bert_jax.convert import hf, hub
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig
+from bert_jax.paths import as_path
+from bert_jax.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 
 HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
 TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
@@ -86,12 +86,6 @@ def _check_task_info(info: dict, path) -> dict:
     if length is not None and not 0 < length <= MAX_POSITIONS:
         raise UserError(f"{path}: max_seq_length {length} is not in [1, {MAX_POSITIONS}]")
     return info
-
-
-def as_path(path) -> epath.Path:
-    """A user's path: `~` expanded when local; gs:// and other URLs as they are (etils.epath)."""
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.expanduser(text))
 
 
 def _pretraining_workdir(path: epath.Path) -> epath.Path | None:

@@ -13,13 +13,11 @@ import pathlib
 
 import ml_collections
 
-from bert_jax.checkpoints.pretrained import (
-    as_path,  # init_checkpoint and vocab_file may be on gs://
-)
 from bert_jax.convert import hub
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks.features import KINDS
 from bert_jax.model.modeling import REMAT_POLICIES
+from bert_jax.paths import as_path  # init_checkpoint and vocab_file may be on gs://
 from bert_jax.pretraining.config import (
     add_optimizer_defaults,
     add_rerun_keys,

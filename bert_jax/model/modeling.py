@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.checkpoints.untrusted import (
+from bert_jax.untrusted import (
     CONFIG_REAL_RANGES,
     CONFIG_SIZE_BOUNDS,
     MAX_PARAMETERS,
@@ -197,7 +197,7 @@ class BertConfig:
     def from_dict(cls, values: dict[str, Any], source=None) -> BertConfig:
         """Builds from a bert_config.json / config.json dict; unknown keys are ignored.
 
-        Every field is checked for its type and range (`bert_jax.checkpoints.untrusted` holds the
+        Every field is checked for its type and range (`bert_jax.untrusted` holds the
         bounds), so
         a config read from a downloaded file cannot size an absurd model. `source`, the file the
         dict was read from, is named in the error.
