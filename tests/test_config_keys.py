@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 
 import pytest
@@ -47,6 +48,57 @@ def all_configs() -> dict:
 def test_shipped_config_keeps_its_keys_and_defaults(name):
     expected = json.loads(EXPECTED.read_text())[name]
     assert flattened(*name.split(":")) == expected
+
+
+def documented_keys(section: str) -> set[str]:
+    """The backquoted names in the first column of the tables under `## {section}` of
+    docs/configs.md ("adam_*" and "mesh.*" stand for every key they begin)."""
+    text = (REPO / "docs" / "configs.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in body.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([\w.*]+)`", cell)}
+
+
+def undocumented(config, documented: set[str]) -> list[str]:
+    keys = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    patterns = [name.rstrip("*") for name in documented if name.endswith("*")]
+    return sorted(
+        key for key in keys if key not in documented and not key.startswith(tuple(patterns))
+    )
+
+
+def test_every_pretraining_key_is_documented():
+    from bert_jax.pretraining.config import pretraining_config
+
+    assert undocumented(pretraining_config(), documented_keys("Pretraining keys")) == []
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "token_classification", "squad"])
+def test_every_finetuning_key_is_documented(kind):
+    from bert_jax.finetuning.config import finetuning_config
+
+    assert undocumented(finetuning_config(kind), documented_keys("Fine-tuning keys")) == []
+
+
+def test_the_documentation_check_finds_a_missing_key():
+    from bert_jax.pretraining.config import pretraining_config
+
+    config = pretraining_config()
+    config.data.not_a_documented_key = 1
+    assert undocumented(config, documented_keys("Pretraining keys")) == [
+        "data.not_a_documented_key"
+    ]
+
+
+def test_model_keys_are_the_bert_config_fields():
+    """The model keys are written out one by one: a new BertConfig field must be added there."""
+    import dataclasses
+
+    from bert_jax.model.config import BertConfig
+    from bert_jax.pretraining.config import pretraining_config
+
+    fields = [f.name for f in dataclasses.fields(BertConfig)]
+    assert sorted(pretraining_config("tiny").model.keys()) == sorted(fields)
 
 
 if __name__ == "__main__":  # regenerate: python tests/test_config_keys.py (only on purpose)
