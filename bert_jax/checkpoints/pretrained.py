@@ -109,10 +109,11 @@ def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
 def inspect_checkpoint(path) -> CheckpointInfo:
     """Classifies `path` (or a Hugging Face hub name, `hub.resolve`) and reads its BertConfig,
     vocabulary file and casing."""
-    path = as_path(hub.resolve(path))
+    named = hub.resolve(path)  # named in the error as the user gave it
+    path = as_path(named)
     if not path.exists():
         raise UserError(
-            f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
+            f"{named} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
         )
     if (path / TASK_INFO).is_file():
         info = _check_task_info(read_json_object(path / TASK_INFO), path / TASK_INFO)
