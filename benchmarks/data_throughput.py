@@ -175,7 +175,9 @@ def run_ours(corpus, vocab, dupe_factor, dynamic_epochs):
     }
 
     with tempfile.TemporaryDirectory() as data_dir:
-        config = pipeline.default_data_config()
+        from bert_jax.pretraining.config import data_config_dict
+
+        config = data_config_dict()
         config.update(
             input_files=corpus,
             vocab_file=vocab,

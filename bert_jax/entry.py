@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bert_jax.errors import SAVE_FAILED_STATUS, SaveFailed, UserError
+from bert_jax.paths import is_remote, resolved
 
 
 def define_config_and_workdir(workdir_help: str):
@@ -129,17 +130,13 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
-def _is_local(path) -> bool:
-    return "://" not in str(path)
-
-
 def check_output_dir(path, what: str) -> None:
     """Raises UserError unless `path` is a directory this process can write, or can create.
 
     `what` names the setting (e.g. "--workdir"). Remote paths (gs://) are left to the run."""
-    if not path or not _is_local(path):
+    if not path or is_remote(path):
         return
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    path = resolved(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} is a file, not a directory: choose another path")
     existing = path
@@ -158,9 +155,9 @@ def check_output_dir(path, what: str) -> None:
 
 def check_output_file(path, what: str) -> None:
     """Raises UserError unless the file `path` can be written (its directory is created)."""
-    if not path or not _is_local(path):
+    if not path or is_remote(path):
         return
-    full = os.path.abspath(os.path.expanduser(str(path)))
+    full = resolved(path)
     if os.path.isdir(full):
         raise UserError(f"{what} {path} is a directory: give a file name")
     if os.path.exists(full) and not os.access(full, os.W_OK):

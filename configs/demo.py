@@ -7,7 +7,7 @@ A few minutes on a 2-core laptop CPU; what `make demo` runs:
 `get_config("test")` is the same setup shrunk for the test suite.
 """
 
-from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
+from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB
 from bert_jax.pretraining.config import check_mode, pretraining_config, use_test_mode, vocab_size
 
 

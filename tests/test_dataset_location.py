@@ -17,7 +17,7 @@ from bert_jax.data import corpus, pipeline
 from bert_jax.data.corpus import dataset
 from bert_jax.errors import UserError
 from bert_jax.pretraining import train as train_lib
-from bert_jax.pretraining.config import validate_pretraining_config
+from bert_jax.pretraining.config import data_config_dict, validate_pretraining_config
 from bert_jax.training.metrics import read_metrics
 
 
@@ -34,7 +34,7 @@ def _demo_test_config():
 
 
 def _data_config(input_files, data_dir, **overrides):
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(input_files=str(input_files), data_dir=str(data_dir), show_progress=False)
     config.update(overrides)
     return config

@@ -17,6 +17,7 @@ from benchmarks.studies.data_order import order_statistics, row_documents, write
 from bert_jax.data import examples as pretraining
 from bert_jax.data import pipeline
 from bert_jax.errors import UserError
+from bert_jax.pretraining.config import data_config_dict
 
 NUM_DOCUMENTS = 321
 BATCH = 128
@@ -28,7 +29,7 @@ def tagged(tmp_path_factory):
     shape = [rng.integers(3, 26, rng.integers(1, 31)) for _ in range(NUM_DOCUMENTS)]
     directory = tmp_path_factory.mktemp("tagged")
     text, vocab = write_tagged_corpus(directory, shape)
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(
         input_files=text,
         vocab_file=vocab,

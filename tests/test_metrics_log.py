@@ -66,7 +66,7 @@ def test_reader_skips_and_counts_garbage(tmp_path):
 def test_object_store_writes_are_bounded_parts(tmp_path, monkeypatch):
     """A non-local workdir (here a local path the writer treats as remote) never rewrites more
     than one part of records_per_part records, and never appends."""
-    monkeypatch.setattr(metrics, "_is_local", lambda path: False)
+    monkeypatch.setattr(metrics, "is_remote", lambda path: True)
     written = []
     real_write_text = type(metrics.epath.Path(tmp_path)).write_text
 

@@ -17,9 +17,8 @@ from bert_jax.model.modeling import (
     BertEmbeddings,
     BertForPreTraining,
     BertSelfAttention,
-    Dropout,
-    dropout_keep_mask,
 )
+from bert_jax.model.ops import Dropout, dropout_keep_mask
 from bert_jax.pretraining.config import validate_pretraining_config
 from bert_jax.pretraining.step import (
     build_pretrainer,

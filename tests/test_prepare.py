@@ -15,6 +15,7 @@ from bert_jax.data import corpus, pipeline
 from bert_jax.data.corpus import reader, words, workers
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.pretraining.config import data_config_dict
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +302,7 @@ def test_binary_corpus_stops_unless_allowed(tmp_path):
 def test_wrong_vocabulary_stops_pretraining_on_first_use(tmp_path):
     chinese = tmp_path / "zh.txt"
     chinese.write_text("迈向充满希望的新世纪。\n同胞们、朋友们、女士们、先生们。\n" * 50, "utf-8")
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(input_files=str(chinese), data_dir=str(tmp_path / "data"), show_progress=False)
     with pytest.raises(
         UserError, match=r"100.0% of the tokens are \[UNK\].*allow_dirty_corpus=True"

@@ -10,6 +10,7 @@ from bert_jax.data import corpus, packed_examples, pipeline
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.pretraining.config import data_config_dict
 
 # google-research/bert create_pretraining_data.py on kjv.txt (bert-base-uncased vocab,
 # max_seq_length 128, max_predictions_per_seq 20, masked_lm_prob 0.15, short_seq_prob 0.1,
@@ -263,7 +264,7 @@ def test_assemble_and_mask_a_known_pair():
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.data_dir = str(tmp_path_factory.mktemp("datasets"))
     config.show_progress = False
     config.documents_per_chunk = 16

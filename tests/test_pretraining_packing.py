@@ -22,7 +22,7 @@ from bert_jax.model.modeling import BertConfig, BertForPreTraining
 from bert_jax.planning import chips
 from bert_jax.planning import planner as plan_lib
 from bert_jax.planning.cli import format_plan
-from bert_jax.pretraining.config import add_optimizer_defaults, vocab_size
+from bert_jax.pretraining.config import add_optimizer_defaults, data_config_dict, vocab_size
 from bert_jax.pretraining.step import (
     SUM_METRICS,
     batch_shapes,
@@ -253,7 +253,7 @@ def test_planner_compiles_the_packed_step():
 def data_config(tmp_path_factory):
     """A corpus of short documents: about three examples per row of 256."""
     folder = tmp_path_factory.mktemp("short_documents")
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.input_files = str(write_short_documents(folder / "short.txt"))
     config.data_dir = str(folder / "datasets")
     config.show_progress = False

@@ -33,7 +33,8 @@ from untrusted_files import (
     torch_zip,
 )
 
-from bert_jax.checkpoints import checkpointing, pretrained, untrusted
+from bert_jax import untrusted
+from bert_jax.checkpoints import checkpointing, pretrained
 from bert_jax.checkpoints.checkpointing import load_params_for_init
 from bert_jax.convert import hf
 from bert_jax.convert.torch_pickle import load_torch_state_dict

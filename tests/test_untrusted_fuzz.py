@@ -47,7 +47,8 @@ from untrusted_files import (
     truncate,
 )
 
-from bert_jax.checkpoints import checkpointing, pretrained, untrusted
+from bert_jax import untrusted
+from bert_jax.checkpoints import checkpointing, pretrained
 from bert_jax.checkpoints.checkpointing import load_params_for_init
 from bert_jax.convert import hf, tf1
 from bert_jax.convert.torch_pickle import load_torch_state_dict

@@ -13,6 +13,7 @@ import pytest
 from bert_jax.data import corpus, pipeline
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.pretraining.config import data_config_dict
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MASK = 4
@@ -142,7 +143,7 @@ def _write_words_corpus(directory, rng, documents=150):
 def words_corpus(tmp_path_factory):
     directory = tmp_path_factory.mktemp("words")
     text, vocab = _write_words_corpus(directory, np.random.default_rng(0))
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(
         input_files=text,
         vocab_file=vocab,
@@ -203,7 +204,7 @@ def test_without_word_boundaries_chinese_is_character_masking_and_says_so(words_
 
 
 def test_english_text_without_boundaries_does_not_warn(tmp_path, caplog):
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(data_dir=str(tmp_path), show_progress=False, whole_word_masking=True)
     pipeline.prepare_data(config)
     pipeline.make_example_chunks(config, split="validation", seed=0, num_epochs=1)
@@ -231,7 +232,7 @@ def jieba_dataset(shared_data, tmp_path_factory):
     text.write_text("".join(lines), encoding="utf-8")
     vocab = directory / "vocab.txt"
     WordPieceTokenizer.train([str(text)], vocab_size=8000).save_vocab(vocab)
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(
         input_files=str(text),
         vocab_file=str(vocab),

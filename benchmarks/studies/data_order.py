@@ -55,8 +55,9 @@ def _corpus_and_vocab() -> tuple[str, str]:
 def _config(input_files: str, vocab: str, data_dir: str, **overrides):
     """A data config for these files (prepared on first use): one epoch holds every document."""
     from bert_jax.data import pipeline
+    from bert_jax.pretraining.config import data_config_dict
 
-    config = pipeline.default_data_config()
+    config = data_config_dict()
     config.update(
         input_files=input_files,
         vocab_file=vocab,

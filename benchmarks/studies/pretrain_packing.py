@@ -74,7 +74,9 @@ def prepare(args) -> tuple[str, str]:
             resolve_input_files(args.corpus), args.vocab_size, lowercase=True
         )
         tokenizer.save_vocab(str(vocab))
-    config = pipeline.default_data_config()
+    from bert_jax.pretraining.config import data_config_dict
+
+    config = data_config_dict()
     config.update(input_files=args.corpus, vocab_file=str(vocab), data_dir=str(workdir / "data"))
     return str(vocab), pipeline.prepare_data(config)["dataset_dir"]
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax.model.modeling import BertConfig, BertEmbeddings, _mix32, dropout_keep_mask
+from bert_jax.model.modeling import BertConfig, BertEmbeddings
+from bert_jax.model.ops import _mix32, dropout_keep_mask
 from bert_jax.training.optim import (
     decay_mask,
     learning_rate_schedule,

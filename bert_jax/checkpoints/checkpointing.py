@@ -27,16 +27,16 @@ from bert_jax.checkpoints.sealing import (  # noqa: F401 (re-exported: the check
     DamagedCheckpoint,
     SealedManager,
     agreed_problem,
-    as_path,
     checkpoint_problem,
     error_line,
     key_name,
     verify_arrays,
     write_manifest,
 )
-from bert_jax.checkpoints.untrusted import shown
 from bert_jax.convert import hub
 from bert_jax.errors import UserError
+from bert_jax.paths import as_path
+from bert_jax.untrusted import shown
 
 _MAX_LISTED_PATHS = 20
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -20,11 +19,12 @@ from etils import epath
 from flax.core import meta
 
 from bert_jax.checkpoints.sealing import SealedManager
-from bert_jax.checkpoints.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 from bert_jax.convert import hf, hub
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig
+from bert_jax.paths import as_path
+from bert_jax.untrusted import MAX_POSITIONS, is_int, read_json_object, shown
 
 HUGGINGFACE, BERT_JAX, FINETUNED = "huggingface", "bert_jax", "finetuned"
 TASK_INFO, MODEL_CONFIG, VOCAB, BEST_DIR = (
@@ -83,12 +83,6 @@ def _check_task_info(info: dict, path) -> dict:
     return info
 
 
-def as_path(path) -> epath.Path:
-    """A user's path: `~` expanded when local; gs:// and other URLs as they are (etils.epath)."""
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.expanduser(text))
-
-
 def _pretraining_workdir(path: epath.Path) -> epath.Path | None:
     """The workdir of a bert_jax pretraining run: path itself, its checkpoints/ or checkpoints/N."""
     for candidate in (path, path.parent, path.parent.parent):
@@ -110,10 +104,11 @@ def _pretraining_vocab(workdir: epath.Path, data: dict) -> epath.Path | None:
 def inspect_checkpoint(path) -> CheckpointInfo:
     """Classifies `path` (or a Hugging Face hub name, `hub.resolve`) and reads its BertConfig,
     vocabulary file and casing."""
-    path = as_path(hub.resolve(path))
+    named = hub.resolve(path)  # named in the error as the user gave it
+    path = as_path(named)
     if not path.exists():
         raise UserError(
-            f"{path} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
+            f"{named} not found: expected a Hugging Face BERT directory or a bert_jax workdir"
         )
     if (path / TASK_INFO).is_file():
         info = _check_task_info(read_json_object(path / TASK_INFO), path / TASK_INFO)

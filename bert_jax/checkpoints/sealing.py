@@ -28,9 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bert_jax.checkpoints.untrusted import MAX_JSON_BYTES, check_file_size, is_int
 from bert_jax.errors import SaveFailed, UserError
+from bert_jax.paths import as_path
 from bert_jax.training import distributed
+from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, is_int
 
 MANIFEST_NAME = "bert_jax_manifest.json"
 DAMAGED_NAME = "bert_jax_damaged.json"
@@ -45,12 +46,6 @@ _RETRY_DELAYS = (1.0, 4.0, 16.0)  # seconds before the second, third and fourth 
 
 class DamagedCheckpoint(Exception):
     """A step failed its checks; str() says why (one line)."""
-
-
-def as_path(path) -> epath.Path:
-    """Local paths made absolute (Orbax requires it); gs:// and other URLs as they are."""
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 # ---------------------------------------------------------------------------------------------

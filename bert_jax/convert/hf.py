@@ -16,12 +16,6 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from bert_jax.checkpoints.untrusted import (
-    check_file_size,
-    checkpoint_byte_limit,
-    read_json_object,
-    shown,
-)
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import (
     BertConfig,
@@ -29,6 +23,12 @@ from bert_jax.model.modeling import (
     is_vocab_param,
     pad_vocab_rows,
     trim_vocab_rows,
+)
+from bert_jax.untrusted import (
+    check_file_size,
+    checkpoint_byte_limit,
+    read_json_object,
+    shown,
 )
 
 # (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)

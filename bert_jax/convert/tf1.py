@@ -18,7 +18,6 @@ import re
 
 import numpy as np
 
-from bert_jax.checkpoints.untrusted import MAX_JSON_BYTES, check_file_size, read_json_object
 from bert_jax.convert.hf import (
     architecture_fields,
     check_hf_tensors,
@@ -28,6 +27,7 @@ from bert_jax.convert.hf import (
 )
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig
+from bert_jax.untrusted import MAX_JSON_BYTES, check_file_size, read_json_object
 
 CONFIG_FILE = "bert_config.json"
 CHECKPOINT_PREFIX = "bert_model.ckpt"

@@ -19,8 +19,8 @@ import zipfile
 
 import numpy as np
 
-from bert_jax.checkpoints.untrusted import check_file_size, checkpoint_byte_limit, is_int, shown
 from bert_jax.errors import UserError
+from bert_jax.untrusted import check_file_size, checkpoint_byte_limit, is_int, shown
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import json
 import os
 from typing import Any
@@ -23,49 +22,12 @@ from absl import flags, logging
 from etils import epath
 
 from bert_jax.data import corpus, examples, packed_examples
+from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB  # noqa: F401 (re-exported)
 from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
 
-_ASSETS = importlib.resources.files("bert_jax") / "assets"
-BUNDLED_CORPUS = os.fspath(_ASSETS / "kjv.txt.gz")
-BUNDLED_VOCAB = os.fspath(_ASSETS / "kjv_vocab.txt")
-
 BATCH_FIELDS = examples.EXAMPLE_FIELDS
 PACKED_FIELDS = packed_examples.PACKED_FIELDS
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """Pretraining data settings; defaults: the bundled KJV corpus and its 8192-token vocab."""
-    config = ml_collections.ConfigDict()
-    config.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs (gs:// too); *.gz: gzip.
-    config.vocab_file = BUNDLED_VOCAB
-    config.lowercase = True
-    config.data_dir = "~/.cache/bert_jax/datasets"  # Where prepared datasets live (gs:// too).
-    config.dataset_dir = ""  # One prepared dataset (prepare prints it); then input_files is unused.
-    config.validation_fraction = 0.05  # Share of documents held out (by a hash of each document).
-    config.max_line_chars = 20_000  # Longer lines are split at a space (and counted).
-    config.word_segmenter = "none"  # Whole-word boundaries: none, jieba or module:callable.
-    config.num_workers = 0  # Processes preparing the corpus on first use (0: one per core).
-    config.allow_dirty_corpus = False  # Prepare even a corpus that looks binary or mis-vocabbed.
-    config.max_seq_length = 128
-    config.max_predictions_per_seq = 20
-    config.masked_lm_prob = 0.15
-    config.short_seq_prob = 0.1
-    config.dupe_factor = 5  # Distinct passes cycled through with static masking.
-    config.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
-    config.whole_word_masking = False
-    config.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
-    config.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
-    # Several examples per row (worth it at 512 and on corpora of short documents); a batch is
-    # then batch_size rows. Off in the google recipes: their rows hold one example each.
-    config.packing = False
-    config.max_sequences_per_row = 16  # At most this many examples in a packed row.
-    config.documents_per_chunk = 64  # Examples are built and delivered in chunks of a window.
-    config.worker_count = 0  # Grain worker processes; 0 builds examples in a background thread.
-    config.prefetch_chunks = 2
-    config.cache_max_tokens = 20_000_000  # Smaller corpora are read once and kept in memory.
-    config.show_progress = True
-    return config
 
 
 def example_options(data_config) -> examples.ExampleOptions:

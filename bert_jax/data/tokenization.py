@@ -24,13 +24,13 @@ import tokenizers
 from etils import epath
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
-from bert_jax.checkpoints.untrusted import (
+from bert_jax.errors import UserError
+from bert_jax.untrusted import (
     MAX_VOCAB_BYTES,
     MAX_VOCAB_LINE_CHARS,
     MAX_VOCAB_SIZE,
     check_file_size,
 )
-from bert_jax.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)

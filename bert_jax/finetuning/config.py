@@ -13,21 +13,21 @@ import pathlib
 
 import ml_collections
 
-from bert_jax.checkpoints.pretrained import (
-    as_path,  # init_checkpoint and vocab_file may be on gs://
-)
 from bert_jax.convert import hub
 from bert_jax.errors import UserError
 from bert_jax.finetuning import tasks
 from bert_jax.finetuning.tasks import KINDS
-from bert_jax.model.modeling import REMAT_POLICIES
-from bert_jax.pretraining.config import (
+from bert_jax.model.config import REMAT_POLICIES
+from bert_jax.paths import as_path  # init_checkpoint and vocab_file may be on gs://
+from bert_jax.training import sharding
+from bert_jax.training.config_parts import (  # noqa: F401 (check_mode: for configs/finetune)
+    add_mesh_keys,
     add_optimizer_defaults,
     add_rerun_keys,
+    check_mode,
     check_ranges,
     validate_optimizer_and_batch,
 )
-from bert_jax.training import sharding
 
 
 def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> None:
@@ -50,46 +50,47 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.init_checkpoint = ""  # HF BERT dir, bert_jax pretraining workdir, or its checkpoints/<step>
     c.random_init = False  # architecture and vocab from init_checkpoint, weights random (baseline)
     c.vocab_file = ""  # "" = the init checkpoint's vocab.txt (HF) or data.vocab_file (bert_jax)
-    c.lowercase = True
+    c.lowercase = True  # lower-case and strip accents, when vocab_file is given
 
-    c.task = ml_collections.ConfigDict()
-    c.task.kind = kind
-    c.task.train_file = ""
-    c.task.dev_file = ""
-    c.task.test_file = ""
+    c.task = ml_collections.ConfigDict()  # task.*: what to learn, from which files
+    c.task.kind = kind  # one of finetuning/tasks KINDS (set by the config file)
+    c.task.train_file = ""  # TSV / JSON / CoNLL file (local or gs://)
+    c.task.dev_file = ""  # evaluated during and after training
+    c.task.test_file = ""  # predicted with do_predict
     c.task.tfds_name = ""  # e.g. glue/sst2, squad: read instead of the files when they are unset
-    c.task.tfds_data_dir = ""
+    c.task.tfds_data_dir = ""  # where that TFDS dataset was prepared
 
-    c.max_seq_length = 128
+    c.max_seq_length = 128  # word pieces per input, and per packed row
     # Several short examples per row of max_seq_length (Krell et al. 2021): each attends only
     # to itself and has its own [CLS]; losses and metrics stay per example. SQuAD windows fill
     # their rows, so squad never packs.
     c.packing = tasks.get(kind).packable
-    c.max_sequences_per_row = 16
+    c.max_sequences_per_row = 16  # the most examples one packed row holds
     c.batch_size = 32  # global, across all processes; packed: examples per step on average
     c.eval_batch_size = 64  # rows per evaluation step (packed rows hold several examples)
-    c.learning_rate = 2e-5
+    c.learning_rate = 2e-5  # peak
     c.schedule = "trainer"  # the transformers Trainer's: decay from the peak over the rest
-    c.num_train_epochs = 3.0
+    c.num_train_epochs = 3.0  # used when num_train_steps is 0
     c.num_train_steps = 0  # > 0 overrides num_train_epochs
-    c.warmup_proportion = 0.1
+    c.warmup_proportion = 0.1  # warmup as a share of all steps
+    # optimizer, weight_decay, adam_b1, adam_b2, adam_eps, nvlamb, max_grad_norm, grad_accum_steps
     add_optimizer_defaults(c)
     c.layerwise_lr_decay = 1.0  # < 1: layer i of L gets lr * decay^(L - i), embeddings decay^(L+1)
     c.freeze_encoder = False  # linear probe: only the head trains; encoder has no optimizer state
     # > 0: FGM adversarial training (gradients.with_adversarial_embeddings): every step also
     # trains on word embeddings moved this far (L2) in the direction that raises the loss.
     c.adversarial_epsilon = 0.0
-    c.seed = 42
+    c.seed = 42  # the head's initialisation, the data order and (see below) dropout
     # >= 0: the dropout masks' own seed, while the head's initialisation and the data order keep
     # `seed`: reruns that differ in their dropout masks alone show how much of a difference
     # between two runs is that chance. -1: the masks follow `seed`.
     c.dropout_seed = -1
 
     # Applied on top of the checkpoint's architecture.
-    c.hidden_dropout_prob = 0.1
-    c.attention_probs_dropout_prob = 0.1
+    c.hidden_dropout_prob = 0.1  # dropout on embeddings and layer outputs
+    c.attention_probs_dropout_prob = 0.1  # dropout on attention weights
     c.dtype = "float32"  # compute dtype; parameters stay float32
-    c.remat_policy = "none"
+    c.remat_policy = "none"  # recompute activations in backward: model REMAT_POLICIES
 
     # token_classification with BIO / IOBES tags: each sentence's tags are the most probable
     # sequence the scheme allows (no I-X after O or another type; eval.tag_decoding) instead of
@@ -103,13 +104,12 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # 2 * head_window + 1; zeros beyond the sentence); 0: each piece's own vector, as BERT.
     c.head_window = 0
     c.do_predict = False  # write test predictions (task.test_file) with the best checkpoint
-    c.log_every_steps = 50
+    c.log_every_steps = 50  # training metrics to metrics.jsonl and TensorBoard
     c.eval_every_steps = 1000  # 0 = evaluate only at the end
     c.checkpoint_every_steps = 0  # 0 = at every evaluation and at the end
-    c.mesh = sharding.default_mesh_config()
-    c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
-    c.progress_bar = True
-    add_rerun_keys(c)
+    add_mesh_keys(c)  # mesh.* (data, fsdp, tensor, dcn_data, dcn_fsdp, ...), logical_axis_rules
+    c.progress_bar = True  # tqdm bar on process 0
+    add_rerun_keys(c)  # overwrite, resume_with_changes
     return c
 
 

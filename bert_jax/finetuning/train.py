@@ -44,6 +44,7 @@ from bert_jax.finetuning.step import SUM_METRICS, Finetuner, FinetuneState, buil
 from bert_jax.finetuning.tasks import features as tasks
 from bert_jax.finetuning.tasks import tag_decoding
 from bert_jax.model.modeling import BertConfig, BertModel
+from bert_jax.paths import as_path
 from bert_jax.training import distributed, divergence, rerun, sharding
 from bert_jax.training.metrics import MetricWriter, throughput
 from bert_jax.training.optim import learning_rate_schedule
@@ -311,7 +312,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
     """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
     distributed.initialize_if_needed()
     validate_finetuning_config(config, jax.device_count())
-    workdir = sealing.as_path(pretrained.as_path(workdir))  # local (absolute) or gs://
+    workdir = as_path(workdir)  # local (absolute) or gs://
     kind = config.task.kind
     mesh = sharding.make_mesh(config.mesh)
     with jax.set_mesh(mesh):

@@ -1,243 +1,37 @@
-"""BERT in Flax Linen: config, encoder, pretraining heads and task heads.
+"""BERT in Flax Linen: the encoder, the pretraining heads and the task heads.
 
-Shapes use B = batch, T = sequence length, H = hidden_size, N = attention heads, D = H // N,
+Shapes: B = batch, T = sequence length, H = hidden_size, N = attention heads, D = H // N,
 F = intermediate_size, V = vocab_size, V' = padded_vocab_size, P = max_predictions_per_seq,
-S = sequences per packed row.
-
-Packed rows (several sequences per row, Krell et al. 2021) pass segment_ids [B, T] (0 = padding,
-1..S = sequence), optionally position_ids [B, T] and, for per-sequence pooled outputs,
-cls_positions [B, S]: see BertModel. Without them a row is one sequence, as in the original.
-
-The model speaks logical axis names only (see `bert_jax.training.sharding` for the mesh mapping):
-parameters use `vocab, embed, heads, mlp, embed_out, length, type_vocab, classes`; activations use
-`act_batch, act_length, act_embed, act_heads, act_mlp`.
-
-The vocabulary is padded to V' (a multiple of VOCAB_PAD_MULTIPLE = 128) inside the model, so that
-`mesh.tensor` 2, 4, 8... divide it (30,522 = 2 x 3 x 5,087 does not divide by 4). The padded rows
-of the word embeddings and MLM bias start at zero and the padded logits are masked to the float32
-minimum, so they never win, carry no probability and get no gradient: loss, accuracy and every
-update equal those of the unpadded model. Exports trim them, imports add them (convert/).
-
-Mixed precision (dtype=bfloat16; parameters and optimizer state stay float32), decided per op
-as cuDNN's fused attention and jax.nn.dot_product_attention do for QK^T, and NVIDIA's AMP for
-softmax and loss:
-- matmuls take bfloat16 operands; the attention logits QK^T and the 30k-way MLM decoder
-  accumulate *and return* float32 (preferred_element_type), so neither the softmax over keys nor
-  the vocabulary softmax / loss ever sees logits rounded to bfloat16 (8 bits of mantissa: a
-  logit of 20 would move by up to 0.06); softmax, LayerNorm statistics and the loss run in
-  float32. Their backward products round the float32 cotangent to bfloat16 operands
-  (`mixed_precision_dot`), as cuDNN and jax.nn.dot_product_attention do, keeping bf16 speed.
-- attention probabilities are cast back to bfloat16 for the product with V (as the fused
-  kernels and jax.nn.dot_product_attention do).
-- dropout scales by 1 / keep in float32 before rounding (a bfloat16 scale would be 1.109375
-  for 1.1111, shrinking each dropped-out activation by 0.16% on average).
+S = sequences per packed row. Packed rows (several sequences per row) pass segment_ids [B, T]
+(0 = padding, 1..S = sequence), optionally position_ids and cls_positions [B, S]: see BertModel.
+Logical axis names only (the mesh mapping: `bert_jax.training.sharding`); the config is in
+model/config.py, the numerical ops in model/ops.py, the mixed-precision design in docs/model.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from bert_jax.checkpoints.untrusted import (
-    CONFIG_REAL_RANGES,
-    CONFIG_SIZE_BOUNDS,
-    MAX_PARAMETERS,
-    is_int,
-    is_real,
-    read_json_object,
-    shown,
-)
 from bert_jax.errors import UserError
+from bert_jax.model.config import (  # noqa: F401 (BertConfig's names, re-exported)
+    ACTIVATIONS,
+    PRESETS,
+    REMAT_POLICIES,
+    VOCAB_PAD_MULTIPLE,
+    BertConfig,
+    is_vocab_param,
+    pad_vocab_rows,
+    trim_vocab_rows,
+)
 from bert_jax.model.crf import TagTransitions
+from bert_jax.model.ops import Dropout, add_vocab_bias, mixed_precision_dot
 
 Array = jax.Array
-
-# Released sizes of google-research/bert (the 24 smaller models and BERT-Base/Large).
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
-    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),
-    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8),
-    "medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8),
-    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12),
-    "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16),
-}
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    # Names as Hugging Face's. "gelu" is the exact erf form (PyTorch's and Hugging Face's "gelu",
-    # NVIDIA BERT's). google-research/bert's modeling.py computes its "gelu" with the tanh
-    # approximation, which is "gelu_new" here: convert/tf1.py maps a bert_config.json "gelu" to
-    # "gelu_new" and writes "gelu_new" (and its aliases below) back as "gelu".
-    # XLA's erf is a short polynomial, about twice as fast as the erfc that
-    # jax.nn.gelu(approximate=False) uses, forward+backward.
-    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5))),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
-
-VOCAB_PAD_MULTIPLE = 128  # the embedding table's rows are padded to a multiple of this
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """Architecture; field names follow bert_config.json / Hugging Face config.json."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    dtype: str = "float32"  # compute dtype (e.g. bfloat16); parameters stay param_dtype
-    param_dtype: str = "float32"
-    pre_layer_norm: bool = False  # the original BERT is post-LN
-    remat_policy: str = "none"  # one of REMAT_POLICIES
-    attention_implementation: str | None = None  # None (XLA picks), "xla" or "cudnn"
-
-    def __post_init__(self):
-        problems = []
-        for name, bound in CONFIG_SIZE_BOUNDS.items():
-            value = getattr(self, name)
-            if not is_int(value) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {shown(value)}")
-            elif value > bound:
-                problems.append(f"{name} {value} is more than {bound}")
-        if not problems and self.hidden_size % self.num_attention_heads:
-            problems.append(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
-        if not problems and self.num_parameters() > MAX_PARAMETERS:
-            problems.append(
-                f"{self.num_parameters()} parameters are more than {MAX_PARAMETERS}; "
-                "check vocab_size, hidden_size, intermediate_size and num_hidden_layers"
-            )
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
-            problems.append(
-                f"hidden_act {shown(self.hidden_act)} is not one of {sorted(ACTIVATIONS)}"
-            )
-        for name, (low, high, high_included) in CONFIG_REAL_RANGES.items():
-            value = getattr(self, name)
-            inside = (
-                is_real(value)
-                and low <= value
-                and (value <= high if high_included else value < high)
-            )
-            if not inside:
-                interval = f"[{low:g}, {high:g}{']' if high_included else ')'}"
-                problems.append(f"{name} must be in {interval}, got {shown(value)}")
-        if not is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps <= 1:
-            problems.append(f"layer_norm_eps must be in (0, 1], got {shown(self.layer_norm_eps)}")
-        for name in ("dtype", "param_dtype"):
-            try:
-                jnp.dtype(getattr(self, name))
-            except (TypeError, ValueError):
-                problems.append(f"{name} {shown(getattr(self, name))} is not a dtype name")
-        if not isinstance(self.pre_layer_norm, bool):
-            problems.append(
-                f"pre_layer_norm must be true or false, got {shown(self.pre_layer_norm)}"
-            )
-        if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
-            problems.append(
-                f"remat_policy {shown(self.remat_policy)} is not one of {list(REMAT_POLICIES)}"
-            )
-        if not isinstance(self.attention_implementation, str | None):
-            problems.append(
-                "attention_implementation must be a name or None, got "
-                f"{shown(self.attention_implementation)}"
-            )
-        if problems:
-            raise UserError("invalid BertConfig: " + "; ".join(problems))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """V': rows of the word-embedding table and MLM bias as stored (see the module doc)."""
-        return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> BertConfig:
-        """A released size by name (tiny, mini, small, medium, base, large), with overrides."""
-        if name not in PRESETS:
-            raise UserError(f"unknown BERT preset {name!r}; choose one of {list(PRESETS)}")
-        fields = dict(PRESETS[name])
-        fields["intermediate_size"] = 4 * fields["hidden_size"]
-        fields.update(overrides)
-        return cls(**fields)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source=None) -> BertConfig:
-        """Builds from a bert_config.json / config.json dict; unknown keys are ignored.
-
-        Every field is checked for its type and range (`bert_jax.checkpoints.untrusted` holds the
-        bounds), so
-        a config read from a downloaded file cannot size an absurd model. `source`, the file the
-        dict was read from, is named in the error.
-        """
-        if not isinstance(values, Mapping):
-            raise UserError(
-                f"{source or 'BertConfig'}: expected an object of config fields, found "
-                f"{type(values).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in values.items() if k in known})
-        except UserError as err:
-            if source is None:
-                raise
-            raise UserError(f"{source}: {err}") from err
-
-    @classmethod
-    def from_json_file(cls, path) -> BertConfig:
-        return cls.from_dict(read_json_object(path, "a BERT config"), source=path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> BertConfig:
-        return dataclasses.replace(self, **changes)
-
-    def num_parameters(self, include_heads: bool = True) -> int:
-        """Analytic parameter count (BertModel, plus MLM/NSP heads when include_heads).
-
-        Counts the vocab_size rows the model has; the arrays hold padded_vocab_size rows (the
-        zero padding adds (V' - V) * H, and V' - V with the MLM head)."""
-        h, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
-        layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h
-        pooler = h * h + h
-        total = embeddings + self.num_hidden_layers * layer + pooler
-        if include_heads:
-            total += h * h + h + 2 * h + v + 2 * h + 2
-        return total
 
 
 def _kernel_init(config: BertConfig, axes: tuple[str | None, ...]):
@@ -253,22 +47,6 @@ def _zero_padded_rows(init, rows: int):
         return jnp.pad(real, ((0, shape[0] - rows), *[(0, 0)] * (len(shape) - 1)))
 
     return padded
-
-
-def pad_vocab_rows(config: BertConfig, value):
-    """[vocab_size, ...] -> [padded_vocab_size, ...] with zero rows (numpy or jax arrays)."""
-    extra = config.padded_vocab_size - value.shape[0]
-    return value if extra <= 0 else np.pad(value, ((0, extra), *[(0, 0)] * (value.ndim - 1)))
-
-
-def trim_vocab_rows(config: BertConfig, value):
-    """[padded_vocab_size, ...] -> [vocab_size, ...]: the model's own rows."""
-    return value[: config.vocab_size]
-
-
-def is_vocab_param(path: tuple[str, ...]) -> bool:
-    """The parameters whose leading axis is the (padded) vocabulary."""
-    return tuple(path[-2:]) == ("word_embeddings", "embedding") or path[-1] == "mlm_output_bias"
 
 
 def _zeros(axes: tuple[str | None, ...]):
@@ -298,84 +76,6 @@ class Dense(nn.Module):
             name="dense",
         )(x.reshape(-1, x.shape[-1]))
         return y.reshape(*x.shape[:-1], self.features)
-
-
-def mixed_precision_dot(dtype) -> jax.lax.DotAlgorithmPreset | None:
-    """The dot algorithm for float32-output products of `dtype` operands: BF16_BF16_F32 under
-    bfloat16, so that the backward pass's products (which take the float32 cotangent) also run
-    on bfloat16 operands at bfloat16 speed, as jax.nn.dot_product_attention, cuDNN and TPUs do
-    (jax-ml/jax#24047); None, the default, otherwise."""
-    return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if jnp.dtype(dtype) == jnp.bfloat16 else None
-
-
-def _mix32(x: Array) -> Array:
-    """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def dropout_keep_mask(
-    rng: Array, rate: float, shape: tuple[int, ...], rows: Sequence[int] | None = None
-) -> tuple[Array, float]:
-    """A Bernoulli(1 - rate) keep mask of `shape` and its exact scale, 1 / P(keep).
-
-    Dropout draws more random numbers than anything else in training (B*N*T*T per layer for the
-    attention probabilities), and jax.random's threefry spends 20 rounds on each 32-bit word,
-    which on CPU costs several times the matmuls it masks. Here one threefry call makes a 64-bit
-    key, then each element takes 16 bits of a keyed counter hash (two keyed MurmurHash3
-    finalisers): P(drop) = round(rate * 2**16) / 2**16.
-
-    The leading (batch) index keys the hash and the counter runs within a row, so it stays a
-    bijection of the word index for rows of up to 2**32 words (N*T*T/2 = 2M for BERT-Large at
-    512) and no two rows share a mask however large the batch; a counter over the whole array
-    would wrap at 2**32 words, e.g. after 2,048 rows of BERT-Large attention at 512.
-    rows: compute only these leading indices of the mask of `shape` (inspection and tests).
-    """
-    k1, k2 = jax.random.bits(rng, (2,), jnp.uint32)
-    last = shape[-1] if shape else 1
-    words_shape = (*shape[:-1], (last + 1) // 2)
-    out_shape = shape
-    if rows is not None:
-        if len(shape) < 2:
-            raise ValueError(f"rows needs a mask of rank >= 2, not shape {shape}")
-        words_shape = (len(rows), *words_shape[1:])
-        out_shape = (len(rows), *shape[1:])
-    # Row-major index of each word within its row, from per-axis iotas so that it shards like x.
-    first = 1 if len(words_shape) > 1 else len(words_shape)
-    counter = jnp.zeros(words_shape, jnp.uint32)
-    for axis in range(first, len(words_shape)):
-        stride = math.prod(words_shape[axis + 1 :])
-        counter += jax.lax.broadcasted_iota(jnp.uint32, words_shape, axis) * jnp.uint32(stride)
-    row_shape = (words_shape[0], *[1] * (len(words_shape) - 1)) if first == 1 else ()
-    if rows is not None:
-        row = jnp.asarray(rows, jnp.uint32).reshape(row_shape)
-    elif first == 1:
-        row = jax.lax.broadcasted_iota(jnp.uint32, row_shape, 0)
-    else:
-        row = jnp.uint32(0)
-    row_key = _mix32((row * jnp.uint32(0x27D4EB2F)) ^ k1)  # distinct for every row < 2**32
-    bits = _mix32(_mix32((counter * jnp.uint32(0x9E3779B9)) ^ row_key) + k2)
-    halves = jax.lax.bitcast_convert_type(bits, jnp.uint16)  # [..., words, 2]
-    halves = halves.reshape(*words_shape[:-1], 2 * words_shape[-1])[..., :last]
-    threshold = min(round(rate * 65536), 65535)
-    return halves.reshape(out_shape) >= jnp.uint16(threshold), 65536 / (65536 - threshold)
-
-
-class Dropout(nn.Module):
-    """Inverted dropout with `dropout_keep_mask`; draws from the "dropout" RNG stream."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep, scale = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape)
-        scaled = (x.astype(jnp.float32) * scale).astype(x.dtype)  # the scale not rounded to x's
-        return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -671,26 +371,6 @@ class BertPreTrainingOutput:
 def gather_positions(sequence: Array, positions: Array) -> Array:
     """sequence [B, T, H], positions [B, P] -> [B, P, H]."""
     return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
-
-
-@jax.custom_vjp
-def add_vocab_bias(logits: Array, bias: Array) -> Array:
-    """logits [..., V] + bias [V]. The bias gradient, a column sum over every predicted position,
-    is taken as a matrix-vector product: XLA's CPU reduction over leading axes is several times
-    slower, and at [B * P, V] it costs as much as the decoder matmul."""
-    return logits + bias
-
-
-def _add_vocab_bias_fwd(logits, bias):
-    return logits + bias, None
-
-
-def _add_vocab_bias_bwd(_, grad):
-    rows = grad.reshape(-1, grad.shape[-1])  # [B * P, V]
-    return grad, jnp.ones((rows.shape[0],), rows.dtype) @ rows
-
-
-add_vocab_bias.defvjp(_add_vocab_bias_fwd, _add_vocab_bias_bwd)
 
 
 class BertForPreTraining(nn.Module):

@@ -1,7 +1,7 @@
-"""The pretraining config: every key with its default, presets, and validation before compiling.
-
-Config files under configs/ call `pretraining_config()` and override what they change; the
-tests use the same function with a tiny model.
+"""The pretraining config: every key with its default (one line each), presets, and validation
+before compiling. The optimizer, mesh and rerun keys are shared with fine-tuning
+(training/config_parts.py). Config files under configs/ call `pretraining_config()` and
+override what they change; the tests use the same function with a tiny model.
 """
 
 from __future__ import annotations
@@ -9,59 +9,107 @@ from __future__ import annotations
 import ml_collections
 from etils import epath
 
+from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB
 from bert_jax.data.packed_examples import sequences_per_row
 from bert_jax.errors import UserError
-from bert_jax.model.modeling import PRESETS, BertConfig
+from bert_jax.model.config import PRESETS, BertConfig
 from bert_jax.training import sharding
-from bert_jax.training.optim import OPTIMIZERS, SCHEDULES
+from bert_jax.training.config_parts import (  # noqa: F401 (check_mode: for configs/*.py)
+    add_mesh_keys,
+    add_optimizer_defaults,
+    add_rerun_keys,
+    check_mode,
+    check_ranges,
+    validate_optimizer_and_batch,
+)
 
 
 def model_config_dict(preset: str = "base", **overrides) -> ml_collections.ConfigDict:
-    """The BertConfig fields, by their bert_config.json names."""
-    return ml_collections.ConfigDict(BertConfig.preset(preset, **overrides).to_dict())
+    """The BertConfig fields, by their bert_config.json names: `preset`'s sizes, `overrides`."""
+    b = BertConfig.preset(preset, **overrides)  # checked: a bad preset or value fails here
+    m = ml_collections.ConfigDict()
+    m.vocab_size = b.vocab_size  # V: rows of the word embeddings; must cover the vocab file
+    m.hidden_size = b.hidden_size  # H: width of every token vector
+    m.num_hidden_layers = b.num_hidden_layers  # L: transformer layers
+    m.num_attention_heads = b.num_attention_heads  # A: must divide H
+    m.intermediate_size = b.intermediate_size  # feed-forward width (4 H in the presets)
+    m.hidden_act = b.hidden_act  # one of model/config.py ACTIVATIONS; "gelu" is the erf form
+    m.hidden_dropout_prob = b.hidden_dropout_prob  # dropout on embeddings and layer outputs
+    m.attention_probs_dropout_prob = b.attention_probs_dropout_prob  # on attention weights
+    m.max_position_embeddings = b.max_position_embeddings  # longest sequence the model takes
+    m.type_vocab_size = b.type_vocab_size  # segment ids
+    m.initializer_range = b.initializer_range  # truncated-normal init scale
+    m.layer_norm_eps = b.layer_norm_eps  # LayerNorm epsilon
+    m.dtype = b.dtype  # compute dtype (bfloat16 on TPU/GPU); parameters stay param_dtype
+    m.param_dtype = b.param_dtype  # parameters and optimizer state
+    m.pre_layer_norm = b.pre_layer_norm  # pre-LN layers; the original BERT is post-LN
+    m.remat_policy = b.remat_policy  # recompute activations in backward: model REMAT_POLICIES
+    m.attention_implementation = b.attention_implementation  # None (XLA picks), "xla", "cudnn"
+    return m
 
 
 def data_config_dict() -> ml_collections.ConfigDict:
-    from bert_jax.data.pipeline import default_data_config
-
-    return default_data_config()
+    """The data keys; defaults: the bundled KJV corpus and its 8192-token vocab."""
+    d = ml_collections.ConfigDict()
+    d.input_files = BUNDLED_CORPUS  # Comma-separated paths or globs (gs:// too); *.gz: gzip.
+    d.vocab_file = BUNDLED_VOCAB  # WordPiece vocabulary, one token per line
+    d.lowercase = True  # Lower-case and strip accents (uncased BERT).
+    d.data_dir = "~/.cache/bert_jax/datasets"  # Where prepared datasets live (gs:// too).
+    d.dataset_dir = ""  # One prepared dataset (prepare prints it); then input_files is unused.
+    d.validation_fraction = 0.05  # Share of documents held out (by a hash of each document).
+    d.max_line_chars = 20_000  # Longer lines are split at a space (and counted).
+    d.word_segmenter = "none"  # Whole-word boundaries: none, jieba or module:callable.
+    d.num_workers = 0  # Processes preparing the corpus on first use (0: one per core).
+    d.allow_dirty_corpus = False  # Prepare even a corpus that looks binary or mis-vocabbed.
+    d.max_seq_length = 128  # Tokens per example, [CLS] and [SEP] included.
+    d.max_predictions_per_seq = 20  # Masked positions per example, at most.
+    d.masked_lm_prob = 0.15  # Share of tokens masked (80% [MASK], 10% random, 10% kept).
+    d.short_seq_prob = 0.1  # Share of examples with a shorter random target length.
+    d.dupe_factor = 5  # Distinct passes cycled through with static masking.
+    d.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
+    d.whole_word_masking = False  # Mask all pieces of a word together.
+    d.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
+    d.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
+    d.packing = False  # Several examples per row (worth it at 512 or on short documents).
+    d.max_sequences_per_row = 16  # At most this many examples in a packed row.
+    d.documents_per_chunk = 64  # Examples are built and delivered in chunks of a window.
+    d.worker_count = 0  # Grain worker processes; 0 builds examples in a background thread.
+    d.prefetch_chunks = 2  # Chunks built ahead.
+    d.cache_max_tokens = 20_000_000  # Smaller corpora are read once and kept in memory.
+    d.show_progress = True  # Progress bar while tokenizing.
+    return d
 
 
 def pretraining_config(preset: str = "base", **model_overrides) -> ml_collections.ConfigDict:
+    """Every pretraining key with its default; `preset` and `model_overrides` size the model."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     c = ml_collections.ConfigDict()
-    c.num_train_steps = 1_000_000
+    c.num_train_steps = 1_000_000  # optimizer steps
     c.batch_size = 256  # global, across all processes
-    c.seed = 0
-    c.learning_rate = 1e-4
+    c.seed = 0  # parameters, data order, masking and dropout
+    c.learning_rate = 1e-4  # peak
     c.schedule = "bert"  # google-research/bert: warmup, then decay over all num_train_steps
-    c.warmup_steps = 10_000
+    c.warmup_steps = 10_000  # linear warmup from 0
     c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
-    c.end_learning_rate_factor = 0.0
+    c.end_learning_rate_factor = 0.0  # final learning rate as a fraction of the peak
+    # optimizer, weight_decay, adam_b1, adam_b2, adam_eps, nvlamb, max_grad_norm, grad_accum_steps
     add_optimizer_defaults(c)
-    c.log_every_steps = 100
-    c.eval_every_steps = 10_000
+    c.log_every_steps = 100  # training metrics to metrics.jsonl and TensorBoard
+    c.eval_every_steps = 10_000  # held-out masked-LM / NSP evaluation
     c.eval_steps = 50  # eval batches per evaluation (the held-out split may be larger)
     c.eval_batch_size = 0  # global rows per eval step; 0: batch_size // grad_accum_steps
-    c.checkpoint_every_steps = 10_000
-    c.keep_checkpoints = 3
-    c.init_checkpoint = ""
+    c.checkpoint_every_steps = 10_000  # asynchronous Orbax save
+    c.keep_checkpoints = 3  # newest checkpoints kept
+    c.init_checkpoint = ""  # start from these parameters (no optimizer state)
     c.peak_flops_per_device = 0.0  # 0: look the device up (CPU: cpu_peak_flops)
     c.cpu_peak_flops = 0.0  # CPU MFU: the host's fp32 peak; 0 measures its matmul rate
-    c.model = model_config_dict(preset, **model_overrides)
-    c.data = data_config_dict()
-    c.mesh = sharding.default_mesh_config()
-    c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
-    c.progress_bar = True
-    add_rerun_keys(c)
+    c.model = model_config_dict(preset, **model_overrides)  # model.*: the architecture
+    c.data = data_config_dict()  # data.*: corpus, vocabulary, examples, input pipeline
+    add_mesh_keys(c)  # mesh.* (data, fsdp, tensor, dcn_data, dcn_fsdp, ...), logical_axis_rules
+    c.progress_bar = True  # tqdm bar on process 0
+    add_rerun_keys(c)  # overwrite, resume_with_changes
     return c
-
-
-def add_rerun_keys(c: ml_collections.ConfigDict) -> None:
-    """Rerunning a workdir whose run had other settings (training.rerun): one of them set."""
-    c.overwrite = False  # start over: delete the earlier run's checkpoints and logs
-    c.resume_with_changes = False  # continue its checkpoint with these settings (recorded)
 
 
 # Keys a rerun of a pretraining workdir may change without resume_with_changes: how the run is
@@ -97,75 +145,11 @@ def use_test_mode(c: ml_collections.ConfigDict) -> None:
     c.progress_bar = False
 
 
-def add_optimizer_defaults(c: ml_collections.ConfigDict) -> None:
-    """The optimizer keys pretraining and fine-tuning share (see bert_jax.training.optim)."""
-    c.optimizer = "adamw"  # bias-corrected (PyTorch/HF); "adamw_bert" is google's, or "lamb"
-    c.weight_decay = 0.01
-    c.adam_b1 = 0.9
-    c.adam_b2 = 0.999
-    c.adam_eps = 1e-6
-    c.nvlamb = False  # lamb: the trust ratio on every parameter (apex's use_nvlamb)
-    c.max_grad_norm = 1.0
-    c.grad_accum_steps = 1  # > 1: the batch runs as that many sequential microbatches (memory)
-
-
-def validate_optimizer_and_batch(config, data_parallel: int) -> None:
-    """The keys of add_optimizer_defaults against the global batch_size; raises UserError."""
-    accum = int(config.grad_accum_steps)
-    if accum < 1:
-        raise UserError(f"grad_accum_steps must be >= 1, got {accum}")
-    if config.batch_size % (data_parallel * accum):
-        raise UserError(
-            f"batch_size {config.batch_size} is not divisible by data-parallel size "
-            f"{data_parallel} (mesh data*fsdp) x grad_accum_steps {accum}"
-        )
-    if config.optimizer not in OPTIMIZERS:
-        raise UserError(f"optimizer {config.optimizer!r} is not one of {list(OPTIMIZERS)}")
-    if config.schedule not in SCHEDULES:
-        raise UserError(f"schedule {config.schedule!r} is not one of {list(SCHEDULES)}")
-
-
 def eval_batch_size(config) -> int:
     """Global rows per pretraining eval step: eval_batch_size, or the training microbatch."""
     return int(config.get("eval_batch_size", 0)) or config.batch_size // int(
         config.get("grad_accum_steps", 1)
     )
-
-
-def check_mode(mode: str, modes, config_file: str) -> None:
-    """For config files with variants (`--config FILE:MODE`): an unknown mode is an error that
-    lists the valid ones, never a silent fallback to the default."""
-    if mode not in modes:
-        raise UserError(
-            f"{config_file} has no mode {mode!r}: use one of "
-            + ", ".join(f"{config_file}:{m}" for m in modes)
-        )
-
-
-# Value ranges of config keys: (test, description); a key missing from a config is skipped.
-_RANGES = {
-    "positive": (lambda v: v > 0, "> 0"),
-    "non_negative": (lambda v: v >= 0, ">= 0"),
-    "at_least_one": (lambda v: v >= 1, ">= 1"),
-    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "open_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
-}
-
-
-def check_ranges(config, rules: dict[str, str]) -> None:
-    """Raises UserError for the first key (dotted, e.g. "data.masked_lm_prob") whose value is
-    outside its range; `rules` maps keys to a name in _RANGES. NaN fails every range."""
-    for key, rule in rules.items():
-        node = config
-        try:
-            for part in key.split("."):
-                node = node[part]
-        except (KeyError, AttributeError):
-            continue
-        test, description = _RANGES[rule]
-        if isinstance(node, bool) or not isinstance(node, int | float) or not test(node):
-            raise UserError(f"{key} must be {description}, got {node!r}")
 
 
 PRETRAINING_RANGES = {

@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from bert_jax.model.modeling import BertConfig
+from bert_jax.paths import is_remote
 from bert_jax.planning import chips
 
 # Dense bf16 peak FLOP/s per device kind: derived from the planner's chip table
@@ -86,10 +87,6 @@ def throughput(steps_per_sec: float, steps: int, counts: dict[str, float]) -> di
     }
 
 
-def _is_local(path) -> bool:
-    return "://" not in str(path)
-
-
 METRICS_FILE = "metrics.jsonl"  # a local workdir: one file, appended a line per record
 METRICS_PARTS = "metrics"  # gs:// and other object stores: metrics/part-NNNNN.jsonl
 RECORDS_PER_PART = 256  # a part is rewritten whole at each record, so this bounds every write
@@ -135,7 +132,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = epath.Path(workdir)
         self.records_per_part = int(records_per_part)
-        self._remote = not _is_local(self.workdir)
+        self._remote = is_remote(self.workdir)
         self._jsonl = None
         self._part: list[str] = []  # object stores: the records of the current part
         self._part_index = 0

@@ -17,6 +17,7 @@ from etils import epath
 
 from bert_jax import entry
 from bert_jax.errors import UserError
+from bert_jax.paths import as_path
 from bert_jax.training.metrics import METRICS_FILE, load_metrics, metrics_files
 
 OTHER_EVAL_SCORES = "eval_*"  # a panel key: every eval_ metric that no other panel shows
@@ -113,7 +114,7 @@ class Run:
 def load_run(workdir, label: str | None = None) -> Run:
     """Reads WORKDIR's metrics (local or gs://); raises MissingMetricsError if there are none.
     Malformed lines (a process killed mid-write) are skipped with a warning that counts them."""
-    workdir = _as_path(workdir)
+    workdir = as_path(workdir)
     path = workdir / METRICS_FILE
     if not metrics_files(workdir):
         hint = "" if workdir.is_dir() else " (the directory does not exist)"
@@ -159,11 +160,6 @@ def panel_groups(runs: list[Run]) -> list[tuple[str, list[Run], tuple[Panel, ...
         if members:
             groups.append((name, members, panels_for(members)))
     return groups
-
-
-def _as_path(path) -> epath.Path:
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
 
 
 def _unique_labels(workdirs: list[epath.Path]) -> list[str]:
@@ -274,7 +270,7 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
         raise UserError(f"smooth must be in [0, 1), got {smooth}")
     if isinstance(workdirs, str | os.PathLike):
         workdirs = [workdirs]
-    workdirs = [_as_path(w) for w in workdirs]
+    workdirs = [as_path(w) for w in workdirs]
     if not workdirs:
         raise UserError("no workdir given: pass at least one run directory")
     labels = _unique_labels(workdirs)
@@ -312,7 +308,7 @@ def plot_runs(workdirs, out=None, smooth: float = 0.0, title: str | None = None)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     if out is not None:  # local or gs://
-        out = _as_path(out)
+        out = as_path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         image = io.BytesIO()
         fig.savefig(image, dpi=110, format=out.suffix.lstrip(".") or "png")

@@ -12,7 +12,6 @@ finetune_config's RERUN_FREE sets; docs/faq.md says why.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -20,9 +19,10 @@ from etils import epath
 from flax import traverse_util
 
 from bert_jax.checkpoints.checkpointing import step_dirs
-from bert_jax.checkpoints.untrusted import read_json_object, shown
 from bert_jax.errors import UserError
+from bert_jax.paths import resolved
 from bert_jax.training import distributed
+from bert_jax.untrusted import read_json_object, shown
 
 HISTORY = "config_history.jsonl"
 PATH_KEYS = ("init_checkpoint", "vocab_file")  # compared as the paths they resolve to
@@ -31,7 +31,7 @@ _LISTED = 6
 
 def _normalized(key: str, value):
     if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(value, str) and value:
-        return value if "://" in value else os.path.abspath(os.path.expanduser(value))
+        return resolved(value)
     return value
 
 

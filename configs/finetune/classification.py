@@ -11,8 +11,7 @@ user has prepared works instead of the files: --config.task.tfds_name=glue/sst2.
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetuning.config import finetuning_config, use_test_mode
-from bert_jax.pretraining.config import check_mode
+from bert_jax.finetuning.config import check_mode, finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):

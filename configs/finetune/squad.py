@@ -12,8 +12,7 @@ normalisation, as fractions); the best checkpoint is kept by f1. --config.task.t
 reads a prepared TFDS dataset. `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetuning.config import finetuning_config, use_test_mode
-from bert_jax.pretraining.config import check_mode
+from bert_jax.finetuning.config import check_mode, finetuning_config, use_test_mode
 
 
 def get_config(mode: str = "default"):

@@ -25,7 +25,6 @@ from bert_jax.data.corpus import beam, workers
 from bert_jax.data.corpus.reader import (
     InputFile,
     check_not_empty,
-    is_remote,
     plan_units,
     resolve_input_files,
     split_patterns,
@@ -42,6 +41,7 @@ from bert_jax.data.corpus.writer import (
 )
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.paths import as_path, is_remote, resolved
 
 FORMAT_VERSION = 2  # bumped whenever the stored format or the reading rules change
 META_FILE = "corpus.json"
@@ -132,11 +132,7 @@ def corpus_spec(
 
 
 def dataset_dir(data_dir: str, name: str) -> epath.Path:
-    return epath.Path(_expand(data_dir)) / BUILDER_NAME / name / VERSION
-
-
-def _expand(path: str) -> str:
-    return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(str(path)))
+    return as_path(data_dir) / BUILDER_NAME / name / VERSION
 
 
 class PreparedCorpus:
@@ -232,7 +228,7 @@ def _read_meta(directory: str) -> dict | None:
 
 def open_prepared(directory: str) -> PreparedCorpus:
     """The prepared dataset in `directory` (what `prepare` printed); UserError if there is none."""
-    directory = _expand(str(directory)).rstrip("/")
+    directory = resolved(directory).rstrip("/")
     meta = _read_meta(directory)
     if meta is None:
         raise UserError(
@@ -249,7 +245,7 @@ def open_prepared(directory: str) -> PreparedCorpus:
 
 def list_prepared(data_dir: str) -> list[PreparedCorpus]:
     """Every complete dataset of this format under data_dir, sorted by directory."""
-    root = epath.Path(_expand(data_dir)) / BUILDER_NAME
+    root = as_path(data_dir) / BUILDER_NAME
     if not root.exists():
         return []
     found = sorted(os.fspath(p.parent) for p in root.glob(f"*/{VERSION}/{META_FILE}"))

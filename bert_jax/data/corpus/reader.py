@@ -23,6 +23,7 @@ from bert_jax.data.corpus.report import CorpusReport
 from bert_jax.data.corpus.words import Segmenter, encode_segmented
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
+from bert_jax.paths import resolved
 
 _BLOCK_BYTES = 1 << 22  # text decoded and tokenized at a time: ~0.25 GB peak per reader
 _SCAN_BYTES = 1 << 20  # read at a time while looking for a blank line to cut a file at
@@ -35,13 +36,9 @@ _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 _ASCII_BLANKS = b" \t\r\f\v"
 
 
-def is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 def _normalise(pattern: str) -> str:
     pattern = pattern.strip()
-    return pattern if is_remote(pattern) else os.path.abspath(os.path.expanduser(pattern))
+    return resolved(pattern)
 
 
 def split_patterns(input_files: str | Sequence[str]) -> list[str]:

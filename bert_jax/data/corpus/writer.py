@@ -22,10 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 from etils import epath
 
-from bert_jax.data.corpus.reader import Unit, is_remote, read_unit
+from bert_jax.data.corpus.reader import Unit, read_unit
 from bert_jax.data.corpus.report import CorpusReport, peak_rss_bytes
 from bert_jax.data.corpus.words import load_segmenter
 from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.paths import is_remote
 
 BUILDER_NAME = "pretraining_corpus"
 VERSION = "2.0.0"
