@@ -33,7 +33,7 @@ FORBIDDEN = (
 )
 # Packages that import nothing of bert_jax outside themselves and SHARED.
 SELF_CONTAINED = ("bert_jax.model",)
-ENTRY_MODULES = ("pretrain", "finetune", "plan", "export", "plot", "report")
+ENTRY_MODULES = ("pretrain", "finetune", "plan", "export", "plot", "report", "data.prepare")
 MAX_ENTRY_LINES = 30
 # The one path helper: no module but bert_jax.paths defines these.
 PATH_HELPERS = ("as_path", "is_remote", "_is_local")
@@ -41,11 +41,6 @@ PATH_MODULE = "bert_jax.paths"
 
 # Known breaks the merge of the parallel branches removes (the lead empties these sets):
 # task_model_for moves out of finetuning.step into the task-kind modules.
-KNOWN_VIOLATIONS = {("bert_jax.inference.pipelines", "bert_jax.finetuning.step")}
-# Entry modules still longer than MAX_ENTRY_LINES (the lead thins them into their packages).
-KNOWN_LONG_ENTRY_MODULES = {"bert_jax.export", "bert_jax.plan", "bert_jax.plot", "bert_jax.report"}
-
-
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -87,8 +82,6 @@ def violations(sources: dict[str, str], packages=frozenset()) -> list[str]:
     for module, source in sorted(sources.items()):
         targets = imports(module, source, known, module in packages)
         for target in sorted(targets):
-            if (module, target) in KNOWN_VIOLATIONS:
-                continue
             if module in SHARED and not _under(target, "bert_jax.errors"):
                 if target not in SHARED:
                     found.append(f"{module} imports {target}: shared modules import only {SHARED}")
@@ -115,7 +108,7 @@ def violations(sources: dict[str, str], packages=frozenset()) -> list[str]:
                     )
         if module in {f"bert_jax.{name}" for name in ENTRY_MODULES}:
             lines = len(source.splitlines())
-            if lines > MAX_ENTRY_LINES and module not in KNOWN_LONG_ENTRY_MODULES:
+            if lines > MAX_ENTRY_LINES:
                 found.append(
                     f"{module} has {lines} lines: an entry module parses flags and calls into its "
                     f"package in at most {MAX_ENTRY_LINES}"
@@ -135,15 +128,6 @@ def test_bert_jax_keeps_its_layering():
     broken = violations(sources, packages)
     assert not broken, "layering broken:\n" + "\n".join(broken)
 
-
-def test_known_violations_are_still_real():
-    """An entry in the known lists that no longer breaks a rule must leave the list."""
-    sources, packages = _package_sources()
-    known = set(sources)
-    for module, target in KNOWN_VIOLATIONS:
-        assert target in imports(module, sources[module], known), (module, target)
-    for module in KNOWN_LONG_ENTRY_MODULES:
-        assert len(sources[module].splitlines()) > MAX_ENTRY_LINES, module
 
 
 def _fake_tree(**extra: str) -> dict[str, str]:

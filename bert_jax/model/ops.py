@@ -22,7 +22,7 @@ def mixed_precision_dot(dtype) -> jax.lax.DotAlgorithmPreset | None:
     """The dot algorithm for float32-output products of `dtype` operands: BF16_BF16_F32 under
     bfloat16, so that the backward pass's products (which take the float32 cotangent) also run
     on bfloat16 operands at bfloat16 speed, as jax.nn.dot_product_attention, cuDNN and TPUs do
-    (jax issue 24047); None, the default, otherwise."""
+    (jax-ml/jax#24047); None, the default, otherwise."""
     return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if jnp.dtype(dtype) == jnp.bfloat16 else None
 
 
