@@ -146,7 +146,8 @@ def test_a_shortened_run_names_the_warmup_flag():
 def test_max_predictions_check_is_what_masking_a_full_row_takes(length, prob):
     """The config check asks for the most masks `mask_tokens` puts in a row ([CLS] and both
     [SEP] counted, as google's create_pretraining_data.py): 77 at 512 x 0.15, not 76."""
-    from bert_jax.data.examples import ExampleOptions, Vocabulary, mask_tokens
+    from bert_jax.data.examples import ExampleOptions, Vocabulary
+    from bert_jax.data.masking import mask_tokens
 
     rows, rng = 64, np.random.default_rng(0)
     a_length = rng.integers(1, length - 3, rows)  # full rows: A + B = L - 3 tokens

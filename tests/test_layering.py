@@ -39,6 +39,7 @@ MAX_ENTRY_LINES = 30
 PATH_HELPERS = ("as_path", "is_remote", "_is_local")
 PATH_MODULE = "bert_jax.paths"
 
+
 # Known breaks the merge of the parallel branches removes (the lead empties these sets):
 # task_model_for moves out of finetuning.step into the task-kind modules.
 def _under(name: str, prefix: str) -> bool:
@@ -127,7 +128,6 @@ def test_bert_jax_keeps_its_layering():
     assert "bert_jax.model.modeling" in sources and "bert_jax.data.pipeline" in sources
     broken = violations(sources, packages)
     assert not broken, "layering broken:\n" + "\n".join(broken)
-
 
 
 def _fake_tree(**extra: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, packed_examples, pipeline
+from bert_jax.data import corpus, masking, packed_examples, pipeline
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -251,7 +251,7 @@ def test_assemble_and_mask_a_known_pair():
     np.testing.assert_array_equal(rows["token_type_ids"][0], [0, 0, 0, 0, 0, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(rows["attention_mask"][0], [1] * 8 + [0] * 2)
     options = pretraining.ExampleOptions(max_seq_length=10, max_predictions_per_seq=12)
-    masked = pretraining.mask_tokens(
+    masked = masking.mask_tokens(
         rows["input_ids"], np.array([3]), np.array([2]), np.random.default_rng(0), options, vocab
     )
     assert masked["masked_lm_positions"].shape == (1, 12)  # Padded past max_seq_length.

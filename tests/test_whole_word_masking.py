@@ -10,7 +10,7 @@ corpus segmented by jieba (../shared/data), where each segment is found again in
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, pipeline
+from bert_jax.data import corpus, masking, pipeline
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.pretraining.config import data_config_dict
@@ -98,7 +98,7 @@ def test_a_word_cut_by_a_segment_start_starts_at_its_first_kept_token():
     )
     groups = [[1, 2], [3, 4], [6, 7], [8]]  # tokens 11 12 | 13 14 || 20 21 | 22
     for seed in range(50):
-        masked = pretraining.mask_tokens(
+        masked = masking.mask_tokens(
             rows["input_ids"], np.array([4]), np.array([3]), np.random.default_rng(seed),
             options, vocab, rows["word_starts"],
         )  # fmt: skip

@@ -203,7 +203,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"data.max_seq_length {data.max_seq_length} exceeds model.max_position_embeddings "
             f"{model.max_position_embeddings}"
         )
-    # Masks of a full row (`pretraining.mask_tokens`, as google's create_pretraining_data.py,
+    # Masks of a full row (`masking.mask_tokens`, as google's create_pretraining_data.py,
     # counting [CLS] and both [SEP]): round(L * p), at least 1, at most its L - 3 other tokens.
     length = data.max_seq_length
     needed = min(max(1, int(round(length * data.masked_lm_prob))), length - 3)
