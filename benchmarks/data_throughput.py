@@ -159,7 +159,7 @@ class Clock:
 
 
 def run_ours(corpus, vocab, dupe_factor, dynamic_epochs):
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
     from bert_jax.data.tokenization import WordPieceTokenizer
 
     results = {}
@@ -188,7 +188,7 @@ def run_ours(corpus, vocab, dupe_factor, dynamic_epochs):
             show_progress=False,
         )
         with Clock() as clock:
-            pipeline.prepare_data(config)
+            input_pipeline.prepare_data(config)
             stats = _drain(config, num_epochs=dupe_factor)
         results["end_to_end"] = {"seconds": [clock.wall, clock.cpu], **stats}
 
@@ -202,9 +202,9 @@ def run_ours(corpus, vocab, dupe_factor, dynamic_epochs):
 
 
 def _drain(config, num_epochs, batch_size=256):
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    iterator = pipeline.make_pretraining_iterator(
+    iterator = input_pipeline.make_pretraining_iterator(
         config, split="train", global_batch_size=batch_size, seed=0, num_epochs=num_epochs
     )
     examples = tokens = random_next = 0

@@ -48,7 +48,7 @@ def tf():
 def write_short_documents(path: pathlib.Path, documents: int = 1000) -> pathlib.Path:
     """A corpus of short documents (1 to 3 verses of the bundled KJV each, as reviews or posts),
     for packing: several examples fit in a row of 256."""
-    from bert_jax.data.pipeline import BUNDLED_CORPUS
+    from bert_jax.data.input_pipeline import BUNDLED_CORPUS
 
     with gzip.open(BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         verses = [line.strip() for line in f if line.strip()]

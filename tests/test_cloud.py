@@ -27,7 +27,7 @@ from etils import epath
 from fake_gcs import FaultProxy
 
 from bert_jax.checkpoints import sealing
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.errors import SAVE_FAILED_STATUS
 
 STEPS = 16
@@ -63,13 +63,13 @@ def cloud(gcs, tmp_path_factory):
     bucket, _ = gcs
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+    with gzip.open(input_pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     write_corpus(bucket, lines)
     local = tmp_path_factory.mktemp("cloud")
     data = demo_config("test").data
     data.data_dir, data.show_progress = str(local / "data"), False
-    pipeline.prepare_data(data)
+    input_pipeline.prepare_data(data)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["JAX_COMPILATION_CACHE_DIR"] = str(local / "jax_cache")
@@ -123,7 +123,7 @@ def test_prepare_reads_text_on_gs(cloud):
             "-m",
             "bert_jax.data.prepare",
             f"--input_files=gs://{bucket}/corpus/*.txt",
-            f"--vocab_file={pipeline.BUNDLED_VOCAB}",
+            f"--vocab_file={input_pipeline.BUNDLED_VOCAB}",
             f"--data_dir=gs://{bucket}/data",
         ],
         timeout=120,

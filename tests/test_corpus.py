@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, pipeline
+from bert_jax.data import corpus, input_pipeline
 from bert_jax.data.corpus import reader
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return WordPieceTokenizer.from_vocab(pipeline.BUNDLED_VOCAB)
+    return WordPieceTokenizer.from_vocab(input_pipeline.BUNDLED_VOCAB)
 
 
 def _write(path, data: bytes):
@@ -113,7 +113,7 @@ def test_validation_split_is_a_seeded_hash_of_each_document():
 
 def _prepare(files, data_dir, **kwargs):
     options = {k: kwargs.pop(k) for k in ("max_line_chars", "validation_fraction") if k in kwargs}
-    spec = corpus.corpus_spec(files, pipeline.BUNDLED_VOCAB, **options)
+    spec = corpus.corpus_spec(files, input_pipeline.BUNDLED_VOCAB, **options)
     return corpus.prepare(spec, str(data_dir), show_progress=False, **kwargs)
 
 
@@ -141,7 +141,7 @@ def test_dataset_round_trip_and_fingerprint(messy_files, tmp_path, tokenizer):
     assert prepared.tokenizer().fingerprint() == tokenizer.fingerprint()  # its vocab is stored
 
     def name(**options):
-        return corpus.corpus_spec(messy_files, pipeline.BUNDLED_VOCAB, **options).name
+        return corpus.corpus_spec(messy_files, input_pipeline.BUNDLED_VOCAB, **options).name
 
     assert name(max_line_chars=100) == prepared.meta["name"]
     again = _prepare(messy_files, tmp_path / "data", max_line_chars=100)
@@ -174,10 +174,13 @@ def test_kjv_counts(shared_data, tokenizer):
 
 
 def test_bundled_corpus_is_the_shared_kjv(shared_data):
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rb") as f:
+    with gzip.open(input_pipeline.BUNDLED_CORPUS, "rb") as f:
         bundled = f.read()
     assert bundled == (shared_data / "corpora" / "kjv.txt").read_bytes()
-    sizes = [os.path.getsize(pipeline.BUNDLED_CORPUS), os.path.getsize(pipeline.BUNDLED_VOCAB)]
+    sizes = [
+        os.path.getsize(input_pipeline.BUNDLED_CORPUS),
+        os.path.getsize(input_pipeline.BUNDLED_VOCAB),
+    ]
     assert sum(sizes) < 2_000_000
 
 
@@ -194,7 +197,7 @@ def _prepare_cli(*args):
 def test_cli_prints_a_summary(messy_files, tmp_path):
     result = _prepare_cli(
         f"--input_files={messy_files[0]},{os.path.dirname(messy_files[0])}/*.gz",
-        f"--vocab_file={pipeline.BUNDLED_VOCAB}",
+        f"--vocab_file={input_pipeline.BUNDLED_VOCAB}",
         f"--data_dir={tmp_path / 'data'}",
         "--max_line_chars=100",
     )
@@ -218,7 +221,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, input_files, message):
         input_files = _write(tmp_path / "empty.txt", b"\n\n")
     result = _prepare_cli(
         f"--input_files={input_files}",
-        f"--vocab_file={pipeline.BUNDLED_VOCAB}",
+        f"--vocab_file={input_pipeline.BUNDLED_VOCAB}",
         f"--data_dir={tmp_path / 'data'}",
     )
     assert result.returncode == 2

@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from bert_jax.data import corpus, pipeline
+from bert_jax.data import corpus, input_pipeline
 from bert_jax.data.corpus import dataset
 from bert_jax.errors import UserError
 from bert_jax.pretraining import train as train_lib
@@ -22,7 +22,7 @@ from bert_jax.training.metrics import read_metrics
 
 
 def _chapters(first: int, count: int) -> bytes:
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rb") as f:
+    with gzip.open(input_pipeline.BUNDLED_CORPUS, "rb") as f:
         return b"\n\n".join(f.read().split(b"\n\n")[first : first + count]) + b"\n"
 
 
@@ -45,7 +45,7 @@ def test_pretraining_after_the_raw_text_is_deleted(tmp_path, monkeypatch):
     text.parent.mkdir()
     text.write_bytes(_chapters(0, 120))
     data_dir = tmp_path / "data"
-    prepared = pipeline.prepare_data(_data_config(text, data_dir))
+    prepared = input_pipeline.prepare_data(_data_config(text, data_dir))
     text.unlink()  # from here on only the prepared dataset exists
 
     lookups = []
@@ -66,14 +66,14 @@ def test_pretraining_after_the_raw_text_is_deleted(tmp_path, monkeypatch):
     assert record["dataset_dir"] == prepared["dataset_dir"]
 
     # Resuming reads the recorded dataset; other data for the same workdir is an error.
-    assert pipeline.prepare_data(config.data, workdir)["dataset_dir"] == record["dataset_dir"]
+    assert input_pipeline.prepare_data(config.data, workdir)["dataset_dir"] == record["dataset_dir"]
     text.write_bytes(_chapters(120, 30))
     with pytest.raises(UserError, match="was trained on .*, but the config now names other data"):
-        pipeline.prepare_data(config.data, workdir)
+        input_pipeline.prepare_data(config.data, workdir)
     text.unlink()
     os.rename(record["dataset_dir"], record["dataset_dir"] + ".moved")
     with pytest.raises(UserError, match="was trained on .*, which is gone or incomplete"):
-        pipeline.prepare_data(config.data, workdir)
+        input_pipeline.prepare_data(config.data, workdir)
 
 
 def test_finding_a_dataset_is_explicit_or_one_clear_error(tmp_path):
@@ -81,31 +81,37 @@ def test_finding_a_dataset_is_explicit_or_one_clear_error(tmp_path):
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     first.write_bytes(_chapters(0, 20))
     second.write_bytes(_chapters(20, 20))
-    a = pipeline.prepare_data(_data_config(first, data_dir))["dataset_dir"]
+    a = input_pipeline.prepare_data(_data_config(first, data_dir))["dataset_dir"]
     with pytest.raises(UserError, match="data.input_files: .*nope.txt matches no file, and"):
-        pipeline.open_dataset(_data_config(tmp_path / "nope.txt", data_dir))
-    assert pipeline.open_dataset(_data_config("", data_dir)).directory == a  # the only one
-    b = pipeline.prepare_data(_data_config(second, data_dir))["dataset_dir"]
+        input_pipeline.open_dataset(_data_config(tmp_path / "nope.txt", data_dir))
+    assert input_pipeline.open_dataset(_data_config("", data_dir)).directory == a  # the only one
+    b = input_pipeline.prepare_data(_data_config(second, data_dir))["dataset_dir"]
     with pytest.raises(UserError, match="holds 2 datasets prepared: set data.dataset_dir to one"):
-        pipeline.open_dataset(_data_config("", data_dir))
+        input_pipeline.open_dataset(_data_config("", data_dir))
     explicit = _data_config("/gone/*.txt", tmp_path / "elsewhere", dataset_dir=b)
-    assert pipeline.open_dataset(explicit).directory == b  # neither input_files nor data_dir read
+    assert (
+        input_pipeline.open_dataset(explicit).directory == b
+    )  # neither input_files nor data_dir read
     with pytest.raises(UserError, match="no prepared dataset in .*missing"):
-        pipeline.open_dataset(_data_config("", data_dir, dataset_dir=str(tmp_path / "missing")))
+        input_pipeline.open_dataset(
+            _data_config("", data_dir, dataset_dir=str(tmp_path / "missing"))
+        )
 
     # The same paths prepared twice (the text changed in between), then the text deleted.
     first.write_bytes(_chapters(40, 20))
-    pipeline.prepare_data(_data_config(first, data_dir))
+    input_pipeline.prepare_data(_data_config(first, data_dir))
     first.unlink()
     with pytest.raises(
         UserError, match="holds 2 datasets prepared from these paths with these settings: set"
     ):
-        pipeline.open_dataset(_data_config(first, data_dir))
+        input_pipeline.open_dataset(_data_config(first, data_dir))
 
     vocab = tmp_path / "other_vocab.txt"
-    vocab.write_text(open(pipeline.BUNDLED_VOCAB).read() + "extra\n")
+    vocab.write_text(open(input_pipeline.BUNDLED_VOCAB).read() + "extra\n")
     with pytest.raises(UserError, match="is not the vocabulary .* was tokenized with"):
-        pipeline.open_dataset(_data_config("", data_dir, dataset_dir=a, vocab_file=str(vocab)))
+        input_pipeline.open_dataset(
+            _data_config("", data_dir, dataset_dir=a, vocab_file=str(vocab))
+        )
 
 
 # -- the cloud path ----------------------------------------------------------------------------
@@ -132,7 +138,8 @@ def test_prepare_and_read_on_gcs(gcs_dir, tmp_path):
         (epath.Path(gcs_dir) / "corpus" / name).write_bytes(chapters)
     result = subprocess.run(
         [sys.executable, "-m", "bert_jax.data.prepare", f"--input_files={gcs_dir}/corpus/*.txt",
-         f"--vocab_file={pipeline.BUNDLED_VOCAB}", f"--data_dir={gcs_dir}/data", "--num_workers=2"],
+         f"--vocab_file={input_pipeline.BUNDLED_VOCAB}", f"--data_dir={gcs_dir}/data",
+         "--num_workers=2"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,13 +148,15 @@ def test_prepare_and_read_on_gcs(gcs_dir, tmp_path):
     config = _demo_test_config()
     config.data.update(input_files=f"{gcs_dir}/corpus/*.txt", data_dir=f"{gcs_dir}/data")
     validate_pretraining_config(config, num_devices=1)  # gs:// input_files are fine
-    prepared = pipeline.open_dataset(config.data)  # found by name, size and mtime
+    prepared = input_pipeline.open_dataset(config.data)  # found by name, size and mtime
     assert prepared.directory.startswith(f"{gcs_dir}/data/pretraining_corpus/a_")
     assert not prepared.built_now and prepared.report["documents"] == 30
     local = corpus.list_prepared(f"{gcs_dir}/data")[0]
     assert local.directory == prepared.directory
     batch = next(
-        pipeline.make_pretraining_iterator(config.data, split="train", global_batch_size=4, seed=0)
+        input_pipeline.make_pretraining_iterator(
+            config.data, split="train", global_batch_size=4, seed=0
+        )
     )  # read from a local mirror: ArrayRecord reads local files only
     assert batch["input_ids"].shape == (4, 64)
     assert (tmp_path / "mirror" / "gs" / gcs_dir.removeprefix("gs://") / "data").is_dir()

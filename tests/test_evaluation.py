@@ -5,7 +5,7 @@ import jax
 import pytest
 from conftest import demo_config
 
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.errors import UserError
 from bert_jax.pretraining.config import validate_pretraining_config
 from bert_jax.pretraining.step import build_pretrainer
@@ -24,7 +24,7 @@ def _config(data_dir):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     config = _config(tmp_path_factory.mktemp("data"))
-    pipeline.prepare_data(config.data)
+    input_pipeline.prepare_data(config.data)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:2])
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
@@ -77,11 +77,11 @@ def test_a_validation_share_without_documents_yields_no_batches(setup):
     config = setup[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        empty = pipeline.make_example_chunks(
+        empty = input_pipeline.make_example_chunks(
             config.data, split="validation", seed=0, process_index=9_999, process_count=10_000
         )
         assert len(empty) == 0
-        batches = pipeline.make_pretraining_iterator(
+        batches = input_pipeline.make_pretraining_iterator(
             config.data,
             split="validation",
             global_batch_size=10_000,

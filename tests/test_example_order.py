@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.studies.data_order import order_statistics, row_documents, write_tagged_corpus
 from bert_jax.data import examples as pretraining
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.errors import UserError
 from bert_jax.pretraining.config import data_config_dict
 
@@ -39,12 +39,12 @@ def tagged(tmp_path_factory):
         max_seq_length=64,
         max_predictions_per_seq=10,
     )
-    assert pipeline.prepare_data(config)["documents"] == NUM_DOCUMENTS
+    assert input_pipeline.prepare_data(config)["documents"] == NUM_DOCUMENTS
     return config
 
 
 def _batches(config, num_epochs=3, global_batch_size=BATCH, **kwargs):
-    return pipeline.make_pretraining_iterator(
+    return input_pipeline.make_pretraining_iterator(
         config,
         split="train",
         global_batch_size=global_batch_size,
@@ -120,7 +120,7 @@ def test_resume_at_any_batch_across_windows_and_epochs(tagged):
         resumed.set_state(states[position])
         for expected in batches[position : position + 3]:
             got = next(resumed)
-            for name in pipeline.BATCH_FIELDS:
+            for name in input_pipeline.BATCH_FIELDS:
                 np.testing.assert_array_equal(got[name], expected[name])
 
 

@@ -125,7 +125,7 @@ def _package_sources() -> tuple[dict[str, str], set[str]]:
 
 def test_bert_jax_keeps_its_layering():
     sources, packages = _package_sources()
-    assert "bert_jax.model.modeling" in sources and "bert_jax.data.pipeline" in sources
+    assert "bert_jax.model.modeling" in sources and "bert_jax.data.input_pipeline" in sources
     broken = violations(sources, packages)
     assert not broken, "layering broken:\n" + "\n".join(broken)
 
@@ -140,7 +140,7 @@ def _fake_tree(**extra: str) -> dict[str, str]:
         "bert_jax.model.modeling": "from bert_jax.model import crf\nfrom bert_jax import errors\n",
         "bert_jax.model.crf": "import jax\n",
         "bert_jax.data": "",
-        "bert_jax.data.pipeline": "from bert_jax.data import packing\n",
+        "bert_jax.data.input_pipeline": "from bert_jax.data import packing\n",
         "bert_jax.data.packing": "from bert_jax.paths import as_path\n",
         "bert_jax.training": "",
         "bert_jax.training.gradients": "from bert_jax.model.modeling import BertModel\n",
@@ -173,8 +173,8 @@ def test_checker_passes_a_clean_tree():
         ),
         (
             "bert_jax.model.crf",
-            "def f():\n    from bert_jax.data.pipeline import x\n",
-            "bert_jax.model.crf imports bert_jax.data.pipeline: bert_jax.model imports",
+            "def f():\n    from bert_jax.data.input_pipeline import x\n",
+            "bert_jax.model.crf imports bert_jax.data.input_pipeline: bert_jax.model imports",
         ),
         (
             "bert_jax.model.crf",
@@ -210,9 +210,10 @@ def test_checker_passes_a_clean_tree():
             "bert_jax.untrusted imports bert_jax.data.packing: shared modules import only",
         ),
         (
-            "bert_jax.data.pipeline",
+            "bert_jax.data.input_pipeline",
             "import os\n\ndef as_path(p):\n    return p\n",
-            "bert_jax.data.pipeline defines as_path(): use the one path helper, bert_jax.paths",
+            "bert_jax.data.input_pipeline defines as_path(): use the one path helper, "
+            "bert_jax.paths",
         ),
         (
             "bert_jax.finetune",

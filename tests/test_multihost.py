@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO_ROOT, demo_config
 
 from bert_jax.checkpoints.checkpointing import Checkpointer, _data_state_for_this_process
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.pretraining.step import build_pretrainer, metrics_from_sums
 from bert_jax.pretraining.train import evaluate
 from bert_jax.training import sharding
@@ -92,7 +92,7 @@ def _step_metrics(pretrainer, state, batches, rng):
 def _shares(config, split):
     """The two processes' batch iterators of `split`."""
     return [
-        pipeline.make_pretraining_iterator(
+        input_pipeline.make_pretraining_iterator(
             config.data,
             split=split,
             global_batch_size=config.batch_size,
@@ -124,7 +124,7 @@ def _assert_same(got, want, rel, label):
 def data_dir(tmp_path_factory):
     """The bundled corpus tokenized once for this module."""
     config = _config(tmp_path_factory.mktemp("data"))
-    pipeline.prepare_data(config.data)
+    input_pipeline.prepare_data(config.data)
     return config.data.data_dir
 
 
@@ -134,7 +134,7 @@ def _resumed_on_a_fresh_stream(pretrainer, config, workdir) -> list[dict]:
     restored = Checkpointer(workdir, CHECKPOINT_STEP, 2).restore(
         pretrainer.abstract_state, step=CHECKPOINT_STEP
     )
-    fresh = pipeline.make_pretraining_iterator(
+    fresh = input_pipeline.make_pretraining_iterator(
         config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
     )
     batches = (next(fresh) for _ in range(STEPS - CHECKPOINT_STEP))

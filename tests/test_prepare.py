@@ -11,7 +11,7 @@ import pytest
 import tqdm
 from conftest import REPO_ROOT
 
-from bert_jax.data import corpus, pipeline
+from bert_jax.data import corpus, input_pipeline
 from bert_jax.data.corpus import reader, words, workers
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -20,12 +20,12 @@ from bert_jax.pretraining.config import data_config_dict
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return WordPieceTokenizer.from_vocab(pipeline.BUNDLED_VOCAB)
+    return WordPieceTokenizer.from_vocab(input_pipeline.BUNDLED_VOCAB)
 
 
 def _kjv_slice(count: int) -> bytes:
     """The first `count` chapters of the bundled KJV."""
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rb") as f:
+    with gzip.open(input_pipeline.BUNDLED_CORPUS, "rb") as f:
         return b"\n\n".join(f.read().split(b"\n\n")[:count]) + b"\n"
 
 
@@ -107,7 +107,7 @@ def test_reading_streams_documents(monkeypatch, rough_corpus, tokenizer):
 def _prepare(files, data_dir, **kwargs):
     names = ("max_line_chars", "word_segmenter", "validation_fraction")
     options = {k: kwargs.pop(k) for k in names if k in kwargs}
-    spec = corpus.corpus_spec(files, kwargs.pop("vocab", pipeline.BUNDLED_VOCAB), **options)
+    spec = corpus.corpus_spec(files, kwargs.pop("vocab", input_pipeline.BUNDLED_VOCAB), **options)
     return corpus.prepare(spec, str(data_dir), show_progress=False, **kwargs)
 
 
@@ -152,7 +152,7 @@ def test_progress_bar_counts_every_byte_across_workers(rough_corpus, tmp_path, m
             super().close()
 
     monkeypatch.setattr(workers.tqdm, "tqdm", Recording)
-    spec = corpus.corpus_spec(rough_corpus, pipeline.BUNDLED_VOCAB)
+    spec = corpus.corpus_spec(rough_corpus, input_pipeline.BUNDLED_VOCAB)
     corpus.prepare(spec, str(tmp_path), num_workers=2, unit_bytes=2000, show_progress=True)
     total = sum(os.path.getsize(p) for p in rough_corpus)  # gzip: its compressed bytes
     assert bars[0] == (total, total, "tokenizing (2 workers)")
@@ -161,7 +161,7 @@ def test_progress_bar_counts_every_byte_across_workers(rough_corpus, tmp_path, m
 def test_a_failing_worker_is_one_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     path.write_bytes(_kjv_slice(3))
-    spec = corpus.corpus_spec([str(path)], pipeline.BUNDLED_VOCAB)
+    spec = corpus.corpus_spec([str(path)], input_pipeline.BUNDLED_VOCAB)
     units = reader.plan_units(spec.files)
     task = corpus.writer.UnitTask(
         tuple(spec.tokenizer.vocab), True, 100, 0.05, "no_such_module:f", str(tmp_path), 1
@@ -253,7 +253,7 @@ def _prepare_cli(*args):
             sys.executable,
             "-m",
             "bert_jax.data.prepare",
-            f"--vocab_file={pipeline.BUNDLED_VOCAB}",
+            f"--vocab_file={input_pipeline.BUNDLED_VOCAB}",
             *args,
         ],
         capture_output=True,
@@ -307,7 +307,7 @@ def test_wrong_vocabulary_stops_pretraining_on_first_use(tmp_path):
     with pytest.raises(
         UserError, match=r"100.0% of the tokens are \[UNK\].*allow_dirty_corpus=True"
     ):
-        pipeline.prepare_data(config)
+        input_pipeline.prepare_data(config)
     config.allow_dirty_corpus = True
-    info = pipeline.prepare_data(config)
+    info = input_pipeline.prepare_data(config)
     assert info["unknown_tokens"] == info["tokens"] == 27 * 50

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, masking, packed_examples, pipeline
+from bert_jax.data import corpus, input_pipeline, masking, packed_examples
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -271,7 +271,7 @@ def data_config(tmp_path_factory):
     config.documents_per_window = 256
     config.max_seq_length = 64
     config.max_predictions_per_seq = 10
-    info = pipeline.prepare_data(config)
+    info = input_pipeline.prepare_data(config)
     assert info["documents"] == 1189 and info["validation_documents"] == 56  # hash-drawn: ~5%
     return config
 
@@ -283,18 +283,18 @@ def _take(iterator, count):
 def _assert_same(batches, others):
     assert len(batches) == len(others)
     for batch, other in zip(batches, others, strict=True):
-        for name in pipeline.BATCH_FIELDS:
+        for name in input_pipeline.BATCH_FIELDS:
             np.testing.assert_array_equal(batch[name], other[name])
 
 
 def test_batches_have_the_promised_fields(data_config):
     for split in ("train", "validation"):
         batch = next(
-            pipeline.make_pretraining_iterator(
+            input_pipeline.make_pretraining_iterator(
                 data_config, split=split, global_batch_size=8, seed=0
             )
         )
-        assert sorted(batch) == sorted(pipeline.BATCH_FIELDS)
+        assert sorted(batch) == sorted(input_pipeline.BATCH_FIELDS)
         for name in ("input_ids", "attention_mask", "token_type_ids"):
             assert batch[name].shape == (8, 64) and batch[name].dtype == np.int32
         for name in ("masked_lm_positions", "masked_lm_ids"):
@@ -305,7 +305,7 @@ def test_batches_have_the_promised_fields(data_config):
 
 
 def test_same_seed_same_batches(data_config):
-    make = lambda seed: pipeline.make_pretraining_iterator(  # noqa: E731
+    make = lambda seed: input_pipeline.make_pretraining_iterator(  # noqa: E731
         data_config, split="train", global_batch_size=16, seed=seed
     )
     _assert_same(_take(make(3), 5), _take(make(3), 5))
@@ -313,13 +313,13 @@ def test_same_seed_same_batches(data_config):
 
 
 def test_state_restores_the_exact_position(data_config):
-    iterator = pipeline.make_pretraining_iterator(
+    iterator = input_pipeline.make_pretraining_iterator(
         data_config, split="train", global_batch_size=24, seed=1
     )
     _take(iterator, 7)  # Stop in the middle of a chunk.
     state = json.loads(json.dumps(iterator.get_state()))
     expected = _take(iterator, 6)
-    resumed = pipeline.make_pretraining_iterator(
+    resumed = input_pipeline.make_pretraining_iterator(
         data_config, split="train", global_batch_size=24, seed=1
     )
     resumed.set_state(state)
@@ -331,7 +331,7 @@ def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config,
     rows, instead of building every global batch to keep 1/P of it."""
 
     def batches(index, count):
-        iterator = pipeline.make_pretraining_iterator(
+        iterator = input_pipeline.make_pretraining_iterator(
             data_config,
             split="validation",
             global_batch_size=16,
@@ -346,14 +346,14 @@ def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config,
     _assert_same(whole, batches(0, 1))
 
     read = []
-    original = pipeline._ChunkExamples._read
+    original = input_pipeline._ChunkExamples._read
     recording = lambda self, keys: read.extend(keys) or original(self, keys)  # noqa: E731
-    monkeypatch.setattr(pipeline._ChunkExamples, "_read", recording)
+    monkeypatch.setattr(input_pipeline._ChunkExamples, "_read", recording)
     shares = []
     for index in range(2):
         read.clear()
         shares.append(batches(index, 2))
-        mine = set(pipeline.process_documents(56, index, 2).tolist())  # 56 held out
+        mine = set(input_pipeline.process_documents(56, index, 2).tolist())  # 56 held out
         assert set(read) == mine  # every document of its share, nothing of the other's
         assert all(b["input_ids"].shape == (8, 64) for b in shares[-1])  # its half of each batch
     rows = 8 * (len(shares[0]) + len(shares[1]))
@@ -361,15 +361,15 @@ def test_validation_is_finite_and_each_process_builds_only_its_rows(data_config,
 
 
 def test_train_processes_read_disjoint_documents(data_config):
-    shares = [set(pipeline.process_documents(1130, i, 3).tolist()) for i in range(3)]
+    shares = [set(input_pipeline.process_documents(1130, i, 3).tolist()) for i in range(3)]
     assert sum(map(len, shares)) == 1130 and len(set.union(*shares)) == 1130
-    chunks = pipeline.make_example_chunks(
+    chunks = input_pipeline.make_example_chunks(
         data_config, split="train", seed=0, process_index=2, process_count=3, num_epochs=1
     )
     windows = [188, 189]  # 377 documents in windows of at most 256
     assert len(chunks) == sum(-(-w // data_config.documents_per_chunk) for w in windows)
     batch = next(
-        pipeline.make_pretraining_iterator(
+        input_pipeline.make_pretraining_iterator(
             data_config, split="train", global_batch_size=12, seed=0, process_index=2,
             process_count=3,
         )
@@ -383,7 +383,7 @@ def test_static_masking_repeats_every_dupe_factor_epochs(data_config, dynamic):
     config.update(
         dynamic_masking=dynamic, dupe_factor=2, documents_per_window=400, documents_per_chunk=400
     )
-    chunks = pipeline.make_example_chunks(config, split="train", seed=0, num_epochs=5)
+    chunks = input_pipeline.make_example_chunks(config, split="train", seed=0, num_epochs=5)
     per_epoch = len(chunks) // 5
     assert per_epoch == 3  # windows of 376 or 377 documents, one chunk each
     same = lambda a, b: np.array_equal(chunks[a]["input_ids"], chunks[b]["input_ids"])  # noqa: E731
@@ -395,18 +395,18 @@ def test_static_masking_repeats_every_dupe_factor_epochs(data_config, dynamic):
 def test_worker_processes_give_the_same_batches(data_config):
     config = data_config.copy_and_resolve_references()
     config.worker_count = 1
-    with_worker = pipeline.make_pretraining_iterator(
+    with_worker = input_pipeline.make_pretraining_iterator(
         config, split="train", global_batch_size=16, seed=2
     )
     batches = _take(with_worker, 4)
     state = with_worker.get_state()
     later = _take(with_worker, 2)
     with_worker.close()
-    inline = pipeline.make_pretraining_iterator(
+    inline = input_pipeline.make_pretraining_iterator(
         data_config, split="train", global_batch_size=16, seed=2
     )
     _assert_same(batches, _take(inline, 4))
-    resumed = pipeline.make_pretraining_iterator(
+    resumed = input_pipeline.make_pretraining_iterator(
         config, split="train", global_batch_size=16, seed=2
     )
     resumed.set_state(state)
@@ -416,8 +416,10 @@ def test_worker_processes_give_the_same_batches(data_config):
 
 def test_bad_requests_raise_user_errors(data_config):
     with pytest.raises(UserError, match="unknown split"):
-        pipeline.make_pretraining_iterator(data_config, split="test", global_batch_size=8, seed=0)
+        input_pipeline.make_pretraining_iterator(
+            data_config, split="test", global_batch_size=8, seed=0
+        )
     with pytest.raises(UserError, match="not divisible"):
-        pipeline.make_pretraining_iterator(
+        input_pipeline.make_pretraining_iterator(
             data_config, split="train", global_batch_size=10, seed=0, process_count=4
         )

@@ -16,7 +16,7 @@ import pytest
 from conftest import demo_config, write_short_documents
 
 from bert_jax.data import examples as pretraining
-from bert_jax.data import packed_examples, pipeline
+from bert_jax.data import input_pipeline, packed_examples
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig, BertForPreTraining
 from bert_jax.planning import chips
@@ -261,7 +261,7 @@ def data_config(tmp_path_factory):
     config.documents_per_window = 512
     config.max_seq_length = 256
     config.max_predictions_per_seq = 40
-    pipeline.prepare_data(config)
+    input_pipeline.prepare_data(config)
     return config
 
 
@@ -276,12 +276,12 @@ def test_packed_batches_have_bounded_shapes(data_config):
     predictions = packed_examples.batch_predictions(config)
     assert predictions == min(PER_ROW * 40, 38 + PER_ROW)
     for split in ("train", "validation"):
-        iterator = pipeline.make_pretraining_iterator(
+        iterator = input_pipeline.make_pretraining_iterator(
             config, split=split, global_batch_size=8, seed=0
         )
         for _ in range(3):
             batch = next(iterator)
-            assert sorted(batch) == sorted(pipeline.PACKED_FIELDS)
+            assert sorted(batch) == sorted(input_pipeline.PACKED_FIELDS)
             for name in ("input_ids", "attention_mask", "token_type_ids"):
                 assert batch[name].shape == (8, 256) and batch[name].dtype == np.int32
             for name in ("segment_ids", "position_ids"):
@@ -302,7 +302,7 @@ def test_an_epoch_packed_holds_the_examples_of_an_epoch_unpacked(data_config, sp
 
     def epoch_examples(config):
         index, count = share
-        chunks = pipeline.make_example_chunks(
+        chunks = input_pipeline.make_example_chunks(
             config, split=split, seed=4, num_epochs=1, process_index=index, process_count=count
         )
         parts = [chunks[i] for i in range(len(chunks))]
@@ -321,7 +321,7 @@ def test_packed_iterator_resumes_exactly(data_config):
     config = _packed(data_config)
 
     def make():
-        return pipeline.make_pretraining_iterator(
+        return input_pipeline.make_pretraining_iterator(
             config, split="train", global_batch_size=6, seed=1
         )
 
@@ -334,7 +334,7 @@ def test_packed_iterator_resumes_exactly(data_config):
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
-        for name in pipeline.PACKED_FIELDS:
+        for name in input_pipeline.PACKED_FIELDS:
             np.testing.assert_array_equal(got[name], want[name])
     assert not np.array_equal(next(make())["input_ids"], expected[0]["input_ids"])
 

@@ -54,12 +54,12 @@ def data_dir(tmp_path_factory):
     config = module.get_config("test")
     config.data.data_dir = str(tmp_path_factory.mktemp("data"))
     config.data.show_progress = False
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    pipeline.prepare_data(config.data)
+    input_pipeline.prepare_data(config.data)
     short = write_short_documents(tmp_path_factory.mktemp("short") / "short.txt")
     config.data.input_files = str(short)
-    pipeline.prepare_data(config.data)
+    input_pipeline.prepare_data(config.data)
     return config.data.data_dir, str(short)
 
 

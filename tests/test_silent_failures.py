@@ -17,7 +17,7 @@ from conftest import demo_config
 from tiny_models import save_tiny_hf_bert
 
 from bert_jax.checkpoints import pretrained
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetuning import train as finetune_lib
@@ -85,7 +85,7 @@ def pretraining(tmp_path_factory):
             c[key] = value
         return c
 
-    pipeline.prepare_data(config().data)
+    input_pipeline.prepare_data(config().data)
     return config
 
 

@@ -10,7 +10,7 @@ corpus segmented by jieba (../shared/data), where each segment is found again in
 import numpy as np
 import pytest
 
-from bert_jax.data import corpus, masking, pipeline
+from bert_jax.data import corpus, input_pipeline, masking
 from bert_jax.data import examples as pretraining
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.pretraining.config import data_config_dict
@@ -173,7 +173,7 @@ def _runs_of_one_id(vocab_file):
 
 def _batches(config, num_epochs=3):
     return list(
-        pipeline.make_pretraining_iterator(
+        input_pipeline.make_pretraining_iterator(
             config, split="train", global_batch_size=32, seed=0, num_epochs=num_epochs
         )
     )
@@ -182,7 +182,7 @@ def _batches(config, num_epochs=3):
 def test_segmented_words_are_masked_whole(words_corpus):
     config = words_corpus.copy_and_resolve_references()
     config.word_segmenter = "builtins:str.split"
-    assert pipeline.prepare_data(config)["word_boundaries"]
+    assert input_pipeline.prepare_data(config)["word_boundaries"]
     counts = word_statistics(_batches(config), _runs_of_one_id(config.vocab_file))
     assert counts["skipped"] == 0 and counts["rows"] > 1000
     words = _assert_hfl_semantics(counts)
@@ -193,7 +193,7 @@ def test_segmented_words_are_masked_whole(words_corpus):
 
 def test_without_word_boundaries_chinese_is_character_masking_and_says_so(words_corpus, caplog):
     """No segmenter: each Hanzi is its own word (runs get masked in part), and one warning."""
-    assert not pipeline.prepare_data(words_corpus)["word_boundaries"]
+    assert not input_pipeline.prepare_data(words_corpus)["word_boundaries"]
     batches = _batches(words_corpus, num_epochs=1)
     _batches(words_corpus, num_epochs=1)  # a second iterator does not warn again
     warnings = [r.getMessage() for r in caplog.records if "word_segmenter=jieba" in r.getMessage()]
@@ -206,8 +206,8 @@ def test_without_word_boundaries_chinese_is_character_masking_and_says_so(words_
 def test_english_text_without_boundaries_does_not_warn(tmp_path, caplog):
     config = data_config_dict()
     config.update(data_dir=str(tmp_path), show_progress=False, whole_word_masking=True)
-    pipeline.prepare_data(config)
-    pipeline.make_example_chunks(config, split="validation", seed=0, num_epochs=1)
+    input_pipeline.prepare_data(config)
+    input_pipeline.make_example_chunks(config, split="validation", seed=0, num_epochs=1)
     assert "word_segmenter" not in caplog.text
 
 
@@ -243,14 +243,14 @@ def jieba_dataset(shared_data, tmp_path_factory):
         whole_word_masking=True,
         num_workers=1,
     )
-    info = pipeline.prepare_data(config)
+    info = input_pipeline.prepare_data(config)
     assert info["word_boundaries"] and info["segmenter_words"] > 100_000
     return config
 
 
 def _locator(config):
     """row_word_starts for rows of this dataset: each segment found again in the documents."""
-    prepared = pipeline.open_dataset(config)
+    prepared = input_pipeline.open_dataset(config)
     subword = prepared.tokenizer().subword_mask
     documents = list(prepared.data_source("train"))
     tokens = np.concatenate([d["tokens"] for d in documents])

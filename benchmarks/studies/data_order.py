@@ -47,14 +47,14 @@ def _corpus_and_vocab() -> tuple[str, str]:
         return str(SHARED / "corpora" / "kjv.txt"), str(
             SHARED / "vocab" / "bert-base-uncased-vocab.txt"
         )
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    return pipeline.BUNDLED_CORPUS, pipeline.BUNDLED_VOCAB
+    return input_pipeline.BUNDLED_CORPUS, input_pipeline.BUNDLED_VOCAB
 
 
 def _config(input_files: str, vocab: str, data_dir: str, **overrides):
     """A data config for these files (prepared on first use): one epoch holds every document."""
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
     from bert_jax.pretraining.config import data_config_dict
 
     config = data_config_dict()
@@ -68,14 +68,14 @@ def _config(input_files: str, vocab: str, data_dir: str, **overrides):
         max_predictions_per_seq=20,
     )
     config.update(overrides)
-    pipeline.prepare_data(config)
+    input_pipeline.prepare_data(config)
     return config
 
 
 def _batches(config, num_epochs: int):
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    return pipeline.make_pretraining_iterator(
+    return input_pipeline.make_pretraining_iterator(
         config, split="train", global_batch_size=BATCH, seed=0, num_epochs=num_epochs
     )
 

@@ -131,7 +131,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
 
 def _vocab(token: str, data_dir: str) -> str:
     """BUNDLED, or VOCAB_N: a vocabulary of N tokens learned from the bundled corpus (cached)."""
-    from bert_jax.data.pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
+    from bert_jax.data.input_pipeline import BUNDLED_CORPUS, BUNDLED_VOCAB
 
     if token == "BUNDLED":
         return str(BUNDLED_VOCAB)
@@ -173,7 +173,7 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
     import jax
     import numpy as np
 
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
     from bert_jax.pretraining.config import validate_pretraining_config
     from bert_jax.pretraining.step import build_pretrainer
     from bert_jax.pretraining.train import evaluate
@@ -184,13 +184,13 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
     config.data.show_progress = False
     config.eval_steps = 10_000  # the whole validation split, whatever the batch size
     validate_pretraining_config(config, jax.device_count())
-    pipeline.prepare_data(config.data)
+    input_pipeline.prepare_data(config.data)
     mesh = sharding.make_mesh(config.mesh)
     steps = int(config.num_train_steps)
     eval_at = sorted({max(1, round(steps * (i + 1) / evals)) for i in range(evals)})
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
-        train_iter = pipeline.make_pretraining_iterator(
+        train_iter = input_pipeline.make_pretraining_iterator(
             config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
         )
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))

@@ -42,7 +42,7 @@ REFUSED = {
 
 
 def _commands(prefix: str, local: pathlib.Path) -> list[tuple[str, list[str]]]:
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
     tasks = REPO / "tests" / "data" / "tasks" / "sentiment"
     run = f"{prefix}/run"
@@ -53,7 +53,7 @@ def _commands(prefix: str, local: pathlib.Path) -> list[tuple[str, list[str]]]:
     pretrain += ["--config.eval_every_steps=10"]
     return [
         ("prepare", ["-m", "bert_jax.data.prepare", f"--input_files={prefix}/corpus/*.txt"]
-         + [f"--vocab_file={pipeline.BUNDLED_VOCAB}"]
+         + [f"--vocab_file={input_pipeline.BUNDLED_VOCAB}"]
          + [f"--data_dir={prefix}/data"]),
         ("pretrain_20", pretrain + ["--config.num_train_steps=20"]),
         ("resume_30", pretrain + ["--config.num_train_steps=30"]),
@@ -70,9 +70,9 @@ def _commands(prefix: str, local: pathlib.Path) -> list[tuple[str, list[str]]]:
 def _upload_corpus(prefix: str) -> None:
     from etils import epath
 
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    with gzip.open(pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
+    with gzip.open(input_pipeline.BUNDLED_CORPUS, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     half = len(lines) // 2
     while lines[half].strip():

@@ -14,7 +14,7 @@ learning rate and schedule, at max_seq_length --seq:
             hold about as many examples (rows / the measured examples per packed row), and as
             many steps as give the same number of real (non-padding) tokens.
 Both runs see the same examples in the same windows (packing only places them; see
-bert_jax.data.pipeline). The steps alternate in blocks of --block unpacked steps and the
+bert_jax.data.input_pipeline). The steps alternate in blocks of --block unpacked steps and the
 matching share of packed steps, so load from other processes hits both alike; each run's first
 step (compilation) is timed apart. Batches are built before each block: the times are the train
 step's (wall, and the process's CPU time over all threads). Afterwards both models are evaluated
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepare(args) -> tuple[str, str]:
     """(vocab file, dataset dir): the vocabulary learned and the corpus prepared on first use."""
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
     from bert_jax.data.corpus import resolve_input_files
     from bert_jax.data.tokenization import WordPieceTokenizer
 
@@ -78,7 +78,7 @@ def prepare(args) -> tuple[str, str]:
 
     config = data_config_dict()
     config.update(input_files=args.corpus, vocab_file=str(vocab), data_dir=str(workdir / "data"))
-    return str(vocab), pipeline.prepare_data(config)["dataset_dir"]
+    return str(vocab), input_pipeline.prepare_data(config)["dataset_dir"]
 
 
 def make_config(args, vocab: str, dataset_dir: str, packed: bool, rows: int, steps: int):
@@ -107,9 +107,9 @@ def make_config(args, vocab: str, dataset_dir: str, packed: bool, rows: int, ste
 
 def examples_per_row(config, chunks: int = 32) -> tuple[float, float]:
     """(examples per packed row, real tokens per example) over the first chunks of an epoch."""
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
 
-    stream = pipeline.make_example_chunks(config.data, split="train", seed=config.seed)
+    stream = input_pipeline.make_example_chunks(config.data, split="train", seed=config.seed)
     parts = [stream[i] for i in range(chunks)]
     examples = sum(float(p["next_sentence_weights"].sum()) for p in parts)
     rows = sum(len(p["input_ids"]) for p in parts)
@@ -123,7 +123,7 @@ class Run:
     def __init__(self, name: str, config, mesh):
         import jax
 
-        from bert_jax.data import pipeline
+        from bert_jax.data import input_pipeline
         from bert_jax.pretraining.step import build_pretrainer
 
         self.name, self.config, self.mesh = name, config, mesh
@@ -131,7 +131,7 @@ class Run:
             self.trainer = build_pretrainer(config, mesh)
             self.state = self.trainer.init(jax.random.key(config.seed))
         self.rng = jax.random.key(config.seed + 1)
-        self.batches = pipeline.make_pretraining_iterator(
+        self.batches = input_pipeline.make_pretraining_iterator(
             config.data, split="train", global_batch_size=config.batch_size, seed=config.seed
         )
         self.step = 0
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
 
-    from bert_jax.data import pipeline
+    from bert_jax.data import input_pipeline
     from bert_jax.training import sharding
 
     load_start = os.getloadavg()
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
         print(f"block {block + 1}/{blocks}: steps {done}", file=sys.stderr, flush=True)
 
     eval_trainer = runs["unpacked"].trainer
-    validation = pipeline.make_pretraining_iterator(
+    validation = input_pipeline.make_pretraining_iterator(
         configs["unpacked"].data,
         split="validation",
         global_batch_size=args.rows,

@@ -333,7 +333,7 @@ def build_examples(
     vocab: Vocabulary,
 ) -> dict[str, np.ndarray]:
     """The examples `pairs` describe, assembled from `source` and masked (`seed` fixes the
-    masks): the batch fields of `bert_jax.data.pipeline` with a leading dimension of len(pairs).
+    masks): the batch fields of `data.input_pipeline` with a leading dimension of len(pairs).
     With `options.whole_word_masking` the source must have word starts."""
     rows = source.rows(pairs, options.max_seq_length)
     masked = mask_tokens(
@@ -378,7 +378,7 @@ def create_examples(
     A random B comes from any other of the D documents. word_starts: uint8 [T] (1 where a token
     starts a whole word), read with `options.whole_word_masking`; by default the tokens that are
     not "##" pieces. `seed` (a sequence of ints) fixes every random choice. Returns the batch
-    fields of `bert_jax.data.pipeline` with a leading dimension of the number of examples.
+    fields of `bert_jax.data.input_pipeline` with a leading dimension of the number of examples.
     """
     pairs = pair_tokens(sentence_lengths, document_sizes, [*seed, 0], options, shuffle=shuffle)
     source = token_source(tokens, options, vocab, word_starts)

@@ -15,7 +15,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from bert_jax.checkpoints import checkpointing
-from bert_jax.data import pipeline
+from bert_jax.data import input_pipeline
 from bert_jax.data.corpus import describe
 from bert_jax.data.packed_examples import batch_predictions
 from bert_jax.pretraining.config import (
@@ -56,7 +56,7 @@ def evaluate(pretrainer: Pretrainer, params, config, batches=None) -> dict[str, 
     """
     if batches is None:
         share, shares = sharding.batch_share(pretrainer.mesh)
-        batches = pipeline.make_pretraining_iterator(
+        batches = input_pipeline.make_pretraining_iterator(
             config.data,
             split="validation",
             global_batch_size=eval_batch_size(config),
@@ -123,9 +123,11 @@ def train_and_evaluate(config, workdir) -> TrainState:
         workdir.mkdir(parents=True, exist_ok=True)
         if not changes:  # else written once the run has resumed, with the changes recorded
             (workdir / "config.json").write_text(config_json)
-        print(describe(pipeline.prepare_data(config.data, workdir)))
+        print(describe(input_pipeline.prepare_data(config.data, workdir)))
     distributed.barrier("data_prepared")
-    config = pipeline.with_prepared_dataset(config, workdir)  # no raw text is read from here on
+    config = input_pipeline.with_prepared_dataset(
+        config, workdir
+    )  # no raw text is read from here on
 
     with jax.set_mesh(mesh):
         pretrainer = build_pretrainer(config, mesh)
@@ -137,7 +139,7 @@ def train_and_evaluate(config, workdir) -> TrainState:
             config,
             data_share=(share, shares),
         )
-        train_iter = pipeline.make_pretraining_iterator(
+        train_iter = input_pipeline.make_pretraining_iterator(
             config.data,
             split="train",
             global_batch_size=config.batch_size,

@@ -26,7 +26,7 @@ from bert_jax.data.corpus.reader import (
     resolve_input_files,
     split_patterns,
 )
-from bert_jax.data.corpus.report import CorpusReport, describe
+from bert_jax.data.corpus.summary import CorpusReport, describe
 from bert_jax.data.corpus.words import load_segmenter, word_starts
 from bert_jax.data.corpus.writer import is_validation
 

@@ -30,7 +30,7 @@ from bert_jax.data.corpus.reader import (
     split_patterns,
     stat_files,
 )
-from bert_jax.data.corpus.report import CorpusReport
+from bert_jax.data.corpus.summary import CorpusReport
 from bert_jax.data.corpus.words import load_segmenter, segmenter_id
 from bert_jax.data.corpus.writer import (
     BUILDER_NAME,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from etils import epath
 
-from bert_jax.data.corpus.report import CorpusReport
+from bert_jax.data.corpus.summary import CorpusReport
 from bert_jax.data.corpus.words import Segmenter, encode_segmented
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 import tqdm
 
 from bert_jax.data.corpus.reader import Unit
-from bert_jax.data.corpus.report import peak_rss_bytes
+from bert_jax.data.corpus.summary import peak_rss_bytes
 from bert_jax.data.corpus.writer import UnitTask
 from bert_jax.errors import UserError
 

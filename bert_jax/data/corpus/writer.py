@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from bert_jax.data.corpus.reader import Unit, read_unit
-from bert_jax.data.corpus.report import CorpusReport, peak_rss_bytes
+from bert_jax.data.corpus.summary import CorpusReport, peak_rss_bytes
 from bert_jax.data.corpus.words import load_segmenter
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.paths import is_remote
