@@ -275,7 +275,18 @@ def _check_layout(encoder_params, finetuner: Finetuner):
 
 
 def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None) -> FinetuneResult:
-    """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
+    """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present.
+
+    Args:
+      config: a fine-tuning ConfigDict (a configs/finetune/*.py get_config; docs/configs.md).
+      workdir: local or gs:// directory for checkpoints/, best/, metrics and results.
+      encoder: a PretrainedEncoder from load_pretrained_encoder, to share one load between
+        runs; None loads config.init_checkpoint.
+
+    Returns:
+      A FinetuneResult: final state, parameters and dev metrics, the best step; preempted=True
+      (and no eval_metrics) when SIGTERM stopped it after saving.
+    """
     distributed.initialize_if_needed()
     validate_finetuning_config(config, jax.device_count())
     workdir = sealing.as_path(pretrained.as_path(workdir))  # local (absolute) or gs://

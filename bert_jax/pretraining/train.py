@@ -107,7 +107,15 @@ def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> Trai
 
 
 def train_and_evaluate(config, workdir) -> TrainState:
-    """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`."""
+    """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`.
+
+    Args:
+      config: a pretraining ConfigDict (a configs/*.py get_config; docs/configs.md).
+      workdir: local or gs:// directory; a run there resumes from its newest intact checkpoint.
+
+    Returns:
+      The TrainState after the last step run (num_train_steps, or the step saved on SIGTERM).
+    """
     distributed.initialize_if_needed()
     workdir = epath.Path(workdir)  # local paths and gs:// alike
     validate_pretraining_config(config, jax.device_count())
