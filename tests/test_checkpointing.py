@@ -123,6 +123,37 @@ def test_round_trip_is_exact(tmp_path, run, no_pickle):
     assert checkpoint_problem(tmp_path / "checkpoints" / "3") is None
 
 
+def test_finetuning_layout_and_best(tmp_path, run, no_pickle):
+    """layout="finetuning": checkpoints/<step> holds state/ and pending_metrics/ only; best/ keeps
+    the highest-scoring evaluation's parameters, a lower score is not saved there at all."""
+    config, mesh, pretrainer, state = run
+    pending = [{"loss_sum": jnp.float32(0.75), "count": jnp.float32(4.0)}]
+    params = state.params
+    checkpointer = Checkpointer(tmp_path, 2, 1, layout="finetuning", best_metric="accuracy")
+    with jax.set_mesh(mesh):
+        assert checkpointer.save(2, state, pending_metrics=pending)
+        assert checkpointer.save_best(2, params, {"accuracy": 0.5, "loss": 1.25})
+        assert not checkpointer.save_best(4, params, {"accuracy": 0.25, "loss": 2.0})
+        assert checkpointer.save_best(6, params, {"accuracy": 0.5, "loss": 1.0})  # newer of equal
+    checkpointer.close()
+    step_dir = tmp_path / "checkpoints" / "2"
+    assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["pending_metrics", "state"]
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["6"]
+
+    reopened = Checkpointer(tmp_path, 2, 1, layout="finetuning", best_metric="accuracy")
+    restored = _restore(reopened, run)
+    assert restored.step == 2 and restored.data_state is None and restored.rng is None
+    assert restored.pending_metrics == [{"loss_sum": 0.75, "count": 4.0}]
+    _assert_trees_equal(restored.state, state)
+    assert reopened.best_step() == (6, {"accuracy": 0.5, "loss": 1.0})
+    with jax.set_mesh(mesh):
+        assert not reopened.save_best(8, params, {"accuracy": 0.4, "loss": 0.5})
+        best_step, best_params = reopened.restore_best(pretrainer.abstract_state.params)
+    assert best_step == 6
+    _assert_trees_equal(best_params, params)
+    reopened.close()
+
+
 def _largest_file(step_dir):
     files = [p for p in step_dir.rglob("*") if p.is_file() and "ocdbt.process" in str(p)]
     return max(files, key=lambda p: p.stat().st_size)

@@ -1,10 +1,10 @@
 """Orbax checkpoints: the train state, every process's data-iterator state, the rng and the config.
 
-`Checkpointer` saves and restores pretraining runs in WORKDIR/checkpoints/<step>/,
-asynchronously and sealed (`sealing.SealedManager`, re-exported here): a damaged step is marked
-and skipped for the next older one. `load_params_for_init` reads only the parameter tree, from a
-bert_jax checkpoint or a Hugging Face BERT directory. Nothing here unpickles.
-See docs/design/checkpoints_and_sealing.md.
+`Checkpointer` saves and restores runs in WORKDIR/checkpoints/<step>/ (pretraining, or
+fine-tuning with its best/), asynchronously and sealed (`sealing.SealedManager`, re-exported
+here): a damaged step is marked and skipped for the next older one. `load_params_for_init` reads
+only the parameter tree, from a bert_jax checkpoint or a Hugging Face BERT directory. Nothing
+here unpickles. See docs/design/checkpoints_and_sealing.md.
 """
 
 from __future__ import annotations
@@ -57,11 +57,31 @@ class Restored:
 
 
 class Checkpointer:
-    """Saves and restores pretraining runs under WORKDIR/checkpoints; call every method on every
-    process (saves and restores are collective)."""
+    """Saves and restores a run's train state under WORKDIR/checkpoints; call every method on every
+    process (saves and restores are collective).
 
-    def __init__(self, workdir, every_steps: int, keep: int, config=None, data_share=None):
-        self.directory = as_path(workdir) / "checkpoints"
+    layout: "pretraining" (the items listed above) or "finetuning" (state/ and pending_metrics/:
+    JSON {"steps": [...]}; the data order and dropout key follow from the config). best_metric:
+    also keep WORKDIR/`best_dir`, the whole model of the evaluation scoring highest in it.
+    """
+
+    def __init__(
+        self,
+        workdir,
+        every_steps: int,
+        keep: int,
+        config=None,
+        data_share=None,
+        *,
+        layout: str = "pretraining",
+        best_metric: str | None = None,
+        best_dir: str = "best",
+    ):
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout {layout!r} is not one of {sorted(_LAYOUTS)}")
+        self.workdir = as_path(workdir)
+        self.directory = self.workdir / "checkpoints"
+        self.layout = layout
         # (index, count): the share of each batch this process feeds (`sharding.batch_share`),
         # which its data-iterator state belongs to; None: its process index and count.
         self.data_share = data_share
@@ -69,14 +89,21 @@ class Checkpointer:
         self.config_json = json.loads(config.to_json()) if config is not None else {}
         self.sealed = SealedManager(
             self.directory,
-            {
-                "state": ocp.StandardCheckpointHandler(),
-                "data_iterator": ocp.JsonCheckpointHandler(),
-                "loop": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler(),
-            },
+            {name: handler() for name, handler in _LAYOUTS[layout]},
             max_to_keep=max(int(keep), 1),
         )
+        self.best_metric = best_metric
+        self.best: SealedManager | None = None
+        self._best_score: float | None = None  # the kept step's, once read
+        if best_metric is not None:
+            self.best = SealedManager(
+                self.workdir / best_dir,
+                {"params": ocp.StandardCheckpointHandler()},
+                max_to_keep=1,
+                best_fn=lambda metrics: metrics[best_metric],
+                best_mode="max",
+                keep_checkpoints_without_metrics=False,
+            )
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -99,9 +126,18 @@ class Checkpointer:
         data_state: this process's iterator state (JSON-able or bytes); all processes' states are
         gathered and saved together. rng: the run's base jax.random key. pending_metrics: the
         per-step metric dicts not yet logged, so a resumed run logs the same averages. `force`
-        is accepted for call-site symmetry: an explicit call always saves.
+        is accepted for call-site symmetry: an explicit call always saves. The "finetuning"
+        layout keeps neither data_state nor rng.
         """
         del force
+        if self.layout == "finetuning":
+            fetched = jax.device_get(list(pending_metrics or []))
+            steps = [{k: float(v) for k, v in m.items()} for m in fetched]
+            items = {
+                "state": ocp.args.StandardSave(state),
+                "pending_metrics": ocp.args.JsonSave({"steps": steps}),
+            }
+            return self.sealed.save(step, items)
         shares, data_states = zip(
             *_gather_from_processes([self._data_share(), _encode_json(data_state)]), strict=True
         )
@@ -130,11 +166,9 @@ class Checkpointer:
 
         def items(candidate: int) -> dict:
             self._check_fits(candidate, abstract_state)
-            return {
-                "state": ocp.args.StandardRestore(abstract_state),
-                "data_iterator": ocp.args.JsonRestore(),
-                "loop": ocp.args.JsonRestore(),
-            }
+            others = [name for name, _ in _LAYOUTS[self.layout] if name not in ("state", "config")]
+            restore = {name: ocp.args.JsonRestore() for name in others}
+            return {"state": ocp.args.StandardRestore(abstract_state), **restore}
 
         found = self.sealed.restore_newest(items, step)
         if found is None:
@@ -142,6 +176,9 @@ class Checkpointer:
                 _print_main(f"no intact checkpoint in {self.directory}; starting from step 0")
             return None
         step, restored = found
+        if self.layout == "finetuning":
+            pending = (restored["pending_metrics"] or {}).get("steps") or []
+            return Restored(step, restored["state"], None, None, pending)
         loop = restored["loop"] or {}
         return Restored(
             step=step,
@@ -151,22 +188,78 @@ class Checkpointer:
             pending_metrics=_metrics_from_json(loop.get("pending_metrics")),
         )
 
+    def best_step(self) -> tuple[int | None, dict | None]:
+        """(step, its evaluation metrics) of the model best/ keeps; (None, None) if none."""
+        step = self.best.manager.best_step() if self.best is not None else None
+        if step is None:
+            return None, None
+        metrics = self.best.manager.metrics(step)
+        return step, dict(metrics) if metrics else None
+
+    def save_best(self, step: int, params, metrics: dict) -> bool:
+        """Saves params to best/ when metrics[best_metric] is not below the kept step's score
+        (best/ keeps one, the newer of equal scores: a lower one would only be deleted); True
+        when it saves."""
+        if self._best_score is None:
+            kept = self.best_step()[1]
+            self._best_score = None if kept is None else float(kept[self.best_metric])
+        score = float(metrics[self.best_metric])
+        if self._best_score is not None and score < self._best_score:
+            return False
+        values = {k: float(v) for k, v in metrics.items()}
+        self.best.save(step, {"params": ocp.args.StandardSave(params)}, metrics=values)
+        self._best_score = score
+        return True
+
+    def restore_best(self, abstract_params) -> tuple[int, Any]:
+        """(step, whole-model parameters) of the best step, placed like abstract_params."""
+        step = self.best.manager.best_step()
+        _, restored = self.best.restore_newest(
+            {"params": ocp.args.StandardRestore(abstract_params)}, step=step
+        )
+        return step, restored["params"]
+
     def _data_share(self) -> list[int]:
         share = self.data_share or (jax.process_index(), jax.process_count())
         return [int(n) for n in share]
 
     def _check_fits(self, step: int, abstract_state) -> None:
         step_dir = self.directory / str(step)
-        check_fits(
-            step_dir, "state", abstract_state, "this run's model and optimizer",
-            f"Resume with the config saved beside it ({step_dir / 'config'}) or use a new workdir",
-        )  # fmt: skip
+        if self.layout == "finetuning":
+            what = "this fine-tuning config"
+            advice = f"Use a new workdir, or the settings in {self.workdir / 'config.json'}"
+        else:
+            what = "this run's model and optimizer"
+            advice = (
+                f"Resume with the config saved beside it ({step_dir / 'config'}) or use a new "
+                "workdir"
+            )
+        check_fits(step_dir, "state", abstract_state, what, advice)
 
     def wait(self) -> None:
         self.sealed.wait()
+        if self.best is not None:
+            self.best.wait()
 
     def close(self) -> None:
         self.sealed.close()
+        if self.best is not None:
+            self.best.close()
+
+
+# The items of a step directory by layout: (name, Orbax handler).
+_LAYOUTS = {
+    "pretraining": (
+        ("state", ocp.StandardCheckpointHandler),
+        ("data_iterator", ocp.JsonCheckpointHandler),
+        ("loop", ocp.JsonCheckpointHandler),
+        ("config", ocp.JsonCheckpointHandler),
+    ),
+    "finetuning": (
+        ("state", ocp.StandardCheckpointHandler),
+        ("pending_metrics", ocp.JsonCheckpointHandler),
+    ),
+}
 
 
 def _is_main() -> bool:

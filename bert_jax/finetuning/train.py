@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import zlib
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from tqdm.auto import tqdm
 
-from bert_jax.checkpoints import checkpointing, pretrained, sealing
+from bert_jax.checkpoints import checkpointing, pretrained
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetuning import batches as task_batches
@@ -45,8 +42,8 @@ from bert_jax.finetuning.tasks import features as tasks
 from bert_jax.finetuning.tasks import tag_decoding
 from bert_jax.model.modeling import BertConfig, BertModel
 from bert_jax.paths import as_path
-from bert_jax.training import distributed, divergence, rerun, sharding
-from bert_jax.training.metrics import MetricWriter, throughput
+from bert_jax.training import distributed, loop, rerun, sharding
+from bert_jax.training.metrics import throughput
 from bert_jax.training.optim import learning_rate_schedule
 
 PREDICTION_FILES = sorted({task_registry.get(kind).prediction_file for kind in task_registry.KINDS})
@@ -217,40 +214,6 @@ def data_fingerprint(data: tasks.TaskData) -> dict:
     return {"features": data.num_features, "crc32": f"{crc:08x}"}
 
 
-def _managers(workdir, main_metric: str):
-    """(latest train state, best whole model) sealed Orbax managers (sealing.SealedManager: each
-    step carries a manifest and is verified when restored)."""
-    state_manager = sealing.SealedManager(
-        workdir / "checkpoints",
-        {"state": ocp.StandardCheckpointHandler(), "pending_metrics": ocp.JsonCheckpointHandler()},
-        max_to_keep=1,
-    )
-    best_manager = sealing.SealedManager(
-        workdir / pretrained.BEST_DIR,
-        {"params": ocp.StandardCheckpointHandler()},
-        max_to_keep=1,
-        best_fn=lambda metrics: metrics[main_metric],
-        best_mode="max",
-        keep_checkpoints_without_metrics=False,
-    )
-    return state_manager, best_manager
-
-
-def _best_metrics(best_manager: sealing.SealedManager) -> tuple[int | None, dict | None]:
-    step = best_manager.manager.best_step()
-    if step is None:
-        return None, None
-    metrics = best_manager.manager.metrics(step)
-    return step, dict(metrics) if metrics else None
-
-
-def _best_score(best_manager: sealing.SealedManager, main_metric: str) -> float | None:
-    """The main metric of the step best/ keeps. It keeps one, the newer of equal scores, so an
-    evaluation that scores lower is not saved there: that whole model would only be deleted."""
-    metrics = _best_metrics(best_manager)[1]
-    return None if metrics is None else float(metrics[main_metric])
-
-
 def _write_json(path, values: dict) -> None:
     if jax.process_index() == 0:
         path.write_text(json.dumps(values, indent=2) + "\n")
@@ -309,7 +272,18 @@ def _check_layout(encoder_params, finetuner: Finetuner):
 
 
 def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None) -> FinetuneResult:
-    """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present."""
+    """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present.
+
+    Args:
+      config: a fine-tuning ConfigDict (a configs/finetune/*.py get_config; docs/configs.md).
+      workdir: local or gs:// directory for checkpoints/, best/, metrics and results.
+      encoder: a PretrainedEncoder from load_pretrained_encoder, to share one load between
+        runs; None loads config.init_checkpoint.
+
+    Returns:
+      A FinetuneResult: final state, parameters and dev metrics, the best step; preempted=True
+      (and no eval_metrics) when SIGTERM stopped it after saving.
+    """
     distributed.initialize_if_needed()
     validate_finetuning_config(config, jax.device_count())
     workdir = as_path(workdir)  # local (absolute) or gs://
@@ -352,15 +326,13 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             pretrained.TASK_INFO: dict(label_list=train_data.label_list, **data_record),
         }
         changes = rerun.check(workdir, config, records, FINETUNING_RERUN_FREE, RUN_OUTPUTS)
-        state_manager, best_manager = _managers(workdir, main_metric)
+        checkpointer = checkpointing.Checkpointer(
+            workdir, config.checkpoint_every_steps, 1, layout="finetuning",
+            best_metric=main_metric, best_dir=pretrained.BEST_DIR,
+        )  # fmt: skip
         # Before this run's config.json replaces the old one: a checkpoint of other settings
         # (another head, CRF or label set) is an error, not a damaged checkpoint to replace.
-        items = checkpointing.fitting_items(
-            state_manager.step_dir, "state", finetuner.abstract_state, "this fine-tuning config",
-            f"Use a new workdir, or the settings in {workdir / 'config.json'}",
-            pending_metrics=ocp.args.JsonRestore(),
-        )  # fmt: skip
-        newest = state_manager.restore_newest(items)
+        restored = checkpointer.restore(finetuner.abstract_state)
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -380,13 +352,13 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 **data_record,
             )
             pretrained.write_finetuned_files(workdir, task_info, model_config, tokenizer)
-            rerun.record(workdir, changes, newest[0] if newest else 0)
+            rerun.record(workdir, changes, restored.step if restored else 0)
         distributed.barrier("finetune_workdir")
-        if newest is not None:
-            start_step, restored = newest
-            state, pending_metrics = restored["state"], restored["pending_metrics"]["steps"]
+        if restored is not None:
+            start_step, state = restored.step, restored.state
+            pending_metrics = restored.pending_metrics
             frozen = encoder.params if finetuner.freeze_encoder else {}
-            print(f"resumed from {state_manager.step_dir(start_step)}")
+            print(f"resumed from {checkpointer.directory / str(start_step)}")
         else:
             start_step, pending_metrics = 0, []
             state, frozen = _start_state(config, finetuner, encoder)
@@ -396,11 +368,10 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
         )
         state, eval_metrics = _run_loop(
             config, finetuner, state, frozen, batches, dev_data, start_step, total_steps,
-            workdir, state_manager, best_manager, pending_metrics,
+            workdir, checkpointer, pending_metrics,
         )  # fmt: skip
-        state_manager.wait()
-        best_manager.wait()
-        best_step, best_metrics = _best_metrics(best_manager)
+        checkpointer.wait()
+        best_step, best_metrics = checkpointer.best_step()
         preempted = eval_metrics is None
         if not preempted:
             results = dict(eval_metrics, step=total_steps, best_step=best_step)
@@ -408,9 +379,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 results["best_" + main_metric] = best_metrics[main_metric]
             _write_json(workdir / "eval_results.json", results)
             if config.do_predict:
-                _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir)
-        state_manager.close()
-        best_manager.close()
+                _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir)
+        checkpointer.close()
     return FinetuneResult(
         state=state,
         params=finetuner.full_params(state, frozen),
@@ -425,125 +395,76 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
 
 def _run_loop(
     config, finetuner, state, frozen, batches, dev_data, start_step, total_steps, workdir,
-    state_manager, best_manager, pending_metrics,
+    checkpointer, pending_metrics,
 ):  # fmt: skip
     """Trains from start_step; returns (state, final dev metrics), or (state, None) when SIGTERM
     stopped it after saving the state."""
-    writer = MetricWriter(workdir)
-    dropout_rng = dropout_rng_of(config)
     train_data = batches.data
-    # Step metrics since the last log; a resumed run starts with the saved ones, so its logs
-    # average the same steps as an unbroken run's.
-    pending, eval_metrics = list(pending_metrics), {}
-    main_metric = tasks.main_metric(train_data)
-    best_score = _best_score(best_manager, main_metric)
-    # Throughput counts training only: the first step (compilation) and evaluations are left out.
-    last_time, excluded, timed_steps, compiled = time.perf_counter(), 0.0, 0, False
-    counts = dict.fromkeys(("examples", "tokens", "real_tokens"), 0.0)
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc=f"finetune {finetuner.kind}",
-        disable=not (config.progress_bar and jax.process_index() == 0),
-        dynamic_ncols=True,
+    latest = {}  # the last dev evaluation's metrics
+
+    def train_step(state, step):
+        batch = batches.batch(step)
+        arrays = finetuner.shard_batch(local_batch(finetuner, train_data, batch))
+        state, metrics = finetuner.train_step(state, frozen, arrays, dropout_rng)
+        counts = {
+            "examples": int((batch.slots >= 0).sum()),
+            "tokens": batch.num_rows * batch.length,
+            "real_tokens": task_batches.real_tokens(train_data, batch),
+        }
+        return state, metrics, counts
+
+    def log_scalars(fetched, timing: loop.Timing) -> dict:
+        sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
+        scalars = {
+            "loss": sums["loss_sum"] / max(sums["count"], 1.0),
+            "learning_rate": float(fetched[-1]["learning_rate"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+        }
+        if finetuner.task.counts_correct:
+            scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+        if timing.steps:
+            scalars.update(throughput(timing.steps_per_sec, timing.steps, timing.counts))
+        return scalars
+
+    def evaluate_dev(state, step) -> dict:
+        latest.clear()
+        latest.update(evaluate(finetuner, state.params, frozen, dev_data, config))
+        checkpointer.save_best(step, finetuner.full_params(state, frozen), latest)
+        return {f"eval_{k}": v for k, v in latest.items()}
+
+    dropout_rng = dropout_rng_of(config)
+    outcome = loop.run(
+        loop.Loop(
+            total_steps=total_steps,
+            log_every=config.log_every_steps,
+            eval_every=config.eval_every_steps,
+            checkpointer=checkpointer,
+            workdir=workdir,
+            divergence_keys=DIVERGENCE_KEYS,
+            train_step=train_step,
+            log_scalars=log_scalars,
+            postfix=lambda scalars: dict(loss=f"{scalars['loss']:.4f}"),
+            evaluate=evaluate_dev,
+            desc=f"finetune {finetuner.kind}",
+            progress_bar=config.progress_bar,
+            save_after_eval=True,  # best/ and the train state of the same step
+            stop_at_last_step=False,  # the run is done: its results and predictions follow
+        ),
+        state,
+        start_step,
+        pending_metrics,
     )
-    with distributed.PreemptionFlag() as preemption:
-        for step in range(start_step, total_steps):
-            batch = batches.batch(step)
-            arrays = finetuner.shard_batch(local_batch(finetuner, train_data, batch))
-            state, metrics = finetuner.train_step(state, frozen, arrays, dropout_rng)
-            pending.append(metrics)
-            if compiled:
-                timed_steps += 1
-                counts["examples"] += int((batch.slots >= 0).sum())
-                counts["tokens"] += batch.num_rows * batch.length
-                counts["real_tokens"] += task_batches.real_tokens(train_data, batch)
-            else:
-                jax.block_until_ready(metrics)
-                compiled, last_time = True, time.perf_counter()
-            bar.update(1)
-            done = step + 1
-            if done % config.log_every_steps == 0 or done == total_steps:
-                fetched = jax.device_get(pending)
-                divergence.stop_if_diverged(
-                    fetched, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
-                )
-                sums = {k: sum(float(m[k]) for m in fetched) for k in SUM_METRICS}
-                scalars = {
-                    "loss": sums["loss_sum"] / max(sums["count"], 1.0),
-                    "learning_rate": float(fetched[-1]["learning_rate"]),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                }
-                if finetuner.task.counts_correct:
-                    scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
-                if timed_steps:
-                    elapsed = time.perf_counter() - last_time - excluded
-                    steps_per_sec = timed_steps / max(elapsed, 1e-9)
-                    scalars.update(throughput(steps_per_sec, timed_steps, counts))
-                writer.write(done, scalars)
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-                pending, last_time, excluded, timed_steps = [], time.perf_counter(), 0.0, 0
-                counts = dict.fromkeys(counts, 0.0)
-            evaluate_now = done == total_steps or (
-                config.eval_every_steps > 0 and done % config.eval_every_steps == 0
-            )
-            if evaluate_now:
-                pending = jax.device_get(pending)  # no diverged step is evaluated into best/
-                divergence.stop_if_diverged(
-                    pending, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
-                )
-                eval_start = time.perf_counter()
-                eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
-                writer.write(done, {f"eval_{k}": v for k, v in eval_metrics.items()})
-                bar.write(
-                    f"step {done}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
-                )
-                score = float(eval_metrics[main_metric])
-                if best_score is None or not score < best_score:  # else best/ would delete it
-                    params = finetuner.full_params(state, frozen)
-                    best_manager.save(
-                        done,
-                        {"params": ocp.args.StandardSave(params)},
-                        metrics={k: float(v) for k, v in eval_metrics.items()},
-                    )
-                    best_score = score
-                excluded += time.perf_counter() - eval_start  # not training time
-            every = config.checkpoint_every_steps
-            stop = distributed.stop_requested(done, preemption.requested) and done < total_steps
-            if evaluate_now or (every > 0 and done % every == 0) or stop:
-                pending = jax.device_get(pending)  # no diverged step is saved
-                divergence.stop_if_diverged(
-                    pending, done, DIVERGENCE_KEYS, state_manager, (bar, writer), [best_manager]
-                )
-                steps = [{k: float(v) for k, v in m.items()} for m in pending]
-                state_manager.save(
-                    done,
-                    {
-                        "state": ocp.args.StandardSave(state),
-                        "pending_metrics": ocp.args.JsonSave({"steps": steps}),
-                    },
-                )
-            if stop:
-                state_manager.wait()
-                bar.close()
-                writer.close()
-                if jax.process_index() == 0:
-                    print(preemption.stop_message(done, state_manager.directory))
-                return state, None
-    bar.close()
-    if not eval_metrics:  # resumed after the last step: evaluate what was restored
-        eval_metrics = evaluate(finetuner, state.params, frozen, dev_data, config)
-    writer.close()
-    return state, eval_metrics
+    if outcome.stopped:
+        return outcome.state, None
+    if not latest:  # resumed after the last step: evaluate what was restored
+        latest.update(evaluate(finetuner, outcome.state.params, frozen, dev_data, config))
+    return outcome.state, dict(latest)
 
 
-def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdir) -> None:
+def _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir) -> None:
     test_data = _load_split(config, "test", tokenizer, train_data.label_list)
-    step = best_manager.manager.best_step()
-    _, restored = best_manager.restore_newest(
-        {"params": ocp.args.StandardRestore(finetuner.abstract_params)}, step=step
-    )
-    trainable, frozen = finetuner.split_params(restored["params"])
+    step, params = checkpointer.restore_best(finetuner.abstract_params)
+    trainable, frozen = finetuner.split_params(params)
     predictions, _ = predict(finetuner, trainable, frozen, test_data, config)
     if jax.process_index() == 0:
         path = workdir / finetuner.task.prediction_file

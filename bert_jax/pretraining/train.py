@@ -7,12 +7,10 @@ checkpoint in WORKDIR/checkpoints; on SIGTERM it finishes the step, saves and re
 from __future__ import annotations
 
 import json
-import time
 
 import jax
 import numpy as np
 from etils import epath
-from tqdm.auto import tqdm
 
 from bert_jax.checkpoints import checkpointing
 from bert_jax.data import input_pipeline
@@ -30,9 +28,8 @@ from bert_jax.pretraining.step import (
     build_pretrainer,
     metrics_from_sums,
 )
-from bert_jax.training import distributed, divergence, rerun, sharding
+from bert_jax.training import distributed, loop, rerun, sharding
 from bert_jax.training.metrics import (
-    MetricWriter,
     peak_flops_per_device,
     pretraining_flops_per_example,
     throughput,
@@ -110,7 +107,15 @@ def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> Trai
 
 
 def train_and_evaluate(config, workdir) -> TrainState:
-    """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`."""
+    """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`.
+
+    Args:
+      config: a pretraining ConfigDict (a configs/*.py get_config; docs/configs.md).
+      workdir: local or gs:// directory; a run there resumes from its newest intact checkpoint.
+
+    Returns:
+      The TrainState after the last step run (num_train_steps, or the step saved on SIGTERM).
+    """
     distributed.initialize_if_needed()
     workdir = epath.Path(workdir)  # local paths and gs:// alike
     validate_pretraining_config(config, jax.device_count())
@@ -193,7 +198,6 @@ def _run_loop(
     workdir,
     pending_metrics,
 ):
-    writer = MetricWriter(workdir)
     # Per batch row (padding and all the examples of a packed row included).
     model_flops = pretraining_flops_per_example(
         pretrainer.model_config, config.data.max_seq_length, batch_predictions(config.data)
@@ -203,91 +207,50 @@ def _run_loop(
     )
     peak_total = peak * jax.device_count()
     tokens_per_step = config.batch_size * config.data.max_seq_length
-    # Device metrics since the last log, fetched together (no per-step host sync). A resumed run
-    # starts with the saved ones, so its first log averages the same steps as an unbroken run.
-    pending = list(pending_metrics)
-    step = start_step
-    # Throughput counts training time only: compilation and evaluation are excluded.
-    last_log_time, last_log_step, excluded_time = time.perf_counter(), step, 0.0
-    compile_time = None
-    bar = tqdm(
-        total=config.num_train_steps,
-        initial=start_step,
-        desc="pretrain",
-        disable=not (config.progress_bar and jax.process_index() == 0),
-        dynamic_ncols=True,
+
+    def train_step(state, step):
+        batch = pretrainer.shard_batch(next(train_iter))
+        state, metrics = pretrainer.train_step(state, batch, dropout_rng)
+        return state, metrics, None
+
+    def log_scalars(fetched, timing: loop.Timing) -> dict:
+        sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
+        scalars = metrics_from_sums(sums)
+        scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
+        scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
+        summed = {
+            "examples": sums["nsp_count"],
+            "tokens": len(fetched) * tokens_per_step,
+            "real_tokens": sums["real_tokens"],
+        }
+        steps_per_sec = timing.steps_per_sec
+        scalars.update(throughput(steps_per_sec, len(fetched), summed))
+        scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
+        return scalars
+
+    outcome = loop.run(
+        loop.Loop(
+            total_steps=config.num_train_steps,
+            log_every=config.log_every_steps,
+            eval_every=config.eval_every_steps,
+            checkpointer=checkpointer,
+            workdir=workdir,
+            divergence_keys=DIVERGENCE_KEYS,
+            train_step=train_step,
+            log_scalars=log_scalars,
+            postfix=lambda s: dict(loss=f"{s['loss']:.3f}", mlm_acc=f"{s['mlm_accuracy']:.3f}"),
+            evaluate=lambda state, step: evaluate(pretrainer, state.params, config),
+            data_state=train_iter.get_state,
+            rng=dropout_rng,
+            desc="pretrain",
+            progress_bar=config.progress_bar,
+            announce_compile=True,
+        ),
+        state,
+        start_step,
+        pending_metrics,
     )
-    with distributed.PreemptionFlag() as preemption:
-        while step < config.num_train_steps:
-            batch = pretrainer.shard_batch(next(train_iter))
-            state, metrics = pretrainer.train_step(state, batch, dropout_rng)
-            step += 1
-            pending.append(metrics)
-            if compile_time is None:
-                jax.block_until_ready(metrics)
-                compile_time = time.perf_counter() - last_log_time
-                excluded_time += compile_time
-                last_log_step = step  # the first step's time is mostly compilation
-                if jax.process_index() == 0:
-                    bar.write(f"compiled and ran the first train step in {compile_time:.1f} s")
-            bar.update(1)
-            if step % config.log_every_steps == 0 or step == config.num_train_steps:
-                fetched = jax.device_get(pending)
-                divergence.stop_if_diverged(
-                    fetched, step, DIVERGENCE_KEYS, checkpointer, close=(bar, writer)
-                )
-                elapsed = time.perf_counter() - last_log_time - excluded_time
-                steps_done = step - last_log_step
-                sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
-                scalars = metrics_from_sums(sums)
-                scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
-                scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-                steps_per_sec = steps_done / max(elapsed, 1e-9) if steps_done else float("nan")
-                summed = {
-                    "examples": sums["nsp_count"],
-                    "tokens": len(fetched) * tokens_per_step,
-                    "real_tokens": sums["real_tokens"],
-                }
-                scalars.update(throughput(steps_per_sec, len(fetched), summed))
-                scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
-                writer.write(step, scalars)
-                bar.set_postfix(
-                    loss=f"{scalars['loss']:.3f}", mlm_acc=f"{scalars['mlm_accuracy']:.3f}"
-                )
-                pending = []
-                last_log_time, last_log_step, excluded_time = time.perf_counter(), step, 0.0
-            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-                eval_start = time.perf_counter()
-                eval_scalars = evaluate(pretrainer, state.params, config)
-                if eval_scalars:
-                    writer.write(step, eval_scalars)
-                    bar.write(
-                        f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items())
-                    )
-                excluded_time += time.perf_counter() - eval_start
-            stop = distributed.stop_requested(step, preemption.requested)
-            if checkpointer.should_save(step) or step == config.num_train_steps or stop:
-                pending = jax.device_get(pending)  # the save fetches them anyway
-                divergence.stop_if_diverged(
-                    pending, step, DIVERGENCE_KEYS, checkpointer, close=(bar, writer)
-                )
-                checkpointer.save(
-                    step,
-                    state,
-                    train_iter.get_state(),
-                    rng=dropout_rng,
-                    pending_metrics=pending,
-                    force=stop,
-                )
-            if stop:
-                checkpointer.wait()
-                bar.close()
-                if jax.process_index() == 0:
-                    print(preemption.stop_message(step, checkpointer.directory))
-                break
-    bar.close()
-    writer.close()
     checkpointer.wait()  # the last step is saved before the run says it finished
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": step}))
-    return state
+        (epath.Path(workdir) / "final_step.json").write_text(json.dumps({"step": outcome.step}))
+    return outcome.state
