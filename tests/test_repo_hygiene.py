@@ -69,14 +69,6 @@ def test_no_tracker_numbers_in_the_repository():
 # Module docstrings orient in at most this many lines (quotes included); the reasoning behind a
 # module goes to docs/design/. Modules being rewritten on other branches wait here until merged.
 MAX_DOCSTRING_LINES = 10
-DOCSTRINGS_BEING_REWRITTEN = {
-    "bert_jax/model/modeling.py",
-    "bert_jax/finetuning/batches.py",
-    "bert_jax/finetuning/step.py",
-    "bert_jax/finetuning/train.py",
-    "bert_jax/finetuning/tasks/features.py",
-    "bert_jax/finetuning/tasks/tag_decoding.py",
-}
 
 
 def _module_docstring_lines(path) -> int:
@@ -92,11 +84,7 @@ def test_module_docstrings_orient_in_ten_lines():
     modules = sorted((REPO_ROOT / "bert_jax").rglob("*.py"))
     assert len(modules) > 50
     lengths = {m.relative_to(REPO_ROOT).as_posix(): _module_docstring_lines(m) for m in modules}
-    too_long = {
-        name: n
-        for name, n in lengths.items()
-        if n > MAX_DOCSTRING_LINES and name not in DOCSTRINGS_BEING_REWRITTEN
-    }
+    too_long = {name: n for name, n in lengths.items() if n > MAX_DOCSTRING_LINES}
     assert not too_long, f"module docstrings over {MAX_DOCSTRING_LINES} lines: {too_long}"
 
 

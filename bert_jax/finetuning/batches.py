@@ -1,20 +1,9 @@
 """Fine-tuning batches: which features fill which rows of which step, and their outputs back.
 
-A batch is described by `slots` int [R, S] (feature indices, -1 = empty) and a row length:
-
-  packed    several features per row of max_seq_length (`packing.pack`, best-fit decreasing, at
-            most max_sequences_per_row); model inputs input_ids, token_type_ids, segment_ids,
-            position_ids [R, L], cls_positions [R, S]; targets and `weights` per sequence [R, S]
-            (token_classification labels per token [R, L]).
-  unpacked  one feature per row (S = 1): input_ids, token_type_ids, attention_mask [R, L'],
-            targets per row [R] ([R, L'] tokens) and `weights` [R], as TaskData holds them, cut
-            to the row length L' (a length bucket in evaluation).
-
-Training (`TrainBatches`) visits each epoch in a fresh seeded order, a pure function of the step
-(exact resume). Packed, an epoch is the packing of all features in that order with its rows
-shuffled, and a step takes `rows_per_step` rows, chosen so that a step holds batch_size features
-on average; unpacked, a step takes batch_size features (the last step of an epoch may be short).
-Evaluation (`eval_batches`) packs in file order, or sorts by length into length buckets.
+A batch is `slots` int [R, S] (feature indices, -1 = empty) and a row length: packed (several
+features per row, segment ids and positions) or unpacked (one feature per row, cut to a length
+bucket). `TrainBatches` orders each epoch as a pure function of the step (exact resume);
+`eval_batches` packs in file order or sorts into length buckets. See docs/design/finetuning.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The sharded fine-tuning step: the task's model and losses jitted, trainable / frozen split.
 
-Parameters are {'bert': encoder, HEAD: head}. By default both train. With freeze_encoder the
-train state holds only the head (a linear probe: the optimizer never sees the encoder, so it has
-no state for it); the encoder is a separate argument of every step that is never donated,
-differentiated or updated, so it stays bit-identical.
-
-Batches are those of `bert_jax.finetuning.batches`: one feature per row (input_ids,
-token_type_ids, attention_mask [B, L], targets per row, `weights` float32 [B]: 1 for a real
-feature, 0 for the rows that pad the last batch of an epoch or of an evaluation), or packed rows
-(segment_ids, position_ids [B, L], cls_positions [B, S]; targets and `weights` per sequence
-[B, S], token targets [B, L]). Losses and metrics are sums over sequences (tokens for tagging),
-so both layouts mean the same.
+Parameters are {'bert': encoder, HEAD: head}; with freeze_encoder the state holds only the head
+and the encoder is a separate, never-donated argument (bit-identical). Losses and metrics are
+sums over sequences (tokens for tagging), so packed and unpacked batches mean the same.
+See docs/design/finetuning.md.
 """
 
 from __future__ import annotations

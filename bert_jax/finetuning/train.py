@@ -1,19 +1,9 @@
 """Fine-tuning as a library function: `train_and_evaluate(config, workdir) -> FinetuneResult`.
 
-Called by `python -m bert_jax.finetune` and usable from a notebook. The pretrained encoder is
-loaded once (`load_pretrained_encoder`) and never modified: the task model is that encoder plus a
-new head, and only the head is initialised. Passing the same PretrainedEncoder to several
-`train_and_evaluate` calls fine-tunes several tasks from one load.
-
-On SIGTERM it finishes the step, saves the train state and returns (`FinetuneResult.preempted`);
-the same call on the same workdir continues from there.
-
-WORKDIR gets config.json, metrics.jsonl (+ TensorBoard), checkpoints/ (the latest train state, to
-resume), best/ (the whole model of the best dev evaluation by the task's main metric),
-eval_results.json (final dev metrics), test_predictions.* with do_predict, and the files
-`bert_jax.checkpoints.pretrained.load_finetuned` and the pipelines
-read (task_info.json, model_config.json,
-vocab.txt).
+The pretrained encoder is loaded once (`load_pretrained_encoder`) and never modified; the task
+model is that encoder plus a new head. The shared loop (training/loop.py) trains, evaluates,
+keeps best/ and stops with a save on SIGTERM; the same call on the same workdir resumes.
+docs/design/finetuning.md lists what WORKDIR holds.
 """
 
 from __future__ import annotations

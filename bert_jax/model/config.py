@@ -3,7 +3,7 @@ every config, whatever built it, passes (bounds from `bert_jax.untrusted`).
 
 The vocabulary is padded to V' (a multiple of VOCAB_PAD_MULTIPLE = 128) inside the model, so that
 `mesh.tensor` 2, 4, 8... divide it; the padded rows start at zero, get no gradient and never win
-(docs/model.md). Exports trim them (`trim_vocab_rows`), imports add them (`pad_vocab_rows`).
+(docs/design/model.md). Exports trim them (`trim_vocab_rows`), imports add them (`pad_vocab_rows`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ F = intermediate_size, V = vocab_size, V' = padded_vocab_size, P = max_predictio
 S = sequences per packed row. Packed rows (several sequences per row) pass segment_ids [B, T]
 (0 = padding, 1..S = sequence), optionally position_ids and cls_positions [B, S]: see BertModel.
 Logical axis names only (the mesh mapping: `bert_jax.training.sharding`); the config is in
-model/config.py, the numerical ops in model/ops.py, the mixed-precision design in docs/model.md.
+model/config.py, the numerical ops in model/ops.py, the numerics in docs/design/model.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The model's numerical ops: mixed-precision dots, a fast counter-hash dropout, and the MLM
-vocabulary bias with a matrix-vector gradient. Why each is as it is: docs/model.md.
+vocabulary bias with a matrix-vector gradient. Why each is as it is: docs/design/model.md.
 
 Under bfloat16, matmuls take bfloat16 operands while QK^T and the MLM decoder accumulate and
 return float32 (`mixed_precision_dot` keeps their backward products on bfloat16 operands too);

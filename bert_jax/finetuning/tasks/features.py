@@ -1,15 +1,9 @@
-"""Fine-tuning tasks: load a split into fixed-shape arrays, score predictions, write predictions.
+"""What every task kind shares: TaskData (a split featurised into fixed-shape arrays), label
+lists, tokenising and padding, and `load_task` / `compute_metrics` / `write_predictions`, which
+hand each kind's work to its module in the registry (`finetuning.tasks.get(kind)`).
 
     data = load_task(config, "train", tokenizer)
     dev = load_task(config, "dev", tokenizer, label_list=data.label_list)
-    ...model on dev.arrays...
-    compute_metrics(config.task.kind, predictions, dev)  # {"accuracy": ..., "macro_f1": ...}
-
-Kinds and their inputs: classification / regression read TSV with a header (`sentence` or
-`sentence1`, `sentence2`, and `label`), token_classification reads CoNLL (`token<TAB>tag`), squad
-reads SQuAD v1.1 JSON; any of them may instead come from a prepared TFDS dataset
-(task.tfds_name, e.g. glue/sst2, glue/mnli, glue/stsb, squad) through the same featurisation.
-The label set comes from the training data (sorted; numerically when every label is an integer).
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """Tag sequences that obey their chunk scheme: constrained Viterbi decoding for BIO / IOBES tags.
 
-A token classifier scores every word on its own, so its per-word argmax can say `O I-PER I-PER`
-or `B-LOC I-ORG`: tags no gold sentence holds, which seqeval then reads as extra or split
-entities. Decoding instead picks, per sentence, the tag sequence with the highest total
-log-probability among those the scheme allows (AllenNLP's `allowed_transitions` + Viterbi; a
-CRF layer learns transition scores on top of the same rules, here they are 0 or forbidden):
+Per sentence, the tag sequence with the highest total log-probability among those the scheme
+allows (AllenNLP's `allowed_transitions` + Viterbi); a CRF adds its learned transition scores.
+`scheme_breaks` counts gold sentences that break the rules (IOB1 data), which turns them off.
 
-  IOB2:          I-X only after B-X or I-X, and never first.
-  IOBES / BMES:  I-X, M-X, E-X only after B-X, I-X or M-X; B-X, I-X, M-X only before I-X, M-X
-                 or E-X, and never last.
+    ids = viterbi(log_probs, lengths, transition_rules(labels))  # [n, W, C], [n] -> [n, W]
 
-IOB1 data (I-X may open an entity) breaks the IOB2 rule; `scheme_breaks` counts gold sentences
-that break it, and fine-tuning then keeps the per-word argmax (or, with a CRF, decodes with its
-learned scores alone: `no_rules`).
-
-    rules = transition_rules(["B-PER", "I-PER", "O"])
-    ids = viterbi(log_probs, lengths, rules)  # log_probs [n, W, C], lengths [n] -> ids [n, W]
-    ids = viterbi(log_probs, lengths, rules, learned)  # + a CRF's scores (bert_jax.model.crf)
+See docs/design/finetuning.md.
 """
 
 from __future__ import annotations
