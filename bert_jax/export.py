@@ -2,11 +2,13 @@ r"""Export a bert_jax pretraining workdir (or any loadable checkpoint) to Huggin
 
   python -m bert_jax.export runs/demo --out runs/demo_hf            # Hugging Face (safetensors)
   python -m bert_jax.export runs/demo --out runs/demo_tf1 --format=tf1  # google-research/bert
+  python -m bert_jax.export runs/emb --out runs/emb_st --format=sentence-transformers
 
 The Hugging Face directory gets config.json, model.safetensors, vocab.txt and
 tokenizer_config.json, so `transformers.BertForPreTraining.from_pretrained(out)` and
 `BertTokenizer.from_pretrained(out)` both load it. --format=tf1 needs TensorFlow:
-`pip install -e ".[tf]"`.
+`pip install -e ".[tf]"`. --format=sentence-transformers writes the encoder alone with mean
+pooling (`SentenceTransformer(out)` loads it), from any checkpoint or fine-tuned workdir.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ import pathlib
 from absl import app, flags
 
 from bert_jax import entry
+from bert_jax.errors import UserError
 
 _OUT = flags.DEFINE_string("out", None, "Directory to write.")
-_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "tf1"], "Hugging Face or Google TF1.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "hf",
+    ["hf", "tf1", "sentence-transformers"],
+    "Hugging Face, Google TF1, or sentence-transformers (encoder + mean pooling).",
+)
 flags.mark_flag_as_required("out")
 
 
@@ -30,6 +38,8 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     from bert_jax.convert import hf
 
     info = pretrained.inspect_checkpoint(path)
+    if fmt == "sentence-transformers":
+        return export_sentence_transformers(info, out)
     params = pretrained.load_pretraining_params(info)
     out = pathlib.Path(out)
     if fmt == "hf":
@@ -51,6 +61,41 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     else:
         print(f"warning: {path} names no vocabulary; copy its vocab.txt into {out} yourself")
     return out
+
+
+def export_sentence_transformers(info, out) -> pathlib.Path:
+    """The encoder of `info` (any format) as a sentence-transformers folder with mean pooling;
+    its max_seq_length is a fine-tuned embedding run's per-sentence length, else 128."""
+    import jax
+    import numpy as np
+    from flax.core import meta
+
+    from bert_jax.checkpoints import pretrained
+    from bert_jax.finetuning.tasks import embedding
+    from bert_jax.model.modeling import BertModel
+
+    if info.vocab_file is None:
+        raise UserError(f"{info.path} names no vocabulary; a sentence-transformers folder needs one")
+    model = BertModel(info.bert_config)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"]),
+    )
+    encoder = pretrained.load_encoder(info, abstract)
+    task_info = info.task_info or {}
+    length = 128
+    if task_info.get("kind") == "embedding":
+        length = embedding.sentence_length(int(task_info["max_seq_length"]))
+    return embedding.export_sentence_transformers(
+        info.bert_config,
+        encoder,
+        info.vocab_file.read_text(encoding="utf-8"),
+        out,
+        lowercase=info.lowercase if info.lowercase is not None else True,
+        max_seq_length=min(length, int(info.bert_config.max_position_embeddings)),
+    )
 
 
 def main(argv):
