@@ -161,11 +161,11 @@ def bert_jax_initial_head(
     from flax.core import meta
 
     from bert_jax.convert.hf import read_hf_config
+    from bert_jax.finetuning import tasks as task_kinds
     from bert_jax.finetuning import train as finetune_lib
-    from bert_jax.finetuning.step import make_task_model
 
     bert_config = bert_config or read_hf_config(minilm_dir())
-    model = make_task_model(kind, bert_config, num_labels)
+    model = task_kinds.get(kind).model(bert_config, num_labels)
     ids = np.zeros((1, 8), np.int32)
     params = model.init(finetune_lib.run_rngs(seed)[0], ids, ids, ids)["params"]
     head = meta.unbox(params["classifier"]["dense"])

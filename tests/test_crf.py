@@ -13,7 +13,7 @@ from flax.core import meta
 from bert_jax.data import packing
 from bert_jax.data.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 from bert_jax.finetuning import batches as task_batches
-from bert_jax.finetuning.step import task_sums
+from bert_jax.finetuning import tasks as task_kinds
 from bert_jax.finetuning.tasks import features as tasks
 from bert_jax.model.crf import TagTransitions, sequence_nll
 
@@ -123,7 +123,7 @@ def test_the_loss_of_a_split_sentence_leaves_the_cut_open(tmp_path, packed):
         "end": rng.normal(size=num_labels).astype(np.float32),
     }
     emissions = rng.normal(size=(len(slots), 8, num_labels)).astype(np.float32)
-    sums = task_sums("token_classification", (emissions, crf), batch)
+    sums = task_kinds.get("token_classification").loss_sums((emissions, crf), batch)
     if packed:  # each feature's emissions as one feature per row
         per_feature = np.zeros((3, 8, num_labels), np.float32)
         packing.unpack_tokens(emissions, data.lengths, slots, per_feature)

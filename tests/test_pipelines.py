@@ -307,7 +307,7 @@ def _tagger_by_character(tmp_path, crf: bool) -> pipelines.TokenClassificationPi
     from flax.core import meta
 
     from bert_jax.checkpoints.pretrained import FINETUNED, CheckpointInfo, FinetunedModel
-    from bert_jax.finetuning.step import task_model_for
+    from bert_jax.finetuning.tasks import model_for as task_model_for
 
     labels = ["B-PER", "I-PER", "O"]
     characters = {"甲": "B-PER", "乙": "I-PER", "丙": "O"}

@@ -64,18 +64,18 @@ def _optional(values: dict, key: str, kind: type, path) -> Any:
 
 def _check_task_info(info: dict, path) -> dict:
     """task_info.json of a fine-tuned workdir, which may come from anywhere: types and ranges."""
-    from bert_jax.finetuning.tasks.features import KINDS
+    from bert_jax.finetuning import tasks
 
     kind = info.get("kind")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise UserError(f"{path}: kind {shown(kind)} is not one of {KINDS}")
+    if not isinstance(kind, str) or kind not in tasks.KINDS:
+        raise UserError(f"{path}: kind {shown(kind)} is not one of {tasks.KINDS}")
     head = info.get("head")
     if not isinstance(head, str) or not head.isidentifier():
         raise UserError(f"{path}: head {shown(head)} is not a parameter name")
     labels = _optional(info, "label_list", list, path)
     if labels is not None and not all(isinstance(label, str) for label in labels):
         raise UserError(f"{path}: label_list must hold strings, got {shown(labels)}")
-    expected = {"regression": 1, "squad": 2}.get(kind, len(labels or ()))
+    expected = tasks.get(kind).num_labels(labels)
     if info.get("num_labels") != expected or not is_int(info.get("num_labels")) or expected < 1:
         raise UserError(
             f"{path}: num_labels is {shown(info.get('num_labels'))}; a {kind} task with "
@@ -289,9 +289,9 @@ def load_pretraining_params(info: CheckpointInfo, *, announce: bool = True) -> d
 
 def finetuned_head_abstract(info: CheckpointInfo) -> dict:
     """The abstract head subtrees of a fine-tuned workdir: {classifier, and "crf" if any}."""
-    from bert_jax.finetuning.step import task_model_for
+    from bert_jax.finetuning import tasks
 
-    model = task_model_for(info.task_info, info.bert_config)
+    model = tasks.model_for(info.task_info, info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     abstract = jax.eval_shape(lambda i: model.init(jax.random.key(0), i, i, i), ids)["params"]
     return {name: tree for name, tree in meta.unbox(abstract).items() if name != "bert"}

@@ -25,15 +25,10 @@ import math
 import numpy as np
 
 from bert_jax.data import packing
-from bert_jax.finetuning.tasks.features import IGNORE_LABEL, TaskData
+from bert_jax.finetuning import tasks
+from bert_jax.finetuning.tasks.features import TaskData
 
 PACKING_KEYS = ("segment_ids", "position_ids", "cls_positions")
-TARGET_KEYS = {
-    "classification": ("labels",),
-    "regression": ("labels",),
-    "token_classification": ("labels", "starts_sentence", "ends_sentence"),
-    "squad": ("start_positions", "end_positions"),
-}
 SMALLEST_BUCKET = 32
 
 
@@ -66,16 +61,18 @@ class Batch:
 def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None = None) -> dict:
     """Model inputs, targets and weights of `batch` (only its `rows` if given, e.g. those this
     process supplies; see sharding.batch_rows)."""
+    task = tasks.get(kind)
     slots = batch.slots if rows is None else batch.slots[rows]
-    keys = ("input_ids", "token_type_ids", *TARGET_KEYS[kind])
+    keys = ("input_ids", "token_type_ids", *task.target_keys)
     if batch.packed:
         token_keys = ["input_ids", "token_type_ids"]
-        if kind == "token_classification":
+        if task.per_token:
             token_keys.append("labels")
         arrays = {k: data.arrays[k] for k in keys}
-        fill = {"labels": np.nan if kind == "regression" else IGNORE_LABEL}
-        out = packing.packed_rows(arrays, data.lengths, slots, batch.length, token_keys, fill)
-        if kind == "token_classification":
+        out = packing.packed_rows(
+            arrays, data.lengths, slots, batch.length, token_keys, dict(task.packed_fill)
+        )
+        if task.per_token:
             del out["weights"]  # tokens are weighted by their labels (and segment_ids)
         return out
     features = np.maximum(slots[:, 0], 0)
@@ -185,30 +182,9 @@ def _pad_rows(slots: np.ndarray, rows: int) -> np.ndarray:
 
 
 def scatter_predictions(kind: str, data: TaskData, batch: Batch, outputs, into: dict) -> None:
-    """Writes one batch's host predictions (finetune_step.host_predictions) into `into`, the
-    per-feature arrays of predictions_buffers, at the features the batch holds."""
-    slots = batch.slots
-    if kind == "squad":
-        for key in ("start_logits", "end_logits"):
-            _scatter_rows(outputs[key], slots, into[key], per_token=True)
-    elif kind == "token_classification" and batch.packed:
-        packing.unpack_tokens(outputs, data.lengths, slots, into["predictions"])
-    elif batch.packed:
-        packing.unpack_sequences(outputs, slots, into["predictions"])
-    else:
-        per_token = kind == "token_classification"
-        _scatter_rows(outputs, slots, into["predictions"], per_token)
-
-
-def _scatter_rows(values, slots: np.ndarray, out: np.ndarray, per_token: bool) -> None:
-    """One feature per row: row i's values go to feature slots[i, 0]; per-token values of a
-    length bucket fill the first positions of the feature's row."""
-    real = slots[:, 0] >= 0
-    values = np.asarray(values)[real]
-    if per_token:
-        out[slots[real, 0], : values.shape[1]] = values
-    else:
-        out[slots[real, 0]] = values
+    """Writes one batch's host predictions (Task.host_predictions) into `into`, the per-feature
+    arrays of predictions_buffers, at the features the batch holds."""
+    tasks.get(kind).scatter_predictions(data, batch, outputs, into)
 
 
 def predictions_buffers(
@@ -216,13 +192,4 @@ def predictions_buffers(
 ) -> dict[str, np.ndarray]:
     """Empty per-feature prediction arrays for scatter_predictions (token_scores: tag scores
     [n, L, C] rather than ids [n, L])."""
-    n, length = data.num_features, data.max_seq_length
-    if kind == "squad":
-        return {k: np.zeros((n, length), np.float32) for k in ("start_logits", "end_logits")}
-    if kind == "token_classification" and token_scores:
-        return {"predictions": np.zeros((n, length, num_labels), np.float32)}
-    if kind == "token_classification":
-        return {"predictions": np.zeros((n, length), np.int32)}
-    if kind == "regression":
-        return {"predictions": np.zeros((n,), np.float32)}
-    return {"predictions": np.zeros((n, num_labels), np.float32)}
+    return tasks.get(kind).prediction_buffers(data, num_labels, token_scores)

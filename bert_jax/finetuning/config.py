@@ -18,7 +18,8 @@ from bert_jax.checkpoints.pretrained import (
 )
 from bert_jax.convert import hub
 from bert_jax.errors import UserError
-from bert_jax.finetuning.tasks.features import KINDS
+from bert_jax.finetuning import tasks
+from bert_jax.finetuning.tasks import KINDS
 from bert_jax.model.modeling import REMAT_POLICIES
 from bert_jax.pretraining.config import (
     add_optimizer_defaults,
@@ -63,7 +64,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     # Several short examples per row of max_seq_length (Krell et al. 2021): each attends only
     # to itself and has its own [CLS]; losses and metrics stay per example. SQuAD windows fill
     # their rows, so squad never packs.
-    c.packing = kind != "squad"
+    c.packing = tasks.get(kind).packable
     c.max_sequences_per_row = 16
     c.batch_size = 32  # global, across all processes; packed: examples per step on average
     c.eval_batch_size = 64  # rows per evaluation step (packed rows hold several examples)
@@ -204,14 +205,9 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(
             f"remat_policy {config.remat_policy!r} is not one of {list(REMAT_POLICIES)}"
         )
-    if config.get("crf", False) and task.kind != "token_classification":
-        raise UserError(f"crf applies to token_classification, not {task.kind}: unset it")
     if int(config.get("head_window", 0)) < 0:
         raise UserError(f"head_window {config.head_window} is negative: use 0 (off) or more")
-    if int(config.get("head_window", 0)) and task.kind != "token_classification":
-        raise UserError(f"head_window applies to token_classification, not {task.kind}: unset it")
-    if config.packing and task.kind == "squad":
-        raise UserError("packing does not apply to squad (its windows fill their rows): unset it")
+    tasks.get(task.kind).check_config(config)
     if int(config.max_sequences_per_row) < 1:
         raise UserError(f"max_sequences_per_row must be >= 1, got {config.max_sequences_per_row}")
     if config.log_every_steps < 1:

@@ -1,4 +1,4 @@
-"""The sharded fine-tuning step: task models, losses, and the trainable / frozen parameter split.
+"""The sharded fine-tuning step: the task's model and losses jitted, trainable / frozen split.
 
 Parameters are {'bert': encoder, HEAD: head}. By default both train. With freeze_encoder the
 train state holds only the head (a linear probe: the optimizer never sees the encoder, so it has
@@ -28,15 +28,10 @@ from flax import traverse_util
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
+from bert_jax.finetuning import tasks
 from bert_jax.finetuning.batches import PACKING_KEYS
-from bert_jax.model.crf import sequence_nll
-from bert_jax.model.modeling import (
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    is_vocab_param,
-)
+from bert_jax.finetuning.tasks.base import Task
+from bert_jax.model.modeling import BertConfig, is_vocab_param
 from bert_jax.training import sharding
 from bert_jax.training.gradients import (
     accumulated_gradients,
@@ -46,12 +41,6 @@ from bert_jax.training.gradients import (
 from bert_jax.training.optim import make_optimizer
 
 ENCODER = "bert"
-HEADS = {
-    "classification": "classifier",
-    "regression": "classifier",
-    "token_classification": "classifier",
-    "squad": "qa_outputs",
-}
 SUM_METRICS = ("loss_sum", "count", "correct")
 
 
@@ -62,126 +51,12 @@ class FinetuneState:
     opt_state: Any
 
 
-def make_task_model(
-    kind: str, config: BertConfig, num_labels: int, crf: bool = False, window: int = 0
-) -> nn.Module:
-    """The encoder (under 'bert') plus the head of `kind`; regression is one output; crf: token
-    classification also learns tag transition scores (under 'crf', bert_jax.model.crf); window: its
-    classifier reads that many neighbours on each side (BertForTokenClassification)."""
-    if kind == "classification":
-        return BertForSequenceClassification(config, num_labels)
-    if kind == "regression":
-        return BertForSequenceClassification(config, 1)
-    if kind == "token_classification":
-        return BertForTokenClassification(config, num_labels, crf=crf, window=window)
-    return BertForQuestionAnswering(config)
-
-
-def task_model_for(task_info: dict, config: BertConfig) -> nn.Module:
-    """The task model a fine-tuned workdir's task_info.json describes."""
-    return make_task_model(
-        task_info["kind"],
-        config,
-        task_info["num_labels"],
-        bool(task_info.get("crf", False)),
-        int(task_info.get("head_window", 0)),
-    )
-
-
-def _nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """logits [..., C], labels [...] (negative = ignored, any value) -> [...] float32."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-    safe = jnp.maximum(labels, 0)[..., None]
-    return -jnp.take_along_axis(log_probs, safe, axis=-1)[..., 0]
-
-
-def target_weights(kind: str, batch: dict) -> jax.Array:
-    """Which targets are scored, float32 like the labels ([B], packed [B, S], tokens [B, L]):
-    sequences (or first word pieces) with weight 1 and a label (>= 0, finite for regression)."""
-    labels = batch["labels"] if kind != "squad" else None
-    if kind == "token_classification" and "segment_ids" in batch:
-        return (labels >= 0).astype(jnp.float32)  # packing leaves no filler rows, only -1 labels
-    weights = batch["weights"].astype(jnp.float32)
-    if kind == "squad":
-        return weights
-    if kind == "regression":
-        return weights * jnp.isfinite(labels)
-    if kind == "token_classification":
-        weights = weights[:, None]  # [B, 1] against labels [B, L]
-    return weights * (labels >= 0)
-
-
-def head_names(kind: str, crf: bool = False) -> tuple[str, ...]:
-    """The top-level parameter subtrees a pretrained encoder lacks."""
-    return (HEADS[kind], "crf") if crf else (HEADS[kind],)
-
-
 def _is_word_embedding(path: tuple[str, ...]) -> bool:
     return is_vocab_param(path) and path[-1] == "embedding"
 
 
 def _subtrees(tree: dict, names: tuple[str, ...]) -> dict:
     return {name: tree[name] for name in names}
-
-
-def _per_token(batch: dict, key: str) -> jax.Array | None:
-    """A per-feature value of the batch ([B] one feature per row, packed [B, S]) at every token
-    of its feature, [B, L]; None when the batch lacks it."""
-    if key not in batch:
-        return None
-    values = batch[key]
-    if "segment_ids" in batch:  # segment s > 0 is slot s - 1; padding (0) reads slot 0, unscored
-        slots = jnp.maximum(batch["segment_ids"] - 1, 0)
-        return jnp.take_along_axis(values, slots, axis=1)
-    return jnp.broadcast_to(values[:, None], batch["labels"].shape)
-
-
-def task_sums(kind: str, outputs, batch: dict) -> dict[str, jax.Array]:
-    """Loss sum, the number of scored targets (target_weights) and how many the argmax got
-    right; float32 scalars. A CRF's loss is each feature's negative log-likelihood (summed
-    over features, counted per word as the classifier's is), with the start / end scores where
-    its sentence starts / ends (starts_sentence, ends_sentence), not at the cut of a long one."""
-    valid = target_weights(kind, batch)
-    if kind == "token_classification" and isinstance(outputs, tuple):
-        emissions, transitions = outputs  # [B, L, C], {'transitions', 'start', 'end'}
-        starts, ends = (_per_token(batch, key) for key in ("starts_sentence", "ends_sentence"))
-        nll = sequence_nll(emissions, batch["labels"], valid, transitions,
-                           batch.get("segment_ids"), starts, ends)  # fmt: skip
-        correct = jnp.sum((jnp.argmax(emissions, -1) == batch["labels"]) * valid)
-        return {"loss_sum": jnp.sum(nll), "count": jnp.sum(valid), "correct": correct}
-    if kind == "squad":
-        start_logits, end_logits = outputs  # [B, L] each
-        nll = 0.5 * (
-            _nll(start_logits, batch["start_positions"]) + _nll(end_logits, batch["end_positions"])
-        )
-        hit = (jnp.argmax(start_logits, -1) == batch["start_positions"]) & (
-            jnp.argmax(end_logits, -1) == batch["end_positions"]
-        )
-        loss_sum, correct = jnp.sum(nll * valid), jnp.sum(hit * valid)
-    elif kind == "regression":
-        error = outputs[..., 0] - jnp.where(valid > 0, batch["labels"], 0.0)  # [B] or [B, S]
-        loss_sum, correct = jnp.sum(jnp.square(error) * valid), jnp.zeros((), jnp.float32)
-    else:
-        labels = batch["labels"]
-        loss_sum = jnp.sum(_nll(outputs, labels) * valid)
-        correct = jnp.sum((jnp.argmax(outputs, -1) == labels) * valid)
-    return {"loss_sum": loss_sum, "count": jnp.sum(valid), "correct": correct}
-
-
-def host_predictions(kind: str, outputs, token_scores: bool = False):
-    """What evaluation brings back to the host, per feature (see tasks.decode_predictions);
-    token_scores: tag log-probabilities [B, L, C] instead of ids, for constrained decoding."""
-    if kind == "squad":
-        return {"start_logits": outputs[0], "end_logits": outputs[1]}  # [B, L] each
-    if kind == "token_classification" and isinstance(outputs, tuple):
-        outputs = outputs[0]  # a CRF's emissions; its transitions are parameters, read on the host
-    if kind == "regression":
-        return outputs[..., 0]  # [B] or packed [B, S]
-    if kind == "token_classification" and token_scores:
-        return jax.nn.log_softmax(outputs.astype(jnp.float32), -1)  # [B, L, C]
-    if kind == "token_classification":
-        return jnp.argmax(outputs, -1).astype(jnp.int32)  # [B, L] tag ids
-    return outputs  # [B, C] logits, packed [B, S, C]
 
 
 def layerwise_lr_multipliers(params, num_layers: int, decay: float):
@@ -222,7 +97,7 @@ def scale_updates(multipliers) -> optax.GradientTransformation:
 class Finetuner:
     """Jitted functions and shardings for one (task, model, mesh); see build_finetuner."""
 
-    kind: str
+    task: Task  # the kind's module (bert_jax.finetuning.tasks)
     model: nn.Module
     model_config: BertConfig
     mesh: Mesh
@@ -245,6 +120,10 @@ class Finetuner:
     eval_step: Callable  # (trainable, frozen, batch) -> (predictions, sums)
     constrained: bool = False  # tags decoded under their BIO / IOBES rules (eval.tag_decoding)
     crf: bool = False  # ... and a CRF's learned scores (the 'crf' subtree)
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
 
     @property
     def token_scores(self) -> bool:
@@ -290,8 +169,9 @@ def build_finetuner(
     log-probabilities (host_predictions) for the host's Viterbi."""
     token_scores = constrained or crf  # as Finetuner.token_scores
     window = int(config.get("head_window", 0))
-    model = make_task_model(kind, model_config, num_labels, crf, window)
-    head_name, heads = HEADS[kind], head_names(kind, crf)
+    task = tasks.get(kind)
+    model = task.model(model_config, num_labels, crf, window)
+    head_name, heads = task.head_name, task.head_names(crf)
     rules = sharding.rules_from_config(config)
     freeze = bool(config.freeze_encoder)
     seq_len = int(config.max_seq_length)
@@ -360,11 +240,11 @@ def build_finetuner(
 
     def train_step(state: FinetuneState, frozen, batch: dict, rng: jax.Array):
         # The whole batch's count: accumulated gradients equal the full-batch gradient.
-        total = jnp.maximum(jnp.sum(target_weights(kind, batch)), 1.0)
+        total = jnp.maximum(jnp.sum(task.target_weights(batch)), 1.0)
 
         def loss_fn(trainable, micro, dropout_rng):
             params = {**trainable, ENCODER: frozen} if freeze else trainable
-            sums = task_sums(kind, apply(params, micro, False, dropout_rng), micro)
+            sums = task.loss_sums(apply(params, micro, False, dropout_rng), micro)
             return sums["loss_sum"] / total, sums
 
         grad_fn = with_adversarial_embeddings(
@@ -377,11 +257,11 @@ def build_finetuner(
     def eval_step(trainable, frozen, batch: dict):
         params = {**trainable, ENCODER: frozen} if freeze else trainable
         outputs = apply(params, batch, True)
-        return host_predictions(kind, outputs, token_scores), task_sums(kind, outputs, batch)
+        return task.host_predictions(outputs, token_scores), task.loss_sums(outputs, batch)
 
     head_shardings = _subtrees(param_shardings, heads)
     return Finetuner(
-        kind=kind,
+        task=task,
         model=model,
         model_config=model_config,
         mesh=mesh,

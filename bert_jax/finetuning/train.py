@@ -33,6 +33,7 @@ from bert_jax.checkpoints import checkpointing, pretrained, sealing
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 from bert_jax.finetuning import batches as task_batches
+from bert_jax.finetuning import tasks as task_registry
 from bert_jax.finetuning.batches import Batch, TrainBatches
 from bert_jax.finetuning.config import (
     FINETUNING_RERUN_FREE,
@@ -47,18 +48,13 @@ from bert_jax.training import distributed, divergence, rerun, sharding
 from bert_jax.training.metrics import MetricWriter, throughput
 from bert_jax.training.optim import learning_rate_schedule
 
-PREDICTION_FILES = {
-    "classification": "test_predictions.tsv",
-    "regression": "test_predictions.tsv",
-    "token_classification": "test_predictions.conll",
-    "squad": "test_predictions.json",
-}
+PREDICTION_FILES = sorted({task_registry.get(kind).prediction_file for kind in task_registry.KINDS})
 # What --config.overwrite=True deletes of an earlier run in the workdir (the files the run
 # describes itself with are rewritten).
 DIVERGENCE_KEYS = ("loss_sum", "grad_norm")  # per step, NaN/inf stops the run
 RUN_OUTPUTS = (
     "checkpoints", pretrained.BEST_DIR, "metrics.jsonl", "metrics", "tensorboard",
-    "eval_results.json", *sorted(set(PREDICTION_FILES.values())), rerun.HISTORY,
+    "eval_results.json", *PREDICTION_FILES, rerun.HISTORY,
 )  # fmt: skip
 
 
@@ -155,7 +151,7 @@ def local_batch(finetuner: Finetuner, data: tasks.TaskData, batch: Batch) -> dic
 
 
 def is_packed(config, kind: str) -> bool:
-    return bool(config.packing) and kind != "squad"
+    return bool(config.packing) and task_registry.get(kind).packable
 
 
 def train_batches(config, data: tasks.TaskData, mesh) -> TrainBatches:
@@ -190,7 +186,7 @@ def predict(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, confi
         outputs, sums = jax.device_get(finetuner.eval_step(trainable, frozen, arrays))
         task_batches.scatter_predictions(finetuner.kind, data, batch, outputs, buffers)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    predictions = buffers if finetuner.kind == "squad" else buffers["predictions"]
+    predictions = finetuner.task.predictions(buffers)
     return predictions, {k: float(v) for k, v in totals.items()}
 
 
@@ -477,7 +473,7 @@ def _run_loop(
                     "learning_rate": float(fetched[-1]["learning_rate"]),
                     "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
                 }
-                if finetuner.kind != "regression":
+                if finetuner.task.counts_correct:
                     scalars["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
                 if timed_steps:
                     elapsed = time.perf_counter() - last_time - excluded
@@ -549,7 +545,7 @@ def _predict_test(config, finetuner, best_manager, tokenizer, train_data, workdi
     trainable, frozen = finetuner.split_params(restored["params"])
     predictions, _ = predict(finetuner, trainable, frozen, test_data, config)
     if jax.process_index() == 0:
-        path = workdir / PREDICTION_FILES[finetuner.kind]
+        path = workdir / finetuner.task.prediction_file
         tasks.write_predictions(
             finetuner.kind, predictions, test_data, path, **finetuner.decoding(trainable)
         )

@@ -36,10 +36,12 @@ from bert_jax.checkpoints import pretrained
 from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.finetuning import scores as metrics
+from bert_jax.finetuning import tasks as task_registry
 from bert_jax.finetuning.batches import bucket_length
-from bert_jax.finetuning.step import task_model_for
 from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.finetuning.tasks.classification import Classification
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
+from bert_jax.finetuning.tasks.tagging import Tagging
 from bert_jax.model.modeling import BertForPreTraining, BertModel
 
 TASKS = (
@@ -201,14 +203,15 @@ class TextClassificationPipeline:
 
     def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
                  max_seq_length: int | None = None):  # fmt: skip
-        if model.kind not in ("classification", "regression"):
+        task = task_registry.get(model.kind)
+        if not isinstance(task, Classification):
             raise UserError(
                 f"{model.info.path} was fine-tuned for {model.kind}, not text classification"
             )
-        self.model = model
+        self.model, self.regression = model, task.regression
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
-        task_model = task_model_for(model.info.task_info, model.info.bert_config)
+        task_model = task_registry.model_for(model.info.task_info, model.info.bert_config)
 
         def scores(params, batch):
             logits = task_model.apply(
@@ -217,7 +220,7 @@ class TextClassificationPipeline:
                 batch["token_type_ids"],
                 **{k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")},
             )  # fmt: skip  [B, S, C]
-            return logits[..., 0] if model.kind == "regression" else jax.nn.softmax(logits, -1)
+            return logits[..., 0] if task.regression else jax.nn.softmax(logits, -1)
 
         self._scores = jax.jit(scores)
 
@@ -229,12 +232,12 @@ class TextClassificationPipeline:
         """Per input: {"label", "score"} (top_k=1), else a list of the top_k (None = all) by score;
         regression models give {"score": predicted value}."""
         arrays = _sentence_arrays(texts, self.model.tokenizer, self.max_seq_length)
-        width = () if self.model.kind == "regression" else (len(self.labels),)
+        width = () if self.regression else (len(self.labels),)
         values = np.zeros((len(texts), *width), np.float32)
         for slots, batch in _packed_batches(arrays, self.batch_size, self.max_seq_length):
             scores = jax.device_get(self._scores(self.model.params, batch))
             packing.unpack_sequences(scores, slots, values)
-        if self.model.kind == "regression":
+        if self.regression:
             return [{"score": float(v)} for v in values]
         results = []
         for probabilities in values:
@@ -257,7 +260,7 @@ class TokenClassificationPipeline:
 
     def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
                  max_seq_length: int | None = None):  # fmt: skip
-        if model.kind != "token_classification":
+        if not isinstance(task_registry.get(model.kind), Tagging):
             raise UserError(
                 f"{model.info.path} was fine-tuned for {model.kind}, not token classification"
             )
@@ -270,7 +273,7 @@ class TokenClassificationPipeline:
         )
         crf = bool(model.info.task_info.get("crf", False))
         self.crf = jax.device_get(model.params["crf"]) if crf else None  # learned tag scores
-        task_model = task_model_for(model.info.task_info, model.info.bert_config)
+        task_model = task_registry.model_for(model.info.task_info, model.info.bert_config)
 
         def log_probabilities(params, input_ids, token_type_ids, attention_mask):
             logits = task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -26,13 +25,12 @@ from absl import logging
 from etils import epath
 
 from bert_jax.errors import UserError
-from bert_jax.finetuning import scores as metrics
+from bert_jax.finetuning import tasks as registry
 from bert_jax.finetuning.tasks import readers as tasks_readers
-from bert_jax.finetuning.tasks import squad as tasks_squad
 from bert_jax.finetuning.tasks import tag_decoding
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 
-KINDS = ("classification", "regression", "token_classification", "squad")
+KINDS = registry.KINDS
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -1  # token_classification labels on positions that carry no word's tag
 
@@ -85,19 +83,24 @@ class TaskData:
         return self.arrays["attention_mask"].sum(axis=1).astype(np.int64)
 
     @property
+    def task(self):
+        """The kind's base.Task (registry.get)."""
+        return registry.get(self.kind)
+
+    @property
     def num_labels(self) -> int:
         """Output width of the head: classes, 1 for regression, 2 (start, end) for squad."""
-        return {"regression": 1, "squad": 2}.get(self.kind) or len(self.label_list)
+        return self.task.num_labels(self.label_list)
 
     @property
     def is_bio(self) -> bool:
-        return self.kind == "token_classification" and metrics.is_bio_tagset(self.label_list)
+        return self.task.is_bio(self.label_list)
 
     def __len__(self) -> int:
         return self.num_features
 
 
-def _option(config, name: str, default: int, minimum: int = 1) -> int:
+def option(config, name: str, default: int, minimum: int = 1) -> int:
     """config.NAME, else config.task.NAME, else default; a UserError below minimum."""
     value = default
     for holder in (getattr(config, "task", None), config):
@@ -111,16 +114,8 @@ def _option(config, name: str, default: int, minimum: int = 1) -> int:
 def _read_split(task, kind: str, split: str) -> tasks_readers.ReadResult:
     path = getattr(task, f"{split}_file", None)
     tfds_name = getattr(task, "tfds_name", None)
-    labeled = split != "test"
     if path:
-        path = pathlib.Path(path).expanduser()
-        if kind == "squad":
-            examples, skipped = tasks_squad.read_squad_json(path, labeled=labeled)
-            has_answers = labeled or any(e.answers for e in examples)
-            return tasks_readers.ReadResult(examples, has_answers, [], str(path), skipped)
-        if kind == "token_classification":
-            return tasks_readers.read_conll(path, labeled=labeled)
-        return tasks_readers.read_tsv(path, regression=kind == "regression", labeled=labeled)
+        return registry.get(kind).read_file(pathlib.Path(path).expanduser(), split != "test")
     if tfds_name:
         data_dir = getattr(task, "tfds_data_dir", None) or None
         return tasks_readers.read_tfds(tfds_name, split, kind, data_dir=data_dir)
@@ -341,9 +336,10 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     kind = task.kind
     if kind not in KINDS:
         raise UserError(f"task.kind={kind!r} is not one of {KINDS}")
+    kind_task = registry.get(kind)
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of {SPLITS}")
-    max_seq_length = _option(task_config, "max_seq_length", 128, minimum=4)
+    max_seq_length = option(task_config, "max_seq_length", 128, minimum=4)
     result = _read_split(task, kind, split)
     if not result.examples:
         raise UserError(f"{result.source}: no examples in the {split} split")
@@ -354,36 +350,16 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     stats = {"num_examples": len(result.examples), "num_skipped": result.num_skipped}
 
     resolved_labels = None
-    if kind in ("classification", "token_classification"):
+    if kind_task.uses_label_list:
         resolved_labels = _resolve_label_list(task, kind, split, result, label_list)
         if result.labeled:
             _check_known_labels(result, resolved_labels)
     label_to_id = {label: i for i, label in enumerate(resolved_labels or [])}
 
-    feature_info = {}
-    if kind == "squad":
-        arrays, feature_info, squad_stats = tasks_squad.featurise_squad(
-            result.examples,
-            tokenizer,
-            max_seq_length,
-            doc_stride=_option(task_config, "doc_stride", 128),
-            max_query_length=_option(task_config, "max_query_length", 64),
-            training=split == "train",
-        )
-        stats.update(squad_stats)
-    elif kind == "token_classification":
-        arrays, feature_info, token_stats = featurise_tokens(
-            result.examples, tokenizer, max_seq_length, label_to_id, result.labeled
-        )
-        stats.update(token_stats)
-    else:
-        arrays, stats["num_truncated"] = featurise_sentences(
-            result.examples,
-            tokenizer,
-            max_seq_length,
-            label_to_id if kind == "classification" else None,
-            result.labeled,
-        )
+    arrays, feature_info, kind_stats = kind_task.featurise(
+        result.examples, tokenizer, task_config, split, max_seq_length, label_to_id, result.labeled
+    )
+    stats.update(kind_stats)
     stats["num_features"] = len(arrays["input_ids"])
     logging.info("%s (%s): %s", result.source, split, stats)
     return TaskData(
@@ -397,8 +373,8 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
         labeled=result.labeled,
         columns=result.columns,
         max_seq_length=max_seq_length,
-        n_best_size=_option(task_config, "n_best_size", 20),
-        max_answer_length=_option(task_config, "max_answer_length", 30),
+        n_best_size=option(task_config, "n_best_size", 20),
+        max_answer_length=option(task_config, "max_answer_length", 30),
         stats=stats,
     )
 
@@ -411,7 +387,7 @@ def _check_kind(kind: str, task_data: TaskData) -> None:
         raise ValueError(f"kind {kind!r} does not match the task data's kind {task_data.kind!r}")
 
 
-def _are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool:
+def are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool:
     """True for logits shaped leading_shape + (classes,), False for ids shaped leading_shape;
     anything else is an error."""
     if predictions.ndim == len(leading_shape) + 1 and predictions.shape[:-1] == leading_shape:
@@ -424,23 +400,12 @@ def _are_logits(predictions: np.ndarray, leading_shape: tuple[int, ...]) -> bool
     return False
 
 
-def _class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
+def class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
     """Class ids from ids shaped leading_shape or logits shaped leading_shape + (classes,)."""
     predictions = np.asarray(predictions)
-    if _are_logits(predictions, leading_shape):
+    if are_logits(predictions, leading_shape):
         return predictions.argmax(axis=-1)
     return predictions.astype(np.int64)
-
-
-def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(predictions, Mapping):
-        return np.asarray(predictions["start_logits"]), np.asarray(predictions["end_logits"])
-    if isinstance(predictions, tuple | list) and len(predictions) == 2:
-        return np.asarray(predictions[0]), np.asarray(predictions[1])
-    predictions = np.asarray(predictions)
-    if predictions.ndim == 3 and predictions.shape[-1] == 2:
-        return predictions[..., 0], predictions[..., 1]
-    raise ValueError("squad predictions: {'start_logits', 'end_logits'} [n, L] each, or [n, L, 2]")
 
 
 def scatter_word_scores(values, example_index, word_index, first_word, out) -> None:
@@ -495,43 +460,7 @@ def decode_predictions(
     {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.
     """
     _check_kind(kind, task_data)
-    n = task_data.num_features
-    if kind == "squad":
-        start_logits, end_logits = _squad_logits(predictions)
-        return tasks_squad.decode_squad(
-            start_logits,
-            end_logits,
-            task_data.examples,
-            task_data.feature_info,
-            task_data.n_best_size,
-            task_data.max_answer_length,
-        )
-    if kind == "regression":
-        values = np.asarray(predictions, np.float64)
-        if values.shape not in ((n,), (n, 1)):
-            raise ValueError(f"regression predictions have shape {values.shape}, expected ({n},)")
-        return values.reshape(n).tolist()
-    if kind == "classification":
-        return [task_data.label_list[i] for i in _class_ids(predictions, (n,))]
-
-    info, label_list = task_data.feature_info, task_data.label_list
-    num_words = np.array([len(example.words) for example in task_data.examples], np.int64)
-    first_word = np.cumsum(num_words) - num_words
-    scores = np.asarray(predictions)
-    length = task_data.max_seq_length
-    if _are_logits(scores, (n, length)):
-        word_scores = np.zeros((num_words.sum(), scores.shape[-1]), np.float64)
-        scatter_word_scores(scores, info["example_index"], info["word_index"], first_word,
-                            word_scores)  # fmt: skip
-        rules = task_data.is_bio and constrained
-        ids = sentence_tag_ids(word_scores, num_words, label_list, rules, crf)
-    else:
-        ids = np.zeros(num_words.sum(), np.int64)
-        class_ids = _class_ids(scores, (n, length))
-        scatter_word_scores(class_ids, info["example_index"], info["word_index"], first_word, ids)
-    return [
-        [label_list[i] for i in ids[a : a + k]] for a, k in zip(first_word, num_words, strict=True)
-    ]
+    return task_data.task.decode(predictions, task_data, constrained, crf)
 
 
 def compute_metrics(
@@ -548,39 +477,12 @@ def compute_metrics(
     if not task_data.labeled:
         raise UserError(f"{task_data.source} has no labels, so it cannot be scored")
     outputs = decode_predictions(kind, predictions, task_data, constrained, crf)
-    examples = task_data.examples
-    if kind == "squad":
-        gold = {e.qas_id: list(e.answers) for e in examples}
-        return metrics.squad_scores(outputs, gold)
-    if kind == "token_classification":
-        gold = [e.tags for e in examples]
-        scores = {"token_accuracy": metrics.token_accuracy(gold, outputs)}
-        if task_data.is_bio:  # seqeval's entity scores: f1, precision, recall, f1_TYPE
-            types = metrics.entity_types(task_data.label_list)
-            scores.update(metrics.entity_metrics(gold, outputs, types))
-        return scores
-    gold = [e.label for e in examples]
-    if kind == "regression":
-        return {
-            "pearson": metrics.pearson(gold, outputs),
-            "spearman": metrics.spearman(gold, outputs),
-        }
-    return {
-        "accuracy": metrics.accuracy(gold, outputs),
-        "macro_f1": metrics.macro_f1(gold, outputs),
-        "mcc": metrics.matthews_corrcoef(gold, outputs),
-    }
+    return task_data.task.metrics(outputs, task_data)
 
 
 def main_metric(task_data: TaskData) -> str:
     """The compute_metrics key that picks the best checkpoint (higher is better)."""
-    if task_data.kind == "token_classification":
-        return "f1" if task_data.is_bio else "token_accuracy"
-    return {"classification": "accuracy", "regression": "pearson", "squad": "f1"}[task_data.kind]
-
-
-def _tsv_field(text: str) -> str:
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return task_data.task.main_metric(task_data)
 
 
 def write_predictions(
@@ -596,20 +498,6 @@ def write_predictions(
     path = epath.Path(path)  # the workdir may be on gs://
     path.parent.mkdir(parents=True, exist_ok=True)
     with io.StringIO(newline="\n") as f:
-        if kind == "squad":
-            json.dump(outputs, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        elif kind == "token_classification":
-            for example, tags in zip(task_data.examples, outputs, strict=True):
-                f.writelines(
-                    f"{word}\t{tag}\n" for word, tag in zip(example.words, tags, strict=True)
-                )
-                f.write("\n")
-        else:
-            f.write("\t".join([*task_data.columns, tasks_readers.LABEL_COLUMN]) + "\n")
-            for example, label in zip(task_data.examples, outputs, strict=True):
-                label = f"{label:.6g}" if kind == "regression" else label
-                values = [_tsv_field(example.fields[c]) for c in task_data.columns]
-                f.write("\t".join([*values, label]) + "\n")
+        task_data.task.write_predictions(outputs, task_data, f)
         path.write_text(f.getvalue(), encoding="utf-8")
     return path

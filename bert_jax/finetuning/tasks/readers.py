@@ -15,7 +15,7 @@ import tqdm
 from absl import logging
 
 from bert_jax.errors import UserError
-from bert_jax.finetuning.tasks.squad import SquadExample
+from bert_jax.finetuning import tasks
 
 LABEL_COLUMN = "label"
 
@@ -237,18 +237,18 @@ _TFDS_SPLITS = {
     "dev": ("validation", "validation_matched", "dev"),
     "test": ("test", "test_matched"),
 }
-_TFDS_TEXT_PAIRS = (
+TFDS_TEXT_PAIRS = (
     ("sentence1", "sentence2"),
     ("premise", "hypothesis"),
     ("question", "sentence"),
     ("question1", "question2"),
     ("question", "passage"),
 )
-_TFDS_TEXTS = ("sentence", "text", "document", "content")
-_TFDS_TAGS = ("ner", "ner_tags", "tags", "pos", "pos_tags", "chunks")
+TFDS_TEXTS = ("sentence", "text", "document", "content")
+TFDS_TAGS = ("ner", "ner_tags", "tags", "pos", "pos_tags", "chunks")
 
 
-def _text(value) -> str:
+def text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -279,88 +279,5 @@ def read_tfds(name: str, split: str, kind: str, data_dir: str | None = None) -> 
     origin = f"tfds:{name}[{tfds_split}]"
     records = (source[i] for i in range(len(source)))
     records = tqdm.tqdm(records, total=len(source), desc=origin, leave=False, mininterval=5)
-    keys = set(features.keys())
-
-    if kind == "squad":
-        missing = {"id", "context", "question", "answers"} - keys
-        if missing:
-            raise UserError(f"{origin}: no {sorted(missing)} features; QA needs SQuAD's features")
-        examples = []
-        for index, record in enumerate(records):
-            answers = record["answers"]
-            examples.append(
-                SquadExample(
-                    qas_id=_text(record["id"]),
-                    question=_text(record["question"]),
-                    context=_text(record["context"]),
-                    answers=tuple(_text(t) for t in answers["text"]),
-                    answer_starts=tuple(int(s) for s in answers["answer_start"]),
-                    title=_text(record.get("title", b"")),
-                    origin=f"{origin} #{index}",
-                )
-            )
-        labeled = split != "test" or any(e.answers for e in examples)
-        if labeled:
-            unanswered = sum(not e.answers for e in examples)
-            examples = [e for e in examples if e.answers]
-            if unanswered:
-                logging.warning("%s: skipped %d questions without answers", origin, unanswered)
-            return ReadResult(examples, True, [], origin, num_skipped=unanswered)
-        return ReadResult(examples, False, [], origin)
-
-    if kind == "token_classification":
-        tag_key = next((k for k in _TFDS_TAGS if k in keys), None)
-        if "tokens" not in keys or tag_key is None:
-            raise UserError(f"{origin}: token tasks need 'tokens' and one of {_TFDS_TAGS}")
-        tag_names = list(features[tag_key].feature.names)
-        examples = [
-            TokenExample(
-                f"{tfds_split}-{i}",
-                [_text(w) for w in r["tokens"]],
-                [tag_names[int(t)] for t in r[tag_key]],
-                f"{origin} #{i}",
-            )
-            for i, r in enumerate(records)
-        ]
-        empty = sum(not e.words for e in examples)
-        examples = [e for e in examples if e.words]
-        if empty:
-            logging.warning("%s: skipped %d empty sentences", origin, empty)
-        return ReadResult(examples, True, ["token"], origin, empty, label_names=tag_names)
-
-    text_columns = next((pair for pair in _TFDS_TEXT_PAIRS if set(pair) <= keys), None)
-    text_columns = text_columns or next(((k,) for k in _TFDS_TEXTS if k in keys), None)
-    if text_columns is None or LABEL_COLUMN not in keys:
-        raise UserError(
-            f"{origin}: features {sorted(keys)} hold no known text column "
-            f"({_TFDS_TEXTS} or pairs {_TFDS_TEXT_PAIRS}) with a '{LABEL_COLUMN}'"
-        )
-    label_names = None
-    if kind == "classification":
-        if not hasattr(features[LABEL_COLUMN], "names"):
-            raise UserError(f"{origin}: '{LABEL_COLUMN}' is not a ClassLabel; is it regression?")
-        label_names = list(features[LABEL_COLUMN].names)
-    examples = []
-    for index, record in enumerate(records):
-        texts = {column: _text(record[column]) for column in text_columns}
-        if kind == "regression":
-            label = float(record[LABEL_COLUMN])
-        else:  # GLUE marks unlabeled (test) examples with class -1
-            label = label_names[record[LABEL_COLUMN]] if record[LABEL_COLUMN] >= 0 else None
-        examples.append(
-            SentenceExample(
-                guid=str(int(record["idx"])) if "idx" in record else f"{tfds_split}-{index}",
-                text_a=texts[text_columns[0]],
-                text_b=texts[text_columns[1]] if len(text_columns) == 2 else None,
-                label=label,
-                fields=texts,
-                origin=f"{origin} #{index}",
-            )
-        )
-    if kind == "regression" and split == "test" and all(e.label == -1 for e in examples):
-        for example in examples:  # GLUE's STS-B test split carries -1 everywhere
-            example.label = None
-    labeled = all(e.label is not None for e in examples)
-    if not labeled and any(e.label is not None for e in examples):
-        raise UserError(f"{origin}: some examples have label -1 (unlabeled) and some do not")
-    return ReadResult(examples, labeled, list(text_columns), origin, label_names=label_names)
+    task = tasks.get(kind)
+    return task.read_tfds(records, features, origin, split, tfds_split)
