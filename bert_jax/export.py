@@ -75,7 +75,9 @@ def export_sentence_transformers(info, out) -> pathlib.Path:
     from bert_jax.model.modeling import BertModel
 
     if info.vocab_file is None:
-        raise UserError(f"{info.path} names no vocabulary; a sentence-transformers folder needs one")
+        raise UserError(
+            f"{info.path} names no vocabulary; a sentence-transformers folder needs one"
+        )
     model = BertModel(info.bert_config)
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -75,9 +75,13 @@ def test_multilabel_labels_parse_and_ambiguous_fields_are_refused(tmp_path):
             multilabel.parse_labels(field, "f.tsv:3")
     path = tmp_path / "t.tsv"
     path.write_text("sentence\tlabels\nbank\tnoun.group|noun.object\nrun\t\n", encoding="utf-8")
-    texts, pairs, sets = multilabel.read_tsv(path)
-    assert texts == ["bank", "run"] and pairs is None
+    result = multilabel.read_tsv(path)
+    assert [e.text_a for e in result.examples] == ["bank", "run"]
+    sets = [e.label for e in result.examples]
     assert sets == [("noun.group", "noun.object"), ()]
+    path.write_text("sentence\tlabels\nbank\tnoun.group, noun.object\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"t.tsv:2: labels field .* is ambiguous"):
+        multilabel.read_tsv(path)
     hot = multilabel.multi_hot(sets, multilabel.label_list_of(sets))
     assert hot.tolist() == [[1.0, 1.0], [0.0, 0.0]]
     with pytest.raises(UserError, match="never occurs"):
@@ -114,6 +118,15 @@ def test_in_batch_negatives_loss_matches_numpy():
     np.testing.assert_allclose(float(sums["loss_sum"]), -np.trace(log_softmax), rtol=1e-4)
     assert float(sums["count"]) == 5.0
     assert float(sums["correct"]) == float(np.sum(scores.argmax(1) == np.arange(5)))
+    # A filler row (weight 0) is neither an anchor nor anyone's negative.
+    weights = jnp.array([1, 1, 1, 1, 0], jnp.float32)
+    masked = embedding.in_batch_negatives_loss(
+        jnp.asarray(a, jnp.float32), jnp.asarray(p, jnp.float32), 20.0, weights
+    )
+    sub = scores[:4, :4]
+    sub_log_softmax = sub - np.log(np.exp(sub).sum(1, keepdims=True))
+    np.testing.assert_allclose(float(masked["loss_sum"]), -np.trace(sub_log_softmax), rtol=1e-4)
+    assert float(masked["count"]) == 4.0
 
 
 def test_retrieval_metrics_rank_each_anchors_positive():
@@ -168,3 +181,151 @@ def test_sentence_transformers_export_embeds_like_bert_jax(tiny_model, tmp_path)
     _, params = hf.load_hf_checkpoint(out, verbose=False)
     flat_in, flat_out = jax.tree.leaves(encoder), jax.tree.leaves(params["bert"])
     assert all(np.array_equal(x, y) for x, y in zip(flat_in, flat_out, strict=True))
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+COLOURS = ["red", "blue"]
+FILLER = "the a of river stone cat runs quickly under table lamp".split()
+TOPICS = [f"{a}{b}" for a in "bcdfg" for b in ("ox", "ix", "ud", "em")]  # 20 keyword words
+
+
+def _write(path: pathlib.Path, lines: list[str]) -> pathlib.Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _tasks(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    """multilabel: the colour words a sentence holds are its labels; embedding: an anchor and its
+    positive share a topic word (different filler around it)."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, n in (("train", 160), ("dev", 40), ("test", 20)):
+        labelled, pairs = ["sentence\tlabels"], ["sentence1\tsentence2"]
+        for i in range(n):
+            colours = [c for c in COLOURS if rng.random() < 0.4]
+            words = list(rng.choice(FILLER, 5)) + colours
+            rng.shuffle(words)
+            labelled.append(f"{' '.join(words)}\t{'|'.join(colours)}")
+            topic = TOPICS[i % len(TOPICS)]
+            first = " ".join([*rng.choice(FILLER, 2), topic, *rng.choice(FILLER, 2)])
+            second = " ".join([*rng.choice(FILLER, 3), topic])
+            pairs.append(f"{first}\t{second}")
+        files[f"ml_{split}"] = _write(root / f"ml_{split}.tsv", labelled)
+        files[f"emb_{split}"] = _write(root / f"emb_{split}.tsv", pairs)
+    return files
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    root = tmp_path_factory.mktemp("new_kinds")
+    files = _tasks(root)
+    tokenizer = WordPieceTokenizer.train(list(files.values()), vocab_size=200)
+    return save_tiny_hf_bert(root / "tiny_hf", tokenizer)[0], files
+
+
+def _config(kind: str, model_dir, files, prefix: str, **overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        kind, REPO / "configs" / "finetune" / f"{kind}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("test")
+    config.init_checkpoint = str(model_dir)
+    config.task.train_file = str(files[f"{prefix}_train"])
+    config.task.dev_file = str(files[f"{prefix}_dev"])
+    config.task.test_file = str(files[f"{prefix}_test"])
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def test_multilabel_learns_colour_sets_and_predicts_them(e2e, tmp_path):
+    from bert_jax.finetuning import train as finetune_lib
+
+    model_dir, files = e2e
+    config = _config(
+        "multilabel", model_dir, files, "ml", batch_size=16, num_train_epochs=12.0,
+        learning_rate=5e-3, do_predict=True,
+    )  # fmt: skip
+    config.task.test_file = str(files["ml_dev"])
+    assert config.packing  # short sentences share rows: the [R, S, C] label layout is exercised
+    result = finetune_lib.train_and_evaluate(config, tmp_path)
+    assert result.label_list == sorted(COLOURS)
+    metrics = result.eval_metrics
+    gold = [set(line.split("\t")[1].split("|")) - {""} for line in
+            files["ml_dev"].read_text().splitlines()[1:]]  # fmt: skip
+    baseline = multilabel.most_frequent_baseline(
+        [e for e in gold], result.label_list, len(gold)
+    )  # the commonest set of dev itself: an upper bound on the trivial baseline
+    hot = np.array([[label in g for label in result.label_list] for g in gold])
+    trivial = multilabel.metrics(hot, baseline, result.label_list)["micro_f1"]
+    assert metrics["micro_f1"] > trivial + 0.2, (metrics, trivial)  # measured 0.78 vs 0.49
+    assert {"macro_f1", "subset_accuracy", "f1/red", "f1/blue"} <= set(metrics)
+    # do_predict on the dev file: its sets are the best checkpoint's, scored as evaluation did.
+    lines = (tmp_path / "test_predictions.tsv").read_text().splitlines()
+    assert lines[0] == "sentence\tlabels" and len(lines) == 41
+    right = 0
+    for line, gold_set in zip(lines[1:], gold, strict=True):
+        sentence, labels = line.split("\t")
+        right += set(labels.split("|")) - {""} == gold_set
+    assert right / 40 == pytest.approx(result.best_metrics["subset_accuracy"])
+
+
+def test_multilabel_unpacked_scores_like_packed(e2e, tmp_path):
+    """Packing changes the layout, never the scores: both runs evaluate the same parameters."""
+    from bert_jax.finetuning import train as finetune_lib
+
+    model_dir, files = e2e
+    results = [
+        finetune_lib.train_and_evaluate(
+            _config(
+                "multilabel",
+                model_dir,
+                files,
+                "ml",
+                packing=packed,
+                num_train_steps=1,
+                learning_rate=1e-9,
+            ),  # fmt: skip
+            tmp_path / str(packed),
+        ).eval_metrics
+        for packed in (True, False)
+    ]
+    assert results[0]["micro_f1"] == pytest.approx(results[1]["micro_f1"])
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
+
+
+def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_path):
+    from bert_jax import export
+    from bert_jax.finetuning import train as finetune_lib
+
+    model_dir, files = e2e
+    untrained = finetune_lib.train_and_evaluate(
+        _config("embedding", model_dir, files, "emb", num_train_steps=1, learning_rate=1e-9),
+        tmp_path / "untrained",
+    ).eval_metrics
+    config = _config(
+        "embedding", model_dir, files, "emb", batch_size=16, num_train_epochs=8.0,
+        learning_rate=2e-3, do_predict=True,
+    )  # fmt: skip
+    workdir = tmp_path / "trained"
+    trained = finetune_lib.train_and_evaluate(config, workdir).eval_metrics
+    assert {"mrr", "accuracy_at_1", "loss"} <= set(trained)
+    assert trained["mrr"] > untrained["mrr"] + 0.2, (untrained, trained)
+
+    # The exported folder embeds each sentence as the run did: its cosines of the test pairs
+    # equal the ones do_predict wrote.
+    st = pytest.importorskip("sentence_transformers")
+    out = export.export(workdir, tmp_path / "st", "sentence-transformers")
+    rows = [
+        line.split("\t") for line in (workdir / "test_similarities.tsv").read_text().splitlines()
+    ]
+    assert rows[0] == ["sentence1", "sentence2", "cosine"] and len(rows) == 21
+    model = st.SentenceTransformer(str(out), device="cpu")
+    a = model.encode([r[0] for r in rows[1:]], convert_to_numpy=True)
+    b = model.encode([r[1] for r in rows[1:]], convert_to_numpy=True)
+    cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    np.testing.assert_allclose(cosine, [float(r[2]) for r in rows[1:]], atol=1e-4)

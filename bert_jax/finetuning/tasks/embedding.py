@@ -11,38 +11,81 @@ from __future__ import annotations
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
 from bert_jax.errors import UserError
+from bert_jax.finetuning.tasks import features
+from bert_jax.finetuning.tasks.base import Task, scatter_rows
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample
+from bert_jax.model.modeling import BertConfig, BertModel
 
 MAIN_METRIC = "mrr"
 DEFAULT_SCALE = 20.0  # sentence-transformers MultipleNegativesRankingLoss's default
 
 
-def read_pairs(path) -> tuple[list[str], list[str]]:
-    """(anchors, positives) of a `sentence1<TAB>sentence2` TSV (local or gs://)."""
+def read_pairs(path) -> ReadResult:
+    """SentenceExamples (anchor text_a, positive text_b) of a `sentence1<TAB>sentence2` TSV with a
+    header (local or gs://); blank lines are skipped and counted."""
     lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t") if lines else []
+    header = [name.strip() for name in lines[0].split("\t")] if lines else []
     if "sentence1" not in header or "sentence2" not in header:
-        raise UserError(
-            f"{path}: header {header} lacks sentence1 and sentence2 (see docs/tasks.md)"
-        )
-    a, b = header.index("sentence1"), header.index("sentence2")
-    anchors, positives = [], []
+        raise UserError(f"{path}:1: header {header} lacks sentence1 and sentence2 (docs/tasks.md)")
+    examples, blank = [], 0
     for number, line in enumerate(lines[1:], start=2):
-        if not line:
+        if not line.strip():
+            blank += 1
             continue
-        fields = line.split("\t")
-        if len(fields) < len(header):
-            raise UserError(f"{path}:{number}: {len(fields)} fields, the header has {len(header)}")
-        anchors.append(fields[a])
-        positives.append(fields[b])
-    if not anchors:
-        raise UserError(f"{path} has no pairs")
-    return anchors, positives
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise UserError(
+                f"{path}:{number}: {len(values)} tab-separated fields but the header has "
+                f"{len(header)}"
+            )
+        row = dict(zip(header, values, strict=True))
+        examples.append(
+            SentenceExample(
+                guid=f"{epath.Path(path).stem}-{number}",
+                text_a=row["sentence1"],
+                text_b=row["sentence2"],
+                label=None,
+                fields=row,
+                origin=f"{path}:{number}",
+            )
+        )
+    return ReadResult(examples, True, header, str(path), num_skipped=blank)
+
+
+def sentence_length(max_seq_length: int) -> int:
+    """Tokens each sentence of a pair gets: a row holds the anchor, then the positive."""
+    return max_seq_length // 2
+
+
+def featurise_pairs(examples, tokenizer, max_seq_length: int):
+    """Rows `[CLS] A [SEP] [CLS] B [SEP]`, each side cut to sentence_length; token_type_ids 0 on
+    the anchor and 1 on the positive tell PairEmbedding the two apart. Returns (arrays, number
+    of examples cut)."""
+    side = sentence_length(max_seq_length)
+    if side < 3:
+        raise UserError(f"max_seq_length {max_seq_length} leaves no room for two sentences")
+    pieces_a = features._encode(tokenizer, [e.text_a for e in examples])
+    pieces_b = features._encode(tokenizer, [e.text_b for e in examples])
+    n = len(examples)
+    ids = np.full((n, max_seq_length), tokenizer.pad_id, np.int32)
+    types = np.zeros((n, max_seq_length), np.int32)
+    mask = np.zeros((n, max_seq_length), np.int32)
+    truncated = 0
+    for i, (a, b) in enumerate(zip(pieces_a, pieces_b, strict=True)):
+        truncated += len(a) > side - 2 or len(b) > side - 2
+        row_a = [tokenizer.cls_id, *a[: side - 2], tokenizer.sep_id]
+        row_b = [tokenizer.cls_id, *b[: side - 2], tokenizer.sep_id]
+        ids[i, : len(row_a) + len(row_b)] = row_a + row_b
+        types[i, len(row_a) : len(row_a) + len(row_b)] = 1
+        mask[i, : len(row_a) + len(row_b)] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}, truncated
 
 
 def mean_pool(sequence: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -57,20 +100,25 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 
 def in_batch_negatives_loss(
-    anchors: jax.Array, positives: jax.Array, scale: float = DEFAULT_SCALE
+    anchors: jax.Array, positives: jax.Array, scale: float = DEFAULT_SCALE, weights=None
 ) -> dict[str, jax.Array]:
     """[B, H] each; anchor i's positive is positives[i], the other rows are its negatives.
 
-    Returns loss_sum (cross-entropy summed over anchors), count (B) and correct (anchors whose
-    most similar positive is their own), float32 scalars.
+    weights [B] (1 = a real pair, default all): filler rows are neither anchors nor negatives.
+    Returns loss_sum (cross-entropy summed over anchors), count (real anchors) and correct
+    (anchors whose most similar positive is their own), float32 scalars.
     """
-    scores = scale * _normalize(anchors) @ _normalize(positives).T  # [B, B]
+    b = anchors.shape[0]
+    weights = jnp.ones((b,), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    scores = scale * _normalize(anchors.astype(jnp.float32)) @ _normalize(positives).T  # [B, B]
+    scores = jnp.where(weights[None, :] > 0, scores, -1e9)
     log_probs = jax.nn.log_softmax(scores, axis=-1)
-    diagonal = jnp.arange(scores.shape[0])
+    diagonal = jnp.arange(b)
+    hit = jnp.argmax(scores, -1) == diagonal
     return {
-        "loss_sum": -jnp.sum(log_probs[diagonal, diagonal]),
-        "count": jnp.asarray(scores.shape[0], jnp.float32),
-        "correct": jnp.sum(jnp.argmax(scores, -1) == diagonal).astype(jnp.float32),
+        "loss_sum": -jnp.sum(log_probs[diagonal, diagonal] * weights),
+        "count": jnp.sum(weights),
+        "correct": jnp.sum(hit * weights),
     }
 
 
@@ -138,3 +186,100 @@ def export_sentence_transformers(
     ):
         (out / name).write_text(json.dumps(values, indent=2) + "\n")
     return out
+
+
+class PairEmbedding(nn.Module):
+    """Both sentences of a row encoded apart (segment_ids: each attends only to itself, its
+    positions restart, token type 0) and mean-pooled: [B, 2, H] (anchor, positive)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
+        segments = attention_mask * (token_type_ids + 1)  # 1 anchor, 2 positive, 0 padding
+        sequence, _ = BertModel(self.config, name="bert")(
+            input_ids, jnp.zeros_like(input_ids), None, deterministic, segment_ids=segments
+        )
+        return jnp.stack([mean_pool(sequence, segments == s) for s in (1, 2)], axis=1)
+
+
+class Embedding(Task):
+    """A bi-encoder trained with in-batch negatives; no head, nothing packed, no label set."""
+
+    head_name = "mean_pooling"  # parameterless: the encoder is the whole model
+    target_keys = ()
+    packable = False  # a row already holds two sentences
+    uses_label_list = False
+    prediction_file = "test_similarities.tsv"
+
+    def num_labels(self, label_list):
+        return 2  # two outputs per row: the anchor's and the positive's embedding
+
+    def check_config(self, config):
+        super().check_config(config)
+        if config.freeze_encoder:
+            raise UserError("freeze_encoder would leave the embedding kind nothing to train")
+        if int(config.get("grad_accum_steps", 1)) != 1:
+            raise UserError(
+                "grad_accum_steps would shrink the embedding kind's in-batch negatives: unset it"
+            )
+
+    def head_names(self, crf=False):
+        return ()
+
+    def read_file(self, path, labeled):
+        return read_pairs(path)
+
+    def read_tfds(self, records, features_dict, origin, split, tfds_split):
+        raise UserError(f"{origin}: the embedding kind reads TSV files only (task.*_file)")
+
+    def featurise(self, examples, tokenizer, task_config, split, max_seq_length, label_to_id,
+                  labeled):  # fmt: skip
+        arrays, truncated = featurise_pairs(examples, tokenizer, max_seq_length)
+        return arrays, {}, {"num_truncated": truncated}
+
+    def model(self, config, num_labels, crf=False, window=0):
+        return PairEmbedding(config)
+
+    def target_weights(self, batch):
+        return batch["weights"].astype(jnp.float32)
+
+    def loss_sums(self, outputs, batch):
+        """In-batch negatives over the real rows of the batch (filler rows are masked out)."""
+        weights = self.target_weights(batch)
+        return in_batch_negatives_loss(outputs[:, 0], outputs[:, 1], DEFAULT_SCALE, weights)
+
+    def host_predictions(self, outputs, token_scores=False):
+        return outputs  # [B, 2, H]
+
+    def prediction_buffers(self, data, num_labels, token_scores=False):
+        return {}  # [n, 2, H], allocated by the first batch (its width is the model's)
+
+    def scatter_predictions(self, data, batch, outputs, into):
+        outputs = np.asarray(outputs)
+        out = into.setdefault("predictions", np.zeros((data.num_features, 2, outputs.shape[-1])))
+        scatter_rows(outputs, batch.slots, out, per_token=False)
+
+    def decode(self, predictions, data, constrained=True, crf=None):
+        return np.asarray(predictions)  # [n, 2, H] embeddings
+
+    def metrics(self, outputs, data):
+        distinct, gold = candidates_of([e.text_b for e in data.examples])
+        first = {}
+        for i, e in enumerate(data.examples):
+            first.setdefault(e.text_b, i)
+        candidates = outputs[[first[text] for text in distinct], 1]
+        return retrieval_metrics(outputs[:, 0], candidates, gold)
+
+    def main_metric(self, data):
+        return MAIN_METRIC
+
+    def write_predictions(self, outputs, data, f):
+        a, b = outputs[:, 0], outputs[:, 1]
+        cosine = np.sum(a * b, 1) / np.maximum(
+            np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+        )
+        f.write("sentence1\tsentence2\tcosine\n")
+        for example, value in zip(data.examples, cosine, strict=True):
+            texts = [example.text_a.replace("\t", " "), example.text_b.replace("\t", " ")]
+            f.write("\t".join([*texts, f"{value:.6f}"]) + "\n")

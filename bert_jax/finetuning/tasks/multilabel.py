@@ -12,11 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from bert_jax.data import packing
 from bert_jax.errors import UserError
+from bert_jax.finetuning.tasks import features
+from bert_jax.finetuning.tasks.base import Task, scatter_rows
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample
+from bert_jax.model.modeling import BertForSequenceClassification
 
 SEPARATOR = "|"
-MAIN_METRIC = "micro_f1"
-PREDICTION_FILE = "test_predictions.tsv"
+LABELS_COLUMN = "labels"
 _AMBIGUOUS = (",", ";", " ")  # a label holding one of these is most likely two labels
 
 
@@ -34,33 +38,46 @@ def parse_labels(field: str, origin: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(labels))
 
 
-def read_tsv(path, labeled: bool = True):
-    """(texts_a, texts_b or None, label sets or None) of a multi-label TSV (local or gs://)."""
+def read_tsv(path, labeled: bool = True) -> ReadResult:
+    """SentenceExamples whose label is a tuple of labels, from `sentence(1, sentence2)<TAB>labels`
+    with a header (local or gs://); blank lines are skipped and counted."""
     lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
     if not lines:
         raise UserError(f"{path} is empty: it needs a header line (sentence<TAB>labels)")
-    header = lines[0].split("\t")
-    pair = "sentence2" in header
-    want = ["sentence1", "sentence2"] if pair else ["sentence"]
-    if labeled:
-        want.append("labels")
-    missing = [name for name in want if name not in header]
+    header = [name.strip() for name in lines[0].split("\t")]
+    pair = "sentence1" in header and "sentence2" in header
+    text_columns = ["sentence1", "sentence2"] if pair else ["sentence"]
+    has_labels = LABELS_COLUMN in header
+    missing = [c for c in text_columns + ([LABELS_COLUMN] if labeled else []) if c not in header]
     if missing:
-        raise UserError(f"{path}: header {header} lacks {missing}; see docs/tasks.md")
-    columns = [header.index(name) for name in want]
-    texts_a, texts_b, sets = [], [], []
+        raise UserError(f"{path}:1: header {header} lacks {missing}; see docs/tasks.md")
+    examples, blank = [], 0
     for number, line in enumerate(lines[1:], start=2):
-        if not line:
+        if not line.strip():
+            blank += 1
             continue
-        fields = line.split("\t")
-        if len(fields) < len(header):
-            raise UserError(f"{path}:{number}: {len(fields)} fields, the header has {len(header)}")
-        texts_a.append(fields[columns[0]])
-        if pair:
-            texts_b.append(fields[columns[1]])
-        if labeled:
-            sets.append(parse_labels(fields[columns[-1]], f"{path}:{number}"))
-    return texts_a, (texts_b if pair else None), (sets if labeled else None)
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise UserError(
+                f"{path}:{number}: {len(values)} tab-separated fields but the header has "
+                f"{len(header)}"
+            )
+        row = dict(zip(header, values, strict=True))
+        origin = f"{path}:{number}"
+        label = parse_labels(row.pop(LABELS_COLUMN), origin) if has_labels else None
+        texts = [row[name] for name in text_columns]
+        examples.append(
+            SentenceExample(
+                guid=f"{epath.Path(path).stem}-{number}",
+                text_a=texts[0],
+                text_b=texts[1] if pair else None,
+                label=label,
+                fields=row,
+                origin=origin,
+            )
+        )
+    columns = [name for name in header if name != LABELS_COLUMN]
+    return ReadResult(examples, has_labels, columns, str(path), num_skipped=blank)
 
 
 def label_list_of(label_sets) -> list[str]:
@@ -137,12 +154,63 @@ def most_frequent_baseline(train_sets, label_list: list[str], n: int) -> np.ndar
     return np.broadcast_to(row, (n, len(label_list))).copy()
 
 
-def write_predictions(path, texts_a, texts_b, predicted: np.ndarray, label_list) -> None:
-    """TSV `sentence(s)<TAB>labels`, the predicted labels `|`-joined (empty: none)."""
-    header = ["sentence1", "sentence2", "labels"] if texts_b is not None else ["sentence", "labels"]
-    lines = ["\t".join(header)]
-    for i, row in enumerate(np.asarray(predicted, bool)):
-        labels = SEPARATOR.join(label for label, on in zip(label_list, row, strict=True) if on)
-        texts = [texts_a[i]] + ([texts_b[i]] if texts_b is not None else [])
-        lines.append("\t".join([*texts, labels]))
-    epath.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+class MultiLabel(Task):
+    """One sigmoid per label on the [CLS] head; labels float32 [n, C] multi-hot (-1: unlabeled)."""
+
+    packed_fill = {"labels": -1.0}
+
+    def read_file(self, path, labeled):
+        return read_tsv(path, labeled)
+
+    def read_tfds(self, records, features_dict, origin, split, tfds_split):
+        raise UserError(f"{origin}: the multilabel kind reads TSV files only (task.*_file)")
+
+    def featurise(self, examples, tokenizer, task_config, split, max_seq_length, label_to_id,
+                  labeled):  # fmt: skip
+        arrays, truncated = features.featurise_sentences(
+            examples, tokenizer, max_seq_length, None, labeled=False
+        )
+        label_list = list(label_to_id)
+        if labeled:
+            arrays["labels"] = multi_hot([e.label for e in examples], label_list, split)
+        else:
+            arrays["labels"] = np.full((len(examples), len(label_list)), -1.0, np.float32)
+        return arrays, {}, {"num_truncated": truncated}
+
+    def model(self, config, num_labels, crf=False, window=0):
+        return BertForSequenceClassification(config, num_labels)
+
+    def target_weights(self, batch):
+        return batch["weights"].astype(jnp.float32) * (batch["labels"][..., 0] >= 0)
+
+    def loss_sums(self, outputs, batch):
+        return loss_sums(outputs, batch["labels"], self.target_weights(batch))
+
+    def host_predictions(self, outputs, token_scores=False):
+        return outputs  # [B, C] logits, packed [B, S, C]
+
+    def prediction_buffers(self, data, num_labels, token_scores=False):
+        return {"predictions": np.zeros((data.num_features, num_labels), np.float32)}
+
+    def scatter_predictions(self, data, batch, outputs, into):
+        if batch.packed:
+            packing.unpack_sequences(outputs, batch.slots, into["predictions"])
+        else:
+            scatter_rows(outputs, batch.slots, into["predictions"], per_token=False)
+
+    def decode(self, predictions, data, constrained=True, crf=None):
+        return decode(predictions)  # bool [n, C]
+
+    def metrics(self, outputs, data):
+        gold = multi_hot([e.label for e in data.examples], data.label_list)
+        return metrics(gold, outputs, data.label_list)
+
+    def main_metric(self, data):
+        return "micro_f1"
+
+    def write_predictions(self, outputs, data, f):
+        f.write("\t".join([*data.columns, LABELS_COLUMN]) + "\n")
+        for example, row in zip(data.examples, outputs, strict=True):
+            values = [example.fields[c].replace("\t", " ") for c in data.columns]
+            chosen = [label for label, on in zip(data.label_list, row, strict=True) if on]
+            f.write("\t".join([*values, SEPARATOR.join(chosen)]) + "\n")
