@@ -45,7 +45,10 @@ def gloss_pairs(path: pathlib.Path) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
-def _write(path: pathlib.Path, header: str, rows) -> int:
+def _write(path: pathlib.Path, header: str, rows, limit: int = 0) -> int:
+    """The rows (every k-th, to at most `limit` when > 0) under a header line."""
+    if limit and len(rows) > limit:
+        rows = rows[:: -(-len(rows) // limit)]
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [header] + ["\t".join(row) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -56,17 +59,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", default="runs/newkinds_data")
+    parser.add_argument("--max_dev", type=int, default=0, help="dev rows kept (every k-th); 0: all")
     args = parser.parse_args()
     data, out = pathlib.Path(args.data), pathlib.Path(args.out)
     sets = supersense_sets(data / "tasks" / "supersense")
     for split, keep in (("train", False), ("dev", True)):
         rows = [(lemma, "|".join(sorted(sets[lemma]))) for lemma in sorted(sets)]
         rows = [row for row in rows if _dev_lemma(row[0]) == keep]
-        n = _write(out / "multilabel" / f"{split}.tsv", "sentence\tlabels", rows)
+        limit = args.max_dev if split == "dev" else 0
+        n = _write(out / "multilabel" / f"{split}.tsv", "sentence\tlabels", rows, limit)
         print(f"multilabel/{split}.tsv: {n} lemmas")
     for split in ("train", "dev"):
         pairs = gloss_pairs(data / "tasks" / "qa" / f"{split}.json")
-        n = _write(out / "embedding" / f"{split}.tsv", "sentence1\tsentence2", pairs)
+        limit = args.max_dev if split == "dev" else 0
+        n = _write(out / "embedding" / f"{split}.tsv", "sentence1\tsentence2", pairs, limit)
         print(f"embedding/{split}.tsv: {n} pairs")
 
 

@@ -94,6 +94,26 @@ def test_most_frequent_baseline_predicts_the_commonest_set():
     assert baseline.tolist() == [[True, False, False]] * 2
 
 
+def test_packed_rows_carry_per_feature_label_vectors():
+    """Multi-hot targets [n, C] pack to [R, S, C], empty slots filled; unpacked rows keep all C."""
+    from bert_jax.data import packing
+
+    lengths = np.array([3, 2, 4])
+    ids = np.arange(3 * 6).reshape(3, 6)
+    labels = np.array(
+        [[1, 0, 0, 1, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 1]]
+    )
+    slots = np.array([[0, 1], [2, -1]])
+    out = packing.packed_rows(
+        {"input_ids": ids, "labels": labels.astype(np.float32)}, lengths, slots, 6, ["input_ids"],
+        {"labels": -1.0},
+    )  # fmt: skip
+    assert out["labels"].shape == (2, 2, 8)
+    np.testing.assert_array_equal(out["labels"][0], labels[:2])
+    np.testing.assert_array_equal(out["labels"][1, 0], labels[2])
+    assert (out["labels"][1, 1] == -1).all()
+
+
 # --- embedding ---------------------------------------------------------------------------------
 
 
