@@ -349,3 +349,25 @@ def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_
     b = model.encode([r[1] for r in rows[1:]], convert_to_numpy=True)
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     np.testing.assert_allclose(cosine, [float(r[2]) for r in rows[1:]], atol=1e-4)
+
+
+def test_real_data_tasks_are_built_from_shared_data(shared_data, tmp_path):
+    """benchmarks/newkinds_data.py: lemma -> supersense sets split by lemma, gloss -> example."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.newkinds_data", "--data", str(shared_data),
+         "--out", str(tmp_path), "--max_dev", "1000"],
+        check=True, cwd=REPO, capture_output=True,
+    )  # fmt: skip
+    train = multilabel.read_tsv(tmp_path / "multilabel" / "train.tsv")
+    dev = multilabel.read_tsv(tmp_path / "multilabel" / "dev.tsv")
+    assert len(train.examples) == 65228 and len(dev.examples) == 910
+    assert not {e.text_a for e in train.examples} & {e.text_a for e in dev.examples}
+    sets = [e.label for e in train.examples]
+    assert len(multilabel.label_list_of(sets)) == 41
+    assert 0.11 < np.mean([len(s) > 1 for s in sets]) < 0.13
+    pairs = embedding.read_pairs(tmp_path / "embedding" / "dev.tsv")
+    assert len(pairs.examples) == 956 and pairs.examples[0].text_b
+    assert len(embedding.read_pairs(tmp_path / "embedding" / "train.tsv").examples) == 34869
