@@ -65,7 +65,7 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
 
 def export_sentence_transformers(info, out) -> pathlib.Path:
     """The encoder of `info` (any format) as a sentence-transformers folder with mean pooling;
-    its max_seq_length is a fine-tuned embedding run's per-sentence length, else 128."""
+    its max_seq_length is a fine-tuned run's (per sentence for an embedding run), else 128."""
     import jax
     import numpy as np
     from flax.core import meta
@@ -86,10 +86,13 @@ def export_sentence_transformers(info, out) -> pathlib.Path:
         meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"]),
     )
     encoder = pretrained.load_encoder(info, abstract)
-    task_info = info.task_info or {}
     length = 128
-    if task_info.get("kind") == "embedding":
-        length = embedding.sentence_length(int(task_info["max_seq_length"]))
+    if info.task_info is not None:  # a fine-tuned workdir: the length it was trained at
+        from bert_jax.finetuning import tasks
+
+        length = int(info.task_info.get("max_seq_length", length))
+        if isinstance(tasks.get(info.task_info["kind"]), embedding.Embedding):
+            length = embedding.sentence_length(length)  # a row held two sentences
     return embedding.export_sentence_transformers(
         info.bert_config,
         encoder,

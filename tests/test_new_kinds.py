@@ -324,11 +324,13 @@ def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_
 
     model_dir, files = e2e
     untrained = finetune_lib.train_and_evaluate(
-        _config("embedding", model_dir, files, "emb", num_train_steps=1, learning_rate=1e-9),
+        _config(
+            "sentence_embedding", model_dir, files, "emb", num_train_steps=1, learning_rate=1e-9
+        ),
         tmp_path / "untrained",
     ).eval_metrics
     config = _config(
-        "embedding", model_dir, files, "emb", batch_size=16, num_train_epochs=8.0,
+        "sentence_embedding", model_dir, files, "emb", batch_size=16, num_train_epochs=8.0,
         learning_rate=2e-3, do_predict=True,
     )  # fmt: skip
     workdir = tmp_path / "trained"

@@ -39,6 +39,7 @@ from bert_jax.finetuning import scores as metrics
 from bert_jax.finetuning import tasks as task_registry
 from bert_jax.finetuning.batches import bucket_length
 from bert_jax.finetuning.tasks import features as tasks
+from bert_jax.finetuning.tasks import tagging
 from bert_jax.finetuning.tasks.classification import Classification
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 from bert_jax.finetuning.tasks.tagging import Tagging
@@ -309,7 +310,7 @@ class TokenClassificationPipeline:
             spans.append(self._words(text))
             words = [text[start:end] for start, end in spans[-1]] or [""]
             examples.append(TokenExample(str(index), words, None, f"input {index}"))
-        arrays, info, _ = tasks.featurise_tokens(
+        arrays, info, _ = tagging.featurise_tokens(
             examples, self.model.tokenizer, self.max_seq_length, {}, labeled=False
         )
         num_words = np.array([len(e.words) for e in examples], np.int64)
@@ -325,12 +326,12 @@ class TokenClassificationPipeline:
                 )
             )[: len(rows)]
             word_index = info["word_index"][rows, : log_probabilities.shape[1]]  # the bucket
-            tasks.scatter_word_scores(
+            tagging.scatter_word_scores(
                 log_probabilities, info["example_index"][rows], word_index, first_word,
                 word_log_probs,
             )  # fmt: skip
         # Each text once, across its windows, as the fine-tuning evaluation decodes.
-        best = tasks.sentence_tag_ids(
+        best = tagging.sentence_tag_ids(
             word_log_probs, num_words, self.model.label_list, self.constrained, self.crf
         )
         probabilities = np.exp(np.take_along_axis(word_log_probs, best[:, None], axis=1)[:, 0])

@@ -20,7 +20,7 @@ _REGISTRY = {
     "token_classification": "tagging:Tagging",
     "squad": "qa:QuestionAnswering",
     "multilabel": "multilabel:MultiLabel",
-    "embedding": "embedding:Embedding",
+    "sentence_embedding": "embedding:Embedding",
 }
 KINDS = tuple(_REGISTRY)
 

@@ -71,8 +71,8 @@ def featurise_pairs(examples, tokenizer, max_seq_length: int):
     side = sentence_length(max_seq_length)
     if side < 3:
         raise UserError(f"max_seq_length {max_seq_length} leaves no room for two sentences")
-    pieces_a = features._encode(tokenizer, [e.text_a for e in examples])
-    pieces_b = features._encode(tokenizer, [e.text_b for e in examples])
+    pieces_a = features.encode(tokenizer, [e.text_a for e in examples])
+    pieces_b = features.encode(tokenizer, [e.text_b for e in examples])
     n = len(examples)
     ids = np.full((n, max_seq_length), tokenizer.pad_id, np.int32)
     types = np.zeros((n, max_seq_length), np.int32)
@@ -218,10 +218,13 @@ class Embedding(Task):
     def check_config(self, config):
         super().check_config(config)
         if config.freeze_encoder:
-            raise UserError("freeze_encoder would leave the embedding kind nothing to train")
+            raise UserError(
+                "freeze_encoder would leave the sentence_embedding kind nothing to train"
+            )
         if int(config.get("grad_accum_steps", 1)) != 1:
             raise UserError(
-                "grad_accum_steps would shrink the embedding kind's in-batch negatives: unset it"
+                "grad_accum_steps would shrink the sentence_embedding kind's in-batch negatives: "
+                "unset it"
             )
 
     def head_names(self, crf=False):
@@ -231,7 +234,7 @@ class Embedding(Task):
         return read_pairs(path)
 
     def read_tfds(self, records, features_dict, origin, split, tfds_split):
-        raise UserError(f"{origin}: the embedding kind reads TSV files only (task.*_file)")
+        raise UserError(f"{origin}: the sentence_embedding kind reads TSV files only (task.*_file)")
 
     def featurise(self, examples, tokenizer, task_config, split, max_seq_length, label_to_id,
                   labeled):  # fmt: skip

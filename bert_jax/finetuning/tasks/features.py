@@ -27,7 +27,6 @@ from etils import epath
 from bert_jax.errors import UserError
 from bert_jax.finetuning import tasks as registry
 from bert_jax.finetuning.tasks import readers as tasks_readers
-from bert_jax.finetuning.tasks import tag_decoding
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 
 KINDS = registry.KINDS
@@ -165,14 +164,14 @@ def _check_known_labels(result: tasks_readers.ReadResult, label_list: list[str])
             )
 
 
-def _encode(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+def encode(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
     encoded = []
     for start in range(0, len(texts), chunk):
         encoded.extend(tokenizer.encode_batch(texts[start : start + chunk]))
     return encoded
 
 
-def _pad_rows(rows: list[list[int]], length: int, fill: int) -> np.ndarray:
+def pad_rows(rows: list[list[int]], length: int, fill: int) -> np.ndarray:
     array = np.full((len(rows), length), fill, np.int32)
     for row, values in enumerate(rows):
         array[row, : len(values)] = values
@@ -193,9 +192,9 @@ def featurise_sentences(
     was longer). label_to_id None means regression (float labels).
     Returns (arrays, number of examples truncated).
     """
-    pieces_a = _encode(tokenizer, [e.text_a for e in examples])
+    pieces_a = encode(tokenizer, [e.text_a for e in examples])
     is_pair = [e.text_b is not None for e in examples]
-    pieces_b = iter(_encode(tokenizer, [e.text_b for e in examples if e.text_b is not None]))
+    pieces_b = iter(encode(tokenizer, [e.text_b for e in examples if e.text_b is not None]))
     rows, segment_b_start, truncated = [], [], 0
     for a, pair in zip(pieces_a, is_pair, strict=True):
         b = next(pieces_b) if pair else []
@@ -213,7 +212,7 @@ def featurise_sentences(
             row += [*b[:keep_b], tokenizer.sep_id]
         rows.append(row)
     n = len(rows)
-    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
+    input_ids = pad_rows(rows, max_seq_length, tokenizer.pad_id)
     positions = np.arange(max_seq_length)
     lengths = np.array([len(row) for row in rows], np.int32).reshape(n, 1)
     attention_mask = positions < lengths
@@ -251,78 +250,6 @@ def featurise_texts(
     arrays, _ = featurise_sentences(examples, tokenizer, max_seq_length, None, labeled=False)
     del arrays["labels"]
     return arrays
-
-
-def featurise_tokens(
-    examples: list[TokenExample],
-    tokenizer,
-    max_seq_length: int,
-    label_to_id: Mapping[str, int],
-    labeled: bool,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
-    """Word pieces per word, tag on the first piece; long sentences continue in further features.
-
-    A word the tokenizer turns into nothing (e.g. a lone control character) becomes [UNK] so it
-    still gets a prediction; a word longer than the whole window keeps its first pieces.
-    """
-    budget = max_seq_length - 2
-    word_pieces = _encode(tokenizer, [word for e in examples for word in e.words])
-    rows, labels, word_index, example_index, ends = [], [], [], [], []
-    unknown_words = split_sentences = cut_words = 0
-    next_word = 0
-    for index, example in enumerate(examples):
-        row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
-        for position in range(len(example.words)):
-            pieces = word_pieces[next_word + position]
-            if not pieces:
-                pieces, unknown_words = [tokenizer.unk_id], unknown_words + 1
-            if len(pieces) > budget:
-                pieces, cut_words = pieces[:budget], cut_words + 1
-            if len(row) + len(pieces) > budget + 1:  # room for [SEP]
-                rows.append(row + [tokenizer.sep_id])
-                labels.append(row_labels + [IGNORE_LABEL])
-                word_index.append(row_words + [-1])
-                example_index.append(index)
-                ends.append(0)
-                row, row_labels, row_words = [tokenizer.cls_id], [IGNORE_LABEL], [-1]
-                split_sentences += 1
-            tag = label_to_id[example.tags[position]] if labeled else IGNORE_LABEL
-            row += pieces
-            row_labels += [tag] + [IGNORE_LABEL] * (len(pieces) - 1)
-            row_words += [position] + [-1] * (len(pieces) - 1)
-        next_word += len(example.words)
-        rows.append(row + [tokenizer.sep_id])
-        labels.append(row_labels + [IGNORE_LABEL])
-        word_index.append(row_words + [-1])
-        example_index.append(index)
-        ends.append(1)
-    input_ids = _pad_rows(rows, max_seq_length, tokenizer.pad_id)
-    attention_mask = np.arange(max_seq_length) < np.array([len(r) for r in rows])[:, None]
-    arrays = {
-        "input_ids": input_ids,
-        "token_type_ids": np.zeros_like(input_ids),
-        "attention_mask": attention_mask.astype(np.int32),
-        "labels": _pad_rows(labels, max_seq_length, IGNORE_LABEL),
-        "starts_sentence": (np.diff(example_index, prepend=-1) > 0).astype(np.int32),
-        "ends_sentence": np.array(ends, np.int32),
-    }
-    feature_info = {
-        "example_index": np.array(example_index, np.int32),
-        "word_index": _pad_rows(word_index, max_seq_length, -1),
-    }
-    if unknown_words or cut_words:
-        logging.warning(
-            "%d words had no word piece (now [UNK]); %d words were cut to %d pieces",
-            unknown_words,
-            cut_words,
-            budget,
-        )
-    stats = {
-        "unknown_words": unknown_words,
-        "cut_words": cut_words,
-        "split_sentences": split_sentences,
-    }
-    return arrays, feature_info, stats
 
 
 def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | None = None):
@@ -410,44 +337,6 @@ def class_ids(predictions, leading_shape: tuple[int, ...]) -> np.ndarray:
     return predictions.astype(np.int64)
 
 
-def scatter_word_scores(values, example_index, word_index, first_word, out) -> None:
-    """Per-feature values at first word pieces ([m, L] ids or [m, L, C] scores; example_index
-    [m], word_index [m, L]) into `out`, one row per word of every example: word w of example e
-    is row first_word[e] + w, whichever feature (window of a long sentence) holds it."""
-    features, positions = np.nonzero(word_index >= 0)
-    rows = first_word[example_index[features]] + word_index[features, positions]
-    out[rows] = np.asarray(values)[features, positions]
-
-
-def sentence_tag_ids(
-    word_scores: np.ndarray, num_words, label_list, rules: bool, crf=None, chunk: int = 256
-) -> np.ndarray:
-    """Tag ids [total words] from tag log-probabilities [total words, C] (each example's words
-    in a row, num_words per example): each example decoded once, across every feature its
-    sentence was split into, by tag_decoding.viterbi under the BIO / IOBES rules (rules=True)
-    and / or a CRF's scores (crf: its parameters, bert_jax.model.crf); else each word's argmax.
-    Fine-tuning evaluation, do_predict and the ner pipeline all decode here."""
-    if not rules and crf is None:
-        return word_scores.argmax(axis=-1)
-    if rules:
-        scheme = tag_decoding.transition_rules(label_list)
-    else:
-        scheme = tag_decoding.no_rules(len(label_list))
-    num_words = np.asarray(num_words, np.int64)
-    first_word = np.cumsum(num_words) - num_words
-    ids = np.zeros(len(word_scores), np.int64)
-    order = np.argsort(num_words, kind="stable")  # similar lengths share a padded chunk
-    for start in range(0, len(order), chunk):
-        examples = order[start : start + chunk]
-        lengths = num_words[examples]
-        width = int(lengths.max(initial=0))
-        real = np.arange(width) < lengths[:, None]  # [k, W]
-        rows = np.where(real, first_word[examples, None] + np.arange(width), 0)
-        decoded = tag_decoding.viterbi(word_scores[rows], lengths, scheme, crf)
-        ids[rows[real]] = decoded[real]
-    return ids
-
-
 def decode_predictions(
     kind: str, predictions, task_data: TaskData, constrained: bool = True, crf=None
 ):
@@ -456,7 +345,7 @@ def decode_predictions(
     predictions: classification [n] ids or [n, C] logits -> list of label strings;
     regression [n] or [n, 1] -> list of floats; token_classification [n, L] ids or [n, L, C]
     logits -> list of per-word tag lists (BIO / IOBES tags from logits: the best sequence the
-    scheme allows per sentence, however many features it spans, eval.tag_decoding, unless
+    scheme allows per sentence, however many features it spans, tasks.tag_decoding, unless
     constrained=False; with crf, a CRF's parameters, the best sequence under its scores too);
     squad
     {"start_logits", "end_logits"} [n, L] (or a pair, or [n, L, 2]) -> {question id: answer}.

@@ -1,7 +1,7 @@
 r"""Sentence embeddings: a bi-encoder trained on (anchor, positive) pairs from TSV with a header
 `sentence1<TAB>sentence2`, with in-batch negatives.
 
-  python -m bert_jax.finetune --config configs/finetune/embedding.py --workdir runs/emb \
+  python -m bert_jax.finetune --config configs/finetune/sentence_embedding.py --workdir runs/emb \
       --config.init_checkpoint=PATH --config.task.train_file=train.tsv \
       --config.task.dev_file=dev.tsv
   python -m bert_jax.export runs/emb --out runs/emb_st --format=sentence-transformers
@@ -17,8 +17,8 @@ from bert_jax.pretraining.config import check_mode
 
 
 def get_config(mode: str = "default"):
-    check_mode(mode, ("default", "test"), "configs/finetune/embedding.py")
-    c = finetuning_config("embedding")
+    check_mode(mode, ("default", "test"), "configs/finetune/sentence_embedding.py")
+    c = finetuning_config("sentence_embedding")
     c.max_seq_length = 128  # 64 tokens per sentence
     c.batch_size = 32  # in-batch negatives: each anchor against batch_size - 1 other positives
     c.learning_rate = 2e-5
