@@ -2,11 +2,11 @@ r"""Export a bert_jax pretraining workdir (or any loadable checkpoint) to Huggin
 
   python -m bert_jax.export runs/demo --out runs/demo_hf            # Hugging Face (safetensors)
   python -m bert_jax.export runs/demo --out runs/demo_tf1 --format=tf1  # google-research/bert
+  python -m bert_jax.export runs/emb --out runs/emb_st --format=sentence-transformers
 
-The Hugging Face directory gets config.json, model.safetensors, vocab.txt and
-tokenizer_config.json, so `transformers.BertForPreTraining.from_pretrained(out)` and
-`BertTokenizer.from_pretrained(out)` both load it. --format=tf1 needs TensorFlow:
-`pip install -e ".[tf]"`.
+transformers' BertForPreTraining and BertTokenizer load the Hugging Face folder,
+`SentenceTransformer(out)` the sentence-transformers one; --format=tf1 needs TensorFlow
+(`pip install -e ".[tf]"`).
 """
 
 from absl import flags

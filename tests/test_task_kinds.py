@@ -52,6 +52,8 @@ def test_heads_widths_and_files_of_the_four_kinds():
         "regression": ("classifier", 1, "test_predictions.tsv", True, False),
         "token_classification": ("classifier", 3, "test_predictions.conll", True, True),
         "squad": ("qa_outputs", 2, "test_predictions.json", False, False),
+        "multilabel": ("classifier", 3, "test_predictions.tsv", True, False),
+        "sentence_embedding": ("mean_pooling", 2, "test_similarities.tsv", False, False),
     }
     assert tasks.get("token_classification").head_names(crf=True) == ("classifier", "crf")
 

@@ -1,5 +1,6 @@
-"""Export a pretraining workdir or any loadable checkpoint to a Hugging Face folder
-(safetensors, tokenizer files) or a TF1 checkpoint (`python -m bert_jax.export`)."""
+"""Export a pretraining workdir or any loadable checkpoint (`python -m bert_jax.export`): a
+Hugging Face folder (safetensors, tokenizer files), a TF1 checkpoint, or a sentence-transformers
+folder (the encoder with mean pooling)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import pathlib
 from absl import app, flags
 
 from bert_jax import entry
+from bert_jax.errors import UserError
 
 _OUT = flags.DEFINE_string("out", None, "Directory to write.")
-_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "tf1"], "Hugging Face or Google TF1.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "hf",
+    ["hf", "tf1", "sentence-transformers"],
+    "Hugging Face, Google TF1, or sentence-transformers (encoder + mean pooling).",
+)
 flags.mark_flag_as_required("out")
 
 
@@ -22,6 +29,8 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     from bert_jax.convert import hf
 
     info = pretrained.inspect_checkpoint(path)
+    if fmt == "sentence-transformers":
+        return export_sentence_transformers(info, out)
     params = pretrained.load_pretraining_params(info)
     out = pathlib.Path(out)
     if fmt == "hf":
@@ -43,6 +52,46 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     else:
         print(f"warning: {path} names no vocabulary; copy its vocab.txt into {out} yourself")
     return out
+
+
+def export_sentence_transformers(info, out) -> pathlib.Path:
+    """The encoder of `info` (any format) as a sentence-transformers folder with mean pooling;
+    its max_seq_length is a fine-tuned run's (per sentence for an embedding run), else 128."""
+    import jax
+    import numpy as np
+    from flax.core import meta
+
+    from bert_jax.checkpoints import pretrained
+    from bert_jax.finetuning.tasks import embedding
+    from bert_jax.model.modeling import BertModel
+
+    if info.vocab_file is None:
+        raise UserError(
+            f"{info.path} names no vocabulary; a sentence-transformers folder needs one"
+        )
+    model = BertModel(info.bert_config)
+    ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        meta.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids)["params"]),
+    )
+    encoder = pretrained.load_encoder(info, abstract)
+    length = 128
+    if info.task_info is not None:  # a fine-tuned workdir: the length it was trained at
+        from bert_jax.finetuning import tasks
+
+        length = int(info.task_info.get("max_seq_length", length))
+        if isinstance(tasks.get(info.task_info["kind"]), embedding.Embedding):
+            length = embedding.sentence_length(length)  # a row held two sentences
+    return embedding.export_sentence_transformers(
+        info.bert_config,
+        encoder,
+        info.vocab_file.read_text(encoding="utf-8"),
+        out,
+        lowercase=info.lowercase if info.lowercase is not None else True,
+        max_seq_length=min(length, int(info.bert_config.max_position_embeddings)),
+    )
 
 
 def main(argv):

@@ -394,16 +394,34 @@ def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
     Returns:
         The directory, now holding config.json and model.safetensors.
     """
+    return _write_hf_directory(config, dict(iter_hf_tensors(config, params)), path)
+
+
+def save_hf_encoder(config: BertConfig, encoder: dict, path) -> pathlib.Path:
+    """Writes the encoder alone ('bert' subtree) as a transformers.BertModel directory."""
+    flat = traverse_util.flatten_dict(encoder)
+    tensors = {}
+    for hf_name, ours, transpose in encoder_mappings(config, prefix=""):
+        value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
+        if is_vocab_param(ours):
+            value = trim_vocab_rows(config, value)
+        tensors[hf_name] = np.ascontiguousarray(value.T if transpose else value)
+    return _write_hf_directory(config, tensors, path, architecture="BertModel")
+
+
+def _write_hf_directory(
+    config: BertConfig, tensors: dict, path, architecture: str = "BertForPreTraining"
+) -> pathlib.Path:
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = dict(iter_hf_tensors(config, params))
     weights = directory / "model.safetensors"
     save_file(tensors, str(weights), metadata={"format": "pt"})
     # safetensors creates the file private (0600); give it the permissions of any new file.
     umask = os.umask(0)
     os.umask(umask)
     weights.chmod(0o666 & ~umask)
-    (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+    values = {**hf_config_dict(config), "architectures": [architecture]}
+    (directory / "config.json").write_text(json.dumps(values, indent=2) + "\n")
     return directory

@@ -125,8 +125,8 @@ def packed_rows(
     """The rows of `slots` [R, S] built from one-sequence-per-row arrays.
 
     arrays: per-sequence values, [n, >= max_length] for token_keys (the first lengths[i] tokens
-    of sequence i are real) and [n] for the rest. Returns token_keys as [R, max_length] and the
-    other keys as [R, S], plus segment_ids and position_ids [R, max_length] (0 on padding),
+    of sequence i are real) and [n, ...] for the rest. Returns token_keys as [R, max_length] and
+    the other keys as [R, S, ...], plus segment_ids and position_ids [R, max_length] (0 on padding),
     cls_positions [R, S] (where each sequence starts; 0 for an empty slot) and weights [R, S]
     (1.0 for a real sequence). Padding and empty slots hold `fill[key]` (DEFAULT_FILL, else 0).
     """
@@ -141,8 +141,10 @@ def packed_rows(
         pad = np.asarray(fill.get(key, 0), values.dtype)
         if key in token_keys:
             out[key] = np.where(is_token, values[token_source, within], pad)
-        else:
-            out[key] = np.where(real, values[source], pad)
+        else:  # [n, ...] -> [R, S, ...]
+            out[key] = np.where(
+                real.reshape(real.shape + (1,) * (values.ndim - 1)), values[source], pad
+            )
     out["segment_ids"] = np.where(is_token, slot_of + 1, 0).astype(np.int32)
     out["position_ids"] = within.astype(np.int32)
     out["cls_positions"] = np.where(real, starts, 0).astype(np.int32)

@@ -65,10 +65,13 @@ def build_batch(kind: str, data: TaskData, batch: Batch, rows: np.ndarray | None
             del out["weights"]  # tokens are weighted by their labels (and segment_ids)
         return out
     features = np.maximum(slots[:, 0], 0)
+    per_token = {"input_ids", "token_type_ids", "attention_mask"} | (
+        {"labels"} if task.per_token else set()
+    )
     out = {}
     for key in (*keys, "attention_mask"):
-        values = data.arrays[key][features]
-        out[key] = values[:, : batch.length] if values.ndim == 2 else values
+        values = data.arrays[key][features]  # per-feature targets may be [n, C] (multilabel)
+        out[key] = values[:, : batch.length] if key in per_token else values
     out["weights"] = (slots[:, 0] >= 0).astype(np.float32)
     return out
 

@@ -19,6 +19,8 @@ _REGISTRY = {
     "regression": "classification:Regression",
     "token_classification": "tagging:Tagging",
     "squad": "qa:QuestionAnswering",
+    "multilabel": "multilabel:MultiLabel",
+    "sentence_embedding": "embedding:Embedding",
 }
 KINDS = tuple(_REGISTRY)
 

@@ -123,7 +123,9 @@ def _sorted_labels(labels) -> list[str]:
 
 
 def _example_labels(example) -> list[str]:
-    return example.tags if isinstance(example, TokenExample) else [example.label]
+    if isinstance(example, TokenExample):
+        return example.tags
+    return list(example.label) if isinstance(example.label, tuple) else [example.label]
 
 
 def _resolve_label_list(task, kind, split, result, label_list) -> list[str]:
