@@ -58,10 +58,10 @@ test-main: $(VENV)/.installed-dev
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 test-tf: .venv-tf/.installed
-	.venv-tf/bin/python -m pytest tests/test_convert_tf1.py tests/test_untrusted_tf1.py
+	.venv-tf/bin/python -m pytest tests/unit/test_convert_tf1.py tests/unit/test_untrusted_tf1.py
 
 test-tpu: .venv-tpu/.installed
-	.venv-tpu/bin/python -m pytest tests/test_plan.py
+	.venv-tpu/bin/python -m pytest tests/integration/test_plan.py
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one command as N local JAX processes with D CPU devices each, talking gloo over 127.0.0.1:
 # the multi-host code paths (jax.distributed, per-process data shares, collective checkpoints)
-# on one machine. tests/test_multihost.py uses it.
+# on one machine. tests/integration/test_multihost.py uses it.
 #
 #   launch/local_multiprocess.sh [-n PROCESSES] [-d DEVICES_PER_PROCESS] [-p PORT] -- COMMAND...
 #

@@ -3,7 +3,7 @@
 
   python -m benchmarks.studies.recipe_fidelity
 
-The references are the numpy transcriptions in tests/test_optim.py (google-research/bert
+The references are the numpy transcriptions in tests/unit/test_optim.py (google-research/bert
 optimization.py, apex FusedLAMB / TF-Addons LAMB). "previous" re-creates the replaced code in a
 few lines: optax.lamb with the decay mask, optax.adamw, the Trainer-style schedule for
 pretraining, a dropout counter over the whole array, bfloat16-rounded logits and dropout scale.

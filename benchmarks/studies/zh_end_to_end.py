@@ -29,8 +29,8 @@ r"""Chinese end to end on ../shared/data/zh: does pretraining a small Chinese BE
    schedule, epoch order and initial head, first seed only (--trainer_seeds: more). Against
    bert_jax unpacked (one sentence per row) only the dropout masks differ: without dropout the
    two take the same steps, loss and gradient norm equal at every step
-   (tests/test_trainer_parity.py); bert_jax's own run packs its rows, as users run it. Its NER
-   is compared with bert_jax's NER with a plain linear head (the Trainer's
+   (tests/integration/test_trainer_parity.py); bert_jax's own run packs its rows, as users run
+   it. Its NER is compared with bert_jax's NER with a plain linear head (the Trainer's
    BertForTokenClassification has no CRF, window or FGM), run for that purpose. --dropout_seeds
    reruns the reference runs of the first Trainer seed with other dropout masks alone (config
    `dropout_seed`: same head, same batches), to show how far that chance moves one seed's score.

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 README = REPO / "README.zh-CN.md"
 SLICES = REPO / "tests" / "data" / "zh"
 

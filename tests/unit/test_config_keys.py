@@ -13,7 +13,7 @@ import sys
 import pytest
 from flax import traverse_util
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "tests" / "data" / "shipped_configs.json"
 MODES = {
     "configs/bert_base.py": ("phase1", "phase2"),
@@ -101,6 +101,6 @@ def test_model_keys_are_the_bert_config_fields():
     assert sorted(pretraining_config("tiny").model.keys()) == sorted(fields)
 
 
-if __name__ == "__main__":  # regenerate: python tests/test_config_keys.py (only on purpose)
+if __name__ == "__main__":  # regenerate: python tests/unit/test_config_keys.py (only on purpose)
     sys.path.insert(0, str(REPO))
     EXPECTED.write_text(json.dumps(all_configs(), indent=1, sort_keys=True) + "\n")

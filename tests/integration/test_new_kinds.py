@@ -17,7 +17,7 @@ from bert_jax.finetuning.tasks import embedding, multilabel
 from bert_jax.finetuning.tasks.features import featurise_texts
 from bert_jax.model.modeling import BertModel
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 # --- multilabel --------------------------------------------------------------------------------
@@ -354,12 +354,13 @@ def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_
 
 
 def test_real_data_tasks_are_built_from_shared_data(shared_data, tmp_path):
-    """benchmarks/newkinds_data.py: lemma -> supersense sets split by lemma, gloss -> example."""
+    """benchmarks/studies/task_kinds_data.py: lemma -> supersense sets split by lemma, gloss ->
+    example."""
     import subprocess
     import sys
 
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.newkinds_data", "--data", str(shared_data),
+        [sys.executable, "-m", "benchmarks.studies.task_kinds_data", "--data", str(shared_data),
          "--out", str(tmp_path), "--max_dev", "1000"],
         check=True, cwd=REPO, capture_output=True,
     )  # fmt: skip

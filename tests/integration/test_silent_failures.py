@@ -25,7 +25,7 @@ from bert_jax.finetuning.config import finetuning_config, use_test_mode
 from bert_jax.pretraining import train as train_lib
 from bert_jax.training import divergence, rerun
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "data" / "tasks"
 REFUSED = r"holds a run with other settings \({}\); rerunning would return that run"
 DIVERGED = r"training diverged: loss is nan at step (\d+); .* last good checkpoint is {}/{}\."

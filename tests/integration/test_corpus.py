@@ -13,7 +13,7 @@ from bert_jax.data.corpus import reader
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

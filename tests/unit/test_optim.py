@@ -22,7 +22,7 @@ from bert_jax.finetuning import config as finetune_config
 from bert_jax.model.modeling import BertConfig, BertForPreTraining
 from bert_jax.training.optim import learning_rate_schedule, make_optimizer
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # google's exclude_from_weight_decay; NVIDIA's BERT puts the same parameters in its no-decay
 # group (which FusedLAMB does not adapt unless use_nvlamb).

@@ -9,7 +9,7 @@ import pytest
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the dev extra")
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the dev extra")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO_ROOT / "notebooks" / "quickstart.ipynb"
 RESULTS_MARKER = "QUICKSTART_RESULTS "
 NUM_STEPS = 12

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from bert_jax.errors import UserError  # noqa: E402
 from bert_jax.training import plots as plot  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def write_run(workdir, num_steps=200, log_every=10, eval_every=50, scale=1.0, resumed_at=None):

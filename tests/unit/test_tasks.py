@@ -14,7 +14,7 @@ from bert_jax.finetuning.tasks import features as tasks
 from bert_jax.finetuning.tasks import readers as tasks_readers
 from bert_jax.finetuning.tasks import squad as tasks_squad
 
-SLICES = pathlib.Path(__file__).parent / "data" / "tasks"
+SLICES = pathlib.Path(__file__).parents[1] / "data" / "tasks"
 
 
 @pytest.fixture(scope="module")

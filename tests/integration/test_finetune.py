@@ -35,7 +35,7 @@ from bert_jax.training import sharding
 from bert_jax.training.gradients import with_adversarial_embeddings
 from bert_jax.training.metrics import throughput
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "data" / "tasks"
 LEARNABLE = dict(batch_size=16, num_train_epochs=12.0, learning_rate=5e-3)
 FILLER = "the a of river stone blue cat runs quickly under table green lamp".split()

@@ -20,7 +20,7 @@ from bert_jax.planning import planner as plan_lib
 from bert_jax.training import sharding
 from bert_jax.training.metrics import PEAK_FLOPS_BY_DEVICE_KIND
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_MODEL = {
     "hidden_size": 128,
     "intermediate_size": 512,

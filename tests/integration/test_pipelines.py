@@ -20,7 +20,7 @@ from bert_jax.finetuning.config import finetuning_config
 from bert_jax.inference import pipelines
 from bert_jax.model.modeling import BertConfig, BertForPreTraining, BertModel
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "data" / "tasks"
 TEXTS = ["the flight was delayed again", "great service, thank you!", "ok"]
 

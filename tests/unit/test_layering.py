@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent / "bert_jax"
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "bert_jax"
 
 # Leaf modules every layer may import; they import nothing of bert_jax but each other.
 SHARED = ("bert_jax.errors", "bert_jax.paths", "bert_jax.untrusted")

@@ -139,7 +139,7 @@ def _worker_command(call):
 
 def test_tpu_vm_runs_the_same_command_on_every_worker(tmp_path):
     """`train` starts the job on every worker with this machine's settings (ssh carries no
-    environment); tests/test_tpu_vm.py runs what the workers then do."""
+    environment); tests/integration/test_tpu_vm.py runs what the workers then do."""
     env = _stand_ins(tmp_path, "gcloud")
     env.update(BUCKET="gs://bucket", TPU_NAME="pod", RUN="r1", MESH="data=-1 fsdp=4")
     env["INPUT_FILES"] = "gs://bucket/corpus/*.txt"

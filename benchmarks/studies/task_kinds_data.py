@@ -1,6 +1,6 @@
 r"""Writes the multi-label and sentence-embedding TSVs docs/tasks.md trains on, from ../shared/data.
 
-  python -m benchmarks.newkinds_data --data ../shared/data --out runs/newkinds_data
+  python -m benchmarks.studies.task_kinds_data --data ../shared/data --out runs/task_kinds_data
 
 multilabel/{train,dev}.tsv: `sentence<TAB>labels`, a WordNet lemma and the set of its supersenses
 (`|`-joined), split by lemma. embedding/{train,dev}.tsv: `sentence1<TAB>sentence2`, a gloss and
@@ -58,7 +58,7 @@ def _write(path: pathlib.Path, header: str, rows, limit: int = 0) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--out", default="runs/newkinds_data")
+    parser.add_argument("--out", default="runs/task_kinds_data")
     parser.add_argument("--max_dev", type=int, default=0, help="dev rows kept (every k-th); 0: all")
     args = parser.parse_args()
     data, out = pathlib.Path(args.data), pathlib.Path(args.out)
