@@ -15,6 +15,7 @@ from bert_jax import entry
 from bert_jax.convert import export
 from bert_jax.convert.export import main
 
+export.define_flags()
 flags.adopt_module_key_flags(export)  # --help lists its flags
 
 if __name__ == "__main__":

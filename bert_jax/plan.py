@@ -15,6 +15,7 @@ from bert_jax import entry
 from bert_jax.planning import cli
 from bert_jax.planning.cli import main
 
+cli.define_flags()
 flags.adopt_module_key_flags(cli)  # --help lists its flags
 
 if __name__ == "__main__":

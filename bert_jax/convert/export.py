@@ -12,14 +12,19 @@ from absl import app, flags
 from bert_jax import entry
 from bert_jax.errors import UserError
 
-_OUT = flags.DEFINE_string("out", None, "Directory to write.")
-_FORMAT = flags.DEFINE_enum(
-    "format",
-    "hf",
-    ["hf", "tf1", "sentence-transformers"],
-    "Hugging Face, Google TF1, or sentence-transformers (encoder + mean pooling).",
-)
-flags.mark_flag_as_required("out")
+
+def define_flags() -> None:
+    """Defines the command's flags: called by its entry module, so importing this module
+    for its functions defines none (absl flags are global to the process)."""
+    global _OUT, _FORMAT
+    _OUT = flags.DEFINE_string("out", None, "Directory to write.")
+    _FORMAT = flags.DEFINE_enum(
+        "format",
+        "hf",
+        ["hf", "tf1", "sentence-transformers"],
+        "Hugging Face, Google TF1, or sentence-transformers (encoder + mean pooling).",
+    )
+    flags.mark_flag_as_required("out")
 
 
 def export(path, out, fmt: str = "hf") -> pathlib.Path:

@@ -12,23 +12,35 @@ from ml_collections import config_flags
 from bert_jax import entry
 from bert_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4 or v5p-32.")
-_OUT = flags.DEFINE_string("out", None, "Write the plan (or the sweep's choice) as JSON here.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Try mesh layouts and microbatches; pick the fastest.")
-_LAYOUTS = flags.DEFINE_list(
-    "sweep_layouts", None, "DATAxFSDPxTENSOR layouts to sweep (default: every split, tensor <= 8)."
-)
-_MICROBATCHES = flags.DEFINE_list(
-    "sweep_microbatches", None, "Per-device microbatch sizes to try (default: every divisor)."
-)
-_NUM_SLICES = flags.DEFINE_integer(
-    "num_slices", 1, "Slices of --topology joined by DCN (a multi-slice job; mesh.dcn_* apply)."
-)
-_HBM_GIB = flags.DEFINE_float(
-    "hbm_gib", None, "HBM per chip to plan against, GiB (default: the chip's; less keeps headroom)."
-)
-flags.mark_flags_as_required(["config", "topology"])
+
+def define_flags() -> None:
+    """Defines the command's flags: called by its entry module, so importing this module
+    for its functions defines none (absl flags are global to the process)."""
+    global _CONFIG, _TOPOLOGY, _OUT, _SWEEP, _LAYOUTS, _MICROBATCHES, _NUM_SLICES, _HBM_GIB
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
+    _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4 or v5p-32.")
+    _OUT = flags.DEFINE_string("out", None, "Write the plan (or the sweep's choice) as JSON here.")
+    _SWEEP = flags.DEFINE_bool(
+        "sweep", False, "Try mesh layouts and microbatches; pick the fastest."
+    )
+    _LAYOUTS = flags.DEFINE_list(
+        "sweep_layouts",
+        None,
+        "DATAxFSDPxTENSOR layouts to sweep (default: every split, tensor <= 8).",
+    )
+    _MICROBATCHES = flags.DEFINE_list(
+        "sweep_microbatches", None, "Per-device microbatch sizes to try (default: every divisor)."
+    )
+    _NUM_SLICES = flags.DEFINE_integer(
+        "num_slices", 1, "Slices of --topology joined by DCN (a multi-slice job; mesh.dcn_* apply)."
+    )
+    _HBM_GIB = flags.DEFINE_float(
+        "hbm_gib",
+        None,
+        "HBM per chip to plan against, GiB (default: the chip's; less keeps headroom).",
+    )
+    flags.mark_flags_as_required(["config", "topology"])
+
 
 GIB = 2**30
 

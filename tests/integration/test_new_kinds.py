@@ -319,7 +319,7 @@ def test_multilabel_unpacked_scores_like_packed(e2e, tmp_path):
 
 
 def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_path):
-    from bert_jax import export
+    from bert_jax.convert.export import export
     from bert_jax.finetuning import train as finetune_lib
 
     model_dir, files = e2e
@@ -341,7 +341,7 @@ def test_embedding_learns_topics_and_exports_for_sentence_transformers(e2e, tmp_
     # The exported folder embeds each sentence as the run did: its cosines of the test pairs
     # equal the ones do_predict wrote.
     st = pytest.importorskip("sentence_transformers")
-    out = export.export(workdir, tmp_path / "st", "sentence-transformers")
+    out = export(workdir, tmp_path / "st", "sentence-transformers")
     rows = [
         line.split("\t") for line in (workdir / "test_similarities.tsv").read_text().splitlines()
     ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -237,3 +239,34 @@ def test_checker_allows_what_the_rules_allow():
         }
     )
     assert violations(allowed, _PACKAGES) == []
+
+
+def test_importing_the_library_defines_no_command_line_flags():
+    """absl flags are global to a process: a library module defining them on import clashes with
+    another one's (two commands' --out) in a notebook or a test process. Only entry modules do."""
+    library = [
+        name
+        for name in module_names()
+        if name not in {f"bert_jax.{entry}" for entry in ENTRY_MODULES}
+    ]
+    code = (
+        "import importlib, sys\n"
+        "from absl import flags\n"
+        "skipped = []\n"
+        f"for name in {library!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as err:  # an optional extra (TensorFlow, Beam) not installed\n"
+        "        if (err.name or '').startswith('bert_jax'):\n"
+        "            raise\n"
+        "        skipped.append(name)\n"
+        "ours = sorted(m for m in flags.FLAGS.flags_by_module_dict() if m.startswith('bert_jax'))\n"
+        "print(len(skipped), ours)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped, defined = done.stdout.strip().split(" ", 1)
+    assert int(skipped) < 5, done.stdout
+    assert defined == "[]", f"library modules define flags on import: {defined}"

@@ -8,40 +8,62 @@ from absl import app, flags, logging
 from bert_jax import entry
 from bert_jax.errors import UserError
 
-_INPUT_FILES = flags.DEFINE_string("input_files", None, "Comma-separated text files or globs.")
-_VOCAB_FILE = flags.DEFINE_string("vocab_file", None, "WordPiece vocab, one token per line.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory for the tokenized dataset.")
-_LOWERCASE = flags.DEFINE_bool("lowercase", True, "Lower-case and strip accents (uncased BERT).")
-_VALIDATION_FRACTION = flags.DEFINE_float(
-    "validation_fraction", 0.05, "Share of documents held out for validation."
-)
-_MAX_LINE_CHARS = flags.DEFINE_integer(
-    "max_line_chars", 20_000, "Longer lines are split at a space (and counted)."
-)
-_TRAIN_VOCAB_SIZE = flags.DEFINE_integer(
-    "train_vocab_size", 0, "If > 0: learn a vocab of this size from the inputs into --vocab_file."
-)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "num_workers", 0, "Tokenizing processes (0: one per core); the dataset does not depend on it."
-)
-_WORD_SEGMENTER = flags.DEFINE_string(
-    "word_segmenter",
-    "none",
-    "Record whole-word boundaries for whole-word masking: none, jieba (bert_jax[zh]) or "
-    "module:callable (a function str -> list[str], e.g. wrapping LTP or pkuseg).",
-)
-_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
-    "beam_pipeline_options",
-    "",
-    "Run on Apache Beam (bert_jax[beam]) with these options, e.g. runner=DataflowRunner,"
-    "project=P,region=R,temp_location=gs://B/tmp (see docs/pretraining.md).",
-)
-_ALLOW_DIRTY_CORPUS = flags.DEFINE_bool(
-    "allow_dirty_corpus",
-    False,
-    "Keep a corpus with over 1% invalid UTF-8 bytes or over 5% [UNK] tokens (else: an error).",
-)
-flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
+
+def define_flags() -> None:
+    """Defines the command's flags: called by its entry module, so importing this module
+    for its functions defines none (absl flags are global to the process)."""
+    global \
+        _INPUT_FILES, \
+        _VOCAB_FILE, \
+        _DATA_DIR, \
+        _LOWERCASE, \
+        _VALIDATION_FRACTION, \
+        _MAX_LINE_CHARS, \
+        _TRAIN_VOCAB_SIZE, \
+        _NUM_WORKERS, \
+        _WORD_SEGMENTER, \
+        _BEAM_PIPELINE_OPTIONS, \
+        _ALLOW_DIRTY_CORPUS
+    _INPUT_FILES = flags.DEFINE_string("input_files", None, "Comma-separated text files or globs.")
+    _VOCAB_FILE = flags.DEFINE_string("vocab_file", None, "WordPiece vocab, one token per line.")
+    _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory for the tokenized dataset.")
+    _LOWERCASE = flags.DEFINE_bool(
+        "lowercase", True, "Lower-case and strip accents (uncased BERT)."
+    )
+    _VALIDATION_FRACTION = flags.DEFINE_float(
+        "validation_fraction", 0.05, "Share of documents held out for validation."
+    )
+    _MAX_LINE_CHARS = flags.DEFINE_integer(
+        "max_line_chars", 20_000, "Longer lines are split at a space (and counted)."
+    )
+    _TRAIN_VOCAB_SIZE = flags.DEFINE_integer(
+        "train_vocab_size",
+        0,
+        "If > 0: learn a vocab of this size from the inputs into --vocab_file.",
+    )
+    _NUM_WORKERS = flags.DEFINE_integer(
+        "num_workers",
+        0,
+        "Tokenizing processes (0: one per core); the dataset does not depend on it.",
+    )
+    _WORD_SEGMENTER = flags.DEFINE_string(
+        "word_segmenter",
+        "none",
+        "Record whole-word boundaries for whole-word masking: none, jieba (bert_jax[zh]) or "
+        "module:callable (a function str -> list[str], e.g. wrapping LTP or pkuseg).",
+    )
+    _BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+        "beam_pipeline_options",
+        "",
+        "Run on Apache Beam (bert_jax[beam]) with these options, e.g. runner=DataflowRunner,"
+        "project=P,region=R,temp_location=gs://B/tmp (see docs/pretraining.md).",
+    )
+    _ALLOW_DIRTY_CORPUS = flags.DEFINE_bool(
+        "allow_dirty_corpus",
+        False,
+        "Keep a corpus with over 1% invalid UTF-8 bytes or over 5% [UNK] tokens (else: an error).",
+    )
+    flags.mark_flags_as_required(["input_files", "vocab_file", "data_dir"])
 
 
 def main(argv):
