@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks.features import IGNORE_LABEL
 
@@ -261,3 +262,20 @@ def scatter_rows(values, slots: np.ndarray, out: np.ndarray, per_token: bool) ->
         out[slots[real, 0], : values.shape[1]] = values
     else:
         out[slots[real, 0]] = values
+
+
+class SequenceScores(Task):
+    """A kind whose head scores each sequence with one vector of C values ([CLS] heads): the
+    logits come back to the host as they are and go to their features, packed rows or not."""
+
+    def host_predictions(self, outputs, token_scores=False):
+        return outputs  # [B, C] logits, packed [B, S, C]
+
+    def prediction_buffers(self, data, num_labels, token_scores=False):
+        return {"predictions": np.zeros((data.num_features, num_labels), np.float32)}
+
+    def scatter_predictions(self, data, batch, outputs, into):
+        if batch.packed:
+            packing.unpack_sequences(outputs, batch.slots, into["predictions"])
+        else:
+            scatter_rows(outputs, batch.slots, into["predictions"], per_token=False)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.finetuning import scores as metrics
 from bert_jax.finetuning.tasks import features, readers
-from bert_jax.finetuning.tasks.base import Task, nll, scatter_rows
+from bert_jax.finetuning.tasks.base import SequenceScores, nll
 from bert_jax.finetuning.tasks.readers import LABEL_COLUMN, ReadResult, SentenceExample
 from bert_jax.model.modeling import BertForSequenceClassification
 
 
-class Classification(Task):
+class Classification(SequenceScores):
     """Classes from the training labels; accuracy, macro F1 and MCC."""
 
     regression = False
@@ -92,18 +91,6 @@ class Classification(Task):
         loss_sum = jnp.sum(nll(outputs, labels) * valid)
         correct = jnp.sum((jnp.argmax(outputs, -1) == labels) * valid)
         return {"loss_sum": loss_sum, "count": jnp.sum(valid), "correct": correct}
-
-    def host_predictions(self, outputs, token_scores=False):
-        return outputs  # [B, C] logits, packed [B, S, C]
-
-    def prediction_buffers(self, data, num_labels, token_scores=False):
-        return {"predictions": np.zeros((data.num_features, num_labels), np.float32)}
-
-    def scatter_predictions(self, data, batch, outputs, into):
-        if batch.packed:
-            packing.unpack_sequences(outputs, batch.slots, into["predictions"])
-        else:
-            scatter_rows(outputs, batch.slots, into["predictions"], per_token=False)
 
     def decode(self, predictions, data, constrained=True, crf=None):
         n = data.num_features

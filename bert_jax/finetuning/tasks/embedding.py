@@ -20,7 +20,7 @@ from etils import epath
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks import features
 from bert_jax.finetuning.tasks.base import Task, scatter_rows
-from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, tsv_rows
 from bert_jax.model.modeling import BertConfig, BertModel
 
 MAIN_METRIC = "mrr"
@@ -34,18 +34,9 @@ def read_pairs(path) -> ReadResult:
     header = [name.strip() for name in lines[0].split("\t")] if lines else []
     if "sentence1" not in header or "sentence2" not in header:
         raise UserError(f"{path}:1: header {header} lacks sentence1 and sentence2 (docs/tasks.md)")
-    examples, blank = [], 0
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            blank += 1
-            continue
-        values = line.split("\t")
-        if len(values) != len(header):
-            raise UserError(
-                f"{path}:{number}: {len(values)} tab-separated fields but the header has "
-                f"{len(header)}"
-            )
-        row = dict(zip(header, values, strict=True))
+    examples = []
+    rows, blank = tsv_rows(path, header, lines)
+    for number, row in rows:
         examples.append(
             SentenceExample(
                 guid=f"{epath.Path(path).stem}-{number}",

@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks import features
-from bert_jax.finetuning.tasks.base import Task, scatter_rows
-from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample
+from bert_jax.finetuning.tasks.base import SequenceScores
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, tsv_rows
 from bert_jax.model.modeling import BertForSequenceClassification
 
 SEPARATOR = "|"
@@ -51,18 +50,9 @@ def read_tsv(path, labeled: bool = True) -> ReadResult:
     missing = [c for c in text_columns + ([LABELS_COLUMN] if labeled else []) if c not in header]
     if missing:
         raise UserError(f"{path}:1: header {header} lacks {missing}; see docs/tasks.md")
-    examples, blank = [], 0
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            blank += 1
-            continue
-        values = line.split("\t")
-        if len(values) != len(header):
-            raise UserError(
-                f"{path}:{number}: {len(values)} tab-separated fields but the header has "
-                f"{len(header)}"
-            )
-        row = dict(zip(header, values, strict=True))
+    examples = []
+    rows, blank = tsv_rows(path, header, lines)
+    for number, row in rows:
         origin = f"{path}:{number}"
         label = parse_labels(row.pop(LABELS_COLUMN), origin) if has_labels else None
         texts = [row[name] for name in text_columns]
@@ -154,7 +144,7 @@ def most_frequent_baseline(train_sets, label_list: list[str], n: int) -> np.ndar
     return np.broadcast_to(row, (n, len(label_list))).copy()
 
 
-class MultiLabel(Task):
+class MultiLabel(SequenceScores):
     """One sigmoid per label on the [CLS] head; labels float32 [n, C] multi-hot (-1: unlabeled)."""
 
     packed_fill = {"labels": -1.0}
@@ -185,18 +175,6 @@ class MultiLabel(Task):
 
     def loss_sums(self, outputs, batch):
         return loss_sums(outputs, batch["labels"], self.target_weights(batch))
-
-    def host_predictions(self, outputs, token_scores=False):
-        return outputs  # [B, C] logits, packed [B, S, C]
-
-    def prediction_buffers(self, data, num_labels, token_scores=False):
-        return {"predictions": np.zeros((data.num_features, num_labels), np.float32)}
-
-    def scatter_predictions(self, data, batch, outputs, into):
-        if batch.packed:
-            packing.unpack_sequences(outputs, batch.slots, into["predictions"])
-        else:
-            scatter_rows(outputs, batch.slots, into["predictions"], per_token=False)
 
     def decode(self, predictions, data, constrained=True, crf=None):
         return decode(predictions)  # bool [n, C]

@@ -85,6 +85,24 @@ def _parse_float(text: str, origin: str) -> float:
     return value
 
 
+def tsv_rows(path, header: list[str], lines: list[str]) -> tuple[list[tuple[int, dict]], int]:
+    """The lines after the header of a TSV file as (line number, {column: field}), and how many
+    blank lines were skipped; a line with another number of fields than the header is an error."""
+    rows, blank = [], 0
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            blank += 1
+            continue
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise UserError(
+                f"{path}:{number}: {len(values)} tab-separated fields but the header has "
+                f"{len(header)} ({', '.join(header)}); a field may not contain a tab or newline"
+            )
+        rows.append((number, dict(zip(header, values, strict=True))))
+    return rows, blank
+
+
 def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadResult:
     """Reads `sentence<TAB>label` or `sentence1<TAB>sentence2<TAB>label` files with a header.
 
@@ -113,18 +131,9 @@ def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadR
     if labeled and not has_label:
         raise UserError(f"{path}:1: header {header} has no '{LABEL_COLUMN}' column")
 
-    examples, blank = [], 0
-    for line_number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            blank += 1
-            continue
-        values = line.split("\t")
-        if len(values) != len(header):
-            raise UserError(
-                f"{path}:{line_number}: {len(values)} tab-separated fields but the header has "
-                f"{len(header)} ({', '.join(header)}); a field may not contain a tab or newline"
-            )
-        row = dict(zip(header, values, strict=True))
+    examples = []
+    rows, blank = tsv_rows(path, header, lines)
+    for line_number, row in rows:
         label = row.pop(LABEL_COLUMN).strip() if has_label else None
         if has_label and not label:
             raise UserError(f"{path}:{line_number}: empty '{LABEL_COLUMN}' field")
