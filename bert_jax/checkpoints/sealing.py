@@ -294,7 +294,9 @@ class _NoTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         source = record.name.split(".")[0] in ("gcsfs", "fsspec")
         source = source or f"{os.sep}orbax{os.sep}" in record.pathname
-        return not (source and record.exc_info)
+        # Orbax also logs a failed write's exception with its traceback folded into the message.
+        folded = "Traceback (most recent call last)" in record.getMessage()
+        return not (source and (record.exc_info or folded))
 
 
 def _quiet_save_tracebacks() -> None:

@@ -533,3 +533,21 @@ def test_init_checkpoint_falls_back_past_a_damaged_newest_step(tmp_path, run, ca
     damage(tmp_path / "checkpoints" / "2")
     with pytest.raises(UserError, match=r"no intact checkpoint \(steps found: \[4, 2\]\)"):
         load_params_for_init(tmp_path, abstract)
+
+
+def test_orbax_save_errors_are_not_printed_as_tracebacks():
+    """A failed save is reported by SealedManager in one line; what Orbax logs of it is dropped,
+    whether its traceback comes as exc_info or folded into the message (seen on gs:// with 403s)."""
+    import logging
+
+    from bert_jax.checkpoints.sealing import _NoTracebacks
+
+    def record(message, exc_info=None, path="/site-packages/orbax/checkpoint/x.py"):
+        return logging.LogRecord("absl", logging.ERROR, path, 1, message, None, exc_info)
+
+    folded = "save failed: ValueError: 403\nTraceback (most recent call last):\n  File ..."
+    keep = _NoTracebacks().filter
+    assert not keep(record(folded))
+    assert not keep(record("save failed", exc_info=(ValueError, ValueError("403"), None)))
+    assert keep(record("save failed: 403"))  # a line without a traceback stays
+    assert keep(record(folded, path="/work/bert_jax/training/loop.py"))  # not Orbax's: stays
