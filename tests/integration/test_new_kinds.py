@@ -374,3 +374,23 @@ def test_real_data_tasks_are_built_from_shared_data(shared_data, tmp_path):
     pairs = embedding.read_pairs(tmp_path / "embedding" / "dev.tsv")
     assert len(pairs.examples) == 956 and pairs.examples[0].text_b
     assert len(embedding.read_pairs(tmp_path / "embedding" / "train.tsv").examples) == 34869
+
+
+def test_pair_and_multilabel_files_are_read_as_the_other_task_files(tmp_path):
+    """Only \\n ends a line (a sentence may hold U+2028), a UTF-8 BOM is dropped, and a missing or
+    non-UTF-8 file is one line of error, as for the classification and CoNLL files."""
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(
+        "\ufeffsentence1\tsentence2\nfirst\u2028line\tits positive\n", encoding="utf-8"
+    )
+    (example,) = embedding.read_pairs(pairs).examples
+    assert (example.text_a, example.text_b) == ("first\u2028line", "its positive")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("sentence\tlabels\na\u2028b\tx|y\n", encoding="utf-8")
+    (example,) = multilabel.read_tsv(labels).examples
+    assert example.text_a == "a\u2028b" and example.label == ("x", "y")
+    with pytest.raises(UserError, match="file not found"):
+        embedding.read_pairs(tmp_path / "missing.tsv")
+    (tmp_path / "latin1.tsv").write_bytes(b"sentence\tlabels\ncaf\xe9\tx\n")
+    with pytest.raises(UserError, match=r"latin1.tsv:2: not UTF-8"):
+        multilabel.read_tsv(tmp_path / "latin1.tsv")

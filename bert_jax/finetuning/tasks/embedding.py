@@ -20,7 +20,7 @@ from etils import epath
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks import features
 from bert_jax.finetuning.tasks.base import Task, scatter_rows
-from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, tsv_rows
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, read_lines, tsv_rows
 from bert_jax.model.modeling import BertConfig, BertModel
 
 MAIN_METRIC = "mrr"
@@ -30,7 +30,7 @@ DEFAULT_SCALE = 20.0  # sentence-transformers MultipleNegativesRankingLoss's def
 def read_pairs(path) -> ReadResult:
     """SentenceExamples (anchor text_a, positive text_b) of a `sentence1<TAB>sentence2` TSV with a
     header (local or gs://); blank lines are skipped and counted."""
-    lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_lines(epath.Path(path))
     header = [name.strip() for name in lines[0].split("\t")] if lines else []
     if "sentence1" not in header or "sentence2" not in header:
         raise UserError(f"{path}:1: header {header} lacks sentence1 and sentence2 (docs/tasks.md)")

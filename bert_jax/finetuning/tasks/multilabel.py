@@ -15,7 +15,7 @@ from etils import epath
 from bert_jax.errors import UserError
 from bert_jax.finetuning.tasks import features
 from bert_jax.finetuning.tasks.base import SequenceScores
-from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, tsv_rows
+from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, read_lines, tsv_rows
 from bert_jax.model.modeling import BertForSequenceClassification
 
 SEPARATOR = "|"
@@ -40,7 +40,7 @@ def parse_labels(field: str, origin: str) -> tuple[str, ...]:
 def read_tsv(path, labeled: bool = True) -> ReadResult:
     """SentenceExamples whose label is a tuple of labels, from `sentence(1, sentence2)<TAB>labels`
     with a header (local or gs://); blank lines are skipped and counted."""
-    lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_lines(epath.Path(path))
     if not lines:
         raise UserError(f"{path} is empty: it needs a header line (sentence<TAB>labels)")
     header = [name.strip() for name in lines[0].split("\t")]

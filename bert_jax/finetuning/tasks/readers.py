@@ -57,8 +57,9 @@ class ReadResult:
     label_names: list[str] | None = None  # fixed label set (TFDS ClassLabel), else None
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-    """The file's lines without line endings (only \\n and \\r\\n end a line, never U+2028)."""
+def read_lines(path) -> list[str]:
+    """The file's lines without line endings (only \\n and \\r\\n end a line, never U+2028);
+    `path` is a pathlib or etils.epath Path. A missing or non-UTF-8 file is one line of error."""
     if not path.is_file():
         raise UserError(f"{path}: file not found; check the task.*_file setting")
     data = path.read_bytes()
@@ -112,7 +113,7 @@ def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadR
     Blank lines are skipped and counted.
     """
     path = pathlib.Path(path)
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if not lines:
         raise UserError(f"{path}: empty file; a TSV task file starts with a header line")
     header = [name.strip() for name in lines[0].split("\t")]
@@ -172,7 +173,7 @@ def read_conll(path: str | pathlib.Path, labeled: bool) -> ReadResult:
     counted.
     """
     path = pathlib.Path(path)
-    lines = _read_lines(path)
+    lines = read_lines(path)
     examples, words, tags = [], [], []
     file_labeled, docstarts, first_line = None, 0, 0
 
