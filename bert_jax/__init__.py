@@ -6,6 +6,7 @@ Public API (imported lazily, so `import bert_jax` stays cheap):
     load_tf1_checkpoint, save_tf1_checkpoint                   (bert_jax.convert.tf1, tf extra)
     WordPieceTokenizer                                         (bert_jax.data.tokenization)
     pipeline                                                   (bert_jax.inference.pipelines)
+    finetuning_config                                          (bert_jax.finetuning.config)
     UserError                                                  (bert_jax.errors)
 """
 
@@ -24,6 +25,7 @@ _EXPORTS = {
     "save_tf1_checkpoint": "bert_jax.convert.tf1",
     "WordPieceTokenizer": "bert_jax.data.tokenization",
     "pipeline": "bert_jax.inference.pipelines",
+    "finetuning_config": "bert_jax.finetuning.config",
     "UserError": "bert_jax.errors",
 }
 

@@ -1,6 +1,7 @@
 """The fine-tuning config: every key with its default, and validation before anything compiles.
 
-Config files under configs/finetune/ call `finetuning_config(kind)` and override what they change.
+`finetuning_config(kind, mode)` is the whole shipped config of a kind, importable from the installed
+package; configs/finetune/KIND.py (the --config files) return it.
 The architecture is never configured here: it comes from `init_checkpoint` (a Hugging Face BERT
 directory, a bert_jax pretraining workdir or one of its checkpoints), and so does the vocabulary
 unless `vocab_file` is set.
@@ -20,7 +21,7 @@ from bert_jax.finetuning.tasks import KINDS
 from bert_jax.model.config import REMAT_POLICIES
 from bert_jax.paths import as_path  # init_checkpoint and vocab_file may be on gs://
 from bert_jax.training import sharding
-from bert_jax.training.config_parts import (  # noqa: F401 (check_mode: for configs/finetune)
+from bert_jax.training.config_parts import (
     add_mesh_keys,
     add_optimizer_defaults,
     add_rerun_keys,
@@ -42,10 +43,25 @@ def use_test_mode(c: ml_collections.ConfigDict, max_seq_length: int = 32) -> Non
     c.progress_bar = False
 
 
-def finetuning_config(kind: str) -> ml_collections.ConfigDict:
-    """Defaults of google-research/bert run_classifier / run_squad, for task `kind`."""
+MODES = ("default", "test")  # test: use_test_mode, the seconds-long setup of the test suite
+
+
+def finetuning_config(kind: str, mode: str = "default") -> ml_collections.ConfigDict:
+    """The shipped config of task `kind` (google-research/bert run_classifier / run_squad
+    defaults and the kind's recipe): what `--config configs/finetune/KIND.py[:MODE]` gives."""
     if kind not in KINDS:
         raise UserError(f"unknown task kind {kind!r}; choose one of {KINDS}")
+    check_mode(mode, MODES, f"configs/finetune/{kind}.py")
+    c = _generic_config(kind)
+    task = tasks.get(kind)
+    c.update(task.recipe)
+    if mode == "test":
+        use_test_mode(c)
+        c.update(task.test_recipe)
+    return c
+
+
+def _generic_config(kind: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.init_checkpoint = ""  # HF BERT dir, bert_jax pretraining workdir, or its checkpoints/<step>
     c.random_init = False  # architecture and vocab from init_checkpoint, weights random (baseline)
@@ -59,6 +75,13 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
     c.task.test_file = ""  # predicted with do_predict
     c.task.tfds_name = ""  # e.g. glue/sst2, squad: read instead of the files when they are unset
     c.task.tfds_data_dir = ""  # where that TFDS dataset was prepared
+    # The label set and the head's order; empty: the training labels, sorted (and printed).
+    c.task.labels = ()
+    # Rows in memory with named columns (train_and_evaluate(train=DataFrame, ...)): the column of
+    # each input; "" = the first present of tasks/rows.py DEFAULT_COLUMNS ("text", "sentence", ...).
+    c.task.columns = ml_collections.ConfigDict(
+        dict(text="", text_pair="", label="", tokens="", tags="")
+    )
 
     c.max_seq_length = 128  # word pieces per input, and per packed row
     # Several short examples per row of max_seq_length (Krell et al. 2021): each attends only
@@ -121,6 +144,7 @@ def finetuning_config(kind: str) -> ml_collections.ConfigDict:
 FINETUNING_RERUN_FREE = frozenset({
     "log_every_steps", "checkpoint_every_steps", "progress_bar", "eval_batch_size", "do_predict",
     "task.train_file", "task.dev_file", "task.test_file", "task.tfds_name", "task.tfds_data_dir",
+    "task.columns",
     "mesh", "logical_axis_rules", "remat_policy", "overwrite", "resume_with_changes",
 })  # fmt: skip
 
@@ -152,8 +176,10 @@ FINETUNING_RANGES = {
 }
 
 
-def validate_finetuning_config(config, num_devices: int) -> None:
-    """Checks what can be checked before data is read or anything compiles; raises UserError."""
+def validate_finetuning_config(config, num_devices: int, in_memory=()) -> None:
+    """Checks what can be checked before data is read or anything compiles; raises UserError.
+
+    in_memory: the splits whose rows were passed in memory rather than named by task.*_file."""
     check_ranges(config, FINETUNING_RANGES)
     task = config.task
     if task.kind not in KINDS:
@@ -167,6 +193,10 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         raise UserError(f"init_checkpoint {config.init_checkpoint} not found")
     for split in ("train", "dev") + (("test",) if config.do_predict else ()):
         path = task.get(f"{split}_file")
+        if split in in_memory:
+            if path:
+                raise UserError(f"{split} rows were passed and task.{split}_file is set: use one")
+            continue
         if path and not pathlib.Path(path).expanduser().is_file():
             raise UserError(f"task.{split}_file {path} not found")
         if not path and not task.tfds_name:
@@ -207,6 +237,11 @@ def validate_finetuning_config(config, num_devices: int) -> None:
         )
     if int(config.get("head_window", 0)) < 0:
         raise UserError(f"head_window {config.head_window} is negative: use 0 (off) or more")
+    labels = [str(label) for label in task.get("labels", ())]
+    if labels and not tasks.get(task.kind).uses_label_list:
+        raise UserError(f"task.labels does not apply to the {task.kind} kind: unset it")
+    if len(set(labels)) != len(labels):
+        raise UserError(f"task.labels {labels} repeats a label")
     tasks.get(task.kind).check_config(config)
     if int(config.max_sequences_per_row) < 1:
         raise UserError(f"max_sequences_per_row must be >= 1, got {config.max_sequences_per_row}")

@@ -188,8 +188,8 @@ def evaluate(finetuner: Finetuner, trainable, frozen, data: tasks.TaskData, conf
     return metrics
 
 
-def _load_split(config, split: str, tokenizer, label_list=None) -> tasks.TaskData:
-    data = tasks.load_task(config, split, tokenizer, label_list=label_list)
+def _load_split(config, split: str, tokenizer, label_list=None, rows=None) -> tasks.TaskData:
+    data = tasks.load_task(config, split, tokenizer, label_list=label_list, data=rows)
     counts = " ".join(f"{k}={v}" for k, v in data.stats.items())
     print(f"{split}: {data.source}: {counts}")
     return data
@@ -261,21 +261,28 @@ def _check_layout(encoder_params, finetuner: Finetuner):
     return encoder_params if same else jax.device_put(encoder_params, wanted)
 
 
-def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None) -> FinetuneResult:
+def train_and_evaluate(
+    config, workdir, encoder: PretrainedEncoder | None = None, *, train=None, dev=None, test=None
+) -> FinetuneResult:
     """Fine-tunes per `config` into `workdir`; resumes from WORKDIR/checkpoints when present.
 
     Args:
-      config: a fine-tuning ConfigDict (a configs/finetune/*.py get_config; docs/configs.md).
+      config: a fine-tuning ConfigDict (bert_jax.finetuning_config(kind); docs/configs.md).
       workdir: local or gs:// directory for checkpoints/, best/, metrics and results.
       encoder: a PretrainedEncoder from load_pretrained_encoder, to share one load between
         runs; None loads config.init_checkpoint.
+      train, dev, test: a split's rows in memory instead of its task.*_file: a list of
+        (text, label), (text_a, text_b, label), (text, [labels]) or (tokens, tags) tuples, a
+        pandas DataFrame or a datasets.Dataset (columns: config task.columns; docs/tasks.md).
 
     Returns:
       A FinetuneResult: final state, parameters and dev metrics, the best step; preempted=True
       (and no eval_metrics) when SIGTERM stopped it after saving.
     """
     distributed.initialize_if_needed()
-    validate_finetuning_config(config, jax.device_count())
+    rows = {"train": train, "dev": dev, "test": test}
+    in_memory = {split for split, data in rows.items() if data is not None}
+    validate_finetuning_config(config, jax.device_count(), in_memory)
     workdir = as_path(workdir)  # local (absolute) or gs://
     kind = config.task.kind
     mesh = sharding.make_mesh(config.mesh)
@@ -285,8 +292,8 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
             raise UserError("the PretrainedEncoder was loaded with random_init; load it again")
         tokenizer = encoder.tokenizer
         model_config = _model_config(config, encoder.info, mesh)
-        train_data = _load_split(config, "train", tokenizer)
-        dev_data = _load_split(config, "dev", tokenizer, train_data.label_list)
+        train_data = _load_split(config, "train", tokenizer, rows=train)
+        dev_data = _load_split(config, "dev", tokenizer, train_data.label_list, rows=dev)
         batches = train_batches(config, train_data, mesh)
         print(f"train: {batches.describe()}")
         total_steps, warmup_steps = training_steps(
@@ -369,7 +376,7 @@ def train_and_evaluate(config, workdir, encoder: PretrainedEncoder | None = None
                 results["best_" + main_metric] = best_metrics[main_metric]
             _write_json(workdir / "eval_results.json", results)
             if config.do_predict:
-                _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir)
+                _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir, test)
         checkpointer.close()
     return FinetuneResult(
         state=state,
@@ -451,8 +458,8 @@ def _run_loop(
     return outcome.state, dict(latest)
 
 
-def _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir) -> None:
-    test_data = _load_split(config, "test", tokenizer, train_data.label_list)
+def _predict_test(config, finetuner, checkpointer, tokenizer, train_data, workdir, rows) -> None:
+    test_data = _load_split(config, "test", tokenizer, train_data.label_list, rows=rows)
     step, params = checkpointer.restore_best(finetuner.abstract_params)
     trainable, frozen = finetuner.split_params(params)
     predictions, _ = predict(finetuner, trainable, frozen, test_data, config)

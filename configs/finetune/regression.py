@@ -9,16 +9,8 @@ checkpoint is kept by pearson. --config.task.tfds_name=glue/stsb reads a prepare
 `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetuning.config import check_mode, finetuning_config, use_test_mode
+from bert_jax.finetuning.config import finetuning_config
 
 
 def get_config(mode: str = "default"):
-    check_mode(mode, ("default", "test"), "configs/finetune/regression.py")
-    c = finetuning_config("regression")
-    c.max_seq_length = 128
-    c.batch_size = 32
-    c.learning_rate = 2e-5
-    c.num_train_epochs = 3.0
-    if mode == "test":
-        use_test_mode(c)
-    return c
+    return finetuning_config("regression", mode)  # the one definition, in the installed package

@@ -12,18 +12,10 @@ the best checkpoint is kept by mrr. A row holds both sentences: each gets max_se
 tokens. `get_config("test")` is a seconds-long setup for the test suite. See docs/tasks.md.
 """
 
-from bert_jax.finetuning.config import finetuning_config, use_test_mode
-from bert_jax.pretraining.config import check_mode
+from bert_jax.finetuning.config import finetuning_config
 
 
 def get_config(mode: str = "default"):
-    check_mode(mode, ("default", "test"), "configs/finetune/sentence_embedding.py")
-    c = finetuning_config("sentence_embedding")
-    c.max_seq_length = 128  # 64 tokens per sentence
-    c.batch_size = 32  # in-batch negatives: each anchor against batch_size - 1 other positives
-    c.learning_rate = 2e-5
-    c.num_train_epochs = 1.0
-    c.hidden_dropout_prob = 0.1
-    if mode == "test":
-        use_test_mode(c, max_seq_length=64)
-    return c
+    return finetuning_config(
+        "sentence_embedding", mode
+    )  # the one definition, in the installed package

@@ -12,22 +12,8 @@ normalisation, as fractions); the best checkpoint is kept by f1. --config.task.t
 reads a prepared TFDS dataset. `get_config("test")` is a seconds-long setup for the test suite.
 """
 
-from bert_jax.finetuning.config import check_mode, finetuning_config, use_test_mode
+from bert_jax.finetuning.config import finetuning_config
 
 
 def get_config(mode: str = "default"):
-    check_mode(mode, ("default", "test"), "configs/finetune/squad.py")
-    c = finetuning_config("squad")
-    c.max_seq_length = 384
-    c.doc_stride = 128
-    c.max_query_length = 64
-    c.max_answer_length = 30
-    c.n_best_size = 20
-    c.batch_size = 32
-    c.learning_rate = 3e-5
-    c.num_train_epochs = 2.0
-    if mode == "test":
-        use_test_mode(c, max_seq_length=64)
-        c.doc_stride = 16
-        c.max_query_length = 24
-    return c
+    return finetuning_config("squad", mode)  # the one definition, in the installed package

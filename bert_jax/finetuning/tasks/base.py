@@ -45,6 +45,10 @@ class Task:
     packed_fill: ClassVar[dict[str, Any]] = {
         "labels": IGNORE_LABEL
     }  # target fill of empty packed slots
+    # The kind's shipped recipe (finetuning_config(kind), configs/finetune/KIND.py): keys set over
+    # the generic defaults, and over those in the seconds-long "test" mode (use_test_mode).
+    recipe: ClassVar[dict[str, Any]] = {}
+    test_recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, kind: str):
         self.kind = kind  # the registered name: config task.kind, task_info.json "kind"
@@ -104,6 +108,21 @@ class Task:
           readers.ReadResult.
         """
         raise NotImplementedError
+
+    def read_rows(self, rows, labeled: bool, columns) -> ReadResult:
+        """Examples from data held in memory, the same ones read_file makes of the same data.
+
+        Args:
+          rows: tasks.rows.Rows (tuples, dicts, DataFrame or Dataset rows of one split).
+          labeled: False for the test split (labels optional).
+          columns: config task.columns (text, text_pair, label, tokens, tags column names).
+        Returns:
+          readers.ReadResult.
+        """
+        raise UserError(
+            f"the {self.kind} kind reads files only (task.train_file, task.dev_file); rows in "
+            "memory take the classification, regression, multilabel and token_classification kinds"
+        )
 
     def featurise(
         self,

@@ -12,7 +12,7 @@ import numpy as np
 
 from bert_jax.errors import UserError
 from bert_jax.finetuning import scores as metrics
-from bert_jax.finetuning.tasks import features, readers
+from bert_jax.finetuning.tasks import features, readers, rows
 from bert_jax.finetuning.tasks.base import SequenceScores, nll
 from bert_jax.finetuning.tasks.readers import LABEL_COLUMN, ReadResult, SentenceExample
 from bert_jax.model.modeling import BertForSequenceClassification
@@ -25,6 +25,10 @@ class Classification(SequenceScores):
 
     def read_file(self, path, labeled: bool) -> ReadResult:
         return readers.read_tsv(path, regression=self.regression, labeled=labeled)
+
+    def read_rows(self, table, labeled, columns) -> ReadResult:
+        parse = rows.regression_label if self.regression else rows.class_label
+        return rows.sentence_examples(table, columns, labeled, parse)
 
     def read_tfds(self, records, features_dict, origin, split, tfds_split) -> ReadResult:
         keys = set(features_dict.keys())

@@ -202,6 +202,8 @@ class Embedding(Task):
     packable = False  # a row already holds two sentences
     uses_label_list = False
     prediction_file = "test_similarities.tsv"
+    recipe = {"num_train_epochs": 1.0}  # max_seq_length 128: 64 tokens per sentence
+    test_recipe = {"max_seq_length": 64}
 
     def num_labels(self, label_list):
         return 2  # two outputs per row: the anchor's and the positive's embedding

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import io
 import pathlib
+import types
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -21,11 +22,14 @@ from etils import epath
 from bert_jax.errors import UserError
 from bert_jax.finetuning import tasks as registry
 from bert_jax.finetuning.tasks import readers as tasks_readers
+from bert_jax.finetuning.tasks import rows
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 
 KINDS = registry.KINDS
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -1  # token_classification labels on positions that carry no word's tag
+# task.columns of a config without one: every column by its default names (rows.DEFAULT_COLUMNS)
+_NO_COLUMNS = types.SimpleNamespace(text="", text_pair="", label="", tokens="", tags="")
 
 
 @dataclasses.dataclass
@@ -104,7 +108,10 @@ def option(config, name: str, default: int, minimum: int = 1) -> int:
     return int(value)
 
 
-def _read_split(task, kind: str, split: str) -> tasks_readers.ReadResult:
+def _read_split(task, kind: str, split: str, data=None) -> tasks_readers.ReadResult:
+    if data is not None:  # rows in memory: a list, a DataFrame or a datasets.Dataset
+        columns = getattr(task, "columns", None) or _NO_COLUMNS
+        return registry.get(kind).read_rows(rows.table(data, split), split != "test", columns)
     path = getattr(task, f"{split}_file", None)
     tfds_name = getattr(task, "tfds_name", None)
     if path:
@@ -131,10 +138,19 @@ def _example_labels(example) -> list[str]:
 def _resolve_label_list(task, kind, split, result, label_list) -> list[str]:
     if label_list is not None:
         return list(label_list)
+    configured = getattr(task, "labels", None)
+    if configured:
+        return [str(label) for label in configured]
     if result.label_names is not None:
         return list(result.label_names)
     if split == "train":
-        return _sorted_labels(label for e in result.examples for label in _example_labels(e))
+        inferred = _sorted_labels(label for e in result.examples for label in _example_labels(e))
+        shown = ", ".join(inferred[:20]) + (", ..." if len(inferred) > 20 else "")
+        print(
+            f"labels: {len(inferred)} inferred from the training data, sorted: {shown} "
+            "(set task.labels to fix them and their order)"
+        )
+        return inferred
     if not (getattr(task, "train_file", None) or getattr(task, "tfds_name", None)):
         raise UserError(
             f"the {split} split needs the training label set: set task.train_file "
@@ -146,15 +162,18 @@ def _resolve_label_list(task, kind, split, result, label_list) -> list[str]:
     return _sorted_labels(label for e in training.examples for label in _example_labels(e))
 
 
-def _check_known_labels(result: tasks_readers.ReadResult, label_list: list[str]) -> None:
+def _check_known_labels(result: tasks_readers.ReadResult, label_list: list[str], task) -> None:
     known = set(label_list)
+    configured = bool(getattr(task, "labels", None))
     for example in result.examples:
         unknown = [label for label in _example_labels(example) if label not in known]
         if unknown:
             shown = ", ".join(label_list[:20]) + (", ..." if len(label_list) > 20 else "")
+            where = "is not in task.labels" if configured else "never occurs in the training data"
+            fix = "task.labels" if configured else "add training examples"
             raise UserError(
-                f"{example.origin}: label {unknown[0]!r} never occurs in the training data "
-                f"({len(label_list)} labels: {shown}); fix the label or add training examples"
+                f"{example.origin}: label {unknown[0]!r} {where} "
+                f"({len(label_list)} labels: {shown}); fix the label or {fix}"
             )
 
 
@@ -246,8 +265,13 @@ def featurise_texts(
     return arrays
 
 
-def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | None = None):
+def load_task(
+    task_config, split: str, tokenizer, label_list: Sequence[str] | None = None, data=None
+):
     """Reads and featurises one split of the task described by task_config -> TaskData.
+
+    data: the split's rows in memory (a list of tuples or dicts, a pandas DataFrame or a
+    datasets.Dataset; tasks.rows), read instead of the split's file.
 
     task_config.task: kind, train_file / dev_file / test_file (or tfds_name, with optional
     tfds_data_dir); options (top level or under task): max_seq_length (128), doc_stride (128),
@@ -263,7 +287,7 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of {SPLITS}")
     max_seq_length = option(task_config, "max_seq_length", 128, minimum=4)
-    result = _read_split(task, kind, split)
+    result = _read_split(task, kind, split, data)
     if not result.examples:
         raise UserError(f"{result.source}: no examples in the {split} split")
     if split != "test" and not result.labeled:
@@ -276,7 +300,7 @@ def load_task(task_config, split: str, tokenizer, label_list: Sequence[str] | No
     if kind_task.uses_label_list:
         resolved_labels = _resolve_label_list(task, kind, split, result, label_list)
         if result.labeled:
-            _check_known_labels(result, resolved_labels)
+            _check_known_labels(result, resolved_labels, task)
     label_to_id = {label: i for i, label in enumerate(resolved_labels or [])}
 
     arrays, feature_info, kind_stats = kind_task.featurise(

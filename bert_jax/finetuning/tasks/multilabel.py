@@ -7,13 +7,15 @@ labels; decode: probability > 0.5; metrics: per-label, micro and macro F1, subse
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
 from bert_jax.errors import UserError
-from bert_jax.finetuning.tasks import features
+from bert_jax.finetuning.tasks import features, rows
 from bert_jax.finetuning.tasks.base import SequenceScores
 from bert_jax.finetuning.tasks.readers import ReadResult, SentenceExample, read_lines, tsv_rows
 from bert_jax.model.modeling import BertForSequenceClassification
@@ -148,9 +150,14 @@ class MultiLabel(SequenceScores):
     """One sigmoid per label on the [CLS] head; labels float32 [n, C] multi-hot (-1: unlabeled)."""
 
     packed_fill = {"labels": -1.0}
+    recipe = {"learning_rate": 5e-5}
 
     def read_file(self, path, labeled):
         return read_tsv(path, labeled)
+
+    def read_rows(self, table, labeled, columns):
+        parse = functools.partial(rows.label_set, parse_joined=parse_labels)
+        return rows.sentence_examples(table, columns, labeled, parse)
 
     def read_tfds(self, records, features_dict, origin, split, tfds_split):
         raise UserError(f"{origin}: the multilabel kind reads TSV files only (task.*_file)")

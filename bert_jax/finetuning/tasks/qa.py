@@ -42,6 +42,11 @@ class QuestionAnswering(Task):
     packable = False
     uses_label_list = False
     prediction_file = "test_predictions.json"
+    recipe = {  # google-research/bert run_squad
+        "max_seq_length": 384, "doc_stride": 128, "max_query_length": 64,
+        "max_answer_length": 30, "n_best_size": 20, "learning_rate": 3e-5, "num_train_epochs": 2.0,
+    }  # fmt: skip
+    test_recipe = {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 24}
 
     def num_labels(self, label_list):
         return 2  # start, end

@@ -76,7 +76,7 @@ def read_lines(path) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _parse_float(text: str, origin: str) -> float:
+def parse_float(text: str, origin: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -139,7 +139,7 @@ def read_tsv(path: str | pathlib.Path, regression: bool, labeled: bool) -> ReadR
         if has_label and not label:
             raise UserError(f"{path}:{line_number}: empty '{LABEL_COLUMN}' field")
         if has_label and regression:
-            label = _parse_float(label, f"{path}:{line_number}")
+            label = parse_float(label, f"{path}:{line_number}")
         texts = [row[name] for name in text_columns]
         examples.append(
             SentenceExample(

@@ -17,7 +17,7 @@ from absl import logging
 from bert_jax.data import packing
 from bert_jax.errors import UserError
 from bert_jax.finetuning import scores as metrics
-from bert_jax.finetuning.tasks import features, readers, tag_decoding
+from bert_jax.finetuning.tasks import features, readers, rows, tag_decoding
 from bert_jax.finetuning.tasks.base import Task, nll, scatter_rows
 from bert_jax.finetuning.tasks.features import IGNORE_LABEL
 from bert_jax.finetuning.tasks.readers import ReadResult, TokenExample
@@ -153,6 +153,7 @@ class Tagging(Task):
     target_keys = ("labels", "starts_sentence", "ends_sentence")
     per_token = True
     prediction_file = "test_predictions.conll"
+    recipe = {"learning_rate": 5e-5}
 
     def check_config(self, config) -> None:
         pass  # crf and head_window are this kind's options; it packs
@@ -162,6 +163,9 @@ class Tagging(Task):
 
     def read_file(self, path, labeled):
         return readers.read_conll(path, labeled=labeled)
+
+    def read_rows(self, table, labeled, columns):
+        return rows.token_examples(table, columns, labeled)
 
     def read_tfds(self, records, features_dict, origin, split, tfds_split) -> ReadResult:
         keys = set(features_dict.keys())
