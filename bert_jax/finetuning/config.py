@@ -200,7 +200,10 @@ def validate_finetuning_config(config, num_devices: int, in_memory=()) -> None:
         if path and not pathlib.Path(path).expanduser().is_file():
             raise UserError(f"task.{split}_file {path} not found")
         if not path and not task.tfds_name:
-            raise UserError(f"set task.{split}_file (or task.tfds_name)")
+            raise UserError(
+                f"set task.{split}_file (or task.tfds_name), or pass the {split} rows to "
+                "train_and_evaluate"
+            )
     if config.vocab_file and not as_path(config.vocab_file).is_file():
         raise UserError(f"vocab_file {config.vocab_file} not found")
     shape = sharding.mesh_shape(config.mesh, num_devices)
