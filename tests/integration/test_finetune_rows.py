@@ -39,18 +39,27 @@ def test_rows_in_memory_train_as_the_files(model_dir, tmp_path):
     files = _config(model_dir)
     files.task.train_file = str(SENTIMENT / "train.tsv")
     files.task.dev_file = str(SENTIMENT / "dev.tsv")
+    files.task.test_file, files.do_predict = str(SENTIMENT / "test.tsv"), True
     from_files = train_and_evaluate(files, tmp_path / "files")
     train = [(row["sentence"], row["label"]) for row in _rows("train")]
     dev = [{"tweet": row["sentence"], "label": row["label"]} for row in _rows("dev")]
     config = _config(model_dir)
     config.task.columns.text = "tweet"
-    from_rows = train_and_evaluate(config, tmp_path / "rows", train=train, dev=dev)
+    config.do_predict = True
+    test = [row["sentence"] for row in _rows("test")]  # unlabeled: plain texts
+    from_rows = train_and_evaluate(config, tmp_path / "rows", train=train, dev=dev, test=test)
     assert from_rows.label_list == from_files.label_list == ["negative", "neutral", "positive"]
     assert from_rows.eval_metrics == from_files.eval_metrics
     assert from_rows.eval_metrics["accuracy"] > 0
     leaves = [jax.tree.leaves(result.params) for result in (from_rows, from_files)]
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    predicted = [
+        [line.split("\t") for line in (path / "test_predictions.tsv").read_text().splitlines()]
+        for path in (tmp_path / "rows", tmp_path / "files")
+    ]
+    assert predicted[0][0] == ["sentence", "label"] and len(predicted[0]) == 101
+    assert predicted[0] == predicted[1]
 
 
 def test_rows_and_a_file_for_one_split_are_an_error(model_dir, tmp_path):
