@@ -5,8 +5,7 @@ Public API (imported lazily, so `import bert_jax` stays cheap):
     load_hf_checkpoint, save_hf_checkpoint                     (bert_jax.convert.hf)
     load_tf1_checkpoint, save_tf1_checkpoint                   (bert_jax.convert.tf1, tf extra)
     WordPieceTokenizer                                         (bert_jax.data.tokenization)
-    pipeline                                                   (bert_jax.inference.pipelines)
-    finetuning_config                                          (bert_jax.finetuning.config)
+    pipeline (bert_jax.inference.pipelines), finetuning_config (bert_jax.finetuning.config)
     UserError                                                  (bert_jax.errors)
 """
 
