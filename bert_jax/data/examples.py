@@ -1,10 +1,10 @@
 """MLM + NSP training examples from tokenized documents, with google-research/bert semantics.
 
 `pair_tokens` plans the segment pairs of a set of documents (`create_instances_from_document`,
-`truncate_seq_pair`); `build_examples` assembles any subset of them and masks it
-(`data/masking.py`); `create_examples` does both.
-Deliberate differences from the reference (balanced NSP, random B from a window) and the
-reasoning are in docs/design/pretraining_examples.md.
+`truncate_seq_pair`), or without NSP single segments of whole sentences filling the row;
+`build_examples` assembles any subset of them and masks it (`data/masking.py`);
+`create_examples` does both. Deliberate differences from the reference (balanced NSP, random B
+from a window) and the reasoning are in docs/design/pretraining_examples.md.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ExampleOptions:
     short_seq_prob: float = 0.1
     whole_word_masking: bool = False
     balanced_nsp: bool = True
+    next_sentence_prediction: bool = True  # False: [CLS] A [SEP] rows, A filling the row
 
     def __post_init__(self):
         if self.max_seq_length < 5:
@@ -55,11 +56,13 @@ class ExampleOptions:
     @classmethod
     def from_data_config(cls, data_config) -> ExampleOptions:
         """The options of a pretraining data config (`data.*`, same names)."""
-        return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+        values = {f.name: data_config.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
     @property
     def max_num_tokens(self) -> int:
-        return self.max_seq_length - 3
+        """Text tokens of a row: all but [CLS] and the [SEP] of each segment."""
+        return self.max_seq_length - (3 if self.next_sentence_prediction else 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +194,43 @@ def plan_segments(
     )
 
 
+def plan_single_segments(
+    sentence_lengths: Sequence[int],
+    document_sizes: Sequence[int],
+    rng: random.Random,
+    options: ExampleOptions,
+) -> SegmentPlan:
+    """Segments for an objective without NSP: each document cut into runs of whole sentences,
+    each run the longest within its target (max_num_tokens, or a short target drawn as in
+    `plan_segments`); a longer sentence alone is one run (then truncated). B is empty."""
+    cumulative = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]).tolist()
+    doc_starts = np.concatenate([[0], np.cumsum(document_sizes, dtype=np.int64)]).tolist()
+    max_tokens = options.max_num_tokens
+    starts, ends, short = [], [], []
+    for doc in range(len(doc_starts) - 1):
+        chunk_start, stop = doc_starts[doc], doc_starts[doc + 1]
+        target = max_tokens
+        short.append(rng.random() < options.short_seq_prob)
+        if short[-1]:
+            target = 2 + int(rng.random() * (max_tokens - 1))
+        while chunk_start < stop:
+            bound = cumulative[chunk_start] + target
+            end = bisect.bisect_right(cumulative, bound, chunk_start + 1, stop + 1) - 1
+            end = max(end, chunk_start + 1)
+            starts.append(chunk_start)
+            ends.append(end)
+            chunk_start = end
+    a_start, a_end = np.array(starts, np.int64), np.array(ends, np.int64)
+    return SegmentPlan(
+        a_start=a_start,
+        a_end=a_end,
+        b_start=a_end,
+        b_end=a_end,
+        is_random_next=np.zeros(len(a_start), bool),
+        short_target=np.array(short, bool),
+    )
+
+
 def truncate_pairs(
     a_length: np.ndarray, b_length: np.ndarray, max_num_tokens: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -250,7 +290,8 @@ def pair_tokens(
     offsets count from the first token of the first document. `seed` fixes every choice.
     """
     planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
-    plan = plan_segments(
+    plan_fn = plan_segments if options.next_sentence_prediction else plan_single_segments
+    plan = plan_fn(
         sentence_lengths,
         document_sizes,
         random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
@@ -285,14 +326,16 @@ class TokenSource:
             self.word_starts = np.concatenate([np.asarray(word_starts, bool), np.zeros(3, bool)])
 
     def rows(self, pairs: Pairs, max_seq_length: int) -> dict[str, np.ndarray]:
-        """[CLS] A [SEP] B [SEP] [PAD]... rows: input_ids, token_type_ids, attention_mask int32
-        [n, L] (lengths >= 1, a_length + b_length <= L - 3); with word starts also word_starts
+        """[CLS] A [SEP] B [SEP] [PAD]... rows, [CLS] A [SEP] [PAD]... where B is empty:
+        input_ids, token_type_ids, attention_mask int32 [n, L] (a_length >= 1, the tokens with
+        the specials <= L); with word starts also word_starts
         bool [n, L]: those of the kept tokens, plus the first token of each segment (which
         starts a word even where the segment's start or truncation cut one); 0 on specials."""
         index = np.int32 if self.num_tokens < 2**31 - 3 else np.int64
         j = np.arange(max_seq_length, dtype=index)[None, :]
         a_len = pairs.a_length.astype(index)[:, None]
-        end = a_len + 2 + pairs.b_length.astype(index)[:, None]  # Position of the final [SEP].
+        b_len = pairs.b_length.astype(index)[:, None]
+        end = a_len + 1 + np.where(b_len > 0, b_len + 1, 0)  # Position of the final [SEP].
         in_a = (j >= 1) & (j <= a_len)
         in_b = (j > a_len + 1) & (j < end)
         special = np.where(j == 0, self.num_tokens, self.num_tokens + 2)
@@ -305,7 +348,8 @@ class TokenSource:
             "attention_mask": (j <= end).astype(np.int32),
         }
         if self.word_starts is not None:
-            rows["word_starts"] = self.word_starts[source] | (j == 1) | (j == a_len + 2)
+            b_first = (j == a_len + 2) & (b_len > 0)
+            rows["word_starts"] = self.word_starts[source] | (j == 1) | b_first
         return rows
 
 
