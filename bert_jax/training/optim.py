@@ -111,7 +111,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
     end = peak * float(config.get("end_learning_rate_factor", 0.0))
     power = float(config.get("decay_power", 1.0))
     if name == "wsd":
-        fraction = float(config.get("wsd_decay_fraction", 0.0))
+        fraction = float(config.get("wsd_decay_fraction", 0.1))
         if not 0 <= fraction <= 1:
             raise UserError(f"wsd_decay_fraction must be in [0, 1], got {fraction!r}")
         if decay_start_step(total, fraction) < warmup:
