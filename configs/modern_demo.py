@@ -4,7 +4,7 @@ bundled in the package, on a laptop CPU (compare configs/demo.py, the BERT recip
   python -m bert_jax.pretrain --config configs/modern_demo.py --workdir runs/modern_demo
 
 The recipe of configs/modernbert_base.py at demo scale: masked-LM only at 30% masking on packed
-rows of whole sentences, StableAdamW, a warmup-stable-1-sqrt-decay schedule whose decay start
+rows of document chunks, StableAdamW, a warmup-stable-1-sqrt-decay schedule whose decay start
 is kept in runs/modern_demo/decay_start, and a batch-size warmup 32 -> 128. `get_config("test")`
 is the same shrunk for the test suite; `recipe()` applies the recipe keys alone (the tests put
 them on a BERT-architecture config).

@@ -81,7 +81,7 @@ def recipe(
     c.end_learning_rate_factor = 0.0  # [yaml] alpha_f 0
     c.data.next_sentence_prediction = False  # [paper] 2.2.1: MLM only, as RoBERTa
     c.data.masked_lm_prob = 0.3  # [yaml] mlm_probability 0.3
-    c.data.short_seq_prob = 0.0  # rows are filled with whole sentences and packed
+    c.data.short_seq_prob = 0.0  # rows are filled with document chunks and packed
     c.data.packing = True  # [yaml] sequence_packing
     c.data.max_sequences_per_row = 32
     c.data.lowercase = False  # a cased BPE tokenizer upstream; a cased WordPiece vocab here

@@ -1,7 +1,7 @@
 """MLM + NSP training examples from tokenized documents, with google-research/bert semantics.
 
 `pair_tokens` plans the segment pairs of a set of documents (`create_instances_from_document`,
-`truncate_seq_pair`), or without NSP single segments of whole sentences filling the row;
+`truncate_seq_pair`), or without NSP consecutive chunks of each document filling the row;
 `build_examples` assembles any subset of them and masks it (`data/masking.py`);
 `create_examples` does both. Deliberate differences from the reference (balanced NSP, random B
 from a window) and the reasoning are in docs/design/pretraining_examples.md.
@@ -41,7 +41,7 @@ class ExampleOptions:
     short_seq_prob: float = 0.1
     whole_word_masking: bool = False
     balanced_nsp: bool = True
-    next_sentence_prediction: bool = True  # False: [CLS] A [SEP] rows, A filling the row
+    next_sentence_prediction: bool = True  # False: [CLS] A [SEP] rows, A a document's chunk
 
     def __post_init__(self):
         if self.max_seq_length < 5:
@@ -194,43 +194,6 @@ def plan_segments(
     )
 
 
-def plan_single_segments(
-    sentence_lengths: Sequence[int],
-    document_sizes: Sequence[int],
-    rng: random.Random,
-    options: ExampleOptions,
-) -> SegmentPlan:
-    """Segments for an objective without NSP: each document cut into runs of whole sentences,
-    each run the longest within its target (max_num_tokens, or a short target drawn as in
-    `plan_segments`); a longer sentence alone is one run (then truncated). B is empty."""
-    cumulative = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]).tolist()
-    doc_starts = np.concatenate([[0], np.cumsum(document_sizes, dtype=np.int64)]).tolist()
-    max_tokens = options.max_num_tokens
-    starts, ends, short = [], [], []
-    for doc in range(len(doc_starts) - 1):
-        chunk_start, stop = doc_starts[doc], doc_starts[doc + 1]
-        target = max_tokens
-        short.append(rng.random() < options.short_seq_prob)
-        if short[-1]:
-            target = 2 + int(rng.random() * (max_tokens - 1))
-        while chunk_start < stop:
-            bound = cumulative[chunk_start] + target
-            end = bisect.bisect_right(cumulative, bound, chunk_start + 1, stop + 1) - 1
-            end = max(end, chunk_start + 1)
-            starts.append(chunk_start)
-            ends.append(end)
-            chunk_start = end
-    a_start, a_end = np.array(starts, np.int64), np.array(ends, np.int64)
-    return SegmentPlan(
-        a_start=a_start,
-        a_end=a_end,
-        b_start=a_end,
-        b_end=a_end,
-        is_random_next=np.zeros(len(a_start), bool),
-        short_target=np.array(short, bool),
-    )
-
-
 def truncate_pairs(
     a_length: np.ndarray, b_length: np.ndarray, max_num_tokens: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -275,6 +238,30 @@ class Pairs:
         )
 
 
+def document_chunks(
+    sentence_lengths: np.ndarray, document_sizes: np.ndarray, rng: random.Random, options
+) -> Pairs:
+    """Examples for an objective without NSP: each document's tokens cut into consecutive
+    chunks of max_num_tokens (the last one shorter; a document that drew a short target, with
+    short_seq_prob as `plan_segments`, into chunks of that length), sentence boundaries
+    ignored, no token dropped. B is empty."""
+    sentence_ends = np.cumsum(sentence_lengths, dtype=np.int64)
+    doc_ends = sentence_ends[np.cumsum(document_sizes, dtype=np.int64) - 1].tolist()
+    max_tokens, starts, lengths, doc_start = options.max_num_tokens, [], [], 0
+    for doc_end in doc_ends:
+        target = max_tokens
+        if rng.random() < options.short_seq_prob:
+            target = 2 + int(rng.random() * (max_tokens - 1))
+        chunk_starts = np.arange(doc_start, doc_end, target, dtype=np.int64)
+        starts.append(chunk_starts)
+        lengths.append(np.minimum(chunk_starts + target, doc_end) - chunk_starts)
+        doc_start = doc_end
+    a_start = np.concatenate([np.zeros(0, np.int64), *starts])
+    a_length = np.concatenate([np.zeros(0, np.int64), *lengths])
+    empty = np.zeros_like(a_start)
+    return Pairs(a_start, a_length, a_start + a_length, empty, empty.astype(bool))
+
+
 def pair_tokens(
     sentence_lengths: np.ndarray,
     document_sizes: np.ndarray,
@@ -290,14 +277,12 @@ def pair_tokens(
     offsets count from the first token of the first document. `seed` fixes every choice.
     """
     planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
-    plan_fn = plan_segments if options.next_sentence_prediction else plan_single_segments
-    plan = plan_fn(
-        sentence_lengths,
-        document_sizes,
-        random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
-        options,
-    )
+    planner = random.Random(int(planner_seed.generate_state(1, np.uint64)[0]))
     rng = np.random.default_rng(numpy_seed)
+    if not options.next_sentence_prediction:
+        chunks = document_chunks(sentence_lengths, document_sizes, planner, options)
+        return chunks[rng.permutation(len(chunks))] if shuffle else chunks
+    plan = plan_segments(sentence_lengths, document_sizes, planner, options)
     token_offsets = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
     a_start, b_start = token_offsets[plan.a_start], token_offsets[plan.b_start]
     a_length = token_offsets[plan.a_end] - a_start

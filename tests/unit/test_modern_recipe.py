@@ -3,6 +3,7 @@ hand computations, MLM-only examples (one segment of whole sentences, no NSP in 
 batch-size warmup (its sizes, and a warmup step equal to a step on only the rows that count).
 All on BERT-architecture tiny configs."""
 
+import dataclasses
 import random
 
 import jax
@@ -133,28 +134,36 @@ VOCAB = examples.Vocabulary(size=100, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
 SENTENCES, DOCUMENTS = np.array([3, 4, 5, 20, 2, 2]), np.array([3, 3])
 
 
-def test_single_segments_fill_the_row_with_whole_sentences():
-    plan = examples.plan_single_segments(SENTENCES, DOCUMENTS, random.Random(0), OPTIONS)
-    # 14 text tokens a row: sentences 3+4+5 fit; the 20-token one alone; then 2+2.
-    assert plan.a_start.tolist() == [0, 3, 4]
-    assert plan.a_end.tolist() == [3, 4, 6]
-    assert (plan.b_end == plan.b_start).all() and not plan.is_random_next.any()
+def test_document_chunks_fill_the_row_and_drop_no_token():
+    chunks = examples.document_chunks(SENTENCES, DOCUMENTS, random.Random(0), OPTIONS)
+    # 14 text tokens a row: document 0 (12 tokens) whole; document 1 (24) as 14 + 10.
+    assert chunks.a_start.tolist() == [0, 12, 26]
+    assert chunks.a_length.tolist() == [12, 14, 10]
+    assert (chunks.b_length == 0).all() and not chunks.is_random_next.any()
+    short = dataclasses.replace(OPTIONS, short_seq_prob=1.0)
+    chunks = examples.document_chunks(SENTENCES, DOCUMENTS, random.Random(0), short)
+    assert chunks.a_length.sum() == SENTENCES.sum()  # every token in exactly one chunk
+    assert (np.diff(chunks.a_start) == chunks.a_length[:-1]).all()
 
 
 def test_single_segment_rows_have_one_sep_no_token_types_and_the_masking_budget():
-    tokens = np.arange(10, 46, dtype=np.int32)  # 36 tokens: sentence k's tokens in order
+    tokens = np.arange(10, 46, dtype=np.int32)  # 36 tokens, documents of 12 and 24
     built = examples.create_examples(
         tokens, SENTENCES, DOCUMENTS, [0], OPTIONS, VOCAB, shuffle=False
     )
     lengths = built["attention_mask"].sum(1)
-    assert lengths.tolist() == [14, 16, 6]  # [CLS] 12 [SEP]; [CLS] 14 (truncated) [SEP]; ...
+    assert lengths.tolist() == [14, 16, 12]  # [CLS] chunk [SEP]
     restored = examples.original_ids(built)
     np.testing.assert_array_equal(restored[0, :14], [1, *range(10, 22), 2])
-    assert restored[2, :6].tolist() == [1, 42, 43, 44, 45, 2]
+    np.testing.assert_array_equal(restored[1, :16], [1, *range(22, 36), 2])
+    np.testing.assert_array_equal(restored[2, :12], [1, *range(36, 46), 2])
     assert (built["token_type_ids"] == 0).all()
-    assert [(row[:n] == 2).sum() for row, n in zip(restored, lengths, strict=True)] == [1, 1, 1]
-    # round(n x 0.3) with n the row's tokens, specials included: 14 -> 4, 16 -> 5, 6 -> 2
-    assert built["masked_lm_weights"].sum(1).tolist() == [4, 5, 2]
+    # round(n x 0.3) with n the row's tokens, specials included: 14 -> 4, 16 -> 5, 12 -> 4
+    assert built["masked_lm_weights"].sum(1).tolist() == [4, 5, 4]
+    positions = built["masked_lm_positions"][built["masked_lm_weights"] > 0]
+    assert positions.min() >= 1  # never [CLS], [SEP] or padding
+    rows = np.nonzero(built["masked_lm_weights"])[0]
+    assert (positions < lengths[rows] - 1).all()
 
 
 # -- the step --------------------------------------------------------------------------------------
