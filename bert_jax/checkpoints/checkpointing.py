@@ -63,6 +63,9 @@ class Checkpointer:
     layout: "pretraining" (the items listed above) or "finetuning" (state/ and pending_metrics/:
     JSON {"steps": [...]}; the data order and dropout key follow from the config). best_metric:
     also keep WORKDIR/`best_dir`, the whole model of the evaluation scoring highest in it.
+    kept_step: also save that step (whatever every_steps says) to WORKDIR/`kept_dir`/STEP, a
+    checkpoints directory of its own that keep never prunes (a schedule's decay start, to
+    branch other decays from).
     """
 
     def __init__(
@@ -76,6 +79,8 @@ class Checkpointer:
         layout: str = "pretraining",
         best_metric: str | None = None,
         best_dir: str = "best",
+        kept_step: int | None = None,
+        kept_dir: str = "decay_start",
     ):
         if layout not in _LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {sorted(_LAYOUTS)}")
@@ -92,6 +97,12 @@ class Checkpointer:
             {name: handler() for name, handler in _LAYOUTS[layout]},
             max_to_keep=max(int(keep), 1),
         )
+        self.kept_step = kept_step
+        self.kept: SealedManager | None = None
+        if kept_step is not None:
+            self.kept = SealedManager(
+                self.workdir / kept_dir, {name: h() for name, h in _LAYOUTS[layout]}, max_to_keep=1
+            )
         self.best_metric = best_metric
         self.best: SealedManager | None = None
         self._best_score: float | None = None  # the kept step's, once read
@@ -116,7 +127,7 @@ class Checkpointer:
         return self.sealed.all_steps()
 
     def should_save(self, step: int) -> bool:
-        return self.every_steps > 0 and step % self.every_steps == 0
+        return (self.every_steps > 0 and step % self.every_steps == 0) or step == self.kept_step
 
     def save(
         self, step: int, state, data_state=None, *, rng=None, pending_metrics=None, force=False
@@ -155,6 +166,8 @@ class Checkpointer:
             ),
             "config": ocp.args.JsonSave(self.config_json),
         }
+        if step == self.kept_step:
+            self.kept.save(step, items)
         return self.sealed.save(step, items)
 
     def restore(self, abstract_state, step: int | None = None) -> Restored | None:
@@ -238,13 +251,15 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.sealed.wait()
-        if self.best is not None:
-            self.best.wait()
+        for extra in (self.best, self.kept):
+            if extra is not None:
+                extra.wait()
 
     def close(self) -> None:
         self.sealed.close()
-        if self.best is not None:
-            self.best.close()
+        for extra in (self.best, self.kept):
+            if extra is not None:
+                extra.close()
 
 
 # The items of a step directory by layout: (name, Orbax handler).

@@ -1,10 +1,10 @@
 """MLM + NSP training examples from tokenized documents, with google-research/bert semantics.
 
 `pair_tokens` plans the segment pairs of a set of documents (`create_instances_from_document`,
-`truncate_seq_pair`); `build_examples` assembles any subset of them and masks it
-(`data/masking.py`); `create_examples` does both.
-Deliberate differences from the reference (balanced NSP, random B from a window) and the
-reasoning are in docs/design/pretraining_examples.md.
+`truncate_seq_pair`), or without NSP consecutive chunks of each document filling the row;
+`build_examples` assembles any subset of them and masks it (`data/masking.py`);
+`create_examples` does both. Deliberate differences from the reference (balanced NSP, random B
+from a window) and the reasoning are in docs/design/pretraining_examples.md.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ExampleOptions:
     short_seq_prob: float = 0.1
     whole_word_masking: bool = False
     balanced_nsp: bool = True
+    next_sentence_prediction: bool = True  # False: [CLS] A [SEP] rows, A a document's chunk
 
     def __post_init__(self):
         if self.max_seq_length < 5:
@@ -55,11 +56,13 @@ class ExampleOptions:
     @classmethod
     def from_data_config(cls, data_config) -> ExampleOptions:
         """The options of a pretraining data config (`data.*`, same names)."""
-        return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+        values = {f.name: data_config.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
     @property
     def max_num_tokens(self) -> int:
-        return self.max_seq_length - 3
+        """Text tokens of a row: all but [CLS] and the [SEP] of each segment."""
+        return self.max_seq_length - (3 if self.next_sentence_prediction else 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +238,30 @@ class Pairs:
         )
 
 
+def document_chunks(
+    sentence_lengths: np.ndarray, document_sizes: np.ndarray, rng: random.Random, options
+) -> Pairs:
+    """Examples for an objective without NSP: each document's tokens cut into consecutive
+    chunks of max_num_tokens (the last one shorter; a document that drew a short target, with
+    short_seq_prob as `plan_segments`, into chunks of that length), sentence boundaries
+    ignored, no token dropped. B is empty."""
+    sentence_ends = np.cumsum(sentence_lengths, dtype=np.int64)
+    doc_ends = sentence_ends[np.cumsum(document_sizes, dtype=np.int64) - 1].tolist()
+    max_tokens, starts, lengths, doc_start = options.max_num_tokens, [], [], 0
+    for doc_end in doc_ends:
+        target = max_tokens
+        if rng.random() < options.short_seq_prob:
+            target = 2 + int(rng.random() * (max_tokens - 1))
+        chunk_starts = np.arange(doc_start, doc_end, target, dtype=np.int64)
+        starts.append(chunk_starts)
+        lengths.append(np.minimum(chunk_starts + target, doc_end) - chunk_starts)
+        doc_start = doc_end
+    a_start = np.concatenate([np.zeros(0, np.int64), *starts])
+    a_length = np.concatenate([np.zeros(0, np.int64), *lengths])
+    empty = np.zeros_like(a_start)
+    return Pairs(a_start, a_length, a_start + a_length, empty, empty.astype(bool))
+
+
 def pair_tokens(
     sentence_lengths: np.ndarray,
     document_sizes: np.ndarray,
@@ -250,13 +277,12 @@ def pair_tokens(
     offsets count from the first token of the first document. `seed` fixes every choice.
     """
     planner_seed, numpy_seed = np.random.SeedSequence(list(seed)).spawn(2)
-    plan = plan_segments(
-        sentence_lengths,
-        document_sizes,
-        random.Random(int(planner_seed.generate_state(1, np.uint64)[0])),
-        options,
-    )
+    planner = random.Random(int(planner_seed.generate_state(1, np.uint64)[0]))
     rng = np.random.default_rng(numpy_seed)
+    if not options.next_sentence_prediction:
+        chunks = document_chunks(sentence_lengths, document_sizes, planner, options)
+        return chunks[rng.permutation(len(chunks))] if shuffle else chunks
+    plan = plan_segments(sentence_lengths, document_sizes, planner, options)
     token_offsets = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
     a_start, b_start = token_offsets[plan.a_start], token_offsets[plan.b_start]
     a_length = token_offsets[plan.a_end] - a_start
@@ -285,14 +311,16 @@ class TokenSource:
             self.word_starts = np.concatenate([np.asarray(word_starts, bool), np.zeros(3, bool)])
 
     def rows(self, pairs: Pairs, max_seq_length: int) -> dict[str, np.ndarray]:
-        """[CLS] A [SEP] B [SEP] [PAD]... rows: input_ids, token_type_ids, attention_mask int32
-        [n, L] (lengths >= 1, a_length + b_length <= L - 3); with word starts also word_starts
+        """[CLS] A [SEP] B [SEP] [PAD]... rows, [CLS] A [SEP] [PAD]... where B is empty:
+        input_ids, token_type_ids, attention_mask int32 [n, L] (a_length >= 1, the tokens with
+        the specials <= L); with word starts also word_starts
         bool [n, L]: those of the kept tokens, plus the first token of each segment (which
         starts a word even where the segment's start or truncation cut one); 0 on specials."""
         index = np.int32 if self.num_tokens < 2**31 - 3 else np.int64
         j = np.arange(max_seq_length, dtype=index)[None, :]
         a_len = pairs.a_length.astype(index)[:, None]
-        end = a_len + 2 + pairs.b_length.astype(index)[:, None]  # Position of the final [SEP].
+        b_len = pairs.b_length.astype(index)[:, None]
+        end = a_len + 1 + np.where(b_len > 0, b_len + 1, 0)  # Position of the final [SEP].
         in_a = (j >= 1) & (j <= a_len)
         in_b = (j > a_len + 1) & (j < end)
         special = np.where(j == 0, self.num_tokens, self.num_tokens + 2)
@@ -305,7 +333,8 @@ class TokenSource:
             "attention_mask": (j <= end).astype(np.int32),
         }
         if self.word_starts is not None:
-            rows["word_starts"] = self.word_starts[source] | (j == 1) | (j == a_len + 2)
+            b_first = (j == a_len + 2) & (b_len > 0)
+            rows["word_starts"] = self.word_starts[source] | (j == 1) | b_first
         return rows
 
 

@@ -39,7 +39,7 @@ def mask_tokens(
     j = np.arange(length)[None, :]
     a_len, end = a_length[:, None], (a_length + b_length + 2)[:, None]
     candidate = ((j >= 1) & (j <= a_len)) | ((j >= a_len + 2) & (j < end))
-    num_tokens = a_length + b_length + 3
+    num_tokens = sequence_tokens(a_length, b_length)
     budget = np.rint(num_tokens * options.masked_lm_prob).astype(np.int64)
     budget = np.minimum(np.clip(budget, 1, budget_cap), a_length + b_length)
 
@@ -82,6 +82,12 @@ def mask_tokens(
         "masked_lm_ids": labels.astype(np.int32),
         "masked_lm_weights": weights.astype(np.float32),
     }
+
+
+def sequence_tokens(a_length: np.ndarray, b_length: np.ndarray) -> np.ndarray:
+    """Tokens of examples with their specials: [CLS] A [SEP] B [SEP], or [CLS] A [SEP] where B
+    is empty (an objective without NSP)."""
+    return a_length + b_length + 2 + (b_length > 0)
 
 
 def _choose_whole_words(word_starts, candidate, budget, rng):

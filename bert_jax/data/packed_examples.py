@@ -24,6 +24,7 @@ from bert_jax.data.examples import (
     Vocabulary,
     build_examples,
 )
+from bert_jax.data.masking import sequence_tokens
 from bert_jax.errors import UserError
 
 # The arrays of a set of packed rows (leading dimension R; S = sequences per row): the example
@@ -73,8 +74,8 @@ def batch_predictions(data_config) -> int:
 
 
 def pair_lengths(pairs: Pairs) -> np.ndarray:
-    """Tokens of each example, [CLS] and both [SEP] included: int64 [n]."""
-    return pairs.a_length + pairs.b_length + 3
+    """Tokens of each example, [CLS] and each [SEP] included: int64 [n]."""
+    return sequence_tokens(pairs.a_length, pairs.b_length)
 
 
 def pack_pairs(

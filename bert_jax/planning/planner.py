@@ -31,6 +31,7 @@ from bert_jax.pretraining.step import (
     build_pretrainer,
     pretraining_forward,
     pretraining_sums,
+    uses_nsp,
 )
 from bert_jax.training import sharding
 from bert_jax.training.metrics import pretraining_flops_per_example
@@ -251,8 +252,8 @@ def saved_activation_bytes(pretrainer: Pretrainer, rows: int) -> int:
     def residuals(params, batch, rng):
         def loss(params):
             output = pretraining_forward(pretrainer.model, params, batch, rng)
-            sums = pretraining_sums(output, batch)
-            return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
+            sums = pretraining_sums(output, batch, uses_nsp(pretrainer.config))
+            return sums["mlm_loss_sum"] + sums.get("nsp_loss_sum", 0.0)
 
         return jax.vjp(loss, params)[1]
 

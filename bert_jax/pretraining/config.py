@@ -69,6 +69,7 @@ def data_config_dict() -> ml_collections.ConfigDict:
     d.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
     d.whole_word_masking = False  # Mask all pieces of a word together.
     d.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
+    d.next_sentence_prediction = True  # False: MLM only, [CLS] A [SEP] rows of whole sentences.
     d.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
     d.packing = False  # Several examples per row (worth it at 512 or on short documents).
     d.max_sequences_per_row = 16  # At most this many examples in a packed row.
@@ -93,6 +94,10 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     c.warmup_steps = 10_000  # linear warmup from 0
     c.decay_power = 1.0  # 1 = linear decay to end_learning_rate_factor * learning_rate
     c.end_learning_rate_factor = 0.0  # final learning rate as a fraction of the peak
+    c.wsd_decay_fraction = 0.1  # schedule 'wsd': the last fraction of steps decays
+    c.wsd_decay_shape = "linear"  # schedule 'wsd': "linear" or "1-sqrt" (ModernBERT)
+    c.batch_warmup_start_size = 0  # > 0: the batch grows from this many rows to batch_size
+    c.batch_warmup_steps = 0  # over these steps (in multiples of the start size)
     # optimizer, weight_decay, adam_b1, adam_b2, adam_eps, nvlamb, max_grad_norm, grad_accum_steps
     add_optimizer_defaults(c)
     c.log_every_steps = 100  # training metrics to metrics.jsonl and TensorBoard
@@ -159,6 +164,9 @@ PRETRAINING_RANGES = {
     "warmup_steps": "non_negative",
     "end_learning_rate_factor": "non_negative",
     "decay_power": "positive",
+    "wsd_decay_fraction": "probability",
+    "batch_warmup_start_size": "non_negative",
+    "batch_warmup_steps": "non_negative",
     "weight_decay": "non_negative",
     "max_grad_norm": "non_negative",
     "log_every_steps": "at_least_one",
@@ -176,6 +184,21 @@ PRETRAINING_RANGES = {
     "data.worker_count": "non_negative",
     "data.max_line_chars": "at_least_one",
 }
+
+
+def _check_batch_warmup(config) -> None:
+    """batch_warmup_start_size / batch_warmup_steps: both 0, or a start size below batch_size
+    with a positive number of steps; raises UserError."""
+    start = int(config.get("batch_warmup_start_size", 0))
+    steps = int(config.get("batch_warmup_steps", 0))
+    if not start and not steps:
+        return
+    if not 0 < start < config.batch_size or steps < 1:
+        raise UserError(
+            f"batch_warmup_start_size {start} and batch_warmup_steps {steps}: the start size must "
+            f"be in [1, batch_size {config.batch_size}) with batch_warmup_steps >= 1 "
+            "(both 0: no batch-size warmup)"
+        )
 
 
 def vocab_size(vocab_file) -> int:
@@ -204,9 +227,11 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"{model.max_position_embeddings}"
         )
     # Masks of a full row (`masking.mask_tokens`, as google's create_pretraining_data.py,
-    # counting [CLS] and both [SEP]): round(L * p), at least 1, at most its L - 3 other tokens.
+    # counting [CLS] and each [SEP]): round(L * p), at least 1, at most its L - 3 other tokens
+    # (L - 2 without NSP: one [SEP]).
     length = data.max_seq_length
-    needed = min(max(1, int(round(length * data.masked_lm_prob))), length - 3)
+    text = length - (3 if data.get("next_sentence_prediction", True) else 2)
+    needed = min(max(1, int(round(length * data.masked_lm_prob))), text)
     if data.max_predictions_per_seq < needed:
         raise UserError(
             f"data.max_predictions_per_seq {data.max_predictions_per_seq} is below what "
@@ -214,6 +239,7 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
             f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
         )
     sequences_per_row(data)  # raises on a packed row of no sequences
+    _check_batch_warmup(config)
     if config.warmup_steps > config.num_train_steps:
         # Named, not scaled: a silently shortened warmup would change the run's schedule.
         raise UserError(

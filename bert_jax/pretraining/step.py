@@ -1,4 +1,5 @@
-"""The sharded pretraining step: state init, masked-LM + next-sentence loss, gradient accumulation.
+"""The sharded pretraining step: state init, masked-LM + next-sentence loss (or masked-LM only),
+gradient accumulation, batch-size warmup.
 
 `build_pretrainer(config, mesh)` returns jitted functions with explicit in/out shardings, used by
 the training loop (`train_lib`) and by the ahead-of-time planner (`plan`) alike.
@@ -85,9 +86,48 @@ def example_count(batch) -> jax.Array:
     return jnp.sum(weights.astype(jnp.float32))
 
 
-def pretraining_sums(output, batch) -> dict[str, jax.Array]:
+def uses_nsp(config) -> bool:
+    """Whether the objective has the next-sentence term (data.next_sentence_prediction)."""
+    return bool(config.data.get("next_sentence_prediction", True))
+
+
+def warmup_batch_size(config, step):
+    """Rows of the global batch that train at `step` (an int, or a traced int32 inside the
+    step): batch-size warmup grows them from batch_warmup_start_size s to batch_size B over
+    batch_warmup_steps N in k = (B - s) // s equal runs of steps, s (1 + floor(k step / N)),
+    then B; batch_size without warmup. Integer arithmetic: a resumed run gets the same sizes."""
+    full, start = int(config.batch_size), int(config.get("batch_warmup_start_size", 0))
+    steps = int(config.get("batch_warmup_steps", 0))
+    traced = isinstance(step, jax.Array)
+    if not start or not steps:
+        return jnp.full((), full, jnp.int32) if traced else full
+    increments = (full - start) // start
+    if not traced:
+        return full if step >= steps else min(start * (1 + increments * step // steps), full)
+    rows = jnp.minimum(start * (1 + increments * step // steps), full)
+    return jnp.where(step >= steps, full, rows).astype(jnp.int32)
+
+
+def with_active_rows(batch: dict, rows) -> dict:
+    """The batch with only its first `rows` rows counting: their masked-LM and NSP weights are
+    kept, the others' zeroed; row_weights [B] (float32) records which rows count."""
+    size = batch["input_ids"].shape[0]
+    row_weights = (jnp.arange(size) < rows).astype(jnp.float32)
+    batch = dict(batch, row_weights=row_weights)
+    batch["masked_lm_weights"] = batch["masked_lm_weights"] * row_weights[:, None]
+    slots = nsp_weights(batch)
+    if slots is None:  # one example per row
+        batch["next_sentence_weights"] = row_weights
+    else:
+        batch["next_sentence_weights"] = slots * row_weights[:, None]
+    return batch
+
+
+def pretraining_sums(output, batch, nsp: bool = True) -> dict[str, jax.Array]:
     """Loss sums and counts for one (micro)batch; float32. Per masked token (mlm_*) and per
-    example (nsp_*), packed rows or not; real_tokens counts the positions that are not padding.
+    example (nsp_*; with nsp False only nsp_count, the examples), packed rows or not;
+    real_tokens counts the positions that are not padding; with row_weights (batch-size
+    warmup) only the rows that count, and rows counts those.
 
     The masked-LM terms never materialise log-probabilities, an argmax or (in the backward pass)
     a scatter over [B, P, V]: each is a whole extra pass over the largest array of the step.
@@ -104,6 +144,22 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)  # [B, P]
     token_log_prob = label_logit - log_normalizer
     mlm_correct = (label_logit >= max_logit).astype(jnp.float32) * weights
+    sums = {
+        "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
+        "mlm_correct": jnp.sum(mlm_correct),
+        "mlm_weight": jnp.sum(weights),
+        "nsp_count": example_count(batch),
+    }
+    row_weights = batch.get("row_weights")
+    if "attention_mask" in batch:  # every pipeline batch; a bare loss computation may omit it
+        real = (batch["attention_mask"] > 0).astype(jnp.float32)
+        if row_weights is not None:
+            real = real * row_weights[:, None]
+        sums["real_tokens"] = jnp.sum(real)
+    if row_weights is not None:
+        sums["rows"] = jnp.sum(row_weights)
+    if not nsp:
+        return sums
     nsp_log_probs = jax.nn.log_softmax(output.nsp_logits.astype(jnp.float32))  # [B(, S), 2]
     labels = batch["next_sentence_labels"]  # [B], packed [B, S]
     nsp_nll = -jnp.take_along_axis(nsp_log_probs, labels[..., None], axis=-1)[..., 0]
@@ -112,16 +168,8 @@ def pretraining_sums(output, batch) -> dict[str, jax.Array]:
     if slots is not None:  # packed: empty slots count for nothing
         slots = slots.astype(jnp.float32)
         nsp_nll, nsp_correct = nsp_nll * slots, nsp_correct * slots
-    sums = {
-        "mlm_loss_sum": -jnp.sum(token_log_prob * weights),
-        "mlm_correct": jnp.sum(mlm_correct),
-        "mlm_weight": jnp.sum(weights),
-        "nsp_loss_sum": jnp.sum(nsp_nll),
-        "nsp_correct": jnp.sum(nsp_correct),
-        "nsp_count": example_count(batch),
-    }
-    if "attention_mask" in batch:  # every pipeline batch; a bare loss computation may omit it
-        sums["real_tokens"] = jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)
+    sums["nsp_loss_sum"] = jnp.sum(nsp_nll)
+    sums["nsp_correct"] = jnp.sum(nsp_correct)
     return sums
 
 
@@ -171,6 +219,8 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
     optimizer = make_optimizer(config, optimizer_schedule)
     accum = int(config.get("grad_accum_steps", 1))
     shapes = batch_shapes(config)
+    nsp = uses_nsp(config)
+    batch_warmup = warmup_batch_size(config, 0) != int(config.batch_size)
 
     def init_boxed(rng):
         dummy = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
@@ -194,13 +244,19 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
             return meta.unbox(init_boxed(rng))
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        if batch_warmup:  # one compiled step: the rows past this step's size count for nothing
+            batch = with_active_rows(batch, warmup_batch_size(config, state.step))
         # Normalised by the whole batch's counts, so accumulated gradients equal full-batch ones.
         mlm_total = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
         nsp_total = jnp.maximum(example_count(batch), 1.0)
 
         def loss_fn(params, micro, dropout_rng):
-            sums = pretraining_sums(pretraining_forward(model, params, micro, dropout_rng), micro)
-            return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
+            output = pretraining_forward(model, params, micro, dropout_rng)
+            sums = pretraining_sums(output, micro, nsp)
+            loss = sums["mlm_loss_sum"] / mlm_total
+            if nsp:
+                loss = loss + sums["nsp_loss_sum"] / nsp_total
+            return loss, sums
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         step_rng = jax.random.fold_in(rng, state.step)
@@ -210,7 +266,7 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
 
     def eval_step(params, batch):
         with nn.logical_axis_rules(rules):
-            return pretraining_sums(pretraining_forward(model, params, batch), batch)
+            return pretraining_sums(pretraining_forward(model, params, batch), batch, nsp)
 
     rep = sharding.replicated(mesh)
     jit_init = jax.jit(init, out_shardings=state_shardings)
@@ -241,16 +297,17 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
 
 
 def metrics_from_sums(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
-    """Ratios from summed metrics (host side)."""
+    """Ratios from summed metrics (host side); the nsp_* ones only where the sums have them."""
     mlm_w = max(float(sums["mlm_weight"]), 1e-9)
-    nsp_n = max(float(sums["nsp_count"]), 1e-9)
     mlm_loss = float(sums["mlm_loss_sum"]) / mlm_w
-    nsp_loss = float(sums["nsp_loss_sum"]) / nsp_n
     out = {
-        "loss": mlm_loss + nsp_loss,
+        "loss": mlm_loss,
         "mlm_loss": mlm_loss,
         "mlm_accuracy": float(sums["mlm_correct"]) / mlm_w,
-        "nsp_loss": nsp_loss,
-        "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n,
     }
+    if "nsp_loss_sum" in sums:
+        nsp_n = max(float(sums["nsp_count"]), 1e-9)
+        out["nsp_loss"] = float(sums["nsp_loss_sum"]) / nsp_n
+        out["nsp_accuracy"] = float(sums["nsp_correct"]) / nsp_n
+        out["loss"] = mlm_loss + out["nsp_loss"]
     return {prefix + k: v for k, v in out.items()}

@@ -28,7 +28,7 @@ from bert_jax.pretraining.step import (
     build_pretrainer,
     metrics_from_sums,
 )
-from bert_jax.training import distributed, loop, rerun, sharding
+from bert_jax.training import distributed, loop, optim, rerun, sharding
 from bert_jax.training.metrics import (
     peak_flops_per_device,
     pretraining_flops_per_example,
@@ -106,6 +106,16 @@ def _load_init_params(config, pretrainer: Pretrainer, state: TrainState) -> Trai
     return state.replace(params=params)
 
 
+def decay_start(config) -> int | None:
+    """The step a wsd schedule's decay starts at, whose checkpoint WORKDIR/decay_start keeps;
+    None for other schedules or no decay."""
+    if config.schedule != "wsd":
+        return None
+    total = int(config.num_train_steps)
+    start = optim.decay_start_step(total, float(config.wsd_decay_fraction))
+    return start if 0 < start < total else None
+
+
 def train_and_evaluate(config, workdir) -> TrainState:
     """Pretrains BERT per `config`, writing checkpoints and metrics under `workdir`.
 
@@ -143,6 +153,7 @@ def train_and_evaluate(config, workdir) -> TrainState:
             config.keep_checkpoints,
             config,
             data_share=(share, shares),
+            kept_step=decay_start(config),
         )
         train_iter = input_pipeline.make_pretraining_iterator(
             config.data,
@@ -206,7 +217,6 @@ def _run_loop(
         cpu_peak_flops=config.cpu_peak_flops
     )
     peak_total = peak * jax.device_count()
-    tokens_per_step = config.batch_size * config.data.max_seq_length
 
     def train_step(state, step):
         batch = pretrainer.shard_batch(next(train_iter))
@@ -214,18 +224,26 @@ def _run_loop(
         return state, metrics, None
 
     def log_scalars(fetched, timing: loop.Timing) -> dict:
-        sums = {k: float(sum(m.get(k, np.nan) for m in fetched)) for k in SUM_METRICS}
+        # The keys the step returns (no nsp_* but nsp_count for an MLM-only objective; rows
+        # under batch-size warmup, the rows that trained).
+        keys = [k for k in (*SUM_METRICS, "rows") if k in fetched[0]]
+        sums = {k: float(sum(m[k] for m in fetched)) for k in keys}
         scalars = metrics_from_sums(sums)
         scalars["learning_rate"] = float(fetched[-1]["learning_rate"])
         scalars["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
+        rows = sums.get("rows", len(fetched) * config.batch_size)
+        if "rows" in sums:
+            scalars["batch_size"] = float(fetched[-1]["rows"])
         summed = {
             "examples": sums["nsp_count"],
-            "tokens": len(fetched) * tokens_per_step,
+            "tokens": rows * config.data.max_seq_length,
             "real_tokens": sums["real_tokens"],
         }
         steps_per_sec = timing.steps_per_sec
         scalars.update(throughput(steps_per_sec, len(fetched), summed))
-        scalars["mfu"] = steps_per_sec * config.batch_size * model_flops / peak_total
+        # Counts the FLOPs of the rows that train: under batch-size warmup the step computes
+        # the full batch, so this is what the warmup's rows get of the chips.
+        scalars["mfu"] = steps_per_sec * rows / len(fetched) * model_flops / peak_total
         return scalars
 
     outcome = loop.run(

@@ -1,9 +1,11 @@
 """Optimizers and learning-rate schedules, each named after the reference it reproduces.
 
 Optimizers (`config.optimizer`): adamw (PyTorch/HF AdamW), adamw_bert (google-research/bert's
-AdamWeightDecayOptimizer, no bias correction), lamb (NVIDIA apex FusedLAMB), all after
+AdamWeightDecayOptimizer, no bias correction), lamb (NVIDIA apex FusedLAMB), stableadamw
+(AdamW with per-tensor update clipping, Wortsman et al. 2023, as ModernBERT), all after
 global-norm clipping with weight decay masked off biases and LayerNorm. Schedules
-(`config.schedule`): bert (decay over the whole run), trainer (decay after warmup).
+(`config.schedule`): bert (decay over the whole run), trainer (decay after warmup), wsd
+(warmup-stable-decay).
 See docs/design/optimizers.md.
 """
 
@@ -19,8 +21,9 @@ from flax import traverse_util
 from bert_jax.errors import UserError
 
 NO_DECAY_LEAVES = ("bias", "scale", "mlm_output_bias")
-OPTIMIZERS = ("adamw", "adamw_bert", "lamb")
-SCHEDULES = ("bert", "trainer")
+OPTIMIZERS = ("adamw", "adamw_bert", "lamb", "stableadamw")
+SCHEDULES = ("bert", "trainer", "wsd")
+WSD_DECAY_SHAPES = ("linear", "1-sqrt")
 
 
 def decay_mask(params):
@@ -65,6 +68,35 @@ def trainer_schedule(
     return optax.join_schedules([warmup_fn, decay_fn], [warmup])
 
 
+def decay_start_step(total: int, decay_fraction: float) -> int:
+    """The first step of a warmup-stable-decay schedule's decay: the last `decay_fraction` of
+    `total` steps decay (rounded to whole steps)."""
+    return total - int(round(total * decay_fraction))
+
+
+def wsd_schedule(
+    peak: float, warmup: int, total: int, decay_fraction: float, shape: str, end: float = 0.0
+) -> optax.Schedule:
+    """Warmup-stable-decay (trapezoidal): peak * s / warmup, then the peak, then over the last
+    decay_fraction of the steps from D = decay_start_step to `total` with x = (s - D) / (T - D):
+    linear peak - (peak - end) x, or 1-sqrt (ModernBERT) end + (peak - end)(1 - sqrt(x))."""
+    if shape not in WSD_DECAY_SHAPES:
+        raise UserError(f"wsd_decay_shape {shape!r} is not one of {list(WSD_DECAY_SHAPES)}")
+    start = decay_start_step(total, decay_fraction)
+    length = max(total - start, 1)
+
+    def schedule(step):
+        s = jnp.asarray(step).astype(jnp.float32)
+        x = jnp.clip(s - start, 0.0, length) / length
+        fall = x if shape == "linear" else jnp.sqrt(x)
+        lr = peak - (peak - end) * fall
+        if warmup > 0:
+            lr = jnp.where(s < warmup, peak * s / warmup, lr)
+        return lr
+
+    return schedule
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
     """The schedule `config.schedule` names, from learning_rate, warmup_steps, num_train_steps,
     decay_power and end_learning_rate_factor."""
@@ -78,6 +110,17 @@ def learning_rate_schedule(config) -> optax.Schedule:
     peak = float(config.learning_rate)
     end = peak * float(config.get("end_learning_rate_factor", 0.0))
     power = float(config.get("decay_power", 1.0))
+    if name == "wsd":
+        fraction = float(config.get("wsd_decay_fraction", 0.1))
+        if not 0 <= fraction <= 1:
+            raise UserError(f"wsd_decay_fraction must be in [0, 1], got {fraction!r}")
+        if decay_start_step(total, fraction) < warmup:
+            raise UserError(
+                f"wsd_decay_fraction {fraction} starts the decay at step "
+                f"{decay_start_step(total, fraction)}, inside the {warmup} warmup steps: lower it"
+            )
+        shape = str(config.get("wsd_decay_shape", "linear"))
+        return wsd_schedule(peak, warmup, max(total, 1), fraction, shape, end)
     make = bert_schedule if name == "bert" else trainer_schedule
     return make(peak, warmup, max(total, 1), power, end)
 
@@ -109,6 +152,50 @@ def scale_by_adam_without_bias_correction(
     return optax.GradientTransformation(init, update)
 
 
+class ScaleByStableAdamState(NamedTuple):
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_stable_adam(
+    b1: float, b2: float, eps: float, weight_decay: float = 0.0, mask=decay_mask
+) -> optax.GradientTransformation:
+    """StableAdamW before the learning rate (Wortsman et al. 2023, Alg. 1; optimi's StableAdamW,
+    which ModernBERT trains with): per tensor, (m^ / (sqrt(v^) + eps) + weight_decay * p) /
+    max(1, RMS), RMS = sqrt(mean(g^2 / max(v^, eps^2))), m^ and v^ Adam's bias-corrected
+    moments. The clipping divides the tensor's learning rate, so it scales the decay as well;
+    `mask(params)` says which tensors decay."""
+
+    def init(params):
+        zeros = lambda p: jnp.zeros_like(p)  # noqa: E731
+        return ScaleByStableAdamState(
+            count=jnp.zeros((), jnp.int32),
+            mu=jax.tree.map(zeros, params),
+            nu=jax.tree.map(zeros, params),
+        )
+
+    def update(updates, state, params=None):
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g), updates, state.nu)
+        decays = mask(params) if weight_decay else jax.tree.map(lambda _: False, updates)
+
+        def scaled(g, m, v, p, decays):
+            m_hat, v_hat = m / (1.0 - b1**t), v / (1.0 - b2**t)
+            rms = jnp.sqrt(jnp.mean(jnp.square(g) / jnp.maximum(v_hat, eps * eps)))
+            u = m_hat / (jnp.sqrt(v_hat) + eps)
+            if decays:
+                u = u + weight_decay * p
+            return u / jnp.maximum(1.0, rms)
+
+        scaled_updates = jax.tree.map(scaled, updates, mu, nu, params, decays)
+        return scaled_updates, ScaleByStableAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
     """Clipping then `config.optimizer` (see the module docstring) at `schedule`."""
     schedule = schedule or learning_rate_schedule(config)
@@ -123,6 +210,10 @@ def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.Grad
             scale_by_adam_without_bias_correction(b1, b2, eps),
             optax.add_decayed_weights(weight_decay, decay_mask),
             optax.scale_by_learning_rate(schedule),
+        )
+    elif name == "stableadamw":
+        update = optax.chain(
+            scale_by_stable_adam(b1, b2, eps, weight_decay), optax.scale_by_learning_rate(schedule)
         )
     elif name == "lamb":
         # optax.lamb gates only the weight decay with its mask. apex applies the trust ratio
