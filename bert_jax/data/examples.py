@@ -30,6 +30,15 @@ EXAMPLE_FIELDS = (
     "next_sentence_labels",
 )
 
+MASKING_VARIANTS = (
+    "span_length_weights",
+    "word_char_mask_prob",
+    "max_masked_word_length",
+    "masked_lm_prob_start",
+    "masked_lm_prob_schedule_epochs",
+    "similar_token_prob",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class ExampleOptions:
@@ -63,8 +72,16 @@ class ExampleOptions:
 
     @classmethod
     def from_data_config(cls, data_config) -> ExampleOptions:
-        """The options of a pretraining data config (`data.*`, same names)."""
-        return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+        """The options of a pretraining data config (`data.*`, same names); a config written
+        before the masking variants existed (a checkpoint's) has them off."""
+        return cls(
+            **{
+                f.name: data_config.get(f.name, f.default)
+                if f.name in MASKING_VARIANTS
+                else data_config[f.name]
+                for f in dataclasses.fields(cls)
+            }
+        )
 
     @property
     def max_num_tokens(self) -> int:
