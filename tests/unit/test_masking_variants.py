@@ -246,3 +246,20 @@ def test_bad_variant_settings_are_one_line_errors(overrides, message):
     config.data.update(overrides)
     with pytest.raises(UserError, match=message):
         validate_pretraining_config(config, num_devices=1, check_files=False)
+
+
+def test_pipeline_builds_the_similarity_table_beside_the_dataset(data_config):
+    config = data_config.copy_and_resolve_references()
+    config.masked_lm_prob_start = 0.0
+    config.similar_token_prob = 1.0
+    chunk = input_pipeline.make_example_chunks(config, split="train", seed=0)[0]
+    prepared = input_pipeline.open_dataset(config)
+    table = np.load(f"{prepared.directory}/{similar_tokens.FILE}")
+    assert table.shape == (prepared.tokenizer().vocab_size, similar_tokens.NEIGHBOURS)
+    rows, cols = np.nonzero(chunk["masked_lm_weights"])
+    labels = chunk["masked_lm_ids"][rows, cols]
+    got = chunk["input_ids"][rows, chunk["masked_lm_positions"][rows, cols]]
+    similar = np.any(table[labels] == got[:, None], axis=1)
+    mask = got == prepared.tokenizer().mask_id
+    assert np.all(mask <= (table[labels, 0] < 0))  # [MASK] only where no similar token exists
+    assert 0.7 < (similar | mask).mean() < 0.9  # the 80%
