@@ -253,7 +253,7 @@ def markdown(results: dict) -> str:
             f"Phase {phase} (sequence {row['max_seq_length']}, {row['examples']} examples of "
             f"{row['documents']} documents):",
             "",
-            "| masking | masked tokens | masked words of 1 / 2 / 3 / 4 / 5+ tokens (% of words) "
+            "| masking | masked tokens | words hit, of 1 / 2 / 3 / 4 / 5+ tokens (% of words hit) "
             "| budget taken by words of >= 3 / >= 4 tokens | masked tokens in a NER entity "
             "| of those, whole entity hidden | of those, in a jieba word masked whole |",
             "|---|---|---|---|---|---|---|",
