@@ -35,6 +35,14 @@ r"""Chinese end to end on ../shared/data/zh: does pretraining a small Chinese BE
    reruns the reference runs of the first Trainer seed with other dropout masks alone (config
    `dropout_seed`: same head, same batches), to show how far that chance moves one seed's score.
 
+Masking variants (docs/chinese.md#masking-variants): --variants takes any name of MASKINGS
+(e.g. `wwm_span`, `mixed`, `schedule`, `macbert`) or one defined by --masking
+NAME=KEY:VALUE;KEY:VALUE (data.* keys); each is pretrained (--pretrain_phases, default both
+phases), fine-tuned with every seed, and its row (mean ± sd) appended to WORKDIR/masking.md:
+
+  nice -n 5 python -m benchmarks.studies.zh_end_to_end --workdir runs/zh_e2e \
+      --variants=wwm_span --seeds=0,1,2 --sections=pretrain,finetune
+
 Runs already finished in WORKDIR with the same settings are reused (others run again). Prints a
 Markdown table (entity F1 per type and overall, sentiment accuracy; mean and sample standard
 deviation over seeds) and writes WORKDIR/results.json. Wall times are those of a machine that
@@ -57,7 +65,24 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_ZH = REPO.parent / "shared" / "data" / "zh"
-PRETRAINED = ("char", "wwm")
+SPANS = "0.4,0.3,0.2,0.1"  # MacBERT's n-gram lengths 1-4
+# Masking variants: data.* keys on top of the pretraining config, both phases (the rate
+# schedule: phase 1 only, phase 2 at masked_lm_prob; 6 epochs are about half of phase 1: the
+# 15,200 training documents give some 54,000 examples at sequence 32, phase 1 takes 640,000).
+MASKINGS = {
+    "char": {},
+    "wwm": {"whole_word_masking": True},
+    "span": {"span_length_weights": SPANS},
+    "wwm_span": {"whole_word_masking": True, "span_length_weights": SPANS},
+    "mixed": {"whole_word_masking": True, "word_char_mask_prob": 0.5},
+    "wwm_cap2": {"whole_word_masking": True, "max_masked_word_length": 2},
+    "schedule": {"masked_lm_prob_start": 0.3, "masked_lm_prob_schedule_epochs": 6.0},
+    "similar": {"similar_token_prob": 1.0},
+    "macbert": {"whole_word_masking": True, "span_length_weights": SPANS,
+                "similar_token_prob": 1.0},
+}  # fmt: skip
+LABELS = {"random": "(a) random init", "char": "(b) character masking",
+          "wwm": "(c) whole-word masking (jieba)"}  # fmt: skip
 TASKS = ("ner", "sentiment")
 METRICS = {"ner": "f1", "sentiment": "accuracy"}  # each task's score in the report
 
@@ -123,8 +148,40 @@ def pretraining_config(args, files, workdir: pathlib.Path, variant: str, phase: 
         config.warmup_steps = min(config.warmup_steps, steps // 10)
         config.eval_every_steps = config.checkpoint_every_steps = steps
     config.data.word_segmenter = "jieba"
-    config.data.whole_word_masking = variant == "wwm"
+    for key, value in masking_overrides(args, variant).items():
+        if phase == "phase1" or not key.startswith("masked_lm_prob_"):
+            config.data[key] = value
+    rate = max(config.data.masked_lm_prob, config.data.masked_lm_prob_start)
+    needed = min(max(1, round(config.data.max_seq_length * rate)), config.data.max_seq_length - 3)
+    config.data.max_predictions_per_seq = max(config.data.max_predictions_per_seq, needed)
     return config
+
+
+def maskings(args) -> dict[str, dict]:
+    """MASKINGS and the variants --masking defines (NAME=KEY:VALUE;KEY:VALUE, data.* keys)."""
+    from bert_jax.pretraining.config import data_config_dict
+
+    defaults, table = data_config_dict(), dict(MASKINGS)
+    for definition in args.masking:
+        name, _, body = definition.partition("=")
+        overrides = {}
+        for item in filter(None, body.split(";")):
+            key, _, value = item.partition(":")
+            if key not in defaults:
+                raise SystemExit(f"--masking {definition}: data.{key} is not a config key")
+            kind = type(defaults[key])
+            overrides[key] = value.lower() == "true" if kind is bool else kind(value)
+        table[name.strip()] = overrides
+    return table
+
+
+def masking_overrides(args, variant: str) -> dict:
+    table = maskings(args)
+    if variant not in table:
+        raise SystemExit(
+            f"unknown variant {variant!r}: use random, {', '.join(table)} or --masking"
+        )
+    return table[variant]
 
 
 def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) -> pathlib.Path:
@@ -132,17 +189,23 @@ def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) ->
     phase-2 workdir (WORKDIR/pretrain_VARIANT; phase 1 is WORKDIR/pretrain_VARIANT_phase1)."""
     from bert_jax.pretraining import train as train_lib
 
+    phases = args.pretrain_phases.split(",")
     targets = {"phase1": workdir / f"pretrain_{variant}_phase1",
                "phase2": workdir / f"pretrain_{variant}"}  # fmt: skip
-    configs = {phase: pretraining_config(args, files, workdir, variant, phase) for phase in PHASES}
-    configs["phase2"].init_checkpoint = str(targets["phase1"])
-    steps = [int(configs[phase].num_train_steps) for phase in PHASES]
+    configs = {phase: pretraining_config(args, files, workdir, variant, phase) for phase in phases}
+    if "phase2" in configs:
+        configs["phase2"].init_checkpoint = str(targets["phase1"])
+    steps = [int(configs[phase].num_train_steps) for phase in phases]
+    masking = masking_overrides(args, variant)
     row = results["pretrain"].get(variant, {})
-    if row.get("steps") == steps and (targets["phase2"] / "checkpoints").exists():
-        return targets["phase2"]
-    finished_otherwise = row.get("steps") not in (None, steps)  # a finished run of other steps
-    row = {"steps": steps, "cpu_seconds": 0.0, "wall_seconds": 0.0}
-    for phase in PHASES:
+    last = targets[phases[-1]]
+    # A row from before the masking variants: char or wwm, as MASKINGS has them.
+    same = row.get("steps") == steps and row.get("masking", MASKINGS.get(variant)) == masking
+    if same and (last / "checkpoints").exists():
+        return last
+    finished_otherwise = row.get("steps") is not None and not same  # other steps or masking
+    row = {"steps": steps, "masking": masking, "cpu_seconds": 0.0, "wall_seconds": 0.0}
+    for phase in phases:
         config, target = configs[phase], targets[phase]
         config.overwrite = finished_otherwise  # start over; else resume a preempted run
         print(f"== pretraining {variant} {phase}: {config.num_train_steps} steps at "
@@ -155,11 +218,11 @@ def pretrain(args, files, workdir: pathlib.Path, variant: str, results: dict) ->
         row["wall_seconds"] += time.perf_counter() - wall
         evals = [json.loads(line) for line in open(target / "metrics.jsonl") if '"eval_' in line]
         row[f"{phase}_eval_mlm_accuracy"] = evals[-1].get("eval_mlm_accuracy") if evals else None
-    row["eval_mlm_accuracy"] = row["phase2_eval_mlm_accuracy"]
-    model = configs["phase2"].model
+    row["eval_mlm_accuracy"] = row[f"{phases[-1]}_eval_mlm_accuracy"]
+    model = configs[phases[-1]].model
     row["model"] = {k: model[k] for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
     results["pretrain"][variant] = row
-    return targets["phase2"]
+    return last
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
@@ -351,8 +414,7 @@ def markdown(results: dict) -> str:
         "pretraining CPU-s (wall s) | held-out MLM acc |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    names = {"random": "(a) random init", "char": "(b) character masking",
-             "wwm": "(c) whole-word masking (jieba)"}  # fmt: skip
+    names = {**LABELS, **{v: f"masking {v}" for v in results["finetune"] if v not in LABELS}}
     for variant, label in names.items():
         runs = results["finetune"].get(variant)
         if not runs:
@@ -426,6 +488,29 @@ def dropout_only_lines(results: dict) -> list[str]:
     return lines
 
 
+def append_masking_rows(results: dict, args, path: pathlib.Path) -> None:
+    """One row per pretrained variant of this run (mean ± sd over its seeds) appended to `path`."""
+    if not path.exists():
+        path.write_text(
+            "| variant | data keys | pretraining steps | seeds | NER F1 | sentiment acc "
+            "| held-out MLM acc | date |\n|---|---|---|---|---|---|---|---|\n"
+        )
+    with path.open("a") as f:
+        for variant, runs in results["finetune"].items():
+            pre = results["pretrain"].get(variant)
+            if variant == "random" or not pre:
+                continue
+            keys = ", ".join(f"{k}={v}" for k, v in pre.get("masking", {}).items()) or "-"
+            seeds = ",".join(runs.get("ner", {}))
+            ner = _mean_sd([r["f1"] for r in runs.get("ner", {}).values()])
+            sentiment = _mean_sd([r["accuracy"] for r in runs.get("sentiment", {}).values()])
+            mlm = pre.get("eval_mlm_accuracy")
+            mlm = f"{100 * mlm:.1f}" if mlm is not None else "-"
+            steps = "+".join(map(str, pre["steps"]))
+            f.write(f"| {variant} | {keys} | {steps} | {seeds} | {ner} | {sentiment} | {mlm} | "
+                    f"{time.strftime('%Y-%m-%d')} |\n")  # fmt: skip
+
+
 def fresh_results(previous: dict, args) -> dict:
     """This run's results, starting from WORKDIR/results.json: pretraining and CRF rows are kept
     (pretraining is reused from them); fine-tuning rows are collected afresh (finished runs with
@@ -441,7 +526,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="runs/zh_e2e")
     parser.add_argument("--shared", default=str(SHARED_ZH), help="the zh/ data folder")
     parser.add_argument("--sections", default="pretrain,finetune,crf,trainer")
-    parser.add_argument("--variants", default="random,char,wwm")
+    parser.add_argument("--variants", default="random,char,wwm", help="random and MASKINGS")
+    parser.add_argument("--masking", action="append", default=[],
+                        help="NAME=KEY:VALUE;KEY:VALUE: a masking variant")  # fmt: skip
+    parser.add_argument("--pretrain_phases", default="phase1,phase2", help="or phase1")
     parser.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
     parser.add_argument("--trainer_seeds", default="", help="the Trainer's; default: the first")
     parser.add_argument(
@@ -490,7 +578,9 @@ def main(argv=None) -> int:
         results_file.write_text(json.dumps(results, indent=2) + "\n")
 
     inits = {}
-    for variant in [v for v in PRETRAINED if v in variants or v == "char"]:
+    for name in set(variants) - {"random"}:
+        masking_overrides(args, name)  # an unknown name stops here, before any run
+    for variant in [v for v in dict.fromkeys(["char", *variants]) if v != "random"]:
         if "pretrain" not in sections and not (workdir / f"pretrain_{variant}").exists():
             continue
         inits[variant] = pretrain(args, files, workdir, variant, results)
@@ -543,6 +633,8 @@ def main(argv=None) -> int:
                 runs = results["dropout_only"].setdefault("char", {}).setdefault(task, {})
                 runs[str(dropout_seed)] = row
                 save()
+    if "finetune" in sections:
+        append_masking_rows(results, args, workdir / "masking.md")
     print(markdown(results))
     return 0
 

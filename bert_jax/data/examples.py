@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bert_jax.data.corpus import word_starts as document_word_starts
-from bert_jax.data.masking import mask_tokens
+from bert_jax.data.masking import mask_tokens, span_weights
 
 # The arrays of a set of examples (the pipeline's batch fields), leading dimension n.
 EXAMPLE_FIELDS = (
@@ -42,6 +42,13 @@ class ExampleOptions:
     whole_word_masking: bool = False
     balanced_nsp: bool = True
     next_sentence_prediction: bool = True  # False: [CLS] A [SEP] rows, A a document's chunk
+    # Masking variants (masking.py, docs/chinese.md); the defaults are plain BERT masking.
+    span_length_weights: str = ""
+    word_char_mask_prob: float = 0.0
+    max_masked_word_length: int = 0
+    masked_lm_prob_start: float = 0.0
+    masked_lm_prob_schedule_epochs: float = 0.0
+    similar_token_prob: float = 0.0
 
     def __post_init__(self):
         if self.max_seq_length < 5:
@@ -52,6 +59,8 @@ class ExampleOptions:
             raise ValueError(f"masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
         if not 0 <= self.short_seq_prob <= 1:
             raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.span_length_weights:
+            span_weights(self.span_length_weights)
 
     @classmethod
     def from_data_config(cls, data_config) -> ExampleOptions:
@@ -67,7 +76,8 @@ class ExampleOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """The ids the example builder needs; `subword_mask` bool [size] marks "##" pieces."""
+    """The ids the example builder needs; `subword_mask` bool [size] marks "##" pieces;
+    `similar_ids` int [size, K] (-1 padded) lists similar tokens (`data.similar_token_prob`)."""
 
     size: int
     pad_id: int
@@ -75,6 +85,7 @@ class Vocabulary:
     sep_id: int
     mask_id: int
     subword_mask: np.ndarray | None = None
+    similar_ids: np.ndarray | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> Vocabulary:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags, logging
 from etils import epath
 
-from bert_jax.data import corpus, examples, packed_examples
+from bert_jax.data import corpus, examples, masking, packed_examples, similar_tokens
 from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB  # noqa: F401 (re-exported)
 from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
 from bert_jax.errors import UserError
@@ -228,6 +228,7 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
     vocab: examples.Vocabulary
     cache_documents: bool
     sequences_per_row: int | None = None  # Packed rows of up to this many examples, or None.
+    schedule: bool = False  # The masking rate follows data.masked_lm_prob_start's schedule.
     _cache: dict[int, dict] | None = dataclasses.field(default=None, repr=False)
     _order_cache: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _window_cache: tuple | None = dataclasses.field(default=None, repr=False)
@@ -291,13 +292,17 @@ class _ChunkExamples(grain.transforms.MapWithIndex):
         part, parts = chunk - self.first_chunks[window], np.diff(self.first_chunks)[window]
         source, pairs, slots = self._window(pass_index, window)
         seed = [self.seed, pass_index, window, self.process_index, 1 + part]
+        options = self.options
+        if self.schedule:  # The rate of this chunk's place in the stream: exact on resume.
+            rate = masking.scheduled_masked_lm_prob(options, index / self.chunks_per_epoch)
+            options = dataclasses.replace(options, masked_lm_prob=rate)
         if slots is not None:
             rows = slots[part * len(slots) // parts : (part + 1) * len(slots) // parts]
             return packed_examples.build_packed_examples(
-                source, pairs, rows, seed, self.options, self.vocab
+                source, pairs, rows, seed, options, self.vocab
             )
         rows = slice(part * len(pairs) // parts, (part + 1) * len(pairs) // parts)
-        return examples.build_examples(source, pairs[rows], seed, self.options, self.vocab)
+        return examples.build_examples(source, pairs[rows], seed, options, self.vocab)
 
     def _read(self, keys: list[int]) -> list[dict]:
         if not self.cache_documents:
@@ -349,6 +354,11 @@ def make_example_chunks(
     tokenizer = prepared.tokenizer()
     source = prepared.data_source(split)
     train = split == "train"
+    options = example_options(data_config)
+    vocab = examples.Vocabulary.from_tokenizer(tokenizer)
+    if options.similar_token_prob > 0:
+        table = similar_tokens.load_or_build(prepared, tokenizer, process_count == 1)
+        vocab = dataclasses.replace(vocab, similar_ids=table)
     documents = process_documents(len(source), process_index, process_count)
     if train and len(documents) == 0:
         raise UserError(f"process {process_index} has no documents: the corpus is too small")
@@ -360,10 +370,11 @@ def make_example_chunks(
         passes=None if data_config.dynamic_masking or not train else data_config.dupe_factor,
         seed=seed,
         process_index=process_index,
-        options=example_options(data_config),
-        vocab=examples.Vocabulary.from_tokenizer(tokenizer),
+        options=options,
+        vocab=vocab,
         cache_documents=prepared.report["tokens"] <= data_config.cache_max_tokens,
         sequences_per_row=packed_examples.sequences_per_row(data_config),
+        schedule=train and options.masked_lm_prob_start > 0,
     )
     lone = int(np.sum(np.diff(to_examples.window_bounds) == 1))
     if lone:

@@ -10,6 +10,7 @@ import ml_collections
 from etils import epath
 
 from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB
+from bert_jax.data.masking import span_weights
 from bert_jax.data.packed_examples import sequences_per_row
 from bert_jax.errors import UserError
 from bert_jax.model.config import PRESETS, BertConfig
@@ -68,6 +69,13 @@ def data_config_dict() -> ml_collections.ConfigDict:
     d.dupe_factor = 5  # Distinct passes cycled through with static masking.
     d.dynamic_masking = True  # Fresh pairs and masks every epoch; False: static, as BERT.
     d.whole_word_masking = False  # Mask all pieces of a word together.
+    # Masking variants (docs/chinese.md); these defaults leave BERT's masking unchanged.
+    d.span_length_weights = ""  # N-gram spans: "0.4,0.3,0.2,0.1" weighs lengths 1..4 ("": 1).
+    d.word_char_mask_prob = 0.0  # Per masked word: probability to mask one character only.
+    d.max_masked_word_length = 0  # Longer words are masked in part (this many tokens); 0: off.
+    d.masked_lm_prob_start = 0.0  # Rate at the start, linear to masked_lm_prob; 0: constant.
+    d.masked_lm_prob_schedule_epochs = 0.0  # Epochs the rate takes from start to masked_lm_prob.
+    d.similar_token_prob = 0.0  # Share of [MASK] replacements that become a similar token.
     d.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
     d.next_sentence_prediction = True  # False: MLM only, [CLS] A [SEP] rows of whole sentences.
     d.documents_per_window = 1024  # Random-next pool and shuffle window, in documents.
@@ -178,6 +186,11 @@ PRETRAINING_RANGES = {
     "data.max_predictions_per_seq": "at_least_one",
     "data.masked_lm_prob": "open_fraction",
     "data.short_seq_prob": "probability",
+    "data.word_char_mask_prob": "probability",
+    "data.max_masked_word_length": "non_negative",
+    "data.masked_lm_prob_start": "fraction",
+    "data.masked_lm_prob_schedule_epochs": "non_negative",
+    "data.similar_token_prob": "probability",
     "data.validation_fraction": "fraction",
     "data.dupe_factor": "at_least_one",
     "data.documents_per_chunk": "at_least_one",
@@ -231,13 +244,15 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     # (L - 2 without NSP: one [SEP]).
     length = data.max_seq_length
     text = length - (3 if data.get("next_sentence_prediction", True) else 2)
-    needed = min(max(1, int(round(length * data.masked_lm_prob))), text)
+    rate = max(data.masked_lm_prob, data.get("masked_lm_prob_start", 0.0))  # the schedule's top
+    needed = min(max(1, int(round(length * rate))), text)
     if data.max_predictions_per_seq < needed:
         raise UserError(
             f"data.max_predictions_per_seq {data.max_predictions_per_seq} is below what "
-            f"masked_lm_prob {data.masked_lm_prob} needs at max_seq_length "
+            f"masked_lm_prob {rate} needs at max_seq_length "
             f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
         )
+    _check_masking_variants(data)
     sequences_per_row(data)  # raises on a packed row of no sequences
     _check_batch_warmup(config)
     if config.warmup_steps > config.num_train_steps:
@@ -273,3 +288,26 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
                     f"model.vocab_size is {model.vocab_size}; "
                     f"set --config.model.vocab_size={entries}"
                 )
+
+
+def _check_masking_variants(data) -> None:
+    """The masking variants' keys (docs/chinese.md) as `ExampleOptions` accepts them."""
+    weights = data.get("span_length_weights", "")
+    if weights:
+        try:
+            span_weights(weights)
+        except ValueError as e:
+            raise UserError(f"data.{e}") from None
+    partial = data.get("word_char_mask_prob", 0) or data.get("max_masked_word_length", 0)
+    if partial and not data.whole_word_masking:
+        raise UserError(
+            "data.word_char_mask_prob and data.max_masked_word_length mask words in part: "
+            "they need data.whole_word_masking=True"
+        )
+    start = data.get("masked_lm_prob_start", 0)
+    if start and (start <= data.masked_lm_prob or not data.masked_lm_prob_schedule_epochs):
+        raise UserError(
+            f"data.masked_lm_prob_start {start} starts a schedule down to data.masked_lm_prob "
+            f"{data.masked_lm_prob}: it must be higher, with data.masked_lm_prob_schedule_epochs "
+            "> 0 (the epochs the rate takes to come down)"
+        )

@@ -250,3 +250,31 @@ def test_overheads_benchmark_times_each_phase_once_and_compares_host_times():
     assert [r["rows"] for r in runs] == [500, 2000] and all(r["step_ms"] > 0 for r in runs)
     assert results["host"]["step_ratio"] == pytest.approx(runs[1]["step_ms"] / runs[0]["step_ms"])
     assert "| **ratio** |" in finetune_overheads.markdown(results)
+
+
+def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
+    """A masking variant's data keys reach both phases' configs, the rate schedule phase 1 only
+    (with the predictions its start rate needs); --masking defines a variant of its own."""
+    import argparse
+
+    from benchmarks.studies import zh_end_to_end
+
+    cap3 = "cap3=whole_word_masking:true;max_masked_word_length:3"
+    args = argparse.Namespace(pretrain_config="configs/zh_small.py", pretrain_mode="",
+                              vocab_size=8000, pretrain_steps=0, pretrain_phase2_steps=0,
+                              masking=[cap3])  # fmt: skip
+    files = {"corpus": tmp_path / "c.txt", "vocab": tmp_path / "vocab.txt"}
+
+    def data(variant, phase):
+        return zh_end_to_end.pretraining_config(args, files, tmp_path, variant, phase).data
+
+    assert data("wwm_span", "phase2").span_length_weights == "0.4,0.3,0.2,0.1"
+    assert data("wwm_span", "phase2").whole_word_masking
+    assert not data("char", "phase1").whole_word_masking
+    first, second = data("schedule", "phase1"), data("schedule", "phase2")
+    assert (first.masked_lm_prob_start, first.max_predictions_per_seq) == (0.3, 10)  # 32 x 0.3
+    assert (second.masked_lm_prob_start, second.max_predictions_per_seq) == (0.0, 20)
+    cap = data("cap3", "phase1")
+    assert cap.whole_word_masking is True and cap.max_masked_word_length == 3
+    with pytest.raises(SystemExit, match="unknown variant 'nope'"):
+        data("nope", "phase1")
