@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from bert_jax.errors import UserError
 from bert_jax.model.ops import dropout_keep_mask, mixed_precision_dot
+from bert_jax.untrusted import is_int
 
 Array = jax.Array
 
@@ -62,13 +63,14 @@ def attend(
             f"attention implementation {implementation!r} is not one of "
             f"{[*IMPLEMENTATIONS[1:], *KERNELS]} (or None)"
         )
-    if not isinstance(window, int) or window < 0:
+    if not is_int(window) or window < 0:
         raise UserError(f"attention window must be a non-negative integer, got {window!r}")
     if query_positions is None:
         q_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     else:
         q_positions = query_positions.astype(jnp.int32)
     q_segments = jnp.take_along_axis(segment_ids, q_positions, axis=1)
+    window = int(window)
     if window and window // 2 >= t - 1:
         window = 0  # every key is within the window
     if not deterministic and dropout_rate > 0.0:
@@ -92,7 +94,21 @@ def attend(
             return local_attention(query, key, value, segment_ids, window)
         return blockwise_attention(query, key, value, q_segments, segment_ids, q_positions, window)
     mask = attention_mask(q_segments, segment_ids, q_positions, window)
+    if implementation is None and _cudnn_applies(query):
+        try:  # its checks (cuDNN version, head dim, layout) run here, at trace time
+            return jax.nn.dot_product_attention(
+                query, key, value, mask=mask, implementation="cudnn"
+            )
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # XLA's, below
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+
+
+def _cudnn_applies(query: Array) -> bool:
+    """cuDNN's fused attention: NVIDIA GPUs, 16-bit operands, head dims up to 128 in 8s."""
+    d = query.shape[-1]
+    half = query.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.default_backend() == "gpu" and half and d <= 128 and d % 8 == 0
 
 
 def _allowed(q_segments, k_segments, q_positions, k_positions, window: int) -> Array:

@@ -226,3 +226,37 @@ def test_model_layers_take_their_windows_through_either_kernel():
 def test_config_rejects_bad_windows(overrides, message):
     with pytest.raises(UserError, match=message):
         BertConfig(**overrides)
+
+
+@pytest.mark.parametrize("window", [0, 6])
+def test_bfloat16_operands_keep_float32_logits_and_accumulators(monkeypatch, window):
+    """bfloat16 q, k, v: outputs and gradients within bfloat16 rounding of the float32 softmax
+    of the same (rounded) operands."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 16)
+    monkeypatch.setattr(attention, "KEY_BLOCK", 16)
+    monkeypatch.setattr(attention, "MIN_LOCAL_BLOCK", 8)
+    t = 40
+    half = [x.astype(jnp.bfloat16) for x in qkv(1, t, seed=3)]
+    segments = np.ones((1, t), np.int32)
+    mask = jnp.asarray(reference_mask(segments, np.arange(t)[None], window))
+    weights = jax.random.normal(jax.random.key(4), half[0].shape)
+
+    def ours(q, k, v):
+        return attend(
+            q, k, v, segment_ids=jnp.asarray(segments), window=window, implementation="blockwise"
+        )  # fmt: skip
+
+    def theirs(q, k, v):
+        return reference(q, k, v, mask)
+
+    def grads(f, *args):
+        loss = lambda *a: (f(*a).astype(jnp.float32) * weights).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+
+    single = [x.astype(jnp.float32) for x in half]
+    got, want = jax.jit(ours)(*half), jax.jit(theirs)(*single)
+    assert got.dtype == jnp.bfloat16
+    pairs = [(got, want), *zip(grads(ours, *half), grads(theirs, *single), strict=True)]
+    for a, b in pairs:
+        a, b = np.asarray(a, np.float32), np.asarray(b)
+        assert np.abs(a - b).max() < 0.02 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
