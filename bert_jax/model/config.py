@@ -86,7 +86,9 @@ class BertConfig:
     param_dtype: str = "float32"
     pre_layer_norm: bool = False  # the original BERT is post-LN
     remat_policy: str = "none"  # one of REMAT_POLICIES
-    attention_implementation: str | None = None  # None (XLA picks), "xla" or "cudnn"
+    attention_implementation: str | None = None  # model/attention.py IMPLEMENTATIONS
+    local_attention_window: int = 0  # > 0: local layers attend keys with |q - k| <= window // 2
+    global_attn_every_n_layers: int = 1  # layer i is global (no window) when i % n == 0
 
     def __post_init__(self):
         problems = []
@@ -140,8 +142,23 @@ class BertConfig:
                 "attention_implementation must be a name or None, got "
                 f"{shown(self.attention_implementation)}"
             )
+        if not is_int(self.local_attention_window) or self.local_attention_window < 0:
+            problems.append(
+                "local_attention_window must be a non-negative integer, got "
+                f"{shown(self.local_attention_window)}"
+            )
+        if not is_int(self.global_attn_every_n_layers) or self.global_attn_every_n_layers < 1:
+            problems.append(
+                "global_attn_every_n_layers must be a positive integer, got "
+                f"{shown(self.global_attn_every_n_layers)}"
+            )
         if problems:
             raise UserError("invalid BertConfig: " + "; ".join(problems))
+
+    def layer_window(self, layer: int) -> int:
+        """Layer `layer`'s attention window: 0 (global) every global_attn_every_n_layers-th
+        layer from the first, local_attention_window on the others."""
+        return 0 if layer % self.global_attn_every_n_layers == 0 else self.local_attention_window
 
     @property
     def head_dim(self) -> int:

@@ -10,14 +10,13 @@ model/config.py, the numerical ops in model/ops.py, the numerics in docs/design/
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from bert_jax.errors import UserError
+from bert_jax.model.attention import attend
 from bert_jax.model.config import (  # noqa: F401 (BertConfig's names, re-exported)
     ACTIVATIONS,
     PRESETS,
@@ -156,17 +155,22 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention: fused `jax.nn.dot_product_attention` unless dropout is active."""
+    """Multi-head self-attention through `attend` (model/attention.py), which picks the kernel."""
 
     config: BertConfig
+    window: int = 0  # > 0: a sliding window (local_attention_window), else global
 
     @nn.compact
     def __call__(
-        self, x: Array, mask: Array, deterministic: bool, query_positions: Array | None = None
+        self,
+        x: Array,
+        segment_ids: Array,
+        deterministic: bool,
+        query_positions: Array | None = None,
     ) -> Array:
-        """x: [B, T, H]; mask: bool, True where a query may attend a key: [B, T] (per key) or
-        broadcastable to [B, 1, Tq, T]; query_positions: [B, S] to attend from only those
-        positions (Tq = S), else every position (Tq = T). Returns [B, Tq, H]."""
+        """x: [B, T, H]; segment_ids: [B, T] ints (0 = padding; see `attend`); query_positions:
+        [B, S] to attend from only those positions (Tq = S), else every position (Tq = T).
+        Returns [B, Tq, H]."""
         cfg = self.config
         n, d = cfg.num_attention_heads, cfg.head_dim
 
@@ -178,29 +182,21 @@ class BertSelfAttention(nn.Module):
 
         xq = x if query_positions is None else gather_positions(x, query_positions)  # [B, Tq, H]
         query, key, value = project("query", xq), project("key", x), project("value", x)
-        if mask.ndim == 2:
-            mask = mask[:, None, None, :]  # [B, 1, 1, T]
         b, tq = xq.shape[:2]
-        dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0.0
-        if dropout_active:
-            # The fused kernels have no dropout on the probabilities; BERT's recipe has 0.1.
-            # float32 products, as jax.nn.dot_product_attention: never rounded to bfloat16.
-            logits = jnp.einsum(
-                "bqnd,bknd->bnqk",
-                query,
-                key,
-                precision=mixed_precision_dot(query.dtype),
-                preferred_element_type=jnp.float32,
-            )  # [B, N, Tq, T]
-            logits = logits * jnp.float32(1.0 / math.sqrt(d))
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)  # [B, N, Tq, T]
-            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
-            context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
-        else:
-            context = jax.nn.dot_product_attention(
-                query, key, value, mask=mask, implementation=cfg.attention_implementation
-            )  # [B, Tq, N, D]
+        rate = cfg.attention_probs_dropout_prob
+        dropout_active = not deterministic and rate > 0.0
+        context = attend(
+            query,
+            key,
+            value,
+            segment_ids=segment_ids,
+            window=self.window,
+            dropout_rate=rate if dropout_active else 0.0,
+            dropout_rng=Dropout(rate).key() if dropout_active else None,
+            deterministic=deterministic,
+            implementation=cfg.attention_implementation,
+            query_positions=query_positions,
+        )  # [B, Tq, N, D]
         context = context.reshape(b, tq, cfg.hidden_size)
         context = nn.with_logical_constraint(context, ("act_batch", "act_length", "act_heads"))
         return Dense(cfg.hidden_size, cfg, ("heads", "embed"), name="output")(context)
@@ -210,10 +206,15 @@ class BertLayer(nn.Module):
     """One encoder block: attention then feed-forward, post-LN (original) or pre-LN."""
 
     config: BertConfig
+    window: int = 0  # the attention's sliding window, 0 = global
 
     @nn.compact
     def __call__(
-        self, x: Array, mask: Array, deterministic: bool, query_positions: Array | None = None
+        self,
+        x: Array,
+        segment_ids: Array,
+        deterministic: bool,
+        query_positions: Array | None = None,
     ) -> Array:
         """x: [B, T, H] -> [B, T, H], or [B, S, H] at query_positions [B, S] only."""
         cfg = self.config
@@ -222,7 +223,8 @@ class BertLayer(nn.Module):
         output_norm = LayerNorm(cfg, name="output_layer_norm")
 
         h = attention_norm(x) if cfg.pre_layer_norm else x
-        h = BertSelfAttention(cfg, name="attention")(h, mask, deterministic, query_positions)
+        attention = BertSelfAttention(cfg, self.window, name="attention")
+        h = attention(h, segment_ids, deterministic, query_positions)
         if query_positions is not None:
             x = gather_positions(x, query_positions)  # [B, S, H]
         x = x + dropout(h, deterministic=deterministic)
@@ -245,10 +247,15 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, mask: Array, deterministic: bool, last_positions: Array | None = None
+        self,
+        x: Array,
+        segment_ids: Array,
+        deterministic: bool,
+        last_positions: Array | None = None,
     ) -> Array:
-        """x: [B, T, H] -> [B, T, H]; with last_positions [B, S] the last layer computes only
-        those positions (its keys and values still cover every token) -> [B, S, H]."""
+        """x: [B, T, H] -> [B, T, H]; segment_ids [B, T] (see `attend`); with last_positions
+        [B, S] the last layer computes only those positions (its keys and values still cover
+        every token) -> [B, S, H]."""
         cfg = self.config
         layer_cls = BertLayer
         if cfg.remat_policy != "none":
@@ -256,22 +263,14 @@ class BertEncoder(nn.Module):
                 BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
             )
         for i in range(cfg.num_hidden_layers):
-            last = i == cfg.num_hidden_layers - 1
-            if last and last_positions is not None:
-                if mask.shape[2] > 1:  # per-query masks: the rows of the kept queries
-                    mask = jnp.take_along_axis(mask, last_positions[:, None, :, None], axis=2)
-                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic, last_positions)
+            layer = layer_cls(cfg, cfg.layer_window(i), name=f"layer_{i}")
+            if i == cfg.num_hidden_layers - 1 and last_positions is not None:
+                x = layer(x, segment_ids, deterministic, last_positions)
             else:
-                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
+                x = layer(x, segment_ids, deterministic)
         if cfg.pre_layer_norm:
             x = LayerNorm(cfg, name="final_layer_norm")(x)
         return x
-
-
-def segment_attention_mask(segment_ids: Array) -> Array:
-    """Block-diagonal attention of packed rows: segment_ids [B, T] -> bool [B, 1, T, T], True where
-    query and key belong to the same sequence (padding, segment 0, sees only padding)."""
-    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
 def segment_positions(segment_ids: Array) -> Array:
@@ -330,25 +329,26 @@ class BertModel(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        # Attention takes segment ids, never a [B, 1, T, T] mask: a row unpacked is segment 1.
         if segment_ids is None:
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
-            mask = (attention_mask > 0)[:, None, None, :]  # [B, 1, 1, T], per key
+            segments = (attention_mask > 0).astype(jnp.int32)
             if position_ids is None:
                 position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         else:
-            mask = segment_attention_mask(segment_ids)  # [B, 1, T, T]
+            segments = segment_ids.astype(jnp.int32)
             if attention_mask is not None:
-                mask = mask & (attention_mask > 0)[:, None, None, :]
+                segments = jnp.where(attention_mask > 0, segments, 0)
             if position_ids is None:
                 position_ids = segment_positions(segment_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         pooled_at = cls_positions if cls_positions is not None else jnp.zeros((b, 1), jnp.int32)
         if pooled_only:
             sequence_output = None
-            first = self.encoder(x, mask, deterministic, pooled_at)  # [B, S, H]
+            first = self.encoder(x, segments, deterministic, pooled_at)  # [B, S, H]
         else:
-            sequence_output = self.encoder(x, mask, deterministic)  # [B, T, H]
+            sequence_output = self.encoder(x, segments, deterministic)  # [B, T, H]
             first = gather_positions(sequence_output, pooled_at)  # [B, S, H]
         pooled_output = jnp.tanh(self.pooler(first))  # [B, S, H]
         if cls_positions is None:

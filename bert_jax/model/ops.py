@@ -95,6 +95,10 @@ class Dropout(nn.Module):
         scaled = (x.astype(jnp.float32) * scale).astype(x.dtype)  # the scale not rounded to x's
         return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
+    def key(self) -> Array:
+        """The key `__call__` would draw, for a kernel that drops out by itself."""
+        return self.make_rng("dropout")
+
 
 @jax.custom_vjp
 def add_vocab_bias(logits: Array, bias: Array) -> Array:

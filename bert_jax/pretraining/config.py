@@ -45,7 +45,9 @@ def model_config_dict(preset: str = "base", **overrides) -> ml_collections.Confi
     m.param_dtype = b.param_dtype  # parameters and optimizer state
     m.pre_layer_norm = b.pre_layer_norm  # pre-LN layers; the original BERT is post-LN
     m.remat_policy = b.remat_policy  # recompute activations in backward: model REMAT_POLICIES
-    m.attention_implementation = b.attention_implementation  # None (XLA picks), "xla", "cudnn"
+    m.attention_implementation = b.attention_implementation  # None (auto), xla, cudnn, blockwise
+    m.local_attention_window = b.local_attention_window  # > 0: sliding window of local layers
+    m.global_attn_every_n_layers = b.global_attn_every_n_layers  # layer i global when i % n == 0
     return m
 
 

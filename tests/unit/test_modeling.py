@@ -19,7 +19,6 @@ from bert_jax.model.modeling import (
     BertSelfAttention,
     gather_positions,
     neighbourhood,
-    segment_attention_mask,
     segment_positions,
 )
 
@@ -490,8 +489,6 @@ def test_segment_positions_restart_per_sequence():
     np.testing.assert_array_equal(
         segment_positions(segments), [[0, 1, 2, 0, 1, 0, 0, 1], list(range(8))]
     )
-    mask = np.asarray(segment_attention_mask(segments))[0, 0]
-    assert mask[0, :3].all() and not mask[0, 3:].any() and mask[6, 6:].all()
 
 
 def test_pooled_only_equals_the_full_last_layer():

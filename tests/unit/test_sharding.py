@@ -13,12 +13,12 @@ from bert_jax.training import sharding
 VOCAB, SEQ, PRED, BATCH = 128, 32, 5, 16
 
 
-def tiny_config(mesh: dict, accum: int = 1) -> ml_collections.ConfigDict:
+def tiny_config(mesh: dict, accum: int = 1, **model_fields) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_train_steps, c.warmup_steps, c.batch_size, c.seed = 10, 2, BATCH, 0
     c.learning_rate, c.optimizer, c.weight_decay, c.grad_accum_steps = 1e-3, "adamw", 0.01, accum
     model = BertConfig.preset(
-        "tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64
+        "tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64, **model_fields
     )
     c.model = ml_collections.ConfigDict(model.to_dict())
     c.data = ml_collections.ConfigDict(dict(max_seq_length=SEQ, max_predictions_per_seq=PRED))
@@ -46,10 +46,10 @@ def random_batches(n: int, seed: int = 0) -> list[dict]:
     return batches
 
 
-def run_losses(mesh_axes: dict, devices=None, accum: int = 1, steps: int = 5):
+def run_losses(mesh_axes: dict, devices=None, accum: int = 1, steps: int = 5, **model_fields):
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_axes), devices)
     with jax.set_mesh(mesh):
-        trainer = build_pretrainer(tiny_config(mesh_axes, accum), mesh)
+        trainer = build_pretrainer(tiny_config(mesh_axes, accum, **model_fields), mesh)
         state = trainer.init(jax.random.key(0))
         losses = []
         for batch in random_batches(steps):
@@ -228,3 +228,18 @@ def test_multi_slice_gets_a_hybrid_mesh():
         sharding.device_grid(axes, devices)
     # One slice (no slice_index, e.g. CPU and GPU devices): the DCN keys are ignored.
     assert sharding.num_slices(jax.devices()) == 1
+
+
+def test_blockwise_and_windowed_attention_train_alike_on_a_mesh():
+    """The memory-linear kernels (global blockwise, sliding window) under data, fsdp and tensor
+    sharding: the same losses as on one device."""
+    model = dict(
+        attention_implementation="blockwise",
+        local_attention_window=8,
+        global_attn_every_n_layers=2,
+        attention_probs_dropout_prob=0.0,
+    )
+    one, _ = run_losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], steps=3, **model)
+    many, _ = run_losses(dict(data=2, fsdp=2, tensor=2), steps=3, **model)
+    assert np.isfinite(one).all() and one.std() > 0
+    np.testing.assert_allclose(many, one, rtol=1e-5)
