@@ -277,11 +277,17 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
 
 def test_pre_layer_norm_model_runs_and_differs():
     post = BertConfig(**SMALL)
-    pre = post.replace(pre_layer_norm=True)
+    pre = post.replace(pre_layer_norm=True, embedding_norm=False)
     ids, types, mask, positions = make_inputs(post)
     params = init_pretraining(pre)
     assert "final_layer_norm" in params["bert"]["encoder"]
     assert "LayerNorm" not in params["bert"]["embeddings"]
+    assert "attention_layer_norm" in params["bert"]["encoder"]["layer_0"]
+    # With embedding_norm (ModernBERT), the embeddings are normalised and layer 0 has no norm.
+    modern = init_pretraining(pre.replace(embedding_norm=True))
+    assert "LayerNorm" in modern["bert"]["embeddings"]
+    assert "attention_layer_norm" not in modern["bert"]["encoder"]["layer_0"]
+    assert "attention_layer_norm" in modern["bert"]["encoder"]["layer_1"]
     out = BertForPreTraining(pre).apply(
         {"params": params}, ids, types, mask, masked_lm_positions=positions
     )
