@@ -13,12 +13,12 @@ from bert_jax.training import sharding
 VOCAB, SEQ, PRED, BATCH = 128, 32, 5, 16
 
 
-def tiny_config(mesh: dict, accum: int = 1) -> ml_collections.ConfigDict:
+def tiny_config(mesh: dict, accum: int = 1, **model_changes) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_train_steps, c.warmup_steps, c.batch_size, c.seed = 10, 2, BATCH, 0
     c.learning_rate, c.optimizer, c.weight_decay, c.grad_accum_steps = 1e-3, "adamw", 0.01, accum
     model = BertConfig.preset(
-        "tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64
+        "tiny", vocab_size=VOCAB, intermediate_size=256, max_position_embeddings=64, **model_changes
     )
     c.model = ml_collections.ConfigDict(model.to_dict())
     c.data = ml_collections.ConfigDict(dict(max_seq_length=SEQ, max_predictions_per_seq=PRED))
@@ -46,10 +46,10 @@ def random_batches(n: int, seed: int = 0) -> list[dict]:
     return batches
 
 
-def run_losses(mesh_axes: dict, devices=None, accum: int = 1, steps: int = 5):
+def run_losses(mesh_axes: dict, devices=None, accum: int = 1, steps: int = 5, **model_changes):
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_axes), devices)
     with jax.set_mesh(mesh):
-        trainer = build_pretrainer(tiny_config(mesh_axes, accum), mesh)
+        trainer = build_pretrainer(tiny_config(mesh_axes, accum, **model_changes), mesh)
         state = trainer.init(jax.random.key(0))
         losses = []
         for batch in random_batches(steps):
@@ -228,3 +228,28 @@ def test_multi_slice_gets_a_hybrid_mesh():
         sharding.device_grid(axes, devices)
     # One slice (no slice_index, e.g. CPU and GPU devices): the DCN keys are ignored.
     assert sharding.num_slices(jax.devices()) == 1
+
+
+# ModernBERT's options: rotary, GeGLU, pre-LN with embedding norm, no biases, local windows.
+MODERN = dict(
+    position_embedding_type="rope",
+    type_vocab_size=0,
+    pre_layer_norm=True,
+    ffn_type="geglu",
+    use_bias=False,
+    local_attention_window=8,
+    global_attn_every_n_layers=2,
+    pooler="cls_head",
+)
+
+
+def test_modern_encoder_on_a_mesh_matches_single_device():
+    single, _ = run_losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], **MODERN)
+    losses, state = run_losses(dict(data=2, fsdp=2, tensor=2), **MODERN)
+    np.testing.assert_allclose(losses, single, rtol=1e-5)
+    assert losses[-1] < losses[0]
+    layer = state.params["bert"]["encoder"]["layer_1"]
+    for name, axes in [("intermediate", ("fsdp", "tensor")), ("gate", ("fsdp", "tensor")),
+                       ("output", ("tensor", "fsdp"))]:  # fmt: skip
+        assert tuple(layer[name]["dense"]["kernel"].sharding.spec) == axes
+        assert "bias" not in layer[name]["dense"]
