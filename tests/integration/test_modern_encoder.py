@@ -97,3 +97,20 @@ def test_prepare_takes_a_tokenizer_json(modern, tmp_path):
     documents = list(prepared.data_source("train"))
     tokens = np.concatenate([np.asarray(d["tokens"]) for d in documents]).tolist()
     assert tokens == [i for line in lines for i in tokenizer.encode(line)]
+
+
+def test_export_writes_a_directory_transformers_loads_with_its_tokenizer(modern, tmp_path):
+    from bert_jax.convert.export import export
+
+    model_dir, _, tokenizer = modern
+    out = export(model_dir, tmp_path / "out")
+    assert not (out / "vocab.txt").exists()
+    fast = transformers.AutoTokenizer.from_pretrained(out)
+    text = "the river stone was [MASK] again"
+    assert fast(text)["input_ids"] == [
+        tokenizer.cls_id, *tokenizer.encode_masked(text, "[MASK]"), tokenizer.sep_id
+    ]  # fmt: skip
+    model = transformers.AutoModelForMaskedLM.from_pretrained(
+        out, attn_implementation="eager", reference_compile=False
+    )
+    assert type(model).__name__ == "ModernBertForMaskedLM"

@@ -178,9 +178,27 @@ def test_tiny_param_tree_shapes_and_logical_axes():
     assert sum(int(np.prod(s)) for s, _ in expected.values()) == config.num_parameters() + padding
 
 
-@pytest.mark.parametrize("pre_layer_norm", [False, True])
-def test_num_parameters_matches_the_real_tree(pre_layer_norm):
-    config = BertConfig(**SMALL, pre_layer_norm=pre_layer_norm)
+MODERN_VARIANTS = {
+    "post_ln": {},
+    "pre_ln_old": dict(pre_layer_norm=True, embedding_norm=False),
+    "pre_ln_embedding_norm": dict(pre_layer_norm=True),
+    "modernbert": dict(
+        pre_layer_norm=True,
+        position_embedding_type="rope",
+        type_vocab_size=0,
+        ffn_type="geglu",
+        use_bias=False,
+        local_attention_window=4,
+        global_attn_every_n_layers=2,
+        pooler="mean_head",
+    ),
+    "swiglu_rmsnorm": dict(ffn_type="swiglu", norm_type="rmsnorm", pooler="cls_head"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(MODERN_VARIANTS))
+def test_num_parameters_matches_the_real_tree(variant):
+    config = BertConfig(**SMALL, **MODERN_VARIANTS[variant])
     params = init_pretraining(config)
     extra_rows = config.padded_vocab_size - config.vocab_size  # 97 -> 128
     assert extra_rows == 31
@@ -508,3 +526,21 @@ def test_pooled_only_equals_the_full_last_layer():
     none, fast = BertModel(config).apply({"params": params}, ids, types, mask, pooled_only=True)
     assert none is None and fast.shape == pooled.shape
     np.testing.assert_allclose(fast, pooled, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ffn_type", "glu", "ffn_type 'glu' is not one of"),
+        ("position_embedding_type", "relative_key", "position_embedding_type 'relative_key'"),
+        ("local_attention_window", -2, "local_attention_window must be an integer >= 0"),
+        ("global_attn_every_n_layers", 0, "global_attn_every_n_layers must be an integer >= 1"),
+        ("rope_theta", "big", "rope_theta must be a number above 1"),
+        ("use_bias", "no", "use_bias must be true or false"),
+        ("type_vocab_size", -1, "type_vocab_size must be a positive integer"),
+    ],
+)
+def test_modern_fields_are_checked_in_one_line(field, value, message):
+    with pytest.raises(UserError, match=message) as error:
+        BertConfig.from_dict({**SMALL, field: value}, source="config.json")
+    assert "\n" not in str(error.value)
