@@ -518,14 +518,28 @@ def test_segment_positions_restart_per_sequence():
     assert mask[0, :3].all() and not mask[0, 3:].any() and mask[6, 6:].all()
 
 
-def test_pooled_only_equals_the_full_last_layer():
-    config = BertConfig(**SMALL)
+@pytest.mark.parametrize("variant", ["post_ln", "modernbert_local_last"])
+def test_pooled_only_equals_the_full_last_layer(variant):
+    """Also with rotary positions and a local-window last layer (its mask rows and query
+    positions gathered), on packed rows with a [CLS] per sequence."""
+    changes = dict(MODERN_VARIANTS["modernbert"], pooler="cls_head", global_attn_every_n_layers=2)
+    config = BertConfig(**SMALL, **(changes if variant != "post_ln" else {}))
+    assert variant == "post_ln" or config.is_local_layer(config.num_hidden_layers - 1)
     ids, types, mask, _ = make_inputs(config)
     params = init_pretraining(config)["bert"]
     sequence, pooled = BertModel(config).apply({"params": params}, ids, types, mask)
     none, fast = BertModel(config).apply({"params": params}, ids, types, mask, pooled_only=True)
     assert none is None and fast.shape == pooled.shape
     np.testing.assert_allclose(fast, pooled, atol=1e-6, rtol=1e-6)
+    segments = np.repeat(np.arange(1, ids.shape[1] // 6 + 2), 6)[None, : ids.shape[1]]
+    segments = np.broadcast_to(segments, ids.shape)
+    cls = np.broadcast_to(
+        np.arange(0, ids.shape[1], 6)[None], (ids.shape[0], -(-ids.shape[1] // 6))
+    )
+    packed = dict(segment_ids=segments, cls_positions=cls)
+    _, full = BertModel(config).apply({"params": params}, ids, types, **packed)
+    _, fast = BertModel(config).apply({"params": params}, ids, types, pooled_only=True, **packed)
+    np.testing.assert_allclose(fast, full, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
