@@ -77,8 +77,18 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "old_demo": (OLD_DEMO, "configs/demo.py before its retune"),
     "r1_post_1e3": _r("post-LN, no dropout, lr 1e-3"),
     "r1_post_3e3": _r("lr 3e-3", learning_rate=3e-3),
-    "r1_pre_3e3": _r("pre-LN, lr 3e-3", learning_rate=3e-3, model__pre_layer_norm=True),
-    "r1_pre_6e3": _r("pre-LN, lr 6e-3", learning_rate=6e-3, model__pre_layer_norm=True),
+    "r1_pre_3e3": _r(
+        "pre-LN, lr 3e-3",
+        learning_rate=3e-3,
+        model__pre_layer_norm=True,
+        model__embedding_norm=False,
+    ),
+    "r1_pre_6e3": _r(
+        "pre-LN, lr 6e-3",
+        learning_rate=6e-3,
+        model__pre_layer_norm=True,
+        model__embedding_norm=False,
+    ),
     "r1_post_1e3_v4096": _r("vocab 4096", data__vocab_file="VOCAB_4096"),
     "r1_post_1e3_v1024": _r("vocab 1024", data__vocab_file="VOCAB_1024"),
     "r2_seq64": _r("seq 64 (2x steps)", num_train_steps=3200, s=_S64),
@@ -125,7 +135,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "the shipped config with BERT's dropout 0.1",
     ),
     "demo_bert_schedule": ({"schedule": "bert"}, "the shipped config, google's schedule"),
-    "demo_pre_ln": ({"model.pre_layer_norm": True}, "the shipped config, pre-LN"),
+    "demo_pre_ln": (
+        {"model.pre_layer_norm": True, "model.embedding_norm": False},
+        "the shipped config, pre-LN",
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from flax.core import meta
 
 from bert_jax.checkpoints.sealing import SealedManager
 from bert_jax.convert import hf, hub
-from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.data.tokenization import WordPieceTokenizer, load_tokenizer_file
 from bert_jax.errors import UserError
 from bert_jax.model.modeling import BertConfig
 from bert_jax.paths import as_path
@@ -148,6 +148,8 @@ def inspect_checkpoint(path) -> CheckpointInfo:
             values = read_json_object(tokenizer_config, "a tokenizer config")
             lowercase = _optional(values, "do_lower_case", bool, tokenizer_config)
         vocab = path / VOCAB
+        if not vocab.is_file():
+            vocab = path / "tokenizer.json"  # ModernBERT's and other BPE tokenizers
         return CheckpointInfo(
             path=path,
             format=HUGGINGFACE,
@@ -168,7 +170,7 @@ def load_tokenizer(
     """vocab_file when given (with `lowercase`), else the checkpoint's own vocabulary and casing;
     either must fit the model's embedding table (check_vocab_fits)."""
     if vocab_file:
-        tokenizer = WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
+        tokenizer = load_tokenizer_file(vocab_file, lowercase=lowercase)
         check_vocab_fits(tokenizer, info.bert_config, vocab_file)
         return tokenizer
     if info.vocab_file is None:
@@ -177,7 +179,7 @@ def load_tokenizer(
             "(--config.vocab_file=PATH, or vocab_file= for pipelines)"
         )
     casing = lowercase if info.lowercase is None else bool(info.lowercase)
-    tokenizer = WordPieceTokenizer.from_vocab(info.vocab_file, lowercase=casing)
+    tokenizer = load_tokenizer_file(info.vocab_file, lowercase=casing)
     check_vocab_fits(tokenizer, info.bert_config, info.vocab_file)
     return tokenizer
 

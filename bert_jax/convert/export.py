@@ -32,19 +32,26 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
     local directory `out` in `fmt`."""
     from bert_jax.checkpoints import pretrained
     from bert_jax.convert import hf
+    from bert_jax.data.json_tokenizer import JsonTokenizer, is_tokenizer_json
 
     info = pretrained.inspect_checkpoint(path)
     if fmt == "sentence-transformers":
         return export_sentence_transformers(info, out)
     params = pretrained.load_pretraining_params(info)
     out = pathlib.Path(out)
+    json_tokenizer = info.vocab_file is not None and is_tokenizer_json(info.vocab_file)
     if fmt == "hf":
         hf.save_hf_checkpoint(info.bert_config, params, out)
         tokenizer_config = {
-            "tokenizer_class": "BertTokenizer",
+            "tokenizer_class": "PreTrainedTokenizerFast" if json_tokenizer else "BertTokenizer",
             # Longer inputs would run past the position table.
             "model_max_length": int(info.bert_config.max_position_embeddings),
         }
+        if json_tokenizer:  # its specials, by the names bert_jax's tokenizer found them under
+            tokenizer = JsonTokenizer.from_file(info.vocab_file)
+            for role in ("pad", "unk", "cls", "sep", "mask"):
+                token_id = getattr(tokenizer, f"{role}_id")
+                tokenizer_config[f"{role}_token"] = tokenizer.vocab[token_id]
         if info.lowercase is not None:
             tokenizer_config["do_lower_case"] = bool(info.lowercase)
         (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
@@ -53,7 +60,8 @@ def export(path, out, fmt: str = "hf") -> pathlib.Path:
 
         tf1.save_tf1_checkpoint(info.bert_config, params, out)
     if info.vocab_file is not None:  # local or gs://
-        (out / "vocab.txt").write_bytes(info.vocab_file.read_bytes())
+        name = "tokenizer.json" if json_tokenizer else "vocab.txt"
+        (out / name).write_bytes(info.vocab_file.read_bytes())
     else:
         print(f"warning: {path} names no vocabulary; copy its vocab.txt into {out} yourself")
     return out

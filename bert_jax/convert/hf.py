@@ -6,6 +6,7 @@ transposed both ways. Older checkpoints name LayerNorm parameters gamma/beta; bo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -29,6 +30,17 @@ from bert_jax.untrusted import (
     checkpoint_byte_limit,
     read_json_object,
     shown,
+)
+
+# The modern-encoder BertConfig fields, which Hugging Face BERT has no place for.
+MODERN_FIELDS = (
+    "position_embedding_type",
+    "ffn_type",
+    "norm_type",
+    "use_bias",
+    "embedding_norm",
+    "local_attention_window",
+    "pooler",
 )
 
 # (Hugging Face name, bert_jax path, is a dense kernel that needs a transpose)
@@ -82,6 +94,17 @@ def encoder_mappings(config: BertConfig, prefix: str = "bert.") -> list[Mapping]
         maps += _norm(f"{hf}output.LayerNorm", (*ours, "output_layer_norm"))
     if config.pre_layer_norm:
         raise UserError("Hugging Face BERT is post-LN; a pre_layer_norm model has no HF equivalent")
+    modern = [
+        f"{f.name}={shown(getattr(config, f.name))}"
+        for f in dataclasses.fields(BertConfig)
+        if f.name in MODERN_FIELDS and getattr(config, f.name) != f.default
+    ]
+    if modern or not config.type_vocab_size:
+        raise UserError(
+            "Hugging Face BERT has no equivalent of "
+            + ", ".join(modern or ["type_vocab_size=0"])
+            + " (a rope model exports as ModernBERT)"
+        )
     maps += _dense(f"{prefix}pooler.dense", ("pooler",))
     return maps
 
@@ -182,8 +205,12 @@ def read_hf_config(directory) -> BertConfig:
         raise UserError(f"{path} not found: a Hugging Face BERT directory needs config.json")
     values = read_json_object(path, "a Hugging Face config")
     model_type = values.get("model_type", "bert")
+    if model_type == "modernbert":
+        from bert_jax.convert import modernbert
+
+        return modernbert.config_from_hf(values, path)
     if model_type != "bert":
-        raise UserError(f"{path}: model_type is {shown(model_type)}, not 'bert'")
+        raise UserError(f"{path}: model_type is {shown(model_type)}, not 'bert' or 'modernbert'")
     position_embedding_type = values.get("position_embedding_type", "absolute")
     if position_embedding_type != "absolute":
         raise UserError(
@@ -343,6 +370,13 @@ def load_hf_checkpoint(
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory; expected a Hugging Face BERT checkpoint")
     config = read_hf_config(directory)
+    if config.position_embedding_type == "rope":  # ModernBERT
+        from bert_jax.convert import modernbert
+
+        params = modernbert.load_checkpoint(
+            directory, config, verbose=verbose, need_mlm_head=need_mlm_head
+        )
+        return config, params
     weights = read_hf_weights(directory, config)
     return config, params_from_hf_tensors(
         config, weights, str(directory), verbose=verbose, need_mlm_head=need_mlm_head
@@ -392,13 +426,23 @@ def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
         path: the directory to write (created if missing).
 
     Returns:
-        The directory, now holding config.json and model.safetensors.
+        The directory, now holding config.json and model.safetensors (a rope model: a
+        transformers.ModernBertForMaskedLM directory).
     """
+    if config.position_embedding_type == "rope":
+        from bert_jax.convert import modernbert
+
+        return modernbert.save_checkpoint(config, params, path)
     return _write_hf_directory(config, dict(iter_hf_tensors(config, params)), path)
 
 
 def save_hf_encoder(config: BertConfig, encoder: dict, path) -> pathlib.Path:
-    """Writes the encoder alone ('bert' subtree) as a transformers.BertModel directory."""
+    """Writes the encoder alone ('bert' subtree) as a transformers.BertModel directory (a rope
+    model: ModernBertModel)."""
+    if config.position_embedding_type == "rope":
+        from bert_jax.convert import modernbert
+
+        return modernbert.save_encoder(config, encoder, path)
     flat = traverse_util.flatten_dict(encoder)
     tensors = {}
     for hf_name, ours, transpose in encoder_mappings(config, prefix=""):
@@ -412,6 +456,12 @@ def save_hf_encoder(config: BertConfig, encoder: dict, path) -> pathlib.Path:
 def _write_hf_directory(
     config: BertConfig, tensors: dict, path, architecture: str = "BertForPreTraining"
 ) -> pathlib.Path:
+    values = {**hf_config_dict(config), "architectures": [architecture]}
+    return write_hf_directory(tensors, values, path)
+
+
+def write_hf_directory(tensors: dict, values: dict, path) -> pathlib.Path:
+    """model.safetensors of `tensors` and config.json of `values` in the directory `path`."""
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(path)
@@ -422,6 +472,5 @@ def _write_hf_directory(
     umask = os.umask(0)
     os.umask(umask)
     weights.chmod(0o666 & ~umask)
-    values = {**hf_config_dict(config), "architectures": [architecture]}
     (directory / "config.json").write_text(json.dumps(values, indent=2) + "\n")
     return directory

@@ -23,7 +23,7 @@ from etils import epath
 
 from bert_jax.data import corpus, examples, masking, packed_examples, similar_tokens
 from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB  # noqa: F401 (re-exported)
-from bert_jax.data.tokenization import _CJK_RANGES, WordPieceTokenizer
+from bert_jax.data.tokenization import _CJK_RANGES, load_tokenizer_file
 from bert_jax.errors import UserError
 
 BATCH_FIELDS = examples.EXAMPLE_FIELDS
@@ -192,7 +192,7 @@ def _the_one(found: list, situation: str, remedy: str, which: str = "prepared"):
 def _check_vocab(data_config, prepared: corpus.PreparedCorpus) -> None:
     if not data_config.vocab_file:
         return
-    tokenizer = WordPieceTokenizer.from_vocab(data_config.vocab_file, data_config.lowercase)
+    tokenizer = load_tokenizer_file(data_config.vocab_file, data_config.lowercase)
     if tokenizer.fingerprint() != prepared.settings.tokenizer_fingerprint:
         raise UserError(
             f"data.vocab_file {data_config.vocab_file} (lowercase={data_config.lowercase}) is "

@@ -82,6 +82,17 @@ def _build_pipeline(tokenizer: tokenizers.Tokenizer, lowercase: bool) -> None:
     tokenizer.decoder = decoders.WordPiece(prefix=SUBWORD_PREFIX)
 
 
+def load_tokenizer_file(path, lowercase: bool = True):
+    """The tokenizer of a vocab.txt (WordPieceTokenizer, `lowercase` applied) or of a
+    tokenizer.json (`bert_jax.data.json_tokenizer.JsonTokenizer`, casing its own); both have
+    the same methods."""
+    from bert_jax.data.json_tokenizer import JsonTokenizer, is_tokenizer_json
+
+    if is_tokenizer_json(path):
+        return JsonTokenizer.from_file(path, lowercase=lowercase)
+    return WordPieceTokenizer.from_vocab(path, lowercase=lowercase)
+
+
 def _is_continuation(token: str) -> bool:
     return token.startswith(SUBWORD_PREFIX) and len(token) > len(SUBWORD_PREFIX)
 
@@ -320,6 +331,13 @@ class WordPieceTokenizer:
             The ids, as google-research/bert's `FullTokenizer` gives them.
         """
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_masked(self, text: str, mask_text: str) -> list[int]:
+        """Ids of `text` with each `mask_text` (e.g. "[MASK]") the mask token."""
+        ids = []
+        for position, piece in enumerate(text.split(mask_text)):
+            ids += [self.mask_id] * bool(position) + self.encode(piece)
+        return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encodes many texts at once on all cores (Rust threads); the fast path for corpora.

@@ -392,14 +392,9 @@ class FillMaskPipeline:
     def _encode(self, index: int, text: str) -> list[int]:
         if not isinstance(text, str):
             raise UserError(f"input {index} is not a string: {text!r}")
-        pieces = text.split(MASK_TEXT)
-        if len(pieces) < 2:
+        if MASK_TEXT not in text:
             raise UserError(f"input {index} has no {MASK_TEXT}: {text!r}")
-        ids = [self.tokenizer.cls_id]
-        for position, piece in enumerate(pieces):
-            if position:
-                ids.append(self.tokenizer.mask_id)
-            ids += self.tokenizer.encode(piece)
+        ids = [self.tokenizer.cls_id, *self.tokenizer.encode_masked(text, MASK_TEXT)]
         ids.append(self.tokenizer.sep_id)
         if len(ids) > self.max_seq_length:
             raise UserError(
@@ -456,7 +451,8 @@ class FillMaskPipeline:
         for index, per_mask in enumerate(results):
             if len(per_mask) == 1:
                 for candidate in per_mask[0]:
-                    word = candidate["token_str"].removeprefix("##")
+                    # the piece as text: "##" (WordPiece) or a byte-level BPE's space dropped
+                    word = self.tokenizer.decode([candidate["token"]]).strip().removeprefix("##")
                     candidate["sequence"] = texts[index].replace(MASK_TEXT, word, 1)
                 results[index] = per_mask[0]
         return results

@@ -56,6 +56,14 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
 }
 
+# The string-valued modern-encoder fields and their choices (the first is the original BERT's).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "position_embedding_type": ("absolute", "rope"),
+    "ffn_type": ("mlp", "geglu", "swiglu"),
+    "norm_type": ("layernorm", "rmsnorm"),
+    "pooler": ("cls_tanh", "cls_head", "mean_head"),
+}
+
 VOCAB_PAD_MULTIPLE = 128  # the embedding table's rows are padded to a multiple of this
 
 REMAT_POLICIES = {
@@ -87,13 +95,24 @@ class BertConfig:
     pre_layer_norm: bool = False  # the original BERT is post-LN
     remat_policy: str = "none"  # one of REMAT_POLICIES
     attention_implementation: str | None = None  # model/attention.py IMPLEMENTATIONS
-    local_attention_window: int = 0  # > 0: local layers attend keys with |q - k| <= window // 2
-    global_attn_every_n_layers: int = 1  # layer i is global (no window) when i % n == 0
+    # Modern-encoder options (ModernBERT); the defaults are the original BERT, bit for bit.
+    position_embedding_type: str = "absolute"  # "absolute" (learned table) or "rope" (rotary)
+    rope_theta: float = 10000.0  # rotary base of global-attention layers
+    local_rope_theta: float = 10000.0  # rotary base of local-window layers
+    ffn_type: str = "mlp"  # "mlp", "geglu" (hidden_act(x W) * x V) or "swiglu" (silu(x W) * x V)
+    norm_type: str = "layernorm"  # or "rmsnorm"
+    use_bias: bool = True  # biases of the Dense and LayerNorm layers (task outputs keep theirs)
+    embedding_norm: bool = True  # normalise the embeddings (under pre-LN: layer 0 then has none)
+    local_attention_window: int = 0  # 0: all layers global; w: local layers see |q - k| <= w // 2
+    global_attn_every_n_layers: int = 1  # layer i is global when i % n == 0
+    pooler: str = "cls_tanh"  # "cls_tanh" (BERT), "cls_head" or "mean_head" (ModernBERT's)
 
     def __post_init__(self):
         problems = []
         for name, bound in CONFIG_SIZE_BOUNDS.items():
             value = getattr(self, name)
+            if name == "type_vocab_size" and value == 0:
+                continue  # a model without token types (ModernBERT)
             if not is_int(value) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {shown(value)}")
             elif value > bound:
@@ -142,23 +161,41 @@ class BertConfig:
                 "attention_implementation must be a name or None, got "
                 f"{shown(self.attention_implementation)}"
             )
-        if not is_int(self.local_attention_window) or self.local_attention_window < 0:
-            problems.append(
-                "local_attention_window must be a non-negative integer, got "
-                f"{shown(self.local_attention_window)}"
-            )
-        if not is_int(self.global_attn_every_n_layers) or self.global_attn_every_n_layers < 1:
-            problems.append(
-                "global_attn_every_n_layers must be a positive integer, got "
-                f"{shown(self.global_attn_every_n_layers)}"
-            )
+        problems += self._modern_problems()
         if problems:
             raise UserError("invalid BertConfig: " + "; ".join(problems))
+
+    def _modern_problems(self) -> list[str]:
+        """The modern-encoder fields' checks (see the field comments)."""
+        problems = []
+        for name, choices in CHOICES.items():
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
+                problems.append(f"{name} {shown(getattr(self, name))} is not one of {choices}")
+        for name in ("rope_theta", "local_rope_theta"):
+            if not is_real(getattr(self, name)) or not getattr(self, name) > 1:
+                problems.append(
+                    f"{name} must be a number above 1, got {shown(getattr(self, name))}"
+                )
+        for name in ("use_bias", "embedding_norm"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {shown(getattr(self, name))}")
+        window, every = self.local_attention_window, self.global_attn_every_n_layers
+        if not is_int(window) or not 0 <= window <= CONFIG_SIZE_BOUNDS["max_position_embeddings"]:
+            problems.append(f"local_attention_window must be an integer >= 0, got {shown(window)}")
+        if not is_int(every) or not 1 <= every <= CONFIG_SIZE_BOUNDS["num_hidden_layers"]:
+            problems.append(
+                f"global_attn_every_n_layers must be an integer >= 1, got {shown(every)}"
+            )
+        return problems
 
     def layer_window(self, layer: int) -> int:
         """Layer `layer`'s attention window: 0 (global) every global_attn_every_n_layers-th
         layer from the first, local_attention_window on the others."""
         return 0 if layer % self.global_attn_every_n_layers == 0 else self.local_attention_window
+
+    def is_local_layer(self, layer: int) -> bool:
+        """Whether layer `layer` attends within local_attention_window (else globally)."""
+        return self.layer_window(layer) > 0
 
     @property
     def head_dim(self) -> int:
@@ -217,12 +254,23 @@ class BertConfig:
         Counts the vocab_size rows the model has; the arrays hold padded_vocab_size rows (the
         zero padding adds (V' - V) * H, and V' - V with the MLM head)."""
         h, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
-        layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h
-        pooler = h * h + h
-        total = embeddings + self.num_hidden_layers * layer + pooler
+        bias = 1 if self.use_bias else 0
+        norm = h + (bias * h if self.norm_type == "layernorm" else 0)  # scale (and bias)
+        positions = (
+            self.max_position_embeddings if self.position_embedding_type == "absolute" else 0
+        )
+        embeddings = (v + positions + self.type_vocab_size) * h + norm * self.embedding_norm
+        glu = self.ffn_type != "mlp"
+        ffn = (2 + glu) * h * f + bias * ((1 + glu) * f + h)
+        layer = 4 * (h * h + bias * h) + ffn + 2 * norm
+        total = embeddings + self.num_hidden_layers * layer
+        if self.pre_layer_norm:
+            total += norm  # final_layer_norm
+            if self.embedding_norm:
+                total -= norm  # layer 0 has no attention norm
+        total += h * h + bias * h + (norm if self.pooler != "cls_tanh" else 0)  # pooler
         if include_heads:
-            total += h * h + h + 2 * h + v + 2 * h + 2
+            total += h * h + bias * h + norm + v + 2 * h + 2
         return total
 
 

@@ -57,17 +57,20 @@ def _ones(axes: tuple[str | None, ...]):
 
 
 class Dense(nn.Module):
-    """A dense layer with a 2-D kernel carrying logical axis names."""
+    """A dense layer with a 2-D kernel carrying logical axis names; a bias when config.use_bias
+    (or always, for task outputs: bias=True)."""
 
     features: int
     config: BertConfig
     axes: tuple[str | None, str | None]
+    bias: bool | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         y = nn.Dense(
             self.features,
+            use_bias=cfg.use_bias if self.bias is None else self.bias,
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.dtype(cfg.param_dtype),
             kernel_init=_kernel_init(cfg, self.axes),
@@ -78,23 +81,28 @@ class Dense(nn.Module):
 
 
 class LayerNorm(nn.Module):
+    """config.norm_type: LayerNorm (with a bias when config.use_bias) or RMSNorm."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        return nn.LayerNorm(
+        common = dict(
             epsilon=cfg.layer_norm_eps,
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.dtype(cfg.param_dtype),
             scale_init=_ones(("embed",)),
-            bias_init=_zeros(("embed",)),
             name="norm",
-        )(x)
+        )
+        if cfg.norm_type == "rmsnorm":
+            return nn.RMSNorm(**common)(x)
+        return nn.LayerNorm(use_bias=cfg.use_bias, bias_init=_zeros(("embed",)), **common)(x)
 
 
 class BertEmbeddings(nn.Module):
-    """Word + learned position + token type embeddings, LayerNorm, dropout."""
+    """Word + learned position (absolute) + token type (type_vocab_size > 0) embeddings,
+    LayerNorm (post-LN, or embedding_norm), dropout."""
 
     config: BertConfig
 
@@ -116,24 +124,29 @@ class BertEmbeddings(nn.Module):
             nn.with_logical_partitioning(word_init, ("vocab", "embed")),
             "word_embeddings",
         )
-        self.position_embeddings = embed(
-            cfg.max_position_embeddings,
-            _kernel_init(cfg, ("length", "embed")),
-            "position_embeddings",
-        )
-        self.token_type_embeddings = embed(
-            cfg.type_vocab_size, _kernel_init(cfg, ("type_vocab", "embed")), "token_type_embeddings"
-        )
+        if cfg.position_embedding_type == "absolute":
+            self.position_embeddings = embed(
+                cfg.max_position_embeddings,
+                _kernel_init(cfg, ("length", "embed")),
+                "position_embeddings",
+            )
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = embed(
+                cfg.type_vocab_size,
+                _kernel_init(cfg, ("type_vocab", "embed")),
+                "token_type_embeddings",
+            )
         self.layer_norm = LayerNorm(cfg, name="LayerNorm")
         self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
-        x = (
-            self.word_embeddings(input_ids)  # [B, T, H]
-            + self.position_embeddings(position_ids)
-            + self.token_type_embeddings(token_type_ids)
-        )
-        if not self.config.pre_layer_norm:
+        cfg = self.config
+        x = self.word_embeddings(input_ids)  # [B, T, H]
+        if cfg.position_embedding_type == "absolute":
+            x = x + self.position_embeddings(position_ids)  # [B, T, H]
+        if cfg.type_vocab_size:
+            x = x + self.token_type_embeddings(token_type_ids)  # [B, T, H]
+        if cfg.embedding_norm:
             x = self.layer_norm(x)
         x = self.dropout(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
@@ -154,6 +167,19 @@ class BertEmbeddings(nn.Module):
         )
 
 
+def rotary(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary position embedding (RoFormer; the half-split layout of Hugging Face / ModernBERT):
+    x [B, T, N, D], positions [B, T] -> [B, T, N, D]; angles in float32."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [D / 2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D / 2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    first, second = x[..., : d // 2], x[..., d // 2 :]  # [B, T, N, D / 2]
+    rotated = jnp.concatenate([-second, first], axis=-1)  # [B, T, N, D]
+    return x * cos + rotated * sin
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention through `attend` (model/attention.py), which picks the kernel."""
 
@@ -167,10 +193,11 @@ class BertSelfAttention(nn.Module):
         segment_ids: Array,
         deterministic: bool,
         query_positions: Array | None = None,
+        positions: Array | None = None,
     ) -> Array:
         """x: [B, T, H]; segment_ids: [B, T] ints (0 = padding; see `attend`); query_positions:
-        [B, S] to attend from only those positions (Tq = S), else every position (Tq = T).
-        Returns [B, Tq, H]."""
+        [B, S] to attend from only those positions (Tq = S), else every position (Tq = T);
+        positions: [B, T] token positions (rotary embeddings). Returns [B, Tq, H]."""
         cfg = self.config
         n, d = cfg.num_attention_heads, cfg.head_dim
 
@@ -182,6 +209,13 @@ class BertSelfAttention(nn.Module):
 
         xq = x if query_positions is None else gather_positions(x, query_positions)  # [B, Tq, H]
         query, key, value = project("query", xq), project("key", x), project("value", x)
+        if cfg.position_embedding_type == "rope":
+            theta = cfg.local_rope_theta if self.window > 0 else cfg.rope_theta
+            query_at = (
+                positions if query_positions is None else gather_ids(positions, query_positions)
+            )
+            query = rotary(query, query_at, theta)  # [B, Tq, N, D]
+            key = rotary(key, positions, theta)  # [B, T, N, D]
         b, tq = xq.shape[:2]
         rate = cfg.attention_probs_dropout_prob
         dropout_active = not deterministic and rate > 0.0
@@ -203,10 +237,13 @@ class BertSelfAttention(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One encoder block: attention then feed-forward, post-LN (original) or pre-LN."""
+    """One encoder block: attention then feed-forward, post-LN (original) or pre-LN. Under
+    pre-LN with embedding_norm, layer 0 has no attention norm (ModernBERT: the embeddings are
+    normalised already)."""
 
     config: BertConfig
     window: int = 0  # the attention's sliding window, 0 = global
+    index: int = 0  # the layer's place in the stack (layer 0 may have no attention norm)
 
     @nn.compact
     def __call__(
@@ -215,16 +252,20 @@ class BertLayer(nn.Module):
         segment_ids: Array,
         deterministic: bool,
         query_positions: Array | None = None,
+        positions: Array | None = None,
     ) -> Array:
-        """x: [B, T, H] -> [B, T, H], or [B, S, H] at query_positions [B, S] only."""
+        """x: [B, T, H] -> [B, T, H], or [B, S, H] at query_positions [B, S] only; positions
+        [B, T] for rotary embeddings."""
         cfg = self.config
         dropout = Dropout(cfg.hidden_dropout_prob)
         attention_norm = LayerNorm(cfg, name="attention_layer_norm")
         output_norm = LayerNorm(cfg, name="output_layer_norm")
 
-        h = attention_norm(x) if cfg.pre_layer_norm else x
+        h = x
+        if cfg.pre_layer_norm and not (self.index == 0 and cfg.embedding_norm):
+            h = attention_norm(x)
         attention = BertSelfAttention(cfg, self.window, name="attention")
-        h = attention(h, segment_ids, deterministic, query_positions)
+        h = attention(h, segment_ids, deterministic, query_positions, positions)
         if query_positions is not None:
             x = gather_positions(x, query_positions)  # [B, S, H]
         x = x + dropout(h, deterministic=deterministic)
@@ -232,14 +273,23 @@ class BertLayer(nn.Module):
             x = attention_norm(x)
 
         h = output_norm(x) if cfg.pre_layer_norm else x
-        h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="intermediate")(h)  # [B, T, F]
-        h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
-        h = ACTIVATIONS[cfg.hidden_act](h)
-        h = Dense(cfg.hidden_size, cfg, ("mlp", "embed"), name="output")(h)  # [B, T, H]
+        h = feed_forward(cfg, h)  # [B, T, H]
         x = x + dropout(h, deterministic=deterministic)
         if not cfg.pre_layer_norm:
             x = output_norm(x)
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+
+
+def feed_forward(cfg: BertConfig, x: Array) -> Array:
+    """[B, T, H] -> [B, T, H]: act(x W_i) W_o (mlp), or act(x W_i) * (x W_gate) W_o (geglu:
+    hidden_act, swiglu: silu; ModernBERT's Wi is [W_i | W_gate]). Call inside a compact module."""
+    h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="intermediate")(x)  # [B, T, F]
+    h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+    h = (jax.nn.silu if cfg.ffn_type == "swiglu" else ACTIVATIONS[cfg.hidden_act])(h)
+    if cfg.ffn_type != "mlp":
+        gate = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="gate")(x)  # [B, T, F]
+        h = h * nn.with_logical_constraint(gate, ("act_batch", "act_length", "act_mlp"))
+    return Dense(cfg.hidden_size, cfg, ("mlp", "embed"), name="output")(h)  # [B, T, H]
 
 
 class BertEncoder(nn.Module):
@@ -252,10 +302,11 @@ class BertEncoder(nn.Module):
         segment_ids: Array,
         deterministic: bool,
         last_positions: Array | None = None,
+        positions: Array | None = None,
     ) -> Array:
         """x: [B, T, H] -> [B, T, H]; segment_ids [B, T] (see `attend`); with last_positions
         [B, S] the last layer computes only those positions (its keys and values still cover
-        every token) -> [B, S, H]."""
+        every token) -> [B, S, H]; positions [B, T] for rotary embeddings."""
         cfg = self.config
         layer_cls = BertLayer
         if cfg.remat_policy != "none":
@@ -263,11 +314,11 @@ class BertEncoder(nn.Module):
                 BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
             )
         for i in range(cfg.num_hidden_layers):
-            layer = layer_cls(cfg, cfg.layer_window(i), name=f"layer_{i}")
+            layer = layer_cls(cfg, cfg.layer_window(i), i, name=f"layer_{i}")
             if i == cfg.num_hidden_layers - 1 and last_positions is not None:
-                x = layer(x, segment_ids, deterministic, last_positions)
+                x = layer(x, segment_ids, deterministic, last_positions, positions)
             else:
-                x = layer(x, segment_ids, deterministic)
+                x = layer(x, segment_ids, deterministic, None, positions)
         if cfg.pre_layer_norm:
             x = LayerNorm(cfg, name="final_layer_norm")(x)
         return x
@@ -295,9 +346,12 @@ class BertModel(nn.Module):
     config: BertConfig
 
     def setup(self):
-        self.embeddings = BertEmbeddings(self.config)
-        self.encoder = BertEncoder(self.config)
-        self.pooler = Dense(self.config.hidden_size, self.config, ("embed", "embed_out"))
+        cfg = self.config
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        self.pooler = Dense(cfg.hidden_size, cfg, ("embed", "embed_out"))
+        if cfg.pooler != "cls_tanh":
+            self.pooler_norm = LayerNorm(cfg)
 
     def __call__(
         self,
@@ -320,6 +374,8 @@ class BertModel(nn.Module):
             [B, S, H] (one per sequence) instead of [B, H] (position 0).
         pooled_only: the last layer computes only the pooled positions (what sequence
             classification reads; same values, fewer FLOPs) and sequence_output is None.
+        config.pooler: "cls_tanh" tanh(dense([CLS])) (BERT); "cls_head" / "mean_head"
+            norm(act(dense(v))) of the [CLS] vector / the mean over each sequence (ModernBERT).
         """
         b, t = input_ids.shape
         if t > self.config.max_position_embeddings:
@@ -344,13 +400,22 @@ class BertModel(nn.Module):
                 position_ids = segment_positions(segment_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         pooled_at = cls_positions if cls_positions is not None else jnp.zeros((b, 1), jnp.int32)
-        if pooled_only:
+        cfg = self.config
+        if pooled_only and cfg.pooler != "mean_head":
             sequence_output = None
-            first = self.encoder(x, segments, deterministic, pooled_at)  # [B, S, H]
+            first = self.encoder(x, segments, deterministic, pooled_at, position_ids)  # [B, S, H]
         else:
-            sequence_output = self.encoder(x, segments, deterministic)  # [B, T, H]
-            first = gather_positions(sequence_output, pooled_at)  # [B, S, H]
-        pooled_output = jnp.tanh(self.pooler(first))  # [B, S, H]
+            sequence_output = self.encoder(x, segments, deterministic, None, position_ids)
+            if cfg.pooler == "mean_head":
+                first = mean_pool(sequence_output, segments, pooled_at)  # [B, S, H]
+            else:
+                first = gather_positions(sequence_output, pooled_at)  # [B, S, H]
+            if pooled_only:
+                sequence_output = None
+        if cfg.pooler == "cls_tanh":
+            pooled_output = jnp.tanh(self.pooler(first))  # [B, S, H]
+        else:
+            pooled_output = self.pooler_norm(ACTIVATIONS[cfg.hidden_act](self.pooler(first)))
         if cls_positions is None:
             pooled_output = pooled_output[:, 0]  # [B, H]
         return sequence_output, pooled_output
@@ -371,6 +436,21 @@ class BertPreTrainingOutput:
 def gather_positions(sequence: Array, positions: Array) -> Array:
     """sequence [B, T, H], positions [B, P] -> [B, P, H]."""
     return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
+
+
+def gather_ids(ids: Array, positions: Array) -> Array:
+    """ids [B, T], positions [B, P] -> [B, P]."""
+    return jnp.take_along_axis(ids, positions.astype(jnp.int32), axis=1)
+
+
+def mean_pool(sequence: Array, segments: Array, at: Array) -> Array:
+    """The mean of each sequence's vectors: sequence [B, T, H], segments [B, T] (0 = padding,
+    else the sequence a token is in), at [B, S] a position in each -> [B, S, H] float32."""
+    ids = gather_ids(segments, at)  # [B, S]
+    weights = (segments[:, None, :] == ids[:, :, None]) & (ids[:, :, None] > 0)  # [B, S, T]
+    weights = weights.astype(jnp.float32)
+    total = jnp.einsum("bst,bth->bsh", weights, sequence.astype(jnp.float32))  # [B, S, H]
+    return total / jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
 
 
 class BertForPreTraining(nn.Module):
@@ -399,7 +479,7 @@ class BertForPreTraining(nn.Module):
         h = sequence_output
         if masked_lm_positions is not None:
             h = gather_positions(sequence_output, masked_lm_positions)  # [B, P, H]
-        h = Dense(cfg.hidden_size, cfg, ("embed", "embed_out"), name="mlm_transform")(h)
+        h = Dense(cfg.hidden_size, cfg, ("embed", "embed_out"), name="mlm_transform")(h)  # [B,P,H]
         h = ACTIVATIONS[cfg.hidden_act](h)
         h = LayerNorm(cfg, name="mlm_layer_norm")(h)
         logits = bert.attend(h)  # [B, P, V'] float32
@@ -413,7 +493,7 @@ class BertForPreTraining(nn.Module):
         if cfg.padded_vocab_size != cfg.vocab_size:
             column = jax.lax.broadcasted_iota(jnp.int32, padded.shape, padded.ndim - 1)
             padded = jnp.where(column < cfg.vocab_size, padded, jnp.finfo(jnp.float32).min)
-        nsp_logits = Dense(2, cfg, ("embed", "classes"), name="nsp")(pooled_output)
+        nsp_logits = Dense(2, cfg, ("embed", "classes"), bias=True, name="nsp")(pooled_output)
         return BertPreTrainingOutput(
             # Unused under jit (the loss reads padded_mlm_logits), the slice costs nothing there.
             mlm_logits=padded[..., : cfg.vocab_size],
@@ -441,7 +521,9 @@ class BertForSequenceClassification(nn.Module):
             input_ids, token_type_ids, attention_mask, deterministic, pooled_only=True, **packed
         )
         pooled = Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
-        logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(pooled)
+        logits = Dense(self.num_labels, cfg, ("embed", "classes"), bias=True, name="classifier")(
+            pooled
+        )
         return logits.astype(jnp.float32)
 
 
@@ -473,7 +555,9 @@ class BertForTokenClassification(nn.Module):
             if segments is None:
                 segments = jnp.ones_like(input_ids)
             sequence = neighbourhood(sequence, segments, self.window)  # [B, T, (2w + 1) H]
-        logits = Dense(self.num_labels, cfg, ("embed", "classes"), name="classifier")(sequence)
+        logits = Dense(self.num_labels, cfg, ("embed", "classes"), bias=True, name="classifier")(
+            sequence
+        )
         if self.crf:
             return logits.astype(jnp.float32), TagTransitions(self.num_labels, name="crf")()
         return logits.astype(jnp.float32)
@@ -504,6 +588,6 @@ class BertForQuestionAnswering(nn.Module):
         sequence, _ = BertModel(cfg, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic
         )
-        logits = Dense(2, cfg, ("embed", "classes"), name="qa_outputs")(sequence)
+        logits = Dense(2, cfg, ("embed", "classes"), bias=True, name="qa_outputs")(sequence)
         logits = logits.astype(jnp.float32)
         return logits[..., 0], logits[..., 1]

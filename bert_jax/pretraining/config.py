@@ -46,8 +46,17 @@ def model_config_dict(preset: str = "base", **overrides) -> ml_collections.Confi
     m.pre_layer_norm = b.pre_layer_norm  # pre-LN layers; the original BERT is post-LN
     m.remat_policy = b.remat_policy  # recompute activations in backward: model REMAT_POLICIES
     m.attention_implementation = b.attention_implementation  # None (auto), xla, cudnn, blockwise
-    m.local_attention_window = b.local_attention_window  # > 0: sliding window of local layers
-    m.global_attn_every_n_layers = b.global_attn_every_n_layers  # layer i global when i % n == 0
+    # Modern-encoder options (ModernBERT; docs/configs.md): defaults are the original BERT.
+    m.position_embedding_type = b.position_embedding_type  # "absolute" or "rope"
+    m.rope_theta = b.rope_theta  # rotary base, global layers
+    m.local_rope_theta = b.local_rope_theta  # rotary base, local-window layers
+    m.ffn_type = b.ffn_type  # "mlp", "geglu", "swiglu"
+    m.norm_type = b.norm_type  # "layernorm", "rmsnorm"
+    m.use_bias = b.use_bias  # Dense and LayerNorm biases
+    m.embedding_norm = b.embedding_norm  # normalise the embeddings
+    m.local_attention_window = b.local_attention_window  # 0: every layer global
+    m.global_attn_every_n_layers = b.global_attn_every_n_layers  # layer i global if i % n == 0
+    m.pooler = b.pooler  # "cls_tanh", "cls_head", "mean_head"
     return m
 
 

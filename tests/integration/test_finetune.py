@@ -18,7 +18,9 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
-from tiny_models import save_tiny_hf_bert
+from tiny_models import FILLER, save_tiny_hf_bert
+from tiny_models import synthetic_tasks as _synthetic
+from tiny_models import write_lines as _write
 
 from bert_jax.checkpoints import pretrained, sealing
 from bert_jax.convert import hf
@@ -38,35 +40,6 @@ from bert_jax.training.metrics import throughput
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "data" / "tasks"
 LEARNABLE = dict(batch_size=16, num_train_epochs=12.0, learning_rate=5e-3)
-FILLER = "the a of river stone blue cat runs quickly under table green lamp".split()
-
-
-def _write(path: pathlib.Path, lines: list[str]) -> pathlib.Path:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def _synthetic(directory: pathlib.Path) -> dict[str, pathlib.Path]:
-    """A keyword task (pairs: label from the second sentence), a regression on the keyword and a
-    BIO tagging task ("john smith" is a PER entity), 160 train / 48 dev rows each."""
-    rng = np.random.default_rng(0)
-    files = {}
-    for split, n in (("train", 160), ("dev", 48)):
-        pairs, values, tagged = ["sentence1\tsentence2\tlabel"], ["sentence\tlabel"], []
-        for i in range(n):
-            words = list(rng.choice(FILLER, 5))
-            positive = i % 2 == 0
-            second = words[:3] + ["good" if positive else "bad"] + words[3:]
-            pairs.append(f"{' '.join(words)}\t{' '.join(second)}\t{'yes' if positive else 'no'}")
-            values.append(f"{' '.join(second)}\t{1.0 if positive else -1.0:.1f}")
-            names = ["john", "smith"] if positive else ["mary"]
-            sentence = words[:2] + names + words[2:]
-            tags = ["O", "O"] + (["B-PER", "I-PER"] if positive else ["B-PER"]) + ["O"] * 3
-            tagged += [f"{w}\t{t}" for w, t in zip(sentence, tags, strict=True)] + [""]
-        files[f"pairs_{split}"] = _write(directory / f"pairs_{split}.tsv", pairs)
-        files[f"values_{split}"] = _write(directory / f"values_{split}.tsv", values)
-        files[f"tags_{split}"] = _write(directory / f"tags_{split}.conll", tagged)
-    return files
 
 
 @pytest.fixture(scope="module")

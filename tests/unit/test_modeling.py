@@ -177,9 +177,27 @@ def test_tiny_param_tree_shapes_and_logical_axes():
     assert sum(int(np.prod(s)) for s, _ in expected.values()) == config.num_parameters() + padding
 
 
-@pytest.mark.parametrize("pre_layer_norm", [False, True])
-def test_num_parameters_matches_the_real_tree(pre_layer_norm):
-    config = BertConfig(**SMALL, pre_layer_norm=pre_layer_norm)
+MODERN_VARIANTS = {
+    "post_ln": {},
+    "pre_ln_old": dict(pre_layer_norm=True, embedding_norm=False),
+    "pre_ln_embedding_norm": dict(pre_layer_norm=True),
+    "modernbert": dict(
+        pre_layer_norm=True,
+        position_embedding_type="rope",
+        type_vocab_size=0,
+        ffn_type="geglu",
+        use_bias=False,
+        local_attention_window=4,
+        global_attn_every_n_layers=2,
+        pooler="mean_head",
+    ),
+    "swiglu_rmsnorm": dict(ffn_type="swiglu", norm_type="rmsnorm", pooler="cls_head"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(MODERN_VARIANTS))
+def test_num_parameters_matches_the_real_tree(variant):
+    config = BertConfig(**SMALL, **MODERN_VARIANTS[variant])
     params = init_pretraining(config)
     extra_rows = config.padded_vocab_size - config.vocab_size  # 97 -> 128
     assert extra_rows == 31
@@ -276,11 +294,17 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
 
 def test_pre_layer_norm_model_runs_and_differs():
     post = BertConfig(**SMALL)
-    pre = post.replace(pre_layer_norm=True)
+    pre = post.replace(pre_layer_norm=True, embedding_norm=False)
     ids, types, mask, positions = make_inputs(post)
     params = init_pretraining(pre)
     assert "final_layer_norm" in params["bert"]["encoder"]
     assert "LayerNorm" not in params["bert"]["embeddings"]
+    assert "attention_layer_norm" in params["bert"]["encoder"]["layer_0"]
+    # With embedding_norm (ModernBERT), the embeddings are normalised and layer 0 has no norm.
+    modern = init_pretraining(pre.replace(embedding_norm=True))
+    assert "LayerNorm" in modern["bert"]["embeddings"]
+    assert "attention_layer_norm" not in modern["bert"]["encoder"]["layer_0"]
+    assert "attention_layer_norm" in modern["bert"]["encoder"]["layer_1"]
     out = BertForPreTraining(pre).apply(
         {"params": params}, ids, types, mask, masked_lm_positions=positions
     )
@@ -491,11 +515,43 @@ def test_segment_positions_restart_per_sequence():
     )
 
 
-def test_pooled_only_equals_the_full_last_layer():
-    config = BertConfig(**SMALL)
+@pytest.mark.parametrize("variant", ["post_ln", "modernbert_local_last"])
+def test_pooled_only_equals_the_full_last_layer(variant):
+    """Also with rotary positions and a local-window last layer (its mask rows and query
+    positions gathered), on packed rows with a [CLS] per sequence."""
+    changes = dict(MODERN_VARIANTS["modernbert"], pooler="cls_head", global_attn_every_n_layers=2)
+    config = BertConfig(**SMALL, **(changes if variant != "post_ln" else {}))
+    assert variant == "post_ln" or config.is_local_layer(config.num_hidden_layers - 1)
     ids, types, mask, _ = make_inputs(config)
     params = init_pretraining(config)["bert"]
     sequence, pooled = BertModel(config).apply({"params": params}, ids, types, mask)
     none, fast = BertModel(config).apply({"params": params}, ids, types, mask, pooled_only=True)
     assert none is None and fast.shape == pooled.shape
     np.testing.assert_allclose(fast, pooled, atol=1e-6, rtol=1e-6)
+    segments = np.repeat(np.arange(1, ids.shape[1] // 6 + 2), 6)[None, : ids.shape[1]]
+    segments = np.broadcast_to(segments, ids.shape)
+    cls = np.broadcast_to(
+        np.arange(0, ids.shape[1], 6)[None], (ids.shape[0], -(-ids.shape[1] // 6))
+    )
+    packed = dict(segment_ids=segments, cls_positions=cls)
+    _, full = BertModel(config).apply({"params": params}, ids, types, **packed)
+    _, fast = BertModel(config).apply({"params": params}, ids, types, pooled_only=True, **packed)
+    np.testing.assert_allclose(fast, full, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ffn_type", "glu", "ffn_type 'glu' is not one of"),
+        ("position_embedding_type", "relative_key", "position_embedding_type 'relative_key'"),
+        ("local_attention_window", -2, "local_attention_window must be an integer >= 0"),
+        ("global_attn_every_n_layers", 0, "global_attn_every_n_layers must be an integer >= 1"),
+        ("rope_theta", "big", "rope_theta must be a number above 1"),
+        ("use_bias", "no", "use_bias must be true or false"),
+        ("type_vocab_size", -1, "type_vocab_size must be a positive integer"),
+    ],
+)
+def test_modern_fields_are_checked_in_one_line(field, value, message):
+    with pytest.raises(UserError, match=message) as error:
+        BertConfig.from_dict({**SMALL, field: value}, source="config.json")
+    assert "\n" not in str(error.value)

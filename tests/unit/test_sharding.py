@@ -243,3 +243,28 @@ def test_blockwise_and_windowed_attention_train_alike_on_a_mesh():
     many, _ = run_losses(dict(data=2, fsdp=2, tensor=2), steps=3, **model)
     assert np.isfinite(one).all() and one.std() > 0
     np.testing.assert_allclose(many, one, rtol=1e-5)
+
+
+# ModernBERT's options: rotary, GeGLU, pre-LN with embedding norm, no biases, local windows.
+MODERN = dict(
+    position_embedding_type="rope",
+    type_vocab_size=0,
+    pre_layer_norm=True,
+    ffn_type="geglu",
+    use_bias=False,
+    local_attention_window=8,
+    global_attn_every_n_layers=2,
+    pooler="cls_head",
+)
+
+
+def test_modern_encoder_on_a_mesh_matches_single_device():
+    single, _ = run_losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], **MODERN)
+    losses, state = run_losses(dict(data=2, fsdp=2, tensor=2), **MODERN)
+    np.testing.assert_allclose(losses, single, rtol=1e-5)
+    assert losses[-1] < losses[0]
+    layer = state.params["bert"]["encoder"]["layer_1"]
+    for name, axes in [("intermediate", ("fsdp", "tensor")), ("gate", ("fsdp", "tensor")),
+                       ("output", ("tensor", "fsdp"))]:  # fmt: skip
+        assert tuple(layer[name]["dense"]["kernel"].sharding.spec) == axes
+        assert "bias" not in layer[name]["dense"]

@@ -25,7 +25,9 @@ def define_flags() -> None:
         _BEAM_PIPELINE_OPTIONS, \
         _ALLOW_DIRTY_CORPUS
     _INPUT_FILES = flags.DEFINE_string("input_files", None, "Comma-separated text files or globs.")
-    _VOCAB_FILE = flags.DEFINE_string("vocab_file", None, "WordPiece vocab, one token per line.")
+    _VOCAB_FILE = flags.DEFINE_string(
+        "vocab_file", None, "WordPiece vocab.txt (one token per line) or a tokenizer.json."
+    )
     _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory for the tokenized dataset.")
     _LOWERCASE = flags.DEFINE_bool(
         "lowercase", True, "Lower-case and strip accents (uncased BERT)."

@@ -39,13 +39,15 @@ from bert_jax.data.corpus.writer import (
     move_last_document,
     write_metadata,
 )
-from bert_jax.data.tokenization import WordPieceTokenizer
+from bert_jax.data.json_tokenizer import is_tokenizer_json
+from bert_jax.data.tokenization import WordPieceTokenizer, load_tokenizer_file
 from bert_jax.errors import UserError
 from bert_jax.paths import as_path, is_remote, resolved
 
 FORMAT_VERSION = 2  # bumped whenever the stored format or the reading rules change
 META_FILE = "corpus.json"
 VOCAB_FILE = "vocab.txt"
+TOKENIZER_FILE = "tokenizer.json"  # instead of vocab.txt, for a dataset prepared with one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +73,7 @@ def corpus_settings(
         raise UserError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if max_line_chars < 1:
         raise UserError(f"max_line_chars must be >= 1, got {max_line_chars}")
-    tokenizer = WordPieceTokenizer.from_vocab(vocab_file, lowercase=lowercase)
+    tokenizer = load_tokenizer_file(vocab_file, lowercase=lowercase)
     settings = CorpusSettings(
         tokenizer.fingerprint(),
         bool(lowercase),
@@ -172,9 +174,12 @@ class PreparedCorpus:
         }
 
     def tokenizer(self) -> WordPieceTokenizer:
-        """The vocabulary the documents were tokenized with (stored with them)."""
-        path = os.path.join(_local_mirror(self.directory), VOCAB_FILE)
-        return WordPieceTokenizer.from_vocab(path, lowercase=self.settings.lowercase)
+        """The vocabulary the documents were tokenized with (stored with them): vocab.txt, or
+        the tokenizer.json it was prepared with."""
+        path = os.path.join(_local_mirror(self.directory), TOKENIZER_FILE)
+        if not os.path.isfile(path):
+            path = os.path.join(_local_mirror(self.directory), VOCAB_FILE)
+        return load_tokenizer_file(path, lowercase=self.settings.lowercase)
 
     def data_source(self, split: str):
         """Random access to one split's documents (dicts of numpy arrays), via TFDS."""
@@ -288,9 +293,11 @@ def prepare(
         scratch.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot write the dataset under data_dir {data_dir}: {err}") from None
+    is_json = is_tokenizer_json(spec.vocab_file)
     task = UnitTask(
-        vocab=tuple(spec.tokenizer.vocab),
+        vocab=() if is_json else tuple(spec.tokenizer.vocab),
         lowercase=spec.tokenizer.lowercase,
+        tokenizer_json=spec.tokenizer.__getstate__()["text"] if is_json else "",
         max_line_chars=spec.settings.max_line_chars,
         validation_fraction=spec.settings.validation_fraction,
         word_segmenter=spec.word_segmenter,
@@ -315,8 +322,11 @@ def prepare(
         meta = _metadata(spec, report, len(units), runner)
         description = f"{len(spec.files)} file(s) from {spec.files[0].path}"
         write_metadata(os.fspath(scratch), results, meta["word_boundaries"], description)
-        vocab = "".join(t + "\n" for t in spec.tokenizer.vocab)
-        (scratch / VOCAB_FILE).write_text(vocab, encoding="utf-8")
+        if is_json:
+            spec.tokenizer.save_vocab(scratch / TOKENIZER_FILE)
+        else:
+            vocab = "".join(t + "\n" for t in spec.tokenizer.vocab)
+            (scratch / VOCAB_FILE).write_text(vocab, encoding="utf-8")
         (scratch / META_FILE).write_text(json.dumps(meta, indent=1))  # complete from here on
         if not in_place:
             _move_into_place(scratch, final)

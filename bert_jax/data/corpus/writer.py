@@ -25,6 +25,7 @@ from etils import epath
 from bert_jax.data.corpus.reader import Unit, read_unit
 from bert_jax.data.corpus.summary import CorpusReport, peak_rss_bytes
 from bert_jax.data.corpus.words import load_segmenter
+from bert_jax.data.json_tokenizer import JsonTokenizer
 from bert_jax.data.tokenization import WordPieceTokenizer
 from bert_jax.paths import is_remote
 
@@ -134,7 +135,9 @@ def _local_file(path: str, upload: bool):
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(vocab: tuple[str, ...], lowercase: bool) -> WordPieceTokenizer:
+def _tokenizer(vocab: tuple[str, ...], lowercase: bool, tokenizer_json: str = ""):
+    if tokenizer_json:
+        return JsonTokenizer(tokenizer_json, lowercase=lowercase)
     return WordPieceTokenizer(vocab, lowercase=lowercase)
 
 
@@ -142,7 +145,8 @@ def _tokenizer(vocab: tuple[str, ...], lowercase: bool) -> WordPieceTokenizer:
 class UnitTask:
     """Tokenizes one unit and writes its two shards into `output_dir`; returns what it counted.
 
-    Carries the vocabulary itself (not its path), so remote workers need no local files.
+    Carries the vocabulary itself (not its path), so remote workers need no local files: its
+    tokens, or a tokenizer.json's text (then vocab is empty).
     """
 
     vocab: tuple[str, ...]
@@ -152,9 +156,10 @@ class UnitTask:
     word_segmenter: str
     output_dir: str
     num_units: int
+    tokenizer_json: str = ""
 
     def __call__(self, unit: Unit, on_bytes=lambda n: None) -> dict:
-        tokenizer = _tokenizer(self.vocab, self.lowercase)
+        tokenizer = _tokenizer(self.vocab, self.lowercase, self.tokenizer_json)
         segmenter = load_segmenter(self.word_segmenter)
         report = CorpusReport(word_segmenter=self.word_segmenter)
         counts, sizes, last = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0), None
