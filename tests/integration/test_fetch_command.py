@@ -118,6 +118,11 @@ def test_download_is_cached_and_checked(tmp_path, monkeypatch, server, capfd):
     with pytest.raises(UserError, match=r"cannot download .*/c.tar.gz \(Not Found\).*--from"):
         download.obtain(missing)
 
+    with open(path, "ab") as f:  # a cached copy gone bad is not used
+        f.write(b"!")
+    with pytest.raises(UserError, match=r"the cached .*a.tar.gz has sha256 .*: delete it"):
+        download.obtain(good)
+
     given = tmp_path / "given.tar.gz"
     given.write_bytes(server.payload)
     assert download.obtain(bad.__class__(bad.url, good.sha256), given=given) == str(given)

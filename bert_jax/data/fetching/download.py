@@ -61,22 +61,21 @@ def obtain(archive: Archive, given=None) -> str:
             raise UserError(
                 f"--from {given}: no such file (give the downloaded {archive.filename})"
             )
-        _check(given, archive, f"--from {given}")
+        _check(given, archive, f"--from {given}", "give that exact file")
         return os.fspath(given)
     path = cached_path(archive)
     if path.is_file():
-        _check(path, archive, f"the cached {path} (delete it to download again)")
+        _check(path, archive, f"the cached {path}", "delete it to download it again")
         return os.fspath(path)
     _download(archive, path)
     return os.fspath(path)
 
 
-def _check(path, archive: Archive, what: str) -> None:
+def _check(path, archive: Archive, what: str, fix: str) -> None:
     found = sha256_of(path)
     if found != archive.sha256:
         raise UserError(
-            f"{what} has sha256 {found}, not the pinned {archive.sha256} of {archive.url}: "
-            "give that exact file"
+            f"{what} has sha256 {found}, not the pinned {archive.sha256} of {archive.url}: {fix}"
         )
 
 
@@ -100,7 +99,7 @@ def _download(archive: Archive, path: pathlib.Path) -> None:
             f"in {path.parent}: download it where you can and pass --from=FILE"
         ) from None
     try:
-        _check(partial, archive, f"the download of {archive.url}")
+        _check(partial, archive, f"the download of {archive.url}", "try again later")
     except UserError:
         partial.unlink(missing_ok=True)
         raise
