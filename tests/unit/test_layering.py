@@ -35,7 +35,8 @@ FORBIDDEN = (
 )
 # Packages that import nothing of bert_jax outside themselves and SHARED.
 SELF_CONTAINED = ("bert_jax.model",)
-ENTRY_MODULES = ("pretrain", "finetune", "plan", "export", "plot", "report", "data.prepare")
+ENTRY_MODULES = ("pretrain", "finetune", "plan", "export", "plot", "report", "data.prepare",
+                 "data.fetch")  # fmt: skip
 MAX_ENTRY_LINES = 30
 # The one path helper: no module but bert_jax.paths defines these.
 PATH_HELPERS = ("as_path", "is_remote", "_is_local")
