@@ -219,8 +219,8 @@ def test_model_layers_take_their_windows_through_either_kernel():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(local_attention_window=-1), "local_attention_window must be a non-negative"),
-        (dict(global_attn_every_n_layers=0), "global_attn_every_n_layers must be a positive"),
+        (dict(local_attention_window=-1), "local_attention_window must be an integer >= 0"),
+        (dict(global_attn_every_n_layers=0), "global_attn_every_n_layers must be an integer >= 1"),
     ],
 )
 def test_config_rejects_bad_windows(overrides, message):
