@@ -381,3 +381,39 @@ def hf_task_info(info: CheckpointInfo, architecture: str) -> dict:
     if info.lowercase is not None:
         task_info["lowercase"] = info.lowercase
     return _check_task_info(task_info, config_file)
+
+
+def task_head(info: CheckpointInfo, kind: str, label_list, fresh: dict) -> dict:
+    """The head fine-tuning starts from: `fresh` ({head name: tree, maybe "crf"}, placed), with
+    the init checkpoint's own head instead when that is a task model (a transformers task-model
+    folder or a fine-tuned workdir) of the same kind and labels. One line says which, and why."""
+    from bert_jax.checkpoints.checkpointing import _print_main
+    from bert_jax.finetuning import tasks
+
+    if info.format == HUGGINGFACE:
+        architecture = hf.task_architecture(info.path)
+        theirs = hf_task_info(info, architecture) if architecture else None
+    else:
+        theirs = info.task_info if info.format == FINETUNED else None
+    name = tasks.get(kind).head_name
+    if theirs is None or name not in fresh:
+        return fresh
+    reason = None
+    if theirs["kind"] != kind:
+        reason = f"it was fine-tuned for {theirs['kind']}, not {kind}"
+    elif theirs.get("label_list") != label_list:
+        reason = f"its labels {theirs.get('label_list')} are not the task's {label_list}"
+    else:
+        if info.format == HUGGINGFACE:
+            tree = hf.load_hf_task_model(info.path, architecture, theirs["num_labels"])
+        else:
+            tree = jax.device_get(load_finetuned(info.path).params)
+        loaded = tree.get(theirs["head"])
+        shapes = lambda t: jax.tree.map(np.shape, t)
+        if loaded is None or shapes(loaded) != shapes(fresh[name]):
+            reason = "its head's shapes are not this run's (another head_window?)"
+    if reason is not None:
+        _print_main(f"init_checkpoint: {name} head re-initialised: {reason}")
+        return fresh
+    _print_main(f"init_checkpoint: {name} head kept from {info.path} (its labels are the task's)")
+    return {**fresh, name: _place(loaded, fresh[name])}

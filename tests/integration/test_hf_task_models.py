@@ -204,3 +204,44 @@ def test_heads_transformers_cannot_express_export_only_as_an_encoder(tmp_path):
     )
     with pytest.raises(UserError, match="applies to fine-tuned workdirs"):
         export.export(hf_dir, tmp_path / "again", encoder_only=True)
+
+
+def _tiny_task_folder(path: pathlib.Path, tokenizer, labels: list[str]) -> pathlib.Path:
+    """A random transformers BertForSequenceClassification saved by save_pretrained."""
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_vocab(path / "vocab.txt")
+    return path
+
+
+def test_fine_tuning_keeps_the_head_of_a_task_model_with_the_tasks_labels(tmp_path, capsys):
+    from bert_jax.data.tokenization import WordPieceTokenizer
+
+    train = TASKS / "sentiment" / "train.tsv"
+    tokenizer = WordPieceTokenizer.train([train], vocab_size=300)
+    labels = ["negative", "neutral", "positive"]
+    folder = _tiny_task_folder(tmp_path / "hf", tokenizer, labels)
+    weight = transformers.BertForSequenceClassification.from_pretrained(folder).classifier.weight
+    capsys.readouterr()
+    # learning rate 1e-10: the run ends (within 1e-7) where it started
+    workdir = _finetune(tmp_path, "classification", train, _head(train, 9, tmp_path),
+                        init=folder, learning_rate=1e-10, num_train_steps=1)  # fmt: skip
+    assert "classifier head kept from" in capsys.readouterr().out
+    head = pretrained.load_finetuned(workdir).params["classifier"]["dense"]["kernel"]
+    np.testing.assert_allclose(np.asarray(head), weight.detach().numpy().T, atol=1e-7)
+
+    info = pretrained.inspect_checkpoint(_tiny_task_folder(tmp_path / "other", tokenizer,
+                                                           ["bad", "good", "so-so"]))  # fmt: skip
+    fresh = {"classifier": {"dense": {"kernel": np.zeros((16, 3)), "bias": np.zeros(3)}}}
+    assert pretrained.task_head(info, "classification", labels, fresh) is fresh
+    assert (
+        "classifier head re-initialised: its labels ['bad', 'good', 'so-so'] are not the "
+        "task's ['negative', 'neutral', 'positive']" in capsys.readouterr().out
+    )
+    assert pretrained.task_head(info, "multilabel", labels, fresh) is fresh
+    assert "fine-tuned for classification, not multilabel" in capsys.readouterr().out
