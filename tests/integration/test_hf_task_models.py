@@ -206,12 +206,12 @@ def test_heads_transformers_cannot_express_export_only_as_an_encoder(tmp_path):
         export.export(hf_dir, tmp_path / "again", encoder_only=True)
 
 
-def _tiny_task_folder(path: pathlib.Path, tokenizer, labels: list[str]) -> pathlib.Path:
+def _tiny_task_folder(path: pathlib.Path, tokenizer, labels: list[str], **extra) -> pathlib.Path:
     """A random transformers BertForSequenceClassification saved by save_pretrained."""
     config = transformers.BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)}, **extra,
     )  # fmt: skip
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(path)
@@ -245,3 +245,34 @@ def test_fine_tuning_keeps_the_head_of_a_task_model_with_the_tasks_labels(tmp_pa
     )
     assert pretrained.task_head(info, "multilabel", labels, fresh) is fresh
     assert "fine-tuned for classification, not multilabel" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "labels, problem_type",
+    [
+        (["sports", "travel", "food"], "multi_label_classification"),
+        (["LABEL_0"], "regression"),
+    ],  # fmt: skip
+    ids=["multilabel", "regression"],
+)
+def test_multilabel_and_regression_task_models_score_as_transformers(tmp_path, labels,
+                                                                     problem_type):  # fmt: skip
+    """problem_type says how the logits become scores: one sigmoid per label, or the value."""
+    from bert_jax.data.tokenization import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer.train([TASKS / "sentiment" / "train.tsv"], vocab_size=300)
+    folder = _tiny_task_folder(tmp_path, tokenizer, labels, problem_type=problem_type)
+    model = transformers.BertForSequenceClassification.from_pretrained(folder).eval()
+    texts = _dev_texts(6)
+    batch = transformers.BertTokenizerFast(str(folder / "vocab.txt"))(
+        texts, padding=True, truncation=True, max_length=64, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model(**batch).logits
+    classify = bert_jax.pipeline("text-classification", folder, top_k=None)
+    if problem_type == "regression":
+        np.testing.assert_allclose([r["score"] for r in classify(texts)], logits[:, 0], atol=1e-4)
+        return
+    ranked = classify(texts)
+    ours = np.array([[{r["label"]: r["score"] for r in row}[x] for x in labels] for row in ranked])
+    np.testing.assert_allclose(ours, torch.sigmoid(logits).numpy(), atol=1e-4)
