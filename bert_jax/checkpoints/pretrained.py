@@ -240,6 +240,11 @@ def load_encoder(info: CheckpointInfo, abstract_encoder, *, announce: bool = Tru
     """
     if info.format == HUGGINGFACE:
         _, params = hf.load_hf_checkpoint(info.path, verbose=False)
+        architecture = hf.task_architecture(info.path)
+        if announce and architecture and not hf.TASK_ARCHITECTURES[architecture][1]:
+            from bert_jax.checkpoints.checkpointing import _print_main
+
+            _print_main(f"init_checkpoint: a {architecture} has no pooler; initialised fresh")
         return _place(params["bert"], abstract_encoder)
     if info.format == FINETUNED:
         sharding = getattr(jax.tree.leaves(abstract_encoder)[0], "sharding", None)

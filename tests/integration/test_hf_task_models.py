@@ -6,6 +6,7 @@ refuse to export unless --encoder_only."""
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -276,3 +277,34 @@ def test_multilabel_and_regression_task_models_score_as_transformers(tmp_path, l
     ranked = classify(texts)
     ours = np.array([[{r["label"]: r["score"] for r in row}[x] for x in labels] for row in ranked])
     np.testing.assert_allclose(ours, torch.sigmoid(logits).numpy(), atol=1e-4)
+
+
+def test_a_token_classifier_without_a_pooler_gives_its_encoder(tmp_path, capsys):
+    """transformers' BertForTokenClassification has no pooler: its encoder loads (to fine-tune
+    another kind from it), the pooler initialised fresh with one line saying so."""
+    from flax.core import meta
+
+    from bert_jax.data.tokenization import WordPieceTokenizer
+    from bert_jax.model.modeling import BertModel
+
+    tokenizer = WordPieceTokenizer.train([TASKS / "sentiment" / "train.tsv"], vocab_size=300)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64, num_labels=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(config)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_vocab(tmp_path / "vocab.txt")
+    info = pretrained.inspect_checkpoint(tmp_path)
+    ids = np.zeros((1, 8), np.int32)
+    init = lambda: BertModel(info.bert_config).init(jax.random.key(0), ids)
+    abstract = meta.unbox(jax.eval_shape(init)["params"])
+    encoder = pretrained.load_encoder(info, abstract)
+    assert (
+        "a BertForTokenClassification has no pooler; initialised fresh" in capsys.readouterr().out
+    )
+    np.testing.assert_allclose(
+        np.asarray(encoder["embeddings"]["word_embeddings"]["embedding"])[: tokenizer.vocab_size],
+        model.bert.embeddings.word_embeddings.weight.detach().numpy(),
+    )
