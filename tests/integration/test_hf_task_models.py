@@ -1,7 +1,8 @@
 """The HF round trip of fine-tuned models: all-MiniLM-L6-v2 fine-tuned for a few steps on the tiny
 tasks of tests/data, exported as transformers task models (logits of torch equal bert_jax's
-pipelines), and those folders read back by bert_jax.pipeline; heads transformers cannot express
-refuse to export unless --encoder_only."""
+pipelines), and those folders (and transformers' own saves) read back by bert_jax.pipeline; heads
+transformers cannot express refuse to export unless --encoder_only; fine-tuning from a task model
+keeps its head when the labels are the task's."""
 
 import json
 import pathlib
