@@ -1,12 +1,12 @@
-r"""Export a bert_jax pretraining workdir (or any loadable checkpoint) to Hugging Face or TF1.
+r"""Export a bert_jax workdir (or any loadable checkpoint) to Hugging Face or TF1.
 
   python -m bert_jax.export runs/demo --out runs/demo_hf            # Hugging Face (safetensors)
+  python -m bert_jax.export runs/sst --out runs/sst_hf  # fine-tuned: BertForSequenceClassification
   python -m bert_jax.export runs/demo --out runs/demo_tf1 --format=tf1  # google-research/bert
   python -m bert_jax.export runs/emb --out runs/emb_st --format=sentence-transformers
 
-transformers' BertForPreTraining and BertTokenizer load the Hugging Face folder,
-`SentenceTransformer(out)` the sentence-transformers one; --format=tf1 needs TensorFlow
-(`pip install -e ".[tf]"`).
+A fine-tuned workdir becomes its kind's transformers task model (--encoder_only: BertModel);
+--format=tf1 needs TensorFlow (`pip install -e ".[tf]"`).
 """
 
 from absl import flags

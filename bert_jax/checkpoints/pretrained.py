@@ -2,8 +2,9 @@
 
 `inspect_checkpoint(path)` tells which of the three a path is and reads its architecture and
 vocabulary without loading weights; `load_encoder` / `load_pretraining_params` /
-`load_finetuned` then read the weights into the requested (sharded) layout. The fine-tuned
-workdir's files are listed in docs/design/checkpoints_and_sealing.md.
+`load_finetuned` (a fine-tuned workdir or a transformers task model) then read the weights into
+the requested (sharded) layout. The fine-tuned workdir's files are listed in
+docs/design/checkpoints_and_sealing.md.
 """
 
 from __future__ import annotations
@@ -241,6 +242,11 @@ def load_encoder(info: CheckpointInfo, abstract_encoder, *, announce: bool = Tru
     """
     if info.format == HUGGINGFACE:
         _, params = hf.load_hf_checkpoint(info.path, verbose=False)
+        architecture = hf.task_architecture(info.path)
+        if announce and architecture and not hf.TASK_ARCHITECTURES[architecture][1]:
+            from bert_jax.checkpoints.checkpointing import _print_main
+
+            _print_main(f"init_checkpoint: a {architecture} has no pooler; initialised fresh")
         return _place(params["bert"], abstract_encoder)
     if info.format == FINETUNED:
         sharding = getattr(jax.tree.leaves(abstract_encoder)[0], "sharding", None)
@@ -315,10 +321,21 @@ class FinetunedModel:
 
 
 def load_finetuned(workdir) -> FinetunedModel:
-    """A fine-tuned workdir's best parameters, tokenizer and task description."""
+    """A fine-tuned workdir's best parameters, tokenizer and task description; or a transformers
+    task model folder (BertForSequenceClassification, -TokenClassification, -QuestionAnswering)
+    with the task description its config.json implies."""
     info = inspect_checkpoint(workdir)
+    if info.format == HUGGINGFACE:
+        architecture = hf.task_architecture(info.path)
+        if architecture is not None:
+            info = dataclasses.replace(info, task_info=hf_task_info(info, architecture))
+            tree = hf.load_hf_task_model(info.path, architecture, info.task_info["num_labels"])
+            return FinetunedModel(info, load_tokenizer(info), jax.device_put(tree))
     if info.format != FINETUNED:
-        raise UserError(f"{workdir}: not a fine-tuned workdir (no {TASK_INFO})")
+        raise UserError(
+            f"{workdir}: not a fine-tuned workdir (no {TASK_INFO}) nor a transformers task model "
+            f"({', '.join(hf.TASK_ARCHITECTURES)})"
+        )
     from bert_jax.model.modeling import BertModel
 
     ids = jax.ShapeDtypeStruct((1, 8), np.int32)
@@ -332,3 +349,78 @@ def load_finetuned(workdir) -> FinetunedModel:
     )
     params = _restore_params(info.path / BEST_DIR, abstract)
     return FinetunedModel(info=info, tokenizer=load_tokenizer(info), params=params)
+
+
+def hf_task_info(info: CheckpointInfo, architecture: str) -> dict:
+    """The task_info.json a fine-tuning run would have written for a transformers task model:
+    its kind from the architecture and problem_type, its labels from id2label."""
+    config_file = info.path / "config.json"
+    values = read_json_object(config_file, "a Hugging Face config")
+    problem_type = _optional(values, "problem_type", str, config_file)
+    id2label = _optional(values, "id2label", dict, config_file) or {}
+    if not all(isinstance(k, str) and k.isdigit() for k in id2label):
+        raise UserError(f"{config_file}: id2label keys must be label ids, got {shown(id2label)}")
+    labels = [id2label[k] for k in sorted(id2label, key=int)]
+    if sorted(int(k) for k in id2label) != list(range(len(labels))):
+        raise UserError(f"{config_file}: id2label must number its labels 0..n-1")
+    if architecture == "BertForQuestionAnswering":
+        kind, labels = "squad", None
+    elif architecture == "BertForTokenClassification":
+        kind = "token_classification"
+    elif problem_type == "regression" or problem_type is None and len(labels) == 1:
+        kind, labels = "regression", None
+    elif problem_type == "multi_label_classification":
+        kind = "multilabel"
+    else:
+        kind = "classification"
+    from bert_jax.finetuning import tasks
+
+    task_info = {
+        "kind": kind,
+        "head": hf.TASK_ARCHITECTURES[architecture][0],
+        "label_list": labels,
+        "num_labels": tasks.get(kind).num_labels(labels),
+        "max_seq_length": min(int(info.bert_config.max_position_embeddings), MAX_POSITIONS),
+        "crf": False,
+        "head_window": 0,
+        "constrained_decoding": False,
+    }
+    if info.lowercase is not None:
+        task_info["lowercase"] = info.lowercase
+    return _check_task_info(task_info, config_file)
+
+
+def task_head(info: CheckpointInfo, kind: str, label_list, fresh: dict) -> dict:
+    """The head fine-tuning starts from: `fresh` ({head name: tree, maybe "crf"}, placed), with
+    the init checkpoint's own head instead when that is a task model (a transformers task-model
+    folder or a fine-tuned workdir) of the same kind and labels. One line says which, and why."""
+    from bert_jax.checkpoints.checkpointing import _print_main
+    from bert_jax.finetuning import tasks
+
+    if info.format == HUGGINGFACE:
+        architecture = hf.task_architecture(info.path)
+        theirs = hf_task_info(info, architecture) if architecture else None
+    else:
+        theirs = info.task_info if info.format == FINETUNED else None
+    name = tasks.get(kind).head_name
+    if theirs is None or name not in fresh:
+        return fresh
+    reason = None
+    if theirs["kind"] != kind:
+        reason = f"it was fine-tuned for {theirs['kind']}, not {kind}"
+    elif theirs.get("label_list") != label_list:
+        reason = f"its labels {theirs.get('label_list')} are not the task's {label_list}"
+    else:
+        if info.format == HUGGINGFACE:
+            tree = hf.load_hf_task_model(info.path, architecture, theirs["num_labels"])
+        else:
+            tree = jax.device_get(load_finetuned(info.path).params)
+        loaded = tree.get(theirs["head"])
+        shapes = lambda t: jax.tree.map(np.shape, t)
+        if loaded is None or shapes(loaded) != shapes(fresh[name]):
+            reason = "its head's shapes are not this run's (another head_window?)"
+    if reason is not None:
+        _print_main(f"init_checkpoint: {name} head re-initialised: {reason}")
+        return fresh
+    _print_main(f"init_checkpoint: {name} head kept from {info.path} (its labels are the task's)")
+    return {**fresh, name: _place(loaded, fresh[name])}

@@ -6,11 +6,14 @@ transposed both ways. Older checkpoints name LayerNorm parameters gamma/beta; bo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import jax
@@ -121,6 +124,18 @@ def pretraining_mappings(config: BertConfig) -> list[Mapping]:
 
 HEAD_PATHS = ("mlm_transform", "mlm_layer_norm", "mlm_output_bias", "nsp")
 MLM_HEAD_PATHS = HEAD_PATHS[:3]
+# transformers' task models: their head's name (the same in bert_jax's task trees), and whether
+# the encoder keeps its pooler (token classification and QA build BertModel without one).
+TASK_ARCHITECTURES = {
+    "BertForSequenceClassification": ("classifier", True),
+    "BertForTokenClassification": ("classifier", False),
+    "BertForQuestionAnswering": ("qa_outputs", False),
+}
+
+
+def task_head_mappings(head: str) -> list[Mapping]:
+    """A task model's head: one dense layer, the same name on both sides."""
+    return _dense(head, (head,))
 
 
 # safetensors dtype codes -> numpy names; parameters must be stored in one of _FLOAT_DTYPES.
@@ -307,7 +322,8 @@ def params_from_hf_tensors(
     for hf_name, ours, transpose in pretraining_mappings(config):
         found = _lookup(weights, hf_name)
         if found is None:
-            if ours[0] == "bert":
+            # transformers' token-classification and QA models have no pooler: initialised.
+            if ours[0] == "bert" and ours[1] != "pooler":
                 missing_encoder.append(spelled(hf_name))
             continue
         value = weights[found]
@@ -428,6 +444,10 @@ def save_hf_checkpoint(config: BertConfig, params: dict, path) -> pathlib.Path:
     Returns:
         The directory, now holding config.json and model.safetensors (a rope model: a
         transformers.ModernBertForMaskedLM directory).
+
+    Raises:
+        UserError: `params` is not a BertForPreTraining tree (e.g. a fine-tuned task tree: see
+            `save_hf_task_model`); nothing is written then.
     """
     if config.position_embedding_type == "rope":
         from bert_jax.convert import modernbert
@@ -443,20 +463,95 @@ def save_hf_encoder(config: BertConfig, encoder: dict, path) -> pathlib.Path:
         from bert_jax.convert import modernbert
 
         return modernbert.save_encoder(config, encoder, path)
-    flat = traverse_util.flatten_dict(encoder)
+    tensors = _hf_tensors(config, encoder, encoder_mappings(config, prefix=""))
+    return _write_hf_directory(config, tensors, path, architecture="BertModel")
+
+
+def _hf_tensors(config: BertConfig, tree: dict, mappings: list[Mapping]) -> dict[str, np.ndarray]:
+    flat = traverse_util.flatten_dict(tree)
     tensors = {}
-    for hf_name, ours, transpose in encoder_mappings(config, prefix=""):
+    for hf_name, ours, transpose in mappings:
+        if ours not in flat:
+            raise UserError(f"parameter {'/'.join(ours)} missing from the tree being exported")
         value = np.asarray(jax.device_get(flat[ours]), dtype=np.float32)
         if is_vocab_param(ours):
             value = trim_vocab_rows(config, value)
         tensors[hf_name] = np.ascontiguousarray(value.T if transpose else value)
-    return _write_hf_directory(config, tensors, path, architecture="BertModel")
+    return tensors
+
+
+def save_hf_task_model(
+    config: BertConfig, params: dict, path, architecture: str, task_config: dict
+) -> pathlib.Path:
+    """Writes a fine-tuned tree {'bert', head} as a transformers task model.
+
+    architecture: a key of TASK_ARCHITECTURES; task_config: what config.json adds for it
+    (num_labels, id2label, label2id, problem_type).
+    """
+    head, pooler = TASK_ARCHITECTURES[architecture]
+    maps = [(f"bert.{n}", ("bert", *p), t) for n, p, t in encoder_mappings(config, prefix="")]
+    maps = [m for m in maps if pooler or m[1][1] != "pooler"] + task_head_mappings(head)
+    tensors = _hf_tensors(config, params, maps)
+    return _write_hf_directory(config, tensors, path, architecture, task_config)
+
+
+def task_architecture(directory) -> str | None:
+    """The transformers task model config.json names (TASK_ARCHITECTURES), else None."""
+    values = read_json_object(pathlib.Path(directory) / "config.json", "a Hugging Face config")
+    names = values.get("architectures")
+    names = names if isinstance(names, list) else []
+    return next((n for n in names if n in TASK_ARCHITECTURES), None)
+
+
+def load_hf_task_model(path, architecture: str, num_labels: int) -> dict:
+    """A transformers task model directory -> bert_jax's task tree {'bert', head} (float32)."""
+    directory = pathlib.Path(path)
+    config = read_hf_config(directory)
+    weights = read_hf_weights(directory, config)
+    head, _ = TASK_ARCHITECTURES[architecture]
+    tree = traverse_util.flatten_dict({"bert": params_from_hf_tensors(
+        config, weights, str(directory), verbose=False
+    )["bert"]})  # fmt: skip
+    width = {"classifier": (config.hidden_size, num_labels), "qa_outputs": (config.hidden_size, 2)}
+    for hf_name, ours, transpose in task_head_mappings(head):
+        if hf_name not in weights:
+            raise UserError(f"{directory}: {architecture} without its head tensor {hf_name}")
+        value = np.asarray(weights[hf_name], np.float32)
+        value = value.T if transpose else value
+        expected = width[head] if transpose else width[head][1:]
+        if value.shape != expected:
+            raise UserError(
+                f"{directory}: {hf_name} has shape {value.T.shape if transpose else value.shape}"
+                f", but its config implies {tuple(reversed(expected))}"
+            )
+        tree[ours] = np.ascontiguousarray(value)
+    return traverse_util.unflatten_dict(tree)
+
+
+@contextlib.contextmanager
+def staged_directory(path) -> Iterator[pathlib.Path]:
+    """A scratch folder beside `path` to write into; on success its files move into `path`
+    (created if missing), on any error it is removed and `path` is left as it was."""
+    directory = pathlib.Path(path)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield scratch
+        directory.mkdir(exist_ok=True)
+        for item in scratch.iterdir():
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _write_hf_directory(
-    config: BertConfig, tensors: dict, path, architecture: str = "BertForPreTraining"
+    config: BertConfig,
+    tensors: dict,
+    path,
+    architecture: str = "BertForPreTraining",
+    extra_config: dict | None = None,
 ) -> pathlib.Path:
-    values = {**hf_config_dict(config), "architectures": [architecture]}
+    values = {**hf_config_dict(config), "architectures": [architecture], **(extra_config or {})}
     return write_hf_directory(tensors, values, path)
 
 
@@ -464,13 +559,12 @@ def write_hf_directory(tensors: dict, values: dict, path) -> pathlib.Path:
     """model.safetensors of `tensors` and config.json of `values` in the directory `path`."""
     from safetensors.numpy import save_file
 
-    directory = pathlib.Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / "model.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-    # safetensors creates the file private (0600); give it the permissions of any new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    weights.chmod(0o666 & ~umask)
-    (directory / "config.json").write_text(json.dumps(values, indent=2) + "\n")
-    return directory
+    with staged_directory(path) as scratch:
+        weights = scratch / "model.safetensors"
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        # safetensors creates the file private (0600); give it the permissions of any new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        weights.chmod(0o666 & ~umask)
+        (scratch / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+    return pathlib.Path(path)

@@ -364,9 +364,11 @@ def save_encoder(config: BertConfig, encoder: dict, path) -> pathlib.Path:
     return write_hf_directory(tensors, hf_config_dict(config, "ModernBertModel"), path)
 
 
-def save_classifier(config: BertConfig, params: dict, path) -> pathlib.Path:
+def save_classifier(
+    config: BertConfig, params: dict, path, task_config: dict | None = None
+) -> pathlib.Path:
     """BertForSequenceClassification params -> a ModernBertForSequenceClassification
-    directory."""
+    directory; task_config: what config.json adds (id2label, label2id, problem_type)."""
     from bert_jax.convert.hf import write_hf_directory
 
     check_exportable(config)
@@ -375,4 +377,4 @@ def save_classifier(config: BertConfig, params: dict, path) -> pathlib.Path:
     tensors = hf_tensors(config, params, classifier_mappings(config))
     num_labels = tensors["classifier.weight"].shape[0]
     values = hf_config_dict(config, "ModernBertForSequenceClassification", num_labels)
-    return write_hf_directory(tensors, values, path)
+    return write_hf_directory(tensors, {**values, **(task_config or {})}, path)

@@ -130,6 +130,38 @@ def _read_vocab(path: str) -> list[str]:
     return vocab
 
 
+def _truncate_pair(a: list[int], b: list[int] | None, budget: int, strategy: str):
+    """(a, b) cut to `budget` tokens together, as transformers' fast tokenizers cut them:
+    longest_first keeps the shorter side whole when it fits in half, else halves the budget (an
+    odd token to the longer side); only_first / only_second cut that side alone."""
+    if budget < 0:
+        raise UserError(f"max_length leaves no room for [CLS] and [SEP] ({budget} tokens)")
+    excess = len(a) + len(b or ()) - budget
+    if excess <= 0:
+        return a, b
+    if strategy == "only_second" or strategy == "only_first" and b is not None:
+        cut_first = strategy == "only_first"
+        side = a if cut_first else b
+        if side is None or len(side) < excess:
+            raise UserError(
+                f"truncation={strategy!r} cannot remove {excess} tokens: the "
+                f"{'first' if cut_first else 'second'} text has {len(side or ())}"
+            )
+        kept = side[: len(side) - excess]
+        return (kept, b) if cut_first else (a, kept)
+    if b is None:
+        return a[:budget], b
+    shorter, longer = sorted((len(a), len(b)))
+    if shorter > budget:
+        keep_short = keep_long = shorter
+    else:
+        keep_short, keep_long = shorter, max(shorter, budget - shorter)
+    if keep_short + keep_long > budget:
+        keep_short, keep_long = budget // 2, budget // 2 + budget % 2
+    keep_a, keep_b = (keep_long, keep_short) if len(a) > len(b) else (keep_short, keep_long)
+    return a[:keep_a], b[:keep_b]
+
+
 class WordPieceTokenizer:
     """BERT WordPiece tokenizer: `encode` gives the ids of google-research/bert `FullTokenizer`.
 
@@ -420,6 +452,75 @@ class WordPieceTokenizer:
         """`encode_with_offsets` for many texts at once."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [(e.ids, e.offsets) for e in encodings]
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        padding: bool | str = False,
+        truncation: bool | str = False,
+        return_tensors: str | None = "np",
+    ) -> dict:
+        """transformers-style model inputs: [CLS] A [SEP] (B [SEP]) per text (and pair).
+
+        Args:
+            text, text_pair: a string or a list of strings (pairs: as many as texts).
+            max_length: the row length truncation and padding="max_length" use.
+            padding: False, True / "longest" (to the longest row), "max_length".
+            truncation: False, True / "longest_first" (tokens leave the longer side first, as
+                transformers' fast tokenizers cut), "only_first", "only_second".
+            return_tensors: "np" (int32 arrays [n, L]; [1, L] for one string) or None (lists,
+                unbatched for one string).
+
+        Returns:
+            {"input_ids", "token_type_ids", "attention_mask"}.
+        """
+        strategy = {True: "longest_first", False: None, "do_not_truncate": None}.get(
+            truncation, truncation
+        )
+        if strategy not in (None, "longest_first", "only_first", "only_second"):
+            raise UserError(f"truncation={truncation!r}: use True, 'only_first' or 'only_second'")
+        pad = {True: "longest", False: None, "do_not_pad": None}.get(padding, padding)
+        if pad not in (None, "longest", "max_length"):
+            raise UserError(f"padding={padding!r}: use True, 'longest' or 'max_length'")
+        if (strategy or pad == "max_length") and max_length is None:
+            raise UserError("truncation and padding='max_length' need max_length=")
+        if return_tensors not in ("np", None):
+            raise UserError(f"return_tensors={return_tensors!r}: this tokenizer gives 'np' or None")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        pairs = None
+        if text_pair is not None:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise UserError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        firsts = self.encode_batch(texts)
+        seconds = self.encode_batch(pairs) if pairs is not None else [None] * len(texts)
+        rows, types = [], []
+        for a, b in zip(firsts, seconds, strict=True):
+            if strategy:
+                a, b = _truncate_pair(a, b, max_length - (2 if b is None else 3), strategy)
+            rows.append(
+                [self.cls_id, *a, self.sep_id, *([*b, self.sep_id] if b is not None else [])]
+            )
+            types.append([0] * (len(a) + 2) + [1] * (len(rows[-1]) - len(a) - 2))
+        length = max((len(r) for r in rows), default=0)
+        length = max(length, max_length) if pad == "max_length" else length
+        masks = [[1] * len(r) for r in rows]
+        if pad:
+            for row, kind, mask in zip(rows, types, masks, strict=True):
+                extra = length - len(row)
+                row += [self.pad_id] * extra
+                kind += [0] * extra
+                mask += [0] * extra
+        out = {"input_ids": rows, "token_type_ids": types, "attention_mask": masks}
+        if return_tensors is None:
+            return {k: v[0] for k, v in out.items()} if single else out
+        if len({len(r) for r in rows}) > 1:
+            raise UserError("rows of different lengths: pass padding=True to return arrays")
+        return {k: np.array(v, np.int32).reshape(len(rows), -1) for k, v in out.items()}
 
     def tokenize(self, text: str) -> list[str]:
         """The word pieces of `text` as strings ("##" marks a continuation), without specials."""

@@ -223,14 +223,16 @@ def dropout_rng_of(config) -> jax.Array:
     return run_rngs(int(config.seed) if seed < 0 else seed)[1]
 
 
-def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder):
-    """(state, frozen) at step 0: the pretrained encoder plus a fresh head, or all fresh."""
+def _start_state(config, finetuner: Finetuner, encoder: PretrainedEncoder, label_list=None):
+    """(state, frozen) at step 0: the pretrained encoder plus a fresh head (the checkpoint's own
+    when it is a task model with the task's labels: pretrained.task_head), or all fresh."""
     init_rng, _ = run_rngs(config.seed)
     if config.random_init:
         params = finetuner.init_params(init_rng)
         encoder_params, head = params["bert"], finetuner.head(params)
     else:
         encoder_params, head = encoder.params, finetuner.init_head(init_rng)
+        head = pretrained.task_head(encoder.info, config.task.kind, label_list, head)
     state = finetuner.start(encoder_params, head)
     return state, (encoder_params if finetuner.freeze_encoder else {})
 
@@ -358,7 +360,7 @@ def train_and_evaluate(
             print(f"resumed from {checkpointer.directory / str(start_step)}")
         else:
             start_step, pending_metrics = 0, []
-            state, frozen = _start_state(config, finetuner, encoder)
+            state, frozen = _start_state(config, finetuner, encoder, train_data.label_list)
         print(
             f"fine-tuning {kind}: {train_data.num_features} train features, {total_steps} steps "
             f"({warmup_steps} warmup) of {config.batch_size}; dev {dev_data.num_features} features"

