@@ -18,6 +18,7 @@ def recipe(c):
     """The recipe keys on a pretraining config `c`, at demo scale (returns c)."""
     c.data.next_sentence_prediction = False
     c.data.masked_lm_prob = 0.3
+    c.data.eval_masked_lm_prob = 0.15  # held-out accuracy at BERT's rate, as ModernBERT
     c.data.short_seq_prob = 0.0
     c.data.packing = True
     c.data.max_sequences_per_row = 8
@@ -69,6 +70,7 @@ def get_config(mode: str = "demo"):
     m.local_attention_window = 32
     m.global_attn_every_n_layers = 3
     m.type_vocab_size = 0
+    m.pooler = "cls_head"  # ModernBertForSequenceClassification's default (classifier_pooling cls)
     if mode == "test":
         use_test_mode(c)
         c.data.max_predictions_per_seq = 19  # 30% of 64

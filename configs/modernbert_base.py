@@ -81,6 +81,7 @@ def recipe(
     c.end_learning_rate_factor = 0.0  # [yaml] alpha_f 0
     c.data.next_sentence_prediction = False  # [paper] 2.2.1: MLM only, as RoBERTa
     c.data.masked_lm_prob = 0.3  # [yaml] mlm_probability 0.3
+    c.data.eval_masked_lm_prob = 0.15  # [yaml] eval_loader mlm_probability 0.15
     c.data.short_seq_prob = 0.0  # rows are filled with document chunks and packed
     c.data.packing = True  # [yaml] sequence_packing
     c.data.max_sequences_per_row = 32
@@ -138,6 +139,8 @@ def architecture(c, *, phase: str, layers: int, hidden: int, heads: int, interme
     m.local_attention_window = 128  # [yaml] sliding_window
     m.global_attn_every_n_layers = 3  # [yaml]
     m.type_vocab_size = 0  # no token types
+    # transformers' ModernBertConfig classifier_pooling default "cls": the head of [CLS]
+    m.pooler = "cls_head"
     return c
 
 

@@ -3,14 +3,17 @@ r"""Time to accuracy of the `make demo` config and of the variants it was chosen
   python -m benchmarks.studies.demo_time_to_accuracy               # every variant (~1 CPU-hour)
   python -m benchmarks.studies.demo_time_to_accuracy --variants demo,old_demo
   python -m benchmarks.studies.demo_time_to_accuracy --end_to_end  # + `make demo`, timed
+  python -m benchmarks.studies.demo_time_to_accuracy --variants demo,modern_demo  # BERT vs modern
 
 Each variant is configs/demo.py with a few keys changed, trained in its own process for a budget
 of training CPU-seconds (process CPU time, all threads: the time axis that stays meaningful on a
 shared machine), with held-out masked-LM accuracy measured over the whole validation split at
-fixed steps (evaluation time is excluded from the training time and reported apart). The table
-gives, per variant, the CPU-seconds to reach each accuracy threshold, the accuracy at the budget,
-the wall time on this machine (meaningless when shared) and an idle 2-core estimate, CPU-seconds
-/ 2: XLA runs the step's matmuls on both cores (on an idle machine the wall column is the truth).
+fixed steps (evaluation time is excluded from the training time and reported apart); a variant
+whose CONFIG is "modern_demo" starts from configs/modern_demo.py instead. The table gives, per
+variant, the CPU-seconds to reach each accuracy threshold, the accuracy at the budget (also at
+15% masking), the wall time on this machine (meaningless when shared) and an idle 2-core
+estimate, CPU-seconds / 2: XLA runs the step's matmuls on both cores (on an idle machine the
+wall column is the truth).
 
 --end_to_end runs what `make demo` runs (pretrain, plot, report) in a fresh workdir and data
 directory and reports their wall and CPU time: the figure the README quotes.
@@ -139,6 +142,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         {"model.pre_layer_norm": True, "model.embedding_norm": False},
         "the shipped config, pre-LN",
     ),
+    "modern_demo": (
+        {"CONFIG": "modern_demo"},
+        "configs/modern_demo.py: modern encoder + recipe (30% masked, evaluated at 15%)",
+    ),
 }
 
 
@@ -159,10 +166,16 @@ def _vocab(token: str, data_dir: str) -> str:
 
 
 def build_config(overrides: dict, data_dir: str):
-    from configs.demo import get_config
+    """configs/demo.py (or configs/modern_demo.py with CONFIG "modern_demo") with `overrides`."""
+    if overrides.get("CONFIG", "demo") == "modern_demo":
+        from configs.modern_demo import get_config
+    else:
+        from configs.demo import get_config
 
     config = get_config("demo")
     for key, value in overrides.items():
+        if key == "CONFIG":
+            continue
         if key == "data.vocab_file":
             from bert_jax.pretraining.config import vocab_size
 
@@ -228,11 +241,12 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
             cpu0 = _cpu()
             result = evaluate(pretrainer, state.params, config)
             at_15 = result
-            if config.data.masked_lm_prob != 0.15:  # also BERT's masking, to compare variants
-                standard = config.copy_and_resolve_references()
-                standard.data.masked_lm_prob = 0.15
-                standard.data.max_predictions_per_seq = round(
-                    0.15 * (config.data.max_seq_length - 3)
+            data = config.data
+            if (data.get("eval_masked_lm_prob", 0.0) or data.masked_lm_prob) != 0.15:
+                standard = config.copy_and_resolve_references()  # also BERT's masking
+                standard.data.eval_masked_lm_prob = 0.15
+                standard.data.max_predictions_per_seq = max(
+                    data.max_predictions_per_seq, round(0.15 * (data.max_seq_length - 3))
                 )
                 at_15 = evaluate(pretrainer, state.params, standard)
             eval_cpu += _cpu() - cpu0
@@ -246,7 +260,7 @@ def train_variant(name: str, overrides: dict, budget_cpu_s: float, evals: int, d
                 "compile_wall_s": compile_wall,
                 "eval_mlm_accuracy": float(result["eval_mlm_accuracy"]),
                 "eval_mlm_accuracy_at_15": float(at_15["eval_mlm_accuracy"]),
-                "eval_nsp_accuracy": float(result["eval_nsp_accuracy"]),
+                "eval_nsp_accuracy": float(result.get("eval_nsp_accuracy", float("nan"))),
                 "eval_loss": float(result["eval_loss"]),
                 "train_loss": float(np.asarray(metrics["mlm_loss_sum"]))
                 / max(float(np.asarray(metrics["mlm_weight"])), 1.0),
@@ -309,6 +323,7 @@ def summarize(name: str, records: list[dict]) -> dict:
         "train_cpu_s": last.get("train_cpu_s"),
         "train_wall_s": last.get("train_wall_s"),
         "final_accuracy": last.get("eval_mlm_accuracy"),
+        "final_accuracy_at_15": last.get("eval_mlm_accuracy_at_15"),
         "best_accuracy": max((r["eval_mlm_accuracy"] for r in records), default=None),
         "cpu_s_to": {str(t): reach.get(t) for t in THRESHOLDS},
         "curve": [(r["step"], r["train_cpu_s"], r["eval_mlm_accuracy"]) for r in records],
@@ -317,9 +332,9 @@ def summarize(name: str, records: list[dict]) -> dict:
 
 def table(summaries: list[dict]) -> str:
     head = "| variant | what | steps | train CPU-s | idle 2-core s (est.) | wall-s (this machine) "
-    head += "| held-out MLM acc |"
+    head += "| held-out MLM acc | at 15% masked |"
     head += "".join(f" CPU-s to {t:.2f} |" for t in THRESHOLDS)
-    rows = [head, "|" + "---|" * (7 + len(THRESHOLDS))]
+    rows = [head, "|" + "---|" * (8 + len(THRESHOLDS))]
     for s in summaries:
         cells = [
             s["variant"],
@@ -329,6 +344,7 @@ def table(summaries: list[dict]) -> str:
             f"{s['train_cpu_s'] / 2:.0f}" if s["train_cpu_s"] is not None else "-",
             f"{s['train_wall_s']:.0f}" if s["train_wall_s"] is not None else "-",
             f"{s['final_accuracy']:.3f}" if s["final_accuracy"] is not None else "failed",
+            "-" if s.get("final_accuracy_at_15") is None else f"{s['final_accuracy_at_15']:.3f}",
         ]
         for t in THRESHOLDS:
             value = s["cpu_s_to"][str(t)]

@@ -49,6 +49,7 @@ class ExampleOptions:
     masked_lm_prob_start: float = 0.0
     masked_lm_prob_schedule_epochs: float = 0.0
     similar_token_prob: float = 0.0
+    eval_masked_lm_prob: float = 0.0  # Rate of the validation split's masks; 0: masked_lm_prob.
 
     def __post_init__(self):
         if self.max_seq_length < 5:

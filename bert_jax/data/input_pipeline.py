@@ -355,6 +355,8 @@ def make_example_chunks(
     source = prepared.data_source(split)
     train = split == "train"
     options = example_options(data_config)
+    if not train and options.eval_masked_lm_prob > 0:  # held-out accuracy at a common rate
+        options = dataclasses.replace(options, masked_lm_prob=options.eval_masked_lm_prob)
     vocab = examples.Vocabulary.from_tokenizer(tokenizer)
     if options.similar_token_prob > 0:
         table = similar_tokens.load_or_build(prepared, tokenizer, process_count == 1)

@@ -48,7 +48,8 @@ def predictions_per_row(options: ExampleOptions, sequences_per_row: int) -> int:
     1 when it rounds to 0), so a row needs at most floor(L * p) + S slots, and never more than S
     times the per-example cap: P = min(S * max_predictions_per_seq, floor(L * p) + S).
     """
-    rate = max(options.masked_lm_prob, options.masked_lm_prob_start)  # a schedule's highest
+    # a schedule's highest, or the validation split's rate
+    rate = max(options.masked_lm_prob, options.masked_lm_prob_start, options.eval_masked_lm_prob)
     bound = int(np.floor(options.max_seq_length * rate + 1e-9))
     return min(sequences_per_row * options.max_predictions_per_seq, bound + sequences_per_row)
 

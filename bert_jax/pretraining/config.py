@@ -86,6 +86,7 @@ def data_config_dict() -> ml_collections.ConfigDict:
     d.max_masked_word_length = 0  # Longer words are masked in part (this many tokens); 0: off.
     d.masked_lm_prob_start = 0.0  # Rate at the start, linear to masked_lm_prob; 0: constant.
     d.masked_lm_prob_schedule_epochs = 0.0  # Epochs the rate takes from start to masked_lm_prob.
+    d.eval_masked_lm_prob = 0.0  # Masking rate of the held-out split; 0: masked_lm_prob.
     d.similar_token_prob = 0.0  # Share of [MASK] replacements that become a similar token.
     d.balanced_nsp = True  # 50/50 labels also for single-sentence chunks (False: reference).
     d.next_sentence_prediction = True  # False: MLM only, [CLS] A [SEP] rows of whole sentences.
@@ -202,6 +203,7 @@ PRETRAINING_RANGES = {
     "data.masked_lm_prob_start": "fraction",
     "data.masked_lm_prob_schedule_epochs": "non_negative",
     "data.similar_token_prob": "probability",
+    "data.eval_masked_lm_prob": "fraction",
     "data.validation_fraction": "fraction",
     "data.dupe_factor": "at_least_one",
     "data.documents_per_chunk": "at_least_one",
@@ -256,11 +258,14 @@ def validate_pretraining_config(config, num_devices: int, check_files: bool = Tr
     length = data.max_seq_length
     text = length - (3 if data.get("next_sentence_prediction", True) else 2)
     rate = max(data.masked_lm_prob, data.get("masked_lm_prob_start", 0.0))  # the schedule's top
+    key = "masked_lm_prob"
+    if data.get("eval_masked_lm_prob", 0.0) > rate:  # the held-out split's rate
+        rate, key = data.eval_masked_lm_prob, "eval_masked_lm_prob"
     needed = min(max(1, int(round(length * rate))), text)
     if data.max_predictions_per_seq < needed:
         raise UserError(
             f"data.max_predictions_per_seq {data.max_predictions_per_seq} is below what "
-            f"masked_lm_prob {rate} needs at max_seq_length "
+            f"{key} {rate} needs at max_seq_length "
             f"{data.max_seq_length} ({needed}); raise it to at least {needed}"
         )
     _check_masking_variants(data)

@@ -24,6 +24,7 @@ MODES = {
     "configs/modernbert_base.py": ("phase1", "phase2"),
     "configs/modernbert_large.py": ("phase1", "phase2"),
     "configs/zh_small.py": ("phase1", "phase2", "test"),
+    "configs/zh_modern.py": ("phase1", "phase2", "test"),
     "configs/finetune/classification.py": ("default", "test"),
     "configs/finetune/regression.py": ("default", "test"),
     "configs/finetune/squad.py": ("default", "test"),
