@@ -199,14 +199,17 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         nsp_total = jnp.maximum(example_count(batch), 1.0)
 
         def loss_fn(params, micro, dropout_rng):
-            sums = pretraining_sums(pretraining_forward(model, params, micro, dropout_rng), micro)
+            output = pretraining_forward(model, params, micro, dropout_rng)
+            with jax.named_scope("loss"):  # planning.hlo_costs groups the step's ops by scope
+                sums = pretraining_sums(output, micro)
             return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         step_rng = jax.random.fold_in(rng, state.step)
         with nn.logical_axis_rules(rules):
             sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
-        return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
+        with jax.named_scope("optimizer"):
+            return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):
         with nn.logical_axis_rules(rules):
