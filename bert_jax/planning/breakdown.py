@@ -56,8 +56,14 @@ def analytic_floor(s: StepShape) -> dict[str, float]:
     }
 
 
-def format_breakdown(costs: list[hlo_costs.OpCost], floor: dict[str, float], tokens: int,
-                     compiler_bytes: float, top: int = 15) -> str:  # fmt: skip
+def format_breakdown(
+    costs: list[hlo_costs.OpCost],
+    floor: dict[str, float],
+    tokens: int,
+    compiler_bytes: float,
+    hbm_bandwidth: float,
+    top: int = 15,
+) -> str:
     """The per-group table and the `top` instructions by HBM bytes."""
     groups = hlo_costs.by_group(costs)
     hbm = sum(g["hbm_bytes"] for g in groups.values())
@@ -67,21 +73,28 @@ def format_breakdown(costs: list[hlo_costs.OpCost], floor: dict[str, float], tok
         f"  compiler's 'bytes accessed' {compiler_bytes / 1e9:.2f} GB; the instructions' "
         f"operands + outputs: {hbm / 1e9:.2f} GB in HBM, {vmem / 1e9:.2f} GB in VMEM "
         f"(on chip); {hbm / tokens / 1e3:.1f} kB of HBM per token",
-        f"  {'group':<24}{'HBM GB':>9}{'VMEM GB':>9}{'floor GB':>10}{'x floor':>9}"
+        f"  HBM time at {hbm_bandwidth / 1e9:.0f} GB/s: {hbm / hbm_bandwidth * 1e3:.1f} ms by the "
+        f"HBM-only count, {compiler_bytes / hbm_bandwidth * 1e3:.1f} ms by the compiler's "
+        "(the roofline above uses the compiler's)",
+        f"  {'group':<20}{'HBM GB':>9}{'VMEM GB':>9}{'analytic':>10}{'x':>7}"
         f"{'GFLOP':>10}{'ops':>7}",
     ]
     names = list(GROUPS) + [g for g in groups if g not in GROUPS]
     for name in names:
         g = groups.get(name, {"hbm_bytes": 0.0, "vmem_bytes": 0.0, "flops": 0.0, "ops": 0})
         bound = floor.get(name, 0.0)
-        ratio = f"{g['hbm_bytes'] / bound:>9.1f}" if bound else f"{'-':>9}"
+        ratio = f"{g['hbm_bytes'] / bound:>7.2f}" if bound else f"{'-':>7}"
         lines.append(
-            f"  {name:<24}{g['hbm_bytes'] / 1e9:>9.3f}{g['vmem_bytes'] / 1e9:>9.3f}"
+            f"  {name:<20}{g['hbm_bytes'] / 1e9:>9.3f}{g['vmem_bytes'] / 1e9:>9.3f}"
             f"{bound / 1e9:>10.3f}{ratio}{g['flops'] / 1e9:>10.1f}{int(g['ops']):>7}"
         )
     total_floor = sum(floor.values())
-    lines.append(f"  {'total':<24}{hbm / 1e9:>9.3f}{vmem / 1e9:>9.3f}{total_floor / 1e9:>10.3f}"
-                 f"{hbm / total_floor:>9.1f}")  # fmt: skip
+    lines.append(f"  {'total':<20}{hbm / 1e9:>9.3f}{vmem / 1e9:>9.3f}{total_floor / 1e9:>10.3f}"
+                 f"{hbm / total_floor:>7.2f}")  # fmt: skip
+    lines.append(
+        "  analytic: HBM bytes if every tensor crossed HBM once per pass (docs/scaling.md); "
+        "x = HBM / analytic"
+    )
     lines += ["", f"top {top} instructions by HBM bytes (x executions)"]
     for c in sorted(costs, key=lambda c: -c.hbm_bytes * c.executions)[:top]:
         scope = c.op_name.removeprefix("jit(train_step)/")

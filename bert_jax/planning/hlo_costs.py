@@ -208,11 +208,11 @@ def group_of(opcode: str, op_name: str) -> str:
         if any(k in op_name for k in keys):
             return group
     if _LAYER_GLUE.search(op_name):
-        return "layer glue (activation, dropout, residual)"
+        return "layer glue"
     if not op_name:
-        return "unnamed (copies, layout changes)"
+        return "unnamed"
     if "jvp(" in op_name or "transpose(" in op_name:
-        return "model, other"
+        return "model, other ops"
     return "optimizer"
 
 

@@ -413,7 +413,9 @@ def step_breakdown(plan: Plan, top: int = 15) -> tuple[str, dict]:
         "hbm_bytes_per_token": hbm / tokens,
         "compiler_bytes_per_token": plan.hbm_traffic_per_device / tokens,
     }
-    text = breakdown.format_breakdown(costs, floor, tokens, plan.hbm_traffic_per_device, top)
+    text = breakdown.format_breakdown(
+        costs, floor, tokens, plan.hbm_traffic_per_device, plan.chip.hbm_bandwidth, top
+    )
     return text, numbers
 
 
