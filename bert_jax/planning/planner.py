@@ -386,7 +386,7 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
         intermediate=model.intermediate_size,
         layers=model.num_hidden_layers,
         vocab=model.padded_vocab_size,
-        state_params=_shard_bytes(state.params) / 4,
+        state_params=_shard_bytes(state.params) / jax.numpy.dtype(model.param_dtype).itemsize,
         compute_bytes=jax.numpy.dtype(model.dtype).itemsize,
     )
     collectives = parse_collectives(plan.hlo_text, num_devices, loop_trip_count=accum)
