@@ -29,7 +29,7 @@ from bert_jax.model.config import (  # noqa: F401 (BertConfig's names, re-export
     trim_vocab_rows,
 )
 from bert_jax.model.crf import TagTransitions
-from bert_jax.model.ops import Dropout, add_vocab_bias, mixed_precision_dot
+from bert_jax.model.ops import Dropout, add_vocab_bias, compiles_for_tpu, mixed_precision_dot
 
 Array = jax.Array
 
@@ -232,7 +232,10 @@ class BertLayer(nn.Module):
         h = output_norm(x) if cfg.pre_layer_norm else x
         h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="intermediate")(h)  # [B, T, F]
         h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
-        h = ACTIVATIONS[cfg.hidden_act](h)
+        activation = ACTIVATIONS[cfg.hidden_act]
+        # TPU: recomputed in the backward pass, not saved (docs/scaling.md, "What each change
+        # cost"); CPU keeps the saved intermediates.
+        h = (jax.checkpoint(activation) if compiles_for_tpu() else activation)(h)
         h = Dense(cfg.hidden_size, cfg, ("mlp", "embed"), name="output")(h)  # [B, T, H]
         x = x + dropout(h, deterministic=deterministic)
         if not cfg.pre_layer_norm:
