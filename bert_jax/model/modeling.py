@@ -28,7 +28,7 @@ from bert_jax.model.config import (  # noqa: F401 (BertConfig's names, re-export
     trim_vocab_rows,
 )
 from bert_jax.model.crf import TagTransitions
-from bert_jax.model.ops import Dropout, add_vocab_bias, mixed_precision_dot
+from bert_jax.model.ops import Dropout, add_vocab_bias, compiles_for_tpu, mixed_precision_dot
 
 Array = jax.Array
 
@@ -285,7 +285,10 @@ def feed_forward(cfg: BertConfig, x: Array) -> Array:
     hidden_act, swiglu: silu; ModernBERT's Wi is [W_i | W_gate]). Call inside a compact module."""
     h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="intermediate")(x)  # [B, T, F]
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
-    h = (jax.nn.silu if cfg.ffn_type == "swiglu" else ACTIVATIONS[cfg.hidden_act])(h)
+    activation = jax.nn.silu if cfg.ffn_type == "swiglu" else ACTIVATIONS[cfg.hidden_act]
+    # TPU: recomputed in the backward pass, not saved (docs/scaling.md, "What each change
+    # cost"); CPU keeps the saved intermediates.
+    h = (jax.checkpoint(activation) if compiles_for_tpu() else activation)(h)
     if cfg.ffn_type != "mlp":
         gate = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="gate")(x)  # [B, T, F]
         h = h * nn.with_logical_constraint(gate, ("act_batch", "act_length", "act_mlp"))

@@ -26,6 +26,15 @@ def mixed_precision_dot(dtype) -> jax.lax.DotAlgorithmPreset | None:
     return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if jnp.dtype(dtype) == jnp.bfloat16 else None
 
 
+def compiles_for_tpu() -> bool:
+    """Whether the computation being traced targets TPUs: the platform of the mesh set with
+    jax.set_mesh (the planner's compile-only TPU devices included), else the default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    if device is not None:
+        return device.platform == "tpu"
+    return jax.default_backend() == "tpu"
+
+
 def _mix32(x: Array) -> Array:
     """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
     x = x ^ (x >> 16)

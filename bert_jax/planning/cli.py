@@ -17,6 +17,7 @@ def define_flags() -> None:
     """Defines the command's flags: called by its entry module, so importing this module
     for its functions defines none (absl flags are global to the process)."""
     global _CONFIG, _TOPOLOGY, _OUT, _SWEEP, _LAYOUTS, _MICROBATCHES, _NUM_SLICES, _HBM_GIB
+    global _BREAKDOWN
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
     _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4 or v5p-32.")
     _OUT = flags.DEFINE_string("out", None, "Write the plan (or the sweep's choice) as JSON here.")
@@ -38,6 +39,12 @@ def define_flags() -> None:
         "hbm_gib",
         None,
         "HBM per chip to plan against, GiB (default: the chip's; less keeps headroom).",
+    )
+    _BREAKDOWN = flags.DEFINE_bool(
+        "breakdown",
+        False,
+        "Also list the train step's bytes and FLOPs by group (attention, MLP, optimizer, ...) "
+        "beside an analytic floor, and its top instructions (docs/scaling.md).",
     )
     flags.mark_flags_as_required(["config", "topology"])
 
@@ -246,6 +253,10 @@ def main(argv):
             plan = planner.plan_pretraining(config, topology, hbm)
             print(format_plan(plan))
             result = plan.to_json()
+        if _BREAKDOWN.value and plan is not None and plan.hlo_text:
+            text, result["breakdown"] = planner.step_breakdown(plan)
+            print()
+            print(text)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -22,7 +22,7 @@ from jax.extend.core import Literal
 
 from bert_jax.data.packed_examples import batch_predictions, sequences_per_row
 from bert_jax.errors import UserError
-from bert_jax.planning import chips
+from bert_jax.planning import breakdown, chips, hlo_costs
 from bert_jax.planning.hlo_collectives import parse_collectives, summarize_collectives
 from bert_jax.pretraining.config import eval_batch_size, validate_pretraining_config
 from bert_jax.pretraining.step import (
@@ -171,6 +171,8 @@ class Plan:
     eval_batch_size: int = 0  # global rows per eval step
     eval_memory: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_error: str = ""
+    hlo_text: str = dataclasses.field(default="", repr=False)  # the compiled train step
+    step_shape: breakdown.StepShape | None = None
 
     @property
     def microbatch_per_device(self) -> int:
@@ -205,6 +207,7 @@ class Plan:
 
     def to_json(self) -> dict:
         fields = dataclasses.asdict(self)
+        fields.pop("hlo_text")
         fields["chip"] = self.chip.name
         for name in ("memory", "eval_memory"):
             fields[f"{name.replace('memory', '')}per_device_memory_bytes"] = {
@@ -374,7 +377,20 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     cost = cost[0] if isinstance(cost, list) else cost
     plan.flops_per_step = float(cost.get("flops", math.nan)) * num_devices
     plan.hbm_traffic_per_device = float(cost.get("bytes accessed", math.nan))
-    collectives = parse_collectives(compiled.as_text(), num_devices, loop_trip_count=accum)
+    plan.hlo_text = compiled.as_text()
+    model = pretrainer.model_config
+    plan.step_shape = breakdown.StepShape(
+        rows=rows * accum,
+        seq_len=seq_len,
+        predictions=batch_predictions(config.data),
+        hidden=model.hidden_size,
+        intermediate=model.intermediate_size,
+        layers=model.num_hidden_layers,
+        vocab=model.padded_vocab_size,
+        state_params=_shard_bytes(state.params) / jax.numpy.dtype(model.param_dtype).itemsize,
+        compute_bytes=jax.numpy.dtype(model.dtype).itemsize,
+    )
+    collectives = parse_collectives(plan.hlo_text, num_devices, loop_trip_count=accum)
     plan.collectives = summarize_collectives(collectives)
     ici_bytes = sum(c.bytes_per_device for c in collectives)
     plan.step_time = roofline(
@@ -382,6 +398,26 @@ def plan_pretraining(config, topology: Topology, hbm_bytes: float | None = None)
     )
     plan.bound = max(("compute", "hbm", "collectives"), key=plan.step_time.get)
     return plan
+
+
+def step_breakdown(plan: Plan, top: int = 15) -> tuple[str, dict]:
+    """The compiled train step's bytes and FLOPs by group beside the analytic floor: the table
+    and its numbers (per chip and step; `hbm_bytes_per_token` counts HBM only, not VMEM)."""
+    costs = hlo_costs.instruction_costs(plan.hlo_text)
+    floor = breakdown.analytic_floor(plan.step_shape)
+    tokens = plan.step_shape.rows * plan.seq_len
+    groups = hlo_costs.by_group(costs)
+    hbm = sum(g["hbm_bytes"] for g in groups.values())
+    numbers = {
+        "groups": groups,
+        "floor_bytes": floor,
+        "hbm_bytes_per_token": hbm / tokens,
+        "compiler_bytes_per_token": plan.hbm_traffic_per_device / tokens,
+    }
+    text = breakdown.format_breakdown(
+        costs, floor, tokens, plan.hbm_traffic_per_device, plan.chip.hbm_bandwidth, top
+    )
+    return text, numbers
 
 
 def _plan_eval_step(plan: Plan, pretrainer: Pretrainer, mesh, batch) -> None:

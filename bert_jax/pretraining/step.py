@@ -252,7 +252,8 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
 
         def loss_fn(params, micro, dropout_rng):
             output = pretraining_forward(model, params, micro, dropout_rng)
-            sums = pretraining_sums(output, micro, nsp)
+            with jax.named_scope("loss"):  # planning.hlo_costs groups the step's ops by scope
+                sums = pretraining_sums(output, micro, nsp)
             loss = sums["mlm_loss_sum"] / mlm_total
             if nsp:
                 loss = loss + sums["nsp_loss_sum"] / nsp_total
@@ -262,7 +263,8 @@ def build_pretrainer(config, mesh: Mesh) -> Pretrainer:
         step_rng = jax.random.fold_in(rng, state.step)
         with nn.logical_axis_rules(rules):
             sums, grads = accumulated_gradients(grad_fn, state.params, batch, step_rng, accum)
-        return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
+        with jax.named_scope("optimizer"):
+            return apply_gradients(state, grads, sums, optimizer, optimizer_schedule)
 
     def eval_step(params, batch):
         with nn.logical_axis_rules(rules):

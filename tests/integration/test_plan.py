@@ -305,3 +305,58 @@ def test_meshes_on_tpu_topologies():
     assert sorted(map(tuple, found["(16, 1, 1)"])) == [(i, 4) for i in range(4)]
     slices = np.asarray(found["slices"])  # [data=4, fsdp=1, tensor=2]
     assert (slices[:2] == 0).all() and (slices[2:] == 1).all()
+
+
+STEP_BYTES = REPO_ROOT / "tests" / "data" / "step_bytes.json"
+STEP_BYTES_TOLERANCE = 0.03
+# The shipped BERT-base recipe (bfloat16, dropout 0.1, 30522 words, sequence 128) at hidden 128
+# and 2 layers, 8 rows per chip on a v5e 2x2: tests/unit/test_step_bytes.py guards its CPU twin.
+SMALL_BERT_FLAGS = [
+    "--config=configs/bert_base.py:phase1",
+    "--config.model.hidden_size=128",
+    "--config.model.intermediate_size=512",
+    "--config.model.num_attention_heads=2",
+    "--config.model.num_hidden_layers=2",
+    "--config.batch_size=32",
+    "--topology=v5e:2x2",
+    "--breakdown",
+]
+
+
+def _tpu_step_bytes(tmp_path) -> tuple[dict, str]:
+    out = tmp_path / "plan.json"
+    result = _run_plan([*SMALL_BERT_FLAGS, f"--out={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())["breakdown"], result.stdout
+
+
+@needs_libtpu
+def test_tpu_step_bytes_per_token_as_recorded(tmp_path):
+    """The compiled TPU step's bytes per token (the compiler's and the HBM-only count) stay
+    within a few percent of the recorded figures; re-record on purpose with
+    `.venv-tpu/bin/python tests/integration/test_plan.py` and say why in docs/scaling.md."""
+    recorded = json.loads(STEP_BYTES.read_text())
+    found, stdout = _tpu_step_bytes(tmp_path)
+    assert "where the bytes go" in stdout and "top 15 instructions" in stdout
+    for key in ("compiler_bytes_per_token", "hbm_bytes_per_token"):
+        measured, expected = found[key], recorded[f"v5e_2x2_{key}"]
+        assert abs(measured / expected - 1) <= STEP_BYTES_TOLERANCE, (
+            f"{key}: {measured:,.0f} measured, {expected:,.0f} recorded; if on purpose, re-record"
+        )
+    groups = found["groups"]
+    assert set(groups) >= {"attention", "MLP", "optimizer", "gradient reduction"}
+    # The groups add up to the whole; the matmuls' FLOPs are the model's (2 layers + the decoder).
+    assert sum(g["hbm_bytes"] for g in groups.values()) / (8 * 128) == pytest.approx(
+        found["hbm_bytes_per_token"]
+    )
+
+
+if __name__ == "__main__":  # re-record with .venv-tpu/bin/python (only on purpose)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        found, _ = _tpu_step_bytes(pathlib.Path(tmp))
+    data = json.loads(STEP_BYTES.read_text())
+    for key in ("compiler_bytes_per_token", "hbm_bytes_per_token"):
+        data[f"v5e_2x2_{key}"] = round(found[key])
+    STEP_BYTES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
