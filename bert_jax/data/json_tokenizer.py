@@ -17,6 +17,7 @@ import numpy as np
 import tokenizers
 from etils import epath
 
+from bert_jax.data.tokenization import TokenizerMethods
 from bert_jax.errors import UserError
 from bert_jax.untrusted import MAX_VOCAB_BYTES, check_file_size
 
@@ -43,7 +44,7 @@ def is_tokenizer_json(path) -> bool:
     return os.fspath(path).endswith(".json")
 
 
-class JsonTokenizer:
+class JsonTokenizer(TokenizerMethods):
     """A `tokenizers` tokenizer.json with WordPieceTokenizer's methods (no specials added)."""
 
     def __init__(self, text: str, lowercase: bool = False):
@@ -119,24 +120,7 @@ class JsonTokenizer:
         mask = self._vocab[self.mask_id]
         return self.encode(text.replace(mask_text, mask))
 
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding.offsets
-
-    def encode_batch_with_offsets(self, texts: Sequence[str]):
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [(e.ids, e.offsets) for e in encodings]
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._tokenizer.encode(text, add_special_tokens=False).tokens
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
-
     # -- vocabulary ----------------------------------------------------------------------------
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return [self._vocab[int(i)] for i in ids]
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         ids = map(self._tokenizer.token_to_id, tokens)
@@ -145,30 +129,11 @@ class JsonTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
 
-    @property
-    def vocab(self) -> list[str]:
-        return list(self._vocab)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def lowercase(self) -> bool:
-        return self._lowercase
-
     pad_id = property(lambda self: self._ids["pad"])
     unk_id = property(lambda self: self._ids["unk"])
     cls_id = property(lambda self: self._ids["cls"])
     sep_id = property(lambda self: self._ids["sep"])
     mask_id = property(lambda self: self._ids["mask"])
-
-    @property
-    def subword_mask(self) -> np.ndarray:
-        return self._subword_mask
-
-    def is_subword(self, token_id: int) -> bool:
-        return bool(self._subword_mask[token_id])
 
     def fingerprint(self) -> str:
         """Hash of the tokenizer.json: everything that decides the ids."""

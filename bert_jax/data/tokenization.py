@@ -162,7 +162,146 @@ def _truncate_pair(a: list[int], b: list[int] | None, budget: int, strategy: str
     return a[:keep_a], b[:keep_b]
 
 
-class WordPieceTokenizer:
+class TokenizerMethods:
+    """What WordPieceTokenizer and JsonTokenizer share: the methods over their `tokenizers`
+    pipeline (`_tokenizer`), vocabulary (`_vocab`), casing and continuation-piece mask."""
+
+    _tokenizer: tokenizers.Tokenizer
+    _vocab: list[str]
+    _lowercase: bool
+    _subword_mask: np.ndarray
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids with the characters they come from.
+
+        Args:
+            text: the string to encode.
+
+        Returns:
+            (ids, offsets): the ids of `encode`, and per token its [start, end) character span in
+            the original `text`.
+        """
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` for many texts at once."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, e.offsets) for e in encodings]
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        padding: bool | str = False,
+        truncation: bool | str = False,
+        return_tensors: str | None = "np",
+    ) -> dict:
+        """transformers-style model inputs: [CLS] A [SEP] (B [SEP]) per text (and pair).
+
+        Args:
+            text, text_pair: a string or a list of strings (pairs: as many as texts).
+            max_length: the row length truncation and padding="max_length" use.
+            padding: False, True / "longest" (to the longest row), "max_length".
+            truncation: False, True / "longest_first" (tokens leave the longer side first, as
+                transformers' fast tokenizers cut), "only_first", "only_second".
+            return_tensors: "np" (int32 arrays [n, L]; [1, L] for one string) or None (lists,
+                unbatched for one string).
+
+        Returns:
+            {"input_ids", "token_type_ids", "attention_mask"}.
+        """
+        strategy = {True: "longest_first", False: None, "do_not_truncate": None}.get(
+            truncation, truncation
+        )
+        if strategy not in (None, "longest_first", "only_first", "only_second"):
+            raise UserError(f"truncation={truncation!r}: use True, 'only_first' or 'only_second'")
+        pad = {True: "longest", False: None, "do_not_pad": None}.get(padding, padding)
+        if pad not in (None, "longest", "max_length"):
+            raise UserError(f"padding={padding!r}: use True, 'longest' or 'max_length'")
+        if (strategy or pad == "max_length") and max_length is None:
+            raise UserError("truncation and padding='max_length' need max_length=")
+        if return_tensors not in ("np", None):
+            raise UserError(f"return_tensors={return_tensors!r}: this tokenizer gives 'np' or None")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        pairs = None
+        if text_pair is not None:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise UserError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        firsts = self.encode_batch(texts)
+        seconds = self.encode_batch(pairs) if pairs is not None else [None] * len(texts)
+        rows, types = [], []
+        for a, b in zip(firsts, seconds, strict=True):
+            if strategy:
+                a, b = _truncate_pair(a, b, max_length - (2 if b is None else 3), strategy)
+            rows.append(
+                [self.cls_id, *a, self.sep_id, *([*b, self.sep_id] if b is not None else [])]
+            )
+            types.append([0] * (len(a) + 2) + [1] * (len(rows[-1]) - len(a) - 2))
+        length = max((len(r) for r in rows), default=0)
+        length = max(length, max_length) if pad == "max_length" else length
+        masks = [[1] * len(r) for r in rows]
+        if pad:
+            for row, kind, mask in zip(rows, types, masks, strict=True):
+                extra = length - len(row)
+                row += [self.pad_id] * extra
+                kind += [0] * extra
+                mask += [0] * extra
+        out = {"input_ids": rows, "token_type_ids": types, "attention_mask": masks}
+        if return_tensors is None:
+            return {k: v[0] for k, v in out.items()} if single else out
+        if len({len(r) for r in rows}) > 1:
+            raise UserError("rows of different lengths: pass padding=True to return arrays")
+        return {k: np.array(v, np.int32).reshape(len(rows), -1) for k, v in out.items()}
+
+    def tokenize(self, text: str) -> list[str]:
+        """The word pieces of `text` as strings ("##" marks a continuation), without specials."""
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Readable text from ids.
+
+        Args:
+            ids: token ids.
+
+        Returns:
+            The word pieces joined ("##" pieces glued to their word), special tokens kept, no
+            space before punctuation.
+        """
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        """The token of each id (an IndexError for an id outside the vocabulary)."""
+        return [self._vocab[int(i)] for i in ids]
+
+    @property
+    def vocab(self) -> list[str]:
+        return list(self._vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def lowercase(self) -> bool:
+        return self._lowercase
+
+    @property
+    def subword_mask(self) -> np.ndarray:
+        """bool [vocab_size]: True for "##" continuation pieces (whole-word masking groups them)."""
+        return self._subword_mask
+
+    def is_subword(self, token_id: int) -> bool:
+        return bool(self._subword_mask[token_id])
+
+
+class WordPieceTokenizer(TokenizerMethods):
     """BERT WordPiece tokenizer: `encode` gives the ids of google-research/bert `FullTokenizer`.
 
     No special tokens are added by any method; callers assemble [CLS] A [SEP] B [SEP] themselves.
@@ -433,135 +572,12 @@ class WordPieceTokenizer:
             ids.append(np.asarray(encoding.ids, np.int32))
         return np.concatenate(ids), np.bincount(np.concatenate(owners), minlength=len(words))
 
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids with the characters they come from.
-
-        Args:
-            text: the string to encode.
-
-        Returns:
-            (ids, offsets): the ids of `encode`, and per token its [start, end) character span in
-            the original `text`.
-        """
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding.offsets
-
-    def encode_batch_with_offsets(
-        self, texts: Sequence[str]
-    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """`encode_with_offsets` for many texts at once."""
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [(e.ids, e.offsets) for e in encodings]
-
-    def __call__(
-        self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
-        *,
-        max_length: int | None = None,
-        padding: bool | str = False,
-        truncation: bool | str = False,
-        return_tensors: str | None = "np",
-    ) -> dict:
-        """transformers-style model inputs: [CLS] A [SEP] (B [SEP]) per text (and pair).
-
-        Args:
-            text, text_pair: a string or a list of strings (pairs: as many as texts).
-            max_length: the row length truncation and padding="max_length" use.
-            padding: False, True / "longest" (to the longest row), "max_length".
-            truncation: False, True / "longest_first" (tokens leave the longer side first, as
-                transformers' fast tokenizers cut), "only_first", "only_second".
-            return_tensors: "np" (int32 arrays [n, L]; [1, L] for one string) or None (lists,
-                unbatched for one string).
-
-        Returns:
-            {"input_ids", "token_type_ids", "attention_mask"}.
-        """
-        strategy = {True: "longest_first", False: None, "do_not_truncate": None}.get(
-            truncation, truncation
-        )
-        if strategy not in (None, "longest_first", "only_first", "only_second"):
-            raise UserError(f"truncation={truncation!r}: use True, 'only_first' or 'only_second'")
-        pad = {True: "longest", False: None, "do_not_pad": None}.get(padding, padding)
-        if pad not in (None, "longest", "max_length"):
-            raise UserError(f"padding={padding!r}: use True, 'longest' or 'max_length'")
-        if (strategy or pad == "max_length") and max_length is None:
-            raise UserError("truncation and padding='max_length' need max_length=")
-        if return_tensors not in ("np", None):
-            raise UserError(f"return_tensors={return_tensors!r}: this tokenizer gives 'np' or None")
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        pairs = None
-        if text_pair is not None:
-            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
-            if len(pairs) != len(texts):
-                raise UserError(f"{len(texts)} texts but {len(pairs)} text pairs")
-        firsts = self.encode_batch(texts)
-        seconds = self.encode_batch(pairs) if pairs is not None else [None] * len(texts)
-        rows, types = [], []
-        for a, b in zip(firsts, seconds, strict=True):
-            if strategy:
-                a, b = _truncate_pair(a, b, max_length - (2 if b is None else 3), strategy)
-            rows.append(
-                [self.cls_id, *a, self.sep_id, *([*b, self.sep_id] if b is not None else [])]
-            )
-            types.append([0] * (len(a) + 2) + [1] * (len(rows[-1]) - len(a) - 2))
-        length = max((len(r) for r in rows), default=0)
-        length = max(length, max_length) if pad == "max_length" else length
-        masks = [[1] * len(r) for r in rows]
-        if pad:
-            for row, kind, mask in zip(rows, types, masks, strict=True):
-                extra = length - len(row)
-                row += [self.pad_id] * extra
-                kind += [0] * extra
-                mask += [0] * extra
-        out = {"input_ids": rows, "token_type_ids": types, "attention_mask": masks}
-        if return_tensors is None:
-            return {k: v[0] for k, v in out.items()} if single else out
-        if len({len(r) for r in rows}) > 1:
-            raise UserError("rows of different lengths: pass padding=True to return arrays")
-        return {k: np.array(v, np.int32).reshape(len(rows), -1) for k, v in out.items()}
-
-    def tokenize(self, text: str) -> list[str]:
-        """The word pieces of `text` as strings ("##" marks a continuation), without specials."""
-        return self._tokenizer.encode(text, add_special_tokens=False).tokens
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Readable text from ids.
-
-        Args:
-            ids: token ids.
-
-        Returns:
-            The word pieces joined ("##" pieces glued to their word), special tokens kept, no
-            space before punctuation.
-        """
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    # -- vocabulary ---------------------------------------------------------------------------
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        """The token of each id (an IndexError for an id outside the vocabulary)."""
-        return [self._vocab[int(i)] for i in ids]
-
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         """The id of each token; [UNK]'s id for a token not in the vocabulary."""
         return [self._token_to_id.get(t, self.unk_id) for t in tokens]
 
     def token_to_id(self, token: str) -> int | None:
         return self._token_to_id.get(token)
-
-    @property
-    def vocab(self) -> list[str]:
-        return list(self._vocab)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def lowercase(self) -> bool:
-        return self._lowercase
 
     @property
     def pad_id(self) -> int:
@@ -582,14 +598,6 @@ class WordPieceTokenizer:
     @property
     def mask_id(self) -> int:
         return self._token_to_id[MASK]
-
-    @property
-    def subword_mask(self) -> np.ndarray:
-        """bool [vocab_size]: True for "##" continuation pieces (whole-word masking groups them)."""
-        return self._subword_mask
-
-    def is_subword(self, token_id: int) -> bool:
-        return bool(self._subword_mask[token_id])
 
     def fingerprint(self) -> str:
         """Stable hash of everything that decides the ids: vocab, casing, word limit, pipeline."""

@@ -91,3 +91,17 @@ def test_bad_files_are_one_line_errors(bpe_file, tmp_path):
     (tmp_path / "nomask.json").write_text(json.dumps(values))
     with pytest.raises(UserError, match="no mask token"):
         load_tokenizer_file(tmp_path / "nomask.json")
+
+
+def test_is_callable_as_the_wordpiece_tokenizer_is(bpe_file):
+    """The transformers-style call gives [CLS] A [SEP] B [SEP] rows with a tokenizer.json too."""
+    tokenizer = load_tokenizer_file(bpe_file)
+    a, b = "the flight was delayed", "thank you"
+    out = tokenizer(a, b)
+    ids_a, ids_b = tokenizer.encode(a), tokenizer.encode(b)
+    expected = [tokenizer.cls_id, *ids_a, tokenizer.sep_id, *ids_b, tokenizer.sep_id]
+    assert out["input_ids"].tolist() == [expected]  # one row, as transformers returns
+    assert out["token_type_ids"].tolist() == [[0] * (len(ids_a) + 2) + [1] * (len(ids_b) + 1)]
+    batch = tokenizer([a, b], padding="max_length", max_length=12)
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["attention_mask"].sum(1).tolist() == [len(ids_a) + 2, len(ids_b) + 2]
