@@ -102,6 +102,6 @@ def test_is_callable_as_the_wordpiece_tokenizer_is(bpe_file):
     expected = [tokenizer.cls_id, *ids_a, tokenizer.sep_id, *ids_b, tokenizer.sep_id]
     assert out["input_ids"].tolist() == [expected]  # one row, as transformers returns
     assert out["token_type_ids"].tolist() == [[0] * (len(ids_a) + 2) + [1] * (len(ids_b) + 1)]
-    batch = tokenizer([a, b], padding="max_length", max_length=12)
-    assert batch["input_ids"].shape == (2, 12)
+    batch = tokenizer([a, b], padding="max_length", max_length=24)
+    assert batch["input_ids"].shape == (2, 24)
     assert batch["attention_mask"].sum(1).tolist() == [len(ids_a) + 2, len(ids_b) + 2]
