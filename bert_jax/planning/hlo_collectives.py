@@ -10,6 +10,8 @@ import dataclasses
 import math
 import re
 
+from bert_jax.planning import hlo_costs
+
 # Collectives in the compiled HLO. Bytes one device sends per execution, for a ring over a group of
 # n devices and a buffer of S bytes (the result; for reduce-scatter, its per-device part):
 #   all-reduce 2S(n-1)/n, all-gather S(n-1)/n, reduce-scatter S(n-1), all-to-all S(n-1)/n,
@@ -21,19 +23,6 @@ COLLECTIVE_KINDS = (
     "all-to-all",
     "collective-permute",
 )
-_DTYPE_BYTES = {
-    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-    "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
-}  # fmt: skip
-_ARRAY = re.compile(r"\b([a-z]+\d+|pred)\[([\d,]*)\]")
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%[\w.\-]+ = (?P<type>.+?) "
-    r"(?P<op>all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?P<start>-start)?\("
-)
-_COMPUTATION = re.compile(r"^(?P<entry>ENTRY\s+)?%(?P<name>[\w.\-]+) .*\{\s*$")
-_WHILE = re.compile(r"\bwhile\(.*\bbody=%(?P<body>[\w.\-]+)")
-_CALLS = re.compile(r"\bcalls=%([\w.\-]+)")
-_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<used>[^}]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
 _LIST_GROUPS = re.compile(r"replica_groups=\{\{(?P<first>[\d,]*)\}")
@@ -55,13 +44,6 @@ class Collective:
             return 0.0
         factors = {"all-reduce": 2 * (n - 1) / n, "reduce-scatter": n - 1}
         return s * factors.get(self.kind, (n - 1) / n) * self.executions
-
-
-def _array_bytes(type_text: str) -> int:
-    return sum(
-        _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
-        for dtype, dims in _ARRAY.findall(type_text)
-    )
 
 
 def _tuple_elements(type_text: str) -> list[str]:
@@ -95,6 +77,15 @@ def _group_size(line: str, num_devices: int) -> int:
     return num_devices
 
 
+def _enter(inst: hlo_costs.Instruction) -> list[str]:
+    """What runs when `inst` does: a while's body, what `calls=` names (fusions, async wrappers)."""
+    return [
+        c
+        for attr, c in hlo_costs.callees(inst)
+        if attr == "calls" or (attr == "body" and inst.opcode == "while")
+    ]
+
+
 def parse_collectives(
     hlo_text: str, num_devices: int, loop_trip_count: int = 1
 ) -> list[Collective]:
@@ -105,52 +96,25 @@ def parse_collectives(
     records it, else `loop_trip_count` (the train step's only loop is gradient accumulation).
     Async `-done` halves are not counted again.
     """
-    lines = hlo_text.splitlines()
-    callers: dict[str, list[tuple[str, int]]] = {}
-    computation, entry = None, None
-    for line in lines:
-        if m := _COMPUTATION.match(line):
-            computation = m.group("name")
-            entry = computation if m.group("entry") else entry
-            continue
-        if not computation:
-            continue
-        if w := _WHILE.search(line):
-            trips = _TRIP_COUNT.search(line)
-            runs = int(trips.group(1)) if trips else loop_trip_count
-            callers.setdefault(w.group("body"), []).append((computation, runs))
-        for callee in _CALLS.findall(line):
-            callers.setdefault(callee, []).append((computation, 1))
-
-    memo: dict[str, int] = {}
-
-    def executions(name: str, depth: int = 0) -> int:
-        if name == entry:
-            return 1
-        if name not in memo:
-            memo[name] = (
-                0
-                if depth > 64
-                else sum(
-                    runs * executions(caller, depth + 1) for caller, runs in callers.get(name, ())
-                )
+    computations, entry = hlo_costs.parse_module(hlo_text)
+    runs: dict[int, int] = {}  # id(instruction) -> executions per step
+    for _, inst, n in hlo_costs.walk(computations, entry, loop_trip_count, _enter):
+        if inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS:
+            runs[id(inst)] = runs.get(id(inst), 0) + n
+    found = []
+    for body in computations.values():
+        for inst in body:
+            if not runs.get(id(inst)):
+                continue
+            op, type_text = inst.opcode.removesuffix("-start"), inst.type_text
+            if inst.opcode.endswith("-start") and op in ("all-gather", "collective-permute"):
+                # Async starts return (operands, results, ...): the result is the second element.
+                elements = _tuple_elements(type_text)
+                type_text = elements[1] if len(elements) > 1 else type_text
+            size = sum(s.bytes for s in hlo_costs.parse_shapes(type_text))
+            found.append(
+                Collective(op, _group_size(inst.attrs, num_devices), int(size), runs[id(inst)])
             )
-        return memo[name]
-
-    found, runs = [], 0
-    for line in lines:
-        if m := _COMPUTATION.match(line):
-            runs = executions(m.group("name"))
-            continue
-        m = _INSTRUCTION.match(line)
-        if not m or runs == 0:
-            continue
-        op, type_text = m.group("op"), m.group("type")
-        if m.group("start") and op in ("all-gather", "collective-permute"):
-            # Async starts return (operands, results, ...): the result is the second element.
-            elements = _tuple_elements(type_text)
-            type_text = elements[1] if len(elements) > 1 else type_text
-        found.append(Collective(op, _group_size(line, num_devices), _array_bytes(type_text), runs))
     return found
 
 

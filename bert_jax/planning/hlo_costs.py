@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import math
 import re
+from collections.abc import Callable, Iterator
 
 _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
                 "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
@@ -115,6 +116,7 @@ class Instruction:
     operands: list[str]
     attrs: str
     op_name: str
+    type_text: str = ""  # the result type as written, tuples and layouts included
 
 
 def parse_module(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
@@ -129,7 +131,9 @@ def parse_module(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
             # Parameters declared in the header: "(p: f32[2], q: bf16[3])".
             header = line[m.end() :].split(") -> ")[0]
             for pname, ptype in re.findall(r"([\w.\-]+): ((?:\([^)]*\))|[^,]+)", header):
-                current.append(Instruction(pname, "parameter", parse_shapes(ptype), [], "", ""))
+                current.append(
+                    Instruction(pname, "parameter", parse_shapes(ptype), [], "", "", ptype)
+                )
             continue
         m = _INSTRUCTION.match(line)
         if m is None or current is None:
@@ -145,6 +149,7 @@ def parse_module(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
                 operands,
                 attrs,
                 op_name.group(1) if op_name else "",
+                type_text,
             )  # fmt: skip
         )
     return computations, entry
@@ -216,63 +221,94 @@ def group_of(opcode: str, op_name: str) -> str:
     return "optimizer"
 
 
+def _scope(inst: Instruction, by_name: dict[str, Instruction], depth: int = 0) -> str:
+    # Copies and slices the scheduler adds carry no metadata: they take their source's.
+    if inst.op_name or depth > 8:
+        return inst.op_name
+    for operand in inst.operands:
+        if operand in by_name and (found := _scope(by_name[operand], by_name, depth + 1)):
+            return found
+    return ""
+
+
+def callees(inst: Instruction) -> list[tuple[str, str]]:
+    """(attribute, computation) for each computation `inst` names, e.g. ('body', 'loop_body')."""
+    found = _CALLS.findall(inst.attrs)
+    if b := _BRANCHES.search(inst.attrs):
+        found += [("branch_computations", c) for c in re.findall(r"%([\w.\-]+)", b.group(1))]
+    return found
+
+
+def _control_flow(inst: Instruction) -> list[str]:
+    if inst.opcode not in ("while", "call", "conditional"):
+        return []
+    return [c for _, c in callees(inst)]
+
+
+def walk(
+    computations: dict[str, list[Instruction]],
+    entry: str,
+    untold_trips: int = 1,
+    enter: Callable[[Instruction], list[str]] = _control_flow,
+) -> Iterator[tuple[str, Instruction, int]]:
+    """(computation, instruction, executions) for each instruction the step runs, depth first.
+
+    ENTRY runs once; the computations `enter(instruction)` names (by default those of while, call
+    and conditional) as often as that instruction, times a while's `known_trip_count` when the
+    HLO records it, else `untold_trips`. Each instruction is yielded before what it calls.
+    """
+
+    def visit(name: str, executions: int, seen: tuple[str, ...]):
+        for inst in computations.get(name, []):
+            yield name, inst, executions
+            called = enter(inst)
+            n = executions
+            if called and inst.opcode == "while":
+                trips = _TRIPS.search(inst.attrs)
+                n *= int(trips.group(1)) if trips else untold_trips
+            for c in called:
+                if c not in seen:
+                    yield from visit(c, n, (*seen, c))
+
+    yield from visit(entry, 1, (entry,))
+
+
 def instruction_costs(hlo_text: str) -> list[OpCost]:
     """One OpCost per executed instruction of the module, loop bodies weighted by trip count."""
     computations, entry = parse_module(hlo_text)
     costs: list[OpCost] = []
+    tables: dict[str, tuple[dict, dict]] = {}
 
-    def visit(name: str, executions: int, seen: tuple[str, ...]) -> None:
-        body = computations.get(name, [])
-        shapes = {i.name: i.result for i in body}
-        by_name = {i.name: i for i in body}
-
-        def scope(inst: Instruction, depth: int = 0) -> str:
-            # Copies and slices the scheduler adds carry no metadata: they take their source's.
-            if inst.op_name or depth > 8:
-                return inst.op_name
+    for name, inst, executions in walk(computations, entry):
+        if inst.opcode in _FREE or any(t in inst.attrs for t in _FREE_TARGETS):
+            continue  # while, call and conditional among them: walk enters their computations
+        if name not in tables:
+            body = computations[name]
+            tables[name] = ({i.name: i.result for i in body}, {i.name: i for i in body})
+        shapes, by_name = tables[name]
+        touched = list(inst.result)
+        if inst.opcode in _ASYNC_DESTINATION:  # its result tuple repeats the operand
+            touched = touched[_ASYNC_DESTINATION[inst.opcode] :][:1]
+        if inst.opcode in _SLICES:  # reads what it writes, not the whole operand
+            source = shapes.get(inst.operands[0], []) if inst.operands else []
+            space = source[0].memory_space if source else 0
+            touched += [dataclasses.replace(x, memory_space=space) for x in touched]
+        else:
             for operand in inst.operands:
-                if operand in by_name and (found := scope(by_name[operand], depth + 1)):
-                    return found
-            return ""
-
-        for inst in body:
-            if inst.opcode in ("while", "call", "conditional"):
-                trips = _TRIPS.search(inst.attrs)
-                n = executions * (int(trips.group(1)) if trips and inst.opcode == "while" else 1)
-                called = [c for _, c in _CALLS.findall(inst.attrs)]
-                if b := _BRANCHES.search(inst.attrs):
-                    called += re.findall(r"%([\w.\-]+)", b.group(1))
-                for c in called:
-                    if c not in seen:
-                        visit(c, n, (*seen, c))
-                continue
-            if inst.opcode in _FREE or any(t in inst.attrs for t in _FREE_TARGETS):
-                continue
-            touched = list(inst.result)
-            if inst.opcode in _ASYNC_DESTINATION:  # its result tuple repeats the operand
-                touched = touched[_ASYNC_DESTINATION[inst.opcode] :][:1]
-            if inst.opcode in _SLICES:  # reads what it writes, not the whole operand
-                source = shapes.get(inst.operands[0], []) if inst.operands else []
-                space = source[0].memory_space if source else 0
-                touched += [dataclasses.replace(x, memory_space=space) for x in touched]
-            else:
-                for operand in inst.operands:
-                    touched += shapes.get(operand, [])
-            hbm = sum(s.bytes for s in touched if s.memory_space != 1)
-            vmem = sum(s.bytes for s in touched if s.memory_space == 1)
-            costs.append(
-                OpCost(
-                    inst.name,
-                    inst.opcode,
-                    scope(inst),
-                    executions,
-                    hbm,
-                    vmem,
-                    _flops(inst, shapes, computations),
-                )  # fmt: skip
-            )
-
-    visit(entry, 1, (entry,))
+                touched += shapes.get(operand, [])
+        hbm = sum(s.bytes for s in touched if s.memory_space != 1)
+        vmem = sum(s.bytes for s in touched if s.memory_space == 1)
+        costs.append(
+            OpCost(
+                inst.name,
+                inst.opcode,
+                _scope(inst, by_name),
+                executions,
+                hbm,
+                vmem,
+                _flops(inst, shapes, computations),
+            )  # fmt: skip
+        )
     return costs
 
 
