@@ -231,8 +231,13 @@ class BertConfig:
                 f"{type(values).__name__}"
             )
         known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in values.items() if k in known}
+        if fields.get("pre_layer_norm") is True and "embedding_norm" not in fields:
+            # Written before embedding_norm existed: that pre-LN model had no embedding norm
+            # (and a layer-0 attention norm), which is embedding_norm=False now.
+            fields["embedding_norm"] = False
         try:
-            return cls(**{k: v for k, v in values.items() if k in known})
+            return cls(**fields)
         except UserError as err:
             if source is None:
                 raise

@@ -555,3 +555,16 @@ def test_modern_fields_are_checked_in_one_line(field, value, message):
     with pytest.raises(UserError, match=message) as error:
         BertConfig.from_dict({**SMALL, field: value}, source="config.json")
     assert "\n" not in str(error.value)
+
+
+def test_a_pre_ln_config_from_before_embedding_norm_keeps_its_parameter_tree():
+    """A checkpoint's config written before embedding_norm existed (pre-LN, no such key) is the
+    earlier pre-LN model: no embedding norm, a layer-0 attention norm; its parameters restore."""
+    old = {**BertConfig.preset("tiny", vocab_size=64).to_dict(), "pre_layer_norm": True}
+    del old["embedding_norm"]
+    config = BertConfig.from_dict(old)
+    assert config.embedding_norm is False
+    params = BertModel(config).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    assert "attention_layer_norm" in params["encoder"]["layer_0"]
+    assert "LayerNorm" not in params["embeddings"]
+    assert BertConfig.from_dict({**old, "embedding_norm": True}).embedding_norm is True
