@@ -363,17 +363,11 @@ def hf_task_info(info: CheckpointInfo, architecture: str) -> dict:
     labels = [id2label[k] for k in sorted(id2label, key=int)]
     if sorted(int(k) for k in id2label) != list(range(len(labels))):
         raise UserError(f"{config_file}: id2label must number its labels 0..n-1")
-    if architecture == "BertForQuestionAnswering":
-        kind, labels = "squad", None
-    elif architecture == "BertForTokenClassification":
-        kind = "token_classification"
-    elif problem_type == "regression" or problem_type is None and len(labels) == 1:
-        kind, labels = "regression", None
-    elif problem_type == "multi_label_classification":
-        kind = "multilabel"
-    else:
-        kind = "classification"
     from bert_jax.finetuning import tasks
+
+    kind = tasks.for_hf_task_model(architecture, problem_type, len(labels))
+    if not tasks.get(kind).uses_label_list:
+        labels = None
 
     task_info = {
         "kind": kind,

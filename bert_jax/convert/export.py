@@ -36,14 +36,6 @@ def define_flags() -> None:
 
 # The files `export` writes in the Hugging Face format (README and notebook list them so).
 HF_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
-# task kind -> the transformers task model it exports as, and its config's problem_type.
-TASK_MODELS = {
-    "classification": ("BertForSequenceClassification", "single_label_classification"),
-    "regression": ("BertForSequenceClassification", "regression"),
-    "multilabel": ("BertForSequenceClassification", "multi_label_classification"),
-    "token_classification": ("BertForTokenClassification", None),
-    "squad": ("BertForQuestionAnswering", None),
-}
 
 
 def export(path, out, fmt: str = "hf", *, encoder_only: bool = False) -> pathlib.Path:
@@ -109,8 +101,6 @@ def write_tokenizer_config(info, out: pathlib.Path, json_tokenizer: bool) -> Non
 def lost_in_transformers(task_info: dict) -> list[str]:
     """What of a fine-tuned head transformers' task model of its kind cannot hold."""
     lost = []
-    if task_info["kind"] not in TASK_MODELS:
-        lost.append(f"the {task_info['kind']} kind (transformers has no task model for it)")
     if task_info.get("crf"):
         lost.append("the CRF's transition scores (crf=True)")
     if int(task_info.get("head_window", 0)):
@@ -124,19 +114,21 @@ def lost_in_transformers(task_info: dict) -> list[str]:
 def _export_task_model(info, out: pathlib.Path, encoder_only: bool) -> None:
     from bert_jax.checkpoints import pretrained
     from bert_jax.convert import hf
+    from bert_jax.finetuning import tasks
 
     task_info = info.task_info
+    task_model = tasks.get(task_info["kind"]).hf_task_model  # None: the encoder is the model
     lost = lost_in_transformers(task_info)
-    if lost and not encoder_only and task_info["kind"] != "sentence_embedding":
+    if lost and not encoder_only and task_model is not None:
         raise UserError(
             f"{info.path}: transformers cannot express {' and '.join(lost)}; exporting would "
             "lose it. Pass --encoder_only to export the encoder alone (as BertModel)"
         )
     params = pretrained.load_finetuned(info.path).params
-    if encoder_only or task_info["kind"] not in TASK_MODELS:
+    if encoder_only or task_model is None:
         hf.save_hf_encoder(info.bert_config, params["bert"], out)
         return
-    architecture, problem_type = TASK_MODELS[task_info["kind"]]
+    architecture, problem_type = task_model
     rope = info.bert_config.position_embedding_type == "rope"
     if rope and architecture != "BertForSequenceClassification":
         raise UserError(

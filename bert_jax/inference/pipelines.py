@@ -225,7 +225,7 @@ class TextClassificationPipeline:
             raise UserError(
                 f"{model.info.path} was fine-tuned for {model.kind}, not text classification"
             )
-        self.model, self.regression = model, getattr(task, "regression", False)
+        self.model, self.regression = model, not task.uses_label_list  # a score, no labels
         multilabel = isinstance(task, MultiLabel)
         self.top_k = top_k
         self.batch_size = int(batch_size)

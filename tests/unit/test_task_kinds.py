@@ -69,6 +69,6 @@ def test_kind_names_are_compared_nowhere_but_the_registry():
         for path in sorted(package.rglob("*.py"))
         if path != registry
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if quoted.search(line)
+        if quoted.search(line) and "hf_task_model" not in line  # transformers' problem_type
     ]
     assert not found, found

@@ -46,3 +46,15 @@ def model_for(task_info: dict, config):
         bool(task_info.get("crf", False)),
         int(task_info.get("head_window", 0)),
     )
+
+
+def for_hf_task_model(architecture: str, problem_type: str | None, num_labels: int) -> str:
+    """The kind whose Task.hf_task_model is this transformers class and problem_type (without
+    one, transformers' rule: one label is regression); a UserError for none."""
+    if problem_type is None and architecture == "BertForSequenceClassification":
+        problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    for kind in KINDS:
+        model = _load(kind).hf_task_model
+        if model is not None and model[0] == architecture and model[1] in (None, problem_type):
+            return kind
+    raise UserError(f"no task kind reads a {architecture} with problem_type {problem_type!r}")

@@ -42,6 +42,9 @@ class Task:
     uses_label_list: ClassVar[bool] = True  # a label set read from the training data
     counts_correct: ClassVar[bool] = True  # the step's `correct` sum is meaningful (accuracy)
     prediction_file: ClassVar[str] = "test_predictions.tsv"  # do_predict's file in the workdir
+    # The transformers task model it exports as and reads: (class, config problem_type), or None
+    # (the encoder alone is exported).
+    hf_task_model: ClassVar[tuple[str, str | None] | None] = None
     packed_fill: ClassVar[dict[str, Any]] = {
         "labels": IGNORE_LABEL
     }  # target fill of empty packed slots

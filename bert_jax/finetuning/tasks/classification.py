@@ -21,6 +21,8 @@ from bert_jax.model.modeling import BertForSequenceClassification
 class Classification(SequenceScores):
     """Classes from the training labels; accuracy, macro F1 and MCC."""
 
+    hf_task_model = ("BertForSequenceClassification", "single_label_classification")
+
     regression = False
 
     def read_file(self, path, labeled: bool) -> ReadResult:
@@ -123,6 +125,8 @@ class Classification(SequenceScores):
 
 class Regression(Classification):
     """One float per example (NaN when unlabeled), squared error; Pearson and Spearman."""
+
+    hf_task_model = ("BertForSequenceClassification", "regression")
 
     regression = True
     uses_label_list = False

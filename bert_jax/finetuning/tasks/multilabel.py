@@ -149,6 +149,8 @@ def most_frequent_baseline(train_sets, label_list: list[str], n: int) -> np.ndar
 class MultiLabel(SequenceScores):
     """One sigmoid per label on the [CLS] head; labels float32 [n, C] multi-hot (-1: unlabeled)."""
 
+    hf_task_model = ("BertForSequenceClassification", "multi_label_classification")
+
     packed_fill = {"labels": -1.0}
     recipe = {"learning_rate": 5e-5}
 

@@ -37,6 +37,8 @@ def _squad_logits(predictions) -> tuple[np.ndarray, np.ndarray]:
 class QuestionAnswering(Task):
     """Start / end logits per token; exact match and F1 (official v1.1 normalisation)."""
 
+    hf_task_model = ("BertForQuestionAnswering", None)
+
     head_name = "qa_outputs"
     target_keys = ("start_positions", "end_positions")
     packable = False

@@ -150,6 +150,8 @@ def sentence_tag_ids(
 class Tagging(Task):
     """Tags per word; token accuracy, and seqeval's entity scores for BIO / IOBES tags."""
 
+    hf_task_model = ("BertForTokenClassification", None)
+
     target_keys = ("labels", "starts_sentence", "ends_sentence")
     per_token = True
     prediction_file = "test_predictions.conll"
