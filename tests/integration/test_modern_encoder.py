@@ -63,12 +63,12 @@ def test_modern_encoder_learns_regression(modern, tmp_path):
     assert result.eval_metrics["pearson"] >= 0.9
 
 
-def test_modern_encoder_learns_tags_with_the_crf_head_window_and_fgm(modern, tmp_path):
-    """The Chinese NER recipe's head (CRF, head_window=1, FGM) on a modern encoder."""
+def test_modern_encoder_learns_tags_with_the_crf_and_head_window(modern, tmp_path):
+    """The Chinese NER recipe's head (CRF, head_window=1) on a modern encoder."""
     model_dir, files, _ = modern
     config = _config(
         "token_classification", model_dir, files["tags_train"], files["tags_dev"],
-        **LEARNABLE, crf=True, head_window=1, adversarial_epsilon=1.0,
+        **LEARNABLE, crf=True, head_window=1,
     )  # fmt: skip
     result = finetune_lib.train_and_evaluate(config, tmp_path)
     assert "transitions" in str(jax.tree_util.tree_structure(result.params))
