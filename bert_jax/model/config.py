@@ -193,10 +193,6 @@ class BertConfig:
         layer from the first, local_attention_window on the others."""
         return 0 if layer % self.global_attn_every_n_layers == 0 else self.local_attention_window
 
-    def is_local_layer(self, layer: int) -> bool:
-        """Whether layer `layer` attends within local_attention_window (else globally)."""
-        return self.layer_window(layer) > 0
-
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
