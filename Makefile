@@ -71,8 +71,12 @@ extras-envs: .venv-tf/.installed
 	$(MAKE) --no-print-directory .venv-tpu/.installed
 
 # Two workers, whole files each (a module's fixtures, e.g. the shrunk demo run, are built once);
-# the servers tests start (GCS emulator, jax.distributed coordinators) take free ports.
+# the servers tests start (GCS emulator, jax.distributed coordinators) take free ports. One JAX
+# compilation cache for the run, new each time and removed after it: the many tests that build
+# the same tiny programs (in both workers and in the subprocesses they start) compile them once.
 test-main: $(VENV)/.installed-dev $(VENV)/downloads/.fetched
+	cache=$$(mktemp -d -t bert_jax_test_jax_cache.XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
+	JAX_COMPILATION_CACHE_DIR=$$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2 \
 	BERT_JAX_TEST_DOWNLOADS=$(VENV)/downloads $(PY) -m pytest -n 2 --dist loadfile tests
 
 test-tf: .venv-tf/.installed
