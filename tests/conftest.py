@@ -25,6 +25,18 @@ def demo_config(mode: str = "test"):
     return module.get_config(mode)
 
 
+def prepared_data_config(folder: pathlib.Path, **keys):
+    """The pretraining data config (defaults + keys, 64 documents a chunk, no progress bar) with
+    its dataset prepared into folder: the module fixtures of the data tests."""
+    from bert_jax.data import input_pipeline
+    from bert_jax.pretraining.config import data_config_dict
+
+    config = data_config_dict()
+    config.update(data_dir=str(folder), show_progress=False, documents_per_chunk=64, **keys)
+    input_pipeline.prepare_data(config)
+    return config
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """../shared/data beside the repo (dev machines and CI only); skips visibly when absent."""

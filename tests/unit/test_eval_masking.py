@@ -4,11 +4,11 @@
 
 import numpy as np
 import pytest
+from conftest import prepared_data_config
 
 from bert_jax.data import input_pipeline, packed_examples
 from bert_jax.errors import UserError
 from bert_jax.pretraining.config import (
-    data_config_dict,
     pretraining_config,
     validate_pretraining_config,
 )
@@ -16,18 +16,11 @@ from bert_jax.pretraining.config import (
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
-    config = data_config_dict()
-    config.data_dir = str(tmp_path_factory.mktemp("datasets"))
-    config.show_progress = False
-    config.documents_per_chunk = 64
-    config.documents_per_window = 256
-    config.max_seq_length = 64
-    config.max_predictions_per_seq = 19
-    config.next_sentence_prediction = False
-    config.masked_lm_prob = 0.3
-    config.eval_masked_lm_prob = 0.15
-    input_pipeline.prepare_data(config)
-    return config
+    return prepared_data_config(
+        tmp_path_factory.mktemp("datasets"), documents_per_window=256, max_seq_length=64,
+        max_predictions_per_seq=19, next_sentence_prediction=False, masked_lm_prob=0.3,
+        eval_masked_lm_prob=0.15,
+    )  # fmt: skip
 
 
 def _budget(chunk, rate, cap):

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import prepared_data_config
 
 from bert_jax.data import examples as pretraining
 from bert_jax.data import input_pipeline, masking, similar_tokens
 from bert_jax.errors import UserError
 from bert_jax.pretraining.config import (
-    data_config_dict,
     pretraining_config,
     validate_pretraining_config,
 )
@@ -181,17 +181,10 @@ def test_schedule_rate_at_given_epochs():
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
-    config = data_config_dict()
-    config.data_dir = str(tmp_path_factory.mktemp("datasets"))
-    config.show_progress = False
-    config.documents_per_chunk = 64
-    config.documents_per_window = 256
-    config.max_seq_length = 64
-    config.max_predictions_per_seq = 20
-    config.masked_lm_prob_start = 0.3
-    config.masked_lm_prob_schedule_epochs = 1.0
-    input_pipeline.prepare_data(config)
-    return config
+    return prepared_data_config(
+        tmp_path_factory.mktemp("datasets"), documents_per_window=256, max_seq_length=64,
+        max_predictions_per_seq=20, masked_lm_prob_start=0.3, masked_lm_prob_schedule_epochs=1.0,
+    )  # fmt: skip
 
 
 def test_pipeline_follows_the_schedule_and_resumes_mid_schedule(data_config):

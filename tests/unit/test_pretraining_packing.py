@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import demo_config, write_short_documents
+from conftest import demo_config, prepared_data_config, write_short_documents
 
 from bert_jax.data import examples as pretraining
 from bert_jax.data import input_pipeline, packed_examples
@@ -22,7 +22,7 @@ from bert_jax.model.modeling import BertConfig, BertForPreTraining
 from bert_jax.planning import chips
 from bert_jax.planning import planner as plan_lib
 from bert_jax.planning.cli import format_plan
-from bert_jax.pretraining.config import add_optimizer_defaults, data_config_dict, vocab_size
+from bert_jax.pretraining.config import add_optimizer_defaults, vocab_size
 from bert_jax.pretraining.step import (
     SUM_METRICS,
     batch_shapes,
@@ -253,16 +253,10 @@ def test_planner_compiles_the_packed_step():
 def data_config(tmp_path_factory):
     """A corpus of short documents: about three examples per row of 256."""
     folder = tmp_path_factory.mktemp("short_documents")
-    config = data_config_dict()
-    config.input_files = str(write_short_documents(folder / "short.txt"))
-    config.data_dir = str(folder / "datasets")
-    config.show_progress = False
-    config.documents_per_chunk = 64
-    config.documents_per_window = 512
-    config.max_seq_length = 256
-    config.max_predictions_per_seq = 40
-    input_pipeline.prepare_data(config)
-    return config
+    return prepared_data_config(
+        folder / "datasets", input_files=str(write_short_documents(folder / "short.txt")),
+        documents_per_window=512, max_seq_length=256, max_predictions_per_seq=40,
+    )  # fmt: skip
 
 
 def _packed(data_config, **changes):
