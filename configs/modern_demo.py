@@ -10,8 +10,7 @@ is the same shrunk for the test suite; `recipe()` applies the recipe keys alone 
 them on a BERT-architecture config).
 """
 
-from bert_jax.data.bundled import BUNDLED_CORPUS, BUNDLED_VOCAB
-from bert_jax.pretraining.config import check_mode, pretraining_config, use_test_mode, vocab_size
+from bert_jax.pretraining.config import bundled_demo_config, check_mode, use_test_mode
 
 
 def recipe(c):
@@ -42,21 +41,8 @@ def recipe(c):
 
 def get_config(mode: str = "demo"):
     check_mode(mode, ("demo", "test"), "configs/modern_demo.py")
-    c = pretraining_config("tiny", max_position_embeddings=128)
-    c.data.input_files = str(BUNDLED_CORPUS)
-    c.data.vocab_file = str(BUNDLED_VOCAB)
-    c.model.vocab_size = vocab_size(BUNDLED_VOCAB)  # 8192, learned from the bundled corpus
-    c.data.data_dir = "runs/data"
-    c.model.hidden_dropout_prob = 0.0
-    c.model.attention_probs_dropout_prob = 0.0
-    c.model.initializer_range = 0.06  # as configs/demo.py: a narrow model
+    c = bundled_demo_config()
     recipe(c)
-    c.log_every_steps = 50
-    c.eval_every_steps = 250
-    c.eval_steps = 20
-    c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 2
-    c.mesh.data = 1
     # -- architecture (the modern-encoder BertConfig fields) ------------------------------------
     m = c.model
     m.position_embedding_type = "rope"

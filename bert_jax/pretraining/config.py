@@ -137,6 +137,31 @@ def pretraining_config(preset: str = "base", **model_overrides) -> ml_collection
     return c
 
 
+def bundled_demo_config() -> ml_collections.ConfigDict:
+    """The demos' common setup (configs/demo.py, configs/modern_demo.py): the tiny model with a
+    128-row position table on the corpus and vocabulary bundled in the package, no dropout (a
+    tiny model on a small corpus for a few epochs underfits, it does not overfit), a wider
+    initialisation for a model this narrow (0.06), 1,500 steps, and a laptop's cadence of logs,
+    evaluations and checkpoints on one device."""
+    c = pretraining_config("tiny", max_position_embeddings=128)
+    c.data.input_files = str(BUNDLED_CORPUS)
+    c.data.vocab_file = str(BUNDLED_VOCAB)
+    c.model.vocab_size = vocab_size(BUNDLED_VOCAB)  # 8192, learned from the bundled corpus
+    c.data.data_dir = "runs/data"
+    c.model.hidden_dropout_prob = 0.0
+    c.model.attention_probs_dropout_prob = 0.0
+    c.model.initializer_range = 0.06
+    c.num_train_steps = 1500
+    c.warmup_steps = 50
+    c.log_every_steps = 50
+    c.eval_every_steps = 250
+    c.eval_steps = 20
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.mesh.data = 1  # one CPU device; -1 would use every device
+    return c
+
+
 # Keys a rerun of a pretraining workdir may change without resume_with_changes: how the run is
 # laid out, logged and saved, not what it computes. The data paths too: the dataset the workdir
 # recorded (dataset.json) is compared with the one they name when the data is located.
