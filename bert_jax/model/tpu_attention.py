@@ -157,7 +157,9 @@ def _dkv_kernel(
         dp = jnp.where(keep, dp * jnp.float32(st.scale), 0.0)
     else:
         dropped = p
-    dv_acc[...] += lax.dot_general(dropped.astype(do.dtype), do, NN, preferred_element_type=jnp.float32)
+    dv_acc[...] += lax.dot_general(
+        dropped.astype(do.dtype), do, NN, preferred_element_type=jnp.float32
+    )
     ds = p * (dp - delta_ref[...])
     dk_acc[...] += lax.dot_general(ds.astype(q.dtype), q, NN, preferred_element_type=jnp.float32)
 
@@ -216,7 +218,9 @@ def _specs(st: _Static, d: int, key_major: bool):
 
     q_spec = pl.BlockSpec((None, None, st.bq, d), lambda b, n, x, y, *_: (b, n, qi(b, n, x, y), 0))
     k_spec = pl.BlockSpec((None, None, st.bk, d), lambda b, n, x, y, *_: (b, n, kj(b, n, x, y), 0))
-    row_spec = pl.BlockSpec((None, None, 1, st.bq), lambda b, n, x, y, *_: (b, n, 0, qi(b, n, x, y)))
+    row_spec = pl.BlockSpec(
+        (None, None, 1, st.bq), lambda b, n, x, y, *_: (b, n, 0, qi(b, n, x, y))
+    )
     return q_spec, k_spec, row_spec, qi, kj
 
 
@@ -229,7 +233,9 @@ def _segment_layouts(seg: Array) -> tuple[Array, Array]:
 
 
 def _compiler_params():
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
+    return pltpu.CompilerParams(
+        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+    )
 
 
 def _forward(st: _Static, seeds, q, k, v, seg):
@@ -277,7 +283,12 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
             num_scalar_prefetch=1,
             grid=(b, n, t // st.bk, t // st.bq),
             in_specs=[
-                q_spec, k_spec, k_spec, q_spec, row_spec, row_spec,
+                q_spec,
+                k_spec,
+                k_spec,
+                q_spec,
+                row_spec,
+                row_spec,
                 pl.BlockSpec((None, SUBLANES, st.bq), lambda b, n, j, i, *_: (b, 0, i)),
                 pl.BlockSpec((None, st.bk, LANES), lambda b, n, j, i, *_: (b, j, 0)),
             ],  # fmt: skip
@@ -298,7 +309,12 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
             num_scalar_prefetch=1,
             grid=(b, n, t // st.bq, t // st.bk),
             in_specs=[
-                q_spec, k_spec, k_spec, q_spec, row_spec, row_spec,
+                q_spec,
+                k_spec,
+                k_spec,
+                q_spec,
+                row_spec,
+                row_spec,
                 pl.BlockSpec((None, st.bq, LANES), lambda b, n, i, j, *_: (b, i, 0)),
                 pl.BlockSpec((None, SUBLANES, st.bk), lambda b, n, i, j, *_: (b, 0, j)),
             ],  # fmt: skip
