@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 
@@ -385,3 +387,53 @@ def flash_attention(
     st = _Static(t, rate, blk, blk, interpret)
     out = _flash(st, seeds, heads_major(query), heads_major(key), heads_major(value), seg)
     return jnp.swapaxes(out[:, :, :t], 1, 2)
+
+
+def sharded_flash_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    segment_ids: Array,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """flash_attention per shard of the current mesh (jax.set_mesh): the batch split over the
+    mesh axes the logical axis rules give "act_batch", the heads over those of "act_heads"; each
+    shard drops its own rows and heads of the global mask. No mesh: one call."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return flash_attention(
+            query, key, value, segment_ids, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+        )
+    spec = nn.logical_to_mesh_axes(("act_batch", "act_length", "act_heads", None))
+    batch_axes, head_axes = (_present(spec[i], mesh.axis_names) for i in (0, 2))
+    qkv = PartitionSpec(batch_axes, None, head_axes, None)
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0
+    rng = dropout_rng if rate > 0.0 else jax.random.key(0)
+
+    def shard(q, k, v, seg, rng):
+        return flash_attention(
+            q, k, v, seg, dropout_rate=rate, dropout_rng=rng,
+            row_offset=_shard_index(batch_axes) * q.shape[0],
+            head_offset=_shard_index(head_axes) * q.shape[2],
+        )  # fmt: skip
+
+    return jax.shard_map(
+        shard,
+        mesh=mesh,
+        in_specs=(qkv, qkv, qkv, PartitionSpec(batch_axes, None), PartitionSpec()),
+        out_specs=qkv,
+        check_vma=False,  # pallas_call outputs carry no varying-axes type
+    )(query, key, value, segment_ids, rng)
+
+
+def _present(axes, names) -> tuple[str, ...] | None:
+    """A PartitionSpec entry without the mesh axes the mesh lacks (None when none is left)."""
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = tuple(a for a in axes if a in names)
+    return kept or None
+
+
+def _shard_index(axes) -> Array | int:
+    return 0 if axes is None else lax.axis_index(axes)
