@@ -25,7 +25,6 @@ Array = jax.Array
 
 BLOCK = 512  # query and key block (padded sequence lengths are multiples of it, or of 128)
 LANES = 128
-SUBLANES = 8
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: no inf - inf in the statistics
 NT = (((1,), (1,)), ((), ()))  # a @ b.T
 NN = (((1,), (0,)), ((), ()))  # a @ b
@@ -106,7 +105,7 @@ def _forward_kernel(
     q = q_ref[...]
     s = lax.dot_general(q, k_ref[...], NT, preferred_element_type=jnp.float32)
     s = s * jnp.float32(1.0 / math.sqrt(q.shape[-1]))  # [bq, bk]
-    allowed = _allowed(qs_ref[...][:, :1], ks_ref[...][:1, :])
+    allowed = _allowed(_column(qs_ref[...], bq), ks_ref[...])
     s = jnp.where(allowed, s, MASK_VALUE)
     m_prev = m_ref[...]  # [bq, LANES], every lane the same
     m_next = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
@@ -148,7 +147,7 @@ def _dkv_kernel(
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     scale = jnp.float32(1.0 / math.sqrt(q.shape[-1]))
     s = lax.dot_general(k, q, NT, preferred_element_type=jnp.float32) * scale  # [bk, bq]
-    allowed = _allowed(qs_ref[...][:1, :], ks_ref[...][:, :1])
+    allowed = _allowed(qs_ref[...], _column(ks_ref[...], bk))
     p = jnp.where(allowed, jnp.exp(s - lse_ref[...]), 0.0)
     dp = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)  # dO V^T, transposed
     if st.rate > 0.0:
@@ -186,7 +185,7 @@ def _dq_kernel(
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     scale = jnp.float32(1.0 / math.sqrt(q.shape[-1]))
     s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # [bq, bk]
-    allowed = _allowed(qs_ref[...][:, :1], ks_ref[...][:1, :])
+    allowed = _allowed(_column(qs_ref[...], bq), ks_ref[...])
     lse, delta = (_column(ref[...], bq) for ref in (lse_ref, delta_ref))  # [bq, 1]
     p = jnp.where(allowed, jnp.exp(s - lse), 0.0)
     dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)  # [bq, bk]
@@ -209,29 +208,45 @@ def _column(row: Array, size: int) -> Array:
 
 
 def _specs(st: _Static, d: int, key_major: bool):
-    """BlockSpecs of q, k, v (or dO) [B, N, T, D], rows [B, N, 1, T] and the segment layouts
-    [B, T, LANES] / [B, SUBLANES, T], for a grid (b, n, outer, inner)."""
+    """BlockSpecs of q (or dO) and k (or v) [B, N, T, D], of rows [B, N, 1, T] (lse, delta) and
+    of the query and key blocks' segment ids [B, 1, T], for a grid (b, n, outer, inner) whose
+    outer index walks key blocks when key_major, else query blocks."""
 
-    def qi(b, n, x, y, *_):
+    def q_block(x, y):
         return y if key_major else x
 
-    def kj(b, n, x, y, *_):
+    def k_block(x, y):
         return x if key_major else y
 
-    q_spec = pl.BlockSpec((None, None, st.bq, d), lambda b, n, x, y, *_: (b, n, qi(b, n, x, y), 0))
-    k_spec = pl.BlockSpec((None, None, st.bk, d), lambda b, n, x, y, *_: (b, n, kj(b, n, x, y), 0))
-    row_spec = pl.BlockSpec(
-        (None, None, 1, st.bq), lambda b, n, x, y, *_: (b, n, 0, qi(b, n, x, y))
+    return (
+        pl.BlockSpec((None, None, st.bq, d), lambda b, n, x, y, *_: (b, n, q_block(x, y), 0)),
+        pl.BlockSpec((None, None, st.bk, d), lambda b, n, x, y, *_: (b, n, k_block(x, y), 0)),
+        pl.BlockSpec((None, None, 1, st.bq), lambda b, n, x, y, *_: (b, n, 0, q_block(x, y))),
+        pl.BlockSpec((None, 1, st.bq), lambda b, n, x, y, *_: (b, 0, q_block(x, y))),
+        pl.BlockSpec((None, 1, st.bk), lambda b, n, x, y, *_: (b, 0, k_block(x, y))),
     )
-    return q_spec, k_spec, row_spec, qi, kj
 
 
-def _segment_layouts(seg: Array) -> tuple[Array, Array]:
-    """[B, T] -> ([B, T, LANES], [B, SUBLANES, T]): a column and a row layout for the kernels."""
-    b, t = seg.shape
-    cols = lax.broadcast_in_dim(seg, (b, t, LANES), (0, 1))
-    rows = lax.broadcast_in_dim(seg, (b, SUBLANES, t), (0, 2))
-    return cols, rows
+def cost(kind: str, b: int, n: int, t: int, d: int, itemsize: int, bq: int, bk: int) -> dict:
+    """FLOPs, exponentials and HBM bytes of one pass ("forward", "dkv" or "dq") over q, k, v
+    [b, n, t, d]: the operand a grid's inner loop walks is read once per outer block (Pallas
+    fetches a block again only when its index changes), the rest once."""
+    tensor, row, seg = b * n * t * d * itemsize, b * n * t * 4, b * t * 4
+    nq, nk = t // bq, t // bk
+    if kind == "forward":  # reads q once, k and v per query block; writes o, lse
+        flops, moved = 4, tensor * (2 + 2 * nq) + row + seg * n * (1 + nq)
+    elif kind == "dkv":  # reads k, v once, q, dO, lse, delta per key block; writes dk, dv
+        flops, moved = 8, tensor * (4 + 2 * nk) + 2 * row * nk + seg * n * (1 + nk)
+    else:  # dq: reads q, dO, lse, delta once, k, v per query block; writes dq
+        flops, moved = 6, tensor * (3 + 2 * nq) + 2 * row + seg * n * (1 + nq)
+    return {"flops": flops * b * n * t * t * d, "transcendentals": b * n * t * t, "bytes": moved}
+
+
+def _estimate(kind: str, q: Array, st: _Static) -> pl.CostEstimate:
+    c = cost(kind, *q.shape, q.dtype.itemsize, st.bq, st.bk)
+    return pl.CostEstimate(
+        flops=c["flops"], transcendentals=c["transcendentals"], bytes_accessed=c["bytes"]
+    )
 
 
 def _compiler_params():
@@ -241,12 +256,9 @@ def _compiler_params():
 
 
 def _forward(st: _Static, seeds, q, k, v, seg):
-    """q, k, v [B, N, T, D] (T a multiple of the blocks), seg [B, T] -> o, lse [B, N, 1, T]."""
+    """q, k, v [B, N, T, D] (T a multiple of the blocks), seg [B, 1, T] -> o, lse [B, N, 1, T]."""
     b, n, t, d = q.shape
-    q_spec, k_spec, row_spec, qi, kj = _specs(st, d, key_major=False)
-    cols, rows = _segment_layouts(seg)
-    qs_spec = pl.BlockSpec((None, st.bq, LANES), lambda b, n, i, j, *_: (b, i, 0))
-    ks_spec = pl.BlockSpec((None, SUBLANES, st.bk), lambda b, n, i, j, *_: (b, 0, j))
+    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=False)
     grid = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
         grid=(b, n, t // st.bq, t // st.bk),
@@ -268,17 +280,17 @@ def _forward(st: _Static, seeds, q, k, v, seg):
         compiler_params=_compiler_params(),
         interpret=st.interpret,
         name="bert_flash_forward",
-    )(seeds, q, k, v, cols, rows)
+        cost_estimate=_estimate("forward", q, st),
+    )(seeds, q, k, v, seg, seg)
 
 
 def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
     b, n, t, d = q.shape
     delta = jnp.einsum("bntd,bntd->bnt", do.astype(jnp.float32), o.astype(jnp.float32))
     delta = delta[:, :, None, :]  # [B, N, 1, T]
-    cols, rows = _segment_layouts(seg)
     inputs = (seeds, q, k, v, do, lse, delta)
 
-    q_spec, k_spec, row_spec, _, _ = _specs(st, d, key_major=True)
+    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=True)
     dkv = pl.pallas_call(
         functools.partial(_dkv_kernel, st=st),
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -291,8 +303,8 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
                 q_spec,
                 row_spec,
                 row_spec,
-                pl.BlockSpec((None, SUBLANES, st.bq), lambda b, n, j, i, *_: (b, 0, i)),
-                pl.BlockSpec((None, st.bk, LANES), lambda b, n, j, i, *_: (b, j, 0)),
+                qs_spec,
+                ks_spec,
             ],  # fmt: skip
             out_specs=[k_spec, k_spec],
             scratch_shapes=[pltpu.VMEM((st.bk, d), jnp.float32)] * 2,
@@ -301,10 +313,11 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
         compiler_params=_compiler_params(),
         interpret=st.interpret,
         name="bert_flash_dkv",
+        cost_estimate=_estimate("dkv", q, st),
     )
-    dk, dv = dkv(*inputs, rows, cols)
+    dk, dv = dkv(*inputs, seg, seg)
 
-    q_spec, k_spec, row_spec, _, _ = _specs(st, d, key_major=False)
+    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=False)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, st=st),
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -317,8 +330,8 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
                 q_spec,
                 row_spec,
                 row_spec,
-                pl.BlockSpec((None, st.bq, LANES), lambda b, n, i, j, *_: (b, i, 0)),
-                pl.BlockSpec((None, SUBLANES, st.bk), lambda b, n, i, j, *_: (b, 0, j)),
+                qs_spec,
+                ks_spec,
             ],  # fmt: skip
             out_specs=q_spec,
             scratch_shapes=[pltpu.VMEM((st.bq, d), jnp.float32)],
@@ -327,7 +340,8 @@ def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
         compiler_params=_compiler_params(),
         interpret=st.interpret,
         name="bert_flash_dq",
-    )(*inputs, cols, rows)
+        cost_estimate=_estimate("dq", q, st),
+    )(*inputs, seg, seg)
     return dq, dk, dv
 
 
@@ -383,7 +397,7 @@ def flash_attention(
     def heads_major(x):  # [B, T, N, D] -> [B, N, T_pad, D]
         return jnp.pad(jnp.swapaxes(x, 1, 2), [(0, 0), (0, 0), (0, t_pad - t), (0, 0)])
 
-    seg = jnp.pad(segment_ids.astype(jnp.int32), [(0, 0), (0, t_pad - t)])
+    seg = jnp.pad(segment_ids.astype(jnp.int32), [(0, 0), (0, t_pad - t)])[:, None]  # [B, 1, T]
     st = _Static(t, rate, blk, blk, interpret)
     out = _flash(st, seeds, heads_major(query), heads_major(key), heads_major(value), seg)
     return jnp.swapaxes(out[:, :, :t], 1, 2)

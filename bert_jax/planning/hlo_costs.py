@@ -2,7 +2,8 @@
 
 Each executed instruction (the entry computation and the bodies of its loops and calls, not the
 inside of fusions) costs what XLA's HloCostAnalysis charges a fusion: the bytes of its operands
-plus its outputs, and 2 FLOPs per multiply-add of the dots and convolutions it contains. Bytes in
+plus its outputs, and 2 FLOPs per multiply-add of the dots and convolutions it contains (a
+Pallas kernel: its own cost estimate, e.g. model/tpu_attention.py's). Bytes in
 a TPU's on-chip memory (layout memory space S(1), VMEM) are counted apart: they never reach HBM.
 Instructions are grouped by the name scope in their metadata (attention, MLP, ...): see
 docs/scaling.md, "Where the bytes go".
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -42,6 +44,9 @@ _ASYNC_DESTINATION = {"copy-start": 0, "slice-start": 1}
 # XLA:TPU's concatenation of adjacent buffers by reinterpretation: no data moves.
 _FREE_TARGETS = ('custom_call_target="ConcatBitcast"',)
 _SLICES = {"slice", "slice-start", "dynamic-slice"}
+# A Pallas kernel's pl.CostEstimate, in its custom call's backend_config (XLA's cost analysis
+# counts it too): its HBM bytes and FLOPs, which the call's operands and outputs do not tell.
+_COST_ESTIMATE = re.compile(r'"cost_estimate":(\{[^}]*\})')
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 # (group, substrings of the op_name scope), first match wins; see group_of.
@@ -286,6 +291,12 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
             body = computations[name]
             tables[name] = ({i.name: i.result for i in body}, {i.name: i for i in body})
         shapes, by_name = tables[name]
+        if inst.opcode == "custom-call" and (estimate := _COST_ESTIMATE.search(inst.attrs)):
+            told = json.loads(estimate.group(1))
+            hbm, flops = float(told.get("bytes_accessed", 0)), float(told.get("flops", 0))
+            scope = _scope(inst, by_name)
+            costs.append(OpCost(inst.name, inst.opcode, scope, executions, hbm, 0.0, flops))
+            continue
         touched = list(inst.result)
         if inst.opcode in _ASYNC_DESTINATION:  # its result tuple repeats the operand
             touched = touched[_ASYNC_DESTINATION[inst.opcode] :][:1]
