@@ -45,7 +45,8 @@ _ASYNC_DESTINATION = {"copy-start": 0, "slice-start": 1}
 _FREE_TARGETS = ('custom_call_target="ConcatBitcast"',)
 _SLICES = {"slice", "slice-start", "dynamic-slice"}
 # A Pallas kernel's pl.CostEstimate, in its custom call's backend_config (XLA's cost analysis
-# counts it too): its HBM bytes and FLOPs, which the call's operands and outputs do not tell.
+# counts it too): the bytes its blocks move and its FLOPs, which its operands and outputs do not
+# tell; the bytes split between HBM and VMEM as its operands and outputs lie.
 _COST_ESTIMATE = re.compile(r'"cost_estimate":(\{[^}]*\})')
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -291,12 +292,6 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
             body = computations[name]
             tables[name] = ({i.name: i.result for i in body}, {i.name: i for i in body})
         shapes, by_name = tables[name]
-        if inst.opcode == "custom-call" and (estimate := _COST_ESTIMATE.search(inst.attrs)):
-            told = json.loads(estimate.group(1))
-            hbm, flops = float(told.get("bytes_accessed", 0)), float(told.get("flops", 0))
-            scope = _scope(inst, by_name)
-            costs.append(OpCost(inst.name, inst.opcode, scope, executions, hbm, 0.0, flops))
-            continue
         touched = list(inst.result)
         if inst.opcode in _ASYNC_DESTINATION:  # its result tuple repeats the operand
             touched = touched[_ASYNC_DESTINATION[inst.opcode] :][:1]
@@ -309,6 +304,12 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
                 touched += shapes.get(operand, [])
         hbm = sum(s.bytes for s in touched if s.memory_space != 1)
         vmem = sum(s.bytes for s in touched if s.memory_space == 1)
+        flops = _flops(inst, shapes, computations)
+        if inst.opcode == "custom-call" and (estimate := _COST_ESTIMATE.search(inst.attrs)):
+            told = json.loads(estimate.group(1))  # split as its operands and outputs lie
+            moved, flops = float(told.get("bytes_accessed", 0)), float(told.get("flops", 0))
+            share = hbm / (hbm + vmem) if hbm + vmem else 1.0
+            hbm, vmem = moved * share, moved * (1.0 - share)
         costs.append(
             OpCost(
                 inst.name,
@@ -317,7 +318,7 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
                 executions,
                 hbm,
                 vmem,
-                _flops(inst, shapes, computations),
+                flops,
             )  # fmt: skip
         )
     return costs
