@@ -104,3 +104,33 @@ def test_a_shard_drops_as_the_whole_batch_does():
         interpret=True,
     )  # fmt: skip
     assert float(jnp.abs(shifted - part).max()) > 0.1  # the offsets are used
+
+
+def test_bfloat16_is_as_close_as_the_materialised_path():
+    """bfloat16 operands (the TPU model's): the kernel's distance to the float32 reference is
+    within twice the materialised bfloat16 path's (measured: output 0.009 against 0.007, each
+    gradient at most the materialised one's, on values up to 1.8)."""
+    b, t, n, d = 2, 128, 2, 32
+    q, k, v, w = _inputs(b, t, n, d)
+    seg, rng = _segments(b, t), jax.random.key(7)
+    exact = _output_and_grads(lambda q, k, v: _reference(q, k, v, seg, 0.1, rng), q, k, v, w)
+    half = [x.astype(jnp.bfloat16) for x in (q, k, v, w)]
+    materialised = _output_and_grads(lambda q, k, v: _reference(q, k, v, seg, 0.1, rng), *half)
+    kernel = _output_and_grads(
+        lambda q, k, v: tpu_attention.flash_attention(
+            q, k, v, seg, dropout_rate=0.1, dropout_rng=rng, interpret=True
+        ),
+        *half,
+    )
+    assert kernel[0].dtype == jnp.bfloat16
+
+    def error(x, y):
+        return float(jnp.abs(x.astype(jnp.float32) - y).max())
+
+    for got, base, want in zip(
+        [kernel[0], *kernel[1]],
+        [materialised[0], *materialised[1]],
+        [exact[0], *exact[1]],
+        strict=True,
+    ):
+        assert error(got, want) <= 2 * error(base, want)
