@@ -9,6 +9,7 @@ Design and measurements: docs/design/attention.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -20,6 +21,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec
+
+from bert_jax.model.ops import dropout_threshold
 
 Array = jax.Array
 
@@ -60,24 +63,23 @@ def _dropout_keys(rng: Array) -> Array:
     return lax.bitcast_convert_type(jax.random.bits(rng, (2,), jnp.uint32), jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
 class _Static:
-    """The kernels' static parameters (hashable for custom_vjp's nondiff arguments)."""
+    """The kernels' static parameters (hashable: custom_vjp's nondiff argument)."""
 
-    def __init__(self, length, rate, bq, bk, interpret):
-        self.length, self.rate, self.bq, self.bk, self.interpret = (
-            length, rate, bq, bk, interpret
-        )  # fmt: skip
-        self.threshold = min(round(rate * 65536), 65535)
-        self.scale = 65536 / (65536 - self.threshold)
+    length: int  # T of the dropout mask [B, N, T, T]
+    rate: float
+    bq: int
+    bk: int
+    interpret: bool
 
-    def _key(self):
-        return (self.length, self.rate, self.bq, self.bk, self.interpret)
+    @property
+    def threshold(self) -> int:
+        return dropout_threshold(self.rate)[0]
 
-    def __hash__(self):
-        return hash(self._key())
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and self._key() == other._key()
+    @property
+    def scale(self) -> float:
+        return dropout_threshold(self.rate)[1]
 
 
 def _allowed(q_seg, k_seg) -> Array:
@@ -243,7 +245,7 @@ def cost(kind: str, b: int, n: int, t: int, d: int, itemsize: int, bq: int, bk: 
 
 
 def _estimate(kind: str, q: Array, st: _Static) -> pl.CostEstimate:
-    c = cost(kind, *q.shape, q.dtype.itemsize, st.bq, st.bk)
+    c = cost(kind, *q.shape, jnp.dtype(q.dtype).itemsize, st.bq, st.bk)
     return pl.CostEstimate(
         flops=c["flops"], transcendentals=c["transcendentals"], bytes_accessed=c["bytes"]
     )
