@@ -1,6 +1,6 @@
 """The Pallas TPU flash-attention kernel (model/tpu_attention.py) in Pallas interpret mode on CPU:
 its output and gradients against materialized_attention with the same segments and the same
-dropout mask (measured max errors, float32: outputs 6e-7, gradients 1.1e-6)."""
+dropout mask (measured max errors, float32: outputs 5.4e-7, gradients 1.2e-6; TOL 1e-5)."""
 
 import jax
 import jax.numpy as jnp
