@@ -71,6 +71,8 @@ class _Static:
     rate: float
     bq: int
     bk: int
+    d: int  # head dim
+    heads: int  # heads per block: 128 lanes' worth (or all of them)
     interpret: bool
 
     @property
@@ -87,15 +89,21 @@ def _allowed(q_seg, k_seg) -> Array:
     return (k_seg != 0) & ((q_seg == k_seg) | (q_seg == 0))
 
 
-def _keep(st: _Static, seeds_ref, b, n, q_idx, k_idx) -> Array:
-    row, head = seeds_ref[2] + b, seeds_ref[3] + n
+def _keep(st: _Static, seeds_ref, b, head, q_idx, k_idx) -> Array:
+    row, head = seeds_ref[2] + b, seeds_ref[3] + head
     return keep_bits(row, head, q_idx, k_idx, seeds_ref[0], seeds_ref[1], st.length, st.threshold)
+
+
+def _lanes(st: _Static, h: int) -> slice:
+    """Head h's columns of a [rows, heads x D] block."""
+    return slice(h * st.d, (h + 1) * st.d)
 
 
 def _forward_kernel(
     seeds_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, m_ref, l_ref, acc_ref, *, st
 ):
-    b, n, i, j = (pl.program_id(a) for a in range(4))
+    """Grid (b, head group g, query block i, key block j); each step the group's st.heads heads."""
+    b, g, i, j = (pl.program_id(a) for a in range(4))
     bq, bk = st.bq, st.bk
 
     @pl.when(j == 0)
@@ -104,41 +112,43 @@ def _forward_kernel(
         l_ref[...] = jnp.zeros_like(l_ref)
         acc_ref[...] = jnp.zeros_like(acc_ref)
 
-    q = q_ref[...]
-    s = lax.dot_general(q, k_ref[...], NT, preferred_element_type=jnp.float32)
-    s = s * jnp.float32(1.0 / math.sqrt(q.shape[-1]))  # [bq, bk]
     allowed = _allowed(_column(qs_ref[...], bq), ks_ref[...])
-    s = jnp.where(allowed, s, MASK_VALUE)
-    m_prev = m_ref[...]  # [bq, LANES], every lane the same
-    m_next = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
-    p = jnp.where(allowed, jnp.exp(s - m_next[:, :1]), 0.0)
-    alpha = jnp.exp(m_prev - m_next)
-    l_ref[...] = alpha * l_ref[...] + p.sum(axis=-1, keepdims=True)
-    m_ref[...] = m_next
     if st.rate > 0.0:
         q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
         k_idx = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-        keep = _keep(st, seeds_ref, b, n, q_idx, k_idx)
-        p = jnp.where(keep, p * jnp.float32(st.scale), 0.0)
-    v = v_ref[...]
-    pv = lax.dot_general(p.astype(v.dtype), v, NN, preferred_element_type=jnp.float32)
-    acc_ref[...] = acc_ref[...] * alpha[:, :1] + pv
+    for h in range(st.heads):
+        cols = _lanes(st, h)
+        q, k, v = q_ref[:, cols], k_ref[:, cols], v_ref[:, cols]
+        s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32)
+        s = jnp.where(allowed, s * jnp.float32(1.0 / math.sqrt(st.d)), MASK_VALUE)  # [bq, bk]
+        m_prev = m_ref[h]  # [bq, LANES], every lane the same
+        m_next = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
+        p = jnp.where(allowed, jnp.exp(s - m_next[:, :1]), 0.0)
+        alpha = jnp.exp(m_prev - m_next)
+        l_ref[h] = alpha * l_ref[h] + p.sum(axis=-1, keepdims=True)
+        m_ref[h] = m_next
+        if st.rate > 0.0:
+            keep = _keep(st, seeds_ref, b, g * st.heads + h, q_idx, k_idx)
+            p = jnp.where(keep, p * jnp.float32(st.scale), 0.0)
+        pv = lax.dot_general(p.astype(v.dtype), v, NN, preferred_element_type=jnp.float32)
+        acc_ref[h] = acc_ref[h] * alpha[:, :1] + pv
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _end():
-        total = l_ref[...]
-        total = jnp.where(total > 0.0, total, 1.0)  # a query with no key: zeros
-        o_ref[...] = (acc_ref[...] / total[:, :1]).astype(o_ref.dtype)
-        lse = m_ref[...] + jnp.log(total)  # [bq, LANES]
-        lse_ref[...] = lse.T[:1, :]  # [1, bq]
+        for h in range(st.heads):
+            total = l_ref[h]
+            total = jnp.where(total > 0.0, total, 1.0)  # a query with no key: zeros
+            o_ref[:, _lanes(st, h)] = (acc_ref[h] / total[:, :1]).astype(o_ref.dtype)
+            lse = m_ref[h] + jnp.log(total)  # [bq, LANES]
+            lse_ref[h] = lse.T[:1, :]  # [1, bq]
 
 
 def _dkv_kernel(
     seeds_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
     dk_ref, dv_ref, dk_acc, dv_acc, *, st,
 ):  # fmt: skip
-    """Grid (b, n, key block j, query block i): the transposed [bk, bq] probabilities."""
-    b, n, j, i = (pl.program_id(a) for a in range(4))
+    """Grid (b, head group g, key block j, query block i): the transposed [bk, bq] probabilities."""
+    b, g, j, i = (pl.program_id(a) for a in range(4))
     bq, bk = st.bq, st.bk
 
     @pl.when(i == 0)
@@ -146,62 +156,70 @@ def _dkv_kernel(
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
-    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
-    scale = jnp.float32(1.0 / math.sqrt(q.shape[-1]))
-    s = lax.dot_general(k, q, NT, preferred_element_type=jnp.float32) * scale  # [bk, bq]
+    scale = jnp.float32(1.0 / math.sqrt(st.d))
     allowed = _allowed(qs_ref[...], _column(ks_ref[...], bk))
-    p = jnp.where(allowed, jnp.exp(s - lse_ref[...]), 0.0)
-    dp = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)  # dO V^T, transposed
     if st.rate > 0.0:
         k_idx = j * bk + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
         q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
-        keep = _keep(st, seeds_ref, b, n, q_idx, k_idx)
-        dropped = jnp.where(keep, p * jnp.float32(st.scale), 0.0)
-        dp = jnp.where(keep, dp * jnp.float32(st.scale), 0.0)
-    else:
-        dropped = p
-    dv_acc[...] += lax.dot_general(
-        dropped.astype(do.dtype), do, NN, preferred_element_type=jnp.float32
-    )
-    ds = p * (dp - delta_ref[...])
-    dk_acc[...] += lax.dot_general(ds.astype(q.dtype), q, NN, preferred_element_type=jnp.float32)
+    for h in range(st.heads):
+        cols = _lanes(st, h)
+        q, k, v, do = q_ref[:, cols], k_ref[:, cols], v_ref[:, cols], do_ref[:, cols]
+        s = lax.dot_general(k, q, NT, preferred_element_type=jnp.float32) * scale  # [bk, bq]
+        p = jnp.where(allowed, jnp.exp(s - lse_ref[h]), 0.0)
+        dp = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)  # (dO V^T)^T
+        if st.rate > 0.0:
+            keep = _keep(st, seeds_ref, b, g * st.heads + h, q_idx, k_idx)
+            dropped = jnp.where(keep, p * jnp.float32(st.scale), 0.0)
+            dp = jnp.where(keep, dp * jnp.float32(st.scale), 0.0)
+        else:
+            dropped = p
+        dv_acc[h] += lax.dot_general(
+            dropped.astype(do.dtype), do, NN, preferred_element_type=jnp.float32
+        )
+        ds = p * (dp - delta_ref[h])
+        dk_acc[h] += lax.dot_general(ds.astype(q.dtype), q, NN, preferred_element_type=jnp.float32)
 
     @pl.when(i == pl.num_programs(3) - 1)
     def _end():
-        dk_ref[...] = (dk_acc[...] * scale).astype(dk_ref.dtype)
-        dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
+        for h in range(st.heads):
+            dk_ref[:, _lanes(st, h)] = (dk_acc[h] * scale).astype(dk_ref.dtype)
+            dv_ref[:, _lanes(st, h)] = dv_acc[h].astype(dv_ref.dtype)
 
 
 def _dq_kernel(
     seeds_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
     dq_ref, dq_acc, *, st,
 ):  # fmt: skip
-    """Grid (b, n, query block i, key block j)."""
-    b, n, i, j = (pl.program_id(a) for a in range(4))
+    """Grid (b, head group g, query block i, key block j)."""
+    b, g, i, j = (pl.program_id(a) for a in range(4))
     bq, bk = st.bq, st.bk
 
     @pl.when(j == 0)
     def _init():
         dq_acc[...] = jnp.zeros_like(dq_acc)
 
-    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
-    scale = jnp.float32(1.0 / math.sqrt(q.shape[-1]))
-    s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # [bq, bk]
+    scale = jnp.float32(1.0 / math.sqrt(st.d))
     allowed = _allowed(_column(qs_ref[...], bq), ks_ref[...])
-    lse, delta = (_column(ref[...], bq) for ref in (lse_ref, delta_ref))  # [bq, 1]
-    p = jnp.where(allowed, jnp.exp(s - lse), 0.0)
-    dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)  # [bq, bk]
     if st.rate > 0.0:
         q_idx = i * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
         k_idx = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-        keep = _keep(st, seeds_ref, b, n, q_idx, k_idx)
-        dp = jnp.where(keep, dp * jnp.float32(st.scale), 0.0)
-    ds = p * (dp - delta)
-    dq_acc[...] += lax.dot_general(ds.astype(k.dtype), k, NN, preferred_element_type=jnp.float32)
+    for h in range(st.heads):
+        cols = _lanes(st, h)
+        q, k, v, do = q_ref[:, cols], k_ref[:, cols], v_ref[:, cols], do_ref[:, cols]
+        s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # [bq, bk]
+        lse, delta = _column(lse_ref[h], bq), _column(delta_ref[h], bq)  # [bq, 1]
+        p = jnp.where(allowed, jnp.exp(s - lse), 0.0)
+        dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)  # [bq, bk]
+        if st.rate > 0.0:
+            keep = _keep(st, seeds_ref, b, g * st.heads + h, q_idx, k_idx)
+            dp = jnp.where(keep, dp * jnp.float32(st.scale), 0.0)
+        ds = p * (dp - delta)
+        dq_acc[h] += lax.dot_general(ds.astype(k.dtype), k, NN, preferred_element_type=jnp.float32)
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _end():
-        dq_ref[...] = (dq_acc[...] * scale).astype(dq_ref.dtype)
+        for h in range(st.heads):
+            dq_ref[:, _lanes(st, h)] = (dq_acc[h] * scale).astype(dq_ref.dtype)
 
 
 def _column(row: Array, size: int) -> Array:
@@ -209,10 +227,11 @@ def _column(row: Array, size: int) -> Array:
     return jnp.transpose(jnp.broadcast_to(row, (LANES, size)))[:, :1]
 
 
-def _specs(st: _Static, d: int, key_major: bool):
-    """BlockSpecs of q (or dO) and k (or v) [B, N, T, D], of rows [B, N, 1, T] (lse, delta) and
-    of the query and key blocks' segment ids [B, 1, T], for a grid (b, n, outer, inner) whose
-    outer index walks key blocks when key_major, else query blocks."""
+def _specs(st: _Static, key_major: bool):
+    """BlockSpecs of q (or dO) and k (or v) [B, T, N x D] (a group of st.heads heads), of rows
+    [B, N, 1, T] (lse, delta) and of the query and key blocks' segment ids [B, 1, T], for a grid
+    (b, head group, outer, inner) whose outer index walks key blocks when key_major, else query
+    blocks."""
 
     def q_block(x, y):
         return y if key_major else x
@@ -220,12 +239,13 @@ def _specs(st: _Static, d: int, key_major: bool):
     def k_block(x, y):
         return x if key_major else y
 
+    width = st.heads * st.d
     return (
-        pl.BlockSpec((None, None, st.bq, d), lambda b, n, x, y, *_: (b, n, q_block(x, y), 0)),
-        pl.BlockSpec((None, None, st.bk, d), lambda b, n, x, y, *_: (b, n, k_block(x, y), 0)),
-        pl.BlockSpec((None, None, 1, st.bq), lambda b, n, x, y, *_: (b, n, 0, q_block(x, y))),
-        pl.BlockSpec((None, 1, st.bq), lambda b, n, x, y, *_: (b, 0, q_block(x, y))),
-        pl.BlockSpec((None, 1, st.bk), lambda b, n, x, y, *_: (b, 0, k_block(x, y))),
+        pl.BlockSpec((None, st.bq, width), lambda b, g, x, y, *_: (b, q_block(x, y), g)),
+        pl.BlockSpec((None, st.bk, width), lambda b, g, x, y, *_: (b, k_block(x, y), g)),
+        pl.BlockSpec((None, st.heads, 1, st.bq), lambda b, g, x, y, *_: (b, g, 0, q_block(x, y))),
+        pl.BlockSpec((None, 1, st.bq), lambda b, g, x, y, *_: (b, 0, q_block(x, y))),
+        pl.BlockSpec((None, 1, st.bk), lambda b, g, x, y, *_: (b, 0, k_block(x, y))),
     )
 
 
@@ -245,105 +265,75 @@ def cost(kind: str, b: int, n: int, t: int, d: int, itemsize: int, bq: int, bk: 
 
 
 def _estimate(kind: str, q: Array, st: _Static) -> pl.CostEstimate:
-    c = cost(kind, *q.shape, jnp.dtype(q.dtype).itemsize, st.bq, st.bk)
+    b, t, width = q.shape
+    n = width // st.d
+    c = cost(kind, b, n, t, st.d, jnp.dtype(q.dtype).itemsize, st.bq, st.bk)
     return pl.CostEstimate(
         flops=c["flops"], transcendentals=c["transcendentals"], bytes_accessed=c["bytes"]
     )
 
 
-def _compiler_params():
-    return pltpu.CompilerParams(
-        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-    )
+def _call(st: _Static, kernel, kind: str, key_major: bool, inputs, out_shape, scratch):
+    """One of the three kernels over q, k, v, ... [B, T, N x D] with the scalars first."""
+    b, t, width = inputs[1].shape
+    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, key_major)
+    outer, inner = (t // st.bk, t // st.bq) if key_major else (t // st.bq, t // st.bk)
+    specs = {"forward": ([q_spec, k_spec, k_spec], [q_spec, row_spec])}
+    backward_in = [q_spec, k_spec, k_spec, q_spec, row_spec, row_spec]
+    specs["dkv"] = (backward_in, [k_spec, k_spec])
+    specs["dq"] = (backward_in, q_spec)
+    in_specs, out_specs = specs[kind]
+    return pl.pallas_call(
+        functools.partial(kernel, st=st),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=1,
+            grid=(b, width // (st.heads * st.d), outer, inner),
+            in_specs=[*in_specs, qs_spec, ks_spec],
+            out_specs=out_specs,
+            scratch_shapes=scratch,
+        ),
+        out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+        ),
+        interpret=st.interpret,
+        name=f"bert_flash_{kind}",
+        cost_estimate=_estimate(kind, inputs[1], st),
+    )(*inputs)
 
 
 def _forward(st: _Static, seeds, q, k, v, seg):
-    """q, k, v [B, N, T, D] (T a multiple of the blocks), seg [B, 1, T] -> o, lse [B, N, 1, T]."""
-    b, n, t, d = q.shape
-    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=False)
-    grid = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=1,
-        grid=(b, n, t // st.bq, t // st.bk),
-        in_specs=[q_spec, k_spec, k_spec, qs_spec, ks_spec],
-        out_specs=[q_spec, row_spec],
-        scratch_shapes=[
-            pltpu.VMEM((st.bq, LANES), jnp.float32),
-            pltpu.VMEM((st.bq, LANES), jnp.float32),
-            pltpu.VMEM((st.bq, d), jnp.float32),
-        ],
-    )
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, st=st),
-        grid_spec=grid,
-        out_shape=[
-            jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((b, n, 1, t), jnp.float32),
-        ],
-        compiler_params=_compiler_params(),
-        interpret=st.interpret,
-        name="bert_flash_forward",
-        cost_estimate=_estimate("forward", q, st),
-    )(seeds, q, k, v, seg, seg)
+    """q, k, v [B, T, N x D] (T a multiple of the blocks), seg [B, 1, T] -> o, lse [B, N, 1, T]."""
+    b, t, width = q.shape
+    h = st.heads
+    return _call(
+        st, _forward_kernel, "forward", False, (seeds, q, k, v, seg, seg),
+        [jax.ShapeDtypeStruct(q.shape, q.dtype),
+         jax.ShapeDtypeStruct((b, width // st.d, 1, t), jnp.float32)],
+        [pltpu.VMEM((h, st.bq, LANES), jnp.float32), pltpu.VMEM((h, st.bq, LANES), jnp.float32),
+         pltpu.VMEM((h, st.bq, st.d), jnp.float32)],
+    )  # fmt: skip
 
 
 def _backward(st: _Static, seeds, q, k, v, seg, o, lse, do):
-    b, n, t, d = q.shape
-    delta = jnp.einsum("bntd,bntd->bnt", do.astype(jnp.float32), o.astype(jnp.float32))
-    delta = delta[:, :, None, :]  # [B, N, 1, T]
-    inputs = (seeds, q, k, v, do, lse, delta)
-
-    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=True)
-    dkv = pl.pallas_call(
-        functools.partial(_dkv_kernel, st=st),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=1,
-            grid=(b, n, t // st.bk, t // st.bq),
-            in_specs=[
-                q_spec,
-                k_spec,
-                k_spec,
-                q_spec,
-                row_spec,
-                row_spec,
-                qs_spec,
-                ks_spec,
-            ],  # fmt: skip
-            out_specs=[k_spec, k_spec],
-            scratch_shapes=[pltpu.VMEM((st.bk, d), jnp.float32)] * 2,
-        ),
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=_compiler_params(),
-        interpret=st.interpret,
-        name="bert_flash_dkv",
-        cost_estimate=_estimate("dkv", q, st),
-    )
-    dk, dv = dkv(*inputs, seg, seg)
-
-    q_spec, k_spec, row_spec, qs_spec, ks_spec = _specs(st, d, key_major=False)
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, st=st),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=1,
-            grid=(b, n, t // st.bq, t // st.bk),
-            in_specs=[
-                q_spec,
-                k_spec,
-                k_spec,
-                q_spec,
-                row_spec,
-                row_spec,
-                qs_spec,
-                ks_spec,
-            ],  # fmt: skip
-            out_specs=q_spec,
-            scratch_shapes=[pltpu.VMEM((st.bq, d), jnp.float32)],
-        ),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_compiler_params(),
-        interpret=st.interpret,
-        name="bert_flash_dq",
-        cost_estimate=_estimate("dq", q, st),
-    )(*inputs, seg, seg)
+    b, t, width = q.shape
+    per_head = (b, t, width // st.d, st.d)
+    delta = jnp.einsum(
+        "btnd,btnd->bnt",
+        do.astype(jnp.float32).reshape(per_head),
+        o.astype(jnp.float32).reshape(per_head),
+    )[:, :, None, :]  # [B, N, 1, T]
+    inputs = (seeds, q, k, v, do, lse, delta, seg, seg)
+    h = st.heads
+    dk, dv = _call(
+        st, _dkv_kernel, "dkv", True, inputs,
+        [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        [pltpu.VMEM((h, st.bk, st.d), jnp.float32)] * 2,
+    )  # fmt: skip
+    dq = _call(
+        st, _dq_kernel, "dq", False, inputs, jax.ShapeDtypeStruct(q.shape, q.dtype),
+        [pltpu.VMEM((h, st.bq, st.d), jnp.float32)],
+    )  # fmt: skip
     return dq, dk, dv
 
 
@@ -396,13 +386,16 @@ def flash_attention(
         [keys, jnp.asarray([row_offset, head_offset], jnp.int32).reshape(2)]
     )  # [k1, k2, row offset, head offset]
 
-    def heads_major(x):  # [B, T, N, D] -> [B, N, T_pad, D]
-        return jnp.pad(jnp.swapaxes(x, 1, 2), [(0, 0), (0, 0), (0, t_pad - t), (0, 0)])
+    def padded(x):  # [B, T, N, D] -> [B, T_pad, N x D], no transpose
+        return jnp.pad(x.reshape(b, t, n * d), [(0, 0), (0, t_pad - t), (0, 0)])
 
     seg = jnp.pad(segment_ids.astype(jnp.int32), [(0, 0), (0, t_pad - t)])[:, None]  # [B, 1, T]
-    st = _Static(t, rate, blk, blk, interpret)
-    out = _flash(st, seeds, heads_major(query), heads_major(key), heads_major(value), seg)
-    return jnp.swapaxes(out[:, :, :t], 1, 2)
+    group = LANES // d if d < LANES and LANES % d == 0 and n % (LANES // d) == 0 else 1
+    if (group * d) % LANES:
+        group = n  # blocks as wide as all heads: the lane rule holds for a full dimension
+    st = _Static(t, rate, blk, blk, d, group, interpret)
+    out = _flash(st, seeds, padded(query), padded(key), padded(value), seg)
+    return out[:, :t].reshape(b, t, n, d)
 
 
 def sharded_flash_attention(

@@ -42,11 +42,18 @@ def _output_and_grads(fn, q, k, v, w):
 
 
 @pytest.mark.parametrize(
-    "t, block, rate",
-    [(128, 128, 0.1), (256, 128, 0.1), (200, 128, 0.1), (200, 128, 0.0), (40, 512, 0.3)],
+    "t, block, rate, n, d",
+    [
+        (128, 128, 0.1, 2, 32),
+        (256, 128, 0.1, 2, 32),
+        (200, 128, 0.1, 2, 32),
+        (200, 128, 0.0, 2, 32),
+        (40, 512, 0.3, 2, 32),
+        (128, 128, 0.1, 4, 64),  # two blocks of two 64-wide heads (BERT's head dim)
+    ],
 )
-def test_matches_materialized_attention(t, block, rate):
-    b, n, d = 2, 2, 32
+def test_matches_materialized_attention(t, block, rate, n, d):
+    b = 2
     q, k, v, w = _inputs(b, t, n, d)
     seg = _segments(b, t)
     rng = jax.random.key(7)
