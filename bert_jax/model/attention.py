@@ -4,7 +4,8 @@ Short sequences take jax.nn.dot_product_attention (cuDNN or XLA); long ones and 
 blockwise online-softmax kernel in plain JAX whose forward+backward memory grows linearly with T
 (global: query x key blocks, recomputed in a custom backward; local: each query block and its
 two neighbouring key blocks); active attention dropout the materialised softmax, as BERT always
-had. Rules, kernels and measurements: docs/design/attention.md.
+had. On TPUs a Pallas flash kernel with the dropout inside (tpu_attention.py) takes global
+attention. Rules, kernels and measurements: docs/design/attention.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.errors import UserError
-from bert_jax.model.ops import dropout_keep_mask, mixed_precision_dot
+from bert_jax.model.ops import compiles_for_tpu, dropout_keep_mask, mixed_precision_dot
+from bert_jax.model.tpu_attention import sharded_flash_attention
 from bert_jax.untrusted import is_int
 
 Array = jax.Array
@@ -56,6 +58,8 @@ def attend(
     [B, Tq]: the positions of the queries (default 0..T-1, Tq = T). A query with no key to
     attend gets zeros from the blockwise kernels (the mean of the values from the dense ones).
     implementation: None or "auto", "xla", "cudnn" (dense) or "blockwise"; or a KERNELS name.
+    None/"auto" compiling for TPUs (ops.compiles_for_tpu), no window or query_positions: the
+    Pallas flash kernel of tpu_attention.py, attention dropout included.
     """
     b, t = segment_ids.shape
     if implementation not in IMPLEMENTATIONS and implementation not in KERNELS:
@@ -73,7 +77,15 @@ def attend(
     window = int(window)
     if window and window // 2 >= t - 1:
         window = 0  # every key is within the window
-    if not deterministic and dropout_rate > 0.0:
+    dropout_active = not deterministic and dropout_rate > 0.0
+    if implementation in (None, "auto") and not window and query_positions is None:
+        if compiles_for_tpu():  # the Pallas kernel, dropout in it: tpu_attention.py
+            return sharded_flash_attention(
+                query, key, value, segment_ids,
+                dropout_rate=dropout_rate if dropout_active else 0.0,
+                dropout_rng=dropout_rng if dropout_active else None,
+            )  # fmt: skip
+    if dropout_active:
         mask = attention_mask(q_segments, segment_ids, q_positions, window)
         return materialized_attention(query, key, value, mask, dropout_rate, dropout_rng)
     if implementation in KERNELS:

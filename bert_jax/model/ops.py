@@ -87,8 +87,14 @@ def dropout_keep_mask(
     bits = _mix32(_mix32((counter * jnp.uint32(0x9E3779B9)) ^ row_key) + k2)
     halves = jax.lax.bitcast_convert_type(bits, jnp.uint16)  # [..., words, 2]
     halves = halves.reshape(*words_shape[:-1], 2 * words_shape[-1])[..., :last]
+    threshold, scale = dropout_threshold(rate)
+    return halves.reshape(out_shape) >= jnp.uint16(threshold), scale
+
+
+def dropout_threshold(rate: float) -> tuple[int, float]:
+    """(t, 1 / P(keep)): `dropout_keep_mask` keeps an element whose 16 bits are >= t."""
     threshold = min(round(rate * 65536), 65535)
-    return halves.reshape(out_shape) >= jnp.uint16(threshold), 65536 / (65536 - threshold)
+    return threshold, 65536 / (65536 - threshold)
 
 
 class Dropout(nn.Module):

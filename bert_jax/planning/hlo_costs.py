@@ -2,7 +2,8 @@
 
 Each executed instruction (the entry computation and the bodies of its loops and calls, not the
 inside of fusions) costs what XLA's HloCostAnalysis charges a fusion: the bytes of its operands
-plus its outputs, and 2 FLOPs per multiply-add of the dots and convolutions it contains. Bytes in
+plus its outputs, and 2 FLOPs per multiply-add of the dots and convolutions it contains (a
+Pallas kernel: its own cost estimate, e.g. model/tpu_attention.py's). Bytes in
 a TPU's on-chip memory (layout memory space S(1), VMEM) are counted apart: they never reach HBM.
 Instructions are grouped by the name scope in their metadata (attention, MLP, ...): see
 docs/scaling.md, "Where the bytes go".
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -42,6 +44,10 @@ _ASYNC_DESTINATION = {"copy-start": 0, "slice-start": 1}
 # XLA:TPU's concatenation of adjacent buffers by reinterpretation: no data moves.
 _FREE_TARGETS = ('custom_call_target="ConcatBitcast"',)
 _SLICES = {"slice", "slice-start", "dynamic-slice"}
+# A Pallas kernel's pl.CostEstimate, in its custom call's backend_config (XLA's cost analysis
+# counts it too): the bytes its blocks move and its FLOPs, which its operands and outputs do not
+# tell; the bytes split between HBM and VMEM as its operands and outputs lie.
+_COST_ESTIMATE = re.compile(r'"cost_estimate":(\{[^}]*\})')
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 # (group, substrings of the op_name scope), first match wins; see group_of.
@@ -298,6 +304,12 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
                 touched += shapes.get(operand, [])
         hbm = sum(s.bytes for s in touched if s.memory_space != 1)
         vmem = sum(s.bytes for s in touched if s.memory_space == 1)
+        flops = _flops(inst, shapes, computations)
+        if inst.opcode == "custom-call" and (estimate := _COST_ESTIMATE.search(inst.attrs)):
+            told = json.loads(estimate.group(1))  # split as its operands and outputs lie
+            moved, flops = float(told.get("bytes_accessed", 0)), float(told.get("flops", 0))
+            share = hbm / (hbm + vmem) if hbm + vmem else 1.0
+            hbm, vmem = moved * share, moved * (1.0 - share)
         costs.append(
             OpCost(
                 inst.name,
@@ -306,7 +318,7 @@ def instruction_costs(hlo_text: str) -> list[OpCost]:
                 executions,
                 hbm,
                 vmem,
-                _flops(inst, shapes, computations),
+                flops,
             )  # fmt: skip
         )
     return costs

@@ -349,6 +349,12 @@ def test_tpu_step_bytes_per_token_as_recorded(tmp_path):
     assert sum(g["hbm_bytes"] for g in groups.values()) / (8 * 128) == pytest.approx(
         found["hbm_bytes_per_token"]
     )
+    # Attention's FLOPs include those of the Pallas kernel (model/tpu_attention.py), which are
+    # its cost estimate: the projections' 4 x 6 x tokens x H^2 and, at the least, autodiff's
+    # 12 x rows x heads x T^2 x head dim, per layer.
+    rows, t, h, heads = 8, 128, 128, 2
+    core = 2 * (24 * rows * t * h * h + 12 * rows * heads * t * t * (h // heads))
+    assert groups["attention"]["flops"] >= core
 
 
 if __name__ == "__main__":  # re-record with .venv-tpu/bin/python (only on purpose)

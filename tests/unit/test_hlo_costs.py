@@ -112,3 +112,27 @@ def test_concat_bitcast_moves_nothing():
     )
     names = {c.name for c in hlo_costs.instruction_costs(text)}
     assert "cc" not in names and "ss" in names
+
+
+PALLAS = """\
+HloModule jit_train_step
+
+ENTRY %main (q: bf16[4,16,512,64], s: s32[4]) -> (bf16[4,16,512,64], f32[4,16,1,512]) {
+  %s = s32[4]{0} parameter(1)
+  %q = bf16[4,16,512,64]{3,2,1,0} parameter(0)
+  %k = bf16[4,16,512,64]{3,2,1,0:S(1)} copy(%q)
+  ROOT %bert_flash_forward.1 = (bf16[4,16,512,64]{3,2,1,0}, f32[4,16,1,512]{3,2,1,0}) custom-call(%s, %q, %k, %q), custom_call_target="tpu_custom_call", metadata={op_name="jit(train_step)/jvp(BertForPreTraining)/bert/encoder/layer_0/attention/shard_map/bert_flash_forward/pallas_call"}, backend_config={"flag_configs":[],"custom_call_config":{"body":"TUxJUh4=","cost_estimate":{"flops":"4294967296","transcendentals":"16777216","bytes_accessed":"17170432","remote_bytes_transferred":"0"},"needs_layout_passes":true}}
+}
+"""  # noqa: E501
+
+
+def test_pallas_kernels_cost_their_estimate():
+    """A Pallas kernel's custom call costs the pl.CostEstimate in its backend_config (its
+    operands and outputs would say 33.6 MB and no FLOPs), split between HBM and VMEM as its
+    operands and outputs lie (here k, a quarter of them by bytes less the lse, in VMEM)."""
+    cost = {c.name: c for c in hlo_costs.instruction_costs(PALLAS)}["bert_flash_forward.1"]
+    tensor, lse = 4 * 16 * 512 * 64 * 2, 4 * 16 * 512 * 4
+    in_vmem = tensor / (16 + 4 * tensor + lse)
+    assert cost.flops == 4294967296 and cost.group == "attention"
+    assert cost.hbm_bytes + cost.vmem_bytes == pytest.approx(17170432)
+    assert cost.vmem_bytes == pytest.approx(17170432 * in_vmem)
