@@ -62,13 +62,19 @@ def measured_cpu_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
 def pretraining_flops_per_example(config: BertConfig, seq_len: int, num_predictions: int) -> float:
     """Model FLOPs of one training example (forward + backward = 3x forward), matmuls only.
 
-    Encoder: 2 FLOPs per multiply-add over the layer weights at every position, plus attention
-    scores and context (2 * 2 * T^2 * H per layer). Sparse MLM head at num_predictions positions.
+    Encoder: 2 FLOPs per multiply-add over the layer weights at every position (a gated
+    feed-forward, geglu / swiglu, has a third F x H matrix), plus attention scores and context,
+    2 * 2 * T * K * H per layer, K the keys a query attends (T; window + 1 on a sliding-window
+    layer). Sparse MLM head at num_predictions positions.
     """
     h, f, v, t = config.hidden_size, config.intermediate_size, config.vocab_size, seq_len
-    per_token_layer = 2 * (4 * h * h + 2 * h * f)
-    attention = 2 * 2 * t * t * h
-    encoder = config.num_hidden_layers * (t * per_token_layer + attention)
+    ffn_matrices = 2 if config.ffn_type == "mlp" else 3
+    per_token_layer = 2 * (4 * h * h + ffn_matrices * h * f)
+    encoder = 0
+    for layer in range(config.num_hidden_layers):
+        window = config.layer_window(layer)
+        keys = min(t, window + 1) if window else t
+        encoder += t * per_token_layer + 2 * 2 * t * keys * h
     heads = 2 * num_predictions * (h * h + h * v) + 2 * (h * h + 2 * h)
     return 3.0 * (encoder + heads)
 

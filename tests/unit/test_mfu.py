@@ -30,6 +30,31 @@ def test_model_flops_match_the_compilers_count_of_the_forward(preset, seq_len):
     assert ours <= xla_flops <= 1.05 * ours, (ours, xla_flops)
 
 
+def test_model_flops_of_the_modern_encoder_count_its_gate_and_windows():
+    """GeGLU's third matrix counts, and a sliding-window layer's attention counts the window's
+    keys, not all T: at or below the compiler's count of the local kernel (which computes a band
+    of three key blocks per query block), above it by no more than that band's extra keys."""
+    t, window, block = 256, 32, 32  # local_attention's block: max(window // 2, MIN_LOCAL_BLOCK)
+    config = BertConfig.preset(
+        "mini", vocab_size=4096, max_position_embeddings=512, ffn_type="geglu",
+        local_attention_window=window, global_attn_every_n_layers=2, num_hidden_layers=4,
+    )  # fmt: skip
+    model = BertForPreTraining(config)
+    ids = jnp.zeros((1, t), jnp.int32)
+    positions = jnp.zeros((1, 20), jnp.int32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids, positions))
+
+    def forward(params):
+        return model.apply(params, ids, ids, ids, positions).mlm_logits
+
+    xla_flops = jax.jit(forward).lower(params).cost_analysis()["flops"]
+    ours = pretraining_flops_per_example(config, t, 20) / 3
+    local_layers = sum(config.layer_window(i) > 0 for i in range(config.num_hidden_layers))
+    assert local_layers == 2
+    band_extra = local_layers * 2 * 2 * t * (3 * block - (window + 1)) * config.hidden_size
+    assert ours <= xla_flops <= 1.05 * (ours + band_extra), (ours, xla_flops, band_extra)
+
+
 def test_cpu_peak_is_the_configured_figure_or_the_measured_matmul_rate():
     devices = jax.local_device_count()  # 8 fake CPU devices share the host's cores
     assert peak_flops_per_device(cpu_peak_flops=8e11) == pytest.approx(8e11 / devices)
