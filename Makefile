@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 PIP     := -m pip install -q --disable-pip-version-check
 
-.PHONY: demo notebook test test-main test-tf test-tpu extras-envs lint install install-dev bench clean
+.PHONY: demo notebook test test-main test-tf test-tpu test-extras lint install install-dev bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,13 +62,14 @@ notebook: $(VENV)/.installed-notebook
 ## Install everything and run the whole suite (what CI runs): lint (ruff check + format), main
 ## suite, TF1 and TPU extras.
 test: lint
-	$(MAKE) --no-print-directory -j2 test-main extras-envs
-	$(MAKE) --no-print-directory test-tf test-tpu
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-main test-extras
 
-# The TF and TPU environments install (network and disk, one after the other: both build the
-# editable package in this tree) while the main suite runs, instead of after it.
-extras-envs: .venv-tf/.installed
-	$(MAKE) --no-print-directory .venv-tpu/.installed
+# The TF and TPU environments install and their tests run while the main suite runs (its last
+# files leave a worker idle), one after the other: both installs build the editable package in
+# this tree.
+test-extras:
+	$(MAKE) --no-print-directory test-tf
+	$(MAKE) --no-print-directory test-tpu
 
 # Two workers, whole files each (a module's fixtures, e.g. the shrunk demo run, are built once);
 # the servers tests start (GCS emulator, jax.distributed coordinators) take free ports. One JAX

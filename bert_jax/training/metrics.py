@@ -8,6 +8,7 @@ import json
 import math
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -40,10 +41,11 @@ def peak_flops_per_device(device=None, cpu_peak_flops: float = 0.0) -> float:
 
 
 @functools.cache
-def measured_cpu_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
+def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 10) -> float:
     """This host's fp32 matmul rate, FLOP/s: the fastest of `repeats` size^3 JAX matmuls (about
-    half a second). CPU peaks differ by vector width and clock more than a table can follow: a
-    2-core AVX-512 EPYC VM measures ~470 GFLOP/s, over twice the 195 GFLOP/s once assumed here."""
+    a quarter of a second; 2048^3 ones measure no higher and take ten times as long). CPU peaks
+    differ by vector width and clock more than a table can follow: a 2-core AVX-512 EPYC VM
+    measures ~470 GFLOP/s, over twice the 195 GFLOP/s once assumed here."""
     # On this process's own CPU device, outside any active mesh: in a multi-process job the mesh
     # spans the other processes' devices, and this must stay a local, collective-free program.
     device = jax.local_devices(backend="cpu")[0]
@@ -119,6 +121,21 @@ def metrics_files(workdir) -> list[epath.Path]:
     return files
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch, when it is
+    installed, only to accept torch tensors (1-2 s of every run's start-up); these are floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this entry is None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Writes scalars to WORKDIR's metrics files and TensorBoard; a no-op except on process 0.
 
@@ -168,7 +185,7 @@ class MetricWriter:
 
     def _open_tensorboard(self) -> None:
         try:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _summary_writer_class()
         except ImportError:  # TensorBoard is optional; the metrics files always exist
             return
         if not self._remote:

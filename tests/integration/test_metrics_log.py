@@ -6,6 +6,8 @@ against a real GCS API (the suite's fake-gcs-server on 127.0.0.1, tests/conftest
 
 import gc
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -125,3 +127,32 @@ def test_gcs_workdir_writes_parts_that_readers_merge(gcs_bucket):
     assert [r["step"] for r in log.records if "eval_loss" in r] == [2, 4]
     events = [p.name for p in (root / "tensorboard").iterdir()]
     assert any(name.endswith(".part00000") for name in events), events
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (seconds of every run's start-up); the
+    writer keeps it out and still writes the TensorBoard event file, and torch imports after."""
+    pytest.importorskip("torch")
+    script = f"""
+import sys
+from bert_jax.training.metrics import MetricWriter
+writer = MetricWriter({str(tmp_path)!r}, enabled=True)
+writer.write(1, {{"loss": 2.5}})
+writer.close()
+assert "torch" not in sys.modules, "torch was imported"
+import torch
+print("torch", torch.__version__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch " in result.stdout
+    from tensorboardX.proto.event_pb2 import Event
+
+    (event_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    data, scalars = event_file.read_bytes(), []
+    while data:  # TFRecord framing: length (8 bytes), its CRC (4), the record, its CRC (4)
+        length = int.from_bytes(data[:8], "little")
+        event = Event.FromString(data[12 : 12 + length])
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        data = data[16 + length :]
+    assert scalars == [(1, "loss", 2.5)]
