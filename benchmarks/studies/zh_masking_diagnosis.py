@@ -1,7 +1,8 @@
 r"""Why whole-word masking hurts NER at zh_small's size: what it masks on ../shared/data/zh.
 
   nice -n 10 python -m benchmarks.studies.zh_masking_diagnosis --workdir runs/zh_e2e \
-      [--examples=4000] [--checkpoint=runs/zh_e2e/pretrain_char] [--write_docs]
+      [--documents=2000] [--write_docs] \
+      [--checkpoint=runs/zh_e2e/pretrain_char,runs/zh_e2e/pretrain_wwm]
 
 Examples are built by the pipeline's own functions (`examples.pair_tokens`, `build_examples`:
 the real masking) from the prepared dataset (jieba word starts; WORKDIR/pretraining_data and
@@ -9,9 +10,10 @@ WORKDIR/vocab.txt as zh_end_to_end.py, prepared or trained if missing), with eac
 configs/zh_small.py options, under character and whole-word masking. Measured: tokens per masked
 word, the budget's share taken by long words, the masked tokens that are characters of a NER
 entity (the entity strings of zh/ner/train.conll found in the rows) and how many of those have
-their whole entity hidden, and jieba's granularity on the NER entities. With --checkpoint (a
-pretraining workdir), the masked-LM loss by jieba word length and entity / other position on
-character-masked rows. Prints a Markdown table; --write_docs puts it in docs/chinese.md.
+their whole entity hidden, and jieba's granularity on the NER entities. With --checkpoint
+(pretraining workdirs, comma-separated), each one's masked-LM loss by jieba word length and by
+entity / other position, on the last phase's character- and whole-word-masked rows. Prints a
+Markdown table; --write_docs puts it in docs/chinese.md.
 """
 
 from __future__ import annotations
@@ -282,13 +284,13 @@ def markdown(results: dict) -> str:
         total = sum(counts.values())
         cells = " | ".join(f"{100 * counts.get(k, 0) / total:.1f}%" for k in kinds)
         lines.append(f"| {kind} | {total} | {cells} |")
-    if results.get("losses"):
-        lines += ["", f"Masked-LM loss (nats) of {results['checkpoint']}:", ""]
-        lines += ["| rows | " + " | ".join(results["losses"]["char"]) + " |"]
-        lines += ["|---|" + "---|" * len(results["losses"]["char"])]
-        for variant, groups in results["losses"].items():
+    for checkpoint, losses in results.get("losses", {}).items():
+        lines += ["", f"Masked-LM loss (nats; predictions) of {checkpoint}:", ""]
+        lines += ["| rows | " + " | ".join(losses["char"]) + " |"]
+        lines += ["|---|" + "---|" * len(losses["char"])]
+        for variant, groups in losses.items():
             cells = " | ".join(f"{groups[k][0]:.2f} ({groups[k][1]})" if k in groups else "-"
-                               for k in results["losses"]["char"])  # fmt: skip
+                               for k in losses["char"])  # fmt: skip
             lines.append(f"| {variant}-masked | {cells} |")
     return "\n".join(lines)
 
@@ -312,7 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phases", default="phase1,phase2")
     parser.add_argument("--documents", type=int, default=2000, help="documents sampled")
     parser.add_argument("--granularity_sentences", type=int, default=5000, help="0 = all")
-    parser.add_argument("--checkpoint", default="", help="a pretraining workdir: MLM losses")
+    parser.add_argument("--checkpoint", default="", help="pretraining workdirs (comma-separated): "
+                        "their MLM losses")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write_docs", action="store_true", help="the table into chinese.md")
     args = parser.parse_args(argv)
@@ -348,9 +351,10 @@ def main(argv=None) -> int:
             rows_for_losses[variant] = (batch, word_starts, marks)
         results["phases"][phase] = row
         print(f"{phase}: {row['examples']} examples", flush=True)
-    if args.checkpoint:  # on the last phase's rows
-        results["checkpoint"] = args.checkpoint
-        results["losses"] = {v: mlm_losses(args.checkpoint, *r) for v, r in rows_for_losses.items()}
+    results["losses"] = {  # on the last phase's rows
+        checkpoint: {v: mlm_losses(checkpoint, *r) for v, r in rows_for_losses.items()}
+        for checkpoint in filter(None, args.checkpoint.split(","))
+    }
     results["granularity"] = jieba_granularity(sentences, args.granularity_sentences, args.seed)
     table = markdown(results)
     print(table)

@@ -371,6 +371,21 @@ def _arrays_alive(items: dict[str, Any]) -> bool:
     return not any(isinstance(x, jax.Array) and x.is_deleted() for x in leaves)
 
 
+@functools.cache
+def _whole_shards_on_cpu() -> None:
+    """On CPU, Orbax writes each array from one replica, whole. Its default (replica-parallel:
+    every replica slices off a part, one dispatched op per part) spreads device-to-host copies
+    over accelerators; CPU devices share the host's memory, so the slicing is all it adds: on 8
+    host devices, most of a small model's save time."""
+    if jax.default_backend() == "cpu":
+        from orbax.checkpoint._src.metadata import array_metadata_store  # as Orbax's default
+
+        handler = ocp.type_handlers.ArrayHandler(
+            array_metadata_store=array_metadata_store.Store(), use_replica_parallel=False
+        )
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class SealedManager:
     """An Orbax CheckpointManager whose steps are sealed and verified (module docstring).
 
@@ -401,6 +416,7 @@ class SealedManager:
         self._in_flight = None  # (step, items, metrics) of the save not yet known committed
         _quiet_save_tracebacks()
         _quiet_stray_completions()
+        _whole_shards_on_cpu()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             best_fn=best_fn,
