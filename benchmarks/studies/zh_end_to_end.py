@@ -148,6 +148,7 @@ def pretraining_config(args, files, workdir: pathlib.Path, variant: str, phase: 
     config.progress_bar = False
     overrides = dict(masking_overrides(args, variant))
     variant_steps = overrides.pop(PHASE1_STEPS, 0) if phase == "phase1" else 0
+    overrides.pop(PHASE1_STEPS, None)  # not a data key
     steps = args.pretrain_steps if phase == "phase1" else args.pretrain_phase2_steps
     if variant_steps:  # the recipe made longer: its evaluations and checkpoints as they are
         config.num_train_steps = variant_steps

@@ -25,6 +25,7 @@ from bert_jax.training.config_parts import (
     add_mesh_keys,
     add_optimizer_defaults,
     add_rerun_keys,
+    check_known_keys,
     check_mode,
     check_ranges,
     validate_optimizer_and_batch,
@@ -184,6 +185,7 @@ def validate_finetuning_config(config, num_devices: int, in_memory=()) -> None:
     task = config.task
     if task.kind not in KINDS:
         raise UserError(f"task.kind={task.kind!r} is not one of {KINDS}")
+    check_known_keys(config, finetuning_config(task.kind), f"{task.kind} fine-tuning")
     if not config.init_checkpoint:
         raise UserError(
             "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a Hugging Face BERT "

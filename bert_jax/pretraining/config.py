@@ -19,6 +19,7 @@ from bert_jax.training.config_parts import (  # noqa: F401 (check_mode: for conf
     add_mesh_keys,
     add_optimizer_defaults,
     add_rerun_keys,
+    check_known_keys,
     check_mode,
     check_ranges,
     validate_optimizer_and_batch,
@@ -260,6 +261,7 @@ def vocab_size(vocab_file) -> int:
 
 def validate_pretraining_config(config, num_devices: int, check_files: bool = True) -> None:
     """Checks everything that can be checked before anything compiles; raises UserError."""
+    check_known_keys(config, pretraining_config("tiny"), "pretraining")
     check_ranges(config, PRETRAINING_RANGES)
     model = BertConfig.from_dict(dict(config.model))
     shape = sharding.mesh_shape(config.mesh, num_devices)

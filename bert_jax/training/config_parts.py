@@ -5,6 +5,8 @@ and the modes of a config file. pretraining/config.py and finetuning/config.py c
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from bert_jax.errors import UserError
@@ -71,6 +73,32 @@ _RANGES = {
     "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "open_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
+
+
+def dotted_keys(config, prefix: str = "") -> set[str]:
+    """Every setting of a ConfigDict as a dotted key ("data.masked_lm_prob")."""
+    keys = set()
+    for name, value in config.items():
+        key = f"{prefix}{name}"
+        nested = isinstance(value, ml_collections.ConfigDict)
+        keys |= dotted_keys(value, f"{key}.") if nested else {key}
+    return keys
+
+
+def check_known_keys(config, defaults, source: str) -> None:
+    """Raises UserError for a key `defaults` lacks: a name mistyped in Python (a notebook's
+    `config.data.whole_word_maskng = True`) would otherwise be ignored without a word. The
+    command line's locked config refuses such overrides itself."""
+    known = dotted_keys(defaults)
+    unknown = sorted(dotted_keys(config) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        others = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if unknown[1:] else ""
+        raise UserError(
+            f"config key {unknown[0]} is not a setting of {source}{hint}{others} "
+            "(docs/configs.md lists them)"
+        )
 
 
 def check_ranges(config, rules: dict[str, str]) -> None:

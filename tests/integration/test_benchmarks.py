@@ -278,3 +278,32 @@ def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
     assert cap.whole_word_masking is True and cap.max_masked_word_length == 3
     with pytest.raises(SystemExit, match="unknown variant 'nope'"):
         data("nope", "phase1")
+
+
+def test_zh_benchmark_variants_may_lengthen_phase_1(tmp_path):
+    """`long` (and --masking's phase1_steps) lengthens phase 1 alone, keeping its evaluation and
+    checkpoint cadence; phase 2 and the data keys stay the recipe's."""
+    import argparse
+
+    from benchmarks.studies import zh_end_to_end
+
+    short = "short=phase1_steps:300;span_length_weights:0.5,0.5"
+    args = argparse.Namespace(pretrain_config="configs/zh_small.py", pretrain_mode="",
+                              vocab_size=8000, pretrain_steps=0, pretrain_phase2_steps=0,
+                              masking=[short])  # fmt: skip
+    files = {"corpus": tmp_path / "c.txt", "vocab": tmp_path / "vocab.txt"}
+
+    def config(variant, phase):
+        return zh_end_to_end.pretraining_config(args, files, tmp_path, variant, phase)
+
+    recipe, long = config("char", "phase1"), config("long", "phase1")
+    assert long.num_train_steps == 14_000 and recipe.num_train_steps == 10_000
+    assert (long.eval_every_steps, long.checkpoint_every_steps) == (
+        recipe.eval_every_steps, recipe.checkpoint_every_steps)  # fmt: skip
+    assert long.data.to_dict() == recipe.data.to_dict()  # phase1_steps is not a data key
+    assert config("long", "phase2").to_dict() == config("char", "phase2").to_dict()
+    short = config("short", "phase1")
+    assert short.num_train_steps == 300 and short.data.span_length_weights == "0.5,0.5"
+    with pytest.raises(SystemExit, match="data.nope is not a config key"):
+        args.masking = ["bad=nope:1"]
+        config("bad", "phase1")

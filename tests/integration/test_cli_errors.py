@@ -217,6 +217,27 @@ def test_finetuning_values_out_of_range_are_named():
             validate_finetuning_config(config, 1)
 
 
+def test_a_mistyped_key_set_in_python_is_an_error_not_ignored(tmp_path):
+    """A notebook sets keys on an unlocked ConfigDict: a misspelt one is named, with the key it
+    resembles, before anything runs (the command line's locked config refuses it itself)."""
+    from bert_jax.finetuning.config import validate_finetuning_config
+    from bert_jax.pretraining import train as pretrain_lib
+
+    config = load_config("configs/demo.py", "test")
+    config.data.whole_word_maskng = True
+    with pytest.raises(UserError, match=r"config key data.whole_word_maskng is not a setting of "
+                       r"pretraining; did you mean data.whole_word_masking\?"):  # fmt: skip
+        pretrain_lib.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    config = load_config("configs/finetune/token_classification.py", "test")
+    config.init_checkpoint = str(tmp_path)
+    config.lerning_rate, config.task.label_colum = 1e-3, "tag"
+    with pytest.raises(UserError, match=r"config key lerning_rate is not a setting "
+                       r"of token_classification fine-tuning; did you mean learning_rate\? "
+                       r"\(and 1 more: task.label_colum\)"):  # fmt: skip
+        validate_finetuning_config(config, 1)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
