@@ -252,21 +252,30 @@ def test_overheads_benchmark_times_each_phase_once_and_compares_host_times():
     assert "| **ratio** |" in finetune_overheads.markdown(results)
 
 
-def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
-    """A masking variant's data keys reach both phases' configs, the rate schedule phase 1 only
-    (with the predictions its start rate needs); --masking defines a variant of its own."""
+def _zh_pretraining_configs(tmp_path, *masking):
+    """zh_end_to_end's pretraining config of (variant, phase), with --masking definitions."""
     import argparse
 
     from benchmarks.studies import zh_end_to_end
 
-    cap3 = "cap3=whole_word_masking:true;max_masked_word_length:3"
     args = argparse.Namespace(pretrain_config="configs/zh_small.py", pretrain_mode="",
                               vocab_size=8000, pretrain_steps=0, pretrain_phase2_steps=0,
-                              masking=[cap3])  # fmt: skip
+                              masking=list(masking))  # fmt: skip
     files = {"corpus": tmp_path / "c.txt", "vocab": tmp_path / "vocab.txt"}
+    return lambda variant, phase: zh_end_to_end.pretraining_config(
+        args, files, tmp_path, variant, phase
+    )
+
+
+def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
+    """A masking variant's data keys reach both phases' configs, the rate schedule phase 1 only
+    (with the predictions its start rate needs); --masking defines a variant of its own."""
+    config = _zh_pretraining_configs(
+        tmp_path, "cap3=whole_word_masking:true;max_masked_word_length:3"
+    )
 
     def data(variant, phase):
-        return zh_end_to_end.pretraining_config(args, files, tmp_path, variant, phase).data
+        return config(variant, phase).data
 
     assert data("wwm_span", "phase2").span_length_weights == "0.4,0.3,0.2,0.1"
     assert data("wwm_span", "phase2").whole_word_masking
@@ -283,18 +292,7 @@ def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
 def test_zh_benchmark_variants_may_lengthen_phase_1(tmp_path):
     """`long` (and --masking's phase1_steps) lengthens phase 1 alone, keeping its evaluation and
     checkpoint cadence; phase 2 and the data keys stay the recipe's."""
-    import argparse
-
-    from benchmarks.studies import zh_end_to_end
-
-    short = "short=phase1_steps:300;span_length_weights:0.5,0.5"
-    args = argparse.Namespace(pretrain_config="configs/zh_small.py", pretrain_mode="",
-                              vocab_size=8000, pretrain_steps=0, pretrain_phase2_steps=0,
-                              masking=[short])  # fmt: skip
-    files = {"corpus": tmp_path / "c.txt", "vocab": tmp_path / "vocab.txt"}
-
-    def config(variant, phase):
-        return zh_end_to_end.pretraining_config(args, files, tmp_path, variant, phase)
+    config = _zh_pretraining_configs(tmp_path, "short=phase1_steps:300;span_length_weights:0.5,0.5")
 
     recipe, long = config("char", "phase1"), config("long", "phase1")
     assert long.num_train_steps == 14_000 and recipe.num_train_steps == 10_000
@@ -305,5 +303,4 @@ def test_zh_benchmark_variants_may_lengthen_phase_1(tmp_path):
     short = config("short", "phase1")
     assert short.num_train_steps == 300 and short.data.span_length_weights == "0.5,0.5"
     with pytest.raises(SystemExit, match="data.nope is not a config key"):
-        args.masking = ["bad=nope:1"]
-        config("bad", "phase1")
+        _zh_pretraining_configs(tmp_path, "bad=nope:1")("bad", "phase1")
