@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 
 import ml_collections
+from flax import traverse_util
 
 from bert_jax.errors import UserError
 from bert_jax.training import sharding
@@ -75,22 +76,14 @@ _RANGES = {
 }
 
 
-def dotted_keys(config, prefix: str = "") -> set[str]:
-    """Every setting of a ConfigDict as a dotted key ("data.masked_lm_prob")."""
-    keys = set()
-    for name, value in config.items():
-        key = f"{prefix}{name}"
-        nested = isinstance(value, ml_collections.ConfigDict)
-        keys |= dotted_keys(value, f"{key}.") if nested else {key}
-    return keys
-
-
 def check_known_keys(config, defaults, source: str) -> None:
     """Raises UserError for a key `defaults` lacks: a name mistyped in Python (a notebook's
     `config.data.whole_word_maskng = True`) would otherwise be ignored without a word. The
     command line's locked config refuses such overrides itself."""
-    known = dotted_keys(defaults)
-    unknown = sorted(dotted_keys(config) - known)
+    known, given = (
+        set(traverse_util.flatten_dict(c.to_dict(), sep=".")) for c in (defaults, config)
+    )
+    unknown = sorted(given - known)
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""

@@ -124,15 +124,14 @@ def metrics_files(workdir) -> list[epath.Path]:
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch, when it is
     installed, only to accept torch tensors (1-2 s of every run's start-up); these are floats."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError while this entry is None
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this entry is None
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if blocked:
+            del sys.modules["torch"]
     return SummaryWriter
 
 
