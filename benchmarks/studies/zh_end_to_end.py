@@ -84,6 +84,9 @@ MASKINGS = {
     # Character masking with phase 1 lengthened to fill the 15-minute budget (~1,800 CPU-s; the
     # recipe's 10,000 + 1,500 steps take ~1,320): `phase1_steps` is the one key not in data.*.
     "long": {PHASE1_STEPS: 14_000},
+    # Character masking without next-sentence prediction (RoBERTa's, ModernBERT's): rows of one
+    # contiguous chunk, 30 characters at sequence 32 where a pair row splits 29 between two.
+    "nonsp": {"next_sentence_prediction": False},
 }  # fmt: skip
 LABELS = {"random": "(a) random init", "char": "(b) character masking",
           "wwm": "(c) whole-word masking (jieba)"}  # fmt: skip
@@ -510,7 +513,7 @@ def append_masking_rows(results: dict, args, path: pathlib.Path) -> None:
             if variant == "random" or not pre:
                 continue
             keys = ", ".join(f"{k}={v}" for k, v in pre.get("masking", {}).items()) or "-"
-            seeds = ",".join(runs.get("ner", {}))
+            seeds = ",".join(dict.fromkeys([*runs.get("ner", {}), *runs.get("sentiment", {})]))
             ner = _mean_sd([r["f1"] for r in runs.get("ner", {}).values()])
             sentiment = _mean_sd([r["accuracy"] for r in runs.get("sentiment", {}).values()])
             mlm = pre.get("eval_mlm_accuracy")

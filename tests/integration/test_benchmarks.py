@@ -283,6 +283,9 @@ def test_zh_benchmark_masking_variants_reach_the_pretraining_config(tmp_path):
     first, second = data("schedule", "phase1"), data("schedule", "phase2")
     assert (first.masked_lm_prob_start, first.max_predictions_per_seq) == (0.3, 10)  # 32 x 0.3
     assert (second.masked_lm_prob_start, second.max_predictions_per_seq) == (0.0, 20)
+    assert not data("nonsp", "phase1").next_sentence_prediction
+    assert not data("nonsp", "phase2").next_sentence_prediction
+    assert data("char", "phase2").next_sentence_prediction
     cap = data("cap3", "phase1")
     assert cap.whole_word_masking is True and cap.max_masked_word_length == 3
     with pytest.raises(SystemExit, match="unknown variant 'nope'"):
@@ -304,3 +307,18 @@ def test_zh_benchmark_variants_may_lengthen_phase_1(tmp_path):
     assert short.num_train_steps == 300 and short.data.span_length_weights == "0.5,0.5"
     with pytest.raises(SystemExit, match="data.nope is not a config key"):
         _zh_pretraining_configs(tmp_path, "bad=nope:1")("bad", "phase1")
+
+
+def test_zh_benchmark_masking_rows_name_the_seeds_of_either_task(tmp_path):
+    """A variant fine-tuned on sentiment alone still lists its seeds in WORKDIR/masking.md."""
+    from benchmarks.studies import zh_end_to_end
+
+    results = {
+        "pretrain": {"span": {"steps": [10, 5], "masking": {"span_length_weights": "1"},
+                              "eval_mlm_accuracy": 0.25}},
+        "finetune": {"span": {"sentiment": {"0": {"accuracy": 0.8}, "1": {"accuracy": 0.9}}}},
+    }  # fmt: skip
+    path = tmp_path / "masking.md"
+    zh_end_to_end.append_masking_rows(results, None, path)
+    row = path.read_text().splitlines()[-1].split(" | ")
+    assert row[3:7] == ["0,1", "-", "85.0 ± 7.1", "25.0"]
