@@ -563,13 +563,18 @@ class SealedManager:
     def _renew(self) -> bool:
         """After a failed save, a fresh Orbax manager: the old one keeps failed metadata writes
         to raise at later saves, and has dropped from its list the steps the failed save was to
-        replace (they are still there). False while the storage does not answer."""
+        replace (they are still there). False while the storage does not answer.
+
+        The new manager deletes the failed save's temporary directory in a background thread,
+        which Orbax awaits only at its next save; it is awaited here, so that no deletion
+        outlives a failed save (a run that stops, or a new Checkpointer saving the same step)."""
         if not self._stale:
             return True
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=self._options, item_handlers=self._handlers
             )
+            self.manager._maybe_await_cleanup_tmp_directory()  # no public way to wait for it
         except Exception:  # noqa: BLE001
             return False
         self._stale = False
