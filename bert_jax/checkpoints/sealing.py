@@ -575,6 +575,8 @@ class SealedManager:
                 self.directory, options=self._options, item_handlers=self._handlers
             )
             self.manager._maybe_await_cleanup_tmp_directory()  # no public way to wait for it
+        except AttributeError:
+            raise  # an Orbax without that method: say so, not a silent "storage not answering"
         except Exception:  # noqa: BLE001
             return False
         self._stale = False
