@@ -574,9 +574,13 @@ class SealedManager:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=self._options, item_handlers=self._handlers
             )
-            self.manager._maybe_await_cleanup_tmp_directory()  # no public way to wait for it
-        except AttributeError:
-            raise  # an Orbax without that method: say so, not a silent "storage not answering"
+        except Exception:  # noqa: BLE001
+            return False
+        # Orbax has no public way to wait for it; an Orbax that renames it raises here, rather
+        # than reading as storage that does not answer.
+        wait_for_cleanup = self.manager._maybe_await_cleanup_tmp_directory
+        try:
+            wait_for_cleanup()
         except Exception:  # noqa: BLE001
             return False
         self._stale = False
